@@ -1,0 +1,14 @@
+//! sealpipe: a transparent encrypting tunnel proxy.
+//!
+//! Layout, from the inside out:
+//!
+//! * [`proto`] is the sans-IO protocol core: identities, handshake messages, the handshake
+//!   state machine for both roles, the key schedule and the record layer. It does no I/O, reads
+//!   no clock and imports nothing else from this crate, so it is deterministic in tests.
+//! * [`keyfile`] and [`config`] turn files into the core's types, with errors that name the file,
+//!   line and key.
+//! * [`tunnel`] is the async shell on tokio: accept loops, the session driver that feeds socket
+//!   bytes to the core, and the full-duplex pump.
+//! * [`cli`] has one function per subcommand; `main.rs` only parses the command line.
+
+pub mod proto;

@@ -1,0 +1,4 @@
+//! The sans-IO protocol core: plain types and functions over byte buffers.
+//!
+//! Nothing here touches a socket, a file, a clock or a global RNG; randomness comes from the
+//! caller. See `PROTOCOL.md` for the wire format this module implements.
