@@ -1,0 +1,434 @@
+//! The record layer: sealing and opening records in place, close and rekey records, limits.
+//!
+//! A record on the wire is `type (1) || length (3, big endian) || ciphertext || tag (16)`, where
+//! `length` counts ciphertext and tag. The 4-byte header is the AEAD's associated data, so type
+//! and length are authenticated. The nonce is the traffic IV XOR the per-direction record counter,
+//! which is implicit (never sent): a dropped, repeated, reordered or reflected record fails to
+//! open. A rekey record moves its direction to the next generation of the traffic secret (a
+//! one-way ratchet) and restarts the counter under the new key; a close record ends its direction.
+
+use crate::proto::aead::TAG_LEN;
+use crate::proto::keys::{next_generation, Secret, TrafficKey};
+
+/// Bytes of the record header.
+pub const HEADER_LEN: usize = 4;
+/// Header plus tag: what sealing adds to a plaintext.
+pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
+/// Largest plaintext in one record (64 KiB); a receiver accepts up to this, whatever its own size.
+pub const MAX_PLAINTEXT: usize = 64 * 1024;
+/// Largest record on the wire.
+pub const MAX_RECORD_LEN: usize = MAX_PLAINTEXT + OVERHEAD;
+/// A sender rekeys by itself after this many records under one key.
+pub const SOFT_RECORD_LIMIT: u64 = 1 << 31;
+/// No key ever seals or opens more records than this: the connection ends first.
+pub const HARD_RECORD_LIMIT: u64 = 1 << 32;
+/// No direction ratchets more often than this.
+pub const MAX_GENERATIONS: u64 = 1 << 32;
+
+/// The kind of a record, in the clear but authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RecordType {
+    /// Application bytes (at least one).
+    Data = 1,
+    /// The authenticated end of this direction; empty.
+    Close = 2,
+    /// The sender moves to the next key generation after this record; empty.
+    Rekey = 3,
+}
+
+impl RecordType {
+    fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(RecordType::Data),
+            2 => Some(RecordType::Close),
+            3 => Some(RecordType::Rekey),
+            _ => None,
+        }
+    }
+}
+
+/// Why a record could not be sealed or opened. Every one of them ends the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// Unknown record type in a header.
+    #[error("unknown record type {0}")]
+    UnknownType(u8),
+    /// A length field outside `TAG_LEN ..= MAX_PLAINTEXT + TAG_LEN`.
+    #[error("record length {0} out of range")]
+    BadLength(usize),
+    /// The record did not authenticate: flipped, dropped, reordered, replayed or reflected.
+    #[error("record failed authentication")]
+    BadRecord,
+    /// A close or rekey record that carries data, or an empty data record.
+    #[error("malformed {0:?} record")]
+    Malformed(RecordType),
+    /// A record after this direction was closed.
+    #[error("record after close")]
+    AfterClose,
+    /// A counter or generation limit would be passed; the connection must end.
+    #[error("key usage limit reached")]
+    KeyExhausted,
+    /// The sender has passed its rekey threshold and must send a rekey record first.
+    #[error("rekey required before more data")]
+    RekeyRequired,
+    /// The buffer given to seal or open is not the right size.
+    #[error("buffer of {0} bytes does not fit the record")]
+    Buffer(usize),
+}
+
+/// The keys of one direction: current secret, AEAD key, counter and generation.
+struct DirectionState {
+    secret: Secret,
+    key: TrafficKey,
+    seq: u64,
+    generation: u64,
+}
+
+impl DirectionState {
+    fn new(secret: Secret) -> Self {
+        DirectionState {
+            key: TrafficKey::new(&secret),
+            secret,
+            seq: 0,
+            generation: 0,
+        }
+    }
+
+    /// The nonce for the next record, and the counter moved on; refuses at the hard limit.
+    fn next_nonce(&mut self) -> Result<[u8; 12], RecordError> {
+        if self.seq >= HARD_RECORD_LIMIT {
+            return Err(RecordError::KeyExhausted);
+        }
+        let nonce = self.key.nonce(self.seq);
+        self.seq += 1;
+        Ok(nonce)
+    }
+
+    /// One step of the ratchet; the old secret and key are dropped (and zeroized).
+    fn ratchet(&mut self) -> Result<(), RecordError> {
+        if self.generation + 1 >= MAX_GENERATIONS {
+            return Err(RecordError::KeyExhausted);
+        }
+        self.secret = next_generation(&self.secret);
+        self.key = TrafficKey::new(&self.secret);
+        self.seq = 0;
+        self.generation += 1;
+        Ok(())
+    }
+}
+
+fn header(kind: RecordType, body_len: usize) -> [u8; HEADER_LEN] {
+    let len = (body_len as u32).to_be_bytes();
+    [kind as u8, len[1], len[2], len[3]]
+}
+
+/// Reads a record header: its type and the total length of the record on the wire.
+///
+/// This is all a reader needs to know how many bytes to wait for; nothing is allocated from it
+/// beyond [`MAX_RECORD_LEN`].
+pub fn parse_header(h: &[u8; HEADER_LEN]) -> Result<(RecordType, usize), RecordError> {
+    let kind = RecordType::from_byte(h[0]).ok_or(RecordError::UnknownType(h[0]))?;
+    let body = u32::from_be_bytes([0, h[1], h[2], h[3]]) as usize;
+    if !(TAG_LEN..=MAX_PLAINTEXT + TAG_LEN).contains(&body) {
+        return Err(RecordError::BadLength(body));
+    }
+    Ok((kind, HEADER_LEN + body))
+}
+
+/// The sending half of a session.
+pub struct Sealer {
+    dir: DirectionState,
+    rekey_bytes: u64,
+    bytes_this_key: u64,
+    rekey_requested: bool,
+    closed: bool,
+    bytes_total: u64,
+    rekeys: u64,
+}
+
+impl Sealer {
+    /// A sealer under the first-generation `secret`, rekeying after `rekey_bytes` of plaintext.
+    pub fn new(secret: Secret, rekey_bytes: u64) -> Self {
+        Sealer {
+            dir: DirectionState::new(secret),
+            rekey_bytes: rekey_bytes.max(1),
+            bytes_this_key: 0,
+            rekey_requested: false,
+            closed: false,
+            bytes_total: 0,
+            rekeys: 0,
+        }
+    }
+
+    /// True when the next record must be a rekey record (byte count, record count or request).
+    pub fn rekey_due(&self) -> bool {
+        self.rekey_requested
+            || self.bytes_this_key >= self.rekey_bytes
+            || self.dir.seq >= SOFT_RECORD_LIMIT
+    }
+
+    /// Asks for a rekey before the next data record (for time-based rekeying).
+    pub fn request_rekey(&mut self) {
+        self.rekey_requested = true;
+    }
+
+    /// Plaintext bytes sealed so far.
+    pub fn bytes_sealed(&self) -> u64 {
+        self.bytes_total
+    }
+
+    /// Rekey records sent so far.
+    pub fn rekeys(&self) -> u64 {
+        self.rekeys
+    }
+
+    /// True once the close record is sealed.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Seals a data record in place.
+    ///
+    /// `buf` holds `HEADER_LEN` bytes of room, then the plaintext, then `TAG_LEN` bytes of room:
+    /// `buf.len() == plaintext_len + OVERHEAD`. On return `buf` is the record to send.
+    pub fn seal_data(&mut self, buf: &mut [u8]) -> Result<(), RecordError> {
+        if self.rekey_due() {
+            return Err(RecordError::RekeyRequired);
+        }
+        if buf.len() <= OVERHEAD {
+            return Err(RecordError::Malformed(RecordType::Data));
+        }
+        let len = buf.len() - OVERHEAD;
+        self.seal(RecordType::Data, buf)?;
+        self.bytes_this_key += len as u64;
+        self.bytes_total += len as u64;
+        Ok(())
+    }
+
+    /// Seals a rekey record into `buf` (exactly [`OVERHEAD`] bytes), then ratchets this direction.
+    pub fn seal_rekey(&mut self, buf: &mut [u8; OVERHEAD]) -> Result<(), RecordError> {
+        self.seal(RecordType::Rekey, buf)?;
+        self.dir.ratchet()?;
+        self.bytes_this_key = 0;
+        self.rekey_requested = false;
+        self.rekeys += 1;
+        Ok(())
+    }
+
+    /// Seals the close record into `buf` (exactly [`OVERHEAD`] bytes); nothing may follow it.
+    pub fn seal_close(&mut self, buf: &mut [u8; OVERHEAD]) -> Result<(), RecordError> {
+        self.seal(RecordType::Close, buf)?;
+        self.closed = true;
+        Ok(())
+    }
+
+    fn seal(&mut self, kind: RecordType, buf: &mut [u8]) -> Result<(), RecordError> {
+        if self.closed {
+            return Err(RecordError::AfterClose);
+        }
+        if buf.len() < OVERHEAD || buf.len() > MAX_RECORD_LEN {
+            return Err(RecordError::Buffer(buf.len()));
+        }
+        let body_len = buf.len() - HEADER_LEN;
+        let hdr = header(kind, body_len);
+        let nonce = self.dir.next_nonce()?;
+        let (head, rest) = buf.split_at_mut(HEADER_LEN);
+        head.copy_from_slice(&hdr);
+        let (plain, tag_room) = rest.split_at_mut(body_len - TAG_LEN);
+        let tag = self
+            .dir
+            .key
+            .aead()
+            .seal_in_place(&nonce, &hdr, plain)
+            .map_err(|_| RecordError::Buffer(body_len))?;
+        tag_room.copy_from_slice(&tag);
+        Ok(())
+    }
+}
+
+/// What an opened record was.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Opened<'a> {
+    /// Application bytes, decrypted in place.
+    Data(&'a [u8]),
+    /// The peer closed this direction: an authenticated end of stream.
+    Close,
+    /// The peer moved to the next key generation (already followed).
+    Rekey,
+}
+
+/// The receiving half of a session.
+pub struct Opener {
+    dir: DirectionState,
+    closed: bool,
+    bytes_total: u64,
+    rekeys: u64,
+}
+
+impl Opener {
+    /// An opener under the peer's first-generation `secret`.
+    pub fn new(secret: Secret) -> Self {
+        Opener {
+            dir: DirectionState::new(secret),
+            closed: false,
+            bytes_total: 0,
+            rekeys: 0,
+        }
+    }
+
+    /// True once the peer's close record has been opened.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Plaintext bytes opened so far.
+    pub fn bytes_opened(&self) -> u64 {
+        self.bytes_total
+    }
+
+    /// Rekey records received so far.
+    pub fn rekeys(&self) -> u64 {
+        self.rekeys
+    }
+
+    /// Opens one whole record (header included, as sized by [`parse_header`]) in place.
+    pub fn open<'a>(&mut self, record: &'a mut [u8]) -> Result<Opened<'a>, RecordError> {
+        if self.closed {
+            return Err(RecordError::AfterClose);
+        }
+        let hdr: [u8; HEADER_LEN] = record
+            .get(..HEADER_LEN)
+            .and_then(|h| h.try_into().ok())
+            .ok_or(RecordError::Buffer(record.len()))?;
+        let (kind, total) = parse_header(&hdr)?;
+        if total != record.len() {
+            return Err(RecordError::Buffer(record.len()));
+        }
+        let nonce = self.dir.next_nonce()?;
+        let (plain, tag) = record[HEADER_LEN..].split_at_mut(total - HEADER_LEN - TAG_LEN);
+        let tag: [u8; TAG_LEN] = (&*tag).try_into().map_err(|_| RecordError::BadRecord)?;
+        self.dir
+            .key
+            .aead()
+            .open_in_place(&nonce, &hdr, plain, &tag)
+            .map_err(|_| RecordError::BadRecord)?;
+        match kind {
+            RecordType::Data if plain.is_empty() => Err(RecordError::Malformed(kind)),
+            RecordType::Data => {
+                self.bytes_total += plain.len() as u64;
+                Ok(Opened::Data(plain))
+            }
+            RecordType::Close | RecordType::Rekey if !plain.is_empty() => {
+                Err(RecordError::Malformed(kind))
+            }
+            RecordType::Close => {
+                self.closed = true;
+                Ok(Opened::Close)
+            }
+            RecordType::Rekey => {
+                self.dir.ratchet()?;
+                self.rekeys += 1;
+                Ok(Opened::Rekey)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (Sealer, Opener) {
+        let s = Secret::from_bytes([9u8; 32]);
+        (Sealer::new(s.clone(), 1 << 30), Opener::new(s))
+    }
+
+    fn data_record(sealer: &mut Sealer, msg: &[u8]) -> Vec<u8> {
+        let mut buf = vec![0u8; msg.len() + OVERHEAD];
+        buf[HEADER_LEN..HEADER_LEN + msg.len()].copy_from_slice(msg);
+        sealer.seal_data(&mut buf).unwrap();
+        buf
+    }
+
+    #[test]
+    fn round_trip_and_header_is_authenticated() {
+        let (mut s, mut o) = pair();
+        let mut r = data_record(&mut s, b"hello");
+        assert_eq!(
+            parse_header(&r[..4].try_into().unwrap()).unwrap(),
+            (RecordType::Data, r.len())
+        );
+        assert_eq!(o.open(&mut r).unwrap(), Opened::Data(b"hello"));
+        // Change the type in the header of the next record: authentication fails.
+        let mut r = data_record(&mut s, b"x");
+        r[0] = RecordType::Rekey as u8;
+        assert_eq!(o.open(&mut r), Err(RecordError::BadRecord));
+    }
+
+    #[test]
+    fn rekey_is_required_then_followed() {
+        let s = Secret::from_bytes([1u8; 32]);
+        let mut sealer = Sealer::new(s.clone(), 10);
+        let mut opener = Opener::new(s);
+        let mut r = data_record(&mut sealer, b"0123456789");
+        assert_eq!(opener.open(&mut r).unwrap(), Opened::Data(b"0123456789"));
+        assert!(sealer.rekey_due());
+        let mut buf = vec![0u8; 1 + OVERHEAD];
+        assert_eq!(sealer.seal_data(&mut buf), Err(RecordError::RekeyRequired));
+        let mut rk = [0u8; OVERHEAD];
+        sealer.seal_rekey(&mut rk).unwrap();
+        assert_eq!(opener.open(&mut rk).unwrap(), Opened::Rekey);
+        let mut r = data_record(&mut sealer, b"after");
+        assert_eq!(opener.open(&mut r).unwrap(), Opened::Data(b"after"));
+        assert_eq!((sealer.rekeys(), opener.rekeys()), (1, 1));
+    }
+
+    #[test]
+    fn nothing_after_close() {
+        let (mut s, mut o) = pair();
+        let mut c = [0u8; OVERHEAD];
+        s.seal_close(&mut c).unwrap();
+        let mut buf = vec![0u8; 1 + OVERHEAD];
+        assert_eq!(s.seal_data(&mut buf), Err(RecordError::AfterClose));
+        assert_eq!(o.open(&mut c).unwrap(), Opened::Close);
+        let mut again = c;
+        assert_eq!(o.open(&mut again), Err(RecordError::AfterClose));
+    }
+
+    #[test]
+    fn header_limits() {
+        assert_eq!(
+            parse_header(&[9, 0, 0, 16]),
+            Err(RecordError::UnknownType(9))
+        );
+        assert_eq!(
+            parse_header(&[1, 0, 0, 15]),
+            Err(RecordError::BadLength(15))
+        );
+        let too_long = ((MAX_PLAINTEXT + TAG_LEN + 1) as u32).to_be_bytes();
+        assert!(matches!(
+            parse_header(&[1, too_long[1], too_long[2], too_long[3]]),
+            Err(RecordError::BadLength(_))
+        ));
+        let max = ((MAX_PLAINTEXT + TAG_LEN) as u32).to_be_bytes();
+        assert_eq!(
+            parse_header(&[1, max[1], max[2], max[3]]).unwrap().1,
+            MAX_RECORD_LEN
+        );
+    }
+
+    #[test]
+    fn hard_limit_stops_sealing_and_opening() {
+        let (mut s, mut o) = pair();
+        s.dir.seq = HARD_RECORD_LIMIT;
+        o.dir.seq = HARD_RECORD_LIMIT;
+        let mut c = [0u8; OVERHEAD];
+        assert_eq!(s.seal_close(&mut c), Err(RecordError::KeyExhausted));
+        assert!(s.rekey_due(), "the soft limit forces a rekey long before");
+        let mut r = [
+            1u8, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        assert_eq!(o.open(&mut r), Err(RecordError::KeyExhausted));
+    }
+}
