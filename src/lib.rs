@@ -9,6 +9,13 @@
 //!   line and key.
 //! * [`tunnel`] is the async shell on tokio: accept loops, the session driver that feeds socket
 //!   bytes to the core, and the full-duplex pump.
-//! * [`cli`] has one function per subcommand; `main.rs` only parses the command line.
+//! * [`daemon`] runs the tunnels of a config file with reload and drain; [`demo`] runs a whole
+//!   tunnel in one process; [`cli`] has one function per subcommand.
 
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod keyfile;
 pub mod proto;
+pub mod tunnel;

@@ -6,3 +6,5 @@ pub mod aead;
 pub mod identity;
 pub mod keys;
 pub mod record;
+pub mod messages;
+pub mod handshake;

@@ -63,6 +63,9 @@ pub enum RecordError {
     /// A close or rekey record that carries data, or an empty data record.
     #[error("malformed {0:?} record")]
     Malformed(RecordType),
+    /// The transport ended without a close record.
+    #[error("stream ended without a close record (truncated)")]
+    Truncated,
     /// A record after this direction was closed.
     #[error("record after close")]
     AfterClose,
@@ -292,6 +295,15 @@ impl Opener {
         self.rekeys
     }
 
+    /// The transport ended: fine after the peer's close record, truncation otherwise.
+    pub fn end_of_stream(&self) -> Result<(), RecordError> {
+        if self.closed {
+            Ok(())
+        } else {
+            Err(RecordError::Truncated)
+        }
+    }
+
     /// Opens one whole record (header included, as sized by [`parse_header`]) in place.
     pub fn open<'a>(&mut self, record: &'a mut [u8]) -> Result<Opened<'a>, RecordError> {
         if self.closed {
@@ -430,5 +442,68 @@ mod tests {
             1u8, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
         ];
         assert_eq!(o.open(&mut r), Err(RecordError::KeyExhausted));
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::HashSet;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Data(usize),
+            Rekey,
+            RequestRekey,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                8 => (1usize..2000).prop_map(Op::Data),
+                1 => Just(Op::Rekey),
+                1 => Just(Op::RequestRekey),
+            ]
+        }
+
+        proptest! {
+            /// Whatever the sender does, no (key, nonce) pair is used twice, and the receiver
+            /// follows every step.
+            #[test]
+            fn key_nonce_pairs_never_repeat(rekey_bytes in 1u64..5000, ops in prop::collection::vec(op(), 1..300)) {
+                let secret = Secret::from_bytes([5u8; 32]);
+                let mut sealer = Sealer::new(secret.clone(), rekey_bytes);
+                let mut opener = Opener::new(secret);
+                let mut used = HashSet::new();
+                for op in ops {
+                    let kind_len = match op {
+                        Op::Data(n) if !sealer.rekey_due() => Some(n),
+                        Op::RequestRekey => { sealer.request_rekey(); None }
+                        _ => Some(0),
+                    };
+                    let Some(n) = kind_len else { continue };
+                    let pair = (*sealer.dir.secret.expose(), sealer.dir.key.nonce(sealer.dir.seq));
+                    prop_assert!(used.insert(pair), "(key, nonce) reused");
+                    let mut buf = vec![0x61u8; n + OVERHEAD];
+                    if n == 0 {
+                        let mut rk = [0u8; OVERHEAD];
+                        sealer.seal_rekey(&mut rk).unwrap();
+                        prop_assert_eq!(opener.open(&mut rk).unwrap(), Opened::Rekey);
+                    } else {
+                        sealer.seal_data(&mut buf).unwrap();
+                        prop_assert!(matches!(opener.open(&mut buf).unwrap(), Opened::Data(d) if d.len() == n));
+                    }
+                }
+            }
+
+            /// Arbitrary bytes never panic the header parser or the opener.
+            #[test]
+            fn arbitrary_records_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+                let mut opener = Opener::new(Secret::from_bytes([1u8; 32]));
+                if let Some(h) = bytes.first_chunk::<HEADER_LEN>() {
+                    let _ = parse_header(h);
+                }
+                let mut b = bytes.clone();
+                prop_assert!(opener.open(&mut b).is_err());
+            }
+        }
     }
 }

@@ -1,0 +1,142 @@
+//! The command line (SPEC §3): clap definitions and one function per subcommand.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+use crate::proto::identity::DEFAULT_RSA_BITS;
+use crate::proto::messages::PROTOCOL_VERSION;
+use crate::{daemon, demo, keyfile};
+
+/// The version line: crate version and protocol version.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 1)");
+
+/// sealpipe: a transparent encrypting tunnel proxy.
+#[derive(Debug, Parser)]
+#[command(name = "sealpipe", version = VERSION, about, long_about = None)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    pub log_format: LogFormat,
+    /// Log level or filter (e.g. `debug`, `sealpipe=trace`); overrides RUST_LOG.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate an RSA key pair: FILE (PKCS#8 PEM, mode 0600) and FILE.pub; print the fingerprint.
+    Keygen {
+        /// Where to write the private key.
+        #[arg(long)]
+        out: PathBuf,
+        /// Key size in bits (2048 to 8192).
+        #[arg(long, default_value_t = DEFAULT_RSA_BITS)]
+        bits: usize,
+    },
+    /// Print the fingerprint of a private or public key PEM file.
+    Fingerprint {
+        /// The key file.
+        file: PathBuf,
+    },
+    /// Validate a config file and the keys it names; exit non-zero with a clear message if not.
+    Check {
+        /// The config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run every tunnel in the config file, in the foreground.
+    Run {
+        /// The config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Listener, connector and an echo service in one process on loopback, with in-memory keys.
+    Demo {
+        /// Exit after the first round trip: status 0 if it worked, 1 if not.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+fn init_logging(cli: &Cli) {
+    let filter = match &cli.log_level {
+        Some(level) => EnvFilter::new(level),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Runs a parsed command line; errors are printed with their context and give exit status 1.
+pub fn main(cli: Cli) -> ExitCode {
+    init_logging(&cli);
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sealpipe: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Keygen { out, bits } => {
+            let id = keyfile::write_keypair(&out, bits)?;
+            println!("wrote {} (private, mode 0600) and {}.pub", out.display(), out.display());
+            println!("{}", id.fingerprint());
+        }
+        Command::Fingerprint { file } => {
+            println!("{}", keyfile::load_any_public(&file)?.fingerprint());
+        }
+        Command::Check { config } => {
+            let built = daemon::build(&config)?;
+            println!(
+                "{}: OK (protocol {PROTOCOL_VERSION}): {} listener(s), {} connector(s); identity {}",
+                config.display(),
+                built.listeners.len(),
+                built.connectors.len(),
+                built
+                    .listeners
+                    .first()
+                    .map(|(_, t)| t.params.identity.public().fingerprint())
+                    .or_else(|| built.connectors.first().map(|(_, t)| t.params.identity.public().fingerprint()))
+                    .map(|f| f.to_string())
+                    .unwrap_or_default()
+            );
+        }
+        Command::Run { config } => runtime()?.block_on(daemon::run(&config))?,
+        Command::Demo { once } => {
+            let ok = runtime()?.block_on(demo::run(once))?;
+            if !ok {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

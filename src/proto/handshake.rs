@@ -1,0 +1,580 @@
+//! The handshake state machine for both roles: SIGMA-I in the shape of TLS 1.3.
+//!
+//! ```text
+//! connector                                              listener
+//! ConnectorHello {ver, opts, random, e_c, mac1} ───────▶  check mac1 (keyed by own fingerprint)
+//!                 ◀─────── ListenerHello {ver, opts, random, e_l}
+//!                 ◀─────── ListenerAuth  AEAD_l_hs{spki_l, sig_l, fin_l}
+//! check pin, sig_l, fin_l
+//! ConnectorAuth AEAD_c_hs{spki_c, sig_c, fin_c} ───────▶  check trust list, sig_c, fin_c
+//! [records may follow at once]                            [records]
+//! ```
+//!
+//! The state machine is sans-IO: [`Handshake::read`] takes bytes from the peer and consumes at
+//! most up to the end of the handshake (what follows belongs to the record layer);
+//! [`Handshake::take_output`] gives bytes to send. When [`Handshake::is_done`], the verified peer
+//! identity and the traffic secrets come out of [`Handshake::finish`]. Randomness is passed in,
+//! so tests are deterministic. A listener checks mac1 before any other work: a peer that does not
+//! know the listener's public key gets no X25519 operation, no signature and no answer.
+
+use std::sync::Arc;
+
+use rand::CryptoRng;
+use sha2::{Digest, Sha256};
+use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::proto::aead::TAG_LEN;
+use crate::proto::identity::{Fingerprint, IdentityError, PublicIdentity, Signer, TrustList};
+use crate::proto::keys::{
+    ct_eq, finished_key, hash, hmac, Direction, HandshakeSecrets, Psk, Secret, TrafficKey,
+    HASH_LEN,
+};
+use crate::proto::messages::{
+    check_header, header, put_vec16, Auth, Hello, MessageError, MessageType, KNOWN_OPTIONS,
+    MAC1_LEN, MSG_HEADER_LEN, OPTION_PSK, PROTOCOL_VERSION,
+};
+use crate::proto::record::{Opener, Sealer};
+
+/// Context strings of the two signatures: the role label keeps a signature from being reflected.
+pub const LISTENER_SIGNATURE_CONTEXT: &[u8] = b"sealpipe1 listener signature\0";
+/// See [`LISTENER_SIGNATURE_CONTEXT`].
+pub const CONNECTOR_SIGNATURE_CONTEXT: &[u8] = b"sealpipe1 connector signature\0";
+/// Prefix of the mac1 key derivation.
+pub const MAC1_KEY_LABEL: &[u8] = b"sealpipe1 mac1";
+
+/// Which side of the tunnel this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Opens sealed connections (plain in, sealed out).
+    Connector,
+    /// Accepts sealed connections (sealed in, plain out).
+    Listener,
+}
+
+/// The fresh randomness of one handshake: a nonce and an X25519 secret. Zeroized on drop.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct HandshakeRandomness {
+    /// Sent in the hello; makes every transcript unique.
+    pub random: [u8; 32],
+    /// The ephemeral X25519 secret scalar.
+    pub ephemeral: [u8; 32],
+}
+
+impl HandshakeRandomness {
+    /// Draws both values from `rng` (the OS RNG in production).
+    pub fn generate<R: CryptoRng + ?Sized>(rng: &mut R) -> Self {
+        let mut r = HandshakeRandomness {
+            random: [0; 32],
+            ephemeral: [0; 32],
+        };
+        rng.fill_bytes(&mut r.random);
+        rng.fill_bytes(&mut r.ephemeral);
+        r
+    }
+}
+
+/// What a connector needs: its identity, the pinned listener key and the optional PSK.
+#[derive(Clone)]
+pub struct ConnectorParams {
+    /// The connector's long-term key.
+    pub identity: Arc<dyn Signer>,
+    /// The fingerprint of the only listener key accepted.
+    pub listener: Fingerprint,
+    /// Pre-shared key, if configured.
+    pub psk: Option<Arc<Psk>>,
+}
+
+/// What a listener needs: its identity, the trusted connector keys and the optional PSK.
+#[derive(Clone)]
+pub struct ListenerParams {
+    /// The listener's long-term key.
+    pub identity: Arc<dyn Signer>,
+    /// Connector keys allowed in.
+    pub trust: Arc<TrustList>,
+    /// Pre-shared key, if configured.
+    pub psk: Option<Arc<Psk>>,
+}
+
+/// Why a handshake failed. On the wire every failure looks the same: the connection closes.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// A message broke the format or the size limits.
+    #[error("bad handshake message: {0}")]
+    Message(#[from] MessageError),
+    /// The connector hello's mac1 is wrong: the peer does not know this listener's key.
+    #[error("hello without a valid mac1 for this listener's key (a scanner, or a connector pinned to another key)")]
+    BadMac1,
+    /// The peer speaks another protocol version.
+    #[error("unsupported protocol version {0}")]
+    UnsupportedVersion(u8),
+    /// Option bits this version does not know, or a listener that changed them.
+    #[error("unknown or altered handshake options {0:#04x}")]
+    BadOptions(u8),
+    /// One side has a pre-shared key and the other does not.
+    #[error("a pre-shared key is configured on one side only")]
+    PskMismatch,
+    /// The peer's ephemeral key gives an all-zero shared secret.
+    #[error("peer ephemeral key is a low-order point (non-contributory)")]
+    LowOrderPoint,
+    /// An auth message did not decrypt: tampering, a man in the middle, or a different PSK.
+    #[error("handshake message failed to decrypt (tampered, man in the middle, or a different pre-shared key)")]
+    Decrypt,
+    /// The listener presented another key than the pinned one.
+    #[error("listener key {got} is not the pinned key {expected}")]
+    WrongListenerKey {
+        /// The pinned fingerprint.
+        expected: Fingerprint,
+        /// The fingerprint presented.
+        got: Fingerprint,
+    },
+    /// The connector's key is not in the trust list.
+    #[error("connector key {0} is not trusted")]
+    UntrustedConnector(Fingerprint),
+    /// The peer's key is not an acceptable RSA key.
+    #[error("peer key rejected: {0}")]
+    PeerKey(IdentityError),
+    /// The peer's signature does not verify.
+    #[error("peer signature does not verify")]
+    BadSignature,
+    /// The peer's finished MAC does not verify.
+    #[error("peer finished MAC does not verify")]
+    BadFinished,
+    /// Our own signature could not be made.
+    #[error("signing failed: {0}")]
+    Sign(IdentityError),
+    /// `read` after a failure, or `finish` before the end.
+    #[error("handshake is not in a state for this call")]
+    State,
+}
+
+/// The result of a completed handshake.
+pub struct Established {
+    /// The peer's verified long-term key.
+    pub peer: PublicIdentity,
+    /// Our sending traffic secret (generation 0).
+    pub send: Secret,
+    /// The peer's sending traffic secret (generation 0).
+    pub recv: Secret,
+    /// A secret from this authenticated session for a later resumption.
+    pub resumption: Secret,
+    /// SHA-256 of the whole handshake transcript.
+    pub transcript_hash: [u8; HASH_LEN],
+}
+
+impl Established {
+    /// The record layer of this session: a sealer for our direction, an opener for the peer's.
+    pub fn into_record_layer(self, rekey_bytes: u64) -> (Sealer, Opener) {
+        (
+            Sealer::new(self.send.clone(), rekey_bytes),
+            Opener::new(self.recv.clone()),
+        )
+    }
+}
+
+enum Params {
+    Connector(ConnectorParams),
+    Listener(ListenerParams),
+}
+
+enum State {
+    ConnectorWaitHello,
+    ConnectorWaitAuth(Box<HsKeys>),
+    ListenerWaitHello,
+    ListenerWaitAuth(Box<HsKeys>),
+    Done(Box<Established>),
+    Finished,
+    Failed,
+}
+
+struct HsKeys {
+    hs: HandshakeSecrets,
+    c_hs: Secret,
+    l_hs: Secret,
+}
+
+/// One handshake, for either role.
+pub struct Handshake {
+    params: Params,
+    state: State,
+    rand: HandshakeRandomness,
+    options: u8,
+    transcript: Sha256,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+}
+
+/// mac1 = HMAC-SHA256(SHA-256("sealpipe1 mac1" || fingerprint), hello without mac1)[..16].
+pub fn mac1(listener: &Fingerprint, hello_unmacced: &[u8]) -> [u8; MAC1_LEN] {
+    let key = hash(&[MAC1_KEY_LABEL, listener.as_bytes()].concat());
+    let full = hmac(&key, &[hello_unmacced]);
+    let mut out = [0u8; MAC1_LEN];
+    out.copy_from_slice(&full[..MAC1_LEN]);
+    out
+}
+
+fn signature_input(context: &[u8], transcript_hash: &[u8; HASH_LEN]) -> Vec<u8> {
+    [context, transcript_hash].concat()
+}
+
+fn vec16(bytes: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(2 + bytes.len());
+    put_vec16(&mut v, bytes);
+    v
+}
+
+fn x25519_public(secret: &[u8; 32]) -> [u8; 32] {
+    PublicKey::from(&StaticSecret::from(*secret)).to_bytes()
+}
+
+/// X25519, refusing a non-contributory (all-zero) result.
+fn x25519_shared(secret: &[u8; 32], peer: &[u8; 32]) -> Result<x25519_dalek::SharedSecret, HandshakeError> {
+    let shared = StaticSecret::from(*secret).diffie_hellman(&PublicKey::from(*peer));
+    if shared.was_contributory() {
+        Ok(shared)
+    } else {
+        Err(HandshakeError::LowOrderPoint)
+    }
+}
+
+impl Handshake {
+    /// A connector's handshake; its hello is ready in [`Handshake::take_output`] at once.
+    pub fn connector(params: ConnectorParams, rand: HandshakeRandomness) -> Self {
+        let options = if params.psk.is_some() { OPTION_PSK } else { 0 };
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            options,
+            random: rand.random,
+            ephemeral: x25519_public(&rand.ephemeral),
+        };
+        let mut out = hello.encode_connector_unmacced();
+        let tag = mac1(&params.listener, &out);
+        out.extend_from_slice(&tag);
+        let mut transcript = Sha256::new();
+        transcript.update(&out);
+        Handshake {
+            params: Params::Connector(params),
+            state: State::ConnectorWaitHello,
+            rand,
+            options,
+            transcript,
+            inbuf: Vec::new(),
+            out,
+        }
+    }
+
+    /// A listener's handshake; it waits for a connector hello.
+    pub fn listener(params: ListenerParams, rand: HandshakeRandomness) -> Self {
+        let options = if params.psk.is_some() { OPTION_PSK } else { 0 };
+        Handshake {
+            params: Params::Listener(params),
+            state: State::ListenerWaitHello,
+            rand,
+            options,
+            transcript: Sha256::new(),
+            inbuf: Vec::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// This handshake's role.
+    pub fn role(&self) -> Role {
+        match self.params {
+            Params::Connector(_) => Role::Connector,
+            Params::Listener(_) => Role::Listener,
+        }
+    }
+
+    /// Bytes to send to the peer now (possibly none).
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Bytes waiting to be sent, without taking them.
+    pub fn pending_output(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// True when the handshake has verified the peer and produced keys.
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, State::Done(_))
+    }
+
+    /// The verified session; call once, after [`Handshake::is_done`] and after sending the last
+    /// output.
+    pub fn finish(&mut self) -> Result<Established, HandshakeError> {
+        match std::mem::replace(&mut self.state, State::Finished) {
+            State::Done(est) => Ok(*est),
+            other => {
+                self.state = other;
+                Err(HandshakeError::State)
+            }
+        }
+    }
+
+    /// Feeds bytes from the peer; returns how many were consumed. Bytes after the last handshake
+    /// message are not consumed. After an error the handshake is dead.
+    pub fn read(&mut self, input: &[u8]) -> Result<usize, HandshakeError> {
+        let result = self.read_inner(input);
+        if result.is_err() {
+            self.state = State::Failed;
+            self.inbuf.zeroize();
+        }
+        result
+    }
+
+    fn expected(&self) -> Option<MessageType> {
+        match self.state {
+            State::ConnectorWaitHello => Some(MessageType::ListenerHello),
+            State::ConnectorWaitAuth(_) => Some(MessageType::ListenerAuth),
+            State::ListenerWaitHello => Some(MessageType::ConnectorHello),
+            State::ListenerWaitAuth(_) => Some(MessageType::ConnectorAuth),
+            State::Done(_) | State::Finished | State::Failed => None,
+        }
+    }
+
+    fn read_inner(&mut self, input: &[u8]) -> Result<usize, HandshakeError> {
+        let mut consumed = 0;
+        loop {
+            let Some(expected) = self.expected() else {
+                return match self.state {
+                    State::Failed => Err(HandshakeError::State),
+                    _ => Ok(consumed),
+                };
+            };
+            let need = match self.inbuf.first_chunk::<MSG_HEADER_LEN>() {
+                None => MSG_HEADER_LEN,
+                Some(h) => MSG_HEADER_LEN + check_header(h, expected)?,
+            };
+            if self.inbuf.len() < need {
+                let take = (need - self.inbuf.len()).min(input.len() - consumed);
+                if take == 0 {
+                    return Ok(consumed);
+                }
+                self.inbuf.reserve_exact(need - self.inbuf.len());
+                self.inbuf.extend_from_slice(&input[consumed..consumed + take]);
+                consumed += take;
+                continue;
+            }
+            let mut msg = std::mem::take(&mut self.inbuf);
+            match expected {
+                MessageType::ListenerHello => self.connector_on_hello(&msg)?,
+                MessageType::ListenerAuth => self.connector_on_auth(&mut msg)?,
+                MessageType::ConnectorHello => self.listener_on_hello(&msg)?,
+                MessageType::ConnectorAuth => self.listener_on_auth(&mut msg)?,
+            }
+        }
+    }
+
+    fn psk(&self) -> Option<&Psk> {
+        match &self.params {
+            Params::Connector(p) => p.psk.as_deref(),
+            Params::Listener(p) => p.psk.as_deref(),
+        }
+    }
+
+    fn identity(&self) -> &dyn Signer {
+        match &self.params {
+            Params::Connector(p) => p.identity.as_ref(),
+            Params::Listener(p) => p.identity.as_ref(),
+        }
+    }
+
+    fn transcript_hash(&self) -> [u8; HASH_LEN] {
+        self.transcript.clone().finalize().into()
+    }
+
+    /// Checks a peer hello's version and options against ours.
+    fn check_hello(&self, hello: &Hello) -> Result<(), HandshakeError> {
+        if hello.version != PROTOCOL_VERSION {
+            return Err(HandshakeError::UnsupportedVersion(hello.version));
+        }
+        if hello.options & !KNOWN_OPTIONS != 0 {
+            return Err(HandshakeError::BadOptions(hello.options));
+        }
+        if (hello.options ^ self.options) & OPTION_PSK != 0 {
+            return Err(HandshakeError::PskMismatch);
+        }
+        Ok(())
+    }
+
+    /// Derives the handshake secrets once both hellos are in the transcript.
+    fn handshake_keys(&self, shared: &x25519_dalek::SharedSecret) -> HsKeys {
+        let th = self.transcript_hash();
+        let hs = HandshakeSecrets::new(self.psk(), shared.as_bytes());
+        HsKeys {
+            c_hs: hs.traffic(Direction::ConnectorToListener, &th),
+            l_hs: hs.traffic(Direction::ListenerToConnector, &th),
+            hs,
+        }
+    }
+
+    /// Appends our identity, signature and finished MAC to the transcript and returns the
+    /// encrypted auth message.
+    fn make_auth(
+        &mut self,
+        kind: MessageType,
+        context: &[u8],
+        hs_traffic: &Secret,
+    ) -> Result<Vec<u8>, HandshakeError> {
+        let mut plain = vec16(self.identity().public().spki_der());
+        self.transcript.update(&plain);
+        let to_sign = signature_input(context, &self.transcript_hash());
+        let sig = self.identity().sign(&to_sign).map_err(HandshakeError::Sign)?;
+        let sig_field = vec16(&sig);
+        self.transcript.update(&sig_field);
+        plain.extend_from_slice(&sig_field);
+        let fin = hmac(finished_key(hs_traffic).expose(), &[&self.transcript_hash()]);
+        self.transcript.update(fin);
+        plain.extend_from_slice(&fin);
+
+        let hdr = header(kind, plain.len() + TAG_LEN);
+        let key = TrafficKey::new(hs_traffic);
+        let tag = key
+            .aead()
+            .seal_in_place(&key.nonce(0), &hdr, &mut plain)
+            .map_err(|_| HandshakeError::Decrypt)?;
+        let mut msg = Vec::with_capacity(MSG_HEADER_LEN + plain.len() + TAG_LEN);
+        msg.extend_from_slice(&hdr);
+        msg.extend_from_slice(&plain);
+        msg.extend_from_slice(&tag);
+        Ok(msg)
+    }
+
+    /// Decrypts a peer's auth message in place and checks its signature and finished MAC
+    /// (the identity check, pin or trust list, comes first through `accept`).
+    fn check_auth(
+        &mut self,
+        msg: &mut [u8],
+        context: &[u8],
+        hs_traffic: &Secret,
+        accept: impl FnOnce(&Fingerprint) -> Result<(), HandshakeError>,
+    ) -> Result<PublicIdentity, HandshakeError> {
+        let (hdr, body) = msg.split_at_mut(MSG_HEADER_LEN);
+        let split = body.len().checked_sub(TAG_LEN).ok_or(HandshakeError::Decrypt)?;
+        let (plain, tag) = body.split_at_mut(split);
+        let tag: [u8; TAG_LEN] = (&*tag).try_into().map_err(|_| HandshakeError::Decrypt)?;
+        let key = TrafficKey::new(hs_traffic);
+        key.aead()
+            .open_in_place(&key.nonce(0), hdr, plain, &tag)
+            .map_err(|_| HandshakeError::Decrypt)?;
+        let auth = Auth::decode(plain)?;
+        accept(&Fingerprint::of_spki(auth.spki))?;
+        let peer = PublicIdentity::from_spki_der(auth.spki).map_err(HandshakeError::PeerKey)?;
+
+        self.transcript.update(vec16(auth.spki));
+        let signed = signature_input(context, &self.transcript_hash());
+        peer.verify(&signed, auth.signature)
+            .map_err(|_| HandshakeError::BadSignature)?;
+        self.transcript.update(vec16(auth.signature));
+        let expected = hmac(finished_key(hs_traffic).expose(), &[&self.transcript_hash()]);
+        if !ct_eq(&expected, auth.finished) {
+            return Err(HandshakeError::BadFinished);
+        }
+        self.transcript.update(auth.finished);
+        Ok(peer)
+    }
+
+    fn establish(&mut self, keys: &HsKeys, peer: PublicIdentity) {
+        let th = self.transcript_hash();
+        let master = keys.hs.master();
+        let c = master.traffic(Direction::ConnectorToListener, &th);
+        let l = master.traffic(Direction::ListenerToConnector, &th);
+        let (send, recv) = match self.role() {
+            Role::Connector => (c, l),
+            Role::Listener => (l, c),
+        };
+        self.rand.zeroize();
+        self.state = State::Done(Box::new(Established {
+            peer,
+            send,
+            recv,
+            resumption: master.resumption(&th),
+            transcript_hash: th,
+        }));
+    }
+
+    fn connector_on_hello(&mut self, msg: &[u8]) -> Result<(), HandshakeError> {
+        let hello = Hello::decode_fields(&msg[MSG_HEADER_LEN..])?;
+        self.check_hello(&hello)?;
+        let shared = x25519_shared(&self.rand.ephemeral, &hello.ephemeral)?;
+        self.transcript.update(msg);
+        let keys = self.handshake_keys(&shared);
+        self.state = State::ConnectorWaitAuth(Box::new(keys));
+        Ok(())
+    }
+
+    fn connector_on_auth(&mut self, msg: &mut [u8]) -> Result<(), HandshakeError> {
+        let State::ConnectorWaitAuth(keys) = std::mem::replace(&mut self.state, State::Failed)
+        else {
+            return Err(HandshakeError::State);
+        };
+        let Params::Connector(params) = &self.params else {
+            return Err(HandshakeError::State);
+        };
+        let pinned = params.listener;
+        let peer = self.check_auth(msg, LISTENER_SIGNATURE_CONTEXT, &keys.l_hs, |fp| {
+            if fp.ct_eq(&pinned) {
+                Ok(())
+            } else {
+                Err(HandshakeError::WrongListenerKey {
+                    expected: pinned,
+                    got: *fp,
+                })
+            }
+        })?;
+        let auth = self.make_auth(MessageType::ConnectorAuth, CONNECTOR_SIGNATURE_CONTEXT, &keys.c_hs)?;
+        self.out.extend_from_slice(&auth);
+        self.establish(&keys, peer);
+        Ok(())
+    }
+
+    fn listener_on_hello(&mut self, msg: &[u8]) -> Result<(), HandshakeError> {
+        let Params::Listener(params) = &self.params else {
+            return Err(HandshakeError::State);
+        };
+        let (unmacced, tag) = msg.split_at(msg.len() - MAC1_LEN);
+        let own = params.identity.public().fingerprint();
+        if !ct_eq(&mac1(&own, unmacced), tag) {
+            return Err(HandshakeError::BadMac1);
+        }
+        let hello = Hello::decode_fields(&msg[MSG_HEADER_LEN..])?;
+        self.check_hello(&hello)?;
+        let shared = x25519_shared(&self.rand.ephemeral, &hello.ephemeral)?;
+        self.transcript.update(msg);
+        let reply = Hello {
+            version: PROTOCOL_VERSION,
+            options: self.options,
+            random: self.rand.random,
+            ephemeral: x25519_public(&self.rand.ephemeral),
+        }
+        .encode_listener();
+        self.transcript.update(&reply);
+        self.out.extend_from_slice(&reply);
+        let keys = self.handshake_keys(&shared);
+        let auth = self.make_auth(MessageType::ListenerAuth, LISTENER_SIGNATURE_CONTEXT, &keys.l_hs)?;
+        self.out.extend_from_slice(&auth);
+        self.state = State::ListenerWaitAuth(Box::new(keys));
+        Ok(())
+    }
+
+    fn listener_on_auth(&mut self, msg: &mut [u8]) -> Result<(), HandshakeError> {
+        let State::ListenerWaitAuth(keys) = std::mem::replace(&mut self.state, State::Failed)
+        else {
+            return Err(HandshakeError::State);
+        };
+        let Params::Listener(params) = &self.params else {
+            return Err(HandshakeError::State);
+        };
+        let trust = params.trust.clone();
+        let peer = self.check_auth(msg, CONNECTOR_SIGNATURE_CONTEXT, &keys.c_hs, |fp| {
+            if trust.contains(fp) {
+                Ok(())
+            } else {
+                Err(HandshakeError::UntrustedConnector(*fp))
+            }
+        })?;
+        self.establish(&keys, peer);
+        Ok(())
+    }
+}

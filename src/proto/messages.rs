@@ -1,0 +1,224 @@
+//! Handshake messages: encoding, decoding and the size limits of every field.
+//!
+//! Every handshake message is `type (1) || length (2, big endian) || body`. The two hellos have
+//! fixed sizes; the two auth messages are AEAD ciphertexts under handshake keys whose plaintext
+//! is `u16 len || SPKI DER || u16 len || signature || finished (32)`. Decoders never allocate
+//! from a length field before checking it against the limits here.
+
+use crate::proto::aead::TAG_LEN;
+use crate::proto::identity::{MAX_SIGNATURE_LEN, MAX_SPKI_LEN};
+use crate::proto::keys::HASH_LEN;
+
+/// The protocol version this build speaks (inside the signed transcript).
+pub const PROTOCOL_VERSION: u8 = 1;
+/// Bytes of a handshake message header.
+pub const MSG_HEADER_LEN: usize = 3;
+/// Bytes of the pre-signature MAC in the connector hello.
+pub const MAC1_LEN: usize = 16;
+/// Option bit: a pre-shared key is mixed into the key schedule.
+pub const OPTION_PSK: u8 = 0x01;
+/// Every option bit this version knows.
+pub const KNOWN_OPTIONS: u8 = OPTION_PSK;
+
+/// Body of the connector hello: version, options, random, ephemeral, mac1.
+pub const CONNECTOR_HELLO_BODY: usize = 1 + 1 + 32 + 32 + MAC1_LEN;
+/// Body of the listener hello: version, options, random, ephemeral.
+pub const LISTENER_HELLO_BODY: usize = 1 + 1 + 32 + 32;
+/// Largest plaintext of an auth message.
+pub const MAX_AUTH_PLAINTEXT: usize = 2 + MAX_SPKI_LEN + 2 + MAX_SIGNATURE_LEN + HASH_LEN;
+/// Largest body of an auth message (ciphertext and tag).
+pub const MAX_AUTH_BODY: usize = MAX_AUTH_PLAINTEXT + TAG_LEN;
+/// Largest handshake message on the wire.
+pub const MAX_MESSAGE_LEN: usize = MSG_HEADER_LEN + MAX_AUTH_BODY;
+
+/// Handshake message types; each flows in one direction only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum MessageType {
+    /// Connector → listener: ephemeral key, randomness, mac1.
+    ConnectorHello = 0x11,
+    /// Listener → connector: ephemeral key, randomness.
+    ListenerHello = 0x12,
+    /// Listener → connector, encrypted: identity, signature, finished.
+    ListenerAuth = 0x13,
+    /// Connector → listener, encrypted: identity, signature, finished.
+    ConnectorAuth = 0x14,
+}
+
+/// A handshake message that breaks the format or the limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    /// Not the message expected at this point.
+    #[error("unexpected handshake message type {0:#04x}")]
+    UnexpectedType(u8),
+    /// A length field outside its limits.
+    #[error("handshake length {0} out of range")]
+    BadLength(usize),
+    /// Fields do not add up to the body.
+    #[error("malformed handshake message")]
+    Malformed,
+}
+
+/// Checks a message header against the one message expected next; returns the body length.
+pub fn check_header(
+    header: &[u8; MSG_HEADER_LEN],
+    expected: MessageType,
+) -> Result<usize, MessageError> {
+    if header[0] != expected as u8 {
+        return Err(MessageError::UnexpectedType(header[0]));
+    }
+    let len = u16::from_be_bytes([header[1], header[2]]) as usize;
+    let ok = match expected {
+        MessageType::ConnectorHello => len == CONNECTOR_HELLO_BODY,
+        MessageType::ListenerHello => len == LISTENER_HELLO_BODY,
+        MessageType::ListenerAuth | MessageType::ConnectorAuth => {
+            (TAG_LEN + 2 + 1 + 2 + 1 + HASH_LEN..=MAX_AUTH_BODY).contains(&len)
+        }
+    };
+    if ok {
+        Ok(len)
+    } else {
+        Err(MessageError::BadLength(len))
+    }
+}
+
+/// The header of a message of `kind` with a body of `len` bytes.
+pub fn header(kind: MessageType, len: usize) -> [u8; MSG_HEADER_LEN] {
+    let l = (len as u16).to_be_bytes();
+    [kind as u8, l[0], l[1]]
+}
+
+/// The fields of either hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// Protocol version.
+    pub version: u8,
+    /// Option bits ([`OPTION_PSK`]).
+    pub options: u8,
+    /// Fresh randomness of the sender.
+    pub random: [u8; 32],
+    /// The sender's ephemeral X25519 public key.
+    pub ephemeral: [u8; 32],
+}
+
+impl Hello {
+    /// The whole connector hello without its mac1 (the bytes that mac1 covers).
+    pub fn encode_connector_unmacced(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MSG_HEADER_LEN + CONNECTOR_HELLO_BODY);
+        out.extend_from_slice(&header(MessageType::ConnectorHello, CONNECTOR_HELLO_BODY));
+        self.encode_fields(&mut out);
+        out
+    }
+
+    /// The whole listener hello.
+    pub fn encode_listener(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MSG_HEADER_LEN + LISTENER_HELLO_BODY);
+        out.extend_from_slice(&header(MessageType::ListenerHello, LISTENER_HELLO_BODY));
+        self.encode_fields(&mut out);
+        out
+    }
+
+    fn encode_fields(&self, out: &mut Vec<u8>) {
+        out.push(self.version);
+        out.push(self.options);
+        out.extend_from_slice(&self.random);
+        out.extend_from_slice(&self.ephemeral);
+    }
+
+    /// Decodes the first 66 bytes of a hello body (either kind).
+    pub fn decode_fields(body: &[u8]) -> Result<Hello, MessageError> {
+        let f = body.get(..LISTENER_HELLO_BODY).ok_or(MessageError::Malformed)?;
+        let mut random = [0u8; 32];
+        random.copy_from_slice(&f[2..34]);
+        let mut ephemeral = [0u8; 32];
+        ephemeral.copy_from_slice(&f[34..66]);
+        Ok(Hello {
+            version: f[0],
+            options: f[1],
+            random,
+            ephemeral,
+        })
+    }
+}
+
+/// The plaintext of an auth message, borrowed from a decrypted buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Auth<'a> {
+    /// The sender's RSA public key, DER SubjectPublicKeyInfo.
+    pub spki: &'a [u8],
+    /// RSA-PSS-SHA256 over the transcript up to and including `spki`.
+    pub signature: &'a [u8],
+    /// HMAC over the transcript up to and including `signature`.
+    pub finished: &'a [u8; HASH_LEN],
+}
+
+/// Appends a `u16 len || bytes` field.
+pub fn put_vec16(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn take_vec16<'a>(input: &mut &'a [u8], max: usize) -> Result<&'a [u8], MessageError> {
+    let (len, rest) = input.split_at_checked(2).ok_or(MessageError::Malformed)?;
+    let len = u16::from_be_bytes([len[0], len[1]]) as usize;
+    if len == 0 || len > max {
+        return Err(MessageError::BadLength(len));
+    }
+    let (field, rest) = rest.split_at_checked(len).ok_or(MessageError::Malformed)?;
+    *input = rest;
+    Ok(field)
+}
+
+impl<'a> Auth<'a> {
+    /// Splits a decrypted auth plaintext into its fields, checking every length.
+    pub fn decode(plaintext: &'a [u8]) -> Result<Auth<'a>, MessageError> {
+        let mut rest = plaintext;
+        let spki = take_vec16(&mut rest, MAX_SPKI_LEN)?;
+        let signature = take_vec16(&mut rest, MAX_SIGNATURE_LEN)?;
+        let finished: &[u8; HASH_LEN] = rest.try_into().map_err(|_| MessageError::Malformed)?;
+        Ok(Auth {
+            spki,
+            signature,
+            finished,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_decoding_checks_every_length() {
+        let mut m = Vec::new();
+        put_vec16(&mut m, b"spki");
+        put_vec16(&mut m, b"sig");
+        m.extend_from_slice(&[7u8; 32]);
+        let a = Auth::decode(&m).unwrap();
+        assert_eq!((a.spki, a.signature), (&b"spki"[..], &b"sig"[..]));
+        assert_eq!(Auth::decode(&m[..m.len() - 1]), Err(MessageError::Malformed));
+        let mut longer = m.clone();
+        longer.push(0);
+        assert_eq!(Auth::decode(&longer), Err(MessageError::Malformed));
+        let mut huge = m.clone();
+        huge[0..2].copy_from_slice(&u16::MAX.to_be_bytes());
+        assert_eq!(Auth::decode(&huge), Err(MessageError::BadLength(65535)));
+        let mut empty = m;
+        empty[0..2].copy_from_slice(&[0, 0]);
+        assert_eq!(Auth::decode(&empty), Err(MessageError::BadLength(0)));
+    }
+
+    #[test]
+    fn headers_are_checked_against_the_expected_message() {
+        let h = header(MessageType::ConnectorHello, CONNECTOR_HELLO_BODY);
+        assert_eq!(check_header(&h, MessageType::ConnectorHello), Ok(CONNECTOR_HELLO_BODY));
+        assert_eq!(
+            check_header(&h, MessageType::ListenerHello),
+            Err(MessageError::UnexpectedType(0x11))
+        );
+        let h = header(MessageType::ConnectorHello, CONNECTOR_HELLO_BODY + 1);
+        assert!(check_header(&h, MessageType::ConnectorHello).is_err());
+        let h = header(MessageType::ListenerAuth, MAX_AUTH_BODY + 1);
+        assert!(check_header(&h, MessageType::ListenerAuth).is_err());
+    }
+}

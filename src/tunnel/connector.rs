@@ -1,0 +1,90 @@
+//! The connector side: plaintext connections in, each carried sealed to the listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpStream;
+
+use crate::config::{Address, Tuning};
+use crate::proto::handshake::{ConnectorParams, Handshake};
+use crate::tunnel::net::{connect, reset_on_close, Slot};
+use crate::tunnel::pump::{pump, PumpOptions, PumpStats};
+use crate::tunnel::serve::{log_close, log_refusal, os_randomness, Tunnel, TunnelState};
+use crate::tunnel::session::{self, SessionError};
+
+/// Everything a connector tunnel needs; replaced as a whole on reload.
+pub struct ConnectorTunnel {
+    /// Name from the config.
+    pub name: String,
+    /// The listener side to connect to; resolved for each connection.
+    pub connect: Address,
+    /// Identity, pinned listener key, PSK.
+    pub params: ConnectorParams,
+    /// Timeouts and limits.
+    pub tuning: Tuning,
+}
+
+impl Tunnel for ConnectorTunnel {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn role(&self) -> &'static str {
+        "connector"
+    }
+
+    fn tuning(&self) -> &Tuning {
+        &self.tuning
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        mut plain: TcpStream,
+        client: SocketAddr,
+        handshake: Slot,
+        state: Arc<TunnelState>,
+    ) {
+        let started = Instant::now();
+        let hs = Handshake::connector(self.params.clone(), os_randomness());
+        let attempt = async {
+            let mut sealed = connect(&self.connect, self.tuning.connect_timeout)
+                .await
+                .map_err(SessionError::Io)?;
+            let (est, leftover) =
+                session::handshake(&mut sealed, hs, self.tuning.handshake_timeout).await?;
+            Ok::<_, SessionError>((sealed, est, leftover))
+        };
+        let (mut sealed, est, leftover) = match attempt.await {
+            Ok(x) => x,
+            Err(e) => {
+                state.counters.handshakes_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                log_refusal(&self.name, self.role(), client, &e);
+                // The local client learns that its connection failed, not that it ended.
+                reset_on_close(&plain);
+                return;
+            }
+        };
+        drop(handshake);
+        state.counters.handshakes_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let fp = est.peer.fingerprint();
+        tracing::info!(tunnel = %self.name, role = "connector", peer = %client, fingerprint = %fp,
+            connect = %self.connect, "connection open");
+        let (sealer, opener) = est.into_record_layer(self.tuning.rekey_bytes);
+        let stats = PumpStats::default();
+        let opts = PumpOptions {
+            record_size: self.tuning.record_size,
+            rekey_interval: self.tuning.rekey_interval,
+        };
+        let result = {
+            let (mut pr, mut pw) = plain.split();
+            let (mut sr, mut sw) = sealed.split();
+            pump(&mut pr, &mut pw, &mut sr, &mut sw, sealer, opener, leftover, opts, &stats).await
+        };
+        if result.is_err() {
+            reset_on_close(&plain);
+            reset_on_close(&sealed);
+        }
+        log_close(&self.name, self.role(), client, &fp, &stats, started, &result);
+    }
+}

@@ -1,0 +1,207 @@
+//! The full-duplex pump between a plaintext socket and a sealed one, with half-close.
+//!
+//! Two futures run in one task, one per direction. Plain → sealed: read up to `record_size`,
+//! seal in place (with a rekey record in front when one is due), one write. Sealed → plain:
+//! buffer one record at most, open it in place, write the plaintext. A plaintext EOF becomes a
+//! close record and a TCP half-close; a close record becomes `shutdown(Write)` on the plaintext
+//! socket. Any error, or a sealed EOF without a close record, fails the pump; the caller then
+//! resets the plaintext socket. Buffers are bounded, so a slow reader slows the sender.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::proto::aead::TAG_LEN;
+use crate::proto::record::{
+    parse_header, Opened, Opener, RecordError, Sealer, HEADER_LEN, MAX_RECORD_LEN, OVERHEAD,
+};
+
+/// How the pump seals.
+#[derive(Debug, Clone, Copy)]
+pub struct PumpOptions {
+    /// Largest plaintext per record.
+    pub record_size: usize,
+    /// Rekey at least this often while data flows.
+    pub rekey_interval: Option<Duration>,
+}
+
+/// Bytes and rekeys so far, readable while the pump runs.
+#[derive(Debug, Default)]
+pub struct PumpStats {
+    /// Plaintext bytes sealed and sent to the peer.
+    pub sent: AtomicU64,
+    /// Plaintext bytes received from the peer and delivered.
+    pub received: AtomicU64,
+    /// Rekey records sent.
+    pub rekeys_sent: AtomicU64,
+    /// Rekey records received.
+    pub rekeys_received: AtomicU64,
+}
+
+impl PumpStats {
+    /// (sent, received, rekeys sent + received).
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.received.load(Ordering::Relaxed),
+            self.rekeys_sent.load(Ordering::Relaxed) + self.rekeys_received.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Why a pump ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum PumpError {
+    /// The plaintext socket failed.
+    #[error("local socket: {0}")]
+    Plain(std::io::Error),
+    /// The sealed socket failed.
+    #[error("peer socket: {0}")]
+    Sealed(std::io::Error),
+    /// A record was refused, or the stream was truncated.
+    #[error("{0}")]
+    Record(#[from] RecordError),
+}
+
+/// Runs both directions until both have ended cleanly, or one fails.
+#[allow(clippy::too_many_arguments)]
+pub async fn pump<PR, PW, SR, SW>(
+    plain_r: &mut PR,
+    plain_w: &mut PW,
+    sealed_r: &mut SR,
+    sealed_w: &mut SW,
+    mut sealer: Sealer,
+    mut opener: Opener,
+    leftover: Vec<u8>,
+    opts: PumpOptions,
+    stats: &PumpStats,
+) -> Result<(), PumpError>
+where
+    PR: AsyncRead + Unpin,
+    PW: AsyncWrite + Unpin,
+    SR: AsyncRead + Unpin,
+    SW: AsyncWrite + Unpin,
+{
+    let up = plain_to_sealed(plain_r, sealed_w, &mut sealer, opts, stats);
+    let down = sealed_to_plain(sealed_r, plain_w, &mut opener, leftover, stats);
+    tokio::try_join!(up, down).map(|_| ())
+}
+
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn plain_to_sealed<R, W>(
+    plain: &mut R,
+    sealed: &mut W,
+    sealer: &mut Sealer,
+    opts: PumpOptions,
+    stats: &PumpStats,
+) -> Result<(), PumpError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    // [room for a rekey record][record header][plaintext][tag]
+    let data_at = OVERHEAD + HEADER_LEN;
+    let mut buf = vec![0u8; data_at + opts.record_size + TAG_LEN];
+    let mut interval = opts.rekey_interval.map(|d| {
+        let mut i = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
+    loop {
+        let n = tokio::select! {
+            r = plain.read(&mut buf[data_at..data_at + opts.record_size]) => r.map_err(PumpError::Plain)?,
+            _ = tick(&mut interval) => {
+                sealer.request_rekey();
+                continue;
+            }
+        };
+        if n == 0 {
+            let mut close = [0u8; OVERHEAD];
+            sealer.seal_close(&mut close)?;
+            sealed.write_all(&close).await.map_err(PumpError::Sealed)?;
+            sealed.shutdown().await.map_err(PumpError::Sealed)?;
+            return Ok(());
+        }
+        let mut start = OVERHEAD;
+        if sealer.rekey_due() {
+            let room: &mut [u8; OVERHEAD] = (&mut buf[..OVERHEAD])
+                .try_into()
+                .map_err(|_| RecordError::Buffer(OVERHEAD))?;
+            sealer.seal_rekey(room)?;
+            stats.rekeys_sent.fetch_add(1, Ordering::Relaxed);
+            start = 0;
+        }
+        let end = data_at + n + TAG_LEN;
+        sealer.seal_data(&mut buf[OVERHEAD..end])?;
+        sealed
+            .write_all(&buf[start..end])
+            .await
+            .map_err(PumpError::Sealed)?;
+        stats.sent.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Bytes read from the sealed socket at a time when no record size is known yet.
+const READ_CHUNK: usize = 16 * 1024 + OVERHEAD;
+
+async fn sealed_to_plain<R, W>(
+    sealed: &mut R,
+    plain: &mut W,
+    opener: &mut Opener,
+    leftover: Vec<u8>,
+    stats: &PumpStats,
+) -> Result<(), PumpError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = leftover;
+    let mut start = 0;
+    loop {
+        let avail = buf.len() - start;
+        let mut need = HEADER_LEN;
+        if let Some(h) = buf[start..].first_chunk::<HEADER_LEN>() {
+            let (_, total) = parse_header(h)?;
+            need = total;
+            if avail >= total {
+                match opener.open(&mut buf[start..start + total])? {
+                    Opened::Data(d) => {
+                        plain.write_all(d).await.map_err(PumpError::Plain)?;
+                        stats.received.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    }
+                    Opened::Rekey => {
+                        stats.rekeys_received.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Opened::Close => {
+                        plain.shutdown().await.map_err(PumpError::Plain)?;
+                        return Ok(());
+                    }
+                }
+                start += total;
+                continue;
+            }
+        }
+        // Keep only the partial record, then read more; never hold more than one record and a
+        // chunk.
+        buf.drain(..start);
+        start = 0;
+        let want = need.max(READ_CHUNK).min(MAX_RECORD_LEN + READ_CHUNK);
+        if buf.capacity() < want {
+            buf.reserve_exact(want - buf.len());
+        }
+        let n = sealed.read_buf(&mut buf).await.map_err(PumpError::Sealed)?;
+        if n == 0 {
+            opener.end_of_stream()?;
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The accept loop both roles share, and the per-connection log lines.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Tuning;
+use crate::proto::handshake::{HandshakeError, HandshakeRandomness};
+use crate::proto::identity::Fingerprint;
+use crate::tunnel::net::{configure, reset_on_close, Gauge, LogLimiter, Slot};
+use crate::tunnel::pump::{PumpError, PumpStats};
+use crate::tunnel::session::SessionError;
+
+/// Counters of one tunnel, readable by tests and (later) metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Connections accepted.
+    pub accepted: AtomicU64,
+    /// Handshakes completed.
+    pub handshakes_ok: AtomicU64,
+    /// Handshakes refused or failed.
+    pub handshakes_failed: AtomicU64,
+    /// Connections dropped at a limit.
+    pub over_limit: AtomicU64,
+}
+
+/// What the accept loop and the connections of one tunnel share.
+#[derive(Debug)]
+pub struct TunnelState {
+    /// Handshakes in progress.
+    pub handshakes: Arc<Gauge>,
+    /// Connections open (handshaking or established).
+    pub connections: Arc<Gauge>,
+    /// Counters.
+    pub counters: Counters,
+    limit_log: LogLimiter,
+}
+
+impl Default for TunnelState {
+    fn default() -> Self {
+        TunnelState {
+            handshakes: Arc::default(),
+            connections: Arc::default(),
+            counters: Counters::default(),
+            limit_log: LogLimiter::new(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// One side of a tunnel: how it handles each accepted socket.
+pub trait Tunnel: Send + Sync + 'static {
+    /// The tunnel's name, for logs.
+    fn name(&self) -> &str;
+    /// "listener" or "connector", for logs.
+    fn role(&self) -> &'static str;
+    /// Timeouts and limits.
+    fn tuning(&self) -> &Tuning;
+    /// Serves one accepted connection; `handshake` is held until the handshake ends.
+    fn handle(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        handshake: Slot,
+        state: Arc<TunnelState>,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// Fresh handshake randomness from the OS RNG.
+pub fn os_randomness() -> HandshakeRandomness {
+    HandshakeRandomness::generate(&mut rand::rand_core::UnwrapErr(rand::rngs::SysRng))
+}
+
+/// Accepts connections until `stop`, each served in a task on `tracker` with the settings
+/// current at its accept (a reload changes them for new connections only).
+pub async fn serve<T: Tunnel>(
+    listener: TcpListener,
+    settings: watch::Receiver<Arc<T>>,
+    state: Arc<TunnelState>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let tunnel = settings.borrow().clone();
+        state.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        let tuning = tunnel.tuning();
+        let slots = state
+            .connections
+            .try_acquire(tuning.max_connections)
+            .and_then(|c| Some((c, state.handshakes.try_acquire(tuning.max_handshakes)?)));
+        let Some((conn_slot, hs_slot)) = slots else {
+            state.counters.over_limit.fetch_add(1, Ordering::Relaxed);
+            if let Some(held_back) = state.limit_log.check() {
+                tracing::warn!(
+                    tunnel = tunnel.name(),
+                    role = tunnel.role(),
+                    max_connections = tuning.max_connections,
+                    max_handshakes = tuning.max_handshakes,
+                    dropped_since_last_warning = held_back,
+                    "connection limit reached, dropping new connections"
+                );
+            }
+            reset_on_close(&stream);
+            continue;
+        };
+        configure(&stream);
+        let state = state.clone();
+        tracker.spawn(async move {
+            tunnel.handle(stream, peer, hs_slot, state).await;
+            drop(conn_slot);
+        });
+    }
+}
+
+/// The line logged when a handshake fails.
+pub fn log_refusal(tunnel: &str, role: &str, peer: SocketAddr, err: &SessionError) {
+    use HandshakeError as H;
+    match err {
+        // Scanners and junk: nothing an operator must act on.
+        SessionError::Handshake(H::BadMac1 | H::Message(_)) | SessionError::Eof
+            if role == "listener" =>
+        {
+            tracing::debug!(tunnel, role, %peer, reason = %err, "handshake refused")
+        }
+        SessionError::Handshake(H::UntrustedConnector(fp)) => tracing::warn!(
+            tunnel,
+            role,
+            %peer,
+            fingerprint = %fp,
+            "handshake refused: connector key {fp} is not trusted (add it to `peers` to let it in)"
+        ),
+        _ => tracing::warn!(tunnel, role, %peer, reason = %err, "handshake failed"),
+    }
+}
+
+/// The line logged when an established connection ends.
+pub fn log_close(
+    tunnel: &str,
+    role: &str,
+    peer: SocketAddr,
+    fingerprint: &Fingerprint,
+    stats: &PumpStats,
+    started: Instant,
+    result: &Result<(), PumpError>,
+) {
+    let (sent, received, rekeys) = stats.snapshot();
+    let duration_ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(()) => tracing::info!(
+            tunnel, role, %peer, fingerprint = %fingerprint, sent, received, rekeys, duration_ms,
+            reason = "closed by both ends", "connection closed"
+        ),
+        Err(e) => tracing::warn!(
+            tunnel, role, %peer, fingerprint = %fingerprint, sent, received, rekeys, duration_ms,
+            reason = %e, "connection reset"
+        ),
+    }
+}

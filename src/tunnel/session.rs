@@ -1,0 +1,69 @@
+//! Drives the sans-IO handshake over a socket, under a deadline.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::proto::handshake::{Established, Handshake, HandshakeError};
+use crate::proto::messages::MAX_MESSAGE_LEN;
+
+/// Why a handshake over a socket failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The peer did not finish within `handshake_timeout`.
+    #[error("handshake timed out after {0:?}")]
+    Timeout(Duration),
+    /// The peer closed the connection during the handshake (a refusal looks like this).
+    #[error("peer closed the connection during the handshake")]
+    Eof,
+    /// The socket failed.
+    #[error("i/o error during the handshake: {0}")]
+    Io(#[from] std::io::Error),
+    /// The protocol refused the peer.
+    #[error("{0}")]
+    Handshake(#[from] HandshakeError),
+}
+
+/// Runs `hs` over `stream` until it completes. Returns the session and the bytes that arrived
+/// after the last handshake message (the first records).
+pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    hs: Handshake,
+    timeout: Duration,
+) -> Result<(Established, Vec<u8>), SessionError> {
+    match tokio::time::timeout(timeout, run(stream, hs)).await {
+        Ok(result) => result,
+        Err(_) => Err(SessionError::Timeout(timeout)),
+    }
+}
+
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    mut hs: Handshake,
+) -> Result<(Established, Vec<u8>), SessionError> {
+    // Never more than one handshake message is buffered: the state machine reads exactly up to
+    // the end of each message, and bounds each by its header.
+    let mut buf = vec![0u8; MAX_MESSAGE_LEN];
+    loop {
+        let out = hs.take_output();
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+        }
+        if hs.is_done() {
+            return Ok((hs.finish()?, Vec::new()));
+        }
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Err(SessionError::Eof);
+        }
+        let used = hs.read(&buf[..n])?;
+        if hs.is_done() {
+            let out = hs.take_output();
+            if !out.is_empty() {
+                stream.write_all(&out).await?;
+            }
+            let rest = buf[used..n].to_vec();
+            return Ok((hs.finish()?, rest));
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! The handshake between the two roles, in memory: success, and every refusal SPEC §2 asks for.
+
+mod support;
+
+use std::sync::Arc;
+
+use sealpipe::proto::handshake::{
+    mac1, Handshake, HandshakeError, HandshakeRandomness, ListenerParams,
+};
+use sealpipe::proto::identity::{Fingerprint, Signer, TrustList};
+use sealpipe::proto::messages::{MAC1_LEN, MSG_HEADER_LEN};
+use sealpipe::proto::record::{Opened, OVERHEAD};
+use support::*;
+
+fn fresh(label: &str) -> HandshakeRandomness {
+    det_randomness(label)
+}
+
+fn handshakes(p: &Pair, tag: &str) -> (Handshake, Handshake) {
+    (
+        Handshake::connector(p.connector.clone(), fresh(&format!("{tag} c"))),
+        Handshake::listener(p.listener.clone(), fresh(&format!("{tag} l"))),
+    )
+}
+
+/// Rewrites the connector hello's mac1 for `fp`, as an on-path attacker can (fingerprints are
+/// not secret), so that a test reaches the checks behind mac1.
+fn remac(hello: &mut [u8], fp: &Fingerprint) {
+    let n = hello.len() - MAC1_LEN;
+    let tag = mac1(fp, &hello[..n]);
+    hello[n..].copy_from_slice(&tag);
+}
+
+fn refused_by(outcome: &Outcome, side: &str) -> bool {
+    matches!(outcome, Outcome::Refused(s, _) if *s == side)
+}
+
+#[test]
+fn full_handshake_then_records_both_ways_across_many_rekeys() {
+    for psk in [None, Some([0x42u8; 32])] {
+        let p = pair(psk);
+        let (c, l) = handshakes(&p, "ok");
+        let Outcome::Done(done) = drive(c, l, |_, _| {}) else {
+            panic!("handshake failed");
+        };
+        let (ce, le) = *done;
+        assert_eq!(ce.peer.fingerprint(), p.listener.identity.public().fingerprint());
+        assert_eq!(le.peer.fingerprint(), p.connector.identity.public().fingerprint());
+        assert_eq!(ce.transcript_hash, le.transcript_hash);
+        assert!(ce.send == le.recv && ce.recv == le.send && ce.send != ce.recv);
+
+        let (mut c_seal, mut c_open) = ce.into_record_layer(100);
+        let (mut l_seal, mut l_open) = le.into_record_layer(37);
+        for i in 0..500usize {
+            for (seal, open) in [(&mut c_seal, &mut l_open), (&mut l_seal, &mut c_open)] {
+                let msg: Vec<u8> = (0..(i % 90) + 1).map(|b| (b ^ i) as u8).collect();
+                if seal.rekey_due() {
+                    let mut rk = [0u8; OVERHEAD];
+                    seal.seal_rekey(&mut rk).unwrap();
+                    assert_eq!(open.open(&mut rk).unwrap(), Opened::Rekey);
+                }
+                let mut rec = vec![0u8; msg.len() + OVERHEAD];
+                rec[4..4 + msg.len()].copy_from_slice(&msg);
+                seal.seal_data(&mut rec).unwrap();
+                assert_eq!(open.open(&mut rec).unwrap(), Opened::Data(&msg[..]));
+            }
+        }
+        assert!(c_seal.rekeys() > 200 && l_seal.rekeys() > 500);
+        assert_eq!(c_seal.rekeys(), l_open.rekeys());
+        assert_eq!(l_seal.bytes_sealed(), c_open.bytes_opened());
+    }
+}
+
+#[test]
+fn psk_on_one_side_only_is_refused() {
+    let mut p = pair(Some([1u8; 32]));
+    p.listener.psk = None;
+    let (c, l) = handshakes(&p, "psk");
+    let out = drive(c, l, |_, _| {});
+    assert!(matches!(out, Outcome::Refused("listener", HandshakeError::PskMismatch)), "{out:?}");
+}
+
+#[test]
+fn different_psks_are_refused() {
+    let mut p = pair(Some([1u8; 32]));
+    p.listener.psk = Some(Arc::new(sealpipe::proto::keys::Psk::from_bytes([2u8; 32])));
+    let (c, l) = handshakes(&p, "psk2");
+    let out = drive(c, l, |_, _| {});
+    assert!(matches!(out, Outcome::Refused("connector", HandshakeError::Decrypt)), "{out:?}");
+}
+
+#[test]
+fn connector_pinned_to_another_key_gets_silence_and_no_signature() {
+    let mut p = pair(None);
+    p.connector.listener = connector_key().fingerprint();
+    let (c, l) = handshakes(&p, "pin");
+    let out = drive(c, l, |_, _| {});
+    assert!(matches!(out, Outcome::Refused("listener", HandshakeError::BadMac1)), "{out:?}");
+    assert_eq!(p.listener_signer.signatures(), 0);
+}
+
+#[test]
+fn impostor_listener_is_refused_by_the_pin() {
+    // An impostor with its own key, which rewrites mac1 for itself (the pinned fingerprint is
+    // public, its private key is not).
+    let p = pair(None);
+    let impostor_key = connector_key();
+    let impostor_fp = impostor_key.fingerprint();
+    let mut trust = TrustList::new();
+    trust.insert(p.connector.identity.public().fingerprint(), None);
+    let impostor = ListenerParams {
+        identity: Arc::new(impostor_key),
+        trust: Arc::new(trust),
+        psk: None,
+    };
+    let c = Handshake::connector(p.connector.clone(), fresh("imp c"));
+    let l = Handshake::listener(impostor, fresh("imp l"));
+    let out = drive(c, l, |flight, bytes| {
+        if flight == 0 {
+            remac(bytes, &impostor_fp);
+        }
+    });
+    match out {
+        Outcome::Refused("connector", HandshakeError::WrongListenerKey { expected, got }) => {
+            assert_eq!(expected, p.connector.listener);
+            assert_eq!(got, impostor_fp);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn untrusted_connector_is_refused_with_its_fingerprint() {
+    let mut p = pair(None);
+    p.listener.trust = Arc::new(TrustList::new());
+    let (c, l) = handshakes(&p, "untrusted");
+    match drive(c, l, |_, _| {}) {
+        Outcome::Refused("listener", HandshakeError::UntrustedConnector(fp)) => {
+            assert_eq!(fp, p.connector.identity.public().fingerprint())
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_flipped_bit_anywhere_in_any_handshake_message_is_refused() {
+    let p = pair(None);
+    // Flight sizes, from one clean run.
+    let mut sizes = [0usize; 3];
+    let (c, l) = handshakes(&p, "flip");
+    assert!(drive(c, l, |f, b| sizes[f] = b.len()).is_done());
+    for (flight, &size) in sizes.iter().enumerate() {
+        for pos in 0..size {
+            let (c, l) = handshakes(&p, "flip");
+            let out = drive(c, l, |f, b| {
+                if f == flight {
+                    b[pos] ^= 1 << (pos % 8);
+                }
+            });
+            assert!(!out.is_done(), "flight {flight}, byte {pos}: accepted");
+            if flight == 0 {
+                // A connector hello that fails mac1 (or its header check) gets no signature.
+                assert!(refused_by(&out, "listener"), "flight 0 byte {pos}: {out:?}");
+            }
+        }
+    }
+    // Signatures were made only for hellos that arrived intact (flights 1 and 2 runs, plus the
+    // clean one): none for the flight-0 runs.
+    assert_eq!(p.listener_signer.signatures(), 1 + (sizes[1] + sizes[2]) as u64);
+}
+
+#[test]
+fn hello_without_valid_mac1_gets_no_signature_and_no_answer() {
+    let p = pair(None);
+    let mut l = Handshake::listener(p.listener.clone(), fresh("scan l"));
+    let mut hello = Handshake::connector(p.connector.clone(), fresh("scan c")).take_output();
+    let n = hello.len();
+    hello[n - 1] ^= 0x80;
+    assert!(matches!(l.read(&hello), Err(HandshakeError::BadMac1)));
+    assert!(l.take_output().is_empty());
+    assert_eq!(p.listener_signer.signatures(), 0);
+    // Garbage of any length gets the same silence.
+    let mut l = Handshake::listener(p.listener.clone(), fresh("scan l2"));
+    assert!(l.read(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").is_err());
+    assert!(l.take_output().is_empty());
+    assert_eq!(p.listener_signer.signatures(), 0);
+}
+
+#[test]
+fn replayed_messages_from_another_session_are_refused() {
+    let p = pair(None);
+    let mut recorded: Vec<Vec<u8>> = Vec::new();
+    let (c, l) = handshakes(&p, "rec");
+    assert!(drive(c, l, |_, b| recorded.push(b.clone())).is_done());
+
+    // Replay the whole connector side to a listener: the hello is accepted (it cannot know),
+    // but the recorded connector auth is under the old session's keys.
+    let mut l = Handshake::listener(p.listener.clone(), fresh("replay l"));
+    l.read(&recorded[0]).unwrap();
+    assert!(!l.take_output().is_empty());
+    assert!(matches!(l.read(&recorded[2]), Err(HandshakeError::Decrypt)));
+    assert!(!l.is_done());
+
+    // Replay the listener's flight to a new connector: its fresh ephemeral makes it useless.
+    let mut c = Handshake::connector(p.connector.clone(), fresh("replay c"));
+    c.take_output();
+    assert!(matches!(c.read(&recorded[1]), Err(HandshakeError::Decrypt)));
+    assert!(!c.is_done());
+
+    // Replaying with the same listener randomness is impossible in practice, but even then the
+    // connector auth is bound to the listener's new ephemeral: a replayed session never ends.
+    let mut l = Handshake::listener(p.listener.clone(), fresh("rec l"));
+    l.read(&recorded[0]).unwrap();
+    l.take_output();
+    assert!(l.read(&recorded[2]).is_ok() && l.is_done(),
+        "same randomness on both sides is the same session (sanity check of the replay test)");
+}
+
+#[test]
+fn reflected_messages_are_refused() {
+    let p = pair(None);
+    // The connector's own hello sent back to it.
+    let mut c = Handshake::connector(p.connector.clone(), fresh("refl c"));
+    let hello = c.take_output();
+    assert!(matches!(c.read(&hello), Err(HandshakeError::Message(_))));
+    // The listener's own flight sent back to it, as if it were a connector hello.
+    let mut c = Handshake::connector(p.connector.clone(), fresh("refl c2"));
+    let mut l = Handshake::listener(p.listener.clone(), fresh("refl l2"));
+    l.read(&c.take_output()).unwrap();
+    let flight = l.take_output();
+    let mut l2 = Handshake::listener(p.listener.clone(), fresh("refl l3"));
+    assert!(l2.read(&flight).is_err());
+    // The listener's auth message, retyped as a connector auth and sent back to the listener:
+    // the role labels in the keys make it fail.
+    c.read(&flight).unwrap();
+    let mut lauth = flight[MSG_HEADER_LEN + 66..].to_vec();
+    lauth[0] = 0x14;
+    assert!(matches!(l.read(&lauth), Err(HandshakeError::Decrypt)));
+}
+
+#[test]
+fn downgraded_or_unknown_versions_and_options_are_refused() {
+    let p = pair(None);
+    let lfp = p.listener.identity.public().fingerprint();
+    for version in [0u8, 2, 0xff] {
+        let (c, l) = handshakes(&p, "ver");
+        let out = drive(c, l, |f, b| {
+            if f == 0 {
+                b[MSG_HEADER_LEN] = version;
+                remac(b, &lfp);
+            }
+        });
+        assert!(
+            matches!(out, Outcome::Refused("listener", HandshakeError::UnsupportedVersion(v)) if v == version),
+            "{out:?}"
+        );
+    }
+    // The listener's version, changed on the way back.
+    let (c, l) = handshakes(&p, "ver2");
+    let out = drive(c, l, |f, b| {
+        if f == 1 {
+            b[MSG_HEADER_LEN] = 0;
+        }
+    });
+    assert!(matches!(out, Outcome::Refused("connector", HandshakeError::UnsupportedVersion(0))), "{out:?}");
+    // Options: an unknown bit, and a stripped PSK bit (a downgrade to no PSK).
+    let (c, l) = handshakes(&p, "opt");
+    let out = drive(c, l, |f, b| {
+        if f == 0 {
+            b[MSG_HEADER_LEN + 1] |= 0x80;
+            remac(b, &lfp);
+        }
+    });
+    assert!(matches!(out, Outcome::Refused("listener", HandshakeError::BadOptions(_))), "{out:?}");
+    let pp = pair(Some([9u8; 32]));
+    let (c, l) = handshakes(&pp, "opt2");
+    let out = drive(c, l, |f, b| {
+        if f == 0 {
+            b[MSG_HEADER_LEN + 1] = 0;
+            remac(b, &lfp);
+        }
+    });
+    assert!(matches!(out, Outcome::Refused("listener", HandshakeError::PskMismatch)), "{out:?}");
+}
+
+/// Points of small order on Curve25519 (from the X25519 low-order point list).
+const LOW_ORDER: [[u8; 32]; 3] = [
+    [0; 32],
+    {
+        let mut p = [0u8; 32];
+        p[0] = 1;
+        p
+    },
+    [
+        0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4,
+        0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49,
+        0xb8, 0x00,
+    ],
+];
+
+#[test]
+fn low_order_ephemeral_keys_are_refused_on_both_sides() {
+    let p = pair(None);
+    let lfp = p.listener.identity.public().fingerprint();
+    let eph = MSG_HEADER_LEN + 2 + 32;
+    for point in LOW_ORDER {
+        let (c, l) = handshakes(&p, "low");
+        let out = drive(c, l, |f, b| {
+            if f == 0 {
+                b[eph..eph + 32].copy_from_slice(&point);
+                remac(b, &lfp);
+            }
+        });
+        assert!(matches!(out, Outcome::Refused("listener", HandshakeError::LowOrderPoint)), "{out:?}");
+        let (c, l) = handshakes(&p, "low2");
+        let out = drive(c, l, |f, b| {
+            if f == 1 {
+                b[eph..eph + 32].copy_from_slice(&point);
+            }
+        });
+        assert!(matches!(out, Outcome::Refused("connector", HandshakeError::LowOrderPoint)), "{out:?}");
+    }
+}
+
+#[test]
+fn oversized_and_truncated_lengths_are_refused_before_allocation() {
+    let p = pair(None);
+    // A hello that claims a huge body: refused from its 3-byte header alone.
+    let mut l = Handshake::listener(p.listener.clone(), fresh("len l"));
+    assert!(matches!(l.read(&[0x11, 0xff, 0xff]), Err(HandshakeError::Message(_))));
+    // A listener auth that claims more than the largest auth message.
+    let (c, l) = handshakes(&p, "len");
+    let out = drive(c, l, |f, b| {
+        if f == 1 {
+            let at = MSG_HEADER_LEN + 66;
+            b[at + 1] = 0xff;
+            b[at + 2] = 0xff;
+        }
+    });
+    assert!(matches!(out, Outcome::Refused("connector", HandshakeError::Message(_))), "{out:?}");
+    // Truncated flights leave the peer waiting (the I/O shell's timeout ends it), never done.
+    for flight in 0..3 {
+        let (c, l) = handshakes(&p, "trunc");
+        let out = drive(c, l, |f, b| {
+            if f == flight {
+                b.truncate(b.len() - 1);
+            }
+        });
+        assert!(matches!(out, Outcome::Stalled(_)), "flight {flight}: {out:?}");
+    }
+}
+
+#[test]
+fn handshake_is_fed_byte_by_byte_and_leaves_following_records_unread() {
+    let p = pair(None);
+    let (mut c, mut l) = handshakes(&p, "bytes");
+    for b in c.take_output() {
+        assert_eq!(l.read(&[b]).unwrap(), 1);
+    }
+    for b in l.take_output() {
+        assert_eq!(c.read(&[b]).unwrap(), 1);
+    }
+    assert!(c.is_done());
+    let mut stream = c.take_output();
+    stream.extend_from_slice(b"records follow");
+    let n = l.read(&stream).unwrap();
+    assert_eq!(&stream[n..], b"records follow");
+    assert!(l.is_done());
+    assert_eq!(l.read(b"more").unwrap(), 0);
+}

@@ -1,0 +1,159 @@
+//! Record-layer attacks on an established session: every manipulation ends the connection.
+
+mod support;
+
+use sealpipe::proto::handshake::{Established, Handshake};
+use sealpipe::proto::record::{parse_header, Opened, Opener, RecordError, Sealer, HEADER_LEN, OVERHEAD};
+use support::*;
+
+fn session(rekey_bytes: u64) -> ((Sealer, Opener), (Sealer, Opener)) {
+    let p = pair(None);
+    let c = Handshake::connector(p.connector.clone(), det_randomness("rec c"));
+    let l = Handshake::listener(p.listener.clone(), det_randomness("rec l"));
+    let Outcome::Done(done) = drive(c, l, |_, _| {}) else {
+        panic!("handshake")
+    };
+    let (ce, le): (Established, Established) = *done;
+    (ce.into_record_layer(rekey_bytes), le.into_record_layer(rekey_bytes))
+}
+
+fn seal(s: &mut Sealer, msg: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    if s.rekey_due() {
+        let mut rk = [0u8; OVERHEAD];
+        s.seal_rekey(&mut rk).unwrap();
+        out.extend_from_slice(&rk);
+    }
+    let mut rec = vec![0u8; msg.len() + OVERHEAD];
+    rec[HEADER_LEN..HEADER_LEN + msg.len()].copy_from_slice(msg);
+    s.seal_data(&mut rec).unwrap();
+    out.extend_from_slice(&rec);
+    out
+}
+
+/// Splits a byte stream into records and opens them all; returns the data, or the first error.
+fn open_stream(o: &mut Opener, mut stream: &[u8]) -> Result<Vec<u8>, RecordError> {
+    let mut data = Vec::new();
+    while !stream.is_empty() {
+        let h: [u8; HEADER_LEN] = stream[..HEADER_LEN].try_into().unwrap();
+        let (_, len) = parse_header(&h)?;
+        let mut rec = stream[..len].to_vec();
+        stream = &stream[len..];
+        match o.open(&mut rec)? {
+            Opened::Data(d) => data.extend_from_slice(d),
+            Opened::Close | Opened::Rekey => {}
+        }
+    }
+    Ok(data)
+}
+
+fn records(s: &mut Sealer, n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|i| seal(s, format!("record {i}").as_bytes())).collect()
+}
+
+#[test]
+fn a_flipped_bit_anywhere_in_a_record_is_refused() {
+    let ((mut cs, _), (_, _)) = session(1 << 20);
+    let rec = seal(&mut cs, b"some application data");
+    for pos in 0..rec.len() {
+        for bit in 0..8 {
+            let ((mut cs2, _), (_, mut lo)) = session(1 << 20);
+            let mut r = seal(&mut cs2, b"some application data");
+            r[pos] ^= 1 << bit;
+            assert!(open_stream(&mut lo, &r).is_err(), "byte {pos} bit {bit}");
+        }
+    }
+}
+
+#[test]
+fn dropped_duplicated_and_reordered_records_are_refused() {
+    let ((mut cs, _), _) = session(1 << 20);
+    let recs = records(&mut cs, 3);
+    let check = |order: &[usize]| {
+        let (_, (_, mut lo)) = session(1 << 20);
+        let stream: Vec<u8> = order.iter().flat_map(|&i| recs[i].clone()).collect();
+        open_stream(&mut lo, &stream)
+    };
+    assert!(check(&[0, 1, 2]).is_ok());
+    assert_eq!(check(&[0, 2]), Err(RecordError::BadRecord), "dropped");
+    assert_eq!(check(&[0, 0, 1]), Err(RecordError::BadRecord), "duplicated");
+    assert_eq!(check(&[1, 0, 2]), Err(RecordError::BadRecord), "reordered");
+}
+
+#[test]
+fn a_record_reflected_to_its_sender_is_refused() {
+    let ((mut cs, mut co), _) = session(1 << 20);
+    let r = seal(&mut cs, b"to the listener");
+    assert_eq!(open_stream(&mut co, &r), Err(RecordError::BadRecord));
+}
+
+#[test]
+fn a_record_replayed_into_another_session_is_refused() {
+    let ((mut cs, _), _) = session(1 << 20);
+    let r = seal(&mut cs, b"from session one");
+    // Another session between the same keys (fresh randomness).
+    let p = pair(None);
+    let c = Handshake::connector(p.connector.clone(), det_randomness("other c"));
+    let l = Handshake::listener(p.listener.clone(), det_randomness("other l"));
+    let Outcome::Done(done) = drive(c, l, |_, _| {}) else { panic!() };
+    let (_, mut lo) = done.1.into_record_layer(1 << 20);
+    assert_eq!(open_stream(&mut lo, &r), Err(RecordError::BadRecord));
+}
+
+#[test]
+fn truncation_without_close_record_is_detected() {
+    let ((mut cs, _), (_, mut lo)) = session(1 << 20);
+    let stream = records(&mut cs, 2).concat();
+    open_stream(&mut lo, &stream).unwrap();
+    assert_eq!(lo.end_of_stream(), Err(RecordError::Truncated));
+    let mut close = [0u8; OVERHEAD];
+    cs.seal_close(&mut close).unwrap();
+    assert_eq!(lo.open(&mut close).unwrap(), Opened::Close);
+    assert_eq!(lo.end_of_stream(), Ok(()));
+}
+
+#[test]
+fn a_close_record_cannot_be_forged_or_retyped() {
+    let ((mut cs, _), (_, mut lo)) = session(1 << 20);
+    // A data record whose type byte says Close: the header is authenticated.
+    let mut r = seal(&mut cs, b"x");
+    r[0] = 2;
+    assert_eq!(open_stream(&mut lo, &r), Err(RecordError::BadRecord));
+}
+
+#[test]
+fn forged_or_misplaced_rekey_records_are_refused() {
+    // Forged: an attacker's rekey record (random bytes with a rekey header).
+    let (_, (_, mut lo)) = session(1 << 20);
+    let mut forged = [0u8; OVERHEAD];
+    forged[..4].copy_from_slice(&[3, 0, 0, 16]);
+    assert_eq!(lo.open(&mut forged), Err(RecordError::BadRecord));
+
+    // Misplaced: a genuine rekey record delivered twice, or after later data, or dropped.
+    let ((mut cs, _), _) = session(1);
+    let first = seal(&mut cs, b"a"); // data
+    let second = seal(&mut cs, b"b"); // rekey + data
+    let (rekey, data2) = second.split_at(OVERHEAD);
+    let cases: [(&str, Vec<u8>); 3] = [
+        ("rekey twice", [first.clone(), rekey.to_vec(), rekey.to_vec(), data2.to_vec()].concat()),
+        ("rekey after its data", [first.clone(), data2.to_vec(), rekey.to_vec()].concat()),
+        ("rekey dropped", [first.clone(), data2.to_vec()].concat()),
+    ];
+    for (what, stream) in cases {
+        let (_, (_, mut lo)) = session(1);
+        assert_eq!(open_stream(&mut lo, &stream), Err(RecordError::BadRecord), "{what}");
+    }
+    let (_, (_, mut lo)) = session(1);
+    assert_eq!(open_stream(&mut lo, &[first, second].concat()).unwrap(), b"ab");
+}
+
+#[test]
+fn data_after_close_is_refused() {
+    let ((mut cs, _), (_, mut lo)) = session(1 << 20);
+    let r1 = seal(&mut cs, b"x");
+    let mut close = [0u8; OVERHEAD];
+    cs.seal_close(&mut close).unwrap();
+    open_stream(&mut lo, &[r1, close.to_vec()].concat()).unwrap();
+    let mut more = [1u8, 0, 0, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    assert_eq!(lo.open(&mut more), Err(RecordError::AfterClose));
+}
