@@ -2,6 +2,8 @@
 //! vectors, a signer that counts its signatures, and an in-memory handshake driver.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,285 @@
+//! Running the real `sealpipe` binary against real sockets: key files, config files, processes
+//! with their logs, plaintext services and clients. Blocking std sockets keep tests simple.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sealpipe::proto::identity::{Fingerprint, PrivateIdentity};
+use sha2::{Digest, Sha256};
+
+use super::{data, pem};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sealpipe")
+}
+
+/// A temporary directory with the test keys copied in at mode 0600.
+pub struct Site {
+    pub dir: tempfile::TempDir,
+}
+
+impl Site {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for (from, to) in [
+            ("openssl-rsa2048.pem", "listener.pem"),
+            ("peer-b.pem", "connector.pem"),
+            ("untrusted.pem", "untrusted.pem"),
+        ] {
+            let p = dir.path().join(to);
+            std::fs::write(&p, pem(from)).unwrap();
+            set_mode(&p, 0o600);
+        }
+        Site { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+pub fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+pub fn fingerprint_of(pem_name: &str) -> Fingerprint {
+    PrivateIdentity::from_pem(&pem(pem_name)).unwrap().fingerprint()
+}
+
+pub fn listener_fp() -> Fingerprint {
+    fingerprint_of("openssl-rsa2048.pem")
+}
+
+pub fn connector_fp() -> Fingerprint {
+    fingerprint_of("peer-b.pem")
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A `sealpipe run` process; killed on drop. Its stderr goes to a log file.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(config: &Path, wait_for: SocketAddr) -> Daemon {
+        let log = config.with_extension("log");
+        let child = Command::new(bin())
+            .args(["--log-level", "debug", "run", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut d = Daemon { child, log };
+        d.wait_listening(wait_for);
+        d
+    }
+
+    pub fn wait_listening(&mut self, addr: SocketAddr) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("sealpipe exited with {status}: {}", self.log_text());
+            }
+            if self.log_text().contains("sealpipe running") && TcpStream::connect(addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("sealpipe did not listen on {addr}: {}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle` (logs are written asynchronously to the events).
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.log_text();
+            if text.contains(needle) || Instant::now() > deadline {
+                return text;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A listener config forwarding to `forward`, trusting `peers`.
+pub fn listener_config(listen: SocketAddr, forward: SocketAddr, peers: &[Fingerprint], extra: &str) -> String {
+    let peers: Vec<String> = peers.iter().map(|p| format!("\"{p}\"")).collect();
+    format!(
+        "[identity]\nprivate_key = \"listener.pem\"\n\n[defaults]\n{extra}\n\n[[listener]]\nname = \"test\"\nlisten = \"{listen}\"\nforward = \"{forward}\"\npeers = [{}]\n",
+        peers.join(", ")
+    )
+}
+
+/// A connector config for `key` pinned to `peer`.
+pub fn connector_config(key: &str, listen: SocketAddr, connect: SocketAddr, peer: &Fingerprint, extra: &str) -> String {
+    format!(
+        "[identity]\nprivate_key = \"{key}\"\n\n[defaults]\n{extra}\n\n[[connector]]\nname = \"test\"\nlisten = \"{listen}\"\nconnect = \"{connect}\"\npeer = \"{peer}\"\n"
+    )
+}
+
+/// A plaintext service on loopback; counts connections and keeps the hash of each one's input.
+pub struct Service {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+    pub received: Arc<Mutex<Vec<[u8; 32]>>>,
+}
+
+/// What the service does with one connection.
+#[derive(Clone, Copy)]
+pub enum Behaviour {
+    /// Sends back every byte as it arrives; EOF for EOF.
+    Echo,
+    /// Reads everything until EOF, then answers with the hash of it and closes.
+    AnswerAfterEof,
+}
+
+impl Service {
+    pub fn start(behaviour: Behaviour) -> Service {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (a, r) = (accepted.clone(), received.clone());
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                a.fetch_add(1, Ordering::SeqCst);
+                let r = r.clone();
+                std::thread::spawn(move || {
+                    let mut h = Sha256::new();
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut all = Vec::new();
+                    loop {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                h.update(&buf[..n]);
+                                match behaviour {
+                                    Behaviour::Echo => {
+                                        if s.write_all(&buf[..n]).is_err() {
+                                            return;
+                                        }
+                                    }
+                                    Behaviour::AnswerAfterEof => all.extend_from_slice(&buf[..n]),
+                                }
+                            }
+                        }
+                    }
+                    let digest: [u8; 32] = h.finalize().into();
+                    r.lock().unwrap().push(digest);
+                    if let Behaviour::AnswerAfterEof = behaviour {
+                        let answer = format!("got {} bytes, sha256 {}\n", all.len(), hex(&digest)).repeat(1000);
+                        let _ = s.write_all(answer.as_bytes());
+                    }
+                    let _ = s.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        Service { addr, accepted, received }
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Random-looking bytes from a seed (SHA-256 in counter mode; fast enough for tests).
+pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 32);
+    let mut i = 0u64;
+    while out.len() < len {
+        out.extend_from_slice(&Sha256::new().chain_update(seed.to_le_bytes()).chain_update(i.to_le_bytes()).finalize());
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// Sends `data` through `addr` while reading the echo; returns (hash sent, hash received, bytes
+/// received). Writes and reads at the same time, on two threads.
+pub fn echo_exchange(addr: SocketAddr, data: Arc<Vec<u8>>) -> ([u8; 32], [u8; 32], usize) {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let d = data.clone();
+    let writer = std::thread::spawn(move || {
+        for chunk in d.chunks(100_003) {
+            w.write_all(chunk).unwrap();
+        }
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut r = s;
+    let mut h = Sha256::new();
+    let mut n = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => {
+                h.update(&buf[..k]);
+                n += k;
+            }
+            Err(e) => panic!("read after {n} bytes: {e}"),
+        }
+    }
+    writer.join().unwrap();
+    (Sha256::digest(&data[..]).into(), h.finalize().into(), n)
+}
+
+/// Connects through `addr`, sends `msg`, and reads until the end: Ok(bytes) on a clean EOF,
+/// Err(kind) on an error such as a reset.
+pub fn try_exchange(addr: SocketAddr, msg: &[u8]) -> Result<Vec<u8>, std::io::ErrorKind> {
+    let mut s = TcpStream::connect(addr).map_err(|e| e.kind())?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let _ = s.write_all(msg);
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).map_err(|e| e.kind())?;
+    Ok(out)
+}
+
+pub fn test_data_dir() -> PathBuf {
+    data("")
+}

@@ -1,0 +1,83 @@
+//! The test vectors of PROTOCOL.md §8: fixed keys and fixed randomness give exactly these bytes.
+//!
+//! The expected values are read from PROTOCOL.md itself, so the document cannot drift from the
+//! code. `SEALPIPE_PRINT_VECTORS=1 cargo test --test vectors -- --nocapture` prints them.
+
+mod support;
+
+use std::sync::Arc;
+
+use sealpipe::proto::handshake::{ConnectorParams, Handshake, ListenerParams};
+use sealpipe::proto::identity::{Signer, TrustList};
+use sealpipe::proto::keys::hash;
+use sealpipe::proto::record::{HEADER_LEN, OVERHEAD};
+use support::*;
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn computed() -> Vec<(&'static str, String)> {
+    let l: Arc<dyn Signer> = Arc::new(DetSigner::new("openssl-rsa2048.pem", "vector listener pss"));
+    let c: Arc<dyn Signer> = Arc::new(DetSigner::new("peer-b.pem", "vector connector pss"));
+    let mut trust = TrustList::new();
+    trust.insert(c.public().fingerprint(), None);
+    let ch = Handshake::connector(
+        ConnectorParams { identity: c.clone(), listener: l.public().fingerprint(), psk: None },
+        det_randomness("vector connector"),
+    );
+    let lh = Handshake::listener(
+        ListenerParams { identity: l.clone(), trust: Arc::new(trust), psk: None },
+        det_randomness("vector listener"),
+    );
+    let mut flights = Vec::new();
+    let Outcome::Done(done) = drive(ch, lh, |_, b| flights.push(b.clone())) else {
+        panic!("vector handshake failed")
+    };
+    let (ce, le) = *done;
+    assert_eq!(ce.transcript_hash, le.transcript_hash);
+    let mut out = vec![
+        ("listener_fingerprint", l.public().fingerprint().to_string()),
+        ("connector_fingerprint", c.public().fingerprint().to_string()),
+        ("connector_hello", hex(&flights[0])),
+        ("listener_hello", hex(&flights[1][..69])),
+        ("listener_auth_sha256", hex(&hash(&flights[1][69..]))),
+        ("listener_auth_len", (flights[1].len() - 69).to_string()),
+        ("connector_auth_sha256", hex(&hash(&flights[2]))),
+        ("connector_auth_len", flights[2].len().to_string()),
+        ("transcript_sha256", hex(&ce.transcript_hash)),
+        ("c_ap_traffic_0", hex(ce.send.expose())),
+        ("l_ap_traffic_0", hex(ce.recv.expose())),
+    ];
+    let (mut sealer, _) = ce.into_record_layer(4);
+    let mut rec = vec![0u8; 4 + OVERHEAD];
+    rec[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(b"ping");
+    sealer.seal_data(&mut rec).unwrap();
+    out.push(("first_record_ping", hex(&rec)));
+    let mut rekey = [0u8; OVERHEAD];
+    sealer.seal_rekey(&mut rekey).unwrap();
+    out.push(("second_record_rekey", hex(&rekey)));
+    let mut rec = vec![0u8; 4 + OVERHEAD];
+    rec[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(b"pong");
+    sealer.seal_data(&mut rec).unwrap();
+    out.push(("third_record_pong_generation_1", hex(&rec)));
+    out
+}
+
+#[test]
+fn protocol_md_vectors_match_the_code() {
+    let got = computed();
+    if std::env::var_os("SEALPIPE_PRINT_VECTORS").is_some() {
+        for (k, v) in &got {
+            println!("    {k} = {v}");
+        }
+    }
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/PROTOCOL.md")).unwrap();
+    let section = doc.split("## 8. Test vectors").nth(1).expect("PROTOCOL.md has §8");
+    for (k, v) in &got {
+        let line = format!("    {k} = {v}");
+        assert!(section.lines().any(|l| l == line), "PROTOCOL.md §8 lacks or differs on:\n{line}");
+    }
+    // And the run is deterministic.
+    assert_eq!(got, computed());
+}
