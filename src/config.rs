@@ -391,7 +391,7 @@ struct RawConfig {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 struct RawIdentity {
     private_key: Spanned<String>,
     psk_file: Option<Spanned<String>>,
@@ -399,13 +399,13 @@ struct RawIdentity {
 
 with_tuning! {
     #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
+    #[serde(deny_unknown_fields, expecting = "a table")]
     struct RawTuning {}
 }
 
 with_tuning! {
     #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
+    #[serde(deny_unknown_fields, expecting = "a table")]
     struct RawListener {
         name: Spanned<String>,
         listen: Spanned<String>,
@@ -417,7 +417,7 @@ with_tuning! {
 
 with_tuning! {
     #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
+    #[serde(deny_unknown_fields, expecting = "a table")]
     struct RawConnector {
         name: Spanned<String>,
         listen: Spanned<String>,
@@ -637,10 +637,21 @@ impl Source<'_> {
             out.push_str(&ctx);
             out.push_str(": ");
         }
-        if let Some(key) = key {
+        if let Some(key) = &key {
             out.push_str(&format!("key `{key}`: "));
         }
+        // Name TOML types, not Rust ones.
+        let msg = msg
+            .replace("expected i64", "expected an integer")
+            .replace("expected usize", "expected an integer");
         out.push_str(&msg);
+        if key
+            .as_deref()
+            .is_some_and(|k| k == "listener" || k == "connector")
+            && msg.contains("expected a sequence")
+        {
+            out.push_str(" (tunnels are arrays of tables: write [[listener]] or [[connector]], with double brackets)");
+        }
         self.error(span, out)
     }
 
@@ -974,7 +985,7 @@ fn describe(root: &DeTable<'_>, path: &[Seg<'_>]) -> (String, Option<String>) {
     match path.first() {
         Some(Seg::Key(section @ ("listener" | "connector"))) => {
             let Some(Seg::Index(i)) = path.get(1) else {
-                return (format!("[[{section}]]"), key_at(2));
+                return (String::new(), Some(section.to_string()));
             };
             let name = root
                 .get(*section)
@@ -1346,6 +1357,20 @@ record_size = "64KiB"
                 "[[connector]]\nname = \"x\"\nlisten = \"127.0.0.1:1\"\nconnect = \"db:1\"\npeer = \"{FP_B}\"\n"
             )),
             "/etc/sealpipe/b.toml: missing [identity] section (it names this host's `private_key`)"
+        );
+        assert_eq!(
+            err(&with_identity("[listener]\nname = \"a\"\n")),
+            "/etc/sealpipe/b.toml:3:1: key `listener`: invalid type: map, expected a sequence \
+             (tunnels are arrays of tables: write [[listener]] or [[connector]], with double brackets)"
+        );
+        assert_eq!(
+            err("identity = 5\n"),
+            "/etc/sealpipe/b.toml:1:12: [identity]: invalid type: integer `5`, expected a table"
+        );
+        assert_eq!(
+            err(&with_identity("[defaults]\nmax_handshakes = \"5\"\n")),
+            "/etc/sealpipe/b.toml:4:18: [defaults]: key `max_handshakes`: invalid type: \
+             string \"5\", expected an integer"
         );
         assert_eq!(
             err(&with_identity("[defaults]\n")),
