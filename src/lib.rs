@@ -11,4 +11,5 @@
 //!   bytes to the core, and the full-duplex pump.
 //! * [`cli`] has one function per subcommand; `main.rs` only parses the command line.
 
+pub mod keyfile;
 pub mod proto;
