@@ -336,9 +336,9 @@ impl PublicIdentity {
     }
 
     /// Parses a `BEGIN PUBLIC KEY` (SubjectPublicKeyInfo) PEM, as `openssl pkey -pubout` and
-    /// `sealpipe keygen` write it.
+    /// `sealpipe keygen` write it. Surrounding whitespace is ignored.
     pub fn from_pem(pem_text: &str) -> Result<Self, IdentityError> {
-        let bytes = pem_text.trim_start().as_bytes();
+        let bytes = pem_text.trim().as_bytes();
         let label =
             pem::decode_label(bytes).map_err(|_| IdentityError::NotPublicKeyPem { found: None })?;
         if label != LABEL_SPKI {
@@ -417,9 +417,10 @@ impl PrivateIdentity {
     ///
     /// The key is parsed and validated with the `rsa` crate, its size checked
     /// ([`MIN_RSA_BITS`]..=[`MAX_RSA_BITS`]), re-encoded as PKCS#8 DER and loaded into aws-lc-rs.
-    /// Every intermediate buffer holding secret material is zeroized.
+    /// Every intermediate buffer holding secret material is zeroized. Surrounding whitespace
+    /// and CRLF line endings are accepted; encrypted keys are refused.
     pub fn from_pem(pem_text: &str) -> Result<Self, IdentityError> {
-        let bytes = pem_text.trim_start().as_bytes();
+        let bytes = pem_text.trim().as_bytes();
         let label = pem::decode_label(bytes)
             .map_err(|_| IdentityError::NotPrivateKeyPem { found: None })?;
         match label {
@@ -848,6 +849,25 @@ mod tests {
             PrivateIdentity::from_pem(&truncated),
             Err(IdentityError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn crlf_and_surrounding_whitespace_are_accepted() {
+        let crlf = OPENSSL_PKCS8.replace('\n', "\r\n");
+        let padded = format!("\n\n{OPENSSL_PKCS1}\n");
+        let pub_crlf = OPENSSL_PUB.replace('\n', "\r\n");
+        assert_eq!(
+            PrivateIdentity::from_pem(&crlf).unwrap().fingerprint(),
+            openssl_fp()
+        );
+        assert_eq!(
+            PrivateIdentity::from_pem(&padded).unwrap().fingerprint(),
+            openssl_fp()
+        );
+        assert_eq!(
+            PublicIdentity::from_pem(&pub_crlf).unwrap().fingerprint(),
+            openssl_fp()
+        );
     }
 
     #[test]
