@@ -81,7 +81,8 @@ fn init_logging(cli: &Cli) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match cli.log_format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -89,7 +90,9 @@ fn init_logging(cli: &Cli) {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// Runs a parsed command line; errors are printed with their context and give exit status 1.
@@ -108,7 +111,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Keygen { out, bits } => {
             let id = keyfile::write_keypair(&out, bits)?;
-            println!("wrote {} (private, mode 0600) and {}.pub", out.display(), out.display());
+            println!(
+                "wrote {} (private, mode 0600) and {}.pub",
+                out.display(),
+                out.display()
+            );
             println!("{}", id.fingerprint());
         }
         Command::Fingerprint { file } => {

@@ -45,7 +45,8 @@ impl Built {
 /// Reads the config, the private key, the PSK and the peers files. What `check` validates.
 pub fn build(path: &Path) -> anyhow::Result<Built> {
     let config = Config::load(path)?;
-    let identity: Arc<dyn Signer> = Arc::new(keyfile::load_private_key(&config.identity.private_key)?);
+    let identity: Arc<dyn Signer> =
+        Arc::new(keyfile::load_private_key(&config.identity.private_key)?);
     let psk: Option<Arc<Psk>> = match &config.identity.psk_file {
         Some(p) => Some(Arc::new(Psk::from_bytes(*keyfile::load_psk(p)?))),
         None => None,
@@ -138,7 +139,12 @@ impl<T: Tunnel> TunnelSet<T> {
         self.running.get(name).map(|r| r.state.clone())
     }
 
-    async fn start(&mut self, listen: Address, tunnel: Arc<T>, tracker: &TaskTracker) -> anyhow::Result<()> {
+    async fn start(
+        &mut self,
+        listen: Address,
+        tunnel: Arc<T>,
+        tracker: &TaskTracker,
+    ) -> anyhow::Result<()> {
         let listener = bind(&listen)
             .await
             .with_context(|| format!("{} {:?}", tunnel.role(), tunnel.name()))?;
@@ -146,15 +152,35 @@ impl<T: Tunnel> TunnelSet<T> {
         Ok(())
     }
 
-    fn start_on(&mut self, listener: TcpListener, listen: Address, tunnel: Arc<T>, tracker: &TaskTracker) {
+    fn start_on(
+        &mut self,
+        listener: TcpListener,
+        listen: Address,
+        tunnel: Arc<T>,
+        tracker: &TaskTracker,
+    ) {
         let name = tunnel.name().to_string();
         tracing::info!(tunnel = %name, role = tunnel.role(), listen = %listen,
             local = ?listener.local_addr().ok(), "tunnel listening");
         let (tx, rx) = watch::channel(tunnel);
         let stop = CancellationToken::new();
         let state = Arc::new(TunnelState::default());
-        tracker.spawn(serve(listener, rx, state.clone(), stop.clone(), tracker.clone()));
-        self.running.insert(name, Running { listen, settings: tx, stop, state });
+        tracker.spawn(serve(
+            listener,
+            rx,
+            state.clone(),
+            stop.clone(),
+            tracker.clone(),
+        ));
+        self.running.insert(
+            name,
+            Running {
+                listen,
+                settings: tx,
+                stop,
+                state,
+            },
+        );
     }
 
     /// Moves to the tunnels of a new config: same name and address, new settings for new
@@ -241,8 +267,14 @@ impl Daemon {
         if open > 0 {
             tracing::info!(open, timeout = ?self.drain_timeout, "draining open connections");
         }
-        if tokio::time::timeout(self.drain_timeout, self.tracker.wait()).await.is_err() {
-            tracing::warn!(open = self.tracker.len(), "drain timeout reached, closing the rest");
+        if tokio::time::timeout(self.drain_timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.tracker.len(),
+                "drain timeout reached, closing the rest"
+            );
         }
     }
 }

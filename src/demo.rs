@@ -34,15 +34,28 @@ pub async fn echo_service(listener: TcpListener) {
 }
 
 /// Starts `tunnel` on `listener` with its own accept loop.
-pub fn spawn_tunnel<T: Tunnel>(listener: TcpListener, tunnel: T, tracker: &TaskTracker, stop: &CancellationToken) -> Arc<TunnelState> {
+pub fn spawn_tunnel<T: Tunnel>(
+    listener: TcpListener,
+    tunnel: T,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) -> Arc<TunnelState> {
     let (_tx, rx) = watch::channel(Arc::new(tunnel));
     let state = Arc::new(TunnelState::default());
-    tracker.spawn(serve(listener, rx, state.clone(), stop.clone(), tracker.clone()));
+    tracker.spawn(serve(
+        listener,
+        rx,
+        state.clone(),
+        stop.clone(),
+        tracker.clone(),
+    ));
     state
 }
 
 async fn loopback() -> anyhow::Result<(TcpListener, SocketAddr)> {
-    let l = TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?;
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding a loopback port")?;
     let a = l.local_addr()?;
     Ok((l, a))
 }
@@ -81,7 +94,11 @@ pub async fn run(once: bool) -> anyhow::Result<bool> {
         ListenerTunnel {
             name: "demo".into(),
             forward: Address::Ip(echo_addr),
-            params: ListenerParams { identity: l_id.clone() as Arc<dyn Signer>, trust: Arc::new(trust), psk: None },
+            params: ListenerParams {
+                identity: l_id.clone() as Arc<dyn Signer>,
+                trust: Arc::new(trust),
+                psk: None,
+            },
             tuning: Tuning::default(),
         },
         &tracker,
@@ -92,7 +109,11 @@ pub async fn run(once: bool) -> anyhow::Result<bool> {
         ConnectorTunnel {
             name: "demo".into(),
             connect: Address::Ip(sealed_addr),
-            params: ConnectorParams { identity: c_id.clone() as Arc<dyn Signer>, listener: l_fp, psk: None },
+            params: ConnectorParams {
+                identity: c_id.clone() as Arc<dyn Signer>,
+                listener: l_fp,
+                psk: None,
+            },
             tuning: Tuning::default(),
         },
         &tracker,
@@ -103,7 +124,10 @@ pub async fn run(once: bool) -> anyhow::Result<bool> {
     let ok = match round_trip(plain_addr, message).await {
         Ok(back) if back == message => true,
         Ok(back) => {
-            eprintln!("demo: round trip returned {} bytes that differ from what was sent", back.len());
+            eprintln!(
+                "demo: round trip returned {} bytes that differ from what was sent",
+                back.len()
+            );
             false
         }
         Err(e) => {
@@ -115,14 +139,27 @@ pub async fn run(once: bool) -> anyhow::Result<bool> {
     println!("  echo service    plain   {echo_addr}");
     println!("  listener        sealed  {sealed_addr}   key {l_fp}");
     println!("  connector       plain   {plain_addr}   key {c_fp}");
-    println!("  round trip:     {}", if ok { "ok, the echo came back through the tunnel" } else { "FAILED" });
+    println!(
+        "  round trip:     {}",
+        if ok {
+            "ok, the echo came back through the tunnel"
+        } else {
+            "FAILED"
+        }
+    );
     if once {
         stop.cancel();
         return Ok(ok);
     }
     println!();
-    println!("Try it:  socat - TCP:{plain_addr}     (or: nc {} {})", plain_addr.ip(), plain_addr.port());
-    println!("Every line you type goes connector → sealed → listener → echo and back. Ctrl-C stops.");
+    println!(
+        "Try it:  socat - TCP:{plain_addr}     (or: nc {} {})",
+        plain_addr.ip(),
+        plain_addr.port()
+    );
+    println!(
+        "Every line you type goes connector → sealed → listener → echo and back. Ctrl-C stops."
+    );
     tokio::signal::ctrl_c().await?;
     stop.cancel();
     Ok(ok)

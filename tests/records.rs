@@ -3,7 +3,9 @@
 mod support;
 
 use sealpipe::proto::handshake::{Established, Handshake};
-use sealpipe::proto::record::{parse_header, Opened, Opener, RecordError, Sealer, HEADER_LEN, OVERHEAD};
+use sealpipe::proto::record::{
+    parse_header, Opened, Opener, RecordError, Sealer, HEADER_LEN, OVERHEAD,
+};
 use support::*;
 
 fn session(rekey_bytes: u64) -> ((Sealer, Opener), (Sealer, Opener)) {
@@ -14,7 +16,10 @@ fn session(rekey_bytes: u64) -> ((Sealer, Opener), (Sealer, Opener)) {
         panic!("handshake")
     };
     let (ce, le): (Established, Established) = *done;
-    (ce.into_record_layer(rekey_bytes), le.into_record_layer(rekey_bytes))
+    (
+        ce.into_record_layer(rekey_bytes),
+        le.into_record_layer(rekey_bytes),
+    )
 }
 
 fn seal(s: &mut Sealer, msg: &[u8]) -> Vec<u8> {
@@ -48,7 +53,9 @@ fn open_stream(o: &mut Opener, mut stream: &[u8]) -> Result<Vec<u8>, RecordError
 }
 
 fn records(s: &mut Sealer, n: usize) -> Vec<Vec<u8>> {
-    (0..n).map(|i| seal(s, format!("record {i}").as_bytes())).collect()
+    (0..n)
+        .map(|i| seal(s, format!("record {i}").as_bytes()))
+        .collect()
 }
 
 #[test]
@@ -95,7 +102,9 @@ fn a_record_replayed_into_another_session_is_refused() {
     let p = pair(None);
     let c = Handshake::connector(p.connector.clone(), det_randomness("other c"));
     let l = Handshake::listener(p.listener.clone(), det_randomness("other l"));
-    let Outcome::Done(done) = drive(c, l, |_, _| {}) else { panic!() };
+    let Outcome::Done(done) = drive(c, l, |_, _| {}) else {
+        panic!()
+    };
     let (_, mut lo) = done.1.into_record_layer(1 << 20);
     assert_eq!(open_stream(&mut lo, &r), Err(RecordError::BadRecord));
 }
@@ -135,16 +144,35 @@ fn forged_or_misplaced_rekey_records_are_refused() {
     let second = seal(&mut cs, b"b"); // rekey + data
     let (rekey, data2) = second.split_at(OVERHEAD);
     let cases: [(&str, Vec<u8>); 3] = [
-        ("rekey twice", [first.clone(), rekey.to_vec(), rekey.to_vec(), data2.to_vec()].concat()),
-        ("rekey after its data", [first.clone(), data2.to_vec(), rekey.to_vec()].concat()),
+        (
+            "rekey twice",
+            [
+                first.clone(),
+                rekey.to_vec(),
+                rekey.to_vec(),
+                data2.to_vec(),
+            ]
+            .concat(),
+        ),
+        (
+            "rekey after its data",
+            [first.clone(), data2.to_vec(), rekey.to_vec()].concat(),
+        ),
         ("rekey dropped", [first.clone(), data2.to_vec()].concat()),
     ];
     for (what, stream) in cases {
         let (_, (_, mut lo)) = session(1);
-        assert_eq!(open_stream(&mut lo, &stream), Err(RecordError::BadRecord), "{what}");
+        assert_eq!(
+            open_stream(&mut lo, &stream),
+            Err(RecordError::BadRecord),
+            "{what}"
+        );
     }
     let (_, (_, mut lo)) = session(1);
-    assert_eq!(open_stream(&mut lo, &[first, second].concat()).unwrap(), b"ab");
+    assert_eq!(
+        open_stream(&mut lo, &[first, second].concat()).unwrap(),
+        b"ab"
+    );
 }
 
 #[test]
@@ -154,6 +182,8 @@ fn data_after_close_is_refused() {
     let mut close = [0u8; OVERHEAD];
     cs.seal_close(&mut close).unwrap();
     open_stream(&mut lo, &[r1, close.to_vec()].concat()).unwrap();
-    let mut more = [1u8, 0, 0, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let mut more = [
+        1u8, 0, 0, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
     assert_eq!(lo.open(&mut more), Err(RecordError::AfterClose));
 }

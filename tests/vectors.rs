@@ -23,11 +23,19 @@ fn computed() -> Vec<(&'static str, String)> {
     let mut trust = TrustList::new();
     trust.insert(c.public().fingerprint(), None);
     let ch = Handshake::connector(
-        ConnectorParams { identity: c.clone(), listener: l.public().fingerprint(), psk: None },
+        ConnectorParams {
+            identity: c.clone(),
+            listener: l.public().fingerprint(),
+            psk: None,
+        },
         det_randomness("vector connector"),
     );
     let lh = Handshake::listener(
-        ListenerParams { identity: l.clone(), trust: Arc::new(trust), psk: None },
+        ListenerParams {
+            identity: l.clone(),
+            trust: Arc::new(trust),
+            psk: None,
+        },
         det_randomness("vector listener"),
     );
     let mut flights = Vec::new();
@@ -38,7 +46,10 @@ fn computed() -> Vec<(&'static str, String)> {
     assert_eq!(ce.transcript_hash, le.transcript_hash);
     let mut out = vec![
         ("listener_fingerprint", l.public().fingerprint().to_string()),
-        ("connector_fingerprint", c.public().fingerprint().to_string()),
+        (
+            "connector_fingerprint",
+            c.public().fingerprint().to_string(),
+        ),
         ("connector_hello", hex(&flights[0])),
         ("listener_hello", hex(&flights[1][..69])),
         ("listener_auth_sha256", hex(&hash(&flights[1][69..]))),
@@ -73,10 +84,16 @@ fn protocol_md_vectors_match_the_code() {
         }
     }
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/PROTOCOL.md")).unwrap();
-    let section = doc.split("## 8. Test vectors").nth(1).expect("PROTOCOL.md has §8");
+    let section = doc
+        .split("## 8. Test vectors")
+        .nth(1)
+        .expect("PROTOCOL.md has §8");
     for (k, v) in &got {
         let line = format!("    {k} = {v}");
-        assert!(section.lines().any(|l| l == line), "PROTOCOL.md §8 lacks or differs on:\n{line}");
+        assert!(
+            section.lines().any(|l| l == line),
+            "PROTOCOL.md §8 lacks or differs on:\n{line}"
+        );
     }
     // And the run is deterministic.
     assert_eq!(got, computed());

@@ -27,8 +27,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 use crate::proto::aead::TAG_LEN;
 use crate::proto::identity::{Fingerprint, IdentityError, PublicIdentity, Signer, TrustList};
 use crate::proto::keys::{
-    ct_eq, finished_key, hash, hmac, Direction, HandshakeSecrets, Psk, Secret, TrafficKey,
-    HASH_LEN,
+    ct_eq, finished_key, hash, hmac, Direction, HandshakeSecrets, Psk, Secret, TrafficKey, HASH_LEN,
 };
 use crate::proto::messages::{
     check_header, header, put_vec16, Auth, Hello, MessageError, MessageType, KNOWN_OPTIONS,
@@ -162,6 +161,14 @@ pub struct Established {
     pub transcript_hash: [u8; HASH_LEN],
 }
 
+impl std::fmt::Debug for Established {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Established")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Established {
     /// The record layer of this session: a sealer for our direction, an opener for the peer's.
     pub fn into_record_layer(self, rekey_bytes: u64) -> (Sealer, Opener) {
@@ -228,7 +235,10 @@ fn x25519_public(secret: &[u8; 32]) -> [u8; 32] {
 }
 
 /// X25519, refusing a non-contributory (all-zero) result.
-fn x25519_shared(secret: &[u8; 32], peer: &[u8; 32]) -> Result<x25519_dalek::SharedSecret, HandshakeError> {
+fn x25519_shared(
+    secret: &[u8; 32],
+    peer: &[u8; 32],
+) -> Result<x25519_dalek::SharedSecret, HandshakeError> {
     let shared = StaticSecret::from(*secret).diffie_hellman(&PublicKey::from(*peer));
     if shared.was_contributory() {
         Ok(shared)
@@ -352,7 +362,8 @@ impl Handshake {
                     return Ok(consumed);
                 }
                 self.inbuf.reserve_exact(need - self.inbuf.len());
-                self.inbuf.extend_from_slice(&input[consumed..consumed + take]);
+                self.inbuf
+                    .extend_from_slice(&input[consumed..consumed + take]);
                 consumed += take;
                 continue;
             }
@@ -420,11 +431,17 @@ impl Handshake {
         let mut plain = vec16(self.identity().public().spki_der());
         self.transcript.update(&plain);
         let to_sign = signature_input(context, &self.transcript_hash());
-        let sig = self.identity().sign(&to_sign).map_err(HandshakeError::Sign)?;
+        let sig = self
+            .identity()
+            .sign(&to_sign)
+            .map_err(HandshakeError::Sign)?;
         let sig_field = vec16(&sig);
         self.transcript.update(&sig_field);
         plain.extend_from_slice(&sig_field);
-        let fin = hmac(finished_key(hs_traffic).expose(), &[&self.transcript_hash()]);
+        let fin = hmac(
+            finished_key(hs_traffic).expose(),
+            &[&self.transcript_hash()],
+        );
         self.transcript.update(fin);
         plain.extend_from_slice(&fin);
 
@@ -451,7 +468,10 @@ impl Handshake {
         accept: impl FnOnce(&Fingerprint) -> Result<(), HandshakeError>,
     ) -> Result<PublicIdentity, HandshakeError> {
         let (hdr, body) = msg.split_at_mut(MSG_HEADER_LEN);
-        let split = body.len().checked_sub(TAG_LEN).ok_or(HandshakeError::Decrypt)?;
+        let split = body
+            .len()
+            .checked_sub(TAG_LEN)
+            .ok_or(HandshakeError::Decrypt)?;
         let (plain, tag) = body.split_at_mut(split);
         let tag: [u8; TAG_LEN] = (&*tag).try_into().map_err(|_| HandshakeError::Decrypt)?;
         let key = TrafficKey::new(hs_traffic);
@@ -467,7 +487,10 @@ impl Handshake {
         peer.verify(&signed, auth.signature)
             .map_err(|_| HandshakeError::BadSignature)?;
         self.transcript.update(vec16(auth.signature));
-        let expected = hmac(finished_key(hs_traffic).expose(), &[&self.transcript_hash()]);
+        let expected = hmac(
+            finished_key(hs_traffic).expose(),
+            &[&self.transcript_hash()],
+        );
         if !ct_eq(&expected, auth.finished) {
             return Err(HandshakeError::BadFinished);
         }
@@ -523,7 +546,11 @@ impl Handshake {
                 })
             }
         })?;
-        let auth = self.make_auth(MessageType::ConnectorAuth, CONNECTOR_SIGNATURE_CONTEXT, &keys.c_hs)?;
+        let auth = self.make_auth(
+            MessageType::ConnectorAuth,
+            CONNECTOR_SIGNATURE_CONTEXT,
+            &keys.c_hs,
+        )?;
         self.out.extend_from_slice(&auth);
         self.establish(&keys, peer);
         Ok(())
@@ -552,7 +579,11 @@ impl Handshake {
         self.transcript.update(&reply);
         self.out.extend_from_slice(&reply);
         let keys = self.handshake_keys(&shared);
-        let auth = self.make_auth(MessageType::ListenerAuth, LISTENER_SIGNATURE_CONTEXT, &keys.l_hs)?;
+        let auth = self.make_auth(
+            MessageType::ListenerAuth,
+            LISTENER_SIGNATURE_CONTEXT,
+            &keys.l_hs,
+        )?;
         self.out.extend_from_slice(&auth);
         self.state = State::ListenerWaitAuth(Box::new(keys));
         Ok(())

@@ -127,7 +127,9 @@ impl Hello {
 
     /// Decodes the first 66 bytes of a hello body (either kind).
     pub fn decode_fields(body: &[u8]) -> Result<Hello, MessageError> {
-        let f = body.get(..LISTENER_HELLO_BODY).ok_or(MessageError::Malformed)?;
+        let f = body
+            .get(..LISTENER_HELLO_BODY)
+            .ok_or(MessageError::Malformed)?;
         let mut random = [0u8; 32];
         random.copy_from_slice(&f[2..34]);
         let mut ephemeral = [0u8; 32];
@@ -196,7 +198,10 @@ mod tests {
         m.extend_from_slice(&[7u8; 32]);
         let a = Auth::decode(&m).unwrap();
         assert_eq!((a.spki, a.signature), (&b"spki"[..], &b"sig"[..]));
-        assert_eq!(Auth::decode(&m[..m.len() - 1]), Err(MessageError::Malformed));
+        assert_eq!(
+            Auth::decode(&m[..m.len() - 1]),
+            Err(MessageError::Malformed)
+        );
         let mut longer = m.clone();
         longer.push(0);
         assert_eq!(Auth::decode(&longer), Err(MessageError::Malformed));
@@ -211,7 +216,10 @@ mod tests {
     #[test]
     fn headers_are_checked_against_the_expected_message() {
         let h = header(MessageType::ConnectorHello, CONNECTOR_HELLO_BODY);
-        assert_eq!(check_header(&h, MessageType::ConnectorHello), Ok(CONNECTOR_HELLO_BODY));
+        assert_eq!(
+            check_header(&h, MessageType::ConnectorHello),
+            Ok(CONNECTOR_HELLO_BODY)
+        );
         assert_eq!(
             check_header(&h, MessageType::ListenerHello),
             Err(MessageError::UnexpectedType(0x11))

@@ -3,8 +3,8 @@
 //! Nothing here touches a socket, a file, a clock or a global RNG; randomness comes from the
 //! caller. See `PROTOCOL.md` for the wire format this module implements.
 pub mod aead;
+pub mod handshake;
 pub mod identity;
 pub mod keys;
-pub mod record;
 pub mod messages;
-pub mod handshake;
+pub mod record;

@@ -468,7 +468,7 @@ mod tests {
             /// Whatever the sender does, no (key, nonce) pair is used twice, and the receiver
             /// follows every step.
             #[test]
-            fn key_nonce_pairs_never_repeat(rekey_bytes in 1u64..5000, ops in prop::collection::vec(op(), 1..300)) {
+            fn key_nonce_pairs_never_repeat(rekey_bytes in 1u64..5000, ops in proptest::collection::vec(op(), 1..300)) {
                 let secret = Secret::from_bytes([5u8; 32]);
                 let mut sealer = Sealer::new(secret.clone(), rekey_bytes);
                 let mut opener = Opener::new(secret);
@@ -496,7 +496,7 @@ mod tests {
 
             /// Arbitrary bytes never panic the header parser or the opener.
             #[test]
-            fn arbitrary_records_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            fn arbitrary_records_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
                 let mut opener = Opener::new(Secret::from_bytes([1u8; 32]));
                 if let Some(h) = bytes.first_chunk::<HEADER_LEN>() {
                     let _ = parse_header(h);

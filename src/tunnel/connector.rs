@@ -58,7 +58,10 @@ impl Tunnel for ConnectorTunnel {
         let (mut sealed, est, leftover) = match attempt.await {
             Ok(x) => x,
             Err(e) => {
-                state.counters.handshakes_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                state
+                    .counters
+                    .handshakes_failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 log_refusal(&self.name, self.role(), client, &e);
                 // The local client learns that its connection failed, not that it ended.
                 reset_on_close(&plain);
@@ -66,7 +69,10 @@ impl Tunnel for ConnectorTunnel {
             }
         };
         drop(handshake);
-        state.counters.handshakes_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        state
+            .counters
+            .handshakes_ok
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let fp = est.peer.fingerprint();
         tracing::info!(tunnel = %self.name, role = "connector", peer = %client, fingerprint = %fp,
             connect = %self.connect, "connection open");
@@ -79,12 +85,23 @@ impl Tunnel for ConnectorTunnel {
         let result = {
             let (mut pr, mut pw) = plain.split();
             let (mut sr, mut sw) = sealed.split();
-            pump(&mut pr, &mut pw, &mut sr, &mut sw, sealer, opener, leftover, opts, &stats).await
+            pump(
+                &mut pr, &mut pw, &mut sr, &mut sw, sealer, opener, leftover, opts, &stats,
+            )
+            .await
         };
         if result.is_err() {
             reset_on_close(&plain);
             reset_on_close(&sealed);
         }
-        log_close(&self.name, self.role(), client, &fp, &stats, started, &result);
+        log_close(
+            &self.name,
+            self.role(),
+            client,
+            &fp,
+            &stats,
+            started,
+            &result,
+        );
     }
 }

@@ -51,13 +51,19 @@ impl Tunnel for ListenerTunnel {
             match session::handshake(&mut sealed, hs, self.tuning.handshake_timeout).await {
                 Ok(x) => x,
                 Err(e) => {
-                    state.counters.handshakes_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    state
+                        .counters
+                        .handshakes_failed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     log_refusal(&self.name, self.role(), peer, &e);
                     return;
                 }
             };
         drop(handshake);
-        state.counters.handshakes_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        state
+            .counters
+            .handshakes_ok
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let fp = est.peer.fingerprint();
         // Only now, with the peer verified, is the target contacted.
         let mut target = match connect(&self.forward, self.tuning.connect_timeout).await {
@@ -81,7 +87,10 @@ impl Tunnel for ListenerTunnel {
         let result = {
             let (mut tr, mut tw) = target.split();
             let (mut sr, mut sw) = sealed.split();
-            pump(&mut tr, &mut tw, &mut sr, &mut sw, sealer, opener, leftover, opts, &stats).await
+            pump(
+                &mut tr, &mut tw, &mut sr, &mut sw, sealer, opener, leftover, opts, &stats,
+            )
+            .await
         };
         if result.is_err() {
             reset_on_close(&target);

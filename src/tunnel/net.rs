@@ -55,7 +55,10 @@ pub async fn connect(addr: &Address, timeout: Duration) -> std::io::Result<TcpSt
 
 /// A counter of things in progress with a ceiling; a [`Slot`] holds one unit.
 #[derive(Debug, Default)]
-pub struct Gauge(AtomicUsize);
+pub struct Gauge {
+    taken: AtomicUsize,
+    freed: tokio::sync::Notify,
+}
 
 /// One unit of a [`Gauge`], given back on drop.
 #[derive(Debug)]
@@ -64,21 +67,37 @@ pub struct Slot(Arc<Gauge>);
 impl Gauge {
     /// Takes a unit if fewer than `max` are taken.
     pub fn try_acquire(self: &Arc<Self>, max: usize) -> Option<Slot> {
-        self.0
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+        self.taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .ok()
             .map(|_| Slot(self.clone()))
     }
 
+    /// Waits until a unit is free, then takes it.
+    pub async fn acquire(self: &Arc<Self>, max: usize) -> Slot {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(slot) = self.try_acquire(max) {
+                return slot;
+            }
+            freed.await;
+        }
+    }
+
     /// Units taken now.
     pub fn current(&self) -> usize {
-        self.0.load(Ordering::Acquire)
+        self.taken.load(Ordering::Acquire)
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0 .0.fetch_sub(1, Ordering::AcqRel);
+        self.0.taken.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_waiters();
     }
 }
 

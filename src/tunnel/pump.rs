@@ -194,7 +194,7 @@ where
         // chunk.
         buf.drain(..start);
         start = 0;
-        let want = need.max(READ_CHUNK).min(MAX_RECORD_LEN + READ_CHUNK);
+        let want = need.clamp(READ_CHUNK, MAX_RECORD_LEN + READ_CHUNK);
         if buf.capacity() < want {
             buf.reserve_exact(want - buf.len());
         }

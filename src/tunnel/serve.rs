@@ -103,32 +103,42 @@ pub async fn serve<T: Tunnel>(
         let tunnel = settings.borrow().clone();
         state.counters.accepted.fetch_add(1, Ordering::Relaxed);
         let tuning = tunnel.tuning();
-        let slots = state
-            .connections
-            .try_acquire(tuning.max_connections)
-            .and_then(|c| Some((c, state.handshakes.try_acquire(tuning.max_handshakes)?)));
-        let Some((conn_slot, hs_slot)) = slots else {
-            state.counters.over_limit.fetch_add(1, Ordering::Relaxed);
-            if let Some(held_back) = state.limit_log.check() {
-                tracing::warn!(
-                    tunnel = tunnel.name(),
-                    role = tunnel.role(),
-                    max_connections = tuning.max_connections,
-                    max_handshakes = tuning.max_handshakes,
-                    dropped_since_last_warning = held_back,
-                    "connection limit reached, dropping new connections"
-                );
-            }
-            reset_on_close(&stream);
+        let Some(conn_slot) = state.connections.try_acquire(tuning.max_connections) else {
+            over_limit(&state, tunnel.as_ref(), &stream);
             continue;
         };
         configure(&stream);
         let state = state.clone();
         tracker.spawn(async move {
-            tunnel.handle(stream, peer, hs_slot, state).await;
+            // Past `max_handshakes`, a connection waits (holding only its socket) for up to
+            // `handshake_timeout`; the handshake then has its own `handshake_timeout`.
+            let (max, timeout) = (tunnel.tuning().max_handshakes, tunnel.tuning().handshake_timeout);
+            match tokio::time::timeout(timeout, state.handshakes.acquire(max)).await {
+                Ok(hs_slot) => tunnel.handle(stream, peer, hs_slot, state).await,
+                Err(_) => {
+                    tracing::debug!(tunnel = tunnel.name(), %peer, "no handshake slot in time, dropped");
+                    reset_on_close(&stream);
+                }
+            }
             drop(conn_slot);
         });
     }
+}
+
+/// Drops a connection at `max_connections`, with a warning at most every few seconds.
+fn over_limit<T: Tunnel>(state: &TunnelState, tunnel: &T, stream: &TcpStream) {
+    state.counters.over_limit.fetch_add(1, Ordering::Relaxed);
+    if let Some(held_back) = state.limit_log.check() {
+        let tuning = tunnel.tuning();
+        tracing::warn!(
+            tunnel = tunnel.name(),
+            role = tunnel.role(),
+            max_connections = tuning.max_connections,
+            dropped_since_last_warning = held_back,
+            "connection limit reached, dropping new connections"
+        );
+    }
+    reset_on_close(stream);
 }
 
 /// The line logged when a handshake fails.

@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,7 +56,9 @@ pub fn set_mode(p: &Path, mode: u32) {
 }
 
 pub fn fingerprint_of(pem_name: &str) -> Fingerprint {
-    PrivateIdentity::from_pem(&pem(pem_name)).unwrap().fingerprint()
+    PrivateIdentity::from_pem(&pem(pem_name))
+        .unwrap()
+        .fingerprint()
 }
 
 pub fn listener_fp() -> Fingerprint {
@@ -66,20 +69,39 @@ pub fn connector_fp() -> Fingerprint {
     fingerprint_of("peer-b.pem")
 }
 
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+/// Let the daemon pick its port (read back from its log with [`Daemon::addr`]).
+pub fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// A loopback address where connections are refused, held for as long as the value lives (a
+/// bound socket that never listens), so that no other test can take the port meanwhile.
+pub struct DeadPort {
+    pub addr: SocketAddr,
+    _socket: socket2::Socket,
+}
+
+pub fn dead_port() -> DeadPort {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&any_port().into()).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    DeadPort {
+        addr,
+        _socket: socket,
+    }
 }
 
 /// A `sealpipe run` process; killed on drop. Its stderr goes to a log file.
 pub struct Daemon {
     pub child: Child,
     pub log: PathBuf,
+    /// The addresses its tunnels listen on, in the order they were logged.
+    pub addrs: Vec<SocketAddr>,
 }
 
 impl Daemon {
-    pub fn start(config: &Path, wait_for: SocketAddr) -> Daemon {
+    /// Starts `sealpipe run` and waits until it has bound every tunnel.
+    pub fn start(config: &Path) -> Daemon {
         let log = config.with_extension("log");
         let child = Command::new(bin())
             .args(["--log-level", "debug", "run", "--config"])
@@ -88,23 +110,47 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let mut d = Daemon { child, log };
-        d.wait_listening(wait_for);
+        let mut d = Daemon {
+            child,
+            log,
+            addrs: Vec::new(),
+        };
+        d.wait_running();
+        d.addrs = d
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("tunnel listening"))
+            .filter_map(|l| {
+                l.split("local=Some(")
+                    .nth(1)?
+                    .split(')')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
         d
     }
 
-    pub fn wait_listening(&mut self, addr: SocketAddr) {
+    /// The address of its (first) tunnel.
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    fn wait_running(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("sealpipe exited with {status}: {}", self.log_text());
             }
-            if self.log_text().contains("sealpipe running") && TcpStream::connect(addr).is_ok() {
+            // The log line comes after every socket is bound; connecting to probe would open a
+            // tunneled connection and disturb the test's counts.
+            if self.log_text().contains("sealpipe running") {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("sealpipe did not listen on {addr}: {}", self.log_text());
+        panic!("sealpipe did not start: {}", self.log_text());
     }
 
     pub fn log_text(&self) -> String {
@@ -124,12 +170,15 @@ impl Daemon {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig}");
+        let signo = match sig {
+            "HUP" => libc::SIGHUP,
+            "TERM" => libc::SIGTERM,
+            "INT" => libc::SIGINT,
+            other => panic!("signal {other}"),
+        };
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signo) };
+        assert_eq!(rc, 0, "kill -{sig}");
     }
 
     pub fn kill(&mut self) {
@@ -145,7 +194,12 @@ impl Drop for Daemon {
 }
 
 /// A listener config forwarding to `forward`, trusting `peers`.
-pub fn listener_config(listen: SocketAddr, forward: SocketAddr, peers: &[Fingerprint], extra: &str) -> String {
+pub fn listener_config(
+    listen: SocketAddr,
+    forward: SocketAddr,
+    peers: &[Fingerprint],
+    extra: &str,
+) -> String {
     let peers: Vec<String> = peers.iter().map(|p| format!("\"{p}\"")).collect();
     format!(
         "[identity]\nprivate_key = \"listener.pem\"\n\n[defaults]\n{extra}\n\n[[listener]]\nname = \"test\"\nlisten = \"{listen}\"\nforward = \"{forward}\"\npeers = [{}]\n",
@@ -154,7 +208,13 @@ pub fn listener_config(listen: SocketAddr, forward: SocketAddr, peers: &[Fingerp
 }
 
 /// A connector config for `key` pinned to `peer`.
-pub fn connector_config(key: &str, listen: SocketAddr, connect: SocketAddr, peer: &Fingerprint, extra: &str) -> String {
+pub fn connector_config(
+    key: &str,
+    listen: SocketAddr,
+    connect: SocketAddr,
+    peer: &Fingerprint,
+    extra: &str,
+) -> String {
     format!(
         "[identity]\nprivate_key = \"{key}\"\n\n[defaults]\n{extra}\n\n[[connector]]\nname = \"test\"\nlisten = \"{listen}\"\nconnect = \"{connect}\"\npeer = \"{peer}\"\n"
     )
@@ -211,14 +271,19 @@ impl Service {
                     let digest: [u8; 32] = h.finalize().into();
                     r.lock().unwrap().push(digest);
                     if let Behaviour::AnswerAfterEof = behaviour {
-                        let answer = format!("got {} bytes, sha256 {}\n", all.len(), hex(&digest)).repeat(1000);
+                        let answer = format!("got {} bytes, sha256 {}\n", all.len(), hex(&digest))
+                            .repeat(1000);
                         let _ = s.write_all(answer.as_bytes());
                     }
                     let _ = s.shutdown(Shutdown::Write);
                 });
             }
         });
-        Service { addr, accepted, received }
+        Service {
+            addr,
+            accepted,
+            received,
+        }
     }
 }
 
@@ -231,7 +296,12 @@ pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + 32);
     let mut i = 0u64;
     while out.len() < len {
-        out.extend_from_slice(&Sha256::new().chain_update(seed.to_le_bytes()).chain_update(i.to_le_bytes()).finalize());
+        out.extend_from_slice(
+            &Sha256::new()
+                .chain_update(seed.to_le_bytes())
+                .chain_update(i.to_le_bytes())
+                .finalize(),
+        );
         i += 1;
     }
     out.truncate(len);
@@ -274,7 +344,9 @@ pub fn echo_exchange(addr: SocketAddr, data: Arc<Vec<u8>>) -> ([u8; 32], [u8; 32
 pub fn try_exchange(addr: SocketAddr, msg: &[u8]) -> Result<Vec<u8>, std::io::ErrorKind> {
     let mut s = TcpStream::connect(addr).map_err(|e| e.kind())?;
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let _ = s.write_all(msg);
+    // A reset may arrive before the write; the kernel reports it once, to whichever call comes
+    // first, so the write's error is the answer too.
+    s.write_all(msg).map_err(|e| e.kind())?;
     let mut out = Vec::new();
     s.read_to_end(&mut out).map_err(|e| e.kind())?;
     Ok(out)

@@ -13,13 +13,17 @@ use rsa::signature::{RandomizedSigner, SignatureEncoding};
 use sealpipe::proto::handshake::{
     ConnectorParams, Established, Handshake, HandshakeError, HandshakeRandomness, ListenerParams,
 };
-use sealpipe::proto::identity::{IdentityError, PrivateIdentity, PublicIdentity, Signer, TrustList};
+use sealpipe::proto::identity::{
+    IdentityError, PrivateIdentity, PublicIdentity, Signer, TrustList,
+};
 use sealpipe::proto::keys::Psk;
 use sha2::{Digest, Sha256};
 
 /// Path of a file under `tests/data`.
 pub fn data(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
 }
 
 /// PEM text of a committed test key.
@@ -108,7 +112,10 @@ impl DetSigner {
     pub fn new(pem_name: &str, label: &str) -> Self {
         let text = pem(pem_name);
         let key = rsa::RsaPrivateKey::from_pkcs8_pem(&text).expect("pkcs8 test key");
-        let public = PrivateIdentity::from_pem(&text).expect("key").public().clone();
+        let public = PrivateIdentity::from_pem(&text)
+            .expect("key")
+            .public()
+            .clone();
         DetSigner {
             key: rsa::pss::SigningKey::<Sha256>::new(key),
             public,
@@ -234,4 +241,3 @@ pub fn drive(
         (_, Err(e)) => Outcome::Refused("listener", e),
     }
 }
-

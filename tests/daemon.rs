@@ -1,0 +1,400 @@
+//! The real daemon over real sockets: two `sealpipe run` processes (listener and connector),
+//! real key files, a plaintext service, and hashes checked on both ends.
+
+mod support;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use support::daemon::*;
+
+/// A listener and a connector in front of `service`, with `extra` lines in both [defaults].
+struct Tunnel {
+    site: Site,
+    listener: Daemon,
+    connector: Daemon,
+    entry: std::net::SocketAddr,
+}
+
+fn tunnel(service: &Service, extra: &str) -> Tunnel {
+    tunnel_with(service.addr, "connector.pem", &listener_fp(), extra)
+}
+
+/// A listener forwarding to `target`, trusting the test connector key, and a connector with
+/// `key` pinned to `pin`.
+fn tunnel_with(
+    target: std::net::SocketAddr,
+    key: &str,
+    pin: &sealpipe::proto::identity::Fingerprint,
+    extra: &str,
+) -> Tunnel {
+    let site = Site::new();
+    let lconf = site.write(
+        "listener.toml",
+        &listener_config(any_port(), target, &[connector_fp()], extra),
+    );
+    let listener = Daemon::start(&lconf);
+    let cconf = site.write(
+        "connector.toml",
+        &connector_config(key, any_port(), listener.addr(), pin, extra),
+    );
+    let connector = Daemon::start(&cconf);
+    let entry = connector.addr();
+    Tunnel {
+        site,
+        listener,
+        connector,
+        entry,
+    }
+}
+
+#[test]
+fn sixty_four_mib_each_way_at_once_with_many_rekeys() {
+    let service = Service::start(Behaviour::Echo);
+    let t = tunnel(&service, "rekey_bytes = \"1MiB\"\nrecord_size = \"64KiB\"");
+    let data = Arc::new(pseudo_random(1, 64 << 20));
+    let (sent, received, n) = echo_exchange(t.entry, data);
+    assert_eq!(n, 64 << 20);
+    assert_eq!(sent, received, "echo through the tunnel differs");
+    // The service saw exactly what the client sent.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while service.received.lock().unwrap().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(service.received.lock().unwrap()[0], sent);
+    // Both directions rekeyed many times, and the close line says so.
+    let log = t.connector.wait_log("connection closed");
+    let line = log
+        .lines()
+        .find(|l| l.contains("connection closed"))
+        .expect(&log);
+    let rekeys: u64 = line
+        .split("rekeys=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(rekeys >= 100, "{line}");
+    assert!(line.contains(&format!("sent={}", 64 << 20)), "{line}");
+}
+
+#[test]
+fn half_close_lets_the_service_answer_after_eof() {
+    let service = Service::start(Behaviour::AnswerAfterEof);
+    let t = tunnel(&service, "");
+    let mut s = TcpStream::connect(t.entry).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let request = pseudo_random(7, 300_000);
+    s.write_all(&request).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let expected = format!(
+        "got 300000 bytes, sha256 {}\n",
+        hex(&Sha256::digest(&request))
+    )
+    .repeat(1000);
+    assert_eq!(answer, expected);
+}
+
+#[test]
+fn two_hundred_concurrent_connections_each_hashed() {
+    let service = Service::start(Behaviour::Echo);
+    let t = tunnel(&service, "");
+    let entry = t.entry;
+    let handles: Vec<_> = (0..200u64)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let data = Arc::new(pseudo_random(i, 20_000 + (i as usize) * 997));
+                let (sent, received, _) = echo_exchange(entry, data);
+                assert_eq!(sent, received, "connection {i}");
+            })
+        })
+        .collect();
+    let failed = handles
+        .into_iter()
+        .map(|h| h.join())
+        .filter(Result::is_err)
+        .count();
+    let warnings = |d: &Daemon| -> String {
+        d.log_text()
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        failed,
+        0,
+        "connector:\n{}\nlistener:\n{}",
+        warnings(&t.connector),
+        warnings(&t.listener)
+    );
+    assert_eq!(service.accepted.load(Ordering::SeqCst), 200);
+}
+
+#[test]
+fn untrusted_connector_is_refused_and_the_target_never_contacted() {
+    let service = Service::start(Behaviour::Echo);
+    let t = tunnel_with(service.addr, "untrusted.pem", &listener_fp(), "");
+    let r = try_exchange(t.entry, b"let me in");
+    assert_eq!(r, Err(ErrorKind::ConnectionReset));
+    let untrusted = fingerprint_of("untrusted.pem").to_string();
+    let log = t.listener.wait_log(&untrusted);
+    assert!(
+        log.contains(&format!("connector key {untrusted} is not trusted")),
+        "{log}"
+    );
+    assert_eq!(service.accepted.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn wrong_pinned_key_at_the_connector_resets_the_client() {
+    let service = Service::start(Behaviour::Echo);
+    let t = tunnel_with(
+        service.addr,
+        "connector.pem",
+        &fingerprint_of("untrusted.pem"),
+        "",
+    );
+    assert_eq!(
+        try_exchange(t.entry, b"secret"),
+        Err(ErrorKind::ConnectionReset)
+    );
+    let log = t.connector.wait_log("handshake failed");
+    assert!(
+        log.contains("peer closed the connection during the handshake"),
+        "{log}"
+    );
+    assert_eq!(service.accepted.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn listener_down_or_target_down_resets_the_client_promptly() {
+    // Listener down: nothing listens on the sealed port.
+    let site = Site::new();
+    let nowhere = dead_port();
+    let cconf = site.write(
+        "connector.toml",
+        &connector_config(
+            "connector.pem",
+            any_port(),
+            nowhere.addr,
+            &listener_fp(),
+            "",
+        ),
+    );
+    let connector = Daemon::start(&cconf);
+    let t0 = Instant::now();
+    assert_eq!(
+        try_exchange(connector.addr(), b"hi"),
+        Err(ErrorKind::ConnectionReset)
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    let log = connector.wait_log("Connection refused");
+    assert!(
+        log.contains("handshake failed") && log.contains("Connection refused"),
+        "{log}"
+    );
+
+    // Target down: the listener has nowhere to forward.
+    let dead = dead_port();
+    let t = tunnel_with(dead.addr, "connector.pem", &listener_fp(), "");
+    let t0 = Instant::now();
+    assert_eq!(
+        try_exchange(t.entry, b"hi"),
+        Err(ErrorKind::ConnectionReset)
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    let log = t.listener.wait_log("forward target unreachable");
+    assert!(
+        log.contains("forward target unreachable") && log.contains("Connection refused"),
+        "{log}"
+    );
+    let log = t.connector.wait_log("connection reset");
+    assert!(log.contains("connection reset"), "{log}");
+}
+
+fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `check` and `run` both fail with exactly this message.
+fn assert_config_error(config: &std::path::Path, expected: &str) {
+    let c = config.to_str().unwrap();
+    for cmd in ["check", "run"] {
+        let (code, _, err) = run_cli(&[cmd, "--config", c]);
+        assert_ne!(code, 0, "{cmd} accepted a bad config");
+        assert!(
+            err.contains(expected),
+            "{cmd}: expected {expected:?} in:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn config_and_key_errors_are_exact_and_fail_check_and_run() {
+    let site = Site::new();
+    let svc: std::net::SocketAddr = "127.0.0.1:6379".parse().unwrap();
+    let good = listener_config(any_port(), svc, &[connector_fp()], "");
+    let p = site.write("good.toml", &good);
+    let (code, out, err) = run_cli(&["check", "--config", p.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("OK") && out.contains(&listener_fp().to_string()),
+        "{out}"
+    );
+
+    // Unknown key.
+    let p = site.write(
+        "unknown.toml",
+        &good.replace("[defaults]\n", "[defaults]\nrekey_byts = \"1GiB\"\n"),
+    );
+    assert_config_error(
+        &p,
+        &format!(
+            "{}:5:1: unknown key `rekey_byts` in [defaults]",
+            p.display()
+        ),
+    );
+    // Bad address.
+    let p = site.write(
+        "addr.toml",
+        &good.replace(&format!("forward = \"{svc}\""), "forward = \"127.0.0.1\""),
+    );
+    assert_config_error(&p, &format!("{}:10:11: listener \"test\": key `forward`: invalid address \"127.0.0.1\": missing `:port`", p.display()));
+    // Missing key file.
+    let p = site.write("missing.toml", &good.replace("listener.pem", "nope.pem"));
+    assert_config_error(&p, &format!("{}", site.path("nope.pem").display()));
+    // Loose permissions.
+    let loose = site.path("loose.pem");
+    std::fs::copy(site.path("listener.pem"), &loose).unwrap();
+    set_mode(&loose, 0o644);
+    let p = site.write("loose.toml", &good.replace("listener.pem", "loose.pem"));
+    assert_config_error(&p, &format!("chmod 600 {}", loose.display()));
+    // Short key.
+    let short = site.path("short.pem");
+    std::fs::copy(test_data_dir().join("openssl-rsa1024.pem"), &short).unwrap();
+    set_mode(&short, 0o600);
+    let p = site.write("short.toml", &good.replace("listener.pem", "short.pem"));
+    assert_config_error(&p, "1024 bits");
+    // Missing config file.
+    let missing = site.path("absent.toml");
+    assert_config_error(
+        &missing,
+        &format!("cannot read config file {}", missing.display()),
+    );
+}
+
+#[test]
+fn sighup_removes_a_peer_for_new_connections_and_keeps_the_open_one() {
+    let service = Service::start(Behaviour::Echo);
+    let t = tunnel(&service, "");
+    // An open connection, moving data.
+    let mut open = TcpStream::connect(t.entry).unwrap();
+    open.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let echo = |s: &mut TcpStream, msg: &[u8]| {
+        s.write_all(msg).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg);
+    };
+    echo(&mut open, b"before reload");
+    // Rewrite the listener's trust list without the connector, and reload.
+    let lconf = t.site.path("listener.toml");
+    let text = std::fs::read_to_string(&lconf).unwrap();
+    let untrusted_only = text.replace(
+        &connector_fp().to_string(),
+        &fingerprint_of("untrusted.pem").to_string(),
+    );
+    std::fs::write(&lconf, untrusted_only).unwrap();
+    t.listener.signal("HUP");
+    t.listener.wait_log("configuration reloaded");
+    // New connection refused; the open one still flows.
+    assert_eq!(
+        try_exchange(t.entry, b"new"),
+        Err(ErrorKind::ConnectionReset)
+    );
+    echo(&mut open, b"after reload, still flowing");
+    // A broken config on reload is refused and the running one kept.
+    std::fs::write(&lconf, "this is not toml [").unwrap();
+    t.listener.signal("HUP");
+    let log = t.listener.wait_log("reload failed");
+    assert!(
+        log.contains("reload failed, keeping the running configuration"),
+        "{log}"
+    );
+    echo(&mut open, b"after a broken reload");
+}
+
+#[test]
+fn sigterm_drains_open_connections() {
+    let service = Service::start(Behaviour::Echo);
+    let mut t = tunnel(&service, "drain_timeout = \"20s\"");
+    let mut open = TcpStream::connect(t.entry).unwrap();
+    open.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    open.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    open.read_exact(&mut b).unwrap();
+    t.listener.signal("TERM");
+    t.listener.wait_log("draining open connections");
+    // New connections are no longer accepted by the listener...
+    let r = try_exchange(t.entry, b"new");
+    assert_eq!(
+        r,
+        Err(ErrorKind::ConnectionReset),
+        "connector:\n{}\nlistener:\n{}",
+        t.connector.log_text(),
+        t.listener.log_text()
+    );
+    // ...while the open one finishes cleanly, and then the process exits.
+    open.write_all(b"still here").unwrap();
+    let mut back = [0u8; 10];
+    open.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"still here");
+    open.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    open.read_to_end(&mut rest).unwrap();
+    let status = t.listener.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn demo_once_exits_zero() {
+    let (code, out, err) = run_cli(&["demo", "--once"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("round trip:     ok"), "{out}");
+}
+
+#[test]
+fn keygen_and_fingerprint_agree() {
+    let site = Site::new();
+    let key = site.path("new.pem");
+    let (code, out, err) = run_cli(&["keygen", "--out", key.to_str().unwrap(), "--bits", "2048"]);
+    assert_eq!(code, 0, "{err}");
+    let printed = out.lines().last().unwrap().to_string();
+    let (_, fp_priv, _) = run_cli(&["fingerprint", key.to_str().unwrap()]);
+    let (_, fp_pub, _) = run_cli(&["fingerprint", &format!("{}.pub", key.display())]);
+    assert_eq!(fp_priv.trim(), printed);
+    assert_eq!(fp_pub.trim(), printed);
+    // Refuses to overwrite.
+    let (code, _, err) = run_cli(&["keygen", "--out", key.to_str().unwrap(), "--bits", "2048"]);
+    assert_ne!(code, 0);
+    assert!(err.contains(key.to_str().unwrap()), "{err}");
+}
