@@ -8,10 +8,11 @@ use sealpipe::proto::record::{
 };
 use support::*;
 
+/// A session whose keys are the same at every call (deterministic signatures and randomness).
 fn session(rekey_bytes: u64) -> ((Sealer, Opener), (Sealer, Opener)) {
-    let p = pair(None);
-    let c = Handshake::connector(p.connector.clone(), det_randomness("rec c"));
-    let l = Handshake::listener(p.listener.clone(), det_randomness("rec l"));
+    let (cp, lp) = det_pair();
+    let c = Handshake::connector(cp, det_randomness("rec c"));
+    let l = Handshake::listener(lp, det_randomness("rec l"));
     let Outcome::Done(done) = drive(c, l, |_, _| {}) else {
         panic!("handshake")
     };
@@ -42,6 +43,10 @@ fn open_stream(o: &mut Opener, mut stream: &[u8]) -> Result<Vec<u8>, RecordError
     while !stream.is_empty() {
         let h: [u8; HEADER_LEN] = stream[..HEADER_LEN].try_into().unwrap();
         let (_, len) = parse_header(&h)?;
+        if len > stream.len() {
+            // The reader would wait for bytes that never come, then see EOF.
+            return Err(RecordError::Truncated);
+        }
         let mut rec = stream[..len].to_vec();
         stream = &stream[len..];
         match o.open(&mut rec)? {
@@ -60,8 +65,14 @@ fn records(s: &mut Sealer, n: usize) -> Vec<Vec<u8>> {
 
 #[test]
 fn a_flipped_bit_anywhere_in_a_record_is_refused() {
-    let ((mut cs, _), (_, _)) = session(1 << 20);
+    let ((mut cs, _), (_, mut lo)) = session(1 << 20);
     let rec = seal(&mut cs, b"some application data");
+    // The untouched record opens in a fresh session with the same keys: the flips below are
+    // what makes them fail.
+    assert_eq!(
+        open_stream(&mut lo, &rec).unwrap(),
+        b"some application data"
+    );
     for pos in 0..rec.len() {
         for bit in 0..8 {
             let ((mut cs2, _), (_, mut lo)) = session(1 << 20);

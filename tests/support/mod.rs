@@ -190,6 +190,27 @@ pub fn pair(psk: Option<[u8; 32]>) -> Pair {
     }
 }
 
+/// Like [`pair`], but both sides sign with [`DetSigner`]: the same handshake randomness gives
+/// the same session keys every time.
+pub fn det_pair() -> (ConnectorParams, ListenerParams) {
+    let l: Arc<dyn Signer> = Arc::new(DetSigner::new("openssl-rsa2048.pem", "det listener"));
+    let c: Arc<dyn Signer> = Arc::new(DetSigner::new("peer-b.pem", "det connector"));
+    let mut trust = TrustList::new();
+    trust.insert(c.public().fingerprint(), None);
+    (
+        ConnectorParams {
+            listener: l.public().fingerprint(),
+            identity: c,
+            psk: None,
+        },
+        ListenerParams {
+            identity: l,
+            trust: Arc::new(trust),
+            psk: None,
+        },
+    )
+}
+
 /// Which side refused, and why.
 #[derive(Debug)]
 pub enum Outcome {
