@@ -486,3 +486,46 @@ fn handshake_is_fed_byte_by_byte_and_leaves_following_records_unread() {
     assert!(l.is_done());
     assert_eq!(l.read(b"more").unwrap(), 0);
 }
+
+mod arbitrary_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Arbitrary bytes, in arbitrary pieces, never panic a listener, get no answer and no
+        /// signature, and never complete a handshake.
+        #[test]
+        fn listener_survives_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..3000), cuts in proptest::collection::vec(0usize..3000, 0..8)) {
+            let p = pair(None);
+            let mut l = Handshake::listener(p.listener.clone(), fresh("arb l"));
+            let mut cuts = cuts;
+            cuts.push(bytes.len());
+            cuts.sort_unstable();
+            let mut at = 0;
+            for cut in cuts {
+                let cut = cut.min(bytes.len());
+                if cut < at { continue; }
+                if l.read(&bytes[at..cut]).is_err() { break; }
+                at = cut;
+            }
+            prop_assert!(!l.is_done());
+            prop_assert!(l.take_output().is_empty());
+            prop_assert_eq!(p.listener_signer.signatures(), 0);
+        }
+
+        /// Arbitrary bytes after a genuine connector hello never complete a handshake.
+        #[test]
+        fn listener_after_hello_and_connector_survive_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            let p = pair(None);
+            let mut c = Handshake::connector(p.connector.clone(), fresh("arb c"));
+            let mut l = Handshake::listener(p.listener.clone(), fresh("arb l2"));
+            l.read(&c.take_output()).unwrap();
+            let _ = l.read(&bytes);
+            prop_assert!(!l.is_done());
+            let _ = c.read(&bytes);
+            prop_assert!(!c.is_done());
+        }
+    }
+}

@@ -220,6 +220,24 @@ pub fn mac1(listener: &Fingerprint, hello_unmacced: &[u8]) -> [u8; MAC1_LEN] {
     out
 }
 
+/// Checks a whole connector hello's header and mac1 for the listener `listener`, without any
+/// other work: what a listener can afford to do for anybody. The state machine checks again.
+pub fn check_connector_hello(listener: &Fingerprint, hello: &[u8]) -> Result<(), HandshakeError> {
+    let header = hello
+        .first_chunk::<MSG_HEADER_LEN>()
+        .ok_or(MessageError::Malformed)?;
+    let len = check_header(header, MessageType::ConnectorHello)?;
+    if hello.len() != MSG_HEADER_LEN + len {
+        return Err(MessageError::Malformed.into());
+    }
+    let (unmacced, tag) = hello.split_at(hello.len() - MAC1_LEN);
+    if ct_eq(&mac1(listener, unmacced), tag) {
+        Ok(())
+    } else {
+        Err(HandshakeError::BadMac1)
+    }
+}
+
 fn signature_input(context: &[u8], transcript_hash: &[u8; HASH_LEN]) -> Vec<u8> {
     [context, transcript_hash].concat()
 }
@@ -560,11 +578,7 @@ impl Handshake {
         let Params::Listener(params) = &self.params else {
             return Err(HandshakeError::State);
         };
-        let (unmacced, tag) = msg.split_at(msg.len() - MAC1_LEN);
-        let own = params.identity.public().fingerprint();
-        if !ct_eq(&mac1(&own, unmacced), tag) {
-            return Err(HandshakeError::BadMac1);
-        }
+        check_connector_hello(&params.identity.public().fingerprint(), msg)?;
         let hello = Hello::decode_fields(&msg[MSG_HEADER_LEN..])?;
         self.check_hello(&hello)?;
         let shared = x25519_shared(&self.rand.ephemeral, &hello.ephemeral)?;

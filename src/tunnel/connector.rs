@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 
 use crate::config::{Address, Tuning};
 use crate::proto::handshake::{ConnectorParams, Handshake};
-use crate::tunnel::net::{connect, reset_on_close, Slot};
+use crate::tunnel::net::{connect, reset_on_close};
 use crate::tunnel::pump::{pump, PumpOptions, PumpStats};
 use crate::tunnel::serve::{log_close, log_refusal, os_randomness, Tunnel, TunnelState};
 use crate::tunnel::session::{self, SessionError};
@@ -42,20 +42,26 @@ impl Tunnel for ConnectorTunnel {
         self: Arc<Self>,
         mut plain: TcpStream,
         client: SocketAddr,
-        handshake: Slot,
         state: Arc<TunnelState>,
     ) {
         let started = Instant::now();
-        let hs = Handshake::connector(self.params.clone(), os_randomness());
+        let timeout = self.tuning.handshake_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         let attempt = async {
+            // Local clients past `max_handshakes` wait their turn rather than being dropped.
+            let slot = state
+                .handshake_slot(&self.tuning, deadline)
+                .await
+                .ok_or(SessionError::Timeout(timeout))?;
             let mut sealed = connect(&self.connect, self.tuning.connect_timeout)
                 .await
                 .map_err(SessionError::Io)?;
+            let hs = Handshake::connector(self.params.clone(), os_randomness());
             let (est, leftover) =
-                session::handshake(&mut sealed, hs, self.tuning.handshake_timeout).await?;
-            Ok::<_, SessionError>((sealed, est, leftover))
+                session::handshake(&mut sealed, hs, &[], deadline, timeout).await?;
+            Ok::<_, SessionError>((sealed, est, leftover, slot))
         };
-        let (mut sealed, est, leftover) = match attempt.await {
+        let (mut sealed, est, leftover, handshake) = match attempt.await {
             Ok(x) => x,
             Err(e) => {
                 state

@@ -4,14 +4,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::sync::atomic::Ordering;
+
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::config::{Address, Tuning};
-use crate::proto::handshake::{Handshake, ListenerParams};
-use crate::tunnel::net::{connect, reset_on_close, Slot};
+use crate::proto::handshake::{check_connector_hello, Handshake, ListenerParams};
+use crate::proto::messages::{CONNECTOR_HELLO_BODY, MSG_HEADER_LEN};
+use crate::tunnel::net::{connect, reset_on_close};
 use crate::tunnel::pump::{pump, PumpOptions, PumpStats};
 use crate::tunnel::serve::{log_close, log_refusal, os_randomness, Tunnel, TunnelState};
-use crate::tunnel::session;
+use crate::tunnel::session::{self, SessionError};
 
 /// Everything a listener tunnel needs; replaced as a whole on reload.
 pub struct ListenerTunnel {
@@ -42,28 +46,46 @@ impl Tunnel for ListenerTunnel {
         self: Arc<Self>,
         mut sealed: TcpStream,
         peer: SocketAddr,
-        handshake: Slot,
         state: Arc<TunnelState>,
     ) {
         let started = Instant::now();
+        let timeout = self.tuning.handshake_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let refused = |e: SessionError| {
+            state
+                .counters
+                .handshakes_failed
+                .fetch_add(1, Ordering::Relaxed);
+            log_refusal(&self.name, self.role(), peer, &e);
+        };
+        // Before any work, and holding no handshake slot: the fixed-size hello and its mac1.
+        // A scanner, a slow sender or a peer without our fingerprint costs a socket and 85 bytes.
+        let mut hello = [0u8; MSG_HEADER_LEN + CONNECTOR_HELLO_BODY];
+        match tokio::time::timeout_at(deadline, sealed.read_exact(&mut hello)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return refused(SessionError::Eof)
+            }
+            Ok(Err(e)) => return refused(SessionError::Io(e)),
+            Err(_) => return refused(SessionError::Timeout(timeout)),
+        }
+        let own = self.params.identity.public().fingerprint();
+        if let Err(e) = check_connector_hello(&own, &hello) {
+            state.counters.mac1_rejected.fetch_add(1, Ordering::Relaxed);
+            return refused(e.into());
+        }
+        // The costly part (X25519, an RSA signature and a verification) under the cap.
+        let Some(handshake) = state.handshake_slot(&self.tuning, deadline).await else {
+            return refused(SessionError::Timeout(timeout));
+        };
         let hs = Handshake::listener(self.params.clone(), os_randomness());
         let (est, leftover) =
-            match session::handshake(&mut sealed, hs, self.tuning.handshake_timeout).await {
+            match session::handshake(&mut sealed, hs, &hello, deadline, timeout).await {
                 Ok(x) => x,
-                Err(e) => {
-                    state
-                        .counters
-                        .handshakes_failed
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    log_refusal(&self.name, self.role(), peer, &e);
-                    return;
-                }
+                Err(e) => return refused(e),
             };
         drop(handshake);
-        state
-            .counters
-            .handshakes_ok
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        state.counters.handshakes_ok.fetch_add(1, Ordering::Relaxed);
         let fp = est.peer.fingerprint();
         // Only now, with the peer verified, is the target contacted.
         let mut target = match connect(&self.forward, self.tuning.connect_timeout).await {

@@ -27,6 +27,8 @@ pub struct Counters {
     pub handshakes_ok: AtomicU64,
     /// Handshakes refused or failed.
     pub handshakes_failed: AtomicU64,
+    /// Listener: connector hellos without a valid mac1 (scanners, junk, wrong pins): no work done.
+    pub mac1_rejected: AtomicU64,
     /// Connections dropped at a limit.
     pub over_limit: AtomicU64,
 }
@@ -41,6 +43,21 @@ pub struct TunnelState {
     /// Counters.
     pub counters: Counters,
     limit_log: LogLimiter,
+}
+
+impl TunnelState {
+    /// Waits (holding nothing but the caller's socket) for one of `max_handshakes` slots, until
+    /// `deadline`. Past `max_handshakes` connections queue instead of being dropped; only
+    /// `max_connections` drops.
+    pub async fn handshake_slot(
+        &self,
+        tuning: &Tuning,
+        deadline: tokio::time::Instant,
+    ) -> Option<Slot> {
+        tokio::time::timeout_at(deadline, self.handshakes.acquire(tuning.max_handshakes))
+            .await
+            .ok()
+    }
 }
 
 impl Default for TunnelState {
@@ -62,12 +79,12 @@ pub trait Tunnel: Send + Sync + 'static {
     fn role(&self) -> &'static str;
     /// Timeouts and limits.
     fn tuning(&self) -> &Tuning;
-    /// Serves one accepted connection; `handshake` is held until the handshake ends.
+    /// Serves one accepted connection, taking a handshake slot ([`TunnelState::handshake_slot`])
+    /// for the costly part of its handshake.
     fn handle(
         self: Arc<Self>,
         stream: TcpStream,
         peer: SocketAddr,
-        handshake: Slot,
         state: Arc<TunnelState>,
     ) -> impl Future<Output = ()> + Send;
 }
@@ -110,16 +127,7 @@ pub async fn serve<T: Tunnel>(
         configure(&stream);
         let state = state.clone();
         tracker.spawn(async move {
-            // Past `max_handshakes`, a connection waits (holding only its socket) for up to
-            // `handshake_timeout`; the handshake then has its own `handshake_timeout`.
-            let (max, timeout) = (tunnel.tuning().max_handshakes, tunnel.tuning().handshake_timeout);
-            match tokio::time::timeout(timeout, state.handshakes.acquire(max)).await {
-                Ok(hs_slot) => tunnel.handle(stream, peer, hs_slot, state).await,
-                Err(_) => {
-                    tracing::debug!(tunnel = tunnel.name(), %peer, "no handshake slot in time, dropped");
-                    reset_on_close(&stream);
-                }
-            }
+            tunnel.handle(stream, peer, state).await;
             drop(conn_slot);
         });
     }
@@ -145,8 +153,12 @@ fn over_limit<T: Tunnel>(state: &TunnelState, tunnel: &T, stream: &TcpStream) {
 pub fn log_refusal(tunnel: &str, role: &str, peer: SocketAddr, err: &SessionError) {
     use HandshakeError as H;
     match err {
-        // Scanners and junk: nothing an operator must act on.
-        SessionError::Handshake(H::BadMac1 | H::Message(_)) | SessionError::Eof
+        // Scanners, junk and slow senders before mac1: nothing an operator must act on, and a
+        // flood of them must not flood the log (they are counted instead).
+        SessionError::Handshake(H::BadMac1 | H::Message(_))
+        | SessionError::Eof
+        | SessionError::Timeout(_)
+        | SessionError::Io(_)
             if role == "listener" =>
         {
             tracing::debug!(tunnel, role, %peer, reason = %err, "handshake refused")

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 
 use crate::proto::handshake::{Established, Handshake, HandshakeError};
 use crate::proto::messages::MAX_MESSAGE_LEN;
@@ -24,14 +25,18 @@ pub enum SessionError {
     Handshake(#[from] HandshakeError),
 }
 
-/// Runs `hs` over `stream` until it completes. Returns the session and the bytes that arrived
-/// after the last handshake message (the first records).
+/// Runs `hs` over `stream` until it completes or `deadline` passes (`timeout` is what the
+/// deadline was set from, for the message). `already_read` is fed first (a hello the caller read
+/// to check it). Returns the session and the bytes that arrived after the last handshake message
+/// (the first records).
 pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     hs: Handshake,
+    already_read: &[u8],
+    deadline: Instant,
     timeout: Duration,
 ) -> Result<(Established, Vec<u8>), SessionError> {
-    match tokio::time::timeout(timeout, run(stream, hs)).await {
+    match tokio::time::timeout_at(deadline, run(stream, hs, already_read)).await {
         Ok(result) => result,
         Err(_) => Err(SessionError::Timeout(timeout)),
     }
@@ -40,7 +45,16 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
 async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     mut hs: Handshake,
+    already_read: &[u8],
 ) -> Result<(Established, Vec<u8>), SessionError> {
+    if !already_read.is_empty() {
+        let used = hs.read(already_read)?;
+        if used != already_read.len() {
+            return Err(SessionError::Handshake(
+                crate::proto::handshake::HandshakeError::State,
+            ));
+        }
+    }
     // Never more than one handshake message is buffered: the state machine reads exactly up to
     // the end of each message, and bounds each by its header.
     let mut buf = vec![0u8; MAX_MESSAGE_LEN];
