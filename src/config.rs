@@ -85,6 +85,9 @@ pub struct Tuning {
     pub max_connections: usize,
     /// Most concurrent handshakes in progress per tunnel.
     pub max_handshakes: usize,
+    /// New connections accepted per second from one source IP address (0: no limit). Past it,
+    /// connections are dropped at accept and a warning is logged once per interval.
+    pub source_rate_limit: u32,
     /// Largest plaintext per sealed record, in bytes ([`MIN_RECORD_SIZE`]..=[`MAX_RECORD_SIZE`]).
     pub record_size: usize,
 }
@@ -101,6 +104,7 @@ impl Default for Tuning {
             drain_timeout: Duration::from_secs(30),
             max_connections: 1024,
             max_handshakes: 128,
+            source_rate_limit: 0,
             record_size: 16 * 1024,
         }
     }
@@ -359,6 +363,7 @@ macro_rules! with_tuning {
             drain_timeout: Option<Spanned<DurationText>>,
             max_connections: Option<Spanned<i64>>,
             max_handshakes: Option<Spanned<i64>>,
+            source_rate_limit: Option<Spanned<i64>>,
             record_size: Option<Spanned<SizeText>>,
         }
 
@@ -372,6 +377,7 @@ macro_rules! with_tuning {
                     drain_timeout: self.drain_timeout.clone(),
                     max_connections: self.max_connections.clone(),
                     max_handshakes: self.max_handshakes.clone(),
+                    source_rate_limit: self.source_rate_limit.clone(),
                     record_size: self.record_size.clone(),
                 }
             }
@@ -487,6 +493,7 @@ struct TuningOverrides {
     drain_timeout: Option<Duration>,
     max_connections: Option<usize>,
     max_handshakes: Option<usize>,
+    source_rate_limit: Option<u32>,
     record_size: Option<usize>,
 }
 
@@ -500,6 +507,7 @@ impl TuningOverrides {
             drain_timeout: self.drain_timeout.unwrap_or(base.drain_timeout),
             max_connections: self.max_connections.unwrap_or(base.max_connections),
             max_handshakes: self.max_handshakes.unwrap_or(base.max_handshakes),
+            source_rate_limit: self.source_rate_limit.unwrap_or(base.source_rate_limit),
             record_size: self.record_size.unwrap_or(base.record_size),
         }
     }
@@ -960,6 +968,18 @@ impl Source<'_> {
         if let Some(v) = &raw.max_handshakes {
             o.max_handshakes = Some(count("max_handshakes", v)?);
         }
+        if let Some(v) = &raw.source_rate_limit {
+            let n = *v.get_ref();
+            if !(0..=1_000_000).contains(&n) {
+                return Err(self.key_error(
+                    ctx,
+                    "source_rate_limit",
+                    v.span(),
+                    format!("{n} is out of range: connections per second per source, 0 (no limit) to 1000000"),
+                ));
+            }
+            o.source_rate_limit = Some(n as u32);
+        }
         if let Some(v) = &raw.record_size {
             let n = size("record_size", v)?;
             if !(MIN_RECORD_SIZE as u64..=MAX_RECORD_SIZE as u64).contains(&n) {
@@ -1307,7 +1327,7 @@ record_size = "64KiB"
             err(&with_identity("\n[defaults]\nrekey_byts = \"1GiB\"\n")),
             "/etc/sealpipe/b.toml:5:1: unknown key `rekey_byts` in [defaults] (expected one of \
              `rekey_bytes`, `rekey_interval`, `handshake_timeout`, `connect_timeout`, \
-             `drain_timeout`, `max_connections`, `max_handshakes`, `record_size`)"
+             `drain_timeout`, `max_connections`, `max_handshakes`, `source_rate_limit`, `record_size`)"
         );
         assert_eq!(
             err(&with_identity(&format!(
@@ -1316,7 +1336,7 @@ record_size = "64KiB"
             "/etc/sealpipe/b.toml:6:1: unknown key `forwad` in listener \"redis\" (expected one of \
              `name`, `listen`, `forward`, `peers`, `peers_file`, `rekey_bytes`, `rekey_interval`, \
              `handshake_timeout`, `connect_timeout`, `drain_timeout`, `max_connections`, \
-             `max_handshakes`, `record_size`)"
+             `max_handshakes`, `source_rate_limit`, `record_size`)"
         );
         assert_eq!(
             err(&format!("tunnel = 1\n{}", with_identity(""))),

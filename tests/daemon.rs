@@ -398,3 +398,30 @@ fn keygen_and_fingerprint_agree() {
     assert_ne!(code, 0);
     assert!(err.contains(key.to_str().unwrap()), "{err}");
 }
+
+#[test]
+fn per_source_rate_limit_drops_past_the_rate_and_warns_once() {
+    let service = Service::start(Behaviour::Echo);
+    let site = Site::new();
+    let lconf = site.write(
+        "listener.toml",
+        &listener_config(any_port(), service.addr, &[connector_fp()], "source_rate_limit = 2\nhandshake_timeout = \"2s\""),
+    );
+    let listener = Daemon::start(&lconf);
+    // A burst of 40 connections from 127.0.0.1 straight to the sealed port.
+    let socks: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(listener.addr()).unwrap()).collect();
+    let mut dropped = 0;
+    for mut s in socks {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = [0u8; 1];
+        if let Err(e) = s.read(&mut b) {
+            if e.kind() == ErrorKind::ConnectionReset {
+                dropped += 1;
+            }
+        }
+    }
+    assert!(dropped >= 20, "only {dropped} of 40 dropped");
+    let log = listener.wait_log("per-source rate limit reached");
+    let warnings = log.lines().filter(|l| l.contains("per-source rate limit reached")).count();
+    assert_eq!(warnings, 1, "{log}");
+}

@@ -1,7 +1,8 @@
 //! Socket plumbing shared by both roles: options, outgoing connects with fresh name resolution,
 //! abortive close, and per-tunnel limits.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -140,4 +141,70 @@ impl LogLimiter {
 /// The peer address of an accepted socket, for logs.
 pub fn peer_of(stream: &TcpStream) -> Option<SocketAddr> {
     stream.peer_addr().ok()
+}
+
+/// Per-source-address token buckets: at most `rate` new connections per second from one IP
+/// address, with bursts of up to `rate`. Memory is bounded: idle sources are forgotten.
+#[derive(Debug, Default)]
+pub struct SourceLimiter {
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+/// Sources remembered before idle ones are pruned.
+const SOURCE_TABLE_SOFT_LIMIT: usize = 16_384;
+
+impl SourceLimiter {
+    /// Takes one token for `ip`; false when `ip` is over `rate` (0: no limit).
+    pub fn allow(&self, ip: IpAddr, rate: u32) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        let rate = f64::from(rate);
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() >= SOURCE_TABLE_SOFT_LIMIT && !buckets.contains_key(&ip) {
+            // Forget every source whose bucket has refilled; if that is not enough (a flood
+            // from very many addresses), start afresh rather than grow.
+            buckets.retain(|_, (tokens, last)| {
+                *tokens + now.duration_since(*last).as_secs_f64() * rate < rate
+            });
+            if buckets.len() >= SOURCE_TABLE_SOFT_LIMIT {
+                buckets.clear();
+            }
+        }
+        let (tokens, last) = buckets.entry(ip).or_insert((rate, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(rate);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_limiter_allows_a_burst_then_refuses_per_address() {
+        let l = SourceLimiter::default();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let allowed = (0..20).filter(|_| l.allow(a, 5)).count();
+        assert!((5..=6).contains(&allowed), "{allowed}");
+        assert!(l.allow(b, 5), "another address has its own bucket");
+        assert!((0..100).all(|_| l.allow(a, 0)), "0 means no limit");
+    }
+
+    #[test]
+    fn source_table_stays_bounded() {
+        let l = SourceLimiter::default();
+        for i in 0..(SOURCE_TABLE_SOFT_LIMIT as u32 * 2) {
+            l.allow(IpAddr::from(i.to_be_bytes()), 1);
+        }
+        assert!(l.buckets.lock().unwrap().len() <= SOURCE_TABLE_SOFT_LIMIT);
+    }
 }

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Tuning;
 use crate::proto::handshake::{HandshakeError, HandshakeRandomness};
 use crate::proto::identity::Fingerprint;
-use crate::tunnel::net::{configure, reset_on_close, Gauge, LogLimiter, Slot};
+use crate::tunnel::net::{configure, reset_on_close, Gauge, LogLimiter, Slot, SourceLimiter};
 use crate::tunnel::pump::{PumpError, PumpStats};
 use crate::tunnel::session::SessionError;
 
@@ -29,8 +29,10 @@ pub struct Counters {
     pub handshakes_failed: AtomicU64,
     /// Listener: connector hellos without a valid mac1 (scanners, junk, wrong pins): no work done.
     pub mac1_rejected: AtomicU64,
-    /// Connections dropped at a limit.
+    /// Connections dropped at `max_connections`.
     pub over_limit: AtomicU64,
+    /// Connections dropped by the per-source rate limit.
+    pub rate_limited: AtomicU64,
 }
 
 /// What the accept loop and the connections of one tunnel share.
@@ -42,7 +44,10 @@ pub struct TunnelState {
     pub connections: Arc<Gauge>,
     /// Counters.
     pub counters: Counters,
+    /// New connections per source address.
+    pub sources: SourceLimiter,
     limit_log: LogLimiter,
+    rate_log: LogLimiter,
 }
 
 impl TunnelState {
@@ -66,7 +71,9 @@ impl Default for TunnelState {
             handshakes: Arc::default(),
             connections: Arc::default(),
             counters: Counters::default(),
+            sources: SourceLimiter::default(),
             limit_log: LogLimiter::new(Duration::from_secs(10)),
+            rate_log: LogLimiter::new(Duration::from_secs(10)),
         }
     }
 }
@@ -120,6 +127,22 @@ pub async fn serve<T: Tunnel>(
         let tunnel = settings.borrow().clone();
         state.counters.accepted.fetch_add(1, Ordering::Relaxed);
         let tuning = tunnel.tuning();
+        if !state.sources.allow(peer.ip(), tuning.source_rate_limit) {
+            let dropped = state.counters.rate_limited.fetch_add(1, Ordering::Relaxed) + 1;
+            if let Some(held_back) = state.rate_log.check() {
+                tracing::warn!(
+                    tunnel = tunnel.name(),
+                    role = tunnel.role(),
+                    source = %peer.ip(),
+                    source_rate_limit = tuning.source_rate_limit,
+                    dropped_since_last_warning = held_back,
+                    dropped_total = dropped,
+                    "per-source rate limit reached, dropping new connections"
+                );
+            }
+            reset_on_close(&stream);
+            continue;
+        }
         let Some(conn_slot) = state.connections.try_acquire(tuning.max_connections) else {
             over_limit(&state, tunnel.as_ref(), &stream);
             continue;
