@@ -160,8 +160,10 @@ impl<T: Tunnel> TunnelSet<T> {
         tracker: &TaskTracker,
     ) {
         let name = tunnel.name().to_string();
-        tracing::info!(tunnel = %name, role = tunnel.role(), listen = %listen,
-            local = ?listener.local_addr().ok(), "tunnel listening");
+        let local = listener
+            .local_addr()
+            .map_or_else(|e| e.to_string(), |a| a.to_string());
+        tracing::info!(tunnel = %name, role = tunnel.role(), listen = %listen, local = %local, "tunnel listening");
         let (tx, rx) = watch::channel(tunnel);
         let stop = CancellationToken::new();
         let state = Arc::new(TunnelState::default());

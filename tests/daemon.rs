@@ -108,7 +108,8 @@ fn half_close_lets_the_service_answer_after_eof() {
 #[test]
 fn two_hundred_concurrent_connections_each_hashed() {
     let service = Service::start(Behaviour::Echo);
-    let t = tunnel(&service, "");
+    // A generous handshake timeout: 200 handshakes at once on a loaded 2-core machine.
+    let t = tunnel(&service, "handshake_timeout = \"60s\"");
     let entry = t.entry;
     let handles: Vec<_> = (0..200u64)
         .map(|i| {
@@ -405,11 +406,18 @@ fn per_source_rate_limit_drops_past_the_rate_and_warns_once() {
     let site = Site::new();
     let lconf = site.write(
         "listener.toml",
-        &listener_config(any_port(), service.addr, &[connector_fp()], "source_rate_limit = 2\nhandshake_timeout = \"2s\""),
+        &listener_config(
+            any_port(),
+            service.addr,
+            &[connector_fp()],
+            "source_rate_limit = 2\nhandshake_timeout = \"2s\"",
+        ),
     );
     let listener = Daemon::start(&lconf);
     // A burst of 40 connections from 127.0.0.1 straight to the sealed port.
-    let socks: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(listener.addr()).unwrap()).collect();
+    let socks: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(listener.addr()).unwrap())
+        .collect();
     let mut dropped = 0;
     for mut s in socks {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -422,6 +430,68 @@ fn per_source_rate_limit_drops_past_the_rate_and_warns_once() {
     }
     assert!(dropped >= 20, "only {dropped} of 40 dropped");
     let log = listener.wait_log("per-source rate limit reached");
-    let warnings = log.lines().filter(|l| l.contains("per-source rate limit reached")).count();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("per-source rate limit reached"))
+        .count();
     assert_eq!(warnings, 1, "{log}");
+}
+
+#[test]
+fn ipv6_host_names_and_json_logs_work() {
+    let service = Service::start(Behaviour::Echo);
+    // IPv6: listener on [::1], connector to an IPv6 literal (skipped without IPv6 loopback).
+    if std::net::TcpListener::bind("[::1]:0").is_ok() {
+        let site = Site::new();
+        let v6: std::net::SocketAddr = "[::1]:0".parse().unwrap();
+        let lconf = site.write(
+            "listener.toml",
+            &listener_config(v6, service.addr, &[connector_fp()], ""),
+        );
+        let listener = Daemon::start(&lconf);
+        assert!(listener.addr().is_ipv6());
+        let cconf = site.write(
+            "connector.toml",
+            &connector_config("connector.pem", v6, listener.addr(), &listener_fp(), ""),
+        );
+        let connector = Daemon::start(&cconf);
+        let (sent, received, _) =
+            echo_exchange(connector.addr(), Arc::new(pseudo_random(4, 50_000)));
+        assert_eq!(sent, received);
+        assert!(listener.wait_log("connection open").contains("peer=[::1]:"));
+    } else {
+        eprintln!("no IPv6 loopback here: IPv6 part skipped");
+    }
+    // Host names: the connector reaches the listener as `localhost:PORT` (resolved for every
+    // connection), and logs JSON.
+    let site = Site::new();
+    let lconf = site.write(
+        "listener.toml",
+        &listener_config(any_port(), service.addr, &[connector_fp()], ""),
+    );
+    let listener = Daemon::start(&lconf);
+    let text = connector_config(
+        "connector.pem",
+        any_port(),
+        listener.addr(),
+        &listener_fp(),
+        "",
+    )
+    .replace(
+        &format!("connect = \"{}\"", listener.addr()),
+        &format!("connect = \"localhost:{}\"", listener.addr().port()),
+    );
+    assert!(text.contains("connect = \"localhost:"));
+    let cconf = site.write("connector.toml", &text);
+    let connector = Daemon::start_with(&cconf, &["--log-format", "json"]);
+    let (sent, received, _) = echo_exchange(connector.addr(), Arc::new(pseudo_random(3, 100_000)));
+    assert_eq!(sent, received);
+    let log = connector.wait_log("connection closed");
+    let closed = log
+        .lines()
+        .find(|l| l.contains("connection closed"))
+        .expect(&log);
+    let v: serde_json::Value = serde_json::from_str(closed).expect("a JSON log line");
+    assert_eq!(v["fields"]["sent"], 100_000);
+    assert_eq!(v["fields"]["fingerprint"], listener_fp().to_string());
 }

@@ -102,8 +102,14 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `sealpipe run` and waits until it has bound every tunnel.
     pub fn start(config: &Path) -> Daemon {
+        Self::start_with(config, &[])
+    }
+
+    /// [`Daemon::start`] with extra global options (e.g. `--log-format json`).
+    pub fn start_with(config: &Path, options: &[&str]) -> Daemon {
         let log = config.with_extension("log");
         let child = Command::new(bin())
+            .args(options)
             .args(["--log-level", "debug", "run", "--config"])
             .arg(config)
             .stdout(Stdio::null())
@@ -121,12 +127,12 @@ impl Daemon {
             .lines()
             .filter(|l| l.contains("tunnel listening"))
             .filter_map(|l| {
-                l.split("local=Some(")
-                    .nth(1)?
-                    .split(')')
-                    .next()?
-                    .parse()
-                    .ok()
+                // `local=ADDR` in human logs, `"local":"ADDR"` in JSON ones.
+                let rest = l
+                    .split(" local=")
+                    .nth(1)
+                    .or_else(|| l.split("\"local\":\"").nth(1))?;
+                rest.split(['"', ' ']).next()?.parse().ok()
             })
             .collect();
         d
