@@ -1,0 +1,268 @@
+//! Load: 10,000 concurrent tunneled connections, each moving data with hashes checked on both
+//! ends, and the resident memory per established idle connection.
+//!
+//! Ignored by `cargo test`; CI runs it in its own step:
+//! `cargo test --test load -- --ignored --nocapture`. `SEALPIPE_LOAD_CONNECTIONS` changes the
+//! count. The machines here cap open files at 20,000 per process (a hard limit that root cannot
+//! raise), and a sealpipe process holds two sockets per tunneled connection, so the connections
+//! are carried by two connector/listener pairs of half each; the echo target runs in a child
+//! process (this test binary, re-run) and the clients in this one.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use support::daemon::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn raise_nofile() -> u64 {
+    // SAFETY: plain getrlimit/setrlimit on our own process.
+    unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+        r.rlim_cur = r.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        r.rlim_cur
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The echo target, in its own process: echoes every byte, and after the client's EOF sends the
+/// SHA-256 of everything it received, then closes. Runs only when re-executed by the load test.
+#[test]
+#[ignore = "helper process of `ten_thousand_connections`"]
+fn echo_target_process() {
+    if std::env::var_os("SEALPIPE_ECHO_TARGET").is_none() {
+        return;
+    }
+    raise_nofile();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("LISTENING {}", l.local_addr().unwrap());
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut h = Sha256::new();
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            h.update(&buf[..n]);
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(_) => return,
+                    }
+                }
+                let _ = s.write_all(&h.finalize()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+}
+
+struct Target(Child, SocketAddr);
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_target() -> Target {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "echo_target_process",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SEALPIPE_ECHO_TARGET", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    for line in out.lines() {
+        let line = line.unwrap();
+        if let Some(addr) = line.split("LISTENING ").nth(1) {
+            return Target(child, addr.parse().unwrap());
+        }
+    }
+    panic!("echo target did not start");
+}
+
+/// One client: connect, a first echo to prove the tunnel, wait for `go`, then 16 KiB more,
+/// half-close, and check the echo and the target's hash of what it received.
+async fn client(
+    entry: SocketAddr,
+    seed: u64,
+    established: Arc<AtomicUsize>,
+    mut go: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
+    let first = pseudo_random(seed, 1024);
+    let rest = pseudo_random(seed + 1_000_000, 16 * 1024);
+    let mut s = tokio::net::TcpStream::connect(entry)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    s.write_all(&first)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut back = vec![0u8; first.len()];
+    s.read_exact(&mut back)
+        .await
+        .map_err(|e| format!("first echo: {e}"))?;
+    if back != first {
+        return Err("first echo differs".into());
+    }
+    established.fetch_add(1, Ordering::SeqCst);
+    let _ = go.wait_for(|g| *g).await;
+    s.write_all(&rest)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    s.shutdown().await.map_err(|e| format!("shutdown: {e}"))?;
+    let mut tail = Vec::new();
+    s.read_to_end(&mut tail)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    let sent: Vec<u8> = [first, rest].concat();
+    let digest = Sha256::digest(&sent);
+    if tail.len() != 16 * 1024 + 32
+        || tail[..16 * 1024] != sent[1024..]
+        || tail[16 * 1024..] != digest[..]
+    {
+        return Err(format!(
+            "end-to-end check failed ({} bytes back)",
+            tail.len()
+        ));
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "load test: run in its own CI step"]
+fn ten_thousand_connections() {
+    let total: usize = std::env::var("SEALPIPE_LOAD_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let limit = raise_nofile();
+    assert!(
+        limit as usize > total + 100,
+        "need {total}+ open files, limit is {limit}"
+    );
+    let target = start_target();
+    let extra = "max_connections = 20000\nmax_handshakes = 64\nhandshake_timeout = \"300s\"";
+    let mut pairs = Vec::new();
+    for _ in 0..2 {
+        let site = Site::new();
+        let lconf = site.write(
+            "listener.toml",
+            &listener_config(any_port(), target.1, &[connector_fp()], extra),
+        );
+        let listener = Daemon::start(&lconf);
+        let cconf = site.write(
+            "connector.toml",
+            &connector_config(
+                "connector.pem",
+                any_port(),
+                listener.addr(),
+                &listener_fp(),
+                extra,
+            ),
+        );
+        let connector = Daemon::start(&cconf);
+        pairs.push((site, listener, connector));
+    }
+    let pids: Vec<u32> = pairs
+        .iter()
+        .flat_map(|(_, l, c)| [l.child.id(), c.child.id()])
+        .collect();
+    let rss_before: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
+    let entries: Vec<SocketAddr> = pairs.iter().map(|(_, _, c)| c.addr()).collect();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let established = Arc::new(AtomicUsize::new(0));
+    let (go_tx, go_rx) = tokio::sync::watch::channel(false);
+    let results = rt.block_on(async {
+        let mut tasks = Vec::with_capacity(total);
+        for i in 0..total {
+            let entry = entries[i % entries.len()];
+            tasks.push(tokio::spawn(client(entry, i as u64, established.clone(), go_rx.clone())));
+            if i % 200 == 199 {
+                // Pace the connects a little: the accept backlogs are finite.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        // Wait until every connection is established (or some failed), then measure.
+        let deadline = Instant::now() + Duration::from_secs(900);
+        while established.load(Ordering::SeqCst) < total
+            && tasks.iter().all(|t| !t.is_finished())
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let n = established.load(Ordering::SeqCst);
+        let setup = started.elapsed();
+        let rss_after: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
+        let per_process = n as f64 / 2.0;
+        eprintln!("{n} of {total} tunneled connections established and idle after {setup:.1?}");
+        for (i, pid) in pids.iter().enumerate() {
+            let role = if i % 2 == 0 { "listener " } else { "connector" };
+            let grown = rss_after[i].saturating_sub(rss_before[i]);
+            eprintln!(
+                "  {role} pid {pid}: RSS {} KiB -> {} KiB, {:.1} KiB per idle connection ({per_process} connections)",
+                rss_before[i],
+                rss_after[i],
+                grown as f64 / per_process
+            );
+        }
+        let _ = go_tx.send(true);
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap_or_else(|e| Err(format!("task: {e}"))));
+        }
+        out
+    });
+    let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    eprintln!(
+        "{} of {total} connections moved 17 KiB each with both hashes checked, in {:.1?}",
+        total - failures.len(),
+        started.elapsed()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failed, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
+}
