@@ -1,0 +1,35 @@
+//! A listener handshake fed arbitrary bytes, cut into several reads.
+//!
+//! Never panics, never completes, and stays silent unless the first 85 bytes are a connector
+//! hello carrying a valid mac1 for the listener's key: a peer that does not know the listener's
+//! fingerprint gets no answer (PROTOCOL.md §2).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use sealpipe::proto::handshake::{mac1, Handshake};
+use sealpipe::proto::messages::{MessageType, MAC1_LEN};
+use sealpipe_fuzz::*;
+
+const HELLO_LEN: usize = 85;
+const UNMACCED: usize = HELLO_LEN - MAC1_LEN;
+
+fuzz_target!(|data: &[u8]| {
+    let input = Chunked::new(data);
+    let mut hs = Handshake::listener(listener_params(), fixed_randomness(LISTENER_RAND));
+    let out = drive_reads(&mut hs, &input.chunks);
+    assert!(
+        !hs.is_done(),
+        "listener completed a handshake with fuzzer bytes"
+    );
+    if !out.is_empty() {
+        let p = input.payload;
+        assert!(p.len() >= HELLO_LEN, "answer to a short input");
+        let expected = mac1(&listener_fingerprint(), &p[..UNMACCED]);
+        assert_eq!(
+            &p[UNMACCED..HELLO_LEN],
+            &expected[..],
+            "answer without a valid mac1"
+        );
+        assert_eq!(out[0], MessageType::ListenerHello as u8);
+    }
+});

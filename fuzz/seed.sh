@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Writes seed inputs for every fuzz target into fuzz/corpus/<target>/ (git-ignored).
+#
+# Seeds come from the PROTOCOL.md §8 test vectors (read from the document, so they follow it),
+# the committed DER public keys in fuzz/seeds/spki/ and the example configs in etc/. Existing
+# corpus files are kept: libFuzzer adds what it finds next to them.
+#
+# Input framings are documented at the top of each fuzz_targets/*.rs and in fuzz/src/lib.rs
+# (`Chunked`: byte 0 = number of cuts % 8, then u16 chunk lengths, then the payload).
+set -euo pipefail
+cd "$(dirname "$0")"
+corpus=corpus
+
+vector() { # vector NAME: the hex value of NAME in PROTOCOL.md §8
+    local v
+    v=$(sed -n "s/^ *$1 = \([0-9a-f]*\)$/\1/p" ../PROTOCOL.md)
+    [[ -n $v ]] || { echo "seed.sh: vector $1 not found in PROTOCOL.md" >&2; exit 1; }
+    printf '%s' "$v"
+}
+tohex() { od -An -tx1 -v "$1" | tr -d ' \n'; }
+rep() { local s=""; for ((i = 0; i < $2; i++)); do s+=$1; done; printf '%s' "$s"; }
+vec16() { printf '%04x%s' $((${#1} / 2)) "$1"; } # vec16 HEX
+hex2bin() {
+    if command -v xxd >/dev/null; then xxd -r -p
+    elif command -v perl >/dev/null; then perl -e 'local $/; $_ = <STDIN>; print pack("H*", $_)'
+    else python3 -c 'import sys; sys.stdout.buffer.write(bytes.fromhex(sys.stdin.read()))'
+    fi
+}
+seed() { # seed TARGET NAME HEX
+    mkdir -p "$corpus/$1"
+    printf '%s' "$3" | hex2bin >"$corpus/$1/seed-$2"
+}
+
+CH=$(vector connector_hello)
+LH=$(vector listener_hello)
+PING=$(vector first_record_ping)
+REKEY=$(vector second_record_rekey)
+PONG=$(vector third_record_pong_generation_1)
+SPKI_L=$(tohex seeds/spki/listener.der)
+SPKI_C=$(tohex seeds/spki/connector.der)
+SPKI_U=$(tohex seeds/spki/untrusted.der)
+SIG=$(rep 41 256)
+FIN=$(rep 00 32)
+AUTH_RAW_BODY=$(rep 00 602) # the vectors' auth messages are 605 bytes: 3 + 0x025a
+
+t=handshake_listener
+seed $t hello "00$CH"
+seed $t hello-split "03000100020050$CH"
+seed $t hello-then-auth "00${CH}14025a$(rep 00 40)"
+seed $t hello-short "00${CH:0:120}"
+seed $t wrong-type "00$LH"
+seed $t bad-mac1 "00${CH:0:138}$(rep ff 16)"
+
+t=handshake_listener_after_hello
+seed $t raw-auth "0014025a$AUTH_RAW_BODY"
+seed $t raw-auth-split "02000200ff14025a$AUTH_RAW_BODY"
+seed $t raw-too-long "00140fff"
+seed $t sealed-trusted "01$(vec16 "$SPKI_C")$(vec16 "$SIG")$FIN"
+seed $t sealed-untrusted "01$(vec16 "$SPKI_U")$(vec16 "$SIG")$FIN"
+seed $t sealed-listener-key "01$(vec16 "$SPKI_L")$(vec16 "$SIG")$FIN"
+seed $t sealed-tiny "01000100000100$FIN"
+
+t=handshake_connector
+seed $t hello "00$LH"
+seed $t hello-split "0300010003003f$LH"
+seed $t hello-then-auth "00${LH}13025a$AUTH_RAW_BODY"
+seed $t sealed-pinned "01$LH$(vec16 "$SPKI_L")$(vec16 "$SIG")$FIN"
+seed $t sealed-wrong-key "01$LH$(vec16 "$SPKI_C")$(vec16 "$SIG")$FIN"
+seed $t sealed-psk-option "01${LH:0:8}01${LH:10}$(vec16 "$SPKI_L")$(vec16 "$SIG")$FIN"
+seed $t sealed-low-order "01${LH:0:74}$(rep 00 32)$(vec16 "$SPKI_L")$(vec16 "$SIG")$FIN"
+
+t=record_open
+seed $t ping "$PING"
+seed $t ping-rekey "$PING$REKEY"
+seed $t ping-rekey-pong "$PING$REKEY$PONG"
+seed $t rekey-first "$REKEY$PING"
+seed $t pong-first "$PONG"
+seed $t max-length "01010010$(rep 00 64)"
+seed $t close-header "02000010$(rep 00 16)"
+
+t=seal_open_roundtrip
+# rekey_bytes 5: data 4, explicit rekey, data 6 (rekey due after), close, data after close
+seed $t small-ops "000004000003"0d"000005"0f"000001"
+# rekey_bytes 16 MiB: a 64 KiB record, request_rekey, a 17-byte record, close
+seed $t max-record "ffffff00ffff0e0c100f"
+# rekey_bytes 1: every data record forces a rekey first
+seed $t rekey-every-record "000000000000010001020003"
+
+t=config_parse
+mkdir -p "$corpus/$t"
+for f in ../etc/*.toml; do cp "$f" "$corpus/$t/seed-$(basename "$f")"; done
+
+# Committed reproducers of past findings run as seeds, so every run replays them first.
+for d in regressions/*/; do
+    [[ -d $d ]] || continue
+    mkdir -p "$corpus/$(basename "$d")"
+    cp "$d"* "$corpus/$(basename "$d")/" 2>/dev/null || true
+done
+
+echo "seed.sh: seeds in $(pwd)/$corpus/"
