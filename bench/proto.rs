@@ -1,0 +1,280 @@
+//! Micro-benchmarks of the sans-IO protocol core (`src/proto/`), with criterion.
+//!
+//! * `record/seal`, `record/open`: the record layer in place, at 1, 16 and 64 KiB of plaintext;
+//! * `aead/seal_in_place`: the bare ChaCha20-Poly1305 seal at the same sizes (the reference the
+//!   record layer is compared with); `aead/aws_lc_rs_seal_in_place`: aws-lc-rs' ChaCha20-Poly1305
+//!   at the same sizes, an alternative implementation the `proto::aead` seam could switch to;
+//! * `handshake/full`: both roles of a whole handshake, back to back, in memory;
+//! * `handshake/listener`, `handshake/connector`: the same handshakes, timing one role's calls
+//!   only (its constructor, its `read`s and its `finish`);
+//! * `reference/...`: one RSA-2048 PSS signature and verification (aws-lc-rs), one X25519 key
+//!   generation and exchange, and the key schedule of one handshake.
+//!
+//! Keys are the committed RSA-2048 test keys (`tests/data/`): `openssl-rsa2048.pem` for the
+//! listener, `peer-b.pem` for the connector. Signatures and handshake randomness are the real,
+//! randomized ones, as in production. See `bench/README.md` for how to run.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+use criterion::{
+    criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
+use sealpipe::proto::aead::{Aead, KEY_LEN, NONCE_LEN};
+use sealpipe::proto::handshake::{
+    ConnectorParams, Handshake, HandshakeRandomness, ListenerParams, CONNECTOR_SIGNATURE_CONTEXT,
+};
+use sealpipe::proto::identity::{PrivateIdentity, TrustList};
+use sealpipe::proto::keys::{hash, Direction, HandshakeSecrets, Secret};
+use sealpipe::proto::record::{Opened, Opener, Sealer, HEADER_LEN, OVERHEAD};
+use x25519_dalek::{PublicKey, StaticSecret};
+
+const LISTENER_PEM: &str = include_str!("../tests/data/openssl-rsa2048.pem");
+const CONNECTOR_PEM: &str = include_str!("../tests/data/peer-b.pem");
+
+/// Plaintext sizes of the record and AEAD benchmarks.
+const SIZES: [(usize, &str); 3] = [(1024, "1KiB"), (16 * 1024, "16KiB"), (64 * 1024, "64KiB")];
+
+/// Never rekey during a benchmark: the record layer's byte threshold is out of reach.
+const NO_REKEY: u64 = u64::MAX;
+
+fn fresh_randomness() -> HandshakeRandomness {
+    HandshakeRandomness::generate(&mut rand::rand_core::UnwrapErr(rand::rngs::SysRng))
+}
+
+/// Matching connector and listener parameters with the committed RSA-2048 test keys.
+fn params() -> (ConnectorParams, ListenerParams) {
+    let listener = PrivateIdentity::from_pem(LISTENER_PEM).expect("listener test key");
+    let connector = PrivateIdentity::from_pem(CONNECTOR_PEM).expect("connector test key");
+    let mut trust = TrustList::new();
+    trust.insert(connector.fingerprint(), None);
+    (
+        ConnectorParams {
+            listener: listener.fingerprint(),
+            identity: Arc::new(connector),
+            psk: None,
+        },
+        ListenerParams {
+            identity: Arc::new(listener),
+            trust: Arc::new(trust),
+            psk: None,
+        },
+    )
+}
+
+/// Time spent in each role during one handshake.
+struct RoleTimes {
+    connector: Duration,
+    listener: Duration,
+}
+
+/// One whole handshake in memory, timing each role's calls separately. The randomness is drawn
+/// before the clock starts; the flights are handed over without copying.
+fn timed_handshake(c_params: &ConnectorParams, l_params: &ListenerParams) -> RoleTimes {
+    let (c_rand, l_rand) = (fresh_randomness(), fresh_randomness());
+    let (c_params, l_params) = (c_params.clone(), l_params.clone());
+
+    // Connector: its hello (X25519 key generation, mac1).
+    let t = Instant::now();
+    let mut c = Handshake::connector(c_params, c_rand);
+    let hello = c.take_output();
+    let mut connector = t.elapsed();
+
+    // Listener: check mac1, X25519, key schedule, its hello and auth (one RSA signature).
+    let t = Instant::now();
+    let mut l = Handshake::listener(l_params, l_rand);
+    l.read(&hello).expect("listener reads hello");
+    let flight = l.take_output();
+    let mut listener = t.elapsed();
+
+    // Connector: X25519, key schedule, verify the listener's signature and finished MAC, then
+    // its own auth (one RSA signature).
+    let t = Instant::now();
+    c.read(&flight).expect("connector reads listener flight");
+    let auth = c.take_output();
+    let c_est = c.finish().expect("connector done");
+    connector += t.elapsed();
+
+    // Listener: check the trust list, the connector's signature and finished MAC.
+    let t = Instant::now();
+    l.read(&auth).expect("listener reads connector auth");
+    let l_est = l.finish().expect("listener done");
+    listener += t.elapsed();
+
+    black_box((c_est, l_est));
+    RoleTimes {
+        connector,
+        listener,
+    }
+}
+
+fn bench_records(c: &mut Criterion) {
+    let secret = Secret::from_bytes([0x5e; 32]);
+
+    let mut group = c.benchmark_group("record");
+    for (size, name) in SIZES {
+        group.throughput(Throughput::Bytes(size as u64));
+
+        // Seal: the same buffer is sealed again and again (its contents do not matter).
+        let mut sealer = Sealer::new(secret.clone(), NO_REKEY);
+        let mut buf = vec![0xa5u8; size + OVERHEAD];
+        group.bench_function(BenchmarkId::new("seal", name), |b| {
+            b.iter(|| sealer.seal_data(black_box(&mut buf)).expect("seal"))
+        });
+
+        // Open: each record is sealed in the (untimed) setup by a sealer that stays in step with
+        // the opener, then opened in place.
+        let mut sealer = Sealer::new(secret.clone(), NO_REKEY);
+        let mut opener = Opener::new(secret.clone());
+        group.bench_function(BenchmarkId::new("open", name), |b| {
+            b.iter_batched_ref(
+                || {
+                    let mut record = vec![0xa5u8; size + OVERHEAD];
+                    sealer.seal_data(&mut record).expect("seal");
+                    record
+                },
+                |record| match opener.open(black_box(record)).expect("open") {
+                    Opened::Data(plain) => plain.len(),
+                    other => unreachable!("{other:?}"),
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("aead");
+    let aead = Aead::new(&[0x42; KEY_LEN]);
+    let nonce = [7u8; NONCE_LEN];
+    let aad = [1u8; HEADER_LEN];
+    for (size, name) in SIZES {
+        group.throughput(Throughput::Bytes(size as u64));
+        let mut buf = vec![0xa5u8; size];
+        group.bench_function(BenchmarkId::new("seal_in_place", name), |b| {
+            b.iter(|| {
+                aead.seal_in_place(&nonce, &aad, black_box(&mut buf))
+                    .expect("seal")
+            })
+        });
+    }
+
+    // Not what sealpipe uses: aws-lc-rs' ChaCha20-Poly1305 (already a dependency, for RSA), to
+    // show what swapping the implementation behind `proto::aead` could gain.
+    let other = LessSafeKey::new(
+        UnboundKey::new(&CHACHA20_POLY1305, &[0x42; KEY_LEN]).expect("aws-lc-rs key"),
+    );
+    for (size, name) in SIZES {
+        group.throughput(Throughput::Bytes(size as u64));
+        let mut buf = vec![0xa5u8; size];
+        group.bench_function(BenchmarkId::new("aws_lc_rs_seal_in_place", name), |b| {
+            b.iter(|| {
+                other
+                    .seal_in_place_separate_tag(
+                        Nonce::assume_unique_for_key(nonce),
+                        Aad::from(aad),
+                        black_box(&mut buf[..]),
+                    )
+                    .expect("seal")
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench_handshake(c: &mut Criterion) {
+    let (c_params, l_params) = params();
+
+    let mut group = c.benchmark_group("handshake");
+    // Each iteration costs milliseconds: fewer, flat samples keep a run short.
+    group.sampling_mode(SamplingMode::Flat).sample_size(20);
+
+    group.bench_function("full", |b| {
+        b.iter_batched(
+            || {
+                (
+                    c_params.clone(),
+                    l_params.clone(),
+                    fresh_randomness(),
+                    fresh_randomness(),
+                )
+            },
+            |(cp, lp, cr, lr)| {
+                let mut c = Handshake::connector(cp, cr);
+                let mut l = Handshake::listener(lp, lr);
+                l.read(&c.take_output()).expect("listener reads hello");
+                c.read(&l.take_output()).expect("connector reads flight");
+                l.read(&c.take_output()).expect("listener reads auth");
+                (
+                    c.finish().expect("connector"),
+                    l.finish().expect("listener"),
+                )
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("listener", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| timed_handshake(&c_params, &l_params).listener)
+                .sum()
+        })
+    });
+    group.bench_function("connector", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| timed_handshake(&c_params, &l_params).connector)
+                .sum()
+        })
+    });
+    group.finish();
+}
+
+fn bench_references(c: &mut Criterion) {
+    let key = PrivateIdentity::from_pem(LISTENER_PEM).expect("listener test key");
+    let public = key.public().clone();
+    // What the handshake signs: a context string and a transcript hash.
+    let msg = [CONNECTOR_SIGNATURE_CONTEXT, &hash(b"transcript")].concat();
+    let sig = key.sign(&msg).expect("sign");
+
+    let mut group = c.benchmark_group("reference");
+    group.bench_function("rsa2048_pss_sign", |b| {
+        b.iter(|| key.sign(black_box(&msg)).expect("sign"))
+    });
+    group.bench_function("rsa2048_pss_verify", |b| {
+        b.iter(|| {
+            public
+                .verify(black_box(&msg), black_box(&sig))
+                .expect("verify")
+        })
+    });
+
+    let ours = fresh_randomness().ephemeral;
+    let theirs = PublicKey::from(&StaticSecret::from(fresh_randomness().ephemeral));
+    group.bench_function("x25519_public_key", |b| {
+        b.iter(|| PublicKey::from(&StaticSecret::from(*black_box(&ours))))
+    });
+    group.bench_function("x25519_exchange", |b| {
+        b.iter(|| StaticSecret::from(*black_box(&ours)).diffie_hellman(black_box(&theirs)))
+    });
+
+    let shared = [0x33u8; 32];
+    let hellos = hash(b"hellos");
+    let transcript = hash(b"transcript");
+    group.bench_function("key_schedule", |b| {
+        b.iter(|| {
+            let hs = HandshakeSecrets::new(None, black_box(&shared));
+            let c_hs = hs.traffic(Direction::ConnectorToListener, &hellos);
+            let l_hs = hs.traffic(Direction::ListenerToConnector, &hellos);
+            let master = hs.master();
+            let c_ap = master.traffic(Direction::ConnectorToListener, &transcript);
+            let l_ap = master.traffic(Direction::ListenerToConnector, &transcript);
+            (c_hs, l_hs, c_ap, l_ap)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_records, bench_handshake, bench_references);
+criterion_main!(benches);
