@@ -113,6 +113,8 @@ fn start_target() -> Target {
             return Target(child, addr.parse().unwrap());
         }
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("echo target did not start");
 }
 

@@ -504,10 +504,8 @@ fn reflected_frames_are_refused() {
 }
 
 /// PROTOCOL.md §4: "after it, that direction carries nothing (a record after Close is an
-/// error)". The pump stops reading a direction at its close record, so whatever follows is never
-/// looked at: the session ends cleanly on both sides.
+/// error)". A duplicated close record must end the connection with a reset, not a clean end.
 #[test]
-#[ignore = "BUG: a record after a close record is ignored, not an error (PROTOCOL.md §4); pump::sealed_to_plain returns at Close without reading on"]
 fn records_after_close_end_the_connection() {
     let mut lab = Lab::start("after-close");
     for (i, dir) in [Dir::Up, Dir::Down].into_iter().enumerate() {

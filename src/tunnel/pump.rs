@@ -150,6 +150,21 @@ where
     }
 }
 
+/// After a close record: anything but EOF is an error (a record after close).
+async fn expect_eof<R: AsyncRead + Unpin>(
+    sealed: &mut R,
+    already_buffered: usize,
+) -> Result<(), PumpError> {
+    if already_buffered > 0 {
+        return Err(RecordError::AfterClose.into());
+    }
+    let mut probe = [0u8; 1];
+    match sealed.read(&mut probe).await.map_err(PumpError::Sealed)? {
+        0 => Ok(()),
+        _ => Err(RecordError::AfterClose.into()),
+    }
+}
+
 /// Bytes read from the sealed socket at a time when no record size is known yet.
 const READ_CHUNK: usize = 16 * 1024 + OVERHEAD;
 
@@ -182,6 +197,11 @@ where
                         stats.rekeys_received.fetch_add(1, Ordering::Relaxed);
                     }
                     Opened::Close => {
+                        // Nothing may follow a close record: the peer's EOF (sent right after
+                        // it) must come first, so that a record after close resets the local
+                        // socket instead of ending it cleanly.
+                        let after = buf.len() - (start + total);
+                        expect_eof(sealed, after).await?;
                         plain.shutdown().await.map_err(PumpError::Plain)?;
                         return Ok(());
                     }
