@@ -21,7 +21,7 @@ use crate::proto::identity::{Signer, TrustList};
 use crate::proto::keys::Psk;
 use crate::tunnel::connector::ConnectorTunnel;
 use crate::tunnel::listener::ListenerTunnel;
-use crate::tunnel::serve::{serve, Tunnel, TunnelState};
+use crate::tunnel::serve::{spawn, Tunnel, TunnelState};
 
 /// A config file turned into runnable tunnels: keys loaded, trust lists built.
 pub struct Built {
@@ -164,16 +164,8 @@ impl<T: Tunnel> TunnelSet<T> {
             .local_addr()
             .map_or_else(|e| e.to_string(), |a| a.to_string());
         tracing::info!(tunnel = %name, role = tunnel.role(), listen = %listen, local = %local, "tunnel listening");
-        let (tx, rx) = watch::channel(tunnel);
         let stop = CancellationToken::new();
-        let state = Arc::new(TunnelState::default());
-        tracker.spawn(serve(
-            listener,
-            rx,
-            state.clone(),
-            stop.clone(),
-            tracker.clone(),
-        ));
+        let (tx, state) = spawn(listener, tunnel, tracker, stop.clone());
         self.running.insert(
             name,
             Running {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -16,7 +15,7 @@ use crate::proto::handshake::{ConnectorParams, ListenerParams};
 use crate::proto::identity::{PrivateIdentity, Signer, TrustList};
 use crate::tunnel::connector::ConnectorTunnel;
 use crate::tunnel::listener::ListenerTunnel;
-use crate::tunnel::serve::{serve, Tunnel, TunnelState};
+use crate::tunnel::serve::{spawn, Tunnel, TunnelState};
 
 /// Demo keys are 2048 bits so that the demo starts at once; `keygen` defaults to 3072.
 const DEMO_BITS: usize = 2048;
@@ -40,16 +39,7 @@ pub fn spawn_tunnel<T: Tunnel>(
     tracker: &TaskTracker,
     stop: &CancellationToken,
 ) -> Arc<TunnelState> {
-    let (_tx, rx) = watch::channel(Arc::new(tunnel));
-    let state = Arc::new(TunnelState::default());
-    tracker.spawn(serve(
-        listener,
-        rx,
-        state.clone(),
-        stop.clone(),
-        tracker.clone(),
-    ));
-    state
+    spawn(listener, Arc::new(tunnel), tracker, stop.clone()).1
 }
 
 async fn loopback() -> anyhow::Result<(TcpListener, SocketAddr)> {

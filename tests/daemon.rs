@@ -13,44 +13,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use support::daemon::*;
 
-/// A listener and a connector in front of `service`, with `extra` lines in both [defaults].
-struct Tunnel {
-    site: Site,
-    listener: Daemon,
-    connector: Daemon,
-    entry: std::net::SocketAddr,
-}
-
 fn tunnel(service: &Service, extra: &str) -> Tunnel {
-    tunnel_with(service.addr, "connector.pem", &listener_fp(), extra)
-}
-
-/// A listener forwarding to `target`, trusting the test connector key, and a connector with
-/// `key` pinned to `pin`.
-fn tunnel_with(
-    target: std::net::SocketAddr,
-    key: &str,
-    pin: &sealpipe::proto::identity::Fingerprint,
-    extra: &str,
-) -> Tunnel {
-    let site = Site::new();
-    let lconf = site.write(
-        "listener.toml",
-        &listener_config(any_port(), target, &[connector_fp()], extra),
-    );
-    let listener = Daemon::start(&lconf);
-    let cconf = site.write(
-        "connector.toml",
-        &connector_config(key, any_port(), listener.addr(), pin, extra),
-    );
-    let connector = Daemon::start(&cconf);
-    let entry = connector.addr();
-    Tunnel {
-        site,
-        listener,
-        connector,
-        entry,
-    }
+    tunnel_to(service.addr, extra)
 }
 
 #[test]

@@ -17,38 +17,8 @@ use support::daemon::*;
 
 const PROMPT: Duration = Duration::from_secs(5);
 
-struct Tunnel {
-    site: Site,
-    listener: Daemon,
-    connector: Daemon,
-    entry: SocketAddr,
-}
-
 fn tunnel(target: SocketAddr, extra: &str) -> Tunnel {
-    let site = Site::new();
-    let lconf = site.write(
-        "listener.toml",
-        &listener_config(any_port(), target, &[connector_fp()], extra),
-    );
-    let listener = Daemon::start(&lconf);
-    let cconf = site.write(
-        "connector.toml",
-        &connector_config(
-            "connector.pem",
-            any_port(),
-            listener.addr(),
-            &listener_fp(),
-            extra,
-        ),
-    );
-    let connector = Daemon::start(&cconf);
-    let entry = connector.addr();
-    Tunnel {
-        site,
-        listener,
-        connector,
-        entry,
-    }
+    tunnel_to(target, extra)
 }
 
 /// A service that sends pseudo-random bytes to every connection until the connection fails.

@@ -181,31 +181,14 @@ fn ten_thousand_connections() {
     let extra = "max_connections = 20000\nmax_handshakes = 64\nhandshake_timeout = \"300s\"";
     let mut pairs = Vec::new();
     for _ in 0..2 {
-        let site = Site::new();
-        let lconf = site.write(
-            "listener.toml",
-            &listener_config(any_port(), target.1, &[connector_fp()], extra),
-        );
-        let listener = Daemon::start(&lconf);
-        let cconf = site.write(
-            "connector.toml",
-            &connector_config(
-                "connector.pem",
-                any_port(),
-                listener.addr(),
-                &listener_fp(),
-                extra,
-            ),
-        );
-        let connector = Daemon::start(&cconf);
-        pairs.push((site, listener, connector));
+        pairs.push(tunnel_to(target.1, extra));
     }
     let pids: Vec<u32> = pairs
         .iter()
-        .flat_map(|(_, l, c)| [l.child.id(), c.child.id()])
+        .flat_map(|t| [t.listener.child.id(), t.connector.child.id()])
         .collect();
     let rss_before: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
-    let entries: Vec<SocketAddr> = pairs.iter().map(|(_, _, c)| c.addr()).collect();
+    let entries: Vec<SocketAddr> = pairs.iter().map(|t| t.entry).collect();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

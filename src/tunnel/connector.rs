@@ -9,8 +9,7 @@ use tokio::net::TcpStream;
 use crate::config::{Address, Tuning};
 use crate::proto::handshake::{ConnectorParams, Handshake};
 use crate::tunnel::net::{connect, reset_on_close};
-use crate::tunnel::pump::{pump, PumpOptions, PumpStats};
-use crate::tunnel::serve::{log_close, log_refusal, os_randomness, Tunnel, TunnelState};
+use crate::tunnel::serve::{carry, log_refusal, os_randomness, Tunnel, TunnelState};
 use crate::tunnel::session::{self, SessionError};
 
 /// Everything a connector tunnel needs; replaced as a whole on reload.
@@ -40,7 +39,7 @@ impl Tunnel for ConnectorTunnel {
 
     async fn handle(
         self: Arc<Self>,
-        mut plain: TcpStream,
+        plain: TcpStream,
         client: SocketAddr,
         state: Arc<TunnelState>,
     ) {
@@ -61,7 +60,7 @@ impl Tunnel for ConnectorTunnel {
                 session::handshake(&mut sealed, hs, &[], deadline, timeout).await?;
             Ok::<_, SessionError>((sealed, est, leftover, slot))
         };
-        let (mut sealed, est, leftover, handshake) = match attempt.await {
+        let (sealed, est, leftover, handshake) = match attempt.await {
             Ok(x) => x,
             Err(e) => {
                 state
@@ -82,32 +81,6 @@ impl Tunnel for ConnectorTunnel {
         let fp = est.peer.fingerprint();
         tracing::info!(tunnel = %self.name, role = "connector", peer = %client, fingerprint = %fp,
             connect = %self.connect, "connection open");
-        let (sealer, opener) = est.into_record_layer(self.tuning.rekey_bytes);
-        let stats = PumpStats::default();
-        let opts = PumpOptions {
-            record_size: self.tuning.record_size,
-            rekey_interval: self.tuning.rekey_interval,
-        };
-        let result = {
-            let (mut pr, mut pw) = plain.split();
-            let (mut sr, mut sw) = sealed.split();
-            pump(
-                &mut pr, &mut pw, &mut sr, &mut sw, sealer, opener, leftover, opts, &stats,
-            )
-            .await
-        };
-        if result.is_err() {
-            reset_on_close(&plain);
-            reset_on_close(&sealed);
-        }
-        log_close(
-            &self.name,
-            self.role(),
-            client,
-            &fp,
-            &stats,
-            started,
-            &result,
-        );
+        carry(self.as_ref(), plain, sealed, est, leftover, client, started).await;
     }
 }

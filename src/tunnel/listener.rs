@@ -13,8 +13,7 @@ use crate::config::{Address, Tuning};
 use crate::proto::handshake::{check_connector_hello, Handshake, ListenerParams};
 use crate::proto::messages::{CONNECTOR_HELLO_BODY, MSG_HEADER_LEN};
 use crate::tunnel::net::{connect, reset_on_close};
-use crate::tunnel::pump::{pump, PumpOptions, PumpStats};
-use crate::tunnel::serve::{log_close, log_refusal, os_randomness, Tunnel, TunnelState};
+use crate::tunnel::serve::{carry, log_refusal, os_randomness, Tunnel, TunnelState};
 use crate::tunnel::session::{self, SessionError};
 
 /// Everything a listener tunnel needs; replaced as a whole on reload.
@@ -88,7 +87,7 @@ impl Tunnel for ListenerTunnel {
         state.counters.handshakes_ok.fetch_add(1, Ordering::Relaxed);
         let fp = est.peer.fingerprint();
         // Only now, with the peer verified, is the target contacted.
-        let mut target = match connect(&self.forward, self.tuning.connect_timeout).await {
+        let target = match connect(&self.forward, self.tuning.connect_timeout).await {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(tunnel = %self.name, role = "listener", %peer, fingerprint = %fp,
@@ -100,24 +99,6 @@ impl Tunnel for ListenerTunnel {
         tracing::info!(tunnel = %self.name, role = "listener", %peer, fingerprint = %fp,
             peer_name = self.params.trust.name_of(&fp).unwrap_or(""), forward = %self.forward,
             "connection open");
-        let (sealer, opener) = est.into_record_layer(self.tuning.rekey_bytes);
-        let stats = PumpStats::default();
-        let opts = PumpOptions {
-            record_size: self.tuning.record_size,
-            rekey_interval: self.tuning.rekey_interval,
-        };
-        let result = {
-            let (mut tr, mut tw) = target.split();
-            let (mut sr, mut sw) = sealed.split();
-            pump(
-                &mut tr, &mut tw, &mut sr, &mut sw, sealer, opener, leftover, opts, &stats,
-            )
-            .await
-        };
-        if result.is_err() {
-            reset_on_close(&target);
-            reset_on_close(&sealed);
-        }
-        log_close(&self.name, self.role(), peer, &fp, &stats, started, &result);
+        carry(self.as_ref(), target, sealed, est, leftover, peer, started).await;
     }
 }

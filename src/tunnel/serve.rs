@@ -12,10 +12,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Tuning;
-use crate::proto::handshake::{HandshakeError, HandshakeRandomness};
+use crate::proto::handshake::{Established, HandshakeError, HandshakeRandomness};
 use crate::proto::identity::Fingerprint;
 use crate::tunnel::net::{configure, reset_on_close, Gauge, LogLimiter, Slot, SourceLimiter};
-use crate::tunnel::pump::{PumpError, PumpStats};
+use crate::tunnel::pump::{pump, PumpError, PumpOptions, PumpStats};
 use crate::tunnel::session::SessionError;
 
 /// Counters of one tunnel, readable by tests and (later) metrics.
@@ -99,6 +99,63 @@ pub trait Tunnel: Send + Sync + 'static {
 /// Fresh handshake randomness from the OS RNG.
 pub fn os_randomness() -> HandshakeRandomness {
     HandshakeRandomness::generate(&mut rand::rand_core::UnwrapErr(rand::rngs::SysRng))
+}
+
+/// Starts [`serve`] for `tunnel` on `listener` as a task of `tracker`. Returns the sender that
+/// replaces the tunnel's settings for new connections (a reload) and the tunnel's state.
+pub fn spawn<T: Tunnel>(
+    listener: TcpListener,
+    tunnel: Arc<T>,
+    tracker: &TaskTracker,
+    stop: CancellationToken,
+) -> (watch::Sender<Arc<T>>, Arc<TunnelState>) {
+    let (tx, rx) = watch::channel(tunnel);
+    let state = Arc::new(TunnelState::default());
+    tracker.spawn(serve(listener, rx, state.clone(), stop, tracker.clone()));
+    (tx, state)
+}
+
+/// Carries an established session between `plain` and `sealed` until both directions have
+/// ended, resets both sockets if it fails, and logs the close line. What both roles do after
+/// their handshake.
+pub async fn carry<T: Tunnel>(
+    tunnel: &T,
+    mut plain: TcpStream,
+    mut sealed: TcpStream,
+    est: Established,
+    leftover: Vec<u8>,
+    peer: SocketAddr,
+    started: Instant,
+) {
+    let fingerprint = est.peer.fingerprint();
+    let tuning = tunnel.tuning();
+    let (sealer, opener) = est.into_record_layer(tuning.rekey_bytes);
+    let stats = PumpStats::default();
+    let opts = PumpOptions {
+        record_size: tuning.record_size,
+        rekey_interval: tuning.rekey_interval,
+    };
+    let result = {
+        let (mut pr, mut pw) = plain.split();
+        let (mut sr, mut sw) = sealed.split();
+        pump(
+            &mut pr, &mut pw, &mut sr, &mut sw, sealer, opener, leftover, opts, &stats,
+        )
+        .await
+    };
+    if result.is_err() {
+        reset_on_close(&plain);
+        reset_on_close(&sealed);
+    }
+    log_close(
+        tunnel.name(),
+        tunnel.role(),
+        peer,
+        &fingerprint,
+        &stats,
+        started,
+        &result,
+    );
 }
 
 /// Accepts connections until `stop`, each served in a task on `tracker` with the settings
@@ -198,7 +255,7 @@ pub fn log_refusal(tunnel: &str, role: &str, peer: SocketAddr, err: &SessionErro
 }
 
 /// The line logged when an established connection ends.
-pub fn log_close(
+fn log_close(
     tunnel: &str,
     role: &str,
     peer: SocketAddr,

@@ -199,6 +199,42 @@ impl Drop for Daemon {
     }
 }
 
+/// A listener and a connector started as real processes, the connector's entry for clients.
+pub struct Tunnel {
+    pub site: Site,
+    pub listener: Daemon,
+    pub connector: Daemon,
+    pub entry: SocketAddr,
+}
+
+/// A listener forwarding to `target` that trusts the test connector key, and a connector with
+/// `key` pinned to `pin`; `extra` lines go into both `[defaults]`.
+pub fn tunnel_with(target: SocketAddr, key: &str, pin: &Fingerprint, extra: &str) -> Tunnel {
+    let site = Site::new();
+    let lconf = site.write(
+        "listener.toml",
+        &listener_config(any_port(), target, &[connector_fp()], extra),
+    );
+    let listener = Daemon::start(&lconf);
+    let cconf = site.write(
+        "connector.toml",
+        &connector_config(key, any_port(), listener.addr(), pin, extra),
+    );
+    let connector = Daemon::start(&cconf);
+    let entry = connector.addr();
+    Tunnel {
+        site,
+        listener,
+        connector,
+        entry,
+    }
+}
+
+/// [`tunnel_with`] the test connector key, correctly pinned.
+pub fn tunnel_to(target: SocketAddr, extra: &str) -> Tunnel {
+    tunnel_with(target, "connector.pem", &listener_fp(), extra)
+}
+
 /// A listener config forwarding to `forward`, trusting `peers`.
 pub fn listener_config(
     listen: SocketAddr,
