@@ -5,12 +5,16 @@
 //! buffer one record at most, open it in place, write the plaintext. A plaintext EOF becomes a
 //! close record and a TCP half-close; a close record becomes `shutdown(Write)` on the plaintext
 //! socket. Any error, or a sealed EOF without a close record, fails the pump; the caller then
-//! resets the plaintext socket. Buffers are bounded, so a slow reader slows the sender.
+//! resets the plaintext socket. Buffers are bounded, so a slow reader slows the sender, and they
+//! exist only while data moves: each direction waits for readability with no buffer, takes one
+//! when bytes arrive and gives it back once the socket is drained, so an idle connection holds
+//! no record buffer at all.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::proto::aead::TAG_LEN;
 use crate::proto::record::{
@@ -67,9 +71,9 @@ pub enum PumpError {
 /// Runs both directions until both have ended cleanly, or one fails.
 #[allow(clippy::too_many_arguments)]
 pub async fn pump<PR, PW, SR, SW>(
-    plain_r: &mut PR,
+    plain_r: &PR,
     plain_w: &mut PW,
-    sealed_r: &mut SR,
+    sealed_r: &SR,
     sealed_w: &mut SW,
     mut sealer: Sealer,
     mut opener: Opener,
@@ -78,9 +82,9 @@ pub async fn pump<PR, PW, SR, SW>(
     stats: &PumpStats,
 ) -> Result<(), PumpError>
 where
-    PR: AsyncRead + Unpin,
+    PR: AsRef<TcpStream>,
     PW: AsyncWrite + Unpin,
-    SR: AsyncRead + Unpin,
+    SR: AsRef<TcpStream>,
     SW: AsyncWrite + Unpin,
 {
     let up = plain_to_sealed(plain_r, sealed_w, &mut sealer, opts, stats);
@@ -97,33 +101,63 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
     }
 }
 
+/// Reads what `socket` has now into `buf`, taking the buffer from `make` if there is none; on
+/// "would block" the buffer is given back (the connection is idle) and `None` returned.
+fn try_fill(
+    socket: &TcpStream,
+    buf: &mut Option<Vec<u8>>,
+    make: impl FnOnce() -> Vec<u8>,
+    range: std::ops::Range<usize>,
+) -> std::io::Result<Option<usize>> {
+    let b = buf.get_or_insert_with(make);
+    match socket.try_read(&mut b[range]) {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            *buf = None;
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 async fn plain_to_sealed<R, W>(
-    plain: &mut R,
+    plain: &R,
     sealed: &mut W,
     sealer: &mut Sealer,
     opts: PumpOptions,
     stats: &PumpStats,
 ) -> Result<(), PumpError>
 where
-    R: AsyncRead + Unpin,
+    R: AsRef<TcpStream>,
     W: AsyncWrite + Unpin,
 {
-    // [room for a rekey record][record header][plaintext][tag]
+    let plain = plain.as_ref();
+    // [room for a rekey record][record header][plaintext][tag], only while data moves.
     let data_at = OVERHEAD + HEADER_LEN;
-    let mut buf = vec![0u8; data_at + opts.record_size + TAG_LEN];
+    let size = data_at + opts.record_size + TAG_LEN;
+    let mut buf: Option<Vec<u8>> = None;
     let mut interval = opts.rekey_interval.map(|d| {
         let mut i = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         i
     });
     loop {
-        let n = tokio::select! {
-            r = plain.read(&mut buf[data_at..data_at + opts.record_size]) => r.map_err(PumpError::Plain)?,
-            _ = tick(&mut interval) => {
-                sealer.request_rekey();
-                continue;
+        if buf.is_none() {
+            tokio::select! {
+                r = plain.readable() => r.map_err(PumpError::Plain)?,
+                _ = tick(&mut interval) => {
+                    sealer.request_rekey();
+                    continue;
+                }
             }
+        }
+        let range = data_at..data_at + opts.record_size;
+        let Some(n) =
+            try_fill(plain, &mut buf, || vec![0u8; size], range).map_err(PumpError::Plain)?
+        else {
+            continue;
         };
+        let Some(b) = buf.as_mut() else { continue };
         if n == 0 {
             let mut close = [0u8; OVERHEAD];
             sealer.seal_close(&mut close)?;
@@ -133,7 +167,7 @@ where
         }
         let mut start = OVERHEAD;
         if sealer.rekey_due() {
-            let room: &mut [u8; OVERHEAD] = (&mut buf[..OVERHEAD])
+            let room: &mut [u8; OVERHEAD] = (&mut b[..OVERHEAD])
                 .try_into()
                 .map_err(|_| RecordError::Buffer(OVERHEAD))?;
             sealer.seal_rekey(room)?;
@@ -141,27 +175,42 @@ where
             start = 0;
         }
         let end = data_at + n + TAG_LEN;
-        sealer.seal_data(&mut buf[OVERHEAD..end])?;
+        sealer.seal_data(&mut b[OVERHEAD..end])?;
         sealed
-            .write_all(&buf[start..end])
+            .write_all(&b[start..end])
             .await
             .map_err(PumpError::Sealed)?;
         stats.sent.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(i) = interval.as_mut() {
+            // A due rekey interval is noticed between records too, not only when idle.
+            if futures_ready(i) {
+                sealer.request_rekey();
+            }
+        }
     }
 }
 
+/// True if the interval has a tick ready now (without waiting).
+fn futures_ready(i: &mut tokio::time::Interval) -> bool {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    i.poll_tick(&mut cx).is_ready()
+}
+
 /// After a close record: anything but EOF is an error (a record after close).
-async fn expect_eof<R: AsyncRead + Unpin>(
-    sealed: &mut R,
-    already_buffered: usize,
-) -> Result<(), PumpError> {
+async fn expect_eof(sealed: &TcpStream, already_buffered: usize) -> Result<(), PumpError> {
     if already_buffered > 0 {
         return Err(RecordError::AfterClose.into());
     }
     let mut probe = [0u8; 1];
-    match sealed.read(&mut probe).await.map_err(PumpError::Sealed)? {
-        0 => Ok(()),
-        _ => Err(RecordError::AfterClose.into()),
+    loop {
+        sealed.readable().await.map_err(PumpError::Sealed)?;
+        match sealed.try_read(&mut probe) {
+            Ok(0) => return Ok(()),
+            Ok(_) => return Err(RecordError::AfterClose.into()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(PumpError::Sealed(e)),
+        }
     }
 }
 
@@ -169,16 +218,19 @@ async fn expect_eof<R: AsyncRead + Unpin>(
 const READ_CHUNK: usize = 16 * 1024 + OVERHEAD;
 
 async fn sealed_to_plain<R, W>(
-    sealed: &mut R,
+    sealed: &R,
     plain: &mut W,
     opener: &mut Opener,
     leftover: Vec<u8>,
     stats: &PumpStats,
 ) -> Result<(), PumpError>
 where
-    R: AsyncRead + Unpin,
+    R: AsRef<TcpStream>,
     W: AsyncWrite + Unpin,
 {
+    let sealed = sealed.as_ref();
+    // Holds at most one record and a chunk; dropped whenever it is empty and the socket is
+    // drained, so an idle connection holds none.
     let mut buf = leftover;
     let mut start = 0;
     loop {
@@ -210,15 +262,25 @@ where
                 continue;
             }
         }
-        // Keep only the partial record, then read more; never hold more than one record and a
-        // chunk.
+        // Keep only the partial record, then read more.
         buf.drain(..start);
         start = 0;
         let want = need.clamp(READ_CHUNK, MAX_RECORD_LEN + READ_CHUNK);
         if buf.capacity() < want {
             buf.reserve_exact(want - buf.len());
         }
-        let n = sealed.read_buf(&mut buf).await.map_err(PumpError::Sealed)?;
+        let n = match sealed.try_read_buf(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if buf.is_empty() {
+                    // Idle between records: give the buffer back while waiting.
+                    buf = Vec::new();
+                }
+                sealed.readable().await.map_err(PumpError::Sealed)?;
+                continue;
+            }
+            Err(e) => return Err(PumpError::Sealed(e)),
+        };
         if n == 0 {
             opener.end_of_stream()?;
             return Ok(());

@@ -136,10 +136,10 @@ pub async fn carry<T: Tunnel>(
         rekey_interval: tuning.rekey_interval,
     };
     let result = {
-        let (mut pr, mut pw) = plain.split();
-        let (mut sr, mut sw) = sealed.split();
+        let (pr, mut pw) = plain.split();
+        let (sr, mut sw) = sealed.split();
         pump(
-            &mut pr, &mut pw, &mut sr, &mut sw, sealer, opener, leftover, opts, &stats,
+            &pr, &mut pw, &sr, &mut sw, sealer, opener, leftover, opts, &stats,
         )
         .await
     };
