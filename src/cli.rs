@@ -72,6 +72,13 @@ pub enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Print a shell completion script (e.g. `sealpipe completions bash > /etc/bash_completion.d/sealpipe`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page, in roff (e.g. `sealpipe man | man -l -`).
+    Man,
 }
 
 fn init_logging(cli: &Cli) {
@@ -138,6 +145,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Run { config } => runtime()?.block_on(daemon::run(&config))?,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "sealpipe", &mut std::io::stdout());
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+        }
         Command::Demo { once } => {
             let ok = runtime()?.block_on(demo::run(once))?;
             if !ok {

@@ -459,3 +459,28 @@ fn ipv6_host_names_and_json_logs_work() {
     assert_eq!(v["fields"]["sent"], 100_000);
     assert_eq!(v["fields"]["fingerprint"], listener_fp().to_string());
 }
+
+#[test]
+fn version_completions_and_man_page() {
+    let (code, out, _) = run_cli(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("protocol 1"), "{out}");
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out, err) = run_cli(&["completions", shell]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains("keygen") && out.contains("fingerprint"),
+            "{shell}: {out}"
+        );
+    }
+    let (code, out, err) = run_cli(&["man"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with(".ie") || out.contains(".TH sealpipe"),
+        "{out}"
+    );
+    assert!(out.contains("keygen"));
+    let (code, _, err) = run_cli(&["completions", "nosuchshell"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("nosuchshell"), "{err}");
+}
