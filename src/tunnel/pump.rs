@@ -183,7 +183,7 @@ where
         stats.sent.fetch_add(n as u64, Ordering::Relaxed);
         if let Some(i) = interval.as_mut() {
             // A due rekey interval is noticed between records too, not only when idle.
-            if futures_ready(i) {
+            if tick_ready(i) {
                 sealer.request_rekey();
             }
         }
@@ -191,7 +191,7 @@ where
 }
 
 /// True if the interval has a tick ready now (without waiting).
-fn futures_ready(i: &mut tokio::time::Interval) -> bool {
+fn tick_ready(i: &mut tokio::time::Interval) -> bool {
     let waker = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(waker);
     i.poll_tick(&mut cx).is_ready()
