@@ -57,6 +57,37 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// `[[connector]]` tunnels: plain in, sealed out; in file order.
     pub connectors: Vec<ConnectorConfig>,
+    /// `[metrics]`: the Prometheus endpoint, if enabled.
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// The `[metrics]` section: where `GET /metrics` is served (TCP only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// The address of the metrics HTTP server.
+    pub listen: Address,
+}
+
+/// Default mode of a connector's Unix listening socket: owner and group may connect, others
+/// not (connecting to a Unix socket needs write permission on it).
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+
+/// Who may connect to a connector's `unix:` listen socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketPermissions {
+    /// File mode bits (0..=0o777), `socket_mode`.
+    pub mode: u32,
+    /// Group owning the socket file, `socket_group` (name as written, resolved gid).
+    pub group: Option<(String, u32)>,
+}
+
+impl Default for SocketPermissions {
+    fn default() -> Self {
+        SocketPermissions {
+            mode: DEFAULT_SOCKET_MODE,
+            group: None,
+        }
+    }
 }
 
 /// The `[identity]` section. Relative paths are resolved against the config file's directory.
@@ -137,14 +168,19 @@ pub struct ConnectorConfig {
     pub connect: Address,
     /// The pinned key of the remote listener.
     pub peer: Fingerprint,
+    /// Mode and group of the socket file when `listen` is a Unix socket.
+    pub socket: SocketPermissions,
     /// `[defaults]` merged with this tunnel's overrides.
     pub tuning: Tuning,
 }
 
-/// host:port; IPv4 `1.2.3.4:80`, IPv6 `[::1]:80`, or a host name `db.example.net:7443`.
-/// Not resolved here.
+/// host:port; IPv4 `1.2.3.4:80`, IPv6 `[::1]:80`, or a host name `db.example.net:7443`; or
+/// `unix:PATH`, a Unix domain socket (plaintext side only). Not resolved here.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Address {
+    /// A Unix domain socket path (`unix:/run/app.sock`); in a config file a relative path is
+    /// resolved against the file's directory.
+    Unix(PathBuf),
     /// A literal IP address and port.
     Ip(SocketAddr),
     /// A host name, resolved when used.
@@ -157,11 +193,20 @@ pub enum Address {
 }
 
 impl Address {
-    /// The port.
+    /// The port (0 for a Unix socket, which has none).
     pub fn port(&self) -> u16 {
         match self {
             Address::Ip(sa) => sa.port(),
             Address::Host { port, .. } => *port,
+            Address::Unix(_) => 0,
+        }
+    }
+
+    /// The path of a Unix socket address.
+    pub fn unix_path(&self) -> Option<&Path> {
+        match self {
+            Address::Unix(p) => Some(p),
+            _ => None,
         }
     }
 
@@ -170,6 +215,10 @@ impl Address {
     pub async fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
         match self {
             Address::Ip(sa) => Ok(vec![*sa]),
+            Address::Unix(p) => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("unix:{} is a Unix socket, not a TCP address", p.display()),
+            )),
             Address::Host { host, port } => {
                 let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), *port))
                     .await?
@@ -192,6 +241,7 @@ impl fmt::Display for Address {
         match self {
             Address::Ip(sa) => write!(f, "{sa}"),
             Address::Host { host, port } => write!(f, "{host}:{port}"),
+            Address::Unix(p) => write!(f, "unix:{}", p.display()),
         }
     }
 }
@@ -217,6 +267,9 @@ pub enum AddressError {
     /// A host name with characters DNS does not allow.
     #[error("`{0}` is not a valid host name")]
     BadHost(String),
+    /// `unix:` with nothing after it.
+    #[error("empty Unix socket path after `unix:`")]
+    EmptyUnixPath,
 }
 
 impl FromStr for Address {
@@ -224,6 +277,12 @@ impl FromStr for Address {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(AddressError::EmptyUnixPath);
+            }
+            return Ok(Address::Unix(PathBuf::from(path)));
+        }
         let parse_port = |p: &str| -> Result<u16, AddressError> {
             if p.is_empty() {
                 return Err(AddressError::MissingPort);
@@ -394,6 +453,13 @@ struct RawConfig {
     listeners: Vec<Spanned<RawListener>>,
     #[serde(default, rename = "connector")]
     connectors: Vec<Spanned<RawConnector>>,
+    metrics: Option<Spanned<RawMetrics>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawMetrics {
+    listen: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -429,6 +495,8 @@ with_tuning! {
         listen: Spanned<String>,
         connect: Spanned<String>,
         peer: Spanned<String>,
+        socket_mode: Option<Spanned<String>>,
+        socket_group: Option<Spanned<String>>,
     }
 }
 
@@ -711,9 +779,9 @@ impl Source<'_> {
             let l = l.get_ref();
             let name = self.tunnel_name("listener", i, &l.name, &mut names)?;
             let ctx = format!("listener {name:?}");
-            let listen = self.address(&ctx, "listen", &l.listen, true)?;
+            let listen = self.address(&ctx, "listen", &l.listen, Side::SealedListen, &dir)?;
             self.check_bound(&ctx, &l.listen, &listen, &mut bound)?;
-            let forward = self.address(&ctx, "forward", &l.forward, false)?;
+            let forward = self.address(&ctx, "forward", &l.forward, Side::PlainConnect, &dir)?;
             let mut peers: Vec<(Fingerprint, Option<String>)> = Vec::new();
             if let Some(list) = &l.peers {
                 for entry in list.get_ref() {
@@ -761,9 +829,10 @@ impl Source<'_> {
             let c = c.get_ref();
             let name = self.tunnel_name("connector", i, &c.name, &mut names)?;
             let ctx = format!("connector {name:?}");
-            let listen = self.address(&ctx, "listen", &c.listen, true)?;
+            let listen = self.address(&ctx, "listen", &c.listen, Side::PlainListen, &dir)?;
             self.check_bound(&ctx, &c.listen, &listen, &mut bound)?;
-            let connect = self.address(&ctx, "connect", &c.connect, false)?;
+            let connect = self.address(&ctx, "connect", &c.connect, Side::SealedConnect, &dir)?;
+            let socket = self.socket_permissions(&ctx, c, &listen)?;
             let peer = c.peer.get_ref().parse::<Fingerprint>().map_err(|e| {
                 self.key_error(
                     &ctx,
@@ -778,16 +847,80 @@ impl Source<'_> {
                 listen,
                 connect,
                 peer,
+                socket,
                 tuning,
             });
         }
+
+        let metrics = match &raw.metrics {
+            Some(m) => {
+                let m = m.get_ref();
+                let ctx = "[metrics]";
+                let listen = self.address(ctx, "listen", &m.listen, Side::Metrics, &dir)?;
+                self.check_bound(ctx, &m.listen, &listen, &mut bound)?;
+                Some(MetricsConfig { listen })
+            }
+            None => None,
+        };
 
         Ok(Config {
             path: self.path.to_path_buf(),
             identity,
             listeners,
             connectors,
+            metrics,
         })
+    }
+
+    /// `socket_mode` and `socket_group` of a connector; only meaningful with a `unix:` listen.
+    fn socket_permissions(
+        &self,
+        ctx: &str,
+        c: &RawConnector,
+        listen: &Address,
+    ) -> Result<SocketPermissions, ConfigError> {
+        let mut perms = SocketPermissions::default();
+        for (key, value) in [("socket_mode", &c.socket_mode), ("socket_group", &c.socket_group)] {
+            if let (Some(v), None) = (value, listen.unix_path()) {
+                return Err(self.key_error(
+                    ctx,
+                    key,
+                    v.span(),
+                    "only applies to a Unix socket (`listen = \"unix:/path\"`)",
+                ));
+            }
+        }
+        if let Some(v) = &c.socket_mode {
+            let s = v.get_ref().trim();
+            let digits = s.strip_prefix("0o").unwrap_or(s);
+            perms.mode = u32::from_str_radix(digits, 8)
+                .ok()
+                .filter(|m| !digits.is_empty() && *m <= 0o777)
+                .ok_or_else(|| {
+                    self.key_error(
+                        ctx,
+                        "socket_mode",
+                        v.span(),
+                        format!("invalid mode {s:?}: expected octal permission bits from \"0000\" to \"0777\", such as \"0660\""),
+                    )
+                })?;
+            if perms.mode & 0o600 != 0o600 {
+                return Err(self.key_error(
+                    ctx,
+                    "socket_mode",
+                    v.span(),
+                    format!("mode {s:?} does not let the owner read and write the socket (needs at least 0600)"),
+                ));
+            }
+        }
+        if let Some(v) = &c.socket_group {
+            let name = v.get_ref().trim();
+            let gid = lookup_group(name).map_err(|problem| {
+                self.key_error(ctx, "socket_group", v.span(), problem)
+            })?;
+            perms.group = Some((name.to_string(), gid));
+        }
+        Ok(perms)
     }
 
     /// Checks a tunnel name for emptiness and duplicates; `seen` maps names to their line.
@@ -828,7 +961,8 @@ impl Source<'_> {
         ctx: &str,
         key: &str,
         value: &Spanned<String>,
-        is_listen: bool,
+        side: Side,
+        dir: &Path,
     ) -> Result<Address, ConfigError> {
         let s = value.get_ref();
         let addr = s.parse::<Address>().map_err(|e| {
@@ -839,6 +973,55 @@ impl Source<'_> {
                 format!("invalid address {s:?}: {e}"),
             )
         })?;
+        if let Address::Unix(p) = addr {
+            let why = match side {
+                Side::PlainListen | Side::PlainConnect => None,
+                Side::SealedListen | Side::SealedConnect => Some(
+                    "the sealed side must be a TCP address (host:port); Unix sockets are for the plaintext side only (a connector's `listen`, a listener's `forward`)",
+                ),
+                Side::Metrics => Some("the metrics endpoint must be a TCP address (host:port)"),
+            };
+            if let Some(why) = why {
+                return Err(self.key_error(
+                    ctx,
+                    key,
+                    value.span(),
+                    format!("invalid address {s:?}: {why}"),
+                ));
+            }
+            let path = dir.join(p);
+            // sun_path holds 108 bytes with the terminating NUL.
+            let len = path.as_os_str().len();
+            if len > MAX_UNIX_PATH {
+                return Err(self.key_error(
+                    ctx,
+                    key,
+                    value.span(),
+                    format!(
+                        "invalid address {s:?}: Unix socket path {} is {len} bytes long, the limit is {MAX_UNIX_PATH}",
+                        path.display()
+                    ),
+                ));
+            }
+            if matches!(side, Side::PlainListen) {
+                use std::os::unix::fs::FileTypeExt;
+                if let Ok(m) = std::fs::symlink_metadata(&path) {
+                    if !m.file_type().is_socket() {
+                        return Err(self.key_error(
+                            ctx,
+                            key,
+                            value.span(),
+                            format!(
+                                "{} exists and is not a socket; sealpipe will not replace it",
+                                path.display()
+                            ),
+                        ));
+                    }
+                }
+            }
+            return Ok(Address::Unix(path));
+        }
+        let is_listen = matches!(side, Side::SealedListen | Side::PlainListen | Side::Metrics);
         if !is_listen && addr.port() == 0 {
             return Err(self.key_error(
                 ctx,
@@ -858,7 +1041,7 @@ impl Source<'_> {
         addr: &Address,
         bound: &mut Vec<(Address, String, usize)>,
     ) -> Result<(), ConfigError> {
-        if addr.port() != 0 {
+        if addr.port() != 0 || addr.unix_path().is_some() {
             for (other, owner, line) in bound.iter() {
                 if listen_conflict(addr, other) {
                     return Err(self.key_error(
@@ -996,6 +1179,68 @@ impl Source<'_> {
     }
 }
 
+/// Longest Unix socket path (`sun_path` is 108 bytes, with the terminating NUL).
+pub const MAX_UNIX_PATH: usize = 107;
+
+/// Which end of a tunnel an address is, for the Unix-socket rules.
+#[derive(Clone, Copy)]
+enum Side {
+    /// A listener's `listen`: sealed, TCP only.
+    SealedListen,
+    /// A connector's `connect`: sealed, TCP only.
+    SealedConnect,
+    /// A connector's `listen`: plaintext, TCP or Unix.
+    PlainListen,
+    /// A listener's `forward`: plaintext, TCP or Unix.
+    PlainConnect,
+    /// `[metrics] listen`: TCP only.
+    Metrics,
+}
+
+/// Resolves a `socket_group`: a group name (through the system's group database, NSS included)
+/// or a numeric gid.
+fn lookup_group(name: &str) -> Result<u32, String> {
+    if name.is_empty() {
+        return Err("empty group name".to_string());
+    }
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    let cname = std::ffi::CString::new(name)
+        .map_err(|_| format!("invalid group name {name:?}"))?;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: all-zero is a valid `group` (null pointers, zero gid), only read after success.
+        let mut grp: libc::group = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call; `buf` outlives the use of `grp`, whose
+        // strings point into it, and only `gr_gid` (a plain integer) is read.
+        let rc = unsafe {
+            libc::getgrnam_r(
+                cname.as_ptr(),
+                &mut grp,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 {
+            return Err(format!(
+                "cannot look up group {name:?}: {}",
+                std::io::Error::from_raw_os_error(rc)
+            ));
+        }
+        if result.is_null() {
+            return Err(format!("no group named {name:?} on this host"));
+        }
+        return Ok(grp.gr_gid);
+    }
+}
+
 /// Names the section (and tunnel) and key that `path` leads to, for messages.
 fn describe(root: &DeTable<'_>, path: &[Seg<'_>]) -> (String, Option<String>) {
     let key_at = |i: usize| match path.get(i) {
@@ -1018,7 +1263,7 @@ fn describe(root: &DeTable<'_>, path: &[Seg<'_>]) -> (String, Option<String>) {
             };
             (ctx, key_at(2))
         }
-        Some(Seg::Key(section @ ("identity" | "defaults"))) => (format!("[{section}]"), key_at(1)),
+        Some(Seg::Key(section @ ("identity" | "defaults" | "metrics"))) => (format!("[{section}]"), key_at(1)),
         Some(Seg::Key(k)) => (String::new(), Some(k.to_string())),
         _ => (String::new(), None),
     }

@@ -16,11 +16,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Address, Config};
 use crate::keyfile;
+use crate::metrics::{Registry, TunnelEntry};
 use crate::proto::handshake::{ConnectorParams, ListenerParams};
 use crate::proto::identity::{Signer, TrustList};
 use crate::proto::keys::Psk;
 use crate::tunnel::connector::ConnectorTunnel;
 use crate::tunnel::listener::ListenerTunnel;
+use crate::tunnel::net::{bind_unix, set_socket_permissions, Bound};
 use crate::tunnel::serve::{spawn, Tunnel, TunnelState};
 
 /// A config file turned into runnable tunnels: keys loaded, trust lists built.
@@ -84,6 +86,7 @@ pub fn build(path: &Path) -> anyhow::Result<Built> {
                     listener: c.peer,
                     psk: psk.clone(),
                 },
+                socket: c.socket.clone(),
                 tuning: c.tuning.clone(),
             };
             (c.listen.clone(), Arc::new(tunnel))
@@ -96,7 +99,22 @@ pub fn build(path: &Path) -> anyhow::Result<Built> {
     })
 }
 
-/// Binds a listening socket on the first address `addr` resolves to.
+/// Binds a tunnel's listening socket: TCP as [`bind`], or a Unix socket with `perms` (the
+/// default ones if `None`).
+pub async fn bind_listen(
+    addr: &Address,
+    perms: Option<&crate::config::SocketPermissions>,
+) -> anyhow::Result<Bound> {
+    match addr {
+        Address::Unix(path) => {
+            let perms = perms.cloned().unwrap_or_default();
+            Ok(bind_unix(path, &perms).await?)
+        }
+        _ => Ok(Bound::Tcp(bind(addr).await?)),
+    }
+}
+
+/// Binds a TCP listening socket on the first address `addr` resolves to.
 pub async fn bind(addr: &Address) -> anyhow::Result<TcpListener> {
     let addrs = addr
         .resolve()
@@ -139,33 +157,42 @@ impl<T: Tunnel> TunnelSet<T> {
         self.running.get(name).map(|r| r.state.clone())
     }
 
+    /// The running tunnels, for metrics.
+    fn entries(&self) -> impl Iterator<Item = TunnelEntry> + '_ {
+        self.running.iter().map(|(name, r)| TunnelEntry {
+            role: r.settings.borrow().role(),
+            name: name.clone(),
+            state: r.state.clone(),
+        })
+    }
+
     async fn start(
         &mut self,
         listen: Address,
         tunnel: Arc<T>,
         tracker: &TaskTracker,
     ) -> anyhow::Result<()> {
-        let listener = bind(&listen)
+        let listener = bind_listen(&listen, tunnel.socket_permissions())
             .await
             .with_context(|| format!("{} {:?}", tunnel.role(), tunnel.name()))?;
-        self.start_on(listener, listen, tunnel, tracker);
+        self.start_on(listener, listen, tunnel, tracker, None);
         Ok(())
     }
 
     fn start_on(
         &mut self,
-        listener: TcpListener,
+        listener: Bound,
         listen: Address,
         tunnel: Arc<T>,
         tracker: &TaskTracker,
+        state: Option<Arc<TunnelState>>,
     ) {
         let name = tunnel.name().to_string();
-        let local = listener
-            .local_addr()
-            .map_or_else(|e| e.to_string(), |a| a.to_string());
+        let local = listener.local();
         tracing::info!(tunnel = %name, role = tunnel.role(), listen = %listen, local = %local, "tunnel listening");
         let stop = CancellationToken::new();
-        let (tx, state) = spawn(listener, tunnel, tracker, stop.clone());
+        let state = state.unwrap_or_default();
+        let tx = spawn(listener, tunnel, state.clone(), tracker, stop.clone());
         self.running.insert(
             name,
             Running {
@@ -178,22 +205,29 @@ impl<T: Tunnel> TunnelSet<T> {
     }
 
     /// Moves to the tunnels of a new config: same name and address, new settings for new
-    /// connections; new address, a new socket (the old one closes only once the new one is
-    /// bound); gone, stop accepting. Established connections are never touched.
+    /// connections (and a Unix socket's mode and group set anew); new address, a new socket
+    /// (the old one closes only once the new one is bound; counters carry over); gone, stop
+    /// accepting. Established connections are never touched.
     async fn apply(&mut self, wanted: Vec<(Address, Arc<T>)>, tracker: &TaskTracker) {
         let names: Vec<String> = wanted.iter().map(|(_, t)| t.name().to_string()).collect();
         for (listen, tunnel) in wanted {
             let name = tunnel.name().to_string();
             match self.running.get(&name) {
                 Some(r) if r.listen == listen => {
+                    if let (Some(path), Some(perms)) = (listen.unix_path(), tunnel.socket_permissions()) {
+                        if let Err(e) = set_socket_permissions(path, perms) {
+                            tracing::error!(tunnel = %name, error = %e, "reload: cannot change the socket's permissions");
+                        }
+                    }
                     r.settings.send_replace(tunnel);
                 }
-                _ => match bind(&listen).await {
+                _ => match bind_listen(&listen, tunnel.socket_permissions()).await {
                     Ok(l) => {
-                        if let Some(old) = self.running.remove(&name) {
+                        let state = self.running.remove(&name).map(|old| {
                             old.stop.cancel();
-                        }
-                        self.start_on(l, listen, tunnel, tracker);
+                            old.state
+                        });
+                        self.start_on(l, listen, tunnel, tracker, state);
                     }
                     Err(e) => tracing::error!(tunnel = %name, error = %format!("{e:#}"),
                         "reload: cannot listen, keeping the previous socket if any"),
@@ -225,6 +259,9 @@ pub struct Daemon {
     pub connectors: TunnelSet<ConnectorTunnel>,
     tracker: TaskTracker,
     drain_timeout: Duration,
+    /// What the metrics endpoint reports.
+    pub registry: Arc<Registry>,
+    metrics: Option<(Address, CancellationToken)>,
 }
 
 impl Daemon {
@@ -235,25 +272,78 @@ impl Daemon {
             connectors: TunnelSet::new(),
             tracker: TaskTracker::new(),
             drain_timeout: built.drain_timeout(),
+            registry: Arc::default(),
+            metrics: None,
         };
+        if let Some(m) = &built.config.metrics {
+            let l = bind(&m.listen).await.context("[metrics]")?;
+            d.start_metrics(l, m.listen.clone());
+        }
         for (listen, t) in built.listeners {
             d.listeners.start(listen, t, &d.tracker).await?;
         }
         for (listen, t) in built.connectors {
             d.connectors.start(listen, t, &d.tracker).await?;
         }
+        d.publish();
         Ok(d)
+    }
+
+    fn start_metrics(&mut self, listener: TcpListener, listen: Address) {
+        let local = listener
+            .local_addr()
+            .map_or_else(|e| e.to_string(), |a| a.to_string());
+        tracing::info!(listen = %listen, local = %local, "metrics listening");
+        let stop = CancellationToken::new();
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            self.registry.clone(),
+            stop.clone(),
+        ));
+        if let Some((_, old)) = self.metrics.replace((listen, stop)) {
+            old.cancel();
+        }
+    }
+
+    /// Tells the metrics endpoint which tunnels run now.
+    fn publish(&self) {
+        let entries = self.listeners.entries().chain(self.connectors.entries());
+        self.registry.set(entries.collect());
+    }
+
+    /// Follows a changed `[metrics]` section: a new address is bound before the old one closes.
+    async fn apply_metrics(&mut self, wanted: Option<Address>) {
+        match (wanted, &self.metrics) {
+            (Some(w), Some((cur, _))) if *cur == w => {}
+            (Some(w), _) => match bind(&w).await {
+                Ok(l) => self.start_metrics(l, w),
+                Err(e) => tracing::error!(error = %format!("{e:#}"),
+                    "reload: cannot listen for metrics, keeping the previous socket if any"),
+            },
+            (None, _) => {
+                if let Some((_, stop)) = self.metrics.take() {
+                    tracing::info!("reload: metrics endpoint removed");
+                    stop.cancel();
+                }
+            }
+        }
     }
 
     /// Applies a new configuration; the caller keeps the old one when building it failed.
     pub async fn reload(&mut self, built: Built) {
         self.drain_timeout = built.drain_timeout();
+        self.apply_metrics(built.config.metrics.map(|m| m.listen))
+            .await;
         self.listeners.apply(built.listeners, &self.tracker).await;
         self.connectors.apply(built.connectors, &self.tracker).await;
+        self.publish();
     }
 
     /// Stops accepting, then waits up to the drain timeout for open connections.
     pub async fn shutdown(self) {
+        if let Some((_, stop)) = &self.metrics {
+            stop.cancel();
+        }
         self.listeners.stop_all();
         self.connectors.stop_all();
         self.tracker.close();

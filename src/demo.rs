@@ -15,6 +15,7 @@ use crate::proto::handshake::{ConnectorParams, ListenerParams};
 use crate::proto::identity::{PrivateIdentity, Signer, TrustList};
 use crate::tunnel::connector::ConnectorTunnel;
 use crate::tunnel::listener::ListenerTunnel;
+use crate::tunnel::net::Bound;
 use crate::tunnel::serve::{spawn, Tunnel, TunnelState};
 
 /// Demo keys are 2048 bits so that the demo starts at once; `keygen` defaults to 3072.
@@ -39,7 +40,15 @@ pub fn spawn_tunnel<T: Tunnel>(
     tracker: &TaskTracker,
     stop: &CancellationToken,
 ) -> Arc<TunnelState> {
-    spawn(listener, Arc::new(tunnel), tracker, stop.clone()).1
+    let state = Arc::new(TunnelState::default());
+    spawn(
+        Bound::Tcp(listener),
+        Arc::new(tunnel),
+        state.clone(),
+        tracker,
+        stop.clone(),
+    );
+    state
 }
 
 async fn loopback() -> anyhow::Result<(TcpListener, SocketAddr)> {
@@ -104,6 +113,7 @@ pub async fn run(once: bool) -> anyhow::Result<bool> {
                 listener: l_fp,
                 psk: None,
             },
+            socket: Default::default(),
             tuning: Tuning::default(),
         },
         &tracker,

@@ -10,12 +10,14 @@
 //! * [`tunnel`] is the async shell on tokio: accept loops, the session driver that feeds socket
 //!   bytes to the core, and the full-duplex pump.
 //! * [`daemon`] runs the tunnels of a config file with reload and drain; [`demo`] runs a whole
-//!   tunnel in one process; [`cli`] has one function per subcommand.
+//!   tunnel in one process; [`cli`] has one function per subcommand; [`metrics`] serves the
+//!   Prometheus endpoint.
 
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod keyfile;
+pub mod metrics;
 pub mod proto;
 pub mod tunnel;

@@ -147,6 +147,28 @@ pub enum HandshakeError {
     State,
 }
 
+impl HandshakeError {
+    /// A short, stable label for metrics (one per variant).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            HandshakeError::Message(_) => "malformed",
+            HandshakeError::BadMac1 => "bad_mac1",
+            HandshakeError::UnsupportedVersion(_) => "version",
+            HandshakeError::BadOptions(_) => "options",
+            HandshakeError::PskMismatch => "psk_mismatch",
+            HandshakeError::LowOrderPoint => "low_order_point",
+            HandshakeError::Decrypt => "decrypt",
+            HandshakeError::WrongListenerKey { .. } => "wrong_key",
+            HandshakeError::UntrustedConnector(_) => "untrusted",
+            HandshakeError::PeerKey(_) => "bad_peer_key",
+            HandshakeError::BadSignature => "bad_signature",
+            HandshakeError::BadFinished => "bad_finished",
+            HandshakeError::Sign(_) => "sign",
+            HandshakeError::State => "state",
+        }
+    }
+}
+
 /// The result of a completed handshake.
 pub struct Established {
     /// The peer's verified long-term key.

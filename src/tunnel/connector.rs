@@ -1,14 +1,11 @@
 //! The connector side: plaintext connections in, each carried sealed to the listener.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::net::TcpStream;
-
-use crate::config::{Address, Tuning};
+use crate::config::{Address, SocketPermissions, Tuning};
 use crate::proto::handshake::{ConnectorParams, Handshake};
-use crate::tunnel::net::{connect, reset_on_close};
+use crate::tunnel::net::{connect, Conn, Peer};
 use crate::tunnel::serve::{carry, log_refusal, os_randomness, Tunnel, TunnelState};
 use crate::tunnel::session::{self, SessionError};
 
@@ -20,6 +17,8 @@ pub struct ConnectorTunnel {
     pub connect: Address,
     /// Identity, pinned listener key, PSK.
     pub params: ConnectorParams,
+    /// Mode and group of a `unix:` listen socket.
+    pub socket: SocketPermissions,
     /// Timeouts and limits.
     pub tuning: Tuning,
 }
@@ -37,10 +36,14 @@ impl Tunnel for ConnectorTunnel {
         &self.tuning
     }
 
+    fn socket_permissions(&self) -> Option<&SocketPermissions> {
+        Some(&self.socket)
+    }
+
     async fn handle(
         self: Arc<Self>,
-        plain: TcpStream,
-        client: SocketAddr,
+        plain: Conn,
+        client: Peer,
         state: Arc<TunnelState>,
     ) {
         let started = Instant::now();
@@ -63,24 +66,29 @@ impl Tunnel for ConnectorTunnel {
         let (sealed, est, leftover, handshake) = match attempt.await {
             Ok(x) => x,
             Err(e) => {
-                state
-                    .counters
-                    .handshakes_failed
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                log_refusal(&self.name, self.role(), client, &e);
-                // The local client learns that its connection failed, not that it ended.
-                reset_on_close(&plain);
+                state.handshake_failed(&e);
+                log_refusal(&self.name, self.role(), &client, &e);
+                // The local client learns that its connection failed, not that it ended (a
+                // Unix socket client just sees it closed: Unix streams have no reset).
+                plain.reset_on_close();
                 return;
             }
         };
         drop(handshake);
-        state
-            .counters
-            .handshakes_ok
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        state.handshake_ok(started.elapsed());
         let fp = est.peer.fingerprint();
         tracing::info!(tunnel = %self.name, role = "connector", peer = %client, fingerprint = %fp,
             connect = %self.connect, "connection open");
-        carry(self.as_ref(), plain, sealed, est, leftover, client, started).await;
+        carry(
+            self.as_ref(),
+            plain,
+            sealed,
+            est,
+            leftover,
+            client,
+            started,
+            &state,
+        )
+        .await;
     }
 }

@@ -1,18 +1,16 @@
 //! The listener side: sealed connections in, plaintext to the forward target out.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use std::sync::atomic::Ordering;
 
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
 use crate::config::{Address, Tuning};
 use crate::proto::handshake::{check_connector_hello, Handshake, ListenerParams};
 use crate::proto::messages::{CONNECTOR_HELLO_BODY, MSG_HEADER_LEN};
-use crate::tunnel::net::{connect, reset_on_close};
+use crate::tunnel::net::{connect_local, reset_on_close, Conn, Peer};
 use crate::tunnel::serve::{carry, log_refusal, os_randomness, Tunnel, TunnelState};
 use crate::tunnel::session::{self, SessionError};
 
@@ -43,19 +41,20 @@ impl Tunnel for ListenerTunnel {
 
     async fn handle(
         self: Arc<Self>,
-        mut sealed: TcpStream,
-        peer: SocketAddr,
+        sealed: Conn,
+        peer: Peer,
         state: Arc<TunnelState>,
     ) {
+        // The sealed side is TCP only (the config refuses `unix:` there).
+        let Conn::Tcp(mut sealed) = sealed else {
+            return;
+        };
         let started = Instant::now();
         let timeout = self.tuning.handshake_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let refused = |e: SessionError| {
-            state
-                .counters
-                .handshakes_failed
-                .fetch_add(1, Ordering::Relaxed);
-            log_refusal(&self.name, self.role(), peer, &e);
+            state.handshake_failed(&e);
+            log_refusal(&self.name, self.role(), &peer, &e);
         };
         // Before any work, and holding no handshake slot: the fixed-size hello and its mac1.
         // A scanner, a slow sender or a peer without our fingerprint costs a socket and 85 bytes.
@@ -84,10 +83,10 @@ impl Tunnel for ListenerTunnel {
                 Err(e) => return refused(e),
             };
         drop(handshake);
-        state.counters.handshakes_ok.fetch_add(1, Ordering::Relaxed);
+        state.handshake_ok(started.elapsed());
         let fp = est.peer.fingerprint();
         // Only now, with the peer verified, is the target contacted.
-        let target = match connect(&self.forward, self.tuning.connect_timeout).await {
+        let target = match connect_local(&self.forward, self.tuning.connect_timeout).await {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(tunnel = %self.name, role = "listener", %peer, fingerprint = %fp,
@@ -99,6 +98,16 @@ impl Tunnel for ListenerTunnel {
         tracing::info!(tunnel = %self.name, role = "listener", %peer, fingerprint = %fp,
             peer_name = self.params.trust.name_of(&fp).unwrap_or(""), forward = %self.forward,
             "connection open");
-        carry(self.as_ref(), target, sealed, est, leftover, peer, started).await;
+        carry(
+            self.as_ref(),
+            target,
+            sealed,
+            est,
+            leftover,
+            peer,
+            started,
+            &state,
+        )
+        .await;
     }
 }

@@ -13,8 +13,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::future::Future;
+
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{tcp, unix, TcpStream, UnixStream};
 
 use crate::proto::aead::TAG_LEN;
 use crate::proto::record::{
@@ -30,9 +32,60 @@ pub struct PumpOptions {
     pub rekey_interval: Option<Duration>,
 }
 
+/// The read side of a plaintext socket, TCP or Unix: waiting for readability without a buffer,
+/// then reading what is there without blocking. Implemented for the streams and their halves.
+pub trait PlainRead: Sync {
+    /// Waits until the socket may be readable.
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Reads what is there now into `buf`; `WouldBlock` if nothing is.
+    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize>;
+    /// Reads what is there now into the spare capacity of `buf`; `WouldBlock` if nothing is.
+    fn try_read_buf(&self, buf: &mut Vec<u8>) -> std::io::Result<usize>;
+}
+
+macro_rules! plain_read {
+    ($($t:ty => |$s:ident| $inner:expr;)*) => {$(
+        impl PlainRead for $t {
+            fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send {
+                let $s = self;
+                $inner.readable()
+            }
+            fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let $s = self;
+                $inner.try_read(buf)
+            }
+            fn try_read_buf(&self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+                let $s = self;
+                $inner.try_read_buf(buf)
+            }
+        }
+    )*};
+}
+plain_read! {
+    TcpStream => |s| s;
+    tcp::ReadHalf<'_> => |s| AsRef::<TcpStream>::as_ref(s);
+    tcp::OwnedReadHalf => |s| AsRef::<TcpStream>::as_ref(s);
+    UnixStream => |s| s;
+    unix::ReadHalf<'_> => |s| AsRef::<UnixStream>::as_ref(s);
+    unix::OwnedReadHalf => |s| AsRef::<UnixStream>::as_ref(s);
+}
+
+/// Totals of all the connections of a tunnel, added to as records go (for metrics).
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Plaintext bytes sealed and sent.
+    pub sent: AtomicU64,
+    /// Plaintext bytes opened and delivered.
+    pub received: AtomicU64,
+    /// Rekey records sent and received.
+    pub rekeys: AtomicU64,
+}
+
 /// Bytes and rekeys so far, readable while the pump runs.
 #[derive(Debug, Default)]
 pub struct PumpStats {
+    /// The tunnel's totals, added to as well if set.
+    pub tunnel: Option<std::sync::Arc<Traffic>>,
     /// Plaintext bytes sealed and sent to the peer.
     pub sent: AtomicU64,
     /// Plaintext bytes received from the peer and delivered.
@@ -44,6 +97,13 @@ pub struct PumpStats {
 }
 
 impl PumpStats {
+    fn add(&self, own: &AtomicU64, n: u64, total: impl Fn(&Traffic) -> &AtomicU64) {
+        own.fetch_add(n, Ordering::Relaxed);
+        if let Some(t) = &self.tunnel {
+            total(t).fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
     /// (sent, received, rekeys sent + received).
     pub fn snapshot(&self) -> (u64, u64, u64) {
         (
@@ -82,7 +142,7 @@ pub async fn pump<PR, PW, SR, SW>(
     stats: &PumpStats,
 ) -> Result<(), PumpError>
 where
-    PR: AsRef<TcpStream>,
+    PR: PlainRead,
     PW: AsyncWrite + Unpin,
     SR: AsRef<TcpStream>,
     SW: AsyncWrite + Unpin,
@@ -104,7 +164,7 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
 /// Reads what `socket` has now into `buf`, taking the buffer from `make` if there is none; on
 /// "would block" the buffer is given back (the connection is idle) and `None` returned.
 fn try_fill(
-    socket: &TcpStream,
+    socket: &impl PlainRead,
     buf: &mut Option<Vec<u8>>,
     make: impl FnOnce() -> Vec<u8>,
     range: std::ops::Range<usize>,
@@ -128,10 +188,9 @@ async fn plain_to_sealed<R, W>(
     stats: &PumpStats,
 ) -> Result<(), PumpError>
 where
-    R: AsRef<TcpStream>,
+    R: PlainRead,
     W: AsyncWrite + Unpin,
 {
-    let plain = plain.as_ref();
     // [room for a rekey record][record header][plaintext][tag], only while data moves.
     let data_at = OVERHEAD + HEADER_LEN;
     let size = data_at + opts.record_size + TAG_LEN;
@@ -171,7 +230,7 @@ where
                 .try_into()
                 .map_err(|_| RecordError::Buffer(OVERHEAD))?;
             sealer.seal_rekey(room)?;
-            stats.rekeys_sent.fetch_add(1, Ordering::Relaxed);
+            stats.add(&stats.rekeys_sent, 1, |t| &t.rekeys);
             start = 0;
         }
         let end = data_at + n + TAG_LEN;
@@ -180,7 +239,7 @@ where
             .write_all(&b[start..end])
             .await
             .map_err(PumpError::Sealed)?;
-        stats.sent.fetch_add(n as u64, Ordering::Relaxed);
+        stats.add(&stats.sent, n as u64, |t| &t.sent);
         if let Some(i) = interval.as_mut() {
             // A due rekey interval is noticed between records too, not only when idle.
             if tick_ready(i) {
@@ -243,10 +302,10 @@ where
                 match opener.open(&mut buf[start..start + total])? {
                     Opened::Data(d) => {
                         plain.write_all(d).await.map_err(PumpError::Plain)?;
-                        stats.received.fetch_add(d.len() as u64, Ordering::Relaxed);
+                        stats.add(&stats.received, d.len() as u64, |t| &t.received);
                     }
                     Opened::Rekey => {
-                        stats.rekeys_received.fetch_add(1, Ordering::Relaxed);
+                        stats.add(&stats.rekeys_received, 1, |t| &t.rekeys);
                     }
                     Opened::Close => {
                         // Nothing may follow a close record: the peer's EOF (sent right after

@@ -1,24 +1,28 @@
 //! The accept loop both roles share, and the per-connection log lines.
 
+use std::collections::BTreeMap;
+use std::fmt::Display;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Tuning;
+use crate::config::{SocketPermissions, Tuning};
+use crate::metrics::Histogram;
 use crate::proto::handshake::{Established, HandshakeError, HandshakeRandomness};
 use crate::proto::identity::Fingerprint;
-use crate::tunnel::net::{configure, reset_on_close, Gauge, LogLimiter, Slot, SourceLimiter};
-use crate::tunnel::pump::{pump, PumpError, PumpOptions, PumpStats};
+use crate::tunnel::net::{
+    configure, reset_on_close, Bound, Conn, Gauge, LogLimiter, Peer, Slot, SourceLimiter,
+};
+use crate::tunnel::pump::{pump, PumpError, PumpOptions, PumpStats, Traffic};
 use crate::tunnel::session::SessionError;
 
-/// Counters of one tunnel, readable by tests and (later) metrics.
+/// Counters of one tunnel, readable by tests and metrics.
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Connections accepted.
@@ -33,6 +37,8 @@ pub struct Counters {
     pub over_limit: AtomicU64,
     /// Connections dropped by the per-source rate limit.
     pub rate_limited: AtomicU64,
+    /// Handshakes that resumed an earlier session.
+    pub resumed: AtomicU64,
 }
 
 /// What the accept loop and the connections of one tunnel share.
@@ -46,6 +52,12 @@ pub struct TunnelState {
     pub counters: Counters,
     /// New connections per source address.
     pub sources: SourceLimiter,
+    /// Plaintext bytes and rekeys of all connections, added to as records go.
+    pub traffic: Arc<Traffic>,
+    /// Failed handshakes by reason ([`SessionError::reason`]).
+    pub failures: Mutex<BTreeMap<&'static str, u64>>,
+    /// Time from accept to an established session, of successful handshakes.
+    pub handshake_seconds: Histogram,
     limit_log: LogLimiter,
     rate_log: LogLimiter,
 }
@@ -63,6 +75,21 @@ impl TunnelState {
             .await
             .ok()
     }
+
+    /// Counts a failed handshake, by reason.
+    pub fn handshake_failed(&self, err: &SessionError) {
+        self.counters
+            .handshakes_failed
+            .fetch_add(1, Ordering::Relaxed);
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        *f.entry(err.reason()).or_insert(0) += 1;
+    }
+
+    /// Counts a completed handshake that took `took` since the accept.
+    pub fn handshake_ok(&self, took: Duration) {
+        self.counters.handshakes_ok.fetch_add(1, Ordering::Relaxed);
+        self.handshake_seconds.observe(took);
+    }
 }
 
 impl Default for TunnelState {
@@ -72,6 +99,9 @@ impl Default for TunnelState {
             connections: Arc::default(),
             counters: Counters::default(),
             sources: SourceLimiter::default(),
+            traffic: Arc::default(),
+            failures: Mutex::default(),
+            handshake_seconds: Histogram::default(),
             limit_log: LogLimiter::new(Duration::from_secs(10)),
             rate_log: LogLimiter::new(Duration::from_secs(10)),
         }
@@ -86,12 +116,16 @@ pub trait Tunnel: Send + Sync + 'static {
     fn role(&self) -> &'static str;
     /// Timeouts and limits.
     fn tuning(&self) -> &Tuning;
+    /// Mode and group of the listening socket when it is a Unix socket.
+    fn socket_permissions(&self) -> Option<&SocketPermissions> {
+        None
+    }
     /// Serves one accepted connection, taking a handshake slot ([`TunnelState::handshake_slot`])
     /// for the costly part of its handshake.
     fn handle(
         self: Arc<Self>,
-        stream: TcpStream,
-        peer: SocketAddr,
+        stream: Conn,
+        peer: Peer,
         state: Arc<TunnelState>,
     ) -> impl Future<Output = ()> + Send;
 }
@@ -101,50 +135,67 @@ pub fn os_randomness() -> HandshakeRandomness {
     HandshakeRandomness::generate(&mut rand::rand_core::UnwrapErr(rand::rngs::SysRng))
 }
 
-/// Starts [`serve`] for `tunnel` on `listener` as a task of `tracker`. Returns the sender that
-/// replaces the tunnel's settings for new connections (a reload) and the tunnel's state.
+/// Starts [`serve`] for `tunnel` on `listener` as a task of `tracker`, with `state` (fresh, or
+/// the one of the socket it replaces, so that counters survive). Returns the sender that
+/// replaces the tunnel's settings for new connections (a reload).
 pub fn spawn<T: Tunnel>(
-    listener: TcpListener,
+    listener: Bound,
     tunnel: Arc<T>,
+    state: Arc<TunnelState>,
     tracker: &TaskTracker,
     stop: CancellationToken,
-) -> (watch::Sender<Arc<T>>, Arc<TunnelState>) {
+) -> watch::Sender<Arc<T>> {
     let (tx, rx) = watch::channel(tunnel);
-    let state = Arc::new(TunnelState::default());
-    tracker.spawn(serve(listener, rx, state.clone(), stop, tracker.clone()));
-    (tx, state)
+    tracker.spawn(serve(listener, rx, state, stop, tracker.clone()));
+    tx
 }
 
 /// Carries an established session between `plain` and `sealed` until both directions have
-/// ended, resets both sockets if it fails, and logs the close line. What both roles do after
-/// their handshake.
+/// ended, resets both sockets if it fails (a Unix socket is just closed), and logs the close
+/// line. What both roles do after their handshake. Bytes and rekeys are added to `state` live.
+#[allow(clippy::too_many_arguments)]
 pub async fn carry<T: Tunnel>(
     tunnel: &T,
-    mut plain: TcpStream,
+    mut plain: Conn,
     mut sealed: TcpStream,
     est: Established,
     leftover: Vec<u8>,
-    peer: SocketAddr,
+    peer: impl Display,
     started: Instant,
+    state: &TunnelState,
 ) {
     let fingerprint = est.peer.fingerprint();
     let tuning = tunnel.tuning();
     let (sealer, opener) = est.into_record_layer(tuning.rekey_bytes);
-    let stats = PumpStats::default();
+    let stats = PumpStats {
+        tunnel: Some(state.traffic.clone()),
+        ..PumpStats::default()
+    };
     let opts = PumpOptions {
         record_size: tuning.record_size,
         rekey_interval: tuning.rekey_interval,
     };
     let result = {
-        let (pr, mut pw) = plain.split();
         let (sr, mut sw) = sealed.split();
-        pump(
-            &pr, &mut pw, &sr, &mut sw, sealer, opener, leftover, opts, &stats,
-        )
-        .await
+        match &mut plain {
+            Conn::Tcp(p) => {
+                let (pr, mut pw) = p.split();
+                pump(
+                    &pr, &mut pw, &sr, &mut sw, sealer, opener, leftover, opts, &stats,
+                )
+                .await
+            }
+            Conn::Unix(p) => {
+                let (pr, mut pw) = p.split();
+                pump(
+                    &pr, &mut pw, &sr, &mut sw, sealer, opener, leftover, opts, &stats,
+                )
+                .await
+            }
+        }
     };
     if result.is_err() {
-        reset_on_close(&plain);
+        plain.reset_on_close();
         reset_on_close(&sealed);
     }
     log_close(
@@ -161,7 +212,7 @@ pub async fn carry<T: Tunnel>(
 /// Accepts connections until `stop`, each served in a task on `tracker` with the settings
 /// current at its accept (a reload changes them for new connections only).
 pub async fn serve<T: Tunnel>(
-    listener: TcpListener,
+    listener: Bound,
     settings: watch::Receiver<Arc<T>>,
     state: Arc<TunnelState>,
     stop: CancellationToken,
@@ -184,27 +235,32 @@ pub async fn serve<T: Tunnel>(
         let tunnel = settings.borrow().clone();
         state.counters.accepted.fetch_add(1, Ordering::Relaxed);
         let tuning = tunnel.tuning();
-        if !state.sources.allow(peer.ip(), tuning.source_rate_limit) {
+        // Only IP peers have a source to limit; a Unix socket's clients are local users whom
+        // the socket's file mode admits.
+        let source = peer.ip();
+        if let Some(ip) = source.filter(|ip| !state.sources.allow(*ip, tuning.source_rate_limit)) {
             let dropped = state.counters.rate_limited.fetch_add(1, Ordering::Relaxed) + 1;
             if let Some(held_back) = state.rate_log.check() {
                 tracing::warn!(
                     tunnel = tunnel.name(),
                     role = tunnel.role(),
-                    source = %peer.ip(),
+                    source = %ip,
                     source_rate_limit = tuning.source_rate_limit,
                     dropped_since_last_warning = held_back,
                     dropped_total = dropped,
                     "per-source rate limit reached, dropping new connections"
                 );
             }
-            reset_on_close(&stream);
+            stream.reset_on_close();
             continue;
         }
         let Some(conn_slot) = state.connections.try_acquire(tuning.max_connections) else {
             over_limit(&state, tunnel.as_ref(), &stream);
             continue;
         };
-        configure(&stream);
+        if let Conn::Tcp(s) = &stream {
+            configure(s);
+        }
         let state = state.clone();
         tracker.spawn(async move {
             tunnel.handle(stream, peer, state).await;
@@ -214,7 +270,7 @@ pub async fn serve<T: Tunnel>(
 }
 
 /// Drops a connection at `max_connections`, with a warning at most every few seconds.
-fn over_limit<T: Tunnel>(state: &TunnelState, tunnel: &T, stream: &TcpStream) {
+fn over_limit<T: Tunnel>(state: &TunnelState, tunnel: &T, stream: &Conn) {
     state.counters.over_limit.fetch_add(1, Ordering::Relaxed);
     if let Some(held_back) = state.limit_log.check() {
         let tuning = tunnel.tuning();
@@ -226,11 +282,11 @@ fn over_limit<T: Tunnel>(state: &TunnelState, tunnel: &T, stream: &TcpStream) {
             "connection limit reached, dropping new connections"
         );
     }
-    reset_on_close(stream);
+    stream.reset_on_close();
 }
 
 /// The line logged when a handshake fails.
-pub fn log_refusal(tunnel: &str, role: &str, peer: SocketAddr, err: &SessionError) {
+pub fn log_refusal(tunnel: &str, role: &str, peer: impl Display, err: &SessionError) {
     use HandshakeError as H;
     match err {
         // Scanners, junk and slow senders before mac1: nothing an operator must act on, and a
@@ -258,7 +314,7 @@ pub fn log_refusal(tunnel: &str, role: &str, peer: SocketAddr, err: &SessionErro
 fn log_close(
     tunnel: &str,
     role: &str,
-    peer: SocketAddr,
+    peer: impl Display,
     fingerprint: &Fingerprint,
     stats: &PumpStats,
     started: Instant,

@@ -25,6 +25,19 @@ pub enum SessionError {
     Handshake(#[from] HandshakeError),
 }
 
+impl SessionError {
+    /// A short, stable label for metrics: `timeout`, `eof`, `io`, or the handshake's
+    /// [`HandshakeError::reason`].
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SessionError::Timeout(_) => "timeout",
+            SessionError::Eof => "eof",
+            SessionError::Io(_) => "io",
+            SessionError::Handshake(h) => h.reason(),
+        }
+    }
+}
+
 /// Runs `hs` over `stream` until it completes or `deadline` passes (`timeout` is what the
 /// deadline was set from, for the message). `already_read` is fed first (a hello the caller read
 /// to check it). Returns the session and the bytes that arrived after the last handshake message

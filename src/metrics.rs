@@ -1,0 +1,354 @@
+//! Prometheus metrics: the per-tunnel numbers in text exposition format 0.0.4, served by a
+//! minimal HTTP/1.x responder on the opt-in `[metrics] listen` address.
+//!
+//! Only `GET /metrics` is answered (200); any other path is a 404, another method a 405, and a
+//! request that is malformed, too large (over [`MAX_REQUEST`] bytes) or too slow (over
+//! [`REQUEST_TIMEOUT`]) a 400 or a plain close. Each connection carries one request and is
+//! closed after the answer; at most [`MAX_SCRAPERS`] are served at once, more are closed at
+//! once. Every metric has the labels `tunnel` (its name) and `role` (`listener` or
+//! `connector`); counters live in [`TunnelState`] and survive reloads.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::tunnel::serve::TunnelState;
+
+/// Upper bounds of the handshake duration histogram, in seconds (0.1 ms to 10 s).
+pub const HANDSHAKE_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Largest request head read (request line and headers).
+pub const MAX_REQUEST: usize = 8 * 1024;
+/// Time a client has to send its request and read the answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Scrape connections served at once.
+pub const MAX_SCRAPERS: usize = 16;
+
+/// A fixed-bucket histogram of durations, updated with atomics.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); past the last bound, only `count` grows.
+    buckets: [AtomicU64; HANDSHAKE_BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one duration.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = HANDSHAKE_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+/// A running tunnel as the metrics see it.
+#[derive(Debug, Clone)]
+pub struct TunnelEntry {
+    /// `listener` or `connector`.
+    pub role: &'static str,
+    /// The tunnel's name.
+    pub name: String,
+    /// Its counters.
+    pub state: Arc<TunnelState>,
+}
+
+/// The tunnels to report, replaced by the daemon after its start and each reload.
+#[derive(Debug, Default)]
+pub struct Registry {
+    tunnels: RwLock<Vec<TunnelEntry>>,
+}
+
+impl Registry {
+    /// Replaces the list of tunnels.
+    pub fn set(&self, tunnels: Vec<TunnelEntry>) {
+        *self.tunnels.write().unwrap_or_else(|e| e.into_inner()) = tunnels;
+    }
+
+    /// The exposition text of every tunnel.
+    pub fn render(&self) -> String {
+        let tunnels = self
+            .tunnels
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        render(&tunnels)
+    }
+}
+
+/// Escapes a label value (backslash, double quote, newline).
+fn escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Prometheus text for `tunnels`.
+pub fn render(tunnels: &[TunnelEntry]) -> String {
+    let mut out = String::new();
+    let labels = |t: &TunnelEntry| format!("tunnel=\"{}\",role=\"{}\"", escape(&t.name), t.role);
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    type Get = fn(&TunnelState) -> u64;
+    let simple: [(&str, &str, &str, Get); 8] = [
+        (
+            "sealpipe_connections_open",
+            "gauge",
+            "Connections open (handshaking or established).",
+            |s| s.connections.current() as u64,
+        ),
+        (
+            "sealpipe_handshakes_in_progress",
+            "gauge",
+            "Handshakes holding a handshake slot.",
+            |s| s.handshakes.current() as u64,
+        ),
+        (
+            "sealpipe_connections_total",
+            "counter",
+            "Connections accepted, including those then dropped by a limit.",
+            |s| s.counters.accepted.load(Ordering::Relaxed),
+        ),
+        (
+            "sealpipe_bytes_sent_total",
+            "counter",
+            "Plaintext bytes sealed and sent to the peer (local clients or target to peer).",
+            |s| s.traffic.sent.load(Ordering::Relaxed),
+        ),
+        (
+            "sealpipe_bytes_received_total",
+            "counter",
+            "Plaintext bytes received from the peer and delivered locally.",
+            |s| s.traffic.received.load(Ordering::Relaxed),
+        ),
+        (
+            "sealpipe_rekeys_total",
+            "counter",
+            "Rekey records sent and received.",
+            |s| s.traffic.rekeys.load(Ordering::Relaxed),
+        ),
+        (
+            "sealpipe_resumptions_total",
+            "counter",
+            "Handshakes that resumed an earlier session.",
+            |s| s.counters.resumed.load(Ordering::Relaxed),
+        ),
+        (
+            "sealpipe_mac1_rejected_total",
+            "counter",
+            "Connector hellos without a valid mac1, dropped before any work (listener).",
+            |s| s.counters.mac1_rejected.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, kind, help, get) in simple {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for t in tunnels {
+            let _ = writeln!(out, "{name}{{{}}} {}", labels(t), get(&t.state));
+        }
+    }
+
+    let name = "sealpipe_connections_dropped_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Connections dropped at accept, by limit.\n# TYPE {name} counter"
+    );
+    for t in tunnels {
+        let c = &t.state.counters;
+        for (reason, v) in [
+            ("rate_limit", load(&c.rate_limited)),
+            ("max_connections", load(&c.over_limit)),
+        ] {
+            let _ = writeln!(out, "{name}{{{},reason=\"{reason}\"}} {v}", labels(t));
+        }
+    }
+
+    let name = "sealpipe_handshakes_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Handshakes by result, and failures by reason.\n# TYPE {name} counter"
+    );
+    for t in tunnels {
+        let ok = load(&t.state.counters.handshakes_ok);
+        let _ = writeln!(out, "{name}{{{},result=\"ok\"}} {ok}", labels(t));
+        let failures = t
+            .state
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for (reason, v) in failures {
+            let _ = writeln!(
+                out,
+                "{name}{{{},result=\"failed\",reason=\"{reason}\"}} {v}",
+                labels(t)
+            );
+        }
+    }
+
+    let name = "sealpipe_handshake_duration_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time from accept to an established session, of successful handshakes.\n# TYPE {name} histogram"
+    );
+    for t in tunnels {
+        let h = &t.state.handshake_seconds;
+        let l = labels(t);
+        let mut cumulative = 0;
+        for (bound, b) in HANDSHAKE_BUCKETS.iter().zip(&h.buckets) {
+            cumulative += load(b);
+            let _ = writeln!(out, "{name}_bucket{{{l},le=\"{bound}\"}} {cumulative}");
+        }
+        let count = load(&h.count);
+        let _ = writeln!(out, "{name}_bucket{{{l},le=\"+Inf\"}} {count}");
+        let sum = load(&h.sum_nanos) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{{{l}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{l}}} {count}");
+    }
+    out
+}
+
+/// Serves `registry` on `listener` until `stop`.
+pub async fn serve(listener: TcpListener, registry: Arc<Registry>, stop: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPERS));
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &registry)).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Reads one request head and answers it.
+async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
+    let mut buf = vec![0u8; MAX_REQUEST];
+    let mut len = 0;
+    let head_end = loop {
+        if let Some(i) = buf[..len].windows(4).position(|w| w == b"\r\n\r\n") {
+            break Some(i);
+        }
+        if len == buf.len() {
+            break None;
+        }
+        let n = stream.read(&mut buf[len..]).await?;
+        if n == 0 {
+            break None;
+        }
+        len += n;
+    };
+    let (status, body) = match head_end {
+        None => ("400 Bad Request", String::from("bad request\n")),
+        Some(end) => route(&buf[..end], registry),
+    };
+    let content_type = if status.starts_with("200") {
+        "text/plain; version=0.0.4; charset=utf-8"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// The status and body for a request head.
+fn route(head: &[u8], registry: &Registry) -> (&'static str, String) {
+    let Ok(head) = std::str::from_utf8(head) else {
+        return ("400 Bad Request", "bad request\n".into());
+    };
+    let line = head.lines().next().unwrap_or("");
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return ("400 Bad Request", "bad request\n".into());
+    };
+    if !version.starts_with("HTTP/1.") {
+        return ("400 Bad Request", "bad request\n".into());
+    }
+    let path = target.split('?').next().unwrap_or("");
+    if path != "/metrics" {
+        return ("404 Not Found", "not found: try /metrics\n".into());
+    }
+    if method != "GET" {
+        return ("405 Method Not Allowed", "only GET\n".into());
+    }
+    ("200 OK", registry.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_labels_escaped() {
+        let state = Arc::new(TunnelState::default());
+        state.handshake_ok(Duration::from_micros(50));
+        state.handshake_ok(Duration::from_millis(3));
+        state.handshake_ok(Duration::from_secs(20));
+        let text = render(&[TunnelEntry {
+            role: "listener",
+            name: "a\"b\\c".into(),
+            state,
+        }]);
+        let l = r#"tunnel="a\"b\\c",role="listener""#;
+        for (le, n) in [("0.0001", 1), ("0.0025", 1), ("0.005", 2), ("10", 2), ("+Inf", 3)] {
+            let line = format!("sealpipe_handshake_duration_seconds_bucket{{{l},le=\"{le}\"}} {n}");
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+        assert!(text.contains(&format!("sealpipe_handshakes_total{{{l},result=\"ok\"}} 3")));
+        assert!(text.contains(&format!("sealpipe_handshake_duration_seconds_count{{{l}}} 3")));
+    }
+
+    #[test]
+    fn routes() {
+        let r = Registry::default();
+        assert_eq!(route(b"GET /metrics HTTP/1.1\r\nHost: x", &r).0, "200 OK");
+        assert_eq!(route(b"GET /metrics?x=1 HTTP/1.0", &r).0, "200 OK");
+        assert_eq!(route(b"GET / HTTP/1.1", &r).0, "404 Not Found");
+        assert_eq!(route(b"POST /metrics HTTP/1.1", &r).0, "405 Method Not Allowed");
+        assert_eq!(route(b"junk", &r).0, "400 Bad Request");
+        assert_eq!(route(b"GET /metrics SSH-2.0", &r).0, "400 Bad Request");
+        assert_eq!(route(&[0xff, 0xfe], &r).0, "400 Bad Request");
+    }
+}
