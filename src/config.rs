@@ -1586,7 +1586,7 @@ record_size = "64KiB"
         assert_eq!(
             err(&format!("tunnel = 1\n{}", with_identity(""))),
             "/etc/sealpipe/b.toml:1:1: unknown key `tunnel` at the top level (expected one of \
-             `identity`, `defaults`, `listener`, `connector`)"
+             `identity`, `defaults`, `listener`, `connector`, `metrics`)"
         );
         assert_eq!(
             err("[identity]\nprivate_key = \"b.pem\"\nprivatekey = \"c.pem\"\n"),
@@ -1822,5 +1822,142 @@ record_size = "64KiB"
             let c = Config::parse(&text, &path).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(c.listeners.len() + c.connectors.len(), 1, "{name}");
         }
+    }
+
+    fn unix_connector(extra: &str) -> String {
+        with_identity(&format!(
+            "[[connector]]\nname = \"u\"\nlisten = \"unix:run/app.sock\"\nconnect = \"db:7443\"\npeer = \"{FP_B}\"\n{extra}"
+        ))
+    }
+
+    #[test]
+    fn unix_sockets_on_the_plaintext_side() {
+        let c = parse(&unix_connector("")).unwrap();
+        let k = &c.connectors[0];
+        assert_eq!(
+            k.listen,
+            Address::Unix(PathBuf::from("/etc/sealpipe/run/app.sock"))
+        );
+        assert_eq!(k.listen.to_string(), "unix:/etc/sealpipe/run/app.sock");
+        assert_eq!(k.socket, SocketPermissions { mode: 0o660, group: None });
+        let c = parse(&unix_connector("socket_mode = \"0600\"\nsocket_group = \"0\"")).unwrap();
+        assert_eq!(
+            c.connectors[0].socket,
+            SocketPermissions {
+                mode: 0o600,
+                group: Some(("0".into(), 0))
+            }
+        );
+        // A group by name, through the system's group database.
+        if let Ok(gid) = lookup_group("root") {
+            let c = parse(&unix_connector("socket_group = \"root\"")).unwrap();
+            assert_eq!(c.connectors[0].socket.group, Some(("root".into(), gid)));
+        }
+        let c = parse(&with_identity(&format!(
+            "[[listener]]\nname = \"l\"\nlisten = \"0.0.0.0:7443\"\nforward = \"unix:/run/redis.sock\"\npeers = [\"{FP_A}\"]\n"
+        )))
+        .unwrap();
+        assert_eq!(
+            c.listeners[0].forward,
+            Address::Unix(PathBuf::from("/run/redis.sock"))
+        );
+    }
+
+    #[test]
+    fn unix_socket_errors_are_located() {
+        let sealed = "the sealed side must be a TCP address (host:port)";
+        let e = err(&with_identity(&format!(
+            "[[listener]]\nname = \"l\"\nlisten = \"unix:/run/x.sock\"\nforward = \"127.0.0.1:1\"\npeers = [\"{FP_A}\"]\n"
+        )));
+        assert!(
+            e.starts_with("/etc/sealpipe/b.toml:5:10: listener \"l\": key `listen`: invalid address \"unix:/run/x.sock\": ")
+                && e.contains(sealed),
+            "{e}"
+        );
+        let e = err(&with_identity(&format!(
+            "[[connector]]\nname = \"c\"\nlisten = \"127.0.0.1:1\"\nconnect = \"unix:/run/x.sock\"\npeer = \"{FP_B}\"\n"
+        )));
+        assert!(
+            e.starts_with("/etc/sealpipe/b.toml:6:11: connector \"c\": key `connect`: ")
+                && e.contains(sealed),
+            "{e}"
+        );
+        for (extra, col, problem) in [
+            ("socket_mode = \"0999\"", 15, "invalid mode \"0999\""),
+            ("socket_mode = \"1777\"", 15, "invalid mode \"1777\""),
+            ("socket_mode = \"\"", 15, "invalid mode \"\""),
+            ("socket_mode = \"0066\"", 15, "does not let the owner read and write"),
+            ("socket_group = \"no-such-group-sealpipe\"", 16, "no group named"),
+        ] {
+            let e = err(&unix_connector(extra));
+            let key = extra.split(' ').next().unwrap();
+            let want = format!("/etc/sealpipe/b.toml:8:{col}: connector \"u\": key `{key}`: ");
+            assert!(e.starts_with(&want) && e.contains(problem), "{extra}: {e}");
+        }
+        let e = err(&unix_connector("socket_mode = 660"));
+        assert!(e.contains("key `socket_mode`"), "{e}");
+        let e = err(&with_identity(&format!(
+            "[[connector]]\nname = \"c\"\nlisten = \"127.0.0.1:1\"\nconnect = \"db:1\"\npeer = \"{FP_B}\"\nsocket_mode = \"0600\"\n"
+        )));
+        assert!(e.contains(":8:15: connector \"c\": key `socket_mode`: only applies to a Unix socket"), "{e}");
+        let e = err(&format!(
+            "{}[[connector]]\nname = \"v\"\nlisten = \"unix:run/app.sock\"\nconnect = \"db:1\"\npeer = \"{FP_B}\"\n",
+            unix_connector("")
+        ));
+        assert!(e.contains(":10:10: connector \"v\": key `listen`: address unix:/etc/sealpipe/run/app.sock is already used by connector \"u\" (line 5)"), "{e}");
+        let long = format!("unix:/{}", "x".repeat(MAX_UNIX_PATH));
+        let e = err(&unix_connector("").replace("unix:run/app.sock", &long));
+        assert!(e.contains("the limit is 107"), "{e}");
+        assert_eq!(
+            "unix:".parse::<Address>().unwrap_err(),
+            AddressError::EmptyUnixPath
+        );
+    }
+
+    #[test]
+    fn a_file_in_the_way_of_a_unix_socket_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("app.sock"), "precious").unwrap();
+        let path = dir.path().join("c.toml");
+        let text = unix_connector("").replace("run/app.sock", "app.sock");
+        let e = Config::parse(&text, &path).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}:5:10: connector \"u\": key `listen`: {} exists and is not a socket; sealpipe will not replace it",
+                path.display(),
+                dir.path().join("app.sock").display()
+            )
+        );
+    }
+
+    #[test]
+    fn metrics_section() {
+        let c = parse(&unix_connector("[metrics]\nlisten = \"127.0.0.1:9899\"")).unwrap();
+        assert_eq!(
+            c.metrics,
+            Some(MetricsConfig {
+                listen: Address::Ip("127.0.0.1:9899".parse().unwrap())
+            })
+        );
+        assert_eq!(parse(&unix_connector("")).unwrap().metrics, None);
+        let e = err(&unix_connector("[metrics]\nlisten = \"127.0.0.1\""));
+        assert_eq!(
+            e,
+            "/etc/sealpipe/b.toml:9:10: [metrics]: key `listen`: invalid address \"127.0.0.1\": missing `:port`"
+        );
+        let e = err(&unix_connector("[metrics]\nlisten = \"unix:/run/m.sock\""));
+        assert!(e.contains(":9:10: [metrics]: key `listen`: invalid address \"unix:/run/m.sock\": the metrics endpoint must be a TCP address"), "{e}");
+        let e = err(&unix_connector("[metrics]\nlisten = \"127.0.0.1:1\"\npath = \"/m\""));
+        assert!(e.starts_with("/etc/sealpipe/b.toml:10:1: unknown key `path` in [metrics]"), "{e}");
+        let e = err(&unix_connector("[metrics]\nport = 1"));
+        assert!(e.contains("unknown key `port` in [metrics]"), "{e}");
+        let e = err(&format!(
+            "{}[metrics]\nlisten = \"127.0.0.1:7443\"\n",
+            with_identity(&format!(
+                "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:7443\"\nforward = \"127.0.0.1:1\"\npeers = [\"{FP_A}\"]\n"
+            ))
+        ));
+        assert!(e.contains("[metrics]: key `listen`: address 127.0.0.1:7443 is already used by listener \"l\""), "{e}");
     }
 }

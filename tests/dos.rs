@@ -90,6 +90,7 @@ async fn a_thousand_abusive_connections_cost_no_signature_and_do_not_block_a_leg
                 listener: signer.public().fingerprint(),
                 psk: None,
             },
+            socket: Default::default(),
             tuning: tuning.clone(),
         },
         &tracker,
