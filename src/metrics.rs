@@ -288,7 +288,18 @@ async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
         body.len()
     );
     stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    stream.shutdown().await?;
+    // Lingering close: read what the client still sends (a request cut at the size limit)
+    // until it closes, so that closing with unread data does not reset the connection before
+    // the client has read the answer. Bounded by the caller's timeout and here by size.
+    let mut discarded = 0;
+    while discarded < 64 * 1024 {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => discarded += n,
+        }
+    }
+    Ok(())
 }
 
 /// The status and body for a request head.
