@@ -880,7 +880,10 @@ impl Source<'_> {
         listen: &Address,
     ) -> Result<SocketPermissions, ConfigError> {
         let mut perms = SocketPermissions::default();
-        for (key, value) in [("socket_mode", &c.socket_mode), ("socket_group", &c.socket_group)] {
+        for (key, value) in [
+            ("socket_mode", &c.socket_mode),
+            ("socket_group", &c.socket_group),
+        ] {
             if let (Some(v), None) = (value, listen.unix_path()) {
                 return Err(self.key_error(
                     ctx,
@@ -915,9 +918,8 @@ impl Source<'_> {
         }
         if let Some(v) = &c.socket_group {
             let name = v.get_ref().trim();
-            let gid = lookup_group(name).map_err(|problem| {
-                self.key_error(ctx, "socket_group", v.span(), problem)
-            })?;
+            let gid = lookup_group(name)
+                .map_err(|problem| self.key_error(ctx, "socket_group", v.span(), problem))?;
             perms.group = Some((name.to_string(), gid));
         }
         Ok(perms)
@@ -1206,8 +1208,7 @@ fn lookup_group(name: &str) -> Result<u32, String> {
     if let Ok(gid) = name.parse::<u32>() {
         return Ok(gid);
     }
-    let cname = std::ffi::CString::new(name)
-        .map_err(|_| format!("invalid group name {name:?}"))?;
+    let cname = std::ffi::CString::new(name).map_err(|_| format!("invalid group name {name:?}"))?;
     let mut buf = vec![0u8; 4096];
     loop {
         // SAFETY: all-zero is a valid `group` (null pointers, zero gid), only read after success.
@@ -1263,7 +1264,9 @@ fn describe(root: &DeTable<'_>, path: &[Seg<'_>]) -> (String, Option<String>) {
             };
             (ctx, key_at(2))
         }
-        Some(Seg::Key(section @ ("identity" | "defaults" | "metrics"))) => (format!("[{section}]"), key_at(1)),
+        Some(Seg::Key(section @ ("identity" | "defaults" | "metrics"))) => {
+            (format!("[{section}]"), key_at(1))
+        }
         Some(Seg::Key(k)) => (String::new(), Some(k.to_string())),
         _ => (String::new(), None),
     }
@@ -1839,8 +1842,17 @@ record_size = "64KiB"
             Address::Unix(PathBuf::from("/etc/sealpipe/run/app.sock"))
         );
         assert_eq!(k.listen.to_string(), "unix:/etc/sealpipe/run/app.sock");
-        assert_eq!(k.socket, SocketPermissions { mode: 0o660, group: None });
-        let c = parse(&unix_connector("socket_mode = \"0600\"\nsocket_group = \"0\"")).unwrap();
+        assert_eq!(
+            k.socket,
+            SocketPermissions {
+                mode: 0o660,
+                group: None
+            }
+        );
+        let c = parse(&unix_connector(
+            "socket_mode = \"0600\"\nsocket_group = \"0\"",
+        ))
+        .unwrap();
         assert_eq!(
             c.connectors[0].socket,
             SocketPermissions {
@@ -1886,8 +1898,16 @@ record_size = "64KiB"
             ("socket_mode = \"0999\"", 15, "invalid mode \"0999\""),
             ("socket_mode = \"1777\"", 15, "invalid mode \"1777\""),
             ("socket_mode = \"\"", 15, "invalid mode \"\""),
-            ("socket_mode = \"0066\"", 15, "does not let the owner read and write"),
-            ("socket_group = \"no-such-group-sealpipe\"", 16, "no group named"),
+            (
+                "socket_mode = \"0066\"",
+                15,
+                "does not let the owner read and write",
+            ),
+            (
+                "socket_group = \"no-such-group-sealpipe\"",
+                16,
+                "no group named",
+            ),
         ] {
             let e = err(&unix_connector(extra));
             let key = extra.split(' ').next().unwrap();
@@ -1899,7 +1919,10 @@ record_size = "64KiB"
         let e = err(&with_identity(&format!(
             "[[connector]]\nname = \"c\"\nlisten = \"127.0.0.1:1\"\nconnect = \"db:1\"\npeer = \"{FP_B}\"\nsocket_mode = \"0600\"\n"
         )));
-        assert!(e.contains(":8:15: connector \"c\": key `socket_mode`: only applies to a Unix socket"), "{e}");
+        assert!(
+            e.contains(":8:15: connector \"c\": key `socket_mode`: only applies to a Unix socket"),
+            "{e}"
+        );
         let e = err(&format!(
             "{}[[connector]]\nname = \"v\"\nlisten = \"unix:run/app.sock\"\nconnect = \"db:1\"\npeer = \"{FP_B}\"\n",
             unix_connector("")
@@ -1948,8 +1971,13 @@ record_size = "64KiB"
         );
         let e = err(&unix_connector("[metrics]\nlisten = \"unix:/run/m.sock\""));
         assert!(e.contains(":9:10: [metrics]: key `listen`: invalid address \"unix:/run/m.sock\": the metrics endpoint must be a TCP address"), "{e}");
-        let e = err(&unix_connector("[metrics]\nlisten = \"127.0.0.1:1\"\npath = \"/m\""));
-        assert!(e.starts_with("/etc/sealpipe/b.toml:10:1: unknown key `path` in [metrics]"), "{e}");
+        let e = err(&unix_connector(
+            "[metrics]\nlisten = \"127.0.0.1:1\"\npath = \"/m\"",
+        ));
+        assert!(
+            e.starts_with("/etc/sealpipe/b.toml:10:1: unknown key `path` in [metrics]"),
+            "{e}"
+        );
         let e = err(&unix_connector("[metrics]\nport = 1"));
         assert!(e.contains("unknown key `port` in [metrics]"), "{e}");
         let e = err(&format!(
@@ -1958,6 +1986,11 @@ record_size = "64KiB"
                 "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:7443\"\nforward = \"127.0.0.1:1\"\npeers = [\"{FP_A}\"]\n"
             ))
         ));
-        assert!(e.contains("[metrics]: key `listen`: address 127.0.0.1:7443 is already used by listener \"l\""), "{e}");
+        assert!(
+            e.contains(
+                "[metrics]: key `listen`: address 127.0.0.1:7443 is already used by listener \"l\""
+            ),
+            "{e}"
+        );
     }
 }

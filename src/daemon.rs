@@ -214,7 +214,9 @@ impl<T: Tunnel> TunnelSet<T> {
             let name = tunnel.name().to_string();
             match self.running.get(&name) {
                 Some(r) if r.listen == listen => {
-                    if let (Some(path), Some(perms)) = (listen.unix_path(), tunnel.socket_permissions()) {
+                    if let (Some(path), Some(perms)) =
+                        (listen.unix_path(), tunnel.socket_permissions())
+                    {
                         if let Err(e) = set_socket_permissions(path, perms) {
                             tracing::error!(tunnel = %name, error = %e, "reload: cannot change the socket's permissions");
                         }

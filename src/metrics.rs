@@ -343,12 +343,20 @@ mod tests {
             state,
         }]);
         let l = r#"tunnel="a\"b\\c",role="listener""#;
-        for (le, n) in [("0.0001", 1), ("0.0025", 1), ("0.005", 2), ("10", 2), ("+Inf", 3)] {
+        for (le, n) in [
+            ("0.0001", 1),
+            ("0.0025", 1),
+            ("0.005", 2),
+            ("10", 2),
+            ("+Inf", 3),
+        ] {
             let line = format!("sealpipe_handshake_duration_seconds_bucket{{{l},le=\"{le}\"}} {n}");
             assert!(text.contains(&line), "{line} in\n{text}");
         }
         assert!(text.contains(&format!("sealpipe_handshakes_total{{{l},result=\"ok\"}} 3")));
-        assert!(text.contains(&format!("sealpipe_handshake_duration_seconds_count{{{l}}} 3")));
+        assert!(text.contains(&format!(
+            "sealpipe_handshake_duration_seconds_count{{{l}}} 3"
+        )));
     }
 
     #[test]
@@ -357,7 +365,10 @@ mod tests {
         assert_eq!(route(b"GET /metrics HTTP/1.1\r\nHost: x", &r).0, "200 OK");
         assert_eq!(route(b"GET /metrics?x=1 HTTP/1.0", &r).0, "200 OK");
         assert_eq!(route(b"GET / HTTP/1.1", &r).0, "404 Not Found");
-        assert_eq!(route(b"POST /metrics HTTP/1.1", &r).0, "405 Method Not Allowed");
+        assert_eq!(
+            route(b"POST /metrics HTTP/1.1", &r).0,
+            "405 Method Not Allowed"
+        );
         assert_eq!(route(b"junk", &r).0, "400 Bad Request");
         assert_eq!(route(b"GET /metrics SSH-2.0", &r).0, "400 Bad Request");
         assert_eq!(route(&[0xff, 0xfe], &r).0, "400 Bad Request");

@@ -89,16 +89,30 @@ fn counters_move_by_the_right_amounts_during_and_after_a_transfer() {
     let mut listener = Daemon::start(&lconf);
     let cconf = site.write(
         "connector.toml",
-        &(connector_config("connector.pem", any_port(), listener.addr(), &listener_fp(), "")
-            + METRICS),
+        &(connector_config(
+            "connector.pem",
+            any_port(),
+            listener.addr(),
+            &listener_fp(),
+            "",
+        ) + METRICS),
     );
     let connector = Daemon::start(&cconf);
     let (lm, cm) = (metrics_addr(&listener), metrics_addr(&connector));
 
     // Nothing yet.
     let text = scrape(cm);
-    assert_eq!(value(&text, &series("sealpipe_connections_total", "connector", "")), Some(0));
-    assert_eq!(value(&text, &series("sealpipe_bytes_sent_total", "connector", "")), Some(0));
+    assert_eq!(
+        value(
+            &text,
+            &series("sealpipe_connections_total", "connector", "")
+        ),
+        Some(0)
+    );
+    assert_eq!(
+        value(&text, &series("sealpipe_bytes_sent_total", "connector", "")),
+        Some(0)
+    );
 
     // During a transfer: the bytes so far are counted while the connection stays open.
     let first = pseudo_random(1, 300_001);
@@ -107,13 +121,32 @@ fn counters_move_by_the_right_amounts_during_and_after_a_transfer() {
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     echo_round(&mut s, &first);
     let n1 = first.len() as u64;
-    let c = wait_value(cm, &series("sealpipe_bytes_received_total", "connector", ""), n1);
-    assert_eq!(value(&c, &series("sealpipe_bytes_sent_total", "connector", "")), Some(n1));
-    assert_eq!(value(&c, &series("sealpipe_connections_open", "connector", "")), Some(1));
-    assert_eq!(value(&c, &series("sealpipe_connections_total", "connector", "")), Some(1));
+    let c = wait_value(
+        cm,
+        &series("sealpipe_bytes_received_total", "connector", ""),
+        n1,
+    );
+    assert_eq!(
+        value(&c, &series("sealpipe_bytes_sent_total", "connector", "")),
+        Some(n1)
+    );
+    assert_eq!(
+        value(&c, &series("sealpipe_connections_open", "connector", "")),
+        Some(1)
+    );
+    assert_eq!(
+        value(&c, &series("sealpipe_connections_total", "connector", "")),
+        Some(1)
+    );
     let l = wait_value(lm, &series("sealpipe_bytes_sent_total", "listener", ""), n1);
-    assert_eq!(value(&l, &series("sealpipe_bytes_received_total", "listener", "")), Some(n1));
-    assert_eq!(value(&l, &series("sealpipe_connections_open", "listener", "")), Some(1));
+    assert_eq!(
+        value(&l, &series("sealpipe_bytes_received_total", "listener", "")),
+        Some(n1)
+    );
+    assert_eq!(
+        value(&l, &series("sealpipe_connections_open", "listener", "")),
+        Some(1)
+    );
 
     // More data, a half-close, the end: the totals are exactly what went through.
     echo_round(&mut s, &second);
@@ -131,10 +164,17 @@ fn counters_move_by_the_right_amounts_during_and_after_a_transfer() {
         ("sealpipe_rekeys_total", 0),
         ("sealpipe_resumptions_total", 0),
     ] {
-        assert_eq!(value(&c, &series(name, "connector", "")), Some(want), "{name}:\n{c}");
+        assert_eq!(
+            value(&c, &series(name, "connector", "")),
+            Some(want),
+            "{name}:\n{c}"
+        );
     }
     assert_eq!(
-        value(&c, &series("sealpipe_handshakes_total", "connector", ",result=\"ok\"")),
+        value(
+            &c,
+            &series("sealpipe_handshakes_total", "connector", ",result=\"ok\"")
+        ),
         Some(1)
     );
     let l = wait_value(lm, &series("sealpipe_connections_open", "listener", ""), 0);
@@ -145,43 +185,84 @@ fn counters_move_by_the_right_amounts_during_and_after_a_transfer() {
         ("sealpipe_handshake_duration_seconds_count", 1),
         ("sealpipe_mac1_rejected_total", 0),
     ] {
-        assert_eq!(value(&l, &series(name, "listener", "")), Some(want), "{name}:\n{l}");
+        assert_eq!(
+            value(&l, &series(name, "listener", "")),
+            Some(want),
+            "{name}:\n{l}"
+        );
     }
     assert_eq!(
-        value(&l, &series("sealpipe_handshakes_total", "listener", ",result=\"ok\"")),
+        value(
+            &l,
+            &series("sealpipe_handshakes_total", "listener", ",result=\"ok\"")
+        ),
         Some(1)
     );
     assert_eq!(
-        value(&l, &series("sealpipe_handshake_duration_seconds_bucket", "listener", ",le=\"+Inf\"")),
+        value(
+            &l,
+            &series(
+                "sealpipe_handshake_duration_seconds_bucket",
+                "listener",
+                ",le=\"+Inf\""
+            )
+        ),
         Some(1)
     );
-    assert!(l.contains("# TYPE sealpipe_handshake_duration_seconds histogram"), "{l}");
+    assert!(
+        l.contains("# TYPE sealpipe_handshake_duration_seconds histogram"),
+        "{l}"
+    );
 
     // A connector with an untrusted key: refused, and counted with its reason.
     let uconf = site.write(
         "untrusted.toml",
-        &(connector_config("untrusted.pem", any_port(), listener.addr(), &listener_fp(), "")
-            + METRICS),
+        &(connector_config(
+            "untrusted.pem",
+            any_port(),
+            listener.addr(),
+            &listener_fp(),
+            "",
+        ) + METRICS),
     );
     let untrusted = Daemon::start(&uconf);
     assert!(try_exchange(untrusted.addr(), b"let me in").is_err());
     let l = wait_value(
         lm,
-        &series("sealpipe_handshakes_total", "listener", ",result=\"failed\",reason=\"untrusted\""),
+        &series(
+            "sealpipe_handshakes_total",
+            "listener",
+            ",result=\"failed\",reason=\"untrusted\"",
+        ),
         1,
     );
     assert_eq!(
-        value(&l, &series("sealpipe_handshakes_total", "listener", ",result=\"ok\"")),
+        value(
+            &l,
+            &series("sealpipe_handshakes_total", "listener", ",result=\"ok\"")
+        ),
         Some(1)
     );
-    assert_eq!(value(&l, &series("sealpipe_connections_total", "listener", "")), Some(2));
-    assert_eq!(value(&l, &series("sealpipe_bytes_sent_total", "listener", "")), Some(total));
+    assert_eq!(
+        value(&l, &series("sealpipe_connections_total", "listener", "")),
+        Some(2)
+    );
+    assert_eq!(
+        value(&l, &series("sealpipe_bytes_sent_total", "listener", "")),
+        Some(total)
+    );
     // Counters survive a reload.
     listener.signal("HUP");
     listener.wait_log("configuration reloaded");
     let l = scrape(lm);
-    assert_eq!(value(&l, &series("sealpipe_bytes_sent_total", "listener", "")), Some(total));
-    assert_eq!(value(&l, &series("sealpipe_connections_total", "listener", "")), Some(2));
+    assert_eq!(
+        value(&l, &series("sealpipe_bytes_sent_total", "listener", "")),
+        Some(total)
+    );
+    assert_eq!(
+        value(&l, &series("sealpipe_connections_total", "listener", "")),
+        Some(2)
+    );
     listener.kill();
 }
 
@@ -190,8 +271,13 @@ fn junk_requests_get_a_4xx_and_the_endpoint_keeps_working() {
     let site = Site::new();
     let conf = site.write(
         "connector.toml",
-        &(connector_config("connector.pem", any_port(), dead_port().addr, &listener_fp(), "")
-            + METRICS),
+        &(connector_config(
+            "connector.pem",
+            any_port(),
+            dead_port().addr,
+            &listener_fp(),
+            "",
+        ) + METRICS),
     );
     let d = Daemon::start(&conf);
     let m = metrics_addr(&d);
@@ -211,7 +297,10 @@ fn junk_requests_get_a_4xx_and_the_endpoint_keeps_working() {
     // A client that sends half a request and hangs up.
     drop(TcpStream::connect(m).unwrap());
     let text = scrape(m);
-    assert!(text.contains("sealpipe_connections_total{tunnel=\"test\",role=\"connector\"} 0"), "{text}");
+    assert!(
+        text.contains("sealpipe_connections_total{tunnel=\"test\",role=\"connector\"} 0"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -219,8 +308,13 @@ fn check_validates_the_metrics_address() {
     let site = Site::new();
     let conf = site.write(
         "connector.toml",
-        &(connector_config("connector.pem", any_port(), dead_port().addr, &listener_fp(), "")
-            + "\n[metrics]\nlisten = \"localhost\"\n"),
+        &(connector_config(
+            "connector.pem",
+            any_port(),
+            dead_port().addr,
+            &listener_fp(),
+            "",
+        ) + "\n[metrics]\nlisten = \"localhost\"\n"),
     );
     let out = std::process::Command::new(bin())
         .args(["check", "--config"])

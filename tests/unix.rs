@@ -75,7 +75,11 @@ fn unix_exchange(path: &Path, data: Arc<Vec<u8>>) -> ([u8; 32], [u8; 32]) {
 }
 
 fn mode_of(path: &Path) -> u32 {
-    std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
 }
 
 /// A connector config listening on `listen` (a `unix:` address), with `extra` tunnel keys.
@@ -113,11 +117,7 @@ fn unix_socket_on_both_plaintext_ends_with_half_close_mode_and_reload() {
     // The connector listens on a Unix socket, relative to its config too.
     let cconf = site.write(
         "connector.toml",
-        &unix_connector_config(
-            "unix:app.sock",
-            listener.addr(),
-            "socket_mode = \"0640\"",
-        ),
+        &unix_connector_config("unix:app.sock", listener.addr(), "socket_mode = \"0640\""),
     );
     let mut connector = Daemon::start(&cconf);
     let app = site.path("app.sock");
@@ -134,8 +134,14 @@ fn unix_socket_on_both_plaintext_ends_with_half_close_mode_and_reload() {
     let data = Arc::new(pseudo_random(7, 3 << 20));
     let (sent, back) = unix_exchange(&app, data.clone());
     assert_eq!(sent, back, "echo through two Unix sockets differs");
-    wait_for("the service's hash", || !received.lock().unwrap().is_empty());
-    assert_eq!(received.lock().unwrap()[0], sent, "the service saw exactly the input");
+    wait_for("the service's hash", || {
+        !received.lock().unwrap().is_empty()
+    });
+    assert_eq!(
+        received.lock().unwrap()[0],
+        sent,
+        "the service saw exactly the input"
+    );
     // The close line names the Unix client as the socket path.
     let log = connector.wait_log("connection closed");
     let line = log
@@ -235,7 +241,10 @@ fn stale_socket_is_replaced_and_a_live_one_refused() {
         )),
         "{err}"
     );
-    assert!(UnixStream::connect(&app).is_ok(), "the first daemon's socket is intact");
+    assert!(
+        UnixStream::connect(&app).is_ok(),
+        "the first daemon's socket is intact"
+    );
 }
 
 fn run_cli(args: &[&str]) -> (bool, String) {
@@ -303,7 +312,13 @@ fn an_unreachable_unix_target_closes_the_client() {
     let listener = Daemon::start(&lconf);
     let cconf = site.write(
         "connector.toml",
-        &connector_config("connector.pem", any_port(), listener.addr(), &listener_fp(), ""),
+        &connector_config(
+            "connector.pem",
+            any_port(),
+            listener.addr(),
+            &listener_fp(),
+            "",
+        ),
     );
     let connector = Daemon::start(&cconf);
     let r = try_exchange(connector.addr(), b"hello");

@@ -40,12 +40,7 @@ impl Tunnel for ConnectorTunnel {
         Some(&self.socket)
     }
 
-    async fn handle(
-        self: Arc<Self>,
-        plain: Conn,
-        client: Peer,
-        state: Arc<TunnelState>,
-    ) {
+    async fn handle(self: Arc<Self>, plain: Conn, client: Peer, state: Arc<TunnelState>) {
         let started = Instant::now();
         let timeout = self.tuning.handshake_timeout;
         let deadline = tokio::time::Instant::now() + timeout;

@@ -39,12 +39,7 @@ impl Tunnel for ListenerTunnel {
         &self.tuning
     }
 
-    async fn handle(
-        self: Arc<Self>,
-        sealed: Conn,
-        peer: Peer,
-        state: Arc<TunnelState>,
-    ) {
+    async fn handle(self: Arc<Self>, sealed: Conn, peer: Peer, state: Arc<TunnelState>) {
         // The sealed side is TCP only (the config refuses `unix:` there).
         let Conn::Tcp(mut sealed) = sealed else {
             return;
