@@ -148,8 +148,10 @@ fn unix_socket_on_both_plaintext_ends_with_half_close_mode_and_reload() {
         .lines()
         .find(|l| l.contains("connection closed"))
         .unwrap();
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
     assert!(
-        line.contains(&format!("peer=unix:{}", app.display()))
+        line.contains(&format!("peer=unix:{}[uid={uid},pid=", app.display()))
             && line.contains(&format!("sent={}", 3 << 20)),
         "{line}"
     );

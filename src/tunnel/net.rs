@@ -83,13 +83,21 @@ impl Conn {
 }
 
 /// Who connected to a tunnel: an IP address, or a client of a Unix socket (which has no
-/// address of its own; the socket's path stands for it in logs).
+/// address of its own: the socket's path stands for it in logs, with the client's user and
+/// process ids from the kernel, `unix:/run/app.sock[uid=1000,pid=4242]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Peer {
     /// A TCP peer.
     Ip(SocketAddr),
-    /// A client of the Unix socket at this path.
-    Unix(Arc<Path>),
+    /// A client of the Unix socket at `path`.
+    Unix {
+        /// The listening socket's path.
+        path: Arc<Path>,
+        /// The client's user id (SO_PEERCRED), if known.
+        uid: Option<u32>,
+        /// The client's process id at connect time, if known.
+        pid: Option<i32>,
+    },
 }
 
 impl Peer {
@@ -97,7 +105,7 @@ impl Peer {
     pub fn ip(&self) -> Option<IpAddr> {
         match self {
             Peer::Ip(sa) => Some(sa.ip()),
-            Peer::Unix(_) => None,
+            Peer::Unix { .. } => None,
         }
     }
 
@@ -105,7 +113,7 @@ impl Peer {
     pub fn socket_addr(&self) -> Option<SocketAddr> {
         match self {
             Peer::Ip(sa) => Some(*sa),
-            Peer::Unix(_) => None,
+            Peer::Unix { .. } => None,
         }
     }
 }
@@ -114,7 +122,14 @@ impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Peer::Ip(sa) => write!(f, "{sa}"),
-            Peer::Unix(p) => write!(f, "unix:{}", p.display()),
+            Peer::Unix { path, uid, pid } => {
+                write!(f, "unix:{}", path.display())?;
+                match (uid, pid) {
+                    (Some(u), Some(p)) => write!(f, "[uid={u},pid={p}]"),
+                    (Some(u), None) => write!(f, "[uid={u}]"),
+                    _ => Ok(()),
+                }
+            }
         }
     }
 }
@@ -170,7 +185,13 @@ impl Bound {
             }
             Bound::Unix(l, f) => {
                 let (s, _) = l.accept().await?;
-                Ok((Conn::Unix(s), Peer::Unix(f.peer.clone())))
+                let cred = s.peer_cred().ok();
+                let peer = Peer::Unix {
+                    path: f.peer.clone(),
+                    uid: cred.map(|c| c.uid()),
+                    pid: cred.and_then(|c| c.pid()),
+                };
+                Ok((Conn::Unix(s), peer))
             }
         }
     }
@@ -427,6 +448,34 @@ mod tests {
         assert!((5..=6).contains(&allowed), "{allowed}");
         assert!(l.allow(b, 5), "another address has its own bucket");
         assert!((0..100).all(|_| l.allow(a, 0)), "0 means no limit");
+    }
+
+    #[tokio::test]
+    async fn unix_bind_refuses_files_and_live_sockets_and_cleans_up_only_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let perms = SocketPermissions::default();
+        std::fs::write(&path, "data").unwrap();
+        assert!(matches!(
+            bind_unix(&path, &perms).await,
+            Err(UnixBindError::NotASocket(_))
+        ));
+        std::fs::remove_file(&path).unwrap();
+        let bound = bind_unix(&path, &perms).await.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        assert!(matches!(
+            bind_unix(&path, &perms).await,
+            Err(UnixBindError::InUse(_))
+        ));
+        drop(bound);
+        assert!(!path.exists(), "removed on drop");
+        // A file that replaced ours since is not ours to remove.
+        let bound = bind_unix(&path, &perms).await.unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "someone else's").unwrap();
+        drop(bound);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "someone else's");
     }
 
     #[test]
