@@ -267,7 +267,22 @@ pub fn run(cmd: TrustCommand) -> anyhow::Result<()> {
             }
             let lines: Vec<usize> = matching.iter().map(|e| e.line).collect();
             let new = without_lines(&text, &lines);
-            parse_peers(&new, &r.file).context("the edited file does not parse")?;
+            let left = parse_peers(&new, &r.file).context("the edited file does not parse")?;
+            if let Some(l) = &r.listener {
+                // The daemon refuses a listener with no trusted key: its reload would fail and
+                // keep the old list, this key included. Refuse rather than pretend.
+                let others = l.peers.iter().filter(|(f, _)| *f != first).count();
+                if others == 0 && !l.accept_unknown {
+                    bail!(
+                        "{}: removing {first} would leave listener {:?} with no trusted key, which the daemon refuses on reload (it would keep trusting this key); \
+                         remove the listener from the config instead, or add the new key first; file unchanged",
+                        r.file.display(),
+                        l.name
+                    );
+                }
+            } else if left.is_empty() {
+                println!("warning: {} has no keys left; a listener trusting only this file fails to reload (and keeps its old keys) unless it has accept_unknown = true", r.file.display());
+            }
             atomic_write(&r.file, new.as_bytes(), 0o644)?;
             for e in &matching {
                 println!(

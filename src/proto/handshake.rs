@@ -88,6 +88,10 @@ pub enum ListenerPin {
     /// listener with `allow_tofu` answers) and any listener key that proves possession is
     /// accepted. The caller records the key from [`Established::peer`].
     FirstContact,
+    /// A first-contact hello, but only this key is accepted: how a TOFU connector whose pinned
+    /// hello got no answer learns whether the listener's key changed. A different key fails
+    /// with [`HandshakeError::WrongListenerKey`] before the connector signs anything.
+    Probe(Fingerprint),
 }
 
 impl From<Fingerprint> for ListenerPin {
@@ -101,7 +105,7 @@ impl ListenerPin {
     pub fn mac1_key(&self) -> Fingerprint {
         match self {
             ListenerPin::Key(fp) => *fp,
-            ListenerPin::FirstContact => FIRST_CONTACT,
+            ListenerPin::FirstContact | ListenerPin::Probe(_) => FIRST_CONTACT,
         }
     }
 }
@@ -614,14 +618,14 @@ impl Handshake {
         };
         let pin = params.listener;
         let peer = self.check_auth(msg, LISTENER_SIGNATURE_CONTEXT, &keys.l_hs, |fp| match pin {
-            ListenerPin::Key(pinned) if !fp.ct_eq(&pinned) => {
+            ListenerPin::Key(pinned) | ListenerPin::Probe(pinned) if !fp.ct_eq(&pinned) => {
                 Err(HandshakeError::WrongListenerKey {
                     expected: pinned,
                     got: *fp,
                 })
             }
             // First contact: any key, once it proves possession (signature and finished below).
-            ListenerPin::Key(_) | ListenerPin::FirstContact => Ok(()),
+            ListenerPin::Key(_) | ListenerPin::Probe(_) | ListenerPin::FirstContact => Ok(()),
         })?;
         let auth = self.make_auth(
             MessageType::ConnectorAuth,

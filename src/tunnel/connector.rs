@@ -9,7 +9,10 @@ use tokio::net::TcpStream;
 use crate::config::{Address, Tuning};
 use crate::proto::identity::Fingerprint;
 use crate::enroll::{Recorded, TofuStore};
-use crate::proto::handshake::{ConnectorParams, Handshake, HandshakeError, ListenerPin};
+use crate::proto::handshake::{
+    ConnectorParams, Established, Handshake, HandshakeError, ListenerPin,
+};
+use crate::tunnel::net::Slot;
 use crate::tunnel::net::{connect, reset_on_close};
 use crate::tunnel::serve::{carry, log_refusal, os_randomness, Tunnel, TunnelState};
 use crate::tunnel::session::{self, SessionError};
@@ -61,21 +64,21 @@ impl Tunnel for ConnectorTunnel {
             }
         };
         let first_contact = params.listener == ListenerPin::FirstContact;
-        let attempt = async {
-            // Local clients past `max_handshakes` wait their turn rather than being dropped.
-            let slot = state
-                .handshake_slot(&self.tuning, deadline)
-                .await
-                .ok_or(SessionError::Timeout(timeout))?;
-            let mut sealed = connect(&self.connect, self.tuning.connect_timeout)
-                .await
-                .map_err(SessionError::Io)?;
-            let hs = Handshake::connector(params, os_randomness());
-            let (est, leftover) =
-                session::handshake(&mut sealed, hs, &[], deadline, timeout).await?;
-            Ok::<_, SessionError>((sealed, est, leftover, slot))
-        };
-        let (sealed, est, leftover, handshake) = match attempt.await {
+        let pin = params.listener;
+        let mut result = self.attempt(params.clone(), &state, deadline).await;
+        if let (Some(_), ListenerPin::Key(recorded), Err(SessionError::Eof)) =
+            (&self.tofu, pin, &result)
+        {
+            // TOFU, key recorded, and the listener did not answer the pinned hello: if its key
+            // changed, a first-contact hello that accepts only the recorded key tells us which
+            // key it presents now (refused before we sign anything).
+            let probe = ConnectorParams {
+                listener: ListenerPin::Probe(recorded),
+                ..params
+            };
+            result = self.attempt(probe, &state, deadline).await;
+        }
+        let (sealed, est, leftover, handshake) = match result {
             Ok(x) => x,
             Err(e) => {
                 state
@@ -108,6 +111,27 @@ impl Tunnel for ConnectorTunnel {
 }
 
 impl ConnectorTunnel {
+    /// Connects to the listener and runs one handshake, holding a handshake slot.
+    async fn attempt(
+        &self,
+        params: ConnectorParams,
+        state: &TunnelState,
+        deadline: tokio::time::Instant,
+    ) -> Result<(TcpStream, Established, Vec<u8>, Slot), SessionError> {
+        let timeout = self.tuning.handshake_timeout;
+        // Local clients past `max_handshakes` wait their turn rather than being dropped.
+        let slot = state
+            .handshake_slot(&self.tuning, deadline)
+            .await
+            .ok_or(SessionError::Timeout(timeout))?;
+        let mut sealed = connect(&self.connect, self.tuning.connect_timeout)
+            .await
+            .map_err(SessionError::Io)?;
+        let hs = Handshake::connector(params, os_randomness());
+        let (est, leftover) = session::handshake(&mut sealed, hs, &[], deadline, timeout).await?;
+        Ok((sealed, est, leftover, slot))
+    }
+
     /// The handshake parameters for one connection: with TOFU, pinned to the recorded key or, if
     /// none is recorded yet, a first contact.
     async fn tofu_params(&self) -> Result<ConnectorParams, String> {
@@ -143,6 +167,17 @@ impl ConnectorTunnel {
                     known_peers = %store.path.display(), line,
                     "LISTENER KEY CHANGED for {}: known_peers has {expected}, the listener presented {got}; connection refused. \
                      This may be a man in the middle. If the listener's key was replaced on purpose, delete line {line} of {} and reload",
+                    store.address, store.path.display());
+                true
+            }
+            SessionError::Eof if !first_contact => {
+                let known = store.known().ok().flatten();
+                let (fp, line) = known.map_or((String::new(), 0), |k| (k.fingerprint.to_string(), k.line));
+                tracing::error!(tunnel = %self.name, role = "connector", peer = %client,
+                    connect = %self.connect, expected = %fp, known_peers = %store.path.display(), line,
+                    "the listener at {} answers neither a hello for the key recorded in known_peers ({fp}) nor a first contact: \
+                     its key may have changed (it does not allow_tofu, so its new key cannot be shown), or it refuses this connector. \
+                     If its key was replaced on purpose, delete line {line} of {} and reload",
                     store.address, store.path.display());
                 true
             }
