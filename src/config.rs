@@ -1394,9 +1394,9 @@ record_size = "64KiB"
                 "[[listener]]\nname = \"redis\"\nlisten = \"0.0.0.0:1\"\nforwad = \"x:1\"\npeers = [\"{FP_A}\"]\n"
             ))),
             "/etc/sealpipe/b.toml:6:1: unknown key `forwad` in listener \"redis\" (expected one of \
-             `name`, `listen`, `forward`, `peers`, `peers_file`, `rekey_bytes`, `rekey_interval`, \
-             `handshake_timeout`, `connect_timeout`, `drain_timeout`, `max_connections`, \
-             `max_handshakes`, `source_rate_limit`, `record_size`)"
+             `name`, `listen`, `forward`, `peers`, `peers_file`, `accept_unknown`, `allow_tofu`, \
+             `rekey_bytes`, `rekey_interval`, `handshake_timeout`, `connect_timeout`, \
+             `drain_timeout`, `max_connections`, `max_handshakes`, `source_rate_limit`, `record_size`)"
         );
         assert_eq!(
             err(&format!("tunnel = 1\n{}", with_identity(""))),

@@ -569,7 +569,7 @@ fn tofu_records_the_first_key_then_refuses_a_changed_one() {
         "listener2.toml",
         &listener_toml(addr, service.addr, "untrusted.pem", &trusted),
     );
-    let _listener2 = Daemon::start(&lconf2);
+    let mut listener2 = Daemon::start(&lconf2);
     assert_eq!(
         try_exchange(connector.addr(), b"x"),
         Err(ErrorKind::ConnectionReset)
@@ -590,7 +590,57 @@ fn tofu_records_the_first_key_then_refuses_a_changed_one() {
         "{line}"
     );
     assert_eq!(std::fs::read_to_string(&known).unwrap(), text);
+
+    // Another key and no allow_tofu: the new key cannot be seen, but the failure is explained.
+    listener2.kill();
+    let lconf3 = site.write(
+        "listener3.toml",
+        &listener_toml(
+            addr,
+            service.addr,
+            "untrusted.pem",
+            &format!("peers = [\"{}\"]\n", connector_fp()),
+        ),
+    );
+    let _listener3 = Daemon::start(&lconf3);
+    assert_eq!(
+        try_exchange(connector.addr(), b"x"),
+        Err(ErrorKind::ConnectionReset)
+    );
+    let clog = connector.wait_log("answers neither");
+    assert!(
+        clog.contains(&format!("recorded in known_peers ({lfp})"))
+            && clog.contains(&format!("delete line 3 of {}", known.display())),
+        "{clog}"
+    );
+    assert_eq!(std::fs::read_to_string(&known).unwrap(), text);
     assert_eq!(service.accepted.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn turning_accept_unknown_on_at_reload_warns_once() {
+    let service = Service::start(Behaviour::Echo);
+    let site = Site::new();
+    let peers = format!("peers = [\"{}\"]\n", connector_fp());
+    let lconf = site.write(
+        "listener.toml",
+        &listener_toml(any_port(), service.addr, "listener.pem", &peers),
+    );
+    let listener = Daemon::start(&lconf);
+    let warning = "accept_unknown = true: ANY connector";
+    assert!(!listener.log_text().contains(warning));
+    // The same `listen` text (port 0), so that the reload keeps the socket.
+    site.write(
+        "listener.toml",
+        &listener_toml(any_port(), service.addr, "listener.pem", &format!("{peers}accept_unknown = true\n")),
+    );
+    listener.signal("HUP");
+    let log = wait_count(&listener, "configuration reloaded", 1);
+    assert_eq!(log.matches(warning).count(), 1, "{log}");
+    // Still on at the next reload: no new warning.
+    listener.signal("HUP");
+    let log = wait_count(&listener, "configuration reloaded", 2);
+    assert_eq!(log.matches(warning).count(), 1, "{log}");
 }
 
 #[test]
