@@ -263,10 +263,14 @@ impl Daemon {
     pub async fn reload(&mut self, built: Built) {
         self.drain_timeout = built.drain_timeout();
         for (_, t) in &built.listeners {
-            let (unknown, tofu) = self.listeners.running.get(&t.name).map_or((false, false), |r| {
-                let old = r.settings.borrow();
-                (old.params.accept_unknown, old.params.allow_tofu)
-            });
+            let (unknown, tofu) = self
+                .listeners
+                .running
+                .get(&t.name)
+                .map_or((false, false), |r| {
+                    let old = r.settings.borrow();
+                    (old.params.accept_unknown, old.params.allow_tofu)
+                });
             warn_enrollment(t, unknown, tofu);
         }
         self.listeners.apply(built.listeners, &self.tracker).await;

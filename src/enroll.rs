@@ -69,7 +69,8 @@ impl DirLock {
     /// Locks the directory of `file`, waiting for another holder.
     pub fn acquire(file: &Path) -> Result<DirLock, EnrollError> {
         let dir = parent_dir(file);
-        let handle = File::open(dir).map_err(io_err(dir, "cannot open the directory to lock it"))?;
+        let handle =
+            File::open(dir).map_err(io_err(dir, "cannot open the directory to lock it"))?;
         handle
             .lock()
             .map_err(io_err(dir, "cannot lock the directory"))?;
@@ -101,10 +102,7 @@ pub fn atomic_write(path: &Path, contents: &[u8], new_mode: u32) -> Result<(), E
     let mut tmp_path = None;
     let mut file = None;
     for attempt in 0..100u32 {
-        let candidate = dir.join(format!(
-            ".{name}.tmp.{}.{attempt}",
-            std::process::id()
-        ));
+        let candidate = dir.join(format!(".{name}.tmp.{}.{attempt}", std::process::id()));
         match OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -134,9 +132,10 @@ pub fn atomic_write(path: &Path, contents: &[u8], new_mode: u32) -> Result<(), E
         if let Some(m) = &old {
             let mine = file.metadata().map_err(io_err(&tmp, "cannot stat"))?;
             if (mine.uid(), mine.gid()) != (m.uid(), m.gid()) {
-                std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid())).map_err(
-                    io_err(&tmp, "cannot give the new file the owner of the old one"),
-                )?;
+                std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid())).map_err(io_err(
+                    &tmp,
+                    "cannot give the new file the owner of the old one",
+                ))?;
             }
         }
         file.set_permissions(std::fs::Permissions::from_mode(mode))
@@ -370,7 +369,9 @@ pub fn check_peer_name(name: &str) -> Result<(), String> {
         return Err("the name is empty".into());
     }
     if name.contains('#') {
-        return Err(format!("{name:?} contains `#`, which starts a comment in a peers file"));
+        return Err(format!(
+            "{name:?} contains `#`, which starts a comment in a peers file"
+        ));
     }
     if name.chars().any(char::is_control) {
         return Err(format!("{name:?} contains control characters"));
@@ -452,7 +453,13 @@ mod tests {
             record_known_peer(&path, "h:2", &b).unwrap(),
             Recorded::Added(KnownPeer { line: 4, .. })
         ));
-        assert_eq!(lookup_known_peer(&path, "h:1").unwrap().unwrap().fingerprint, a);
+        assert_eq!(
+            lookup_known_peer(&path, "h:1")
+                .unwrap()
+                .unwrap()
+                .fingerprint,
+            a
+        );
         // Nothing left behind but the file itself.
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
@@ -478,7 +485,10 @@ mod tests {
             })
             .collect();
         assert_eq!(added.len(), 1, "{results:?}");
-        let winner = lookup_known_peer(&path, "h:1").unwrap().unwrap().fingerprint;
+        let winner = lookup_known_peer(&path, "h:1")
+            .unwrap()
+            .unwrap()
+            .fingerprint;
         assert_eq!(winner, added[0]);
         for r in &results {
             match r {

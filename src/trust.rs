@@ -18,7 +18,8 @@ use crate::enroll::{
 use crate::keyfile;
 use crate::proto::identity::Fingerprint;
 
-const RELOAD_HINT: &str = "a running daemon reads it again on reload: `systemctl reload sealpipe` (or send it SIGHUP)";
+const RELOAD_HINT: &str =
+    "a running daemon reads it again on reload: `systemctl reload sealpipe` (or send it SIGHUP)";
 
 /// Which peers file to work on.
 #[derive(Debug, Args)]
@@ -105,7 +106,10 @@ fn resolve(target: &Target, choice: &ListenerChoice) -> anyhow::Result<Resolved>
                 )
             })?,
         None => match config.listeners.as_slice() {
-            [] => bail!("{}: no [[listener]], so no peers_file to edit", path.display()),
+            [] => bail!(
+                "{}: no [[listener]], so no peers_file to edit",
+                path.display()
+            ),
             [one] => one,
             _ => bail!(
                 "{}: several listeners ({}); choose one with --listener NAME",
@@ -147,7 +151,9 @@ fn key_fingerprint(key: &str) -> anyhow::Result<Option<Fingerprint>> {
         Err(_) => {}
     }
     if Path::new(key).exists() {
-        return Ok(Some(keyfile::load_any_public(Path::new(key))?.fingerprint()));
+        return Ok(Some(
+            keyfile::load_any_public(Path::new(key))?.fingerprint(),
+        ));
     }
     Ok(None)
 }
@@ -304,7 +310,10 @@ pub fn run(cmd: TrustCommand) -> anyhow::Result<()> {
                     println!("warning: {first} is also in the config's `peers`: still trusted until removed there");
                 }
                 if l.accept_unknown {
-                    println!("warning: listener {:?} has accept_unknown = true: this key still gets in", l.name);
+                    println!(
+                        "warning: listener {:?} has accept_unknown = true: this key still gets in",
+                        l.name
+                    );
                 }
             }
         }

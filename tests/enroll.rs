@@ -90,7 +90,10 @@ fn accept_unknown_lets_an_unlisted_connector_in_only_when_set() {
         |_, _| {},
     );
     assert!(
-        matches!(out, Outcome::Refused("listener", HandshakeError::BadSignature)),
+        matches!(
+            out,
+            Outcome::Refused("listener", HandshakeError::BadSignature)
+        ),
         "{out:?}"
     );
 }
@@ -201,7 +204,10 @@ fn first_contact_mac1_is_answered_only_with_allow_tofu() {
             if expected == learned && got == untrusted_key().fingerprint()),
         "{err:?}"
     );
-    assert!(c.take_output().is_empty(), "the connector answered a wrong key");
+    assert!(
+        c.take_output().is_empty(),
+        "the connector answered a wrong key"
+    );
     // A probe to the right listener completes like a pinned handshake.
     let probe_ok = sealpipe::proto::handshake::ConnectorParams {
         listener: ListenerPin::Probe(learned),
@@ -227,7 +233,10 @@ fn first_contact_mac1_is_answered_only_with_allow_tofu() {
         |_, _| {},
     );
     assert!(
-        matches!(out, Outcome::Refused("connector", HandshakeError::BadSignature)),
+        matches!(
+            out,
+            Outcome::Refused("connector", HandshakeError::BadSignature)
+        ),
         "{out:?}"
     );
 }
@@ -255,8 +264,7 @@ fn enrollment_options_are_validated() {
     let c = Config::parse(&open, Path::new("/etc/sealpipe/e.toml")).unwrap();
     assert!(c.listeners[0].accept_unknown && c.listeners[0].allow_tofu);
     assert!(c.listeners[0].peers.is_empty());
-    assert!(config_err(&open.replace("accept_unknown = true\n", ""))
-        .contains("no trusted peers"));
+    assert!(config_err(&open.replace("accept_unknown = true\n", "")).contains("no trusted peers"));
     // Wrong type.
     assert_eq!(
         config_err(&open.replace("accept_unknown = true", "accept_unknown = \"yes\"")),
@@ -339,17 +347,30 @@ fn accept_unknown_daemon_lets_any_connector_in_and_announces_each_new_key_once()
     let site = Site::new();
     let lconf = site.write(
         "listener.toml",
-        &listener_toml(any_port(), service.addr, "listener.pem", "accept_unknown = true\n"),
+        &listener_toml(
+            any_port(),
+            service.addr,
+            "listener.pem",
+            "accept_unknown = true\n",
+        ),
     );
     let listener = Daemon::start(&lconf);
     let log = listener.log_text();
     assert!(
-        log.contains("WARN") && log.contains("accept_unknown = true: ANY connector") && log.contains("tunnel=test"),
+        log.contains("WARN")
+            && log.contains("accept_unknown = true: ANY connector")
+            && log.contains("tunnel=test"),
         "{log}"
     );
     let cconf = site.write(
         "connector.toml",
-        &connector_config("untrusted.pem", any_port(), listener.addr(), &listener_fp(), ""),
+        &connector_config(
+            "untrusted.pem",
+            any_port(),
+            listener.addr(),
+            &listener_fp(),
+            "",
+        ),
     );
     let connector = Daemon::start(&cconf);
     echo_ok(connector.addr(), b"one");
@@ -373,16 +394,30 @@ fn trust_add_then_remove_take_effect_on_sighup() {
     let service = Service::start(Behaviour::Echo);
     let site = Site::new();
     let other = fingerprint_of("untrusted.pem");
-    let peers = site.write("peers", &format!("# connectors\n{other}  someone else # keep\n"));
+    let peers = site.write(
+        "peers",
+        &format!("# connectors\n{other}  someone else # keep\n"),
+    );
     set_mode(&peers, 0o640);
     let lconf = site.write(
         "listener.toml",
-        &listener_toml(any_port(), service.addr, "listener.pem", "peers_file = \"peers\"\n"),
+        &listener_toml(
+            any_port(),
+            service.addr,
+            "listener.pem",
+            "peers_file = \"peers\"\n",
+        ),
     );
     let listener = Daemon::start(&lconf);
     let cconf = site.write(
         "connector.toml",
-        &connector_config("connector.pem", any_port(), listener.addr(), &listener_fp(), ""),
+        &connector_config(
+            "connector.pem",
+            any_port(),
+            listener.addr(),
+            &listener_fp(),
+            "",
+        ),
     );
     let connector = Daemon::start(&cconf);
     assert_eq!(
@@ -394,7 +429,13 @@ fn trust_add_then_remove_take_effect_on_sighup() {
     let pub_pem = test_data_dir().join("peer-b.pub.pem");
     let c = lconf.to_str().unwrap();
     let (code, out, err) = run_cli(&[
-        "trust", "add", "--config", c, pub_pem.to_str().unwrap(), "--name", "laptop b",
+        "trust",
+        "add",
+        "--config",
+        c,
+        pub_pem.to_str().unwrap(),
+        "--name",
+        "laptop b",
     ]);
     assert_eq!(code, 0, "{err}");
     let fp = connector_fp();
@@ -468,14 +509,33 @@ fn trust_refuses_bad_input_and_malformed_files_and_leaves_them_unchanged() {
     let p = peers.to_str().unwrap();
     let not_a_key = site.write("notakey.pem", "hello\n");
     for (args, expected) in [
-        (vec!["add", "--peers-file", p, "SHA256:short"], "invalid fingerprint \"SHA256:short\""),
-        (vec!["add", "--peers-file", p, "no-such-file"], "neither a fingerprint"),
-        (vec!["add", "--peers-file", p, not_a_key.to_str().unwrap()], "notakey.pem"),
         (
-            vec!["add", "--peers-file", p, &listener_fp().to_string(), "--name", "a # b"],
+            vec!["add", "--peers-file", p, "SHA256:short"],
+            "invalid fingerprint \"SHA256:short\"",
+        ),
+        (
+            vec!["add", "--peers-file", p, "no-such-file"],
+            "neither a fingerprint",
+        ),
+        (
+            vec!["add", "--peers-file", p, not_a_key.to_str().unwrap()],
+            "notakey.pem",
+        ),
+        (
+            vec![
+                "add",
+                "--peers-file",
+                p,
+                &listener_fp().to_string(),
+                "--name",
+                "a # b",
+            ],
             "invalid --name",
         ),
-        (vec!["remove", "--peers-file", p, "nobody"], "no entry for \"nobody\""),
+        (
+            vec!["remove", "--peers-file", p, "nobody"],
+            "no entry for \"nobody\"",
+        ),
     ] {
         let mut all = vec!["trust"];
         all.extend(args.iter().copied());
@@ -501,7 +561,12 @@ fn trust_refuses_bad_input_and_malformed_files_and_leaves_them_unchanged() {
     // --config: a listener without peers_file, and several listeners without --listener.
     let conf = site.write(
         "l.toml",
-        &listener_toml(any_port(), "127.0.0.1:9".parse().unwrap(), "listener.pem", &format!("peers = [\"{}\"]\n", connector_fp())),
+        &listener_toml(
+            any_port(),
+            "127.0.0.1:9".parse().unwrap(),
+            "listener.pem",
+            &format!("peers = [\"{}\"]\n", connector_fp()),
+        ),
     );
     let (code, _, err) = run_cli(&["trust", "list", "--config", conf.to_str().unwrap()]);
     assert_ne!(code, 0);
@@ -541,7 +606,9 @@ fn tofu_records_the_first_key_then_refuses_a_changed_one() {
     );
     let mut listener = Daemon::start(&lconf);
     assert!(
-        listener.log_text().contains("allow_tofu = true: this listener answers"),
+        listener
+            .log_text()
+            .contains("allow_tofu = true: this listener answers"),
         "{}",
         listener.log_text()
     );
@@ -556,11 +623,18 @@ fn tofu_records_the_first_key_then_refuses_a_changed_one() {
     let text = std::fs::read_to_string(&known).unwrap();
     assert!(text.ends_with(&format!("\n{addr} {lfp}\n")), "{text}");
     let clog = connector.wait_log("first contact: recorded");
-    assert!(clog.contains(&format!("recorded listener key {lfp} for {addr}")), "{clog}");
+    assert!(
+        clog.contains(&format!("recorded listener key {lfp} for {addr}")),
+        "{clog}"
+    );
     echo_ok(connector.addr(), b"second");
     echo_ok(connector.addr(), b"third");
     let llog = wait_count(&listener, "connection open", 3);
-    assert_eq!(llog.matches("first contact from a TOFU connector").count(), 1, "{llog}");
+    assert_eq!(
+        llog.matches("first contact from a TOFU connector").count(),
+        1,
+        "{llog}"
+    );
     assert_eq!(std::fs::read_to_string(&known).unwrap(), text);
 
     // The listener comes back on the same address with another key: refused, loudly.
@@ -582,7 +656,9 @@ fn tofu_records_the_first_key_then_refuses_a_changed_one() {
     let other = fingerprint_of("untrusted.pem");
     assert!(line.contains("ERROR"), "{line}");
     assert!(
-        line.contains(&format!("known_peers has {lfp}, the listener presented {other}")),
+        line.contains(&format!(
+            "known_peers has {lfp}, the listener presented {other}"
+        )),
         "{line}"
     );
     assert!(
@@ -632,7 +708,12 @@ fn turning_accept_unknown_on_at_reload_warns_once() {
     // The same `listen` text (port 0), so that the reload keeps the socket.
     site.write(
         "listener.toml",
-        &listener_toml(any_port(), service.addr, "listener.pem", &format!("{peers}accept_unknown = true\n")),
+        &listener_toml(
+            any_port(),
+            service.addr,
+            "listener.pem",
+            &format!("{peers}accept_unknown = true\n"),
+        ),
     );
     listener.signal("HUP");
     let log = wait_count(&listener, "configuration reloaded", 1);

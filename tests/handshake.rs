@@ -112,7 +112,7 @@ fn different_psks_are_refused() {
 #[test]
 fn connector_pinned_to_another_key_gets_silence_and_no_signature() {
     let mut p = pair(None);
-    p.connector.listener = connector_key().fingerprint();
+    p.connector.listener = connector_key().fingerprint().into();
     let (c, l) = handshakes(&p, "pin");
     let out = drive(c, l, |_, _| {});
     assert!(

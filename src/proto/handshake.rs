@@ -617,16 +617,21 @@ impl Handshake {
             return Err(HandshakeError::State);
         };
         let pin = params.listener;
-        let peer = self.check_auth(msg, LISTENER_SIGNATURE_CONTEXT, &keys.l_hs, |fp| match pin {
-            ListenerPin::Key(pinned) | ListenerPin::Probe(pinned) if !fp.ct_eq(&pinned) => {
-                Err(HandshakeError::WrongListenerKey {
-                    expected: pinned,
-                    got: *fp,
-                })
-            }
-            // First contact: any key, once it proves possession (signature and finished below).
-            ListenerPin::Key(_) | ListenerPin::Probe(_) | ListenerPin::FirstContact => Ok(()),
-        })?;
+        let peer = self.check_auth(
+            msg,
+            LISTENER_SIGNATURE_CONTEXT,
+            &keys.l_hs,
+            |fp| match pin {
+                ListenerPin::Key(pinned) | ListenerPin::Probe(pinned) if !fp.ct_eq(&pinned) => {
+                    Err(HandshakeError::WrongListenerKey {
+                        expected: pinned,
+                        got: *fp,
+                    })
+                }
+                // First contact: any key, once it proves possession (signature and finished below).
+                ListenerPin::Key(_) | ListenerPin::Probe(_) | ListenerPin::FirstContact => Ok(()),
+            },
+        )?;
         let auth = self.make_auth(
             MessageType::ConnectorAuth,
             CONNECTOR_SIGNATURE_CONTEXT,

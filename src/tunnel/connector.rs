@@ -7,11 +7,11 @@ use std::time::Instant;
 use tokio::net::TcpStream;
 
 use crate::config::{Address, Tuning};
-use crate::proto::identity::Fingerprint;
 use crate::enroll::{Recorded, TofuStore};
 use crate::proto::handshake::{
     ConnectorParams, Established, Handshake, HandshakeError, ListenerPin,
 };
+use crate::proto::identity::Fingerprint;
 use crate::tunnel::net::Slot;
 use crate::tunnel::net::{connect, reset_on_close};
 use crate::tunnel::serve::{carry, log_refusal, os_randomness, Tunnel, TunnelState};
@@ -157,11 +157,7 @@ impl ConnectorTunnel {
         };
         match e {
             SessionError::Handshake(HandshakeError::WrongListenerKey { expected, got }) => {
-                let line = store
-                    .known()
-                    .ok()
-                    .flatten()
-                    .map_or(0, |k| k.line);
+                let line = store.known().ok().flatten().map_or(0, |k| k.line);
                 tracing::error!(tunnel = %self.name, role = "connector", peer = %client,
                     connect = %self.connect, expected = %expected, presented = %got,
                     known_peers = %store.path.display(), line,
@@ -172,7 +168,8 @@ impl ConnectorTunnel {
             }
             SessionError::Eof if !first_contact => {
                 let known = store.known().ok().flatten();
-                let (fp, line) = known.map_or((String::new(), 0), |k| (k.fingerprint.to_string(), k.line));
+                let (fp, line) =
+                    known.map_or((String::new(), 0), |k| (k.fingerprint.to_string(), k.line));
                 tracing::error!(tunnel = %self.name, role = "connector", peer = %client,
                     connect = %self.connect, expected = %fp, known_peers = %store.path.display(), line,
                     "the listener at {} answers neither a hello for the key recorded in known_peers ({fp}) nor a first contact: \
