@@ -291,6 +291,14 @@ impl TofuStore {
     /// sees).
     pub fn open(path: PathBuf, address: String) -> Result<TofuStore, EnrollError> {
         let found = lookup_known_peer(&path, &address)?;
+        let dir = parent_dir(&path);
+        if !dir.is_dir() {
+            return Err(EnrollError::Io {
+                path: dir.to_path_buf(),
+                what: "the directory of known_peers must exist (the key is recorded there)",
+                error: io::Error::from(io::ErrorKind::NotFound),
+            });
+        }
         Ok(TofuStore {
             path,
             address,
