@@ -51,7 +51,7 @@ fn params() -> (ConnectorParams, ListenerParams) {
     trust.insert(connector.fingerprint(), None);
     (
         ConnectorParams {
-            listener: listener.fingerprint(),
+            listener: listener.fingerprint().into(),
             identity: Arc::new(connector),
             psk: None,
         },
@@ -59,6 +59,8 @@ fn params() -> (ConnectorParams, ListenerParams) {
             identity: Arc::new(listener),
             trust: Arc::new(trust),
             psk: None,
+            accept_unknown: false,
+            allow_tofu: false,
         },
     )
 }

@@ -72,6 +72,12 @@ pub enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Edit a listener's peers_file: trust or stop trusting connector keys, or list them.
+    Trust {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::trust::TrustCommand,
+    },
     /// Print a shell completion script (e.g. `sealpipe completions bash > /etc/bash_completion.d/sealpipe`).
     Completions {
         /// The shell.
@@ -144,6 +150,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     .unwrap_or_default()
             );
         }
+        Command::Trust { command } => crate::trust::run(command)?,
         Command::Run { config } => runtime()?.block_on(daemon::run(&config))?,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

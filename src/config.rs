@@ -151,8 +151,14 @@ pub struct ListenerConfig {
     /// Where plaintext goes (resolved for each connection).
     pub forward: Address,
     /// Trusted connector keys with optional names: the union of `peers` and `peers_file`,
-    /// without duplicates, never empty.
+    /// without duplicates; empty only with `accept_unknown`.
     pub peers: Vec<(Fingerprint, Option<String>)>,
+    /// The `peers_file`, if any (resolved against the config file's directory).
+    pub peers_file: Option<PathBuf>,
+    /// `accept_unknown`: let in connectors outside `peers` (only the listener is authenticated).
+    pub accept_unknown: bool,
+    /// `allow_tofu`: answer first-contact hellos from TOFU connectors that do not know our key.
+    pub allow_tofu: bool,
     /// `[defaults]` merged with this tunnel's overrides.
     pub tuning: Tuning,
 }
@@ -166,12 +172,26 @@ pub struct ConnectorConfig {
     pub listen: Address,
     /// The remote listener (resolved for each connection).
     pub connect: Address,
-    /// The pinned key of the remote listener.
-    pub peer: Fingerprint,
     /// Mode and group of the socket file when `listen` is a Unix socket.
     pub socket: SocketPermissions,
+    /// The remote listener's key: pinned, or trust on first use.
+    pub peer: PeerPin,
     /// `[defaults]` merged with this tunnel's overrides.
     pub tuning: Tuning,
+}
+
+/// How a connector knows the listener's key (`peer`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerPin {
+    /// `peer = "SHA256:…"`: only this key.
+    Key(Fingerprint),
+    /// `peer = "tofu"` with `known_peers`: the first key seen for the `connect` address is
+    /// recorded in this file, later ones must match it.
+    Tofu {
+        /// The known-peers file (resolved against the config file's directory; may not exist
+        /// yet).
+        known_peers: PathBuf,
+    },
 }
 
 /// host:port; IPv4 `1.2.3.4:80`, IPv6 `[::1]:80`, or a host name `db.example.net:7443`; or
@@ -484,6 +504,8 @@ with_tuning! {
         forward: Spanned<String>,
         peers: Option<Spanned<Vec<Spanned<String>>>>,
         peers_file: Option<Spanned<String>>,
+        accept_unknown: Option<Spanned<bool>>,
+        allow_tofu: Option<Spanned<bool>>,
     }
 }
 
@@ -497,6 +519,7 @@ with_tuning! {
         peer: Spanned<String>,
         socket_mode: Option<Spanned<String>>,
         socket_group: Option<Spanned<String>>,
+        known_peers: Option<Spanned<String>>,
     }
 }
 
@@ -790,8 +813,10 @@ impl Source<'_> {
                     add_peer(&mut peers, fp, peer_name);
                 }
             }
+            let mut peers_file = None;
             if let Some(file) = &l.peers_file {
                 let file_path = self.path_value(&ctx, "peers_file", file, &dir)?;
+                peers_file = Some(file_path.clone());
                 let text = std::fs::read_to_string(&file_path).map_err(|e| {
                     self.key_error(
                         &ctx,
@@ -804,7 +829,10 @@ impl Source<'_> {
                     add_peer(&mut peers, fp, peer_name);
                 }
             }
-            if peers.is_empty() {
+            let accept_unknown = l.accept_unknown.as_ref().is_some_and(|b| *b.get_ref());
+            let allow_tofu = l.allow_tofu.as_ref().is_some_and(|b| *b.get_ref());
+            // With accept_unknown the trust list only names known connectors; it may be empty.
+            if peers.is_empty() && !accept_unknown {
                 let problem = match (&l.peers, &l.peers_file) {
                     (None, None) => "no trusted peers: set `peers` or `peers_file`".to_string(),
                     _ => {
@@ -819,6 +847,9 @@ impl Source<'_> {
                 listen,
                 forward,
                 peers,
+                peers_file,
+                accept_unknown,
+                allow_tofu,
                 tuning,
             });
         }
@@ -833,14 +864,7 @@ impl Source<'_> {
             self.check_bound(&ctx, &c.listen, &listen, &mut bound)?;
             let connect = self.address(&ctx, "connect", &c.connect, Side::SealedConnect, &dir)?;
             let socket = self.socket_permissions(&ctx, c, &listen)?;
-            let peer = c.peer.get_ref().parse::<Fingerprint>().map_err(|e| {
-                self.key_error(
-                    &ctx,
-                    "peer",
-                    c.peer.span(),
-                    format!("invalid fingerprint {:?}: {e}", c.peer.get_ref()),
-                )
-            })?;
+            let peer = self.peer_pin(&ctx, c, &dir)?;
             let tuning = self.overrides(&ctx, &c.tuning())?.apply(&base);
             connectors.push(ConnectorConfig {
                 name,
@@ -923,6 +947,42 @@ impl Source<'_> {
             perms.group = Some((name.to_string(), gid));
         }
         Ok(perms)
+    }
+
+    /// A connector's `peer` and `known_peers`: a fingerprint without `known_peers`, or `"tofu"`
+    /// with it.
+    fn peer_pin(&self, ctx: &str, c: &RawConnector, dir: &Path) -> Result<PeerPin, ConfigError> {
+        let text = c.peer.get_ref().trim();
+        if text.eq_ignore_ascii_case("tofu") {
+            let Some(file) = &c.known_peers else {
+                return Err(self.key_error(
+                    ctx,
+                    "peer",
+                    c.peer.span(),
+                    "`peer = \"tofu\"` needs `known_peers = \"PATH\"`, the file where the listener's key is recorded",
+                ));
+            };
+            return Ok(PeerPin::Tofu {
+                known_peers: self.path_value(ctx, "known_peers", file, dir)?,
+            });
+        }
+        let fp = text.parse::<Fingerprint>().map_err(|e| {
+            self.key_error(
+                ctx,
+                "peer",
+                c.peer.span(),
+                format!("invalid fingerprint {:?}: {e}", c.peer.get_ref()),
+            )
+        })?;
+        if let Some(file) = &c.known_peers {
+            return Err(self.key_error(
+                ctx,
+                "known_peers",
+                file.span(),
+                "`known_peers` is only for `peer = \"tofu\"`; this connector pins its listener's key",
+            ));
+        }
+        Ok(PeerPin::Key(fp))
     }
 
     /// Checks a tunnel name for emptiness and duplicates; `seen` maps names to their line.
@@ -1424,7 +1484,7 @@ peer = "{FP_B}"            # pinned listener key
                 port: 7443
             }
         );
-        assert_eq!(k.peer, fp(FP_B));
+        assert_eq!(k.peer, PeerPin::Key(fp(FP_B)));
     }
 
     #[test]
@@ -1582,9 +1642,9 @@ record_size = "64KiB"
                 "[[listener]]\nname = \"redis\"\nlisten = \"0.0.0.0:1\"\nforwad = \"x:1\"\npeers = [\"{FP_A}\"]\n"
             ))),
             "/etc/sealpipe/b.toml:6:1: unknown key `forwad` in listener \"redis\" (expected one of \
-             `name`, `listen`, `forward`, `peers`, `peers_file`, `rekey_bytes`, `rekey_interval`, \
-             `handshake_timeout`, `connect_timeout`, `drain_timeout`, `max_connections`, \
-             `max_handshakes`, `source_rate_limit`, `record_size`)"
+             `name`, `listen`, `forward`, `peers`, `peers_file`, `accept_unknown`, `allow_tofu`, \
+             `rekey_bytes`, `rekey_interval`, `handshake_timeout`, `connect_timeout`, \
+             `drain_timeout`, `max_connections`, `max_handshakes`, `source_rate_limit`, `record_size`)"
         );
         assert_eq!(
             err(&format!("tunnel = 1\n{}", with_identity(""))),

@@ -14,10 +14,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Address, Config};
+use crate::config::{Address, Config, PeerPin};
+use crate::enroll::TofuStore;
 use crate::keyfile;
 use crate::metrics::{Registry, TunnelEntry};
-use crate::proto::handshake::{ConnectorParams, ListenerParams};
+use crate::proto::handshake::{ConnectorParams, ListenerParams, ListenerPin};
 use crate::proto::identity::{Signer, TrustList};
 use crate::proto::keys::Psk;
 use crate::tunnel::connector::ConnectorTunnel;
@@ -68,6 +69,8 @@ pub fn build(path: &Path) -> anyhow::Result<Built> {
                     identity: identity.clone(),
                     trust: Arc::new(trust),
                     psk: psk.clone(),
+                    accept_unknown: l.accept_unknown,
+                    allow_tofu: l.allow_tofu,
                 },
                 tuning: l.tuning.clone(),
             };
@@ -78,20 +81,30 @@ pub fn build(path: &Path) -> anyhow::Result<Built> {
         .connectors
         .iter()
         .map(|c| {
+            // TOFU: the recorded key, if any, is looked up for each connection.
+            let (listener, tofu) = match &c.peer {
+                PeerPin::Key(fp) => (ListenerPin::Key(*fp), None),
+                PeerPin::Tofu { known_peers } => {
+                    let store = TofuStore::open(known_peers.clone(), c.connect.to_string())
+                        .with_context(|| format!("connector {:?}: known_peers", c.name))?;
+                    (ListenerPin::FirstContact, Some(Arc::new(store)))
+                }
+            };
             let tunnel = ConnectorTunnel {
                 name: c.name.clone(),
                 connect: c.connect.clone(),
                 params: ConnectorParams {
                     identity: identity.clone(),
-                    listener: c.peer,
+                    listener,
                     psk: psk.clone(),
                 },
                 socket: c.socket.clone(),
+                tofu,
                 tuning: c.tuning.clone(),
             };
-            (c.listen.clone(), Arc::new(tunnel))
+            Ok((c.listen.clone(), Arc::new(tunnel)))
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
     Ok(Built {
         config,
         listeners,
@@ -282,6 +295,7 @@ impl Daemon {
             d.start_metrics(l, m.listen.clone());
         }
         for (listen, t) in built.listeners {
+            warn_enrollment(&t, false, false);
             d.listeners.start(listen, t, &d.tracker).await?;
         }
         for (listen, t) in built.connectors {
@@ -336,6 +350,17 @@ impl Daemon {
         self.drain_timeout = built.drain_timeout();
         self.apply_metrics(built.config.metrics.map(|m| m.listen))
             .await;
+        for (_, t) in &built.listeners {
+            let (unknown, tofu) = self
+                .listeners
+                .running
+                .get(&t.name)
+                .map_or((false, false), |r| {
+                    let old = r.settings.borrow();
+                    (old.params.accept_unknown, old.params.allow_tofu)
+                });
+            warn_enrollment(t, unknown, tofu);
+        }
         self.listeners.apply(built.listeners, &self.tracker).await;
         self.connectors.apply(built.connectors, &self.tracker).await;
         self.publish();
@@ -362,6 +387,19 @@ impl Daemon {
                 "drain timeout reached, closing the rest"
             );
         }
+    }
+}
+
+/// Warns about a listener's enrollment options that weaken who gets in or who gets an answer,
+/// unless they were already on (`was_*`, on reload).
+fn warn_enrollment(t: &ListenerTunnel, was_unknown: bool, was_tofu: bool) {
+    if t.params.accept_unknown && !was_unknown {
+        tracing::warn!(tunnel = %t.name, role = "listener", trusted = t.params.trust.len(),
+            "accept_unknown = true: ANY connector that holds a key is let in, trusted or not; only this listener is authenticated");
+    }
+    if t.params.allow_tofu && !was_tofu {
+        tracing::warn!(tunnel = %t.name, role = "listener",
+            "allow_tofu = true: this listener answers hellos from connectors that do not know its key (first contact), so scanners can see it is a sealpipe listener");
     }
 }
 

@@ -6,7 +6,7 @@
 //!   state machine for both roles, the key schedule and the record layer. It does no I/O, reads
 //!   no clock and imports nothing else from this crate, so it is deterministic in tests.
 //! * [`keyfile`] and [`config`] turn files into the core's types, with errors that name the file,
-//!   line and key.
+//!   line and key; [`enroll`] edits the `known_peers` and peers files atomically.
 //! * [`tunnel`] is the async shell on tokio: accept loops, the session driver that feeds socket
 //!   bytes to the core, and the full-duplex pump.
 //! * [`daemon`] runs the tunnels of a config file with reload and drain; [`demo`] runs a whole
@@ -17,7 +17,9 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod enroll;
 pub mod keyfile;
 pub mod metrics;
 pub mod proto;
+pub mod trust;
 pub mod tunnel;

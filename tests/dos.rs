@@ -72,6 +72,8 @@ async fn a_thousand_abusive_connections_cost_no_signature_and_do_not_block_a_leg
                 identity: signer.clone(),
                 trust: Arc::new(trust),
                 psk: None,
+                accept_unknown: false,
+                allow_tofu: false,
             },
             tuning: tuning.clone(),
         },
@@ -87,10 +89,11 @@ async fn a_thousand_abusive_connections_cost_no_signature_and_do_not_block_a_leg
             connect: Address::Ip(sealed_addr),
             params: ConnectorParams {
                 identity: connector_id.clone(),
-                listener: signer.public().fingerprint(),
+                listener: signer.public().fingerprint().into(),
                 psk: None,
             },
             socket: Default::default(),
+            tofu: None,
             tuning: tuning.clone(),
         },
         &tracker,
@@ -101,7 +104,7 @@ async fn a_thousand_abusive_connections_cost_no_signature_and_do_not_block_a_leg
     let wrong_pin = Handshake::connector(
         ConnectorParams {
             identity: connector_id.clone(),
-            listener: connector_id.fingerprint(),
+            listener: connector_id.fingerprint().into(),
             psk: None,
         },
         det_randomness("wrong pin"),

@@ -112,7 +112,7 @@ fn different_psks_are_refused() {
 #[test]
 fn connector_pinned_to_another_key_gets_silence_and_no_signature() {
     let mut p = pair(None);
-    p.connector.listener = connector_key().fingerprint();
+    p.connector.listener = connector_key().fingerprint().into();
     let (c, l) = handshakes(&p, "pin");
     let out = drive(c, l, |_, _| {});
     assert!(
@@ -135,6 +135,8 @@ fn impostor_listener_that_rewrites_mac1_is_detected() {
         identity: Arc::new(impostor_key),
         trust: Arc::new(trust),
         psk: None,
+        accept_unknown: false,
+        allow_tofu: false,
     };
     let c = Handshake::connector(p.connector.clone(), fresh("imp c"));
     let l = Handshake::listener(impostor, fresh("imp l"));
@@ -177,6 +179,8 @@ fn listener_with_the_pinned_public_key_but_not_its_private_key_is_refused() {
         }),
         trust: Arc::new(trust),
         psk: None,
+        accept_unknown: false,
+        allow_tofu: false,
     };
     let c = Handshake::connector(p.connector.clone(), fresh("stolen c"));
     let l = Handshake::listener(impostor, fresh("stolen l"));

@@ -25,7 +25,7 @@ fn computed() -> Vec<(&'static str, String)> {
     let ch = Handshake::connector(
         ConnectorParams {
             identity: c.clone(),
-            listener: l.public().fingerprint(),
+            listener: l.public().fingerprint().into(),
             psk: None,
         },
         det_randomness("vector connector"),
@@ -35,6 +35,8 @@ fn computed() -> Vec<(&'static str, String)> {
             identity: l.clone(),
             trust: Arc::new(trust),
             psk: None,
+            accept_unknown: false,
+            allow_tofu: false,
         },
         det_randomness("vector listener"),
     );

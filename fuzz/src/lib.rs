@@ -94,6 +94,8 @@ pub fn listener_params() -> ListenerParams {
         identity: listener_identity(),
         trust: trust_connector(),
         psk: None,
+        accept_unknown: false,
+        allow_tofu: false,
     })
     .clone()
 }
@@ -108,6 +110,8 @@ pub fn listener_params_cached() -> ListenerParams {
         }),
         trust: trust_connector(),
         psk: None,
+        accept_unknown: false,
+        allow_tofu: false,
     })
     .clone()
 }
@@ -117,7 +121,7 @@ pub fn connector_params() -> ConnectorParams {
     static P: OnceLock<ConnectorParams> = OnceLock::new();
     P.get_or_init(|| ConnectorParams {
         identity: connector_identity(),
-        listener: listener_fingerprint(),
+        listener: listener_fingerprint().into(),
         psk: None,
     })
     .clone()

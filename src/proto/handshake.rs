@@ -15,7 +15,10 @@
 //! [`Handshake::take_output`] gives bytes to send. When [`Handshake::is_done`], the verified peer
 //! identity and the traffic secrets come out of [`Handshake::finish`]. Randomness is passed in,
 //! so tests are deterministic. A listener checks mac1 before any other work: a peer that does not
-//! know the listener's public key gets no X25519 operation, no signature and no answer.
+//! know the listener's public key gets no X25519 operation, no signature and no answer —
+//! unless the listener opts in to `allow_tofu`, in which case a hello whose mac1 is keyed by the
+//! all-zero [`FIRST_CONTACT`] fingerprint is answered too (a TOFU connector's first contact,
+//! [`ListenerPin::FirstContact`]). `accept_unknown` lets in connectors outside the trust list.
 
 use std::sync::Arc;
 
@@ -73,13 +76,47 @@ impl HandshakeRandomness {
     }
 }
 
+/// The fingerprint a first-contact mac1 is keyed with: all zeros, known to everybody.
+pub const FIRST_CONTACT: Fingerprint = Fingerprint([0; 32]);
+
+/// Which listener keys a connector accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerPin {
+    /// Only this key (mac1 keyed by it).
+    Key(Fingerprint),
+    /// Trust on first use, before any key is recorded: mac1 keyed by [`FIRST_CONTACT`] (only a
+    /// listener with `allow_tofu` answers) and any listener key that proves possession is
+    /// accepted. The caller records the key from [`Established::peer`].
+    FirstContact,
+    /// A first-contact hello, but only this key is accepted: how a TOFU connector whose pinned
+    /// hello got no answer learns whether the listener's key changed. A different key fails
+    /// with [`HandshakeError::WrongListenerKey`] before the connector signs anything.
+    Probe(Fingerprint),
+}
+
+impl From<Fingerprint> for ListenerPin {
+    fn from(fp: Fingerprint) -> Self {
+        ListenerPin::Key(fp)
+    }
+}
+
+impl ListenerPin {
+    /// The fingerprint the hello's mac1 is keyed with.
+    pub fn mac1_key(&self) -> Fingerprint {
+        match self {
+            ListenerPin::Key(fp) => *fp,
+            ListenerPin::FirstContact | ListenerPin::Probe(_) => FIRST_CONTACT,
+        }
+    }
+}
+
 /// What a connector needs: its identity, the pinned listener key and the optional PSK.
 #[derive(Clone)]
 pub struct ConnectorParams {
     /// The connector's long-term key.
     pub identity: Arc<dyn Signer>,
-    /// The fingerprint of the only listener key accepted.
-    pub listener: Fingerprint,
+    /// The listener key accepted (or first contact, for TOFU).
+    pub listener: ListenerPin,
     /// Pre-shared key, if configured.
     pub psk: Option<Arc<Psk>>,
 }
@@ -93,6 +130,12 @@ pub struct ListenerParams {
     pub trust: Arc<TrustList>,
     /// Pre-shared key, if configured.
     pub psk: Option<Arc<Psk>>,
+    /// Let in any connector that proves possession of its key, in the trust list or not
+    /// (`accept_unknown`): only the listener is authenticated.
+    pub accept_unknown: bool,
+    /// Also answer hellos whose mac1 is keyed by [`FIRST_CONTACT`] (`allow_tofu`): connectors
+    /// that do not know this listener's key yet.
+    pub allow_tofu: bool,
 }
 
 /// Why a handshake failed. On the wire every failure looks the same: the connection closes.
@@ -242,6 +285,26 @@ pub fn mac1(listener: &Fingerprint, hello_unmacced: &[u8]) -> [u8; MAC1_LEN] {
     out
 }
 
+/// How a connector hello's mac1 was keyed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Contact {
+    /// By the listener's own fingerprint: the connector knows the key.
+    Pinned,
+    /// By [`FIRST_CONTACT`]: a TOFU connector that has not recorded the key yet.
+    FirstContact,
+}
+
+/// Checks a connector hello's mac1 as a listener with `params` does: keyed by its own
+/// fingerprint, or, with `allow_tofu` only, by [`FIRST_CONTACT`].
+pub fn check_hello_mac1(params: &ListenerParams, hello: &[u8]) -> Result<Contact, HandshakeError> {
+    match check_connector_hello(&params.identity.public().fingerprint(), hello) {
+        Err(HandshakeError::BadMac1) if params.allow_tofu => {
+            check_connector_hello(&FIRST_CONTACT, hello).map(|()| Contact::FirstContact)
+        }
+        other => other.map(|()| Contact::Pinned),
+    }
+}
+
 /// Checks a whole connector hello's header and mac1 for the listener `listener`, without any
 /// other work: what a listener can afford to do for anybody. The state machine checks again.
 pub fn check_connector_hello(listener: &Fingerprint, hello: &[u8]) -> Result<(), HandshakeError> {
@@ -298,7 +361,7 @@ impl Handshake {
             ephemeral: x25519_public(&rand.ephemeral),
         };
         let mut out = hello.encode_connector_unmacced();
-        let tag = mac1(&params.listener, &out);
+        let tag = mac1(&params.listener.mac1_key(), &out);
         out.extend_from_slice(&tag);
         let mut transcript = Sha256::new();
         transcript.update(&out);
@@ -575,17 +638,22 @@ impl Handshake {
         let Params::Connector(params) = &self.params else {
             return Err(HandshakeError::State);
         };
-        let pinned = params.listener;
-        let peer = self.check_auth(msg, LISTENER_SIGNATURE_CONTEXT, &keys.l_hs, |fp| {
-            if fp.ct_eq(&pinned) {
-                Ok(())
-            } else {
-                Err(HandshakeError::WrongListenerKey {
-                    expected: pinned,
-                    got: *fp,
-                })
-            }
-        })?;
+        let pin = params.listener;
+        let peer = self.check_auth(
+            msg,
+            LISTENER_SIGNATURE_CONTEXT,
+            &keys.l_hs,
+            |fp| match pin {
+                ListenerPin::Key(pinned) | ListenerPin::Probe(pinned) if !fp.ct_eq(&pinned) => {
+                    Err(HandshakeError::WrongListenerKey {
+                        expected: pinned,
+                        got: *fp,
+                    })
+                }
+                // First contact: any key, once it proves possession (signature and finished below).
+                ListenerPin::Key(_) | ListenerPin::Probe(_) | ListenerPin::FirstContact => Ok(()),
+            },
+        )?;
         let auth = self.make_auth(
             MessageType::ConnectorAuth,
             CONNECTOR_SIGNATURE_CONTEXT,
@@ -600,7 +668,7 @@ impl Handshake {
         let Params::Listener(params) = &self.params else {
             return Err(HandshakeError::State);
         };
-        check_connector_hello(&params.identity.public().fingerprint(), msg)?;
+        check_hello_mac1(params, msg)?;
         let hello = Hello::decode_fields(&msg[MSG_HEADER_LEN..])?;
         self.check_hello(&hello)?;
         let shared = x25519_shared(&self.rand.ephemeral, &hello.ephemeral)?;
@@ -634,8 +702,10 @@ impl Handshake {
             return Err(HandshakeError::State);
         };
         let trust = params.trust.clone();
+        let accept_unknown = params.accept_unknown;
         let peer = self.check_auth(msg, CONNECTOR_SIGNATURE_CONTEXT, &keys.c_hs, |fp| {
-            if trust.contains(fp) {
+            // accept_unknown: any key, once it proves possession (signature and finished below).
+            if accept_unknown || trust.contains(fp) {
                 Ok(())
             } else {
                 Err(HandshakeError::UntrustedConnector(*fp))

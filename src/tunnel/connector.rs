@@ -3,9 +3,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::net::TcpStream;
+
 use crate::config::{Address, SocketPermissions, Tuning};
-use crate::proto::handshake::{ConnectorParams, Handshake};
-use crate::tunnel::net::{connect, Conn, Peer};
+use crate::enroll::{Recorded, TofuStore};
+use crate::proto::handshake::{
+    ConnectorParams, Established, Handshake, HandshakeError, ListenerPin,
+};
+use crate::proto::identity::Fingerprint;
+use crate::tunnel::net::Slot;
+use crate::tunnel::net::{connect, reset_on_close, Conn, Peer};
 use crate::tunnel::serve::{carry, log_refusal, os_randomness, Tunnel, TunnelState};
 use crate::tunnel::session::{self, SessionError};
 
@@ -19,6 +26,9 @@ pub struct ConnectorTunnel {
     pub params: ConnectorParams,
     /// Mode and group of a `unix:` listen socket.
     pub socket: SocketPermissions,
+    /// `peer = "tofu"`: the `known_peers` entry that gives the pin (`params.listener` is then
+    /// only a default).
+    pub tofu: Option<Arc<TofuStore>>,
     /// Timeouts and limits.
     pub tuning: Tuning,
 }
@@ -44,25 +54,37 @@ impl Tunnel for ConnectorTunnel {
         let started = Instant::now();
         let timeout = self.tuning.handshake_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        let attempt = async {
-            // Local clients past `max_handshakes` wait their turn rather than being dropped.
-            let slot = state
-                .handshake_slot(&self.tuning, deadline)
-                .await
-                .ok_or(SessionError::Timeout(timeout))?;
-            let mut sealed = connect(&self.connect, self.tuning.connect_timeout)
-                .await
-                .map_err(SessionError::Io)?;
-            let hs = Handshake::connector(self.params.clone(), os_randomness());
-            let (est, leftover) =
-                session::handshake(&mut sealed, hs, &[], deadline, timeout).await?;
-            Ok::<_, SessionError>((sealed, est, leftover, slot))
+        let params = match self.tofu_params().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(tunnel = %self.name, role = "connector", peer = %client,
+                    error = %e, "cannot read known_peers: connection refused");
+                plain.reset_on_close();
+                return;
+            }
         };
-        let (sealed, est, leftover, handshake) = match attempt.await {
+        let first_contact = params.listener == ListenerPin::FirstContact;
+        let pin = params.listener;
+        let mut result = self.attempt(params.clone(), &state, deadline).await;
+        if let (Some(_), ListenerPin::Key(recorded), Err(SessionError::Eof)) =
+            (&self.tofu, pin, &result)
+        {
+            // TOFU, key recorded, and the listener did not answer the pinned hello: if its key
+            // changed, a first-contact hello that accepts only the recorded key tells us which
+            // key it presents now (refused before we sign anything).
+            let probe = ConnectorParams {
+                listener: ListenerPin::Probe(recorded),
+                ..params
+            };
+            result = self.attempt(probe, &state, deadline).await;
+        }
+        let (sealed, est, leftover, handshake) = match result {
             Ok(x) => x,
             Err(e) => {
                 state.handshake_failed(&e);
-                log_refusal(&self.name, self.role(), &client, &e);
+                if !self.log_tofu_failure(&client, first_contact, &e) {
+                    log_refusal(&self.name, self.role(), &client, &e);
+                }
                 // The local client learns that its connection failed, not that it ended (a
                 // Unix socket client just sees it closed: Unix streams have no reset).
                 plain.reset_on_close();
@@ -72,6 +94,11 @@ impl Tunnel for ConnectorTunnel {
         drop(handshake);
         state.handshake_ok(started.elapsed());
         let fp = est.peer.fingerprint();
+        if first_contact && !self.record_first_contact(&client, fp).await {
+            plain.reset_on_close();
+            reset_on_close(&sealed);
+            return;
+        }
         tracing::info!(tunnel = %self.name, role = "connector", peer = %client, fingerprint = %fp,
             connect = %self.connect, "connection open");
         carry(
@@ -85,5 +112,126 @@ impl Tunnel for ConnectorTunnel {
             &state,
         )
         .await;
+    }
+}
+
+impl ConnectorTunnel {
+    /// Connects to the listener and runs one handshake, holding a handshake slot.
+    async fn attempt(
+        &self,
+        params: ConnectorParams,
+        state: &TunnelState,
+        deadline: tokio::time::Instant,
+    ) -> Result<(TcpStream, Established, Vec<u8>, Slot), SessionError> {
+        let timeout = self.tuning.handshake_timeout;
+        // Local clients past `max_handshakes` wait their turn rather than being dropped.
+        let slot = state
+            .handshake_slot(&self.tuning, deadline)
+            .await
+            .ok_or(SessionError::Timeout(timeout))?;
+        let mut sealed = connect(&self.connect, self.tuning.connect_timeout)
+            .await
+            .map_err(SessionError::Io)?;
+        let hs = Handshake::connector(params, os_randomness());
+        let (est, leftover) = session::handshake(&mut sealed, hs, &[], deadline, timeout).await?;
+        Ok((sealed, est, leftover, slot))
+    }
+
+    /// The handshake parameters for one connection: with TOFU, pinned to the recorded key or, if
+    /// none is recorded yet, a first contact.
+    async fn tofu_params(&self) -> Result<ConnectorParams, String> {
+        let mut params = self.params.clone();
+        if let Some(store) = &self.tofu {
+            let store = store.clone();
+            let known = tokio::task::spawn_blocking(move || store.known())
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            params.listener = match known {
+                Some(k) => ListenerPin::Key(k.fingerprint),
+                None => ListenerPin::FirstContact,
+            };
+        }
+        Ok(params)
+    }
+
+    /// Logs the TOFU-specific failures loudly; returns false for the others.
+    fn log_tofu_failure(&self, client: &Peer, first_contact: bool, e: &SessionError) -> bool {
+        let Some(store) = &self.tofu else {
+            return false;
+        };
+        match e {
+            SessionError::Handshake(HandshakeError::WrongListenerKey { expected, got }) => {
+                let line = store.known().ok().flatten().map_or(0, |k| k.line);
+                tracing::error!(tunnel = %self.name, role = "connector", peer = %client,
+                    connect = %self.connect, expected = %expected, presented = %got,
+                    known_peers = %store.path.display(), line,
+                    "LISTENER KEY CHANGED for {}: known_peers has {expected}, the listener presented {got}; connection refused. \
+                     This may be a man in the middle. If the listener's key was replaced on purpose, delete line {line} of {} and reload",
+                    store.address, store.path.display());
+                true
+            }
+            SessionError::Eof if !first_contact => {
+                let known = store.known().ok().flatten();
+                let (fp, line) =
+                    known.map_or((String::new(), 0), |k| (k.fingerprint.to_string(), k.line));
+                tracing::error!(tunnel = %self.name, role = "connector", peer = %client,
+                    connect = %self.connect, expected = %fp, known_peers = %store.path.display(), line,
+                    "the listener at {} answers neither a hello for the key recorded in known_peers ({fp}) nor a first contact: \
+                     its key may have changed (it does not allow_tofu, so its new key cannot be shown), or it refuses this connector. \
+                     If its key was replaced on purpose, delete line {line} of {} and reload",
+                    store.address, store.path.display());
+                true
+            }
+            SessionError::Eof | SessionError::Timeout(_) | SessionError::Io(_) if first_contact => {
+                tracing::error!(tunnel = %self.name, role = "connector", peer = %client,
+                    connect = %self.connect, reason = %e,
+                    "first contact (peer = \"tofu\", no key recorded yet in {}) got no answer: \
+                     the listener answers connectors that do not know its key only with `allow_tofu = true`; \
+                     set it there, or pin the listener's key with `peer = \"SHA256:...\"`",
+                    store.path.display());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Records the listener key of a first contact in `known_peers`; false (after an error log)
+    /// if the connection must be refused.
+    async fn record_first_contact(&self, client: &Peer, fp: Fingerprint) -> bool {
+        let Some(store) = self.tofu.clone() else {
+            return false;
+        };
+        let s = store.clone();
+        let result = tokio::task::spawn_blocking(move || s.record(&fp)).await;
+        match result {
+            Ok(Ok(Recorded::Added(k))) => {
+                tracing::warn!(tunnel = %self.name, role = "connector", peer = %client,
+                    connect = %self.connect, fingerprint = %fp, known_peers = %store.path.display(), line = k.line,
+                    "first contact: recorded listener key {fp} for {} (trust on first use; later connections must present this key)",
+                    store.address);
+                true
+            }
+            Ok(Ok(Recorded::AlreadyKnown(_))) => true,
+            Ok(Ok(Recorded::Conflict(k))) => {
+                tracing::error!(tunnel = %self.name, role = "connector", peer = %client,
+                    connect = %self.connect, expected = %k.fingerprint, presented = %fp,
+                    known_peers = %store.path.display(), line = k.line,
+                    "LISTENER KEY CHANGED for {}: known_peers has {} (recorded meanwhile), the listener presented {fp}; connection refused. \
+                     If the listener's key was replaced on purpose, delete line {} of {} and reload",
+                    store.address, k.fingerprint, k.line, store.path.display());
+                false
+            }
+            Ok(Err(e)) => {
+                tracing::error!(tunnel = %self.name, role = "connector", peer = %client,
+                    error = %e, "cannot record the listener key in known_peers: connection refused");
+                false
+            }
+            Err(e) => {
+                tracing::error!(tunnel = %self.name, role = "connector", peer = %client,
+                    error = %e, "cannot record the listener key in known_peers: connection refused");
+                false
+            }
+        }
     }
 }

@@ -8,7 +8,8 @@ use std::sync::atomic::Ordering;
 use tokio::io::AsyncReadExt;
 
 use crate::config::{Address, Tuning};
-use crate::proto::handshake::{check_connector_hello, Handshake, ListenerParams};
+use crate::proto::handshake::{check_hello_mac1, Contact, Handshake, ListenerParams};
+use crate::proto::identity::Fingerprint;
 use crate::proto::messages::{CONNECTOR_HELLO_BODY, MSG_HEADER_LEN};
 use crate::tunnel::net::{connect_local, reset_on_close, Conn, Peer};
 use crate::tunnel::serve::{carry, log_refusal, os_randomness, Tunnel, TunnelState};
@@ -62,11 +63,13 @@ impl Tunnel for ListenerTunnel {
             Ok(Err(e)) => return refused(SessionError::Io(e)),
             Err(_) => return refused(SessionError::Timeout(timeout)),
         }
-        let own = self.params.identity.public().fingerprint();
-        if let Err(e) = check_connector_hello(&own, &hello) {
-            state.counters.mac1_rejected.fetch_add(1, Ordering::Relaxed);
-            return refused(e.into());
-        }
+        let contact = match check_hello_mac1(&self.params, &hello) {
+            Ok(c) => c,
+            Err(e) => {
+                state.counters.mac1_rejected.fetch_add(1, Ordering::Relaxed);
+                return refused(e.into());
+            }
+        };
         // The costly part (X25519, an RSA signature and a verification) under the cap.
         let Some(handshake) = state.handshake_slot(&self.tuning, deadline).await else {
             return refused(SessionError::Timeout(timeout));
@@ -80,6 +83,13 @@ impl Tunnel for ListenerTunnel {
         drop(handshake);
         state.handshake_ok(started.elapsed());
         let fp = est.peer.fingerprint();
+        if contact == Contact::FirstContact {
+            tracing::info!(tunnel = %self.name, role = "listener", %peer, fingerprint = %fp,
+                "first contact from a TOFU connector (allow_tofu): it did not know this listener's key");
+        }
+        if !self.params.trust.contains(&fp) {
+            log_unknown_connector(&self.name, &peer, &fp);
+        }
         // Only now, with the peer verified, is the target contacted.
         let target = match connect_local(&self.forward, self.tuning.connect_timeout).await {
             Ok(t) => t,
@@ -104,5 +114,37 @@ impl Tunnel for ListenerTunnel {
             &state,
         )
         .await;
+    }
+}
+
+/// Most connector keys remembered as already seen by [`log_unknown_connector`]; past it, the
+/// oldest is forgotten (and would be announced again).
+const SEEN_CAPACITY: usize = 4096;
+
+/// Connector keys outside the trust list seen by this process, oldest first.
+static SEEN_UNKNOWN: std::sync::Mutex<std::collections::VecDeque<Fingerprint>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+/// Logs a connection by a key outside the trust list (let in by `accept_unknown`): prominently
+/// the first time this process sees the key, as an info line afterwards.
+fn log_unknown_connector(tunnel: &str, peer: &Peer, fp: &Fingerprint) {
+    let first = {
+        let mut seen = SEEN_UNKNOWN.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(fp) {
+            false
+        } else {
+            if seen.len() >= SEEN_CAPACITY {
+                seen.pop_front();
+            }
+            seen.push_back(*fp);
+            true
+        }
+    };
+    if first {
+        tracing::warn!(tunnel, role = "listener", %peer, fingerprint = %fp,
+            "new connector key {fp} (not in peers; accepted because accept_unknown = true)");
+    } else {
+        tracing::info!(tunnel, role = "listener", %peer, fingerprint = %fp,
+            "connector key not in peers, accepted because accept_unknown = true");
     }
 }

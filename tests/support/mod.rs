@@ -177,7 +177,7 @@ pub fn pair(psk: Option<[u8; 32]>) -> Pair {
     let psk = psk.map(|p| Arc::new(Psk::from_bytes(p)));
     Pair {
         connector: ConnectorParams {
-            listener: lkey.public().fingerprint(),
+            listener: lkey.public().fingerprint().into(),
             identity: Arc::new(ckey),
             psk: psk.clone(),
         },
@@ -185,6 +185,8 @@ pub fn pair(psk: Option<[u8; 32]>) -> Pair {
             identity: lkey.clone(),
             trust: Arc::new(trust),
             psk,
+            accept_unknown: false,
+            allow_tofu: false,
         },
         listener_signer: lkey,
     }
@@ -199,7 +201,7 @@ pub fn det_pair() -> (ConnectorParams, ListenerParams) {
     trust.insert(c.public().fingerprint(), None);
     (
         ConnectorParams {
-            listener: l.public().fingerprint(),
+            listener: l.public().fingerprint().into(),
             identity: c,
             psk: None,
         },
@@ -207,6 +209,8 @@ pub fn det_pair() -> (ConnectorParams, ListenerParams) {
             identity: l,
             trust: Arc::new(trust),
             psk: None,
+            accept_unknown: false,
+            allow_tofu: false,
         },
     )
 }

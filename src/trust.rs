@@ -1,0 +1,322 @@
+//! `sealpipe trust add|remove|list`: edits a listener's `peers_file` safely.
+//!
+//! The file is named directly (`--peers-file`) or found through a config file's listener
+//! (`--config`, with `--listener` when there are several). Every edit is validated with the
+//! daemon's parser before and after, done under the directory lock with an atomic rewrite
+//! ([`crate::enroll::atomic_write`]) that keeps comments, the other lines, the mode and the owner.
+//! A running daemon reads the file again on reload (SIGHUP).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+
+use crate::config::{Config, ListenerConfig};
+use crate::enroll::{
+    atomic_write, check_peer_name, parse_peers, with_peer_added, without_lines, DirLock,
+};
+use crate::keyfile;
+use crate::proto::identity::Fingerprint;
+
+const RELOAD_HINT: &str =
+    "a running daemon reads it again on reload: `systemctl reload sealpipe` (or send it SIGHUP)";
+
+/// Which peers file to work on.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct Target {
+    /// A config file: edit the `peers_file` of its listener.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The peers file itself.
+    #[arg(long)]
+    peers_file: Option<PathBuf>,
+}
+
+/// With `--config`: the listener whose `peers_file` is meant (needed if there are several).
+#[derive(Debug, Args)]
+pub struct ListenerChoice {
+    /// The `[[listener]]` name (with `--config`).
+    #[arg(long, requires = "config")]
+    listener: Option<String>,
+}
+
+/// `sealpipe trust` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TrustCommand {
+    /// List the connector keys a peers file trusts.
+    List {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        listener: ListenerChoice,
+    },
+    /// Trust a connector key: append it to the peers file (already there: nothing changes).
+    Add {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        listener: ListenerChoice,
+        /// A fingerprint (`SHA256:…`) or a public or private key PEM file.
+        key: String,
+        /// A name for logs, written after the fingerprint.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Stop trusting a connector key: remove its line(s) from the peers file.
+    Remove {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        listener: ListenerChoice,
+        /// A fingerprint, a key PEM file, or the name of an entry.
+        key: String,
+    },
+}
+
+/// The peers file to edit, and the listener it belongs to if found through a config.
+struct Resolved {
+    file: PathBuf,
+    listener: Option<ListenerConfig>,
+    config: Option<PathBuf>,
+}
+
+fn resolve(target: &Target, choice: &ListenerChoice) -> anyhow::Result<Resolved> {
+    if let Some(file) = &target.peers_file {
+        return Ok(Resolved {
+            file: file.clone(),
+            listener: None,
+            config: None,
+        });
+    }
+    let Some(path) = &target.config else {
+        bail!("give --config FILE or --peers-file FILE");
+    };
+    let config = Config::load(path)?;
+    let listener = match &choice.listener {
+        Some(name) => config
+            .listeners
+            .iter()
+            .find(|l| &l.name == name)
+            .with_context(|| {
+                format!(
+                    "{}: no [[listener]] named {name:?} (listeners: {})",
+                    path.display(),
+                    names(&config)
+                )
+            })?,
+        None => match config.listeners.as_slice() {
+            [] => bail!(
+                "{}: no [[listener]], so no peers_file to edit",
+                path.display()
+            ),
+            [one] => one,
+            _ => bail!(
+                "{}: several listeners ({}); choose one with --listener NAME",
+                path.display(),
+                names(&config)
+            ),
+        },
+    };
+    let Some(file) = &listener.peers_file else {
+        bail!(
+            "{}: listener {:?} has no `peers_file` (its keys are in `peers`, edit the config itself)",
+            path.display(),
+            listener.name
+        );
+    };
+    Ok(Resolved {
+        file: file.clone(),
+        listener: Some(listener.clone()),
+        config: Some(path.clone()),
+    })
+}
+
+fn names(config: &Config) -> String {
+    config
+        .listeners
+        .iter()
+        .map(|l| format!("{:?}", l.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A KEY argument: a fingerprint or a key file.
+fn key_fingerprint(key: &str) -> anyhow::Result<Option<Fingerprint>> {
+    match key.parse::<Fingerprint>() {
+        Ok(fp) => return Ok(Some(fp)),
+        Err(e) if key.starts_with("SHA256:") || key.starts_with("sha256:") => {
+            bail!("invalid fingerprint {key:?}: {e}")
+        }
+        Err(_) => {}
+    }
+    if Path::new(key).exists() {
+        return Ok(Some(
+            keyfile::load_any_public(Path::new(key))?.fingerprint(),
+        ));
+    }
+    Ok(None)
+}
+
+fn read(file: &Path, create: bool) -> anyhow::Result<String> {
+    match std::fs::read_to_string(file) {
+        Ok(t) => Ok(t),
+        Err(e) if create && e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", file.display())),
+    }
+}
+
+/// Runs a `sealpipe trust` subcommand, printing what it did.
+pub fn run(cmd: TrustCommand) -> anyhow::Result<()> {
+    match cmd {
+        TrustCommand::List { target, listener } => {
+            let r = resolve(&target, &listener)?;
+            let text = read(&r.file, false)?;
+            let entries = parse_peers(&text, &r.file)?;
+            for e in &entries {
+                println!(
+                    "{}  {}  ({}:{})",
+                    e.fingerprint,
+                    e.name.as_deref().unwrap_or("-"),
+                    r.file.display(),
+                    e.line
+                );
+            }
+            if let (Some(l), Some(config)) = (&r.listener, &r.config) {
+                for (fp, name) in &l.peers {
+                    if !entries.iter().any(|e| e.fingerprint == *fp) {
+                        println!(
+                            "{fp}  {}  ({} `peers`)",
+                            name.as_deref().unwrap_or("-"),
+                            config.display()
+                        );
+                    }
+                }
+                if l.accept_unknown {
+                    println!("note: listener {:?} has accept_unknown = true: keys not listed here get in too", l.name);
+                }
+            }
+            if entries.is_empty() {
+                println!("{}: no trusted keys", r.file.display());
+            }
+        }
+        TrustCommand::Add {
+            target,
+            listener,
+            key,
+            name,
+        } => {
+            let r = resolve(&target, &listener)?;
+            let Some(fp) = key_fingerprint(&key)? else {
+                bail!("{key:?} is neither a fingerprint (SHA256:…, as printed by `sealpipe fingerprint`) nor a key file");
+            };
+            if let Some(n) = &name {
+                check_peer_name(n).map_err(|p| anyhow::anyhow!("invalid --name: {p}"))?;
+            }
+            let _lock = DirLock::acquire(&r.file)?;
+            // A missing file is created only when named directly.
+            let text = read(&r.file, r.config.is_none())?;
+            let entries = parse_peers(&text, &r.file)?;
+            if let Some(e) = entries.iter().find(|e| e.fingerprint == fp) {
+                println!(
+                    "already trusted: {fp}  {}  ({}:{}); file unchanged",
+                    e.name.as_deref().unwrap_or("-"),
+                    r.file.display(),
+                    e.line
+                );
+                return Ok(());
+            }
+            let new = with_peer_added(&text, &fp, name.as_deref());
+            let after = parse_peers(&new, &r.file).context("the edited file does not parse")?;
+            atomic_write(&r.file, new.as_bytes(), 0o644)?;
+            let line = after.last().map_or(0, |e| e.line);
+            println!(
+                "added {fp}{} to {} (line {line}); {RELOAD_HINT}",
+                name.map(|n| format!("  {}", n.trim())).unwrap_or_default(),
+                r.file.display()
+            );
+        }
+        TrustCommand::Remove {
+            target,
+            listener,
+            key,
+        } => {
+            let r = resolve(&target, &listener)?;
+            let fp = key_fingerprint(&key)?;
+            let _lock = DirLock::acquire(&r.file)?;
+            let text = read(&r.file, false)?;
+            let entries = parse_peers(&text, &r.file)?;
+            let matching: Vec<_> = entries
+                .iter()
+                .filter(|e| match &fp {
+                    Some(fp) => e.fingerprint == *fp,
+                    None => e.name.as_deref() == Some(key.trim()),
+                })
+                .collect();
+            if matching.is_empty() {
+                bail!(
+                    "{}: no entry for {key:?} (a fingerprint, a key file or an entry's name); file unchanged",
+                    r.file.display()
+                );
+            }
+            let first = matching[0].fingerprint;
+            if matching.iter().any(|e| e.fingerprint != first) {
+                let list: Vec<String> = matching
+                    .iter()
+                    .map(|e| format!("{} (line {})", e.fingerprint, e.line))
+                    .collect();
+                bail!(
+                    "{}: the name {key:?} is on several keys: {}; remove by fingerprint; file unchanged",
+                    r.file.display(),
+                    list.join(", ")
+                );
+            }
+            let lines: Vec<usize> = matching.iter().map(|e| e.line).collect();
+            let new = without_lines(&text, &lines);
+            let left = parse_peers(&new, &r.file).context("the edited file does not parse")?;
+            if let Some(l) = &r.listener {
+                // The daemon refuses a listener with no trusted key: its reload would fail and
+                // keep the old list, this key included. Refuse rather than pretend.
+                let others = l.peers.iter().filter(|(f, _)| *f != first).count();
+                if others == 0 && !l.accept_unknown {
+                    bail!(
+                        "{}: removing {first} would leave listener {:?} with no trusted key, which the daemon refuses on reload (it would keep trusting this key); \
+                         remove the listener from the config instead, or add the new key first; file unchanged",
+                        r.file.display(),
+                        l.name
+                    );
+                }
+            } else if left.is_empty() {
+                println!("warning: {} has no keys left; a listener trusting only this file fails to reload (and keeps its old keys) unless it has accept_unknown = true", r.file.display());
+            }
+            atomic_write(&r.file, new.as_bytes(), 0o644)?;
+            for e in &matching {
+                println!(
+                    "removed {}  {}  ({}:{}); {RELOAD_HINT}",
+                    e.fingerprint,
+                    e.name.as_deref().unwrap_or("-"),
+                    r.file.display(),
+                    e.line
+                );
+            }
+            if let Some(l) = &r.listener {
+                // Config::load merged the inline `peers` with the file: look at the config text.
+                let config_text = r
+                    .config
+                    .as_deref()
+                    .and_then(|c| std::fs::read_to_string(c).ok())
+                    .unwrap_or_default();
+                if config_text.contains(&first.to_string()) {
+                    println!("warning: {first} is also in the config's `peers`: still trusted until removed there");
+                }
+                if l.accept_unknown {
+                    println!(
+                        "warning: listener {:?} has accept_unknown = true: this key still gets in",
+                        l.name
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,769 @@
+//! Enrollment of connectors not known in advance: `accept_unknown` and `allow_tofu` listeners,
+//! TOFU connectors with `known_peers`, and `sealpipe trust`. In memory (sans-IO) first, then
+//! over real daemons.
+
+mod support;
+
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sealpipe::config::{Config, PeerPin};
+use sealpipe::proto::handshake::{
+    check_hello_mac1, Contact, Handshake, HandshakeError, ListenerParams, ListenerPin,
+};
+use sealpipe::proto::identity::{
+    IdentityError, PrivateIdentity, PublicIdentity, Signer, TrustList,
+};
+use support::daemon::*;
+use support::*;
+
+// ---------------------------------------------------------------------------------------------
+// Sans-IO
+
+fn untrusted_key() -> PrivateIdentity {
+    PrivateIdentity::from_pem(&pem("untrusted.pem")).unwrap()
+}
+
+/// Presents one key and signs with another.
+struct StolenPublicKey {
+    shown: PublicIdentity,
+    signer: PrivateIdentity,
+}
+
+impl Signer for StolenPublicKey {
+    fn public(&self) -> &PublicIdentity {
+        &self.shown
+    }
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, IdentityError> {
+        self.signer.sign(msg)
+    }
+}
+
+#[test]
+fn accept_unknown_lets_an_unlisted_connector_in_only_when_set() {
+    let p = pair(None);
+    let mut c = p.connector.clone();
+    c.identity = Arc::new(untrusted_key());
+    // Off (the default): refused after the connector's auth.
+    let out = drive(
+        Handshake::connector(c.clone(), det_randomness("au c0")),
+        Handshake::listener(p.listener.clone(), det_randomness("au l0")),
+        |_, _| {},
+    );
+    assert!(
+        matches!(
+            out,
+            Outcome::Refused("listener", HandshakeError::UntrustedConnector(fp))
+                if fp == untrusted_key().fingerprint()
+        ),
+        "{out:?}"
+    );
+    // On, with an empty trust list: in, and the listener knows exactly which key it was.
+    let open = ListenerParams {
+        trust: Arc::new(TrustList::new()),
+        accept_unknown: true,
+        ..p.listener.clone()
+    };
+    let out = drive(
+        Handshake::connector(c.clone(), det_randomness("au c1")),
+        Handshake::listener(open.clone(), det_randomness("au l1")),
+        |_, _| {},
+    );
+    let Outcome::Done(both) = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(both.1.peer.fingerprint(), untrusted_key().fingerprint());
+    assert_eq!(both.0.peer.fingerprint(), listener_key().fingerprint());
+    // The connector must still prove possession of the key it shows.
+    c.identity = Arc::new(StolenPublicKey {
+        shown: untrusted_key().public().clone(),
+        signer: connector_key(),
+    });
+    let out = drive(
+        Handshake::connector(c, det_randomness("au c2")),
+        Handshake::listener(open, det_randomness("au l2")),
+        |_, _| {},
+    );
+    assert!(
+        matches!(
+            out,
+            Outcome::Refused("listener", HandshakeError::BadSignature)
+        ),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn first_contact_mac1_is_answered_only_with_allow_tofu() {
+    let p = pair(None);
+    let tofu_c = sealpipe::proto::handshake::ConnectorParams {
+        listener: ListenerPin::FirstContact,
+        ..p.connector.clone()
+    };
+    // Without allow_tofu: the listener stays silent, before any signature.
+    let hello = Handshake::connector(tofu_c.clone(), det_randomness("fc h")).take_output();
+    assert!(matches!(
+        check_hello_mac1(&p.listener, &hello),
+        Err(HandshakeError::BadMac1)
+    ));
+    let before = p.listener_signer.signatures();
+    let out = drive(
+        Handshake::connector(tofu_c.clone(), det_randomness("fc c0")),
+        Handshake::listener(p.listener.clone(), det_randomness("fc l0")),
+        |_, _| {},
+    );
+    assert!(
+        matches!(out, Outcome::Refused("listener", HandshakeError::BadMac1)),
+        "{out:?}"
+    );
+    assert_eq!(p.listener_signer.signatures(), before);
+
+    // With allow_tofu: answered, and the connector learns the listener's key.
+    let tofu_l = ListenerParams {
+        allow_tofu: true,
+        ..p.listener.clone()
+    };
+    assert_eq!(
+        check_hello_mac1(&tofu_l, &hello).unwrap(),
+        Contact::FirstContact
+    );
+    let out = drive(
+        Handshake::connector(tofu_c.clone(), det_randomness("fc c1")),
+        Handshake::listener(tofu_l.clone(), det_randomness("fc l1")),
+        |_, _| {},
+    );
+    let Outcome::Done(both) = out else {
+        panic!("{out:?}")
+    };
+    let learned = both.0.peer.fingerprint();
+    assert_eq!(learned, listener_key().fingerprint());
+    // A pinned connector still gets through an allow_tofu listener, as Pinned.
+    let pinned_hello =
+        Handshake::connector(p.connector.clone(), det_randomness("fc h2")).take_output();
+    assert_eq!(
+        check_hello_mac1(&tofu_l, &pinned_hello).unwrap(),
+        Contact::Pinned
+    );
+    // allow_tofu does not open the trust list: an unlisted connector is still refused.
+    let mut stranger = tofu_c.clone();
+    stranger.identity = Arc::new(untrusted_key());
+    let out = drive(
+        Handshake::connector(stranger, det_randomness("fc c2")),
+        Handshake::listener(tofu_l.clone(), det_randomness("fc l2")),
+        |_, _| {},
+    );
+    assert!(
+        matches!(
+            out,
+            Outcome::Refused("listener", HandshakeError::UntrustedConnector(_))
+        ),
+        "{out:?}"
+    );
+
+    // Recorded: pinned from now on. Another listener key (with allow_tofu) is refused...
+    let recorded = sealpipe::proto::handshake::ConnectorParams {
+        listener: ListenerPin::Key(learned),
+        ..p.connector.clone()
+    };
+    let mut trust = TrustList::new();
+    trust.insert(connector_key().fingerprint(), None);
+    let other = ListenerParams {
+        identity: Arc::new(untrusted_key()),
+        trust: Arc::new(trust),
+        psk: None,
+        accept_unknown: false,
+        allow_tofu: true,
+    };
+    // (it cannot even answer the pinned hello)...
+    let out = drive(
+        Handshake::connector(recorded.clone(), det_randomness("fc c3")),
+        Handshake::listener(other.clone(), det_randomness("fc l3")),
+        |_, _| {},
+    );
+    assert!(
+        matches!(out, Outcome::Refused("listener", HandshakeError::BadMac1)),
+        "{out:?}"
+    );
+    // ...and a probe (first-contact hello expecting the recorded key) names the new key and
+    // stops before the connector signs anything.
+    let probe = sealpipe::proto::handshake::ConnectorParams {
+        listener: ListenerPin::Probe(learned),
+        ..recorded.clone()
+    };
+    let mut c = Handshake::connector(probe, det_randomness("fc c5"));
+    let mut l = Handshake::listener(other.clone(), det_randomness("fc l5"));
+    l.read(&c.take_output()).unwrap();
+    let err = c.read(&l.take_output()).unwrap_err();
+    assert!(
+        matches!(err, HandshakeError::WrongListenerKey { expected, got }
+            if expected == learned && got == untrusted_key().fingerprint()),
+        "{err:?}"
+    );
+    assert!(
+        c.take_output().is_empty(),
+        "the connector answered a wrong key"
+    );
+    // A probe to the right listener completes like a pinned handshake.
+    let probe_ok = sealpipe::proto::handshake::ConnectorParams {
+        listener: ListenerPin::Probe(learned),
+        ..recorded.clone()
+    };
+    let out = drive(
+        Handshake::connector(probe_ok, det_randomness("fc c6")),
+        Handshake::listener(tofu_l.clone(), det_randomness("fc l6")),
+        |_, _| {},
+    );
+    assert!(out.is_done(), "{out:?}");
+    // ...and a first contact accepts only a listener that holds the key it shows.
+    let impostor = ListenerParams {
+        identity: Arc::new(StolenPublicKey {
+            shown: listener_key().public().clone(),
+            signer: untrusted_key(),
+        }),
+        ..other
+    };
+    let out = drive(
+        Handshake::connector(tofu_c, det_randomness("fc c4")),
+        Handshake::listener(impostor, det_randomness("fc l4")),
+        |_, _| {},
+    );
+    assert!(
+        matches!(
+            out,
+            Outcome::Refused("connector", HandshakeError::BadSignature)
+        ),
+        "{out:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config
+
+fn with_identity(rest: &str) -> String {
+    format!("[identity]\nprivate_key = \"k.pem\"\n\n{rest}")
+}
+
+fn config_err(text: &str) -> String {
+    Config::parse(text, Path::new("/etc/sealpipe/e.toml"))
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn enrollment_options_are_validated() {
+    let fp = listener_fp();
+    // accept_unknown with no peers at all is valid; without it, it is not.
+    let open = with_identity(
+        "[[listener]]\nname = \"open\"\nlisten = \"0.0.0.0:7443\"\nforward = \"127.0.0.1:6379\"\naccept_unknown = true\nallow_tofu = true\n",
+    );
+    let c = Config::parse(&open, Path::new("/etc/sealpipe/e.toml")).unwrap();
+    assert!(c.listeners[0].accept_unknown && c.listeners[0].allow_tofu);
+    assert!(c.listeners[0].peers.is_empty());
+    assert!(config_err(&open.replace("accept_unknown = true\n", "")).contains("no trusted peers"));
+    // Wrong type.
+    assert_eq!(
+        config_err(&open.replace("accept_unknown = true", "accept_unknown = \"yes\"")),
+        "/etc/sealpipe/e.toml:8:18: listener \"open\": key `accept_unknown`: invalid type: string \"yes\", expected a boolean"
+    );
+    // TOFU connector.
+    let conn = |peer: &str, kp: &str| {
+        with_identity(&format!(
+            "[[connector]]\nname = \"db\"\nlisten = \"127.0.0.1:6379\"\nconnect = \"db.example.net:7443\"\npeer = \"{peer}\"\n{kp}"
+        ))
+    };
+    let c = Config::parse(
+        &conn("tofu", "known_peers = \"known_peers\"\n"),
+        Path::new("/etc/sealpipe/e.toml"),
+    )
+    .unwrap();
+    assert_eq!(
+        c.connectors[0].peer,
+        PeerPin::Tofu {
+            known_peers: "/etc/sealpipe/known_peers".into()
+        }
+    );
+    assert_eq!(
+        config_err(&conn("tofu", "")),
+        "/etc/sealpipe/e.toml:8:8: connector \"db\": key `peer`: `peer = \"tofu\"` needs `known_peers = \"PATH\"`, the file where the listener's key is recorded"
+    );
+    assert_eq!(
+        config_err(&conn(&fp.to_string(), "known_peers = \"kp\"\n")),
+        "/etc/sealpipe/e.toml:9:15: connector \"db\": key `known_peers`: `known_peers` is only for `peer = \"tofu\"`; this connector pins its listener's key"
+    );
+    assert!(config_err(&conn("tofu", "known_peers = \"\"\n")).contains("empty path"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real daemons
+
+fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Waits until `needle` occurs at least `n` times in the daemon's log.
+fn wait_count(d: &Daemon, needle: &str, n: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = d.log_text();
+        if text.matches(needle).count() >= n || Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends `msg` through `entry` to the echo service, half-closes, and expects it back.
+fn echo_ok(entry: SocketAddr, msg: &[u8]) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(entry).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(msg).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    let r = s.read_to_end(&mut back);
+    assert!(r.is_ok() && back == msg, "through {entry}: {r:?} {back:?}");
+}
+
+/// A listener config whose `[[listener]]` has the `body` lines.
+fn listener_toml(listen: SocketAddr, forward: SocketAddr, key: &str, body: &str) -> String {
+    format!(
+        "[identity]\nprivate_key = \"{key}\"\n\n[[listener]]\nname = \"test\"\nlisten = \"{listen}\"\nforward = \"{forward}\"\n{body}"
+    )
+}
+
+#[test]
+fn accept_unknown_daemon_lets_any_connector_in_and_announces_each_new_key_once() {
+    let service = Service::start(Behaviour::Echo);
+    let site = Site::new();
+    let lconf = site.write(
+        "listener.toml",
+        &listener_toml(
+            any_port(),
+            service.addr,
+            "listener.pem",
+            "accept_unknown = true\n",
+        ),
+    );
+    let listener = Daemon::start(&lconf);
+    let log = listener.log_text();
+    assert!(
+        log.contains("WARN")
+            && log.contains("accept_unknown = true: ANY connector")
+            && log.contains("tunnel=test"),
+        "{log}"
+    );
+    let cconf = site.write(
+        "connector.toml",
+        &connector_config(
+            "untrusted.pem",
+            any_port(),
+            listener.addr(),
+            &listener_fp(),
+            "",
+        ),
+    );
+    let connector = Daemon::start(&cconf);
+    echo_ok(connector.addr(), b"one");
+    echo_ok(connector.addr(), b"two");
+    let fp = fingerprint_of("untrusted.pem");
+    let log = wait_count(&listener, "accepted because accept_unknown = true", 2);
+    let announce =
+        format!("new connector key {fp} (not in peers; accepted because accept_unknown = true)");
+    assert_eq!(log.matches(&announce).count(), 1, "{log}");
+    assert_eq!(
+        log.matches("connector key not in peers, accepted because accept_unknown = true")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(service.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn trust_add_then_remove_take_effect_on_sighup() {
+    let service = Service::start(Behaviour::Echo);
+    let site = Site::new();
+    let other = fingerprint_of("untrusted.pem");
+    let peers = site.write(
+        "peers",
+        &format!("# connectors\n{other}  someone else # keep\n"),
+    );
+    set_mode(&peers, 0o640);
+    let lconf = site.write(
+        "listener.toml",
+        &listener_toml(
+            any_port(),
+            service.addr,
+            "listener.pem",
+            "peers_file = \"peers\"\n",
+        ),
+    );
+    let listener = Daemon::start(&lconf);
+    let cconf = site.write(
+        "connector.toml",
+        &connector_config(
+            "connector.pem",
+            any_port(),
+            listener.addr(),
+            &listener_fp(),
+            "",
+        ),
+    );
+    let connector = Daemon::start(&cconf);
+    assert_eq!(
+        try_exchange(connector.addr(), b"x"),
+        Err(ErrorKind::ConnectionReset)
+    );
+
+    // Add by public key file, with a name.
+    let pub_pem = test_data_dir().join("peer-b.pub.pem");
+    let c = lconf.to_str().unwrap();
+    let (code, out, err) = run_cli(&[
+        "trust",
+        "add",
+        "--config",
+        c,
+        pub_pem.to_str().unwrap(),
+        "--name",
+        "laptop b",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let fp = connector_fp();
+    assert!(
+        out.contains(&format!("added {fp}  laptop b to {}", peers.display()))
+            && out.contains("SIGHUP"),
+        "{out}"
+    );
+    let text = std::fs::read_to_string(&peers).unwrap();
+    assert_eq!(
+        text,
+        format!("# connectors\n{other}  someone else # keep\n{fp}  laptop b\n")
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&peers).unwrap().permissions().mode() & 0o7777,
+        0o640
+    );
+    // Adding again changes nothing.
+    let (code, out, _) = run_cli(&["trust", "add", "--config", c, &fp.to_string()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("already trusted"), "{out}");
+    assert_eq!(std::fs::read_to_string(&peers).unwrap(), text);
+    // Not yet reloaded: still refused. Then SIGHUP: in.
+    assert_eq!(
+        try_exchange(connector.addr(), b"x"),
+        Err(ErrorKind::ConnectionReset)
+    );
+    listener.signal("HUP");
+    wait_count(&listener, "configuration reloaded", 1);
+    echo_ok(connector.addr(), b"enrolled");
+
+    // List.
+    let (code, out, _) = run_cli(&["trust", "list", "--peers-file", peers.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        format!(
+            "{other}  someone else  ({p}:2)\n{fp}  laptop b  ({p}:3)\n",
+            p = peers.display()
+        )
+    );
+
+    // Remove by name, reload: refused again.
+    let (code, out, err) = run_cli(&["trust", "remove", "--config", c, "laptop b"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("removed {fp}  laptop b")), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(&peers).unwrap(),
+        format!("# connectors\n{other}  someone else # keep\n")
+    );
+    listener.signal("HUP");
+    wait_count(&listener, "configuration reloaded", 2);
+    assert_eq!(
+        try_exchange(connector.addr(), b"x"),
+        Err(ErrorKind::ConnectionReset)
+    );
+    // Removing the last key would make the reload fail and keep it trusted: refused.
+    let before = std::fs::read_to_string(&peers).unwrap();
+    let (code, _, err) = run_cli(&["trust", "remove", "--config", c, &other.to_string()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no trusted key"), "{err}");
+    assert_eq!(std::fs::read_to_string(&peers).unwrap(), before);
+}
+
+#[test]
+fn trust_refuses_bad_input_and_malformed_files_and_leaves_them_unchanged() {
+    let site = Site::new();
+    let good = format!("# ok\n{}  a\n", connector_fp());
+    let peers = site.write("peers", &good);
+    let p = peers.to_str().unwrap();
+    let not_a_key = site.write("notakey.pem", "hello\n");
+    for (args, expected) in [
+        (
+            vec!["add", "--peers-file", p, "SHA256:short"],
+            "invalid fingerprint \"SHA256:short\"",
+        ),
+        (
+            vec!["add", "--peers-file", p, "no-such-file"],
+            "neither a fingerprint",
+        ),
+        (
+            vec!["add", "--peers-file", p, not_a_key.to_str().unwrap()],
+            "notakey.pem",
+        ),
+        (
+            vec![
+                "add",
+                "--peers-file",
+                p,
+                &listener_fp().to_string(),
+                "--name",
+                "a # b",
+            ],
+            "invalid --name",
+        ),
+        (
+            vec!["remove", "--peers-file", p, "nobody"],
+            "no entry for \"nobody\"",
+        ),
+    ] {
+        let mut all = vec!["trust"];
+        all.extend(args.iter().copied());
+        let (code, _, err) = run_cli(&all);
+        assert_ne!(code, 0, "{all:?}");
+        assert!(err.contains(expected), "{all:?}: {err}");
+        assert_eq!(std::fs::read_to_string(&peers).unwrap(), good);
+    }
+    // A malformed file: every subcommand refuses, naming the file and line.
+    let bad = format!("{}\nSHA256:broken\n", connector_fp());
+    std::fs::write(&peers, &bad).unwrap();
+    for sub in ["add", "remove", "list"] {
+        let mut args = vec!["trust", sub, "--peers-file", p];
+        let fp = listener_fp().to_string();
+        if sub != "list" {
+            args.push(&fp);
+        }
+        let (code, _, err) = run_cli(&args);
+        assert_ne!(code, 0, "{sub}");
+        assert!(err.contains(&format!("{p}:2:")), "{sub}: {err}");
+        assert_eq!(std::fs::read_to_string(&peers).unwrap(), bad);
+    }
+    // --config: a listener without peers_file, and several listeners without --listener.
+    let conf = site.write(
+        "l.toml",
+        &listener_toml(
+            any_port(),
+            "127.0.0.1:9".parse().unwrap(),
+            "listener.pem",
+            &format!("peers = [\"{}\"]\n", connector_fp()),
+        ),
+    );
+    let (code, _, err) = run_cli(&["trust", "list", "--config", conf.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("has no `peers_file`"), "{err}");
+    let two = format!(
+        "{}\n[[listener]]\nname = \"second\"\nlisten = \"127.0.0.1:0\"\nforward = \"127.0.0.1:9\"\npeers_file = \"peers\"\n",
+        std::fs::read_to_string(&conf).unwrap()
+    );
+    std::fs::write(&peers, &good).unwrap();
+    let conf2 = site.write("l2.toml", &two);
+    let c2 = conf2.to_str().unwrap();
+    let (code, _, err) = run_cli(&["trust", "list", "--config", c2]);
+    assert_ne!(code, 0);
+    assert!(err.contains("choose one with --listener NAME"), "{err}");
+    let (code, out, err) = run_cli(&["trust", "list", "--config", c2, "--listener", "second"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&connector_fp().to_string()), "{out}");
+}
+
+fn tofu_connector(site: &Site, connect: SocketAddr) -> std::path::PathBuf {
+    site.write(
+        "connector.toml",
+        &format!(
+            "[identity]\nprivate_key = \"connector.pem\"\n\n[[connector]]\nname = \"tofu\"\nlisten = \"127.0.0.1:0\"\nconnect = \"{connect}\"\npeer = \"tofu\"\nknown_peers = \"known_peers\"\n"
+        ),
+    )
+}
+
+#[test]
+fn tofu_records_the_first_key_then_refuses_a_changed_one() {
+    let service = Service::start(Behaviour::Echo);
+    let site = Site::new();
+    let trusted = format!("peers = [\"{}\"]\nallow_tofu = true\n", connector_fp());
+    let lconf = site.write(
+        "listener.toml",
+        &listener_toml(any_port(), service.addr, "listener.pem", &trusted),
+    );
+    let mut listener = Daemon::start(&lconf);
+    assert!(
+        listener
+            .log_text()
+            .contains("allow_tofu = true: this listener answers"),
+        "{}",
+        listener.log_text()
+    );
+    let addr = listener.addr();
+    let connector = Daemon::start(&tofu_connector(&site, addr));
+    let known = site.path("known_peers");
+    assert!(!known.exists());
+
+    // First connection: recorded. Later ones: pinned (no more first contacts at the listener).
+    echo_ok(connector.addr(), b"first");
+    let lfp = listener_fp();
+    let text = std::fs::read_to_string(&known).unwrap();
+    assert!(text.ends_with(&format!("\n{addr} {lfp}\n")), "{text}");
+    let clog = connector.wait_log("first contact: recorded");
+    assert!(
+        clog.contains(&format!("recorded listener key {lfp} for {addr}")),
+        "{clog}"
+    );
+    echo_ok(connector.addr(), b"second");
+    echo_ok(connector.addr(), b"third");
+    let llog = wait_count(&listener, "connection open", 3);
+    assert_eq!(
+        llog.matches("first contact from a TOFU connector").count(),
+        1,
+        "{llog}"
+    );
+    assert_eq!(std::fs::read_to_string(&known).unwrap(), text);
+
+    // The listener comes back on the same address with another key: refused, loudly.
+    listener.kill();
+    let lconf2 = site.write(
+        "listener2.toml",
+        &listener_toml(addr, service.addr, "untrusted.pem", &trusted),
+    );
+    let mut listener2 = Daemon::start(&lconf2);
+    assert_eq!(
+        try_exchange(connector.addr(), b"x"),
+        Err(ErrorKind::ConnectionReset)
+    );
+    let clog = connector.wait_log("LISTENER KEY CHANGED");
+    let line = clog
+        .lines()
+        .find(|l| l.contains("LISTENER KEY CHANGED"))
+        .expect(&clog);
+    let other = fingerprint_of("untrusted.pem");
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(
+        line.contains(&format!(
+            "known_peers has {lfp}, the listener presented {other}"
+        )),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("delete line 3 of {}", known.display())),
+        "{line}"
+    );
+    assert_eq!(std::fs::read_to_string(&known).unwrap(), text);
+
+    // Another key and no allow_tofu: the new key cannot be seen, but the failure is explained.
+    listener2.kill();
+    let lconf3 = site.write(
+        "listener3.toml",
+        &listener_toml(
+            addr,
+            service.addr,
+            "untrusted.pem",
+            &format!("peers = [\"{}\"]\n", connector_fp()),
+        ),
+    );
+    let _listener3 = Daemon::start(&lconf3);
+    assert_eq!(
+        try_exchange(connector.addr(), b"x"),
+        Err(ErrorKind::ConnectionReset)
+    );
+    let clog = connector.wait_log("answers neither");
+    assert!(
+        clog.contains(&format!("recorded in known_peers ({lfp})"))
+            && clog.contains(&format!("delete line 3 of {}", known.display())),
+        "{clog}"
+    );
+    assert_eq!(std::fs::read_to_string(&known).unwrap(), text);
+    assert_eq!(service.accepted.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn turning_accept_unknown_on_at_reload_warns_once() {
+    let service = Service::start(Behaviour::Echo);
+    let site = Site::new();
+    let peers = format!("peers = [\"{}\"]\n", connector_fp());
+    let lconf = site.write(
+        "listener.toml",
+        &listener_toml(any_port(), service.addr, "listener.pem", &peers),
+    );
+    let listener = Daemon::start(&lconf);
+    let warning = "accept_unknown = true: ANY connector";
+    assert!(!listener.log_text().contains(warning));
+    // The same `listen` text (port 0), so that the reload keeps the socket.
+    site.write(
+        "listener.toml",
+        &listener_toml(
+            any_port(),
+            service.addr,
+            "listener.pem",
+            &format!("{peers}accept_unknown = true\n"),
+        ),
+    );
+    listener.signal("HUP");
+    let log = wait_count(&listener, "configuration reloaded", 1);
+    assert_eq!(log.matches(warning).count(), 1, "{log}");
+    // Still on at the next reload: no new warning.
+    listener.signal("HUP");
+    let log = wait_count(&listener, "configuration reloaded", 2);
+    assert_eq!(log.matches(warning).count(), 1, "{log}");
+}
+
+#[test]
+fn tofu_first_contact_to_a_listener_without_allow_tofu_fails_clearly() {
+    let service = Service::start(Behaviour::Echo);
+    let site = Site::new();
+    let lconf = site.write(
+        "listener.toml",
+        &listener_toml(
+            any_port(),
+            service.addr,
+            "listener.pem",
+            &format!("peers = [\"{}\"]\n", connector_fp()),
+        ),
+    );
+    let listener = Daemon::start(&lconf);
+    let connector = Daemon::start(&tofu_connector(&site, listener.addr()));
+    assert_eq!(
+        try_exchange(connector.addr(), b"x"),
+        Err(ErrorKind::ConnectionReset)
+    );
+    let log = connector.wait_log("got no answer");
+    assert!(
+        log.contains("ERROR") && log.contains("only with `allow_tofu = true`"),
+        "{log}"
+    );
+    assert!(!site.path("known_peers").exists());
+    assert_eq!(service.accepted.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn check_validates_known_peers() {
+    let site = Site::new();
+    let conf = tofu_connector(&site, "127.0.0.1:7443".parse().unwrap());
+    let c = conf.to_str().unwrap();
+    let (code, _, err) = run_cli(&["check", "--config", c]);
+    assert_eq!(code, 0, "{err}");
+    let known = site.write("known_peers", "127.0.0.1:7443 SHA256:nope\n");
+    let (code, _, err) = run_cli(&["check", "--config", c]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("{}:1: invalid fingerprint", known.display())),
+        "{err}"
+    );
+}
