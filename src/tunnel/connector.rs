@@ -7,9 +7,11 @@ use std::time::Instant;
 use tokio::net::TcpStream;
 
 use crate::config::{Address, Tuning};
-use crate::proto::handshake::{ConnectorParams, Handshake};
+use crate::proto::handshake::{ConnectorParams, Handshake, Resumption};
 use crate::tunnel::net::{connect, reset_on_close};
-use crate::tunnel::serve::{carry, log_refusal, os_randomness, Tunnel, TunnelState};
+use crate::tunnel::serve::{
+    carry, count_handshake, log_refusal, os_randomness, ticket_policy, Tunnel, TunnelState,
+};
 use crate::tunnel::session::{self, SessionError};
 
 /// Everything a connector tunnel needs; replaced as a whole on reload.
@@ -55,7 +57,16 @@ impl Tunnel for ConnectorTunnel {
             let mut sealed = connect(&self.connect, self.tuning.connect_timeout)
                 .await
                 .map_err(SessionError::Io)?;
-            let hs = Handshake::connector(self.params.clone(), os_randomness());
+            let hs = if self.tuning.resumption {
+                let resumption = Resumption {
+                    store: state.connector_tickets.clone(),
+                    policy: ticket_policy(&self.tuning),
+                    now: Instant::now(),
+                };
+                Handshake::connector_resuming(self.params.clone(), os_randomness(), resumption)
+            } else {
+                Handshake::connector(self.params.clone(), os_randomness())
+            };
             let (est, leftover) =
                 session::handshake(&mut sealed, hs, &[], deadline, timeout).await?;
             Ok::<_, SessionError>((sealed, est, leftover, slot))
@@ -74,13 +85,14 @@ impl Tunnel for ConnectorTunnel {
             }
         };
         drop(handshake);
-        state
-            .counters
-            .handshakes_ok
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        count_handshake(&state, &est);
         let fp = est.peer.fingerprint();
         tracing::info!(tunnel = %self.name, role = "connector", peer = %client, fingerprint = %fp,
-            connect = %self.connect, "connection open");
+            connect = %self.connect, resumed = est.resumed, "connection open");
+        if est.ticket_refused.is_some() {
+            tracing::debug!(tunnel = %self.name, role = "connector", peer = %client,
+                "the listener refused the resumption ticket, full handshake done");
+        }
         carry(self.as_ref(), plain, sealed, est, leftover, client, started).await;
     }
 }

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Tuning;
 use crate::proto::handshake::{Established, HandshakeError, HandshakeRandomness};
 use crate::proto::identity::Fingerprint;
+use crate::proto::resume::{ConnectorTickets, TicketPolicy, TicketStore};
 use crate::tunnel::net::{configure, reset_on_close, Gauge, LogLimiter, Slot, SourceLimiter};
 use crate::tunnel::pump::{pump, PumpError, PumpOptions, PumpStats};
 use crate::tunnel::session::SessionError;
@@ -33,6 +34,11 @@ pub struct Counters {
     pub over_limit: AtomicU64,
     /// Connections dropped by the per-source rate limit.
     pub rate_limited: AtomicU64,
+    /// Handshakes completed by session resumption (no RSA operation).
+    pub resumed: AtomicU64,
+    /// Resumption tickets offered (connector) or presented (listener) but refused, so that a
+    /// full handshake ran instead.
+    pub resumption_fallbacks: AtomicU64,
 }
 
 /// What the accept loop and the connections of one tunnel share.
@@ -46,6 +52,10 @@ pub struct TunnelState {
     pub counters: Counters,
     /// New connections per source address.
     pub sources: SourceLimiter,
+    /// Listener: the resumption tickets issued (kept across reloads, memory only).
+    pub tickets: Arc<Mutex<TicketStore>>,
+    /// Connector: the current resumption ticket (kept across reloads, memory only).
+    pub connector_tickets: Arc<Mutex<ConnectorTickets>>,
     limit_log: LogLimiter,
     rate_log: LogLimiter,
 }
@@ -72,6 +82,8 @@ impl Default for TunnelState {
             connections: Arc::default(),
             counters: Counters::default(),
             sources: SourceLimiter::default(),
+            tickets: Arc::default(),
+            connector_tickets: Arc::default(),
             limit_log: LogLimiter::new(Duration::from_secs(10)),
             rate_log: LogLimiter::new(Duration::from_secs(10)),
         }
@@ -94,6 +106,27 @@ pub trait Tunnel: Send + Sync + 'static {
         peer: SocketAddr,
         state: Arc<TunnelState>,
     ) -> impl Future<Output = ()> + Send;
+}
+
+/// The resumption ticket policy of `tuning`.
+pub fn ticket_policy(tuning: &Tuning) -> TicketPolicy {
+    TicketPolicy {
+        lifetime: tuning.resumption_lifetime,
+        uses: tuning.resumption_uses,
+    }
+}
+
+/// Counts a completed handshake: resumed, or full after a refused ticket.
+pub fn count_handshake(state: &TunnelState, est: &Established) {
+    state.counters.handshakes_ok.fetch_add(1, Ordering::Relaxed);
+    if est.resumed {
+        state.counters.resumed.fetch_add(1, Ordering::Relaxed);
+    } else if est.ticket_refused.is_some() {
+        state
+            .counters
+            .resumption_fallbacks
+            .fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Fresh handshake randomness from the OS RNG.
