@@ -115,7 +115,6 @@ pub struct ListenerParams {
 
 /// Resumption for one handshake: the tunnel's ticket store (shared by its connections and kept
 /// across reloads), the ticket policy and the current time.
-#[derive(Clone)]
 pub struct Resumption<S> {
     /// The tunnel's tickets.
     pub store: Arc<Mutex<S>>,
@@ -123,6 +122,16 @@ pub struct Resumption<S> {
     pub policy: TicketPolicy,
     /// The time of this handshake.
     pub now: Instant,
+}
+
+impl<S> Clone for Resumption<S> {
+    fn clone(&self) -> Self {
+        Resumption {
+            store: self.store.clone(),
+            policy: self.policy,
+            now: self.now,
+        }
+    }
 }
 
 fn lock<S>(m: &Mutex<S>) -> MutexGuard<'_, S> {
