@@ -1500,6 +1500,42 @@ record_size = "64KiB"
     }
 
     #[test]
+    fn resumption_keys_are_validated_and_merged() {
+        let base = format!(
+            "[[connector]]\nname = \"db\"\nlisten = \"127.0.0.1:1\"\nconnect = \"db:1\"\npeer = \"{FP_B}\"\n"
+        );
+        let one = |line: &str| err(&with_identity(&format!("[defaults]\n{line}\n{base}")));
+        assert_eq!(
+            one("resumption_lifetime = \"500ms\""),
+            "/etc/sealpipe/b.toml:4:23: [defaults]: key `resumption_lifetime`: \"500ms\" is out of range: must be from 1s to 24h"
+        );
+        assert_eq!(
+            one("resumption_lifetime = \"25h\""),
+            "/etc/sealpipe/b.toml:4:23: [defaults]: key `resumption_lifetime`: \"25h\" is out of range: must be from 1s to 24h"
+        );
+        assert_eq!(
+            one("resumption_uses = 0"),
+            "/etc/sealpipe/b.toml:4:19: [defaults]: key `resumption_uses`: 0 is out of range: resumptions per ticket, 1 to 1000000"
+        );
+        assert_eq!(
+            one("resumption_uses = 1000001"),
+            "/etc/sealpipe/b.toml:4:19: [defaults]: key `resumption_uses`: 1000001 is out of range: resumptions per ticket, 1 to 1000000"
+        );
+        assert!(one("resumption = \"yes\"").starts_with("/etc/sealpipe/b.toml:4:14: "));
+        let c = parse(&with_identity(&format!(
+            "[defaults]\nresumption = false\nresumption_lifetime = \"24h\"\n{base}resumption = true\nresumption_uses = 1\n"
+        )))
+        .unwrap();
+        let t = &c.connectors[0].tuning;
+        assert!(t.resumption);
+        assert_eq!(t.resumption_lifetime, Duration::from_secs(24 * 3600));
+        assert_eq!(t.resumption_uses, 1);
+        let d = Tuning::default();
+        assert!(d.resumption && d.resumption_uses == 1000);
+        assert_eq!(d.resumption_lifetime, Duration::from_secs(3600));
+    }
+
+    #[test]
     fn bad_tuning_is_located_and_named() {
         let base = format!(
             "[[connector]]\nname = \"db\"\nlisten = \"127.0.0.1:1\"\nconnect = \"db:1\"\npeer = \"{FP_B}\"\n"
