@@ -759,7 +759,10 @@ mod resumption {
         );
         l.read(&flights[0]).unwrap();
         let answer = l.take_output();
-        assert_eq!(answer[0], 0x16, "the listener accepts the ticket: a resume accept");
+        assert_eq!(
+            answer[0], 0x16,
+            "the listener accepts the ticket: a resume accept"
+        );
         assert_ne!(answer, flights[1], "under a fresh ephemeral and random");
         assert_eq!(r.listener_uses_left(&full), Some(998), "the use is counted");
         let err = l.read(&flights[2]).unwrap_err();
@@ -893,11 +896,17 @@ mod resumption {
         store.insert(secret(3), peer.clone(), ctx, policy(3600), t0 + S * 2);
         store.insert(secret(4), peer.clone(), ctx, policy(3600), t0 + S * 10);
         assert_eq!(store.len(), 3);
-        assert!(store.uses_left(&ticket_id(&secret(2))).is_none(), "expired first");
+        assert!(
+            store.uses_left(&ticket_id(&secret(2))).is_none(),
+            "expired first"
+        );
         assert!(store.uses_left(&ticket_id(&secret(1))).is_some());
         store.insert(secret(5), peer.clone(), ctx, policy(3600), t0 + S * 11);
         assert_eq!(store.len(), 3);
-        assert!(store.uses_left(&ticket_id(&secret(1))).is_none(), "then the oldest");
+        assert!(
+            store.uses_left(&ticket_id(&secret(1))).is_none(),
+            "then the oldest"
+        );
         for i in [3, 4, 5] {
             assert_eq!(store.uses_left(&ticket_id(&secret(i))), Some(10));
         }

@@ -101,7 +101,13 @@ fn a_listener_without_resumption_answers_a_resuming_connector_in_full() {
     let listener = Daemon::start(&lconf);
     let cconf = site.write(
         "connector.toml",
-        &connector_config("connector.pem", any_port(), listener.addr(), &listener_fp(), ""),
+        &connector_config(
+            "connector.pem",
+            any_port(),
+            listener.addr(),
+            &listener_fp(),
+            "",
+        ),
     );
     let connector = Daemon::start(&cconf);
     let entry = connector.addr();

@@ -11,10 +11,10 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use sealpipe::proto::handshake::{ConnectorParams, Handshake, ListenerParams, Resumption};
-use sealpipe::proto::resume::{ticket_id, ConnectorTickets, TicketPolicy, TicketStore};
 use sealpipe::proto::identity::{Signer, TrustList};
 use sealpipe::proto::keys::hash;
 use sealpipe::proto::record::{HEADER_LEN, OVERHEAD};
+use sealpipe::proto::resume::{ticket_id, ConnectorTickets, TicketPolicy, TicketStore};
 use support::*;
 
 fn hex(b: &[u8]) -> String {
@@ -107,7 +107,8 @@ fn resumed(
     cres: Resumption<ConnectorTickets>,
     lres: Resumption<TicketStore>,
 ) -> Vec<(&'static str, String)> {
-    let ch = Handshake::connector_resuming(cparams, det_randomness("vector resume connector"), cres);
+    let ch =
+        Handshake::connector_resuming(cparams, det_randomness("vector resume connector"), cres);
     let lh = Handshake::listener_resuming(lparams, det_randomness("vector resume listener"), lres);
     let mut flights = Vec::new();
     let Outcome::Done(done) = drive(ch, lh, |_, b| flights.push(b.clone())) else {

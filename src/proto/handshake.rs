@@ -49,8 +49,8 @@ use crate::proto::messages::{
 };
 use crate::proto::record::{Opener, Sealer};
 use crate::proto::resume::{
-    binder, ticket_context, ConnectorTickets, Offer, Redeemed, ResumeSecrets, TicketPolicy,
-    TicketRefusal, TicketStore,
+    binder, ticket_context, ConnectorTickets, Offer, PresentedBinder, Redeemed, ResumeSecrets,
+    TicketPolicy, TicketRefusal, TicketStore,
 };
 
 /// Context strings of the two signatures: the role label keeps a signature from being reflected.
@@ -861,11 +861,15 @@ impl Handshake {
         ) else {
             return Err(MessageError::Malformed.into());
         };
+        // The X25519 first: a low-order key ends the handshake before it can use up a ticket.
+        let shared = x25519_shared(&self.rand.ephemeral, &hello.ephemeral)?;
         let redeemed = match self.resume.as_deref() {
             Some(ResumeCtx::Listener(r)) => lock(&r.store).redeem(
                 id,
-                &msg[..RH_BINDER],
-                binder_got,
+                PresentedBinder {
+                    hello_before_binder: &msg[..RH_BINDER],
+                    binder: binder_got,
+                },
                 &params.trust,
                 &listener_context(params),
                 r.policy,
@@ -873,7 +877,6 @@ impl Handshake {
             ),
             _ => Err(TicketRefusal::Disabled),
         };
-        let shared = x25519_shared(&self.rand.ephemeral, &hello.ephemeral)?;
         self.transcript.update(msg);
         match redeemed {
             Ok(ticket) => self.listener_resume_reply(&shared, ticket),
@@ -922,7 +925,10 @@ impl Handshake {
         else {
             return Err(HandshakeError::State);
         };
-        let expected = hmac(finished_key(&keys.c_hs).expose(), &[&self.transcript_hash()]);
+        let expected = hmac(
+            finished_key(&keys.c_hs).expose(),
+            &[&self.transcript_hash()],
+        );
         if !ct_eq(&expected, &msg[MSG_HEADER_LEN..]) {
             return Err(HandshakeError::BadFinished);
         }

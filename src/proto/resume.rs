@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 
 use crate::proto::identity::{Fingerprint, PublicIdentity, TrustList};
 use crate::proto::keys::Psk;
-use crate::proto::keys::{ct_eq, derive_secret, expand_label, extract, hash, hmac, Secret, HASH_LEN};
+use crate::proto::keys::{
+    ct_eq, derive_secret, expand_label, extract, hash, hmac, Secret, HASH_LEN,
+};
 use crate::proto::messages::TICKET_ID_LEN;
 
 /// A ticket id: derived from the ticket secret, sent in clear in the resume hello.
@@ -114,7 +116,10 @@ impl ResumeSecrets {
 
     /// The application traffic secrets (connector → listener, listener → connector) and a
     /// resumption secret, bound to the hash of the whole transcript.
-    pub fn application_traffic(&self, transcript_hash: &[u8; HASH_LEN]) -> (Secret, Secret, Secret) {
+    pub fn application_traffic(
+        &self,
+        transcript_hash: &[u8; HASH_LEN],
+    ) -> (Secret, Secret, Secret) {
         let salt = derive_secret(&self.es, "derived", &hash(b""));
         let master = extract(salt.expose(), &[0u8; HASH_LEN]);
         (
@@ -155,6 +160,15 @@ struct ListenerTicket {
     created: Instant,
     lifetime: Duration,
     uses_left: u32,
+}
+
+/// The binder a resume hello presents, with the bytes it covers.
+#[derive(Debug, Clone, Copy)]
+pub struct PresentedBinder<'a> {
+    /// The resume hello up to the binder, header included.
+    pub hello_before_binder: &'a [u8],
+    /// The binder field.
+    pub binder: &'a [u8],
 }
 
 /// A ticket the listener accepted: its secret and the peer it was issued to.
@@ -252,22 +266,23 @@ impl TicketStore {
         );
     }
 
-    /// Redeems ticket `id` for one resumption, checking in order: known, binder (over
-    /// `hello_before_binder`), lifetime (the shorter of the ticket's and `policy`'s), the
+    /// Redeems ticket `id` for one resumption, checking in order: known, binder, lifetime (the shorter of the ticket's and `policy`'s), the
     /// peer's key still in `trust`, the same `context` (keys, PSK). Uses one of its uses; an
     /// expired, untrusted or used-up ticket is removed. A bad binder leaves the ticket alone.
     pub fn redeem(
         &mut self,
         id: &TicketId,
-        hello_before_binder: &[u8],
-        binder_got: &[u8],
+        presented: PresentedBinder<'_>,
         trust: &TrustList,
         context: &TicketContext,
         policy: TicketPolicy,
         now: Instant,
     ) -> Result<Redeemed, TicketRefusal> {
         let t = self.tickets.get_mut(id).ok_or(TicketRefusal::Unknown)?;
-        if !ct_eq(&binder(&t.secret, hello_before_binder), binder_got) {
+        if !ct_eq(
+            &binder(&t.secret, presented.hello_before_binder),
+            presented.binder,
+        ) {
             return Err(TicketRefusal::BadBinder);
         }
         let refusal = if expired(t.created, t.lifetime.min(policy.lifetime), now) {
