@@ -538,7 +538,8 @@ mod resumption {
     use sealpipe::proto::handshake::{Established, Resumption};
     use sealpipe::proto::keys::Secret;
     use sealpipe::proto::resume::{
-        ticket_context, ticket_id, ConnectorTickets, TicketPolicy, TicketRefusal, TicketStore,
+        binder, ticket_context, ticket_id, ConnectorTickets, PresentedBinder, TicketPolicy,
+        TicketRefusal, TicketStore,
     };
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
@@ -772,6 +773,24 @@ mod resumption {
     }
 
     #[test]
+    fn a_wrong_binder_gets_a_full_handshake_and_leaves_the_ticket() {
+        // The ticket id is public; the binder proves knowledge of the ticket secret.
+        let r = peers(None);
+        let (full, _) = r.connect_ok("full", Duration::ZERO);
+        let (mut c, mut l) = r.handshakes("binder", S);
+        let mut hello = c.take_output();
+        hello[MSG_HEADER_LEN + 66 + 16] ^= 1;
+        remac(&mut hello, &r.p.listener.identity.public().fingerprint());
+        l.read(&hello).unwrap();
+        assert_eq!(
+            l.take_output()[0],
+            0x12,
+            "a full handshake, not a resume accept"
+        );
+        assert_eq!(r.listener_uses_left(&full), Some(1000), "no use taken");
+    }
+
+    #[test]
     fn expired_tickets_are_not_used() {
         // The connector's own clock: past the lifetime it offers nothing.
         let mut r = peers(None);
@@ -876,6 +895,38 @@ mod resumption {
         };
         assert!(!d.0.resumed);
         assert_eq!(d.1.ticket_refused, Some(TicketRefusal::Disabled));
+    }
+
+    #[test]
+    fn the_listener_store_refuses_a_ticket_made_under_another_context() {
+        // A reload that changes the listener's key or PSK: its old tickets are not used.
+        let peer = Arc::new(connector_key().public().clone());
+        let mut trust = TrustList::new();
+        trust.insert(peer.fingerprint(), None);
+        let lfp = listener_key().fingerprint();
+        let old = ticket_context(&[&lfp], None);
+        let psk = sealpipe::proto::keys::Psk::from_bytes([3; 32]);
+        let new = ticket_context(&[&lfp], Some(&psk));
+        assert_ne!(old, new);
+        let t0 = Instant::now();
+        let secret = Secret::from_bytes([7; 32]);
+        let id = ticket_id(&secret);
+        let prefix = b"resume hello up to the binder";
+        let b = binder(&secret, prefix);
+        let presented = PresentedBinder {
+            hello_before_binder: prefix,
+            binder: &b,
+        };
+        let policy = TicketPolicy::default();
+        let mut store = TicketStore::default();
+        store.insert(secret.clone(), peer.clone(), old, policy, t0);
+        let r = store.redeem(&id, presented, &trust, &new, policy, t0 + S);
+        assert_eq!(r.err(), Some(TicketRefusal::Untrusted));
+        assert!(store.is_empty());
+        store.insert(secret, peer, old, policy, t0);
+        assert!(store
+            .redeem(&id, presented, &trust, &old, policy, t0 + S)
+            .is_ok());
     }
 
     #[test]
