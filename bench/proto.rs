@@ -7,6 +7,8 @@
 //! * `handshake/full`: both roles of a whole handshake, back to back, in memory;
 //! * `handshake/listener`, `handshake/connector`: the same handshakes, timing one role's calls
 //!   only (its constructor, its `read`s and its `finish`);
+//! * `handshake/resumed_listener`, `handshake/resumed_connector`: a resumed handshake
+//!   (PROTOCOL.md §9: X25519 and HMACs, no RSA), timing one role's calls only;
 //! * `reference/...`: one RSA-2048 PSS signature and verification (aws-lc-rs), one X25519 key
 //!   generation and exchange, and the key schedule of one handshake.
 //!
@@ -15,7 +17,7 @@
 //! randomized ones, as in production. See `bench/README.md` for how to run.
 
 use std::hint::black_box;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{
@@ -23,11 +25,13 @@ use criterion::{
 };
 use sealpipe::proto::aead::{Aead, RustCryptoAead, KEY_LEN, NONCE_LEN};
 use sealpipe::proto::handshake::{
-    ConnectorParams, Handshake, HandshakeRandomness, ListenerParams, CONNECTOR_SIGNATURE_CONTEXT,
+    ConnectorParams, Handshake, HandshakeRandomness, ListenerParams, Resumption,
+    CONNECTOR_SIGNATURE_CONTEXT,
 };
 use sealpipe::proto::identity::{PrivateIdentity, TrustList};
 use sealpipe::proto::keys::{hash, Direction, HandshakeSecrets, Secret};
 use sealpipe::proto::record::{Opened, Opener, Sealer, HEADER_LEN, OVERHEAD};
+use sealpipe::proto::resume::{ConnectorTickets, TicketPolicy, TicketStore};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 const LISTENER_PEM: &str = include_str!("../tests/data/openssl-rsa2048.pem");
@@ -104,6 +108,100 @@ fn timed_handshake(c_params: &ConnectorParams, l_params: &ListenerParams) -> Rol
     let l_est = l.finish().expect("listener done");
     listener += t.elapsed();
 
+    black_box((c_est, l_est));
+    RoleTimes {
+        connector,
+        listener,
+    }
+}
+
+/// The two ticket stores of a connector/listener pair.
+struct Stores {
+    connector: Arc<Mutex<ConnectorTickets>>,
+    listener: Arc<Mutex<TicketStore>>,
+}
+
+impl Stores {
+    fn new() -> Self {
+        Stores {
+            connector: Arc::default(),
+            listener: Arc::default(),
+        }
+    }
+
+    fn resumption<S>(store: &Arc<Mutex<S>>) -> Resumption<S> {
+        Resumption {
+            store: store.clone(),
+            policy: TicketPolicy {
+                lifetime: Duration::from_secs(24 * 3600),
+                uses: 1_000_000,
+            },
+            now: Instant::now(),
+        }
+    }
+}
+
+/// One resumed handshake in memory, timing each role's calls separately; when the connector has
+/// no ticket (the first call, or a used-up one), an untimed full handshake makes one first.
+fn timed_resumption(
+    c_params: &ConnectorParams,
+    l_params: &ListenerParams,
+    stores: &Stores,
+) -> RoleTimes {
+    let has_ticket = stores.connector.lock().expect("store").has_ticket();
+    if !has_ticket {
+        let mut c = Handshake::connector_resuming(
+            c_params.clone(),
+            fresh_randomness(),
+            Stores::resumption(&stores.connector),
+        );
+        let mut l = Handshake::listener_resuming(
+            l_params.clone(),
+            fresh_randomness(),
+            Stores::resumption(&stores.listener),
+        );
+        l.read(&c.take_output()).expect("listener reads hello");
+        c.read(&l.take_output()).expect("connector reads flight");
+        l.read(&c.take_output()).expect("listener reads auth");
+        black_box((
+            c.finish().expect("connector"),
+            l.finish().expect("listener"),
+        ));
+    }
+    let (c_rand, l_rand) = (fresh_randomness(), fresh_randomness());
+    let (c_params, l_params) = (c_params.clone(), l_params.clone());
+    let (c_res, l_res) = (
+        Stores::resumption(&stores.connector),
+        Stores::resumption(&stores.listener),
+    );
+
+    // Connector: take the ticket, X25519 key generation, binder, mac1.
+    let t = Instant::now();
+    let mut c = Handshake::connector_resuming(c_params, c_rand, c_res);
+    let hello = c.take_output();
+    let mut connector = t.elapsed();
+
+    // Listener: mac1, ticket lookup and binder, X25519, key schedule, finished.
+    let t = Instant::now();
+    let mut l = Handshake::listener_resuming(l_params, l_rand, l_res);
+    l.read(&hello).expect("listener reads resume hello");
+    let accept = l.take_output();
+    let mut listener = t.elapsed();
+
+    // Connector: X25519, key schedule, check finished, its own finished.
+    let t = Instant::now();
+    c.read(&accept).expect("connector reads resume accept");
+    let fin = c.take_output();
+    let c_est = c.finish().expect("connector done");
+    connector += t.elapsed();
+
+    // Listener: check the connector's finished, traffic secrets.
+    let t = Instant::now();
+    l.read(&fin).expect("listener reads resume finished");
+    let l_est = l.finish().expect("listener done");
+    listener += t.elapsed();
+
+    assert!(c_est.resumed && l_est.resumed, "the benchmark must resume");
     black_box((c_est, l_est));
     RoleTimes {
         connector,
@@ -219,6 +317,21 @@ fn bench_handshake(c: &mut Criterion) {
         b.iter_custom(|iters| {
             (0..iters)
                 .map(|_| timed_handshake(&c_params, &l_params).connector)
+                .sum()
+        })
+    });
+    let stores = Stores::new();
+    group.bench_function("resumed_listener", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| timed_resumption(&c_params, &l_params, &stores).listener)
+                .sum()
+        })
+    });
+    group.bench_function("resumed_connector", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| timed_resumption(&c_params, &l_params, &stores).connector)
                 .sum()
         })
     });

@@ -121,11 +121,18 @@ pub struct Tuning {
     pub source_rate_limit: u32,
     /// Largest plaintext per sealed record, in bytes ([`MIN_RECORD_SIZE`]..=[`MAX_RECORD_SIZE`]).
     pub record_size: usize,
+    /// Session resumption: later connections between the same two peers skip the RSA work.
+    pub resumption: bool,
+    /// How long a resumption ticket lives (1 s ..= 24 h).
+    pub resumption_lifetime: Duration,
+    /// How many resumptions one ticket serves (1 ..= 1,000,000).
+    pub resumption_uses: u32,
 }
 
 impl Default for Tuning {
     /// 1 GiB rekey, no rekey interval, 10 s handshake and connect timeouts, 30 s drain,
-    /// 1024 connections, 128 handshakes, 16 KiB records.
+    /// 1024 connections, 128 handshakes, 16 KiB records, resumption on with 1 h and 1000-use
+    /// tickets.
     fn default() -> Self {
         Tuning {
             rekey_bytes: 1 << 30,
@@ -137,6 +144,9 @@ impl Default for Tuning {
             max_handshakes: 128,
             source_rate_limit: 0,
             record_size: 16 * 1024,
+            resumption: true,
+            resumption_lifetime: Duration::from_secs(3600),
+            resumption_uses: 1000,
         }
     }
 }
@@ -444,6 +454,9 @@ macro_rules! with_tuning {
             max_handshakes: Option<Spanned<i64>>,
             source_rate_limit: Option<Spanned<i64>>,
             record_size: Option<Spanned<SizeText>>,
+            resumption: Option<Spanned<bool>>,
+            resumption_lifetime: Option<Spanned<DurationText>>,
+            resumption_uses: Option<Spanned<i64>>,
         }
 
         impl $name {
@@ -458,6 +471,9 @@ macro_rules! with_tuning {
                     max_handshakes: self.max_handshakes.clone(),
                     source_rate_limit: self.source_rate_limit.clone(),
                     record_size: self.record_size.clone(),
+                    resumption: self.resumption.clone(),
+                    resumption_lifetime: self.resumption_lifetime.clone(),
+                    resumption_uses: self.resumption_uses.clone(),
                 }
             }
         }
@@ -586,6 +602,9 @@ struct TuningOverrides {
     max_handshakes: Option<usize>,
     source_rate_limit: Option<u32>,
     record_size: Option<usize>,
+    resumption: Option<bool>,
+    resumption_lifetime: Option<Duration>,
+    resumption_uses: Option<u32>,
 }
 
 impl TuningOverrides {
@@ -600,6 +619,9 @@ impl TuningOverrides {
             max_handshakes: self.max_handshakes.unwrap_or(base.max_handshakes),
             source_rate_limit: self.source_rate_limit.unwrap_or(base.source_rate_limit),
             record_size: self.record_size.unwrap_or(base.record_size),
+            resumption: self.resumption.unwrap_or(base.resumption),
+            resumption_lifetime: self.resumption_lifetime.unwrap_or(base.resumption_lifetime),
+            resumption_uses: self.resumption_uses.unwrap_or(base.resumption_uses),
         }
     }
 }
@@ -1237,6 +1259,36 @@ impl Source<'_> {
             }
             o.record_size = Some(n as usize);
         }
+        if let Some(v) = &raw.resumption {
+            o.resumption = Some(*v.get_ref());
+        }
+        if let Some(v) = &raw.resumption_lifetime {
+            let d = duration("resumption_lifetime", v)?;
+            if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&d) {
+                return Err(self.key_error(
+                    ctx,
+                    "resumption_lifetime",
+                    v.span(),
+                    format!(
+                        "{:?} is out of range: must be from 1s to 24h",
+                        v.get_ref().0
+                    ),
+                ));
+            }
+            o.resumption_lifetime = Some(d);
+        }
+        if let Some(v) = &raw.resumption_uses {
+            let n = *v.get_ref();
+            if !(1..=1_000_000).contains(&n) {
+                return Err(self.key_error(
+                    ctx,
+                    "resumption_uses",
+                    v.span(),
+                    format!("{n} is out of range: resumptions per ticket, 1 to 1000000"),
+                ));
+            }
+            o.resumption_uses = Some(n as u32);
+        }
         Ok(o)
     }
 }
@@ -1635,7 +1687,8 @@ record_size = "64KiB"
             err(&with_identity("\n[defaults]\nrekey_byts = \"1GiB\"\n")),
             "/etc/sealpipe/b.toml:5:1: unknown key `rekey_byts` in [defaults] (expected one of \
              `rekey_bytes`, `rekey_interval`, `handshake_timeout`, `connect_timeout`, \
-             `drain_timeout`, `max_connections`, `max_handshakes`, `source_rate_limit`, `record_size`)"
+             `drain_timeout`, `max_connections`, `max_handshakes`, `source_rate_limit`, `record_size`, \
+             `resumption`, `resumption_lifetime`, `resumption_uses`)"
         );
         assert_eq!(
             err(&with_identity(&format!(
@@ -1644,7 +1697,8 @@ record_size = "64KiB"
             "/etc/sealpipe/b.toml:6:1: unknown key `forwad` in listener \"redis\" (expected one of \
              `name`, `listen`, `forward`, `peers`, `peers_file`, `accept_unknown`, `allow_tofu`, \
              `rekey_bytes`, `rekey_interval`, `handshake_timeout`, `connect_timeout`, \
-             `drain_timeout`, `max_connections`, `max_handshakes`, `source_rate_limit`, `record_size`)"
+             `drain_timeout`, `max_connections`, `max_handshakes`, `source_rate_limit`, `record_size`, \
+             `resumption`, `resumption_lifetime`, `resumption_uses`)"
         );
         assert_eq!(
             err(&format!("tunnel = 1\n{}", with_identity(""))),
@@ -1751,6 +1805,42 @@ record_size = "64KiB"
             err(&listener("listen = \"0.0.0.0:7443\"\nforward = \"127.0.0.1:1\"\npeers = []\n")),
             "/etc/sealpipe/b.toml:3:1: listener \"redis\": no trusted peers: `peers` and `peers_file` list no fingerprint"
         );
+    }
+
+    #[test]
+    fn resumption_keys_are_validated_and_merged() {
+        let base = format!(
+            "[[connector]]\nname = \"db\"\nlisten = \"127.0.0.1:1\"\nconnect = \"db:1\"\npeer = \"{FP_B}\"\n"
+        );
+        let one = |line: &str| err(&with_identity(&format!("[defaults]\n{line}\n{base}")));
+        assert_eq!(
+            one("resumption_lifetime = \"500ms\""),
+            "/etc/sealpipe/b.toml:4:23: [defaults]: key `resumption_lifetime`: \"500ms\" is out of range: must be from 1s to 24h"
+        );
+        assert_eq!(
+            one("resumption_lifetime = \"25h\""),
+            "/etc/sealpipe/b.toml:4:23: [defaults]: key `resumption_lifetime`: \"25h\" is out of range: must be from 1s to 24h"
+        );
+        assert_eq!(
+            one("resumption_uses = 0"),
+            "/etc/sealpipe/b.toml:4:19: [defaults]: key `resumption_uses`: 0 is out of range: resumptions per ticket, 1 to 1000000"
+        );
+        assert_eq!(
+            one("resumption_uses = 1000001"),
+            "/etc/sealpipe/b.toml:4:19: [defaults]: key `resumption_uses`: 1000001 is out of range: resumptions per ticket, 1 to 1000000"
+        );
+        assert!(one("resumption = \"yes\"").starts_with("/etc/sealpipe/b.toml:4:14: "));
+        let c = parse(&with_identity(&format!(
+            "[defaults]\nresumption = false\nresumption_lifetime = \"24h\"\n{base}resumption = true\nresumption_uses = 1\n"
+        )))
+        .unwrap();
+        let t = &c.connectors[0].tuning;
+        assert!(t.resumption);
+        assert_eq!(t.resumption_lifetime, Duration::from_secs(24 * 3600));
+        assert_eq!(t.resumption_uses, 1);
+        let d = Tuning::default();
+        assert!(d.resumption && d.resumption_uses == 1000);
+        assert_eq!(d.resumption_lifetime, Duration::from_secs(3600));
     }
 
     #[test]

@@ -533,3 +533,455 @@ mod arbitrary_input {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Session resumption (PROTOCOL.md §9).
+
+mod resumption {
+    use super::*;
+    use sealpipe::proto::handshake::{Established, Resumption};
+    use sealpipe::proto::keys::Secret;
+    use sealpipe::proto::resume::{
+        binder, ticket_context, ticket_id, ConnectorTickets, PresentedBinder, TicketPolicy,
+        TicketRefusal, TicketStore,
+    };
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    /// Both sides with counting signers and their ticket stores.
+    struct Peers {
+        p: Pair,
+        connector_signer: Arc<CountingSigner>,
+        lstore: Arc<Mutex<TicketStore>>,
+        cstore: Arc<Mutex<ConnectorTickets>>,
+        lpolicy: TicketPolicy,
+        cpolicy: TicketPolicy,
+        t0: Instant,
+    }
+
+    fn peers(psk: Option<[u8; 32]>) -> Peers {
+        let mut p = pair(psk);
+        let connector_signer = CountingSigner::new(connector_key());
+        p.connector.identity = connector_signer.clone();
+        Peers {
+            p,
+            connector_signer,
+            lstore: Arc::default(),
+            cstore: Arc::default(),
+            lpolicy: TicketPolicy::default(),
+            cpolicy: TicketPolicy::default(),
+            t0: Instant::now(),
+        }
+    }
+
+    impl Peers {
+        fn signatures(&self) -> (u64, u64) {
+            (
+                self.connector_signer.signatures(),
+                self.p.listener_signer.signatures(),
+            )
+        }
+
+        /// A connection at `t0 + at`.
+        fn handshakes(&self, tag: &str, at: Duration) -> (Handshake, Handshake) {
+            let now = self.t0 + at;
+            (
+                Handshake::connector_resuming(
+                    self.p.connector.clone(),
+                    fresh(&format!("{tag} c")),
+                    Resumption {
+                        store: self.cstore.clone(),
+                        policy: self.cpolicy,
+                        now,
+                    },
+                ),
+                Handshake::listener_resuming(
+                    self.p.listener.clone(),
+                    fresh(&format!("{tag} l")),
+                    Resumption {
+                        store: self.lstore.clone(),
+                        policy: self.lpolicy,
+                        now,
+                    },
+                ),
+            )
+        }
+
+        fn connect(&self, tag: &str, at: Duration) -> Outcome {
+            let (c, l) = self.handshakes(tag, at);
+            drive(c, l, |_, _| {})
+        }
+
+        fn connect_ok(&self, tag: &str, at: Duration) -> (Established, Established) {
+            match self.connect(tag, at) {
+                Outcome::Done(d) => {
+                    let (ce, le) = *d;
+                    assert_keys_match(&ce, &le);
+                    (ce, le)
+                }
+                other => panic!("{tag}: {other:?}"),
+            }
+        }
+
+        fn listener_uses_left(&self, ce: &Established) -> Option<u32> {
+            self.lstore
+                .lock()
+                .unwrap()
+                .uses_left(&ticket_id(&ce.resumption))
+        }
+    }
+
+    fn assert_keys_match(ce: &Established, le: &Established) {
+        assert!(ce.send == le.recv && ce.recv == le.send && ce.send != ce.recv);
+        assert_eq!(ce.transcript_hash, le.transcript_hash);
+        assert_eq!(ce.resumed, le.resumed);
+    }
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn resumption_needs_no_signature_and_gives_fresh_keys() {
+        for psk in [None, Some([0x42u8; 32])] {
+            let r = peers(psk);
+            let (full_c, full_l) = r.connect_ok("full", Duration::ZERO);
+            assert!(!full_c.resumed && full_c.ticket_refused.is_none());
+            assert_eq!(r.signatures(), (1, 1));
+            assert_eq!(r.listener_uses_left(&full_c), Some(1000));
+
+            let mut seen = vec![full_c.send.clone(), full_c.recv.clone()];
+            for i in 0..3u32 {
+                let (ce, le) = r.connect_ok(&format!("res{i}"), S * (i + 1));
+                assert!(ce.resumed && le.resumed, "connection {i} was not resumed");
+                assert_eq!(r.signatures(), (1, 1), "a resumption made an RSA signature");
+                // The peers are those of the full handshake.
+                assert_eq!(le.peer.fingerprint(), full_l.peer.fingerprint());
+                assert_eq!(ce.peer.fingerprint(), full_c.peer.fingerprint());
+                // Fresh keys each time, never those of the full session or of another resumption.
+                for k in [&ce.send, &ce.recv] {
+                    assert!(!seen.contains(k));
+                    seen.push(k.clone());
+                }
+                assert_ne!(ce.transcript_hash, full_c.transcript_hash);
+                assert_eq!(r.listener_uses_left(&full_c), Some(999 - i));
+                // Records flow under the resumed keys.
+                let (mut seal, _) = ce.into_record_layer(1 << 20);
+                let (_, mut open) = le.into_record_layer(1 << 20);
+                let mut rec = vec![0u8; 5 + OVERHEAD];
+                rec[4..9].copy_from_slice(b"hello");
+                seal.seal_data(&mut rec).unwrap();
+                assert_eq!(open.open(&mut rec).unwrap(), Opened::Data(&b"hello"[..]));
+            }
+        }
+    }
+
+    /// A connection whose connector has a fresh ticket; returns its flights on the wire.
+    fn tampered(at_flight: usize, byte: usize, bit: u8, remac_hello: bool) -> Outcome {
+        let r = peers(None);
+        r.connect_ok("full", Duration::ZERO);
+        let (c, l) = r.handshakes("tamper", S);
+        let lfp = r.p.listener.identity.public().fingerprint();
+        drive(c, l, |flight, bytes| {
+            if flight == at_flight && byte < bytes.len() {
+                bytes[byte] ^= bit;
+                if flight == 0 && remac_hello && byte < bytes.len() - MAC1_LEN {
+                    remac(bytes, &lfp);
+                }
+            }
+        })
+    }
+
+    fn flight_lengths() -> [usize; 3] {
+        let r = peers(None);
+        r.connect_ok("full", Duration::ZERO);
+        let (c, l) = r.handshakes("lengths", S);
+        let mut lens = [0; 3];
+        assert!(drive(c, l, |f, b| lens[f] = b.len()).is_done());
+        lens
+    }
+
+    #[test]
+    fn a_flipped_bit_anywhere_in_a_resumed_handshake_never_gives_a_session() {
+        let lens = flight_lengths();
+        assert_eq!(lens, [133, 101, 35]);
+        for (flight, len) in lens.into_iter().enumerate() {
+            for byte in 0..len {
+                for bit in [0x01] {
+                    for remac_hello in [false, true] {
+                        if flight != 0 && remac_hello {
+                            continue;
+                        }
+                        let out = tampered(flight, byte, bit, remac_hello);
+                        assert!(
+                            !out.is_done(),
+                            "flight {flight} byte {byte} bit {bit:#x} remac {remac_hello}: {out:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_tampered_ticket_id_falls_back_to_a_full_handshake_that_fails() {
+        // The attacker rewrites the ticket id (and mac1): the listener does not know the ticket
+        // and answers with a full handshake, over a transcript the connector does not share.
+        let r = peers(None);
+        r.connect_ok("full", Duration::ZERO);
+        let before = r.signatures();
+        let (c, l) = r.handshakes("id", S);
+        let lfp = r.p.listener.identity.public().fingerprint();
+        let out = drive(c, l, |flight, b| {
+            if flight == 0 {
+                b[MSG_HEADER_LEN + 66] ^= 1;
+                remac(b, &lfp);
+            }
+        });
+        assert!(
+            matches!(out, Outcome::Refused("connector", HandshakeError::Decrypt)),
+            "{out:?}"
+        );
+        assert_eq!(r.signatures().1, before.1 + 1, "the listener fell back");
+    }
+
+    #[test]
+    fn a_replayed_resume_hello_gets_no_session_and_burns_a_use() {
+        let r = peers(None);
+        let (full, _) = r.connect_ok("full", Duration::ZERO);
+        let (c, l) = r.handshakes("orig", S);
+        let mut flights = Vec::new();
+        assert!(drive(c, l, |_, b| flights.push(b.clone())).is_done());
+        assert_eq!(r.listener_uses_left(&full), Some(999));
+
+        // The replayer sends the recorded hello to the listener, then the recorded finished.
+        let mut l = Handshake::listener_resuming(
+            r.p.listener.clone(),
+            fresh("replay l"),
+            Resumption {
+                store: r.lstore.clone(),
+                policy: r.lpolicy,
+                now: r.t0 + S * 2,
+            },
+        );
+        l.read(&flights[0]).unwrap();
+        let answer = l.take_output();
+        assert_eq!(
+            answer[0], 0x16,
+            "the listener accepts the ticket: a resume accept"
+        );
+        assert_ne!(answer, flights[1], "under a fresh ephemeral and random");
+        assert_eq!(r.listener_uses_left(&full), Some(998), "the use is counted");
+        let err = l.read(&flights[2]).unwrap_err();
+        assert!(matches!(err, HandshakeError::BadFinished), "{err:?}");
+        assert!(!l.is_done());
+        assert!(l.finish().is_err());
+    }
+
+    #[test]
+    fn a_wrong_binder_gets_a_full_handshake_and_leaves_the_ticket() {
+        // The ticket id is public; the binder proves knowledge of the ticket secret.
+        let r = peers(None);
+        let (full, _) = r.connect_ok("full", Duration::ZERO);
+        let (mut c, mut l) = r.handshakes("binder", S);
+        let mut hello = c.take_output();
+        hello[MSG_HEADER_LEN + 66 + 16] ^= 1;
+        remac(&mut hello, &r.p.listener.identity.public().fingerprint());
+        l.read(&hello).unwrap();
+        assert_eq!(
+            l.take_output()[0],
+            0x12,
+            "a full handshake, not a resume accept"
+        );
+        assert_eq!(r.listener_uses_left(&full), Some(1000), "no use taken");
+    }
+
+    #[test]
+    fn expired_tickets_are_not_used() {
+        // The connector's own clock: past the lifetime it offers nothing.
+        let mut r = peers(None);
+        r.cpolicy.lifetime = S * 60;
+        r.connect_ok("full", Duration::ZERO);
+        let (ce, _) = r.connect_ok("within", S * 59);
+        assert!(ce.resumed);
+        let (ce, le) = r.connect_ok("past", S * 60);
+        assert!(!ce.resumed && ce.ticket_refused.is_none() && le.ticket_refused.is_none());
+
+        // The listener's clock: a connector that still offers the ticket gets a full handshake.
+        let mut r = peers(None);
+        r.lpolicy.lifetime = S * 60;
+        r.connect_ok("full", Duration::ZERO);
+        let (ce, le) = r.connect_ok("past", S * 61);
+        assert!(!ce.resumed);
+        assert_eq!(le.ticket_refused, Some(TicketRefusal::Expired));
+        assert_eq!(ce.ticket_refused, Some(TicketRefusal::RefusedByListener));
+        assert_eq!(r.signatures(), (2, 2));
+        // The fallback made a fresh ticket, which resumes.
+        let (ce, _) = r.connect_ok("again", S * 62);
+        assert!(ce.resumed);
+        assert_eq!(r.signatures(), (2, 2));
+
+        // A listener whose configured lifetime shrank (a reload) applies the shorter one.
+        let mut r = peers(None);
+        r.connect_ok("full", Duration::ZERO);
+        r.lpolicy.lifetime = S * 10;
+        let (_, le) = r.connect_ok("shrunk", S * 11);
+        assert_eq!(le.ticket_refused, Some(TicketRefusal::Expired));
+    }
+
+    #[test]
+    fn used_up_tickets_are_not_used() {
+        // The listener's count bounds the ticket.
+        let mut r = peers(None);
+        r.lpolicy.uses = 2;
+        let (full, _) = r.connect_ok("full", Duration::ZERO);
+        assert!(r.connect_ok("1", S).0.resumed);
+        assert!(r.connect_ok("2", S * 2).0.resumed);
+        assert_eq!(r.listener_uses_left(&full), None);
+        let (ce, le) = r.connect_ok("3", S * 3);
+        assert!(!ce.resumed);
+        assert_eq!(le.ticket_refused, Some(TicketRefusal::Unknown));
+
+        // So does the connector's.
+        let mut r = peers(None);
+        r.cpolicy.uses = 1;
+        r.connect_ok("full", Duration::ZERO);
+        assert!(r.connect_ok("1", S).0.resumed);
+        let (ce, le) = r.connect_ok("2", S * 2);
+        assert!(!ce.resumed && ce.ticket_refused.is_none() && le.ticket_refused.is_none());
+        assert_eq!(r.signatures(), (2, 2));
+    }
+
+    #[test]
+    fn a_connector_removed_from_the_trust_list_cannot_resume() {
+        let mut r = peers(None);
+        r.connect_ok("full", Duration::ZERO);
+        r.p.listener.trust = Arc::new(TrustList::new());
+        let out = r.connect("untrusted", S);
+        assert!(
+            matches!(
+                out,
+                Outcome::Refused("listener", HandshakeError::UntrustedConnector(_))
+            ),
+            "{out:?}"
+        );
+        assert!(r.lstore.lock().unwrap().is_empty(), "the ticket is dropped");
+    }
+
+    #[test]
+    fn a_changed_psk_stops_resumption() {
+        let mut r = peers(Some([1; 32]));
+        r.connect_ok("full", Duration::ZERO);
+        let psk = Some(Arc::new(sealpipe::proto::keys::Psk::from_bytes([2; 32])));
+        r.p.listener.psk = psk.clone();
+        r.p.connector.psk = psk;
+        let (ce, le) = r.connect_ok("new psk", S);
+        assert!(!ce.resumed && ce.ticket_refused.is_none() && le.ticket_refused.is_none());
+    }
+
+    #[test]
+    fn an_unknown_ticket_gets_a_full_handshake_that_succeeds() {
+        // The listener restarted: its store is empty.
+        let mut r = peers(None);
+        r.connect_ok("full", Duration::ZERO);
+        r.lstore = Arc::default();
+        let (ce, le) = r.connect_ok("restarted", S);
+        assert!(!ce.resumed);
+        assert_eq!(le.ticket_refused, Some(TicketRefusal::Unknown));
+        assert_eq!(r.signatures(), (2, 2));
+        assert!(r.connect_ok("after", S * 2).0.resumed);
+
+        // And a listener without resumption answers a resume hello with a full handshake.
+        let r = peers(None);
+        r.connect_ok("full", Duration::ZERO);
+        let (c, _) = r.handshakes("off", S);
+        let l = Handshake::listener(r.p.listener.clone(), fresh("off l"));
+        let Outcome::Done(d) = drive(c, l, |_, _| {}) else {
+            panic!("fallback failed")
+        };
+        assert!(!d.0.resumed);
+        assert_eq!(d.1.ticket_refused, Some(TicketRefusal::Disabled));
+    }
+
+    #[test]
+    fn the_listener_store_refuses_a_ticket_made_under_another_context() {
+        // A reload that changes the listener's key or PSK: its old tickets are not used.
+        let peer = Arc::new(connector_key().public().clone());
+        let mut trust = TrustList::new();
+        trust.insert(peer.fingerprint(), None);
+        let lfp = listener_key().fingerprint();
+        let old = ticket_context(&[&lfp], None);
+        let psk = sealpipe::proto::keys::Psk::from_bytes([3; 32]);
+        let new = ticket_context(&[&lfp], Some(&psk));
+        assert_ne!(old, new);
+        let t0 = Instant::now();
+        let secret = Secret::from_bytes([7; 32]);
+        let id = ticket_id(&secret);
+        let prefix = b"resume hello up to the binder";
+        let b = binder(&secret, prefix);
+        let presented = PresentedBinder {
+            hello_before_binder: prefix,
+            binder: &b,
+        };
+        let policy = TicketPolicy::default();
+        let mut store = TicketStore::default();
+        store.insert(secret.clone(), peer.clone(), old, policy, t0);
+        let r = store.redeem(
+            &id,
+            presented,
+            &|fp| trust.contains(fp),
+            &new,
+            policy,
+            t0 + S,
+        );
+        assert_eq!(r.err(), Some(TicketRefusal::Untrusted));
+        assert!(store.is_empty());
+        store.insert(secret, peer, old, policy, t0);
+        assert!(store
+            .redeem(
+                &id,
+                presented,
+                &|fp| trust.contains(fp),
+                &old,
+                policy,
+                t0 + S
+            )
+            .is_ok());
+    }
+
+    #[test]
+    fn the_listener_store_is_bounded_and_evicts_expired_then_oldest() {
+        let policy = |secs| TicketPolicy {
+            lifetime: S * secs,
+            uses: 10,
+        };
+        let peer = Arc::new(connector_key().public().clone());
+        let ctx = ticket_context(&[&listener_key().fingerprint()], None);
+        let mut trust = TrustList::new();
+        trust.insert(peer.fingerprint(), None);
+        let t0 = Instant::now();
+        let secret = |i: u8| Secret::from_bytes([i; 32]);
+        let mut store = TicketStore::with_capacity(3);
+        store.insert(secret(1), peer.clone(), ctx, policy(3600), t0);
+        store.insert(secret(2), peer.clone(), ctx, policy(5), t0 + S);
+        store.insert(secret(3), peer.clone(), ctx, policy(3600), t0 + S * 2);
+        store.insert(secret(4), peer.clone(), ctx, policy(3600), t0 + S * 10);
+        assert_eq!(store.len(), 3);
+        assert!(
+            store.uses_left(&ticket_id(&secret(2))).is_none(),
+            "expired first"
+        );
+        assert!(store.uses_left(&ticket_id(&secret(1))).is_some());
+        store.insert(secret(5), peer.clone(), ctx, policy(3600), t0 + S * 11);
+        assert_eq!(store.len(), 3);
+        assert!(
+            store.uses_left(&ticket_id(&secret(1))).is_none(),
+            "then the oldest"
+        );
+        for i in [3, 4, 5] {
+            assert_eq!(store.uses_left(&ticket_id(&secret(i))), Some(10));
+        }
+        for i in 6..200u8 {
+            store.insert(secret(i), peer.clone(), ctx, policy(3600), t0 + S * 12);
+            assert!(store.len() <= 3);
+        }
+    }
+}

@@ -7,10 +7,14 @@ mod support;
 
 use std::sync::Arc;
 
-use sealpipe::proto::handshake::{ConnectorParams, Handshake, ListenerParams};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use sealpipe::proto::handshake::{ConnectorParams, Handshake, ListenerParams, Resumption};
 use sealpipe::proto::identity::{Signer, TrustList};
 use sealpipe::proto::keys::hash;
 use sealpipe::proto::record::{HEADER_LEN, OVERHEAD};
+use sealpipe::proto::resume::{ticket_id, ConnectorTickets, TicketPolicy, TicketStore};
 use support::*;
 
 fn hex(b: &[u8]) -> String {
@@ -22,23 +26,41 @@ fn computed() -> Vec<(&'static str, String)> {
     let c: Arc<dyn Signer> = Arc::new(DetSigner::new("peer-b.pem", "vector connector pss"));
     let mut trust = TrustList::new();
     trust.insert(c.public().fingerprint(), None);
-    let ch = Handshake::connector(
-        ConnectorParams {
-            identity: c.clone(),
-            listener: l.public().fingerprint().into(),
-            psk: None,
-        },
+    let cparams = ConnectorParams {
+        identity: c.clone(),
+        listener: l.public().fingerprint().into(),
+        psk: None,
+    };
+    let lparams = ListenerParams {
+        identity: l.clone(),
+        trust: Arc::new(trust),
+        psk: None,
+        accept_unknown: false,
+        allow_tofu: false,
+    };
+    // Ticket stores: the full handshake files its ticket, the resumed one below uses it.
+    let now = Instant::now();
+    let cstore = Arc::new(Mutex::new(ConnectorTickets::default()));
+    let lstore = Arc::new(Mutex::new(TicketStore::default()));
+    let cres = Resumption {
+        store: cstore,
+        policy: TicketPolicy::default(),
+        now,
+    };
+    let lres = Resumption {
+        store: lstore,
+        policy: TicketPolicy::default(),
+        now,
+    };
+    let ch = Handshake::connector_resuming(
+        cparams.clone(),
         det_randomness("vector connector"),
+        cres.clone(),
     );
-    let lh = Handshake::listener(
-        ListenerParams {
-            identity: l.clone(),
-            trust: Arc::new(trust),
-            psk: None,
-            accept_unknown: false,
-            allow_tofu: false,
-        },
+    let lh = Handshake::listener_resuming(
+        lparams.clone(),
         det_randomness("vector listener"),
+        lres.clone(),
     );
     let mut flights = Vec::new();
     let Outcome::Done(done) = drive(ch, lh, |_, b| flights.push(b.clone())) else {
@@ -62,6 +84,9 @@ fn computed() -> Vec<(&'static str, String)> {
         ("c_ap_traffic_0", hex(ce.send.expose())),
         ("l_ap_traffic_0", hex(ce.recv.expose())),
     ];
+    out.push(("resumption_secret", hex(ce.resumption.expose())));
+    out.push(("ticket_id", hex(&ticket_id(&ce.resumption))));
+    out.extend(resumed(cparams, lparams, cres, lres));
     let (mut sealer, _) = ce.into_record_layer(4);
     let mut rec = vec![0u8; 4 + OVERHEAD];
     rec[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(b"ping");
@@ -75,6 +100,33 @@ fn computed() -> Vec<(&'static str, String)> {
     sealer.seal_data(&mut rec).unwrap();
     out.push(("third_record_pong_generation_1", hex(&rec)));
     out
+}
+
+/// The resumed handshake that follows the full one, with the ticket it made.
+fn resumed(
+    cparams: ConnectorParams,
+    lparams: ListenerParams,
+    cres: Resumption<ConnectorTickets>,
+    lres: Resumption<TicketStore>,
+) -> Vec<(&'static str, String)> {
+    let ch =
+        Handshake::connector_resuming(cparams, det_randomness("vector resume connector"), cres);
+    let lh = Handshake::listener_resuming(lparams, det_randomness("vector resume listener"), lres);
+    let mut flights = Vec::new();
+    let Outcome::Done(done) = drive(ch, lh, |_, b| flights.push(b.clone())) else {
+        panic!("vector resumption failed")
+    };
+    let (ce, le) = *done;
+    assert!(ce.resumed && le.resumed);
+    assert_eq!(ce.transcript_hash, le.transcript_hash);
+    vec![
+        ("resume_hello", hex(&flights[0])),
+        ("resume_accept", hex(&flights[1])),
+        ("resume_finished", hex(&flights[2])),
+        ("resumed_transcript_sha256", hex(&ce.transcript_hash)),
+        ("c_res_ap_traffic_0", hex(ce.send.expose())),
+        ("l_res_ap_traffic_0", hex(ce.recv.expose())),
+    ]
 }
 
 #[test]

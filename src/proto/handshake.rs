@@ -10,6 +10,18 @@
 //! [records may follow at once]                            [records]
 //! ```
 //!
+//! A connector holding a ticket from an earlier full handshake ([`crate::proto::resume`]) sends
+//! a ResumeHello instead; a listener that accepts the ticket answers ResumeAccept (a fresh
+//! X25519 exchange keyed by the ticket secret, no RSA), the connector ResumeFinished. A listener
+//! that refuses the ticket answers with a full handshake on the same transcript:
+//!
+//! ```text
+//! ResumeHello {ver, opts, random, e_c, ticket_id, binder, mac1} ──▶  mac1, ticket, binder
+//!                 ◀─────── ResumeAccept {ver, opts, random, e_l, fin_l}
+//!                          (or ListenerHello + ListenerAuth: full handshake)
+//! ResumeFinished {fin_c} ──────────────────────────────────────────▶  check fin_c
+//! ```
+//!
 //! The state machine is sans-IO: [`Handshake::read`] takes bytes from the peer and consumes at
 //! most up to the end of the handshake (what follows belongs to the record layer);
 //! [`Handshake::take_output`] gives bytes to send. When [`Handshake::is_done`], the verified peer
@@ -20,7 +32,8 @@
 //! all-zero [`FIRST_CONTACT`] fingerprint is answered too (a TOFU connector's first contact,
 //! [`ListenerPin::FirstContact`]). `accept_unknown` lets in connectors outside the trust list.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use rand::CryptoRng;
 use sha2::{Digest, Sha256};
@@ -33,10 +46,15 @@ use crate::proto::keys::{
     ct_eq, finished_key, hash, hmac, Direction, HandshakeSecrets, Psk, Secret, TrafficKey, HASH_LEN,
 };
 use crate::proto::messages::{
-    check_header, header, put_vec16, Auth, Hello, MessageError, MessageType, KNOWN_OPTIONS,
-    MAC1_LEN, MSG_HEADER_LEN, OPTION_PSK, PROTOCOL_VERSION,
+    check_first_header, check_header_any, header, put_vec16, Auth, Hello, MessageError,
+    MessageType, KNOWN_OPTIONS, LISTENER_HELLO_BODY, MAC1_LEN, MSG_HEADER_LEN, OPTION_PSK,
+    PROTOCOL_VERSION, RESUME_ACCEPT_BODY, RESUME_FINISHED_BODY, RESUME_HELLO_BODY, TICKET_ID_LEN,
 };
 use crate::proto::record::{Opener, Sealer};
+use crate::proto::resume::{
+    binder, ticket_context, ConnectorTickets, Offer, PresentedBinder, Redeemed, ResumeSecrets,
+    TicketPolicy, TicketRefusal, TicketStore,
+};
 
 /// Context strings of the two signatures: the role label keeps a signature from being reflected.
 pub const LISTENER_SIGNATURE_CONTEXT: &[u8] = b"sealpipe1 listener signature\0";
@@ -138,6 +156,32 @@ pub struct ListenerParams {
     pub allow_tofu: bool,
 }
 
+/// Resumption for one handshake: the tunnel's ticket store (shared by its connections and kept
+/// across reloads), the ticket policy and the current time.
+pub struct Resumption<S> {
+    /// The tunnel's tickets.
+    pub store: Arc<Mutex<S>>,
+    /// Lifetime and uses of tickets made, and the lifetime limit of tickets used.
+    pub policy: TicketPolicy,
+    /// The time of this handshake.
+    pub now: Instant,
+}
+
+impl<S> Clone for Resumption<S> {
+    fn clone(&self) -> Self {
+        Resumption {
+            store: self.store.clone(),
+            policy: self.policy,
+            now: self.now,
+        }
+    }
+}
+
+fn lock<S>(m: &Mutex<S>) -> MutexGuard<'_, S> {
+    // A panic elsewhere cannot leave a store inconsistent (every update is one assignment).
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Why a handshake failed. On the wire every failure looks the same: the connection closes.
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
@@ -224,6 +268,11 @@ pub struct Established {
     pub resumption: Secret,
     /// SHA-256 of the whole handshake transcript.
     pub transcript_hash: [u8; HASH_LEN],
+    /// True for a resumed session (no RSA operation; `peer` comes from the ticket).
+    pub resumed: bool,
+    /// Why a ticket offered or presented in this connection was refused (then a full
+    /// handshake ran).
+    pub ticket_refused: Option<TicketRefusal>,
 }
 
 impl std::fmt::Debug for Established {
@@ -254,6 +303,7 @@ enum State {
     ConnectorWaitAuth(Box<HsKeys>),
     ListenerWaitHello,
     ListenerWaitAuth(Box<HsKeys>),
+    ListenerWaitResumeFinished(Box<ResKeys>),
     Done(Box<Established>),
     Finished,
     Failed,
@@ -265,9 +315,25 @@ struct HsKeys {
     l_hs: Secret,
 }
 
+struct ResKeys {
+    rs: ResumeSecrets,
+    c_hs: Secret,
+    peer: Arc<PublicIdentity>,
+}
+
+enum ResumeCtx {
+    Connector {
+        r: Resumption<ConnectorTickets>,
+        offer: Option<Offer>,
+    },
+    Listener(Resumption<TicketStore>),
+}
+
 /// One handshake, for either role.
 pub struct Handshake {
     params: Params,
+    resume: Option<Box<ResumeCtx>>,
+    ticket_refused: Option<TicketRefusal>,
     state: State,
     rand: HandshakeRandomness,
     options: u8,
@@ -305,13 +371,14 @@ pub fn check_hello_mac1(params: &ListenerParams, hello: &[u8]) -> Result<Contact
     }
 }
 
-/// Checks a whole connector hello's header and mac1 for the listener `listener`, without any
-/// other work: what a listener can afford to do for anybody. The state machine checks again.
+/// Checks a whole connector hello's (ConnectorHello or ResumeHello) header and mac1 for the
+/// listener `listener`, without any other work: what a listener can afford to do for anybody.
+/// The state machine checks again.
 pub fn check_connector_hello(listener: &Fingerprint, hello: &[u8]) -> Result<(), HandshakeError> {
     let header = hello
         .first_chunk::<MSG_HEADER_LEN>()
         .ok_or(MessageError::Malformed)?;
-    let len = check_header(header, MessageType::ConnectorHello)?;
+    let (_, len) = check_first_header(header)?;
     if hello.len() != MSG_HEADER_LEN + len {
         return Err(MessageError::Malformed.into());
     }
@@ -353,6 +420,24 @@ fn x25519_shared(
 impl Handshake {
     /// A connector's handshake; its hello is ready in [`Handshake::take_output`] at once.
     pub fn connector(params: ConnectorParams, rand: HandshakeRandomness) -> Self {
+        Self::connector_with(params, rand, None)
+    }
+
+    /// A connector's handshake with resumption: offers the store's ticket for this listener if
+    /// it has a valid one (using one of its uses), and keeps the ticket of a full handshake.
+    pub fn connector_resuming(
+        params: ConnectorParams,
+        rand: HandshakeRandomness,
+        resumption: Resumption<ConnectorTickets>,
+    ) -> Self {
+        Self::connector_with(params, rand, Some(resumption))
+    }
+
+    fn connector_with(
+        params: ConnectorParams,
+        rand: HandshakeRandomness,
+        resumption: Option<Resumption<ConnectorTickets>>,
+    ) -> Self {
         let options = if params.psk.is_some() { OPTION_PSK } else { 0 };
         let hello = Hello {
             version: PROTOCOL_VERSION,
@@ -360,13 +445,37 @@ impl Handshake {
             random: rand.random,
             ephemeral: x25519_public(&rand.ephemeral),
         };
-        let mut out = hello.encode_connector_unmacced();
+        // Only a connector pinned to a known key resumes (never a TOFU first contact or probe).
+        let pinned = matches!(params.listener, ListenerPin::Key(_));
+        let resume = resumption.filter(|_| pinned).map(|r| {
+            let context = connector_context(&params);
+            let offer = lock(&r.store).offer(&context, r.policy, r.now);
+            Box::new(ResumeCtx::Connector { r, offer })
+        });
+        let offer = match resume.as_deref() {
+            Some(ResumeCtx::Connector { offer, .. }) => offer.as_ref(),
+            _ => None,
+        };
+        let mut out = match offer {
+            None => hello.encode_connector_unmacced(),
+            Some(offer) => {
+                let mut out = Vec::with_capacity(MSG_HEADER_LEN + RESUME_HELLO_BODY);
+                out.extend_from_slice(&header(MessageType::ResumeHello, RESUME_HELLO_BODY));
+                out.extend_from_slice(&hello.encode_listener()[MSG_HEADER_LEN..]);
+                out.extend_from_slice(&offer.id);
+                let b = binder(&offer.secret, &out);
+                out.extend_from_slice(&b);
+                out
+            }
+        };
         let tag = mac1(&params.listener.mac1_key(), &out);
         out.extend_from_slice(&tag);
         let mut transcript = Sha256::new();
         transcript.update(&out);
         Handshake {
             params: Params::Connector(params),
+            resume,
+            ticket_refused: None,
             state: State::ConnectorWaitHello,
             rand,
             options,
@@ -376,11 +485,32 @@ impl Handshake {
         }
     }
 
-    /// A listener's handshake; it waits for a connector hello.
+    /// A listener's handshake; it waits for a connector hello. A resume hello gets a full
+    /// handshake ([`TicketRefusal::Disabled`]).
     pub fn listener(params: ListenerParams, rand: HandshakeRandomness) -> Self {
+        Self::listener_with(params, rand, None)
+    }
+
+    /// A listener's handshake with resumption: accepts valid tickets from the store (using one
+    /// of their uses), and files the ticket of a full handshake.
+    pub fn listener_resuming(
+        params: ListenerParams,
+        rand: HandshakeRandomness,
+        resumption: Resumption<TicketStore>,
+    ) -> Self {
+        Self::listener_with(params, rand, Some(resumption))
+    }
+
+    fn listener_with(
+        params: ListenerParams,
+        rand: HandshakeRandomness,
+        resumption: Option<Resumption<TicketStore>>,
+    ) -> Self {
         let options = if params.psk.is_some() { OPTION_PSK } else { 0 };
         Handshake {
             params: Params::Listener(params),
+            resume: resumption.map(|r| Box::new(ResumeCtx::Listener(r))),
+            ticket_refused: None,
             state: State::ListenerWaitHello,
             rand,
             options,
@@ -436,13 +566,25 @@ impl Handshake {
         result
     }
 
-    fn expected(&self) -> Option<MessageType> {
+    fn expected(&self) -> Option<&'static [MessageType]> {
+        use MessageType as M;
         match self.state {
-            State::ConnectorWaitHello => Some(MessageType::ListenerHello),
-            State::ConnectorWaitAuth(_) => Some(MessageType::ListenerAuth),
-            State::ListenerWaitHello => Some(MessageType::ConnectorHello),
-            State::ListenerWaitAuth(_) => Some(MessageType::ConnectorAuth),
+            State::ConnectorWaitHello if self.offer().is_some() => {
+                Some(&[M::ListenerHello, M::ResumeAccept])
+            }
+            State::ConnectorWaitHello => Some(&[M::ListenerHello]),
+            State::ConnectorWaitAuth(_) => Some(&[M::ListenerAuth]),
+            State::ListenerWaitHello => Some(&[M::ConnectorHello, M::ResumeHello]),
+            State::ListenerWaitAuth(_) => Some(&[M::ConnectorAuth]),
+            State::ListenerWaitResumeFinished(_) => Some(&[M::ResumeFinished]),
             State::Done(_) | State::Finished | State::Failed => None,
+        }
+    }
+
+    fn offer(&self) -> Option<&Offer> {
+        match self.resume.as_deref() {
+            Some(ResumeCtx::Connector { offer, .. }) => offer.as_ref(),
+            _ => None,
         }
     }
 
@@ -455,9 +597,12 @@ impl Handshake {
                     _ => Ok(consumed),
                 };
             };
-            let need = match self.inbuf.first_chunk::<MSG_HEADER_LEN>() {
-                None => MSG_HEADER_LEN,
-                Some(h) => MSG_HEADER_LEN + check_header(h, expected)?,
+            let (kind, need) = match self.inbuf.first_chunk::<MSG_HEADER_LEN>() {
+                None => (None, MSG_HEADER_LEN),
+                Some(h) => {
+                    let (kind, len) = check_header_any(h, expected)?;
+                    (Some(kind), MSG_HEADER_LEN + len)
+                }
             };
             if self.inbuf.len() < need {
                 let take = (need - self.inbuf.len()).min(input.len() - consumed);
@@ -471,11 +616,15 @@ impl Handshake {
                 continue;
             }
             let mut msg = std::mem::take(&mut self.inbuf);
-            match expected {
-                MessageType::ListenerHello => self.connector_on_hello(&msg)?,
-                MessageType::ListenerAuth => self.connector_on_auth(&mut msg)?,
-                MessageType::ConnectorHello => self.listener_on_hello(&msg)?,
-                MessageType::ConnectorAuth => self.listener_on_auth(&mut msg)?,
+            match kind {
+                Some(MessageType::ListenerHello) => self.connector_on_hello(&msg)?,
+                Some(MessageType::ListenerAuth) => self.connector_on_auth(&mut msg)?,
+                Some(MessageType::ResumeAccept) => self.connector_on_resume_accept(&msg)?,
+                Some(MessageType::ConnectorHello) => self.listener_on_hello(&msg)?,
+                Some(MessageType::ResumeHello) => self.listener_on_resume_hello(&msg)?,
+                Some(MessageType::ConnectorAuth) => self.listener_on_auth(&mut msg)?,
+                Some(MessageType::ResumeFinished) => self.listener_on_resume_finished(&msg)?,
+                None => return Err(HandshakeError::State),
             }
         }
     }
@@ -606,6 +755,20 @@ impl Handshake {
         let master = keys.hs.master();
         let c = master.traffic(Direction::ConnectorToListener, &th);
         let l = master.traffic(Direction::ListenerToConnector, &th);
+        let resumption = master.resumption(&th);
+        self.file_ticket(&resumption, &peer);
+        self.done(peer, c, l, resumption, th, false);
+    }
+
+    fn done(
+        &mut self,
+        peer: PublicIdentity,
+        c: Secret,
+        l: Secret,
+        resumption: Secret,
+        th: [u8; HASH_LEN],
+        resumed: bool,
+    ) {
         let (send, recv) = match self.role() {
             Role::Connector => (c, l),
             Role::Listener => (l, c),
@@ -615,14 +778,49 @@ impl Handshake {
             peer,
             send,
             recv,
-            resumption: master.resumption(&th),
+            resumption,
             transcript_hash: th,
+            resumed,
+            ticket_refused: self.ticket_refused,
         }));
+    }
+
+    /// After a full handshake: the ticket secret goes to the store for later connections.
+    fn file_ticket(&mut self, t: &Secret, peer: &PublicIdentity) {
+        match (self.resume.as_deref(), &self.params) {
+            (Some(ResumeCtx::Connector { r, .. }), Params::Connector(p)) => {
+                lock(&r.store).insert(
+                    t.clone(),
+                    Arc::new(peer.clone()),
+                    connector_context(p),
+                    r.policy,
+                    r.now,
+                );
+            }
+            (Some(ResumeCtx::Listener(r)), Params::Listener(p)) => {
+                lock(&r.store).insert(
+                    t.clone(),
+                    Arc::new(peer.clone()),
+                    listener_context(p),
+                    r.policy,
+                    r.now,
+                );
+            }
+            _ => {}
+        }
     }
 
     fn connector_on_hello(&mut self, msg: &[u8]) -> Result<(), HandshakeError> {
         let hello = Hello::decode_fields(&msg[MSG_HEADER_LEN..])?;
         self.check_hello(&hello)?;
+        // A full handshake after a resume hello: the listener refused the ticket. Forget it
+        // (this handshake, if it succeeds, makes a fresh one).
+        if let Some(ResumeCtx::Connector { r, offer }) = self.resume.as_deref_mut() {
+            if let Some(o) = offer.take() {
+                lock(&r.store).forget(&o.id);
+                self.ticket_refused = Some(TicketRefusal::RefusedByListener);
+            }
+        }
         let shared = x25519_shared(&self.rand.ephemeral, &hello.ephemeral)?;
         self.transcript.update(msg);
         let keys = self.handshake_keys(&shared);
@@ -673,6 +871,15 @@ impl Handshake {
         self.check_hello(&hello)?;
         let shared = x25519_shared(&self.rand.ephemeral, &hello.ephemeral)?;
         self.transcript.update(msg);
+        self.listener_full_reply(&shared)
+    }
+
+    /// The listener's answer of a full handshake, once the connector's hello is in the
+    /// transcript.
+    fn listener_full_reply(
+        &mut self,
+        shared: &x25519_dalek::SharedSecret,
+    ) -> Result<(), HandshakeError> {
         let reply = Hello {
             version: PROTOCOL_VERSION,
             options: self.options,
@@ -682,7 +889,7 @@ impl Handshake {
         .encode_listener();
         self.transcript.update(&reply);
         self.out.extend_from_slice(&reply);
-        let keys = self.handshake_keys(&shared);
+        let keys = self.handshake_keys(shared);
         let auth = self.make_auth(
             MessageType::ListenerAuth,
             LISTENER_SIGNATURE_CONTEXT,
@@ -713,5 +920,147 @@ impl Handshake {
         })?;
         self.establish(&keys, peer);
         Ok(())
+    }
+}
+
+fn connector_context(p: &ConnectorParams) -> crate::proto::resume::TicketContext {
+    ticket_context(
+        &[&p.identity.public().fingerprint(), &p.listener.mac1_key()],
+        p.psk.as_deref(),
+    )
+}
+
+fn listener_context(p: &ListenerParams) -> crate::proto::resume::TicketContext {
+    ticket_context(&[&p.identity.public().fingerprint()], p.psk.as_deref())
+}
+
+/// Offsets in a resume hello (header included).
+const RH_ID: usize = MSG_HEADER_LEN + LISTENER_HELLO_BODY;
+const RH_BINDER: usize = RH_ID + TICKET_ID_LEN;
+const RH_MAC1: usize = RH_BINDER + HASH_LEN;
+
+impl Handshake {
+    fn listener_on_resume_hello(&mut self, msg: &[u8]) -> Result<(), HandshakeError> {
+        let Params::Listener(params) = &self.params else {
+            return Err(HandshakeError::State);
+        };
+        // mac1 first, before any table lookup or X25519.
+        check_connector_hello(&params.identity.public().fingerprint(), msg)?;
+        let hello = Hello::decode_fields(&msg[MSG_HEADER_LEN..])?;
+        self.check_hello(&hello)?;
+        let (Some(id), Some(binder_got)) = (
+            msg.get(RH_ID..RH_BINDER)
+                .and_then(|b| <&[u8; TICKET_ID_LEN]>::try_from(b).ok()),
+            msg.get(RH_BINDER..RH_MAC1),
+        ) else {
+            return Err(MessageError::Malformed.into());
+        };
+        // The X25519 first: a low-order key ends the handshake before it can use up a ticket.
+        let shared = x25519_shared(&self.rand.ephemeral, &hello.ephemeral)?;
+        let redeemed = match self.resume.as_deref() {
+            Some(ResumeCtx::Listener(r)) => lock(&r.store).redeem(
+                id,
+                PresentedBinder {
+                    hello_before_binder: &msg[..RH_BINDER],
+                    binder: binder_got,
+                },
+                &|fp| params.accept_unknown || params.trust.contains(fp),
+                &listener_context(params),
+                r.policy,
+                r.now,
+            ),
+            _ => Err(TicketRefusal::Disabled),
+        };
+        self.transcript.update(msg);
+        match redeemed {
+            Ok(ticket) => self.listener_resume_reply(&shared, ticket),
+            Err(refusal) => {
+                // Fall back to a full handshake on the same transcript: it authenticates the
+                // resume hello as it would a connector hello.
+                self.ticket_refused = Some(refusal);
+                self.listener_full_reply(&shared)
+            }
+        }
+    }
+
+    fn listener_resume_reply(
+        &mut self,
+        shared: &x25519_dalek::SharedSecret,
+        ticket: Redeemed,
+    ) -> Result<(), HandshakeError> {
+        let mut reply = Vec::with_capacity(MSG_HEADER_LEN + RESUME_ACCEPT_BODY);
+        reply.extend_from_slice(&header(MessageType::ResumeAccept, RESUME_ACCEPT_BODY));
+        let fields = Hello {
+            version: PROTOCOL_VERSION,
+            options: self.options,
+            random: self.rand.random,
+            ephemeral: x25519_public(&self.rand.ephemeral),
+        }
+        .encode_listener();
+        reply.extend_from_slice(&fields[MSG_HEADER_LEN..]);
+        self.transcript.update(&reply);
+        let rs = ResumeSecrets::new(&ticket.secret, shared.as_bytes());
+        let (c_hs, l_hs) = rs.handshake_traffic(&self.transcript_hash());
+        let fin = hmac(finished_key(&l_hs).expose(), &[&self.transcript_hash()]);
+        self.transcript.update(fin);
+        reply.extend_from_slice(&fin);
+        self.out.extend_from_slice(&reply);
+        self.state = State::ListenerWaitResumeFinished(Box::new(ResKeys {
+            rs,
+            c_hs,
+            peer: ticket.peer,
+        }));
+        Ok(())
+    }
+
+    fn listener_on_resume_finished(&mut self, msg: &[u8]) -> Result<(), HandshakeError> {
+        let State::ListenerWaitResumeFinished(keys) =
+            std::mem::replace(&mut self.state, State::Failed)
+        else {
+            return Err(HandshakeError::State);
+        };
+        let expected = hmac(
+            finished_key(&keys.c_hs).expose(),
+            &[&self.transcript_hash()],
+        );
+        if !ct_eq(&expected, &msg[MSG_HEADER_LEN..]) {
+            return Err(HandshakeError::BadFinished);
+        }
+        self.transcript.update(msg);
+        self.resumed(&keys.rs, (*keys.peer).clone());
+        Ok(())
+    }
+
+    fn connector_on_resume_accept(&mut self, msg: &[u8]) -> Result<(), HandshakeError> {
+        let hello = Hello::decode_fields(&msg[MSG_HEADER_LEN..])?;
+        self.check_hello(&hello)?;
+        let Some(ResumeCtx::Connector { offer, .. }) = self.resume.as_deref_mut() else {
+            return Err(HandshakeError::State);
+        };
+        let offer = offer.take().ok_or(HandshakeError::State)?;
+        let shared = x25519_shared(&self.rand.ephemeral, &hello.ephemeral)?;
+        let (fields, fin_l) = msg.split_at(msg.len() - HASH_LEN);
+        self.transcript.update(fields);
+        let rs = ResumeSecrets::new(&offer.secret, shared.as_bytes());
+        let (c_hs, l_hs) = rs.handshake_traffic(&self.transcript_hash());
+        let expected = hmac(finished_key(&l_hs).expose(), &[&self.transcript_hash()]);
+        if !ct_eq(&expected, fin_l) {
+            return Err(HandshakeError::BadFinished);
+        }
+        self.transcript.update(fin_l);
+        let fin_c = hmac(finished_key(&c_hs).expose(), &[&self.transcript_hash()]);
+        let mut finished = Vec::with_capacity(MSG_HEADER_LEN + RESUME_FINISHED_BODY);
+        finished.extend_from_slice(&header(MessageType::ResumeFinished, RESUME_FINISHED_BODY));
+        finished.extend_from_slice(&fin_c);
+        self.transcript.update(&finished);
+        self.out.extend_from_slice(&finished);
+        self.resumed(&rs, (*offer.peer).clone());
+        Ok(())
+    }
+
+    fn resumed(&mut self, rs: &ResumeSecrets, peer: PublicIdentity) {
+        let th = self.transcript_hash();
+        let (c, l, res) = rs.application_traffic(&th);
+        self.done(peer, c, l, res, th, true);
     }
 }

@@ -167,7 +167,7 @@ impl MasterSecret {
         derive_secret(&self.0, dir.ap_label(), transcript_hash)
     }
 
-    /// A secret the session may keep for a later resumption (not used by the wire protocol yet).
+    /// The ticket secret for later resumptions (`crate::proto::resume`).
     pub fn resumption(&self, transcript_hash: &[u8; HASH_LEN]) -> Secret {
         derive_secret(&self.0, "res master", transcript_hash)
     }

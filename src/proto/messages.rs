@@ -24,6 +24,14 @@ pub const KNOWN_OPTIONS: u8 = OPTION_PSK;
 pub const CONNECTOR_HELLO_BODY: usize = 1 + 1 + 32 + 32 + MAC1_LEN;
 /// Body of the listener hello: version, options, random, ephemeral.
 pub const LISTENER_HELLO_BODY: usize = 1 + 1 + 32 + 32;
+/// Bytes of a resumption ticket id.
+pub const TICKET_ID_LEN: usize = 16;
+/// Body of the resume hello: version, options, random, ephemeral, ticket id, binder, mac1.
+pub const RESUME_HELLO_BODY: usize = 1 + 1 + 32 + 32 + TICKET_ID_LEN + HASH_LEN + MAC1_LEN;
+/// Body of the resume accept: version, options, random, ephemeral, finished.
+pub const RESUME_ACCEPT_BODY: usize = 1 + 1 + 32 + 32 + HASH_LEN;
+/// Body of the resume finished: the connector's finished MAC.
+pub const RESUME_FINISHED_BODY: usize = HASH_LEN;
 /// Largest plaintext of an auth message.
 pub const MAX_AUTH_PLAINTEXT: usize = 2 + MAX_SPKI_LEN + 2 + MAX_SIGNATURE_LEN + HASH_LEN;
 /// Largest body of an auth message (ciphertext and tag).
@@ -43,6 +51,29 @@ pub enum MessageType {
     ListenerAuth = 0x13,
     /// Connector → listener, encrypted: identity, signature, finished.
     ConnectorAuth = 0x14,
+    /// Connector → listener: a hello that offers a resumption ticket (and can serve as a
+    /// [`MessageType::ConnectorHello`] if the listener refuses the ticket).
+    ResumeHello = 0x15,
+    /// Listener → connector: ticket accepted; ephemeral key, randomness, finished.
+    ResumeAccept = 0x16,
+    /// Connector → listener: finished of a resumed handshake.
+    ResumeFinished = 0x17,
+}
+
+impl MessageType {
+    /// The type named by a header's first byte, if it is one.
+    pub fn from_u8(b: u8) -> Option<Self> {
+        Some(match b {
+            0x11 => MessageType::ConnectorHello,
+            0x12 => MessageType::ListenerHello,
+            0x13 => MessageType::ListenerAuth,
+            0x14 => MessageType::ConnectorAuth,
+            0x15 => MessageType::ResumeHello,
+            0x16 => MessageType::ResumeAccept,
+            0x17 => MessageType::ResumeFinished,
+            _ => return None,
+        })
+    }
 }
 
 /// A handshake message that breaks the format or the limits.
@@ -64,23 +95,49 @@ pub fn check_header(
     header: &[u8; MSG_HEADER_LEN],
     expected: MessageType,
 ) -> Result<usize, MessageError> {
-    if header[0] != expected as u8 {
-        return Err(MessageError::UnexpectedType(header[0]));
-    }
+    check_header_any(header, &[expected]).map(|(_, len)| len)
+}
+
+/// Checks a message header against the messages acceptable next; returns its type and body
+/// length.
+pub fn check_header_any(
+    header: &[u8; MSG_HEADER_LEN],
+    expected: &[MessageType],
+) -> Result<(MessageType, usize), MessageError> {
+    let kind = MessageType::from_u8(header[0])
+        .filter(|t| expected.contains(t))
+        .ok_or(MessageError::UnexpectedType(header[0]))?;
     let len = u16::from_be_bytes([header[1], header[2]]) as usize;
-    let ok = match expected {
+    let ok = match kind {
         MessageType::ConnectorHello => len == CONNECTOR_HELLO_BODY,
         MessageType::ListenerHello => len == LISTENER_HELLO_BODY,
+        MessageType::ResumeHello => len == RESUME_HELLO_BODY,
+        MessageType::ResumeAccept => len == RESUME_ACCEPT_BODY,
+        MessageType::ResumeFinished => len == RESUME_FINISHED_BODY,
         MessageType::ListenerAuth | MessageType::ConnectorAuth => {
             (TAG_LEN + 2 + 1 + 2 + 1 + HASH_LEN..=MAX_AUTH_BODY).contains(&len)
         }
     };
     if ok {
-        Ok(len)
+        Ok((kind, len))
     } else {
         Err(MessageError::BadLength(len))
     }
 }
+
+/// The first message a connector may send: a [`MessageType::ConnectorHello`] or a
+/// [`MessageType::ResumeHello`]. Returns its type and (fixed) body length.
+pub fn check_first_header(
+    header: &[u8; MSG_HEADER_LEN],
+) -> Result<(MessageType, usize), MessageError> {
+    check_header_any(
+        header,
+        &[MessageType::ConnectorHello, MessageType::ResumeHello],
+    )
+}
+
+/// The largest first message of a connector (a resume hello), header included.
+pub const MAX_FIRST_MESSAGE_LEN: usize = MSG_HEADER_LEN + RESUME_HELLO_BODY;
 
 /// The header of a message of `kind` with a body of `len` bytes.
 pub fn header(kind: MessageType, len: usize) -> [u8; MSG_HEADER_LEN] {

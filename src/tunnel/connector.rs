@@ -8,12 +8,14 @@ use tokio::net::TcpStream;
 use crate::config::{Address, SocketPermissions, Tuning};
 use crate::enroll::{Recorded, TofuStore};
 use crate::proto::handshake::{
-    ConnectorParams, Established, Handshake, HandshakeError, ListenerPin,
+    ConnectorParams, Established, Handshake, HandshakeError, ListenerPin, Resumption,
 };
 use crate::proto::identity::Fingerprint;
 use crate::tunnel::net::Slot;
 use crate::tunnel::net::{connect, reset_on_close, Conn, Peer};
-use crate::tunnel::serve::{carry, log_refusal, os_randomness, Tunnel, TunnelState};
+use crate::tunnel::serve::{
+    carry, count_resumption, log_refusal, os_randomness, ticket_policy, Tunnel, TunnelState,
+};
 use crate::tunnel::session::{self, SessionError};
 
 /// Everything a connector tunnel needs; replaced as a whole on reload.
@@ -93,6 +95,7 @@ impl Tunnel for ConnectorTunnel {
         };
         drop(handshake);
         state.handshake_ok(started.elapsed());
+        count_resumption(&state, &est);
         let fp = est.peer.fingerprint();
         if first_contact && !self.record_first_contact(&client, fp).await {
             plain.reset_on_close();
@@ -100,7 +103,11 @@ impl Tunnel for ConnectorTunnel {
             return;
         }
         tracing::info!(tunnel = %self.name, role = "connector", peer = %client, fingerprint = %fp,
-            connect = %self.connect, "connection open");
+            connect = %self.connect, resumed = est.resumed, "connection open");
+        if est.ticket_refused.is_some() {
+            tracing::debug!(tunnel = %self.name, role = "connector", peer = %client,
+                "the listener refused the resumption ticket, full handshake done");
+        }
         carry(
             self.as_ref(),
             plain,
@@ -132,7 +139,16 @@ impl ConnectorTunnel {
         let mut sealed = connect(&self.connect, self.tuning.connect_timeout)
             .await
             .map_err(SessionError::Io)?;
-        let hs = Handshake::connector(params, os_randomness());
+        let hs = if self.tuning.resumption {
+            let resumption = Resumption {
+                store: state.connector_tickets.clone(),
+                policy: ticket_policy(&self.tuning),
+                now: Instant::now(),
+            };
+            Handshake::connector_resuming(params, os_randomness(), resumption)
+        } else {
+            Handshake::connector(params, os_randomness())
+        };
         let (est, leftover) = session::handshake(&mut sealed, hs, &[], deadline, timeout).await?;
         Ok((sealed, est, leftover, slot))
     }

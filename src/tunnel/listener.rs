@@ -8,11 +8,13 @@ use std::sync::atomic::Ordering;
 use tokio::io::AsyncReadExt;
 
 use crate::config::{Address, Tuning};
-use crate::proto::handshake::{check_hello_mac1, Contact, Handshake, ListenerParams};
+use crate::proto::handshake::{check_hello_mac1, Contact, Handshake, ListenerParams, Resumption};
 use crate::proto::identity::Fingerprint;
-use crate::proto::messages::{CONNECTOR_HELLO_BODY, MSG_HEADER_LEN};
+use crate::proto::messages::{check_first_header, MAX_FIRST_MESSAGE_LEN, MSG_HEADER_LEN};
 use crate::tunnel::net::{connect_local, reset_on_close, Conn, Peer};
-use crate::tunnel::serve::{carry, log_refusal, os_randomness, Tunnel, TunnelState};
+use crate::tunnel::serve::{
+    carry, count_resumption, log_refusal, os_randomness, ticket_policy, Tunnel, TunnelState,
+};
 use crate::tunnel::session::{self, SessionError};
 
 /// Everything a listener tunnel needs; replaced as a whole on reload.
@@ -52,18 +54,35 @@ impl Tunnel for ListenerTunnel {
             state.handshake_failed(&e);
             log_refusal(&self.name, self.role(), &peer, &e);
         };
-        // Before any work, and holding no handshake slot: the fixed-size hello and its mac1.
-        // A scanner, a slow sender or a peer without our fingerprint costs a socket and 85 bytes.
-        let mut hello = [0u8; MSG_HEADER_LEN + CONNECTOR_HELLO_BODY];
-        match tokio::time::timeout_at(deadline, sealed.read_exact(&mut hello)).await {
-            Ok(Ok(_)) => {}
+        // Before any work, and holding no handshake slot: the fixed-size hello (ConnectorHello,
+        // or ResumeHello, as its header says) and its mac1. A scanner, a slow sender or a peer
+        // without our fingerprint costs a socket and at most 133 bytes.
+        let mut buf = [0u8; MAX_FIRST_MESSAGE_LEN];
+        let read_hello = async {
+            sealed.read_exact(&mut buf[..MSG_HEADER_LEN]).await?;
+            let mut header = [0u8; MSG_HEADER_LEN];
+            header.copy_from_slice(&buf[..MSG_HEADER_LEN]);
+            let len = match check_first_header(&header) {
+                Ok((_, len)) => MSG_HEADER_LEN + len,
+                Err(e) => return Ok(Err(e)),
+            };
+            sealed.read_exact(&mut buf[MSG_HEADER_LEN..len]).await?;
+            Ok::<_, std::io::Error>(Ok(len))
+        };
+        let len = match tokio::time::timeout_at(deadline, read_hello).await {
+            Ok(Ok(Ok(len))) => len,
+            Ok(Ok(Err(e))) => {
+                state.counters.mac1_rejected.fetch_add(1, Ordering::Relaxed);
+                return refused(SessionError::Handshake(e.into()));
+            }
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 return refused(SessionError::Eof)
             }
             Ok(Err(e)) => return refused(SessionError::Io(e)),
             Err(_) => return refused(SessionError::Timeout(timeout)),
-        }
-        let contact = match check_hello_mac1(&self.params, &hello) {
+        };
+        let hello = &buf[..len];
+        let contact = match check_hello_mac1(&self.params, hello) {
             Ok(c) => c,
             Err(e) => {
                 state.counters.mac1_rejected.fetch_add(1, Ordering::Relaxed);
@@ -74,14 +93,24 @@ impl Tunnel for ListenerTunnel {
         let Some(handshake) = state.handshake_slot(&self.tuning, deadline).await else {
             return refused(SessionError::Timeout(timeout));
         };
-        let hs = Handshake::listener(self.params.clone(), os_randomness());
+        let hs = if self.tuning.resumption {
+            let resumption = Resumption {
+                store: state.tickets.clone(),
+                policy: ticket_policy(&self.tuning),
+                now: Instant::now(),
+            };
+            Handshake::listener_resuming(self.params.clone(), os_randomness(), resumption)
+        } else {
+            Handshake::listener(self.params.clone(), os_randomness())
+        };
         let (est, leftover) =
-            match session::handshake(&mut sealed, hs, &hello, deadline, timeout).await {
+            match session::handshake(&mut sealed, hs, hello, deadline, timeout).await {
                 Ok(x) => x,
                 Err(e) => return refused(e),
             };
         drop(handshake);
         state.handshake_ok(started.elapsed());
+        count_resumption(&state, &est);
         let fp = est.peer.fingerprint();
         if contact == Contact::FirstContact {
             tracing::info!(tunnel = %self.name, role = "listener", %peer, fingerprint = %fp,
@@ -102,7 +131,11 @@ impl Tunnel for ListenerTunnel {
         };
         tracing::info!(tunnel = %self.name, role = "listener", %peer, fingerprint = %fp,
             peer_name = self.params.trust.name_of(&fp).unwrap_or(""), forward = %self.forward,
-            "connection open");
+            resumed = est.resumed, "connection open");
+        if let Some(why) = est.ticket_refused {
+            tracing::debug!(tunnel = %self.name, role = "listener", %peer, reason = %why,
+                "resumption ticket refused, full handshake done");
+        }
         carry(
             self.as_ref(),
             target,

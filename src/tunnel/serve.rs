@@ -16,6 +16,7 @@ use crate::config::{SocketPermissions, Tuning};
 use crate::metrics::Histogram;
 use crate::proto::handshake::{Established, HandshakeError, HandshakeRandomness};
 use crate::proto::identity::Fingerprint;
+use crate::proto::resume::{ConnectorTickets, TicketPolicy, TicketStore};
 use crate::tunnel::net::{
     configure, reset_on_close, Bound, Conn, Gauge, LogLimiter, Peer, Slot, SourceLimiter,
 };
@@ -37,8 +38,11 @@ pub struct Counters {
     pub over_limit: AtomicU64,
     /// Connections dropped by the per-source rate limit.
     pub rate_limited: AtomicU64,
-    /// Handshakes that resumed an earlier session.
+    /// Handshakes completed by session resumption (no RSA operation).
     pub resumed: AtomicU64,
+    /// Resumption tickets offered (connector) or presented (listener) but refused, so that a
+    /// full handshake ran instead.
+    pub resumption_fallbacks: AtomicU64,
 }
 
 /// What the accept loop and the connections of one tunnel share.
@@ -58,6 +62,10 @@ pub struct TunnelState {
     pub failures: Mutex<BTreeMap<&'static str, u64>>,
     /// Time from accept to an established session, of successful handshakes.
     pub handshake_seconds: Histogram,
+    /// Listener: the resumption tickets issued (kept across reloads, memory only).
+    pub tickets: Arc<Mutex<TicketStore>>,
+    /// Connector: the current resumption ticket (kept across reloads, memory only).
+    pub connector_tickets: Arc<Mutex<ConnectorTickets>>,
     limit_log: LogLimiter,
     rate_log: LogLimiter,
 }
@@ -102,6 +110,8 @@ impl Default for TunnelState {
             traffic: Arc::default(),
             failures: Mutex::default(),
             handshake_seconds: Histogram::default(),
+            tickets: Arc::default(),
+            connector_tickets: Arc::default(),
             limit_log: LogLimiter::new(Duration::from_secs(10)),
             rate_log: LogLimiter::new(Duration::from_secs(10)),
         }
@@ -128,6 +138,27 @@ pub trait Tunnel: Send + Sync + 'static {
         peer: Peer,
         state: Arc<TunnelState>,
     ) -> impl Future<Output = ()> + Send;
+}
+
+/// The resumption ticket policy of `tuning`.
+pub fn ticket_policy(tuning: &Tuning) -> TicketPolicy {
+    TicketPolicy {
+        lifetime: tuning.resumption_lifetime,
+        uses: tuning.resumption_uses,
+    }
+}
+
+/// Counts how a completed handshake went: resumed, or full after a refused ticket
+/// ([`TunnelState::handshake_ok`] counts it as completed).
+pub fn count_resumption(state: &TunnelState, est: &Established) {
+    if est.resumed {
+        state.counters.resumed.fetch_add(1, Ordering::Relaxed);
+    } else if est.ticket_refused.is_some() {
+        state
+            .counters
+            .resumption_fallbacks
+            .fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Fresh handshake randomness from the OS RNG.
