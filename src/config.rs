@@ -117,8 +117,14 @@ pub struct ListenerConfig {
     pub name: String,
     /// Where sealed connections arrive.
     pub listen: Address,
-    /// Where plaintext goes (resolved for each connection).
-    pub forward: Address,
+    /// Where plaintext goes (resolved for each connection); `None` when the listener serves
+    /// redirect-mode connectors only (`allow_destinations`). Exactly one of the two is set.
+    pub forward: Option<Address>,
+    /// Destinations a redirect-mode connector may ask for (`allow_destinations`); empty: none,
+    /// and a connection that names one is refused.
+    pub allow_destinations: Vec<DestinationRule>,
+    /// Write a PROXY protocol header to the target before any payload.
+    pub proxy_protocol: ProxyProtocol,
     /// Trusted connector keys with optional names: the union of `peers` and `peers_file`,
     /// without duplicates, never empty.
     pub peers: Vec<(Fingerprint, Option<String>)>,
@@ -137,8 +143,138 @@ pub struct ConnectorConfig {
     pub connect: Address,
     /// The pinned key of the remote listener.
     pub peer: Fingerprint,
+    /// `forward` (default) or `redirect` (transparent, original destination sent to the listener).
+    pub mode: ConnectorMode,
     /// `[defaults]` merged with this tunnel's overrides.
     pub tuning: Tuning,
+}
+
+/// How a connector treats its local clients (`mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConnectorMode {
+    /// Every connection goes to the listener's `forward` target.
+    #[default]
+    Forward,
+    /// Connections arrive through a NAT `REDIRECT` rule; each one's original destination is sent
+    /// to the listener, which connects there if its `allow_destinations` allows it. A connection
+    /// that was not redirected is refused.
+    Redirect,
+}
+
+/// Whether a listener writes a PROXY protocol header to its target (`proxy_protocol`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// No header (`"off"`, the default).
+    #[default]
+    Off,
+    /// A PROXY protocol version 2 (binary) header (`"v2"`).
+    V2,
+}
+
+/// One `allow_destinations` entry: a network and a port range.
+///
+/// Written `NETWORK:PORTS`, where NETWORK is an IPv4 address or CIDR (`10.0.0.0/8`, `192.0.2.7`)
+/// or an IPv6 one in brackets (`[2001:db8::/32]`, `[::1]`), and PORTS is a port (`5432`), a range
+/// (`80-90`) or `*` (any port). Host bits set in a CIDR are refused as a likely mistake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DestinationRule {
+    /// The network.
+    pub net: ipnet::IpNet,
+    /// First and last allowed port.
+    pub ports: (u16, u16),
+}
+
+impl DestinationRule {
+    /// True if `dest` is in the network and the port range. An IPv4-mapped IPv6 address is
+    /// matched as the IPv4 address it is.
+    pub fn matches(&self, dest: &SocketAddr) -> bool {
+        let ip = dest.ip().to_canonical();
+        self.net.contains(&ip) && (self.ports.0..=self.ports.1).contains(&dest.port())
+    }
+}
+
+impl fmt::Display for DestinationRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.net {
+            ipnet::IpNet::V4(n) => write!(f, "{n}:")?,
+            ipnet::IpNet::V6(n) => write!(f, "[{n}]:")?,
+        }
+        match self.ports {
+            (1, 65535) => write!(f, "*"),
+            (a, b) if a == b => write!(f, "{a}"),
+            (a, b) => write!(f, "{a}-{b}"),
+        }
+    }
+}
+
+impl FromStr for DestinationRule {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (net, ports) = if let Some(rest) = s.strip_prefix('[') {
+            let (net, after) = rest
+                .split_once(']')
+                .ok_or("missing `]` after the IPv6 network")?;
+            let ports = after
+                .strip_prefix(':')
+                .ok_or("missing `:PORTS` after `]` (a port, a range like 80-90, or *)")?;
+            if net.contains('.') && !net.contains(':') {
+                return Err("IPv4 networks are written without brackets".into());
+            }
+            (net, ports)
+        } else {
+            let (net, ports) = s
+                .rsplit_once(':')
+                .ok_or("missing `:PORTS` (a port, a range like 80-90, or *)")?;
+            if net.contains(':') {
+                return Err("IPv6 networks are written in brackets, like [2001:db8::/32]:443".into());
+            }
+            (net, ports)
+        };
+        let net: ipnet::IpNet = if net.contains('/') {
+            net.parse()
+                .map_err(|_| format!("invalid network {net:?}: expected an address or CIDR"))?
+        } else {
+            let ip: IpAddr = net
+                .parse()
+                .map_err(|_| format!("invalid network {net:?}: expected an address or CIDR"))?;
+            ipnet::IpNet::from(ip)
+        };
+        if net.trunc() != net {
+            return Err(format!(
+                "network {net} has host bits set (did you mean {}?)",
+                net.trunc()
+            ));
+        }
+        if let ipnet::IpNet::V6(n) = net {
+            if n.addr().to_ipv4_mapped().is_some() {
+                return Err("IPv4-mapped IPv6 networks are not allowed: write the IPv4 network".into());
+            }
+        }
+        let port = |p: &str| -> Result<u16, String> {
+            match p.parse::<u16>() {
+                Ok(0) | Err(_) => Err(format!("invalid port {p:?}: expected 1 to 65535")),
+                Ok(n) => Ok(n),
+            }
+        };
+        let ports = match ports {
+            "*" => (1, 65535),
+            p => match p.split_once('-') {
+                Some((a, b)) => {
+                    let (a, b) = (port(a)?, port(b)?);
+                    if a > b {
+                        return Err(format!("invalid port range {p:?}: {a} is above {b}"));
+                    }
+                    (a, b)
+                }
+                None => {
+                    let n = port(p)?;
+                    (n, n)
+                }
+            },
+        };
+        Ok(DestinationRule { net, ports })
+    }
 }
 
 /// host:port; IPv4 `1.2.3.4:80`, IPv6 `[::1]:80`, or a host name `db.example.net:7443`.
@@ -415,9 +551,11 @@ with_tuning! {
     struct RawListener {
         name: Spanned<String>,
         listen: Spanned<String>,
-        forward: Spanned<String>,
+        forward: Option<Spanned<String>>,
         peers: Option<Spanned<Vec<Spanned<String>>>>,
         peers_file: Option<Spanned<String>>,
+        allow_destinations: Option<Spanned<Vec<Spanned<String>>>>,
+        proxy_protocol: Option<Spanned<String>>,
     }
 }
 
@@ -429,6 +567,7 @@ with_tuning! {
         listen: Spanned<String>,
         connect: Spanned<String>,
         peer: Spanned<String>,
+        mode: Option<Spanned<String>>,
     }
 }
 
@@ -713,7 +852,65 @@ impl Source<'_> {
             let ctx = format!("listener {name:?}");
             let listen = self.address(&ctx, "listen", &l.listen, true)?;
             self.check_bound(&ctx, &l.listen, &listen, &mut bound)?;
-            let forward = self.address(&ctx, "forward", &l.forward, false)?;
+            let forward = l
+                .forward
+                .as_ref()
+                .map(|f| self.address(&ctx, "forward", f, false))
+                .transpose()?;
+            let mut allow_destinations = Vec::new();
+            if let Some(list) = &l.allow_destinations {
+                if list.get_ref().is_empty() {
+                    return Err(self.key_error(
+                        &ctx,
+                        "allow_destinations",
+                        list.span(),
+                        "empty list: name at least one destination, or remove the key and set `forward`",
+                    ));
+                }
+                for entry in list.get_ref() {
+                    let rule = entry.get_ref().parse::<DestinationRule>().map_err(|problem| {
+                        self.key_error(
+                            &ctx,
+                            "allow_destinations",
+                            entry.span(),
+                            format!("invalid destination {:?}: {problem}", entry.get_ref()),
+                        )
+                    })?;
+                    allow_destinations.push(rule);
+                }
+            }
+            match (&l.forward, &l.allow_destinations) {
+                (Some(_), Some(list)) => {
+                    return Err(self.key_error(
+                        &ctx,
+                        "allow_destinations",
+                        list.span(),
+                        "set either `forward` (one target for every connection) or `allow_destinations` (redirect-mode connectors choose), not both",
+                    ))
+                }
+                (None, None) => {
+                    return Err(self.error(
+                        header.clone(),
+                        format!("{ctx}: missing key `forward` (or `allow_destinations`, for redirect-mode connectors)"),
+                    ))
+                }
+                _ => {}
+            }
+            let proxy_protocol = match &l.proxy_protocol {
+                None => ProxyProtocol::Off,
+                Some(v) => match v.get_ref().as_str() {
+                    "off" => ProxyProtocol::Off,
+                    "v2" => ProxyProtocol::V2,
+                    other => {
+                        return Err(self.key_error(
+                            &ctx,
+                            "proxy_protocol",
+                            v.span(),
+                            format!("invalid value {other:?}: expected \"v2\" or \"off\""),
+                        ))
+                    }
+                },
+            };
             let mut peers: Vec<(Fingerprint, Option<String>)> = Vec::new();
             if let Some(list) = &l.peers {
                 for entry in list.get_ref() {
@@ -750,6 +947,8 @@ impl Source<'_> {
                 name,
                 listen,
                 forward,
+                allow_destinations,
+                proxy_protocol,
                 peers,
                 tuning,
             });
@@ -772,12 +971,28 @@ impl Source<'_> {
                     format!("invalid fingerprint {:?}: {e}", c.peer.get_ref()),
                 )
             })?;
+            let mode = match &c.mode {
+                None => ConnectorMode::Forward,
+                Some(v) => match v.get_ref().as_str() {
+                    "forward" => ConnectorMode::Forward,
+                    "redirect" => ConnectorMode::Redirect,
+                    other => {
+                        return Err(self.key_error(
+                            &ctx,
+                            "mode",
+                            v.span(),
+                            format!("invalid mode {other:?}: expected \"forward\" or \"redirect\""),
+                        ))
+                    }
+                },
+            };
             let tuning = self.overrides(&ctx, &c.tuning())?.apply(&base);
             connectors.push(ConnectorConfig {
                 name,
                 listen,
                 connect,
                 peer,
+                mode,
                 tuning,
             });
         }
@@ -1160,7 +1375,12 @@ peer = "{FP_B}"            # pinned listener key
         let l = &c.listeners[0];
         assert_eq!(l.name, "redis");
         assert_eq!(l.listen, Address::Ip("0.0.0.0:7443".parse().unwrap()));
-        assert_eq!(l.forward, Address::Ip("127.0.0.1:6379".parse().unwrap()));
+        assert_eq!(
+            l.forward,
+            Some(Address::Ip("127.0.0.1:6379".parse().unwrap()))
+        );
+        assert_eq!(l.allow_destinations, vec![]);
+        assert_eq!(l.proxy_protocol, ProxyProtocol::Off);
         assert_eq!(
             l.peers,
             vec![(fp(FP_A), None), (fp(FP_C), Some("laptop".to_string()))]
@@ -1177,6 +1397,7 @@ peer = "{FP_B}"            # pinned listener key
             }
         );
         assert_eq!(k.peer, fp(FP_B));
+        assert_eq!(k.mode, ConnectorMode::Forward);
     }
 
     #[test]
@@ -1334,9 +1555,10 @@ record_size = "64KiB"
                 "[[listener]]\nname = \"redis\"\nlisten = \"0.0.0.0:1\"\nforwad = \"x:1\"\npeers = [\"{FP_A}\"]\n"
             ))),
             "/etc/sealpipe/b.toml:6:1: unknown key `forwad` in listener \"redis\" (expected one of \
-             `name`, `listen`, `forward`, `peers`, `peers_file`, `rekey_bytes`, `rekey_interval`, \
-             `handshake_timeout`, `connect_timeout`, `drain_timeout`, `max_connections`, \
-             `max_handshakes`, `source_rate_limit`, `record_size`)"
+             `name`, `listen`, `forward`, `peers`, `peers_file`, `allow_destinations`, \
+             `proxy_protocol`, `rekey_bytes`, `rekey_interval`, `handshake_timeout`, \
+             `connect_timeout`, `drain_timeout`, `max_connections`, `max_handshakes`, \
+             `source_rate_limit`, `record_size`)"
         );
         assert_eq!(
             err(&format!("tunnel = 1\n{}", with_identity(""))),

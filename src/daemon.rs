@@ -62,6 +62,8 @@ pub fn build(path: &Path) -> anyhow::Result<Built> {
             let tunnel = ListenerTunnel {
                 name: l.name.clone(),
                 forward: l.forward.clone(),
+                allow_destinations: l.allow_destinations.clone(),
+                proxy_protocol: l.proxy_protocol,
                 params: ListenerParams {
                     identity: identity.clone(),
                     trust: Arc::new(trust),
@@ -84,6 +86,7 @@ pub fn build(path: &Path) -> anyhow::Result<Built> {
                     listener: c.peer,
                     psk: psk.clone(),
                 },
+                mode: c.mode,
                 tuning: c.tuning.clone(),
             };
             (c.listen.clone(), Arc::new(tunnel))

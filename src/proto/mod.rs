@@ -8,3 +8,4 @@ pub mod identity;
 pub mod keys;
 pub mod messages;
 pub mod record;
+pub mod stream;

@@ -1,4 +1,9 @@
 //! The listener side: sealed connections in, plaintext to the forward target out.
+//!
+//! After the handshake, and before any target is contacted, the connector's first record
+//! (StreamInfo) is read: it names the client and, from a redirect-mode connector, the original
+//! destination, which is connected to only if `allow_destinations` allows it. With
+//! `proxy_protocol = "v2"` a PROXY header with the client's address goes to the target first.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -6,22 +11,28 @@ use std::time::Instant;
 
 use std::sync::atomic::Ordering;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config::{Address, Tuning};
+use crate::config::{Address, DestinationRule, ProxyProtocol, Tuning};
 use crate::proto::handshake::{check_connector_hello, Handshake, ListenerParams};
 use crate::proto::messages::{CONNECTOR_HELLO_BODY, MSG_HEADER_LEN};
 use crate::tunnel::net::{connect, reset_on_close};
 use crate::tunnel::serve::{carry, log_refusal, os_randomness, Tunnel, TunnelState};
-use crate::tunnel::session::{self, SessionError};
+use crate::proto::stream::{proxy_v2_header, StreamInfo};
+use crate::tunnel::session::{self, Records, SessionError};
+use crate::tunnel::stream::read_stream_info;
 
 /// Everything a listener tunnel needs; replaced as a whole on reload.
 pub struct ListenerTunnel {
     /// Name from the config.
     pub name: String,
-    /// The plaintext service.
-    pub forward: Address,
+    /// The plaintext service for connections that name no destination.
+    pub forward: Option<Address>,
+    /// Destinations redirect-mode connectors may name; empty: none may.
+    pub allow_destinations: Vec<DestinationRule>,
+    /// Header written to the target before any payload.
+    pub proxy_protocol: ProxyProtocol,
     /// Identity, trusted connectors, PSK.
     pub params: ListenerParams,
     /// Timeouts and limits.
@@ -85,20 +96,92 @@ impl Tunnel for ListenerTunnel {
             };
         drop(handshake);
         state.counters.handshakes_ok.fetch_add(1, Ordering::Relaxed);
-        let fp = est.peer.fingerprint();
-        // Only now, with the peer verified, is the target contacted.
-        let target = match connect(&self.forward, self.tuning.connect_timeout).await {
-            Ok(t) => t,
-            Err(e) => {
+        let mut records = Records::new(est, self.tuning.rekey_bytes);
+        let fp = records.fingerprint;
+        // The connector's first record, within the same deadline, before any target is touched.
+        let (info, leftover) =
+            match read_stream_info(&mut sealed, &mut records.opener, leftover, deadline, timeout)
+                .await
+            {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(tunnel = %self.name, role = "listener", %peer, fingerprint = %fp,
+                        reason = %e, "no valid StreamInfo record from the connector, connection reset");
+                    reset_on_close(&sealed);
+                    return;
+                }
+            };
+        let target_addr = match self.destination(&info) {
+            Ok(a) => a,
+            Err(why) => {
                 tracing::warn!(tunnel = %self.name, role = "listener", %peer, fingerprint = %fp,
-                    forward = %self.forward, reason = %e, "forward target unreachable, connection reset");
+                    peer_name = self.params.trust.name_of(&fp).unwrap_or(""),
+                    client = %OptAddr(info.client),
+                    destination = %OptAddr(info.destination), reason = why,
+                    "destination refused, connection reset");
                 reset_on_close(&sealed);
                 return;
             }
         };
+        // Only now, with the peer verified and the destination allowed, is the target contacted.
+        let mut target = match connect(&target_addr, self.tuning.connect_timeout).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(tunnel = %self.name, role = "listener", %peer, fingerprint = %fp,
+                    forward = %target_addr, reason = %e, "forward target unreachable, connection reset");
+                reset_on_close(&sealed);
+                return;
+            }
+        };
+        if self.proxy_protocol == ProxyProtocol::V2 {
+            if let Err(e) = target.write_all(&proxy_v2_header(&info)).await {
+                tracing::warn!(tunnel = %self.name, role = "listener", %peer, fingerprint = %fp,
+                    forward = %target_addr, reason = %e, "cannot write the PROXY header, connection reset");
+                reset_on_close(&sealed);
+                reset_on_close(&target);
+                return;
+            }
+        }
         tracing::info!(tunnel = %self.name, role = "listener", %peer, fingerprint = %fp,
-            peer_name = self.params.trust.name_of(&fp).unwrap_or(""), forward = %self.forward,
-            "connection open");
-        carry(self.as_ref(), target, sealed, est, leftover, peer, started).await;
+            peer_name = self.params.trust.name_of(&fp).unwrap_or(""), forward = %target_addr,
+            client = %OptAddr(info.client), "connection open");
+        carry(self.as_ref(), target, sealed, records, leftover, peer, started).await;
+    }
+}
+
+impl ListenerTunnel {
+    /// Where the connection described by `info` goes: the destination it names if
+    /// `allow_destinations` allows it, else `forward`. A destination is never ignored: one this
+    /// listener cannot serve is refused, and so is a connection without one when there is no
+    /// `forward`.
+    fn destination(&self, info: &StreamInfo) -> Result<Address, &'static str> {
+        match (info.destination, &self.forward) {
+            (Some(_), _) if self.allow_destinations.is_empty() => Err(
+                "the connector is in redirect mode but this listener has no `allow_destinations`",
+            ),
+            (Some(d), _) => {
+                if self.allow_destinations.iter().any(|r| r.matches(&d)) {
+                    Ok(Address::Ip(d))
+                } else {
+                    Err("destination not in `allow_destinations`")
+                }
+            }
+            (None, Some(f)) => Ok(f.clone()),
+            (None, None) => Err(
+                "the connector named no destination (not in redirect mode) and this listener has no `forward`",
+            ),
+        }
+    }
+}
+
+/// An optional address for logs: `-` for none.
+struct OptAddr(Option<SocketAddr>);
+
+impl std::fmt::Display for OptAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(a) => write!(f, "{a}"),
+            None => write!(f, "-"),
+        }
     }
 }

@@ -12,11 +12,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Tuning;
-use crate::proto::handshake::{Established, HandshakeError, HandshakeRandomness};
+use crate::proto::handshake::{HandshakeError, HandshakeRandomness};
 use crate::proto::identity::Fingerprint;
 use crate::tunnel::net::{configure, reset_on_close, Gauge, LogLimiter, Slot, SourceLimiter};
 use crate::tunnel::pump::{pump, PumpError, PumpOptions, PumpStats};
-use crate::tunnel::session::SessionError;
+use crate::tunnel::session::{Records, SessionError};
 
 /// Counters of one tunnel, readable by tests and (later) metrics.
 #[derive(Debug, Default)]
@@ -117,19 +117,22 @@ pub fn spawn<T: Tunnel>(
 
 /// Carries an established session between `plain` and `sealed` until both directions have
 /// ended, resets both sockets if it fails, and logs the close line. What both roles do after
-/// their handshake.
+/// their handshake and the StreamInfo record (sent by the connector, read by the listener).
 pub async fn carry<T: Tunnel>(
     tunnel: &T,
     mut plain: TcpStream,
     mut sealed: TcpStream,
-    est: Established,
+    records: Records,
     leftover: Vec<u8>,
     peer: SocketAddr,
     started: Instant,
 ) {
-    let fingerprint = est.peer.fingerprint();
+    let Records {
+        fingerprint,
+        sealer,
+        opener,
+    } = records;
     let tuning = tunnel.tuning();
-    let (sealer, opener) = est.into_record_layer(tuning.rekey_bytes);
     let stats = PumpStats::default();
     let opts = PumpOptions {
         record_size: tuning.record_size,
