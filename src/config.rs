@@ -1623,6 +1623,99 @@ record_size = "64KiB"
     }
 
     #[test]
+    fn stream_options_parse() {
+        let peers = format!("peers = [\"{FP_A}\"]\n");
+        let c = parse(&listener(&format!(
+            "listen = \"0.0.0.0:7443\"\nallow_destinations = [\"10.0.0.0/8:5432\", \"192.0.2.7:80-90\", \"[2001:db8::/32]:*\"]\nproxy_protocol = \"v2\"\n{peers}"
+        )))
+        .unwrap();
+        let l = &c.listeners[0];
+        assert_eq!(l.forward, None);
+        assert_eq!(l.proxy_protocol, ProxyProtocol::V2);
+        let shown: Vec<String> = l.allow_destinations.iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            shown,
+            ["10.0.0.0/8:5432", "192.0.2.7/32:80-90", "[2001:db8::/32]:*"]
+        );
+        let ok = |r: &DestinationRule, a: &str| r.matches(&a.parse().unwrap());
+        let r = &l.allow_destinations;
+        assert!(ok(&r[0], "10.200.0.1:5432"));
+        assert!(!ok(&r[0], "10.200.0.1:5433"));
+        assert!(!ok(&r[0], "11.0.0.1:5432"));
+        assert!(ok(&r[0], "[::ffff:10.0.0.1]:5432"), "mapped IPv4 matches as IPv4");
+        assert!(ok(&r[1], "192.0.2.7:80") && ok(&r[1], "192.0.2.7:90"));
+        assert!(!ok(&r[1], "192.0.2.7:91") && !ok(&r[1], "192.0.2.8:85"));
+        assert!(ok(&r[2], "[2001:db8:ffff::1]:1") && !ok(&r[2], "[2001:db9::1]:1"));
+        assert!(!ok(&r[2], "10.0.0.1:1"));
+        let c = parse(&with_identity(&format!(
+            "[[connector]]\nname = \"db\"\nlisten = \"127.0.0.1:1\"\nconnect = \"db:1\"\npeer = \"{FP_B}\"\nmode = \"redirect\"\n"
+        )))
+        .unwrap();
+        assert_eq!(c.connectors[0].mode, ConnectorMode::Redirect);
+        let c = parse(&listener(&format!(
+            "listen = \"0.0.0.0:7443\"\nforward = \"127.0.0.1:1\"\nproxy_protocol = \"off\"\n{peers}"
+        )))
+        .unwrap();
+        assert_eq!(c.listeners[0].proxy_protocol, ProxyProtocol::Off);
+    }
+
+    #[test]
+    fn bad_stream_options_are_located_and_named() {
+        let peers = format!("peers = [\"{FP_A}\"]\n");
+        let allow = |list: &str| {
+            err(&listener(&format!(
+                "listen = \"0.0.0.0:7443\"\nallow_destinations = [{list}]\n{peers}"
+            )))
+        };
+        let at = "/etc/sealpipe/b.toml:6:23: listener \"redis\": key `allow_destinations`:";
+        for (entry, problem) in [
+            ("10.0.0.1/8:1", "network 10.0.0.1/8 has host bits set (did you mean 10.0.0.0/8?)"),
+            ("10.0.0.0/8", "missing `:PORTS` (a port, a range like 80-90, or *)"),
+            ("10.0.0.0/33:1", "invalid network \"10.0.0.0/33\": expected an address or CIDR"),
+            ("10.0.0.0/8:0", "invalid port \"0\": expected 1 to 65535"),
+            ("10.0.0.0/8:90-80", "invalid port range \"90-80\": 90 is above 80"),
+            ("10.0.0.0/8:x", "invalid port \"x\": expected 1 to 65535"),
+            ("2001:db8::/32:1", "IPv6 networks are written in brackets, like [2001:db8::/32]:443"),
+            ("[2001:db8::/32]", "missing `:PORTS` after `]` (a port, a range like 80-90, or *)"),
+            ("[10.0.0.0/8]:1", "IPv4 networks are written without brackets"),
+            ("[::ffff:10.0.0.0/104]:1", "IPv4-mapped IPv6 networks are not allowed: write the IPv4 network"),
+            ("db.example:1", "invalid network \"db.example\": expected an address or CIDR"),
+        ] {
+            assert_eq!(
+                allow(&format!("{entry:?}")),
+                format!("{at} invalid destination {entry:?}: {problem}"),
+                "{entry}"
+            );
+        }
+        assert_eq!(
+            allow(""),
+            "/etc/sealpipe/b.toml:6:22: listener \"redis\": key `allow_destinations`: empty list: name at least one destination, or remove the key and set `forward`"
+        );
+        assert_eq!(
+            err(&listener(&format!(
+                "listen = \"0.0.0.0:7443\"\nforward = \"127.0.0.1:1\"\nallow_destinations = [\"10.0.0.0/8:*\"]\n{peers}"
+            ))),
+            "/etc/sealpipe/b.toml:7:22: listener \"redis\": key `allow_destinations`: set either `forward` (one target for every connection) or `allow_destinations` (redirect-mode connectors choose), not both"
+        );
+        assert_eq!(
+            err(&listener(&format!("listen = \"0.0.0.0:7443\"\n{peers}"))),
+            "/etc/sealpipe/b.toml:3:1: listener \"redis\": missing key `forward` (or `allow_destinations`, for redirect-mode connectors)"
+        );
+        assert_eq!(
+            err(&listener(&format!(
+                "listen = \"0.0.0.0:7443\"\nforward = \"127.0.0.1:1\"\nproxy_protocol = \"v1\"\n{peers}"
+            ))),
+            "/etc/sealpipe/b.toml:7:18: listener \"redis\": key `proxy_protocol`: invalid value \"v1\": expected \"v2\" or \"off\""
+        );
+        assert_eq!(
+            err(&with_identity(&format!(
+                "[[connector]]\nname = \"db\"\nlisten = \"127.0.0.1:1\"\nconnect = \"db:1\"\npeer = \"{FP_B}\"\nmode = \"tproxy\"\n"
+            ))),
+            "/etc/sealpipe/b.toml:8:8: connector \"db\": key `mode`: invalid mode \"tproxy\": expected \"forward\" or \"redirect\""
+        );
+    }
+
+    #[test]
     fn bad_values_are_located_and_named() {
         let peers = format!("peers = [\"{FP_A}\"]\n");
         assert_eq!(
