@@ -227,7 +227,9 @@ impl FromStr for DestinationRule {
                 .rsplit_once(':')
                 .ok_or("missing `:PORTS` (a port, a range like 80-90, or *)")?;
             if net.contains(':') {
-                return Err("IPv6 networks are written in brackets, like [2001:db8::/32]:443".into());
+                return Err(
+                    "IPv6 networks are written in brackets, like [2001:db8::/32]:443".into(),
+                );
             }
             (net, ports)
         };
@@ -248,7 +250,9 @@ impl FromStr for DestinationRule {
         }
         if let ipnet::IpNet::V6(n) = net {
             if n.addr().to_ipv4_mapped().is_some() {
-                return Err("IPv4-mapped IPv6 networks are not allowed: write the IPv4 network".into());
+                return Err(
+                    "IPv4-mapped IPv6 networks are not allowed: write the IPv4 network".into(),
+                );
             }
         }
         let port = |p: &str| -> Result<u16, String> {
@@ -868,14 +872,17 @@ impl Source<'_> {
                     ));
                 }
                 for entry in list.get_ref() {
-                    let rule = entry.get_ref().parse::<DestinationRule>().map_err(|problem| {
-                        self.key_error(
-                            &ctx,
-                            "allow_destinations",
-                            entry.span(),
-                            format!("invalid destination {:?}: {problem}", entry.get_ref()),
-                        )
-                    })?;
+                    let rule = entry
+                        .get_ref()
+                        .parse::<DestinationRule>()
+                        .map_err(|problem| {
+                            self.key_error(
+                                &ctx,
+                                "allow_destinations",
+                                entry.span(),
+                                format!("invalid destination {:?}: {problem}", entry.get_ref()),
+                            )
+                        })?;
                     allow_destinations.push(rule);
                 }
             }
@@ -1642,7 +1649,10 @@ record_size = "64KiB"
         assert!(ok(&r[0], "10.200.0.1:5432"));
         assert!(!ok(&r[0], "10.200.0.1:5433"));
         assert!(!ok(&r[0], "11.0.0.1:5432"));
-        assert!(ok(&r[0], "[::ffff:10.0.0.1]:5432"), "mapped IPv4 matches as IPv4");
+        assert!(
+            ok(&r[0], "[::ffff:10.0.0.1]:5432"),
+            "mapped IPv4 matches as IPv4"
+        );
         assert!(ok(&r[1], "192.0.2.7:80") && ok(&r[1], "192.0.2.7:90"));
         assert!(!ok(&r[1], "192.0.2.7:91") && !ok(&r[1], "192.0.2.8:85"));
         assert!(ok(&r[2], "[2001:db8:ffff::1]:1") && !ok(&r[2], "[2001:db9::1]:1"));
@@ -1669,17 +1679,44 @@ record_size = "64KiB"
         };
         let at = "/etc/sealpipe/b.toml:6:23: listener \"redis\": key `allow_destinations`:";
         for (entry, problem) in [
-            ("10.0.0.1/8:1", "network 10.0.0.1/8 has host bits set (did you mean 10.0.0.0/8?)"),
-            ("10.0.0.0/8", "missing `:PORTS` (a port, a range like 80-90, or *)"),
-            ("10.0.0.0/33:1", "invalid network \"10.0.0.0/33\": expected an address or CIDR"),
+            (
+                "10.0.0.1/8:1",
+                "network 10.0.0.1/8 has host bits set (did you mean 10.0.0.0/8?)",
+            ),
+            (
+                "10.0.0.0/8",
+                "missing `:PORTS` (a port, a range like 80-90, or *)",
+            ),
+            (
+                "10.0.0.0/33:1",
+                "invalid network \"10.0.0.0/33\": expected an address or CIDR",
+            ),
             ("10.0.0.0/8:0", "invalid port \"0\": expected 1 to 65535"),
-            ("10.0.0.0/8:90-80", "invalid port range \"90-80\": 90 is above 80"),
+            (
+                "10.0.0.0/8:90-80",
+                "invalid port range \"90-80\": 90 is above 80",
+            ),
             ("10.0.0.0/8:x", "invalid port \"x\": expected 1 to 65535"),
-            ("2001:db8::/32:1", "IPv6 networks are written in brackets, like [2001:db8::/32]:443"),
-            ("[2001:db8::/32]", "missing `:PORTS` after `]` (a port, a range like 80-90, or *)"),
-            ("[10.0.0.0/8]:1", "IPv4 networks are written without brackets"),
-            ("[::ffff:10.0.0.0/104]:1", "IPv4-mapped IPv6 networks are not allowed: write the IPv4 network"),
-            ("db.example:1", "invalid network \"db.example\": expected an address or CIDR"),
+            (
+                "2001:db8::/32:1",
+                "IPv6 networks are written in brackets, like [2001:db8::/32]:443",
+            ),
+            (
+                "[2001:db8::/32]",
+                "missing `:PORTS` after `]` (a port, a range like 80-90, or *)",
+            ),
+            (
+                "[10.0.0.0/8]:1",
+                "IPv4 networks are written without brackets",
+            ),
+            (
+                "[::ffff:10.0.0.0/104]:1",
+                "IPv4-mapped IPv6 networks are not allowed: write the IPv4 network",
+            ),
+            (
+                "db.example:1",
+                "invalid network \"db.example\": expected an address or CIDR",
+            ),
         ] {
             assert_eq!(
                 allow(&format!("{entry:?}")),

@@ -77,10 +77,37 @@ fn inside_the_namespace() {
         return;
     }
     run(&["ip", "link", "set", "lo", "up"]);
-    run(&["ip", "-6", "addr", "add", "fd00::5/128", "dev", "lo", "nodad"]);
-    run(&["ip", "-6", "addr", "add", "fd00::9/128", "dev", "lo", "nodad"]);
+    run(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd00::5/128",
+        "dev",
+        "lo",
+        "nodad",
+    ]);
+    run(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd00::9/128",
+        "dev",
+        "lo",
+        "nodad",
+    ]);
     // Outside `[fd00::/120]`, for a refused destination.
-    run(&["ip", "-6", "addr", "add", "fd00::1:5/128", "dev", "lo", "nodad"]);
+    run(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd00::1:5/128",
+        "dev",
+        "lo",
+        "nodad",
+    ]);
 
     let target4 = echo_target("127.0.0.5:0");
     let target6 = echo_target("[fd00::5]:0");
@@ -125,7 +152,11 @@ fn inside_the_namespace() {
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
-    nft.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
+    nft.stdin
+        .take()
+        .unwrap()
+        .write_all(rules.as_bytes())
+        .unwrap();
     assert!(nft.wait().unwrap().success(), "nft -f: {rules}");
 
     // Allowed destinations: the bytes go there and back, and the connector logs where.
@@ -139,7 +170,11 @@ fn inside_the_namespace() {
 
     // Refused destinations: outside the networks, or another port. Reset, and the listener says
     // which destination and which connector.
-    let other_port = if target4.port() == 65535 { 1 } else { target4.port() + 1 };
+    let other_port = if target4.port() == 65535 {
+        1
+    } else {
+        target4.port() + 1
+    };
     for (from, to) in [
         ("127.0.0.9:0", format!("127.0.0.8:{}", target4.port())),
         ("127.0.0.9:0", format!("127.0.0.5:{other_port}")),

@@ -347,12 +347,12 @@ mod tests {
         };
         let h = proxy_v2_header(&mixed);
         assert_eq!(&h[13..14], &[0x21]);
-        assert_eq!(&h[16..32], &Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped().octets());
+        assert_eq!(
+            &h[16..32],
+            &Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped().octets()
+        );
 
-        let unix = StreamInfo {
-            client: None,
-            ..v4
-        };
+        let unix = StreamInfo { client: None, ..v4 };
         let mut want = PROXY_V2_SIGNATURE.to_vec();
         want.extend_from_slice(&[0x20, 0x00, 0, 0]);
         assert_eq!(proxy_v2_header(&unix), want);

@@ -11,9 +11,9 @@ use tokio::net::TcpStream;
 
 use crate::config::{Address, ConnectorMode, Tuning};
 use crate::proto::handshake::{ConnectorParams, Handshake};
+use crate::proto::stream::{canonical, StreamInfo};
 use crate::tunnel::net::{connect, reset_on_close};
 use crate::tunnel::serve::{carry, log_refusal, os_randomness, Tunnel, TunnelState};
-use crate::proto::stream::{canonical, StreamInfo};
 use crate::tunnel::session::{self, Records, SessionError};
 use crate::tunnel::stream::{original_destination, send_stream_info};
 
@@ -119,6 +119,15 @@ impl Tunnel for ConnectorTunnel {
             None => tracing::info!(tunnel = %self.name, role = "connector", peer = %client,
                 fingerprint = %fp, connect = %self.connect, "connection open"),
         }
-        carry(self.as_ref(), plain, sealed, records, leftover, client, started).await;
+        carry(
+            self.as_ref(),
+            plain,
+            sealed,
+            records,
+            leftover,
+            client,
+            started,
+        )
+        .await;
     }
 }

@@ -17,9 +17,9 @@ use tokio::net::TcpStream;
 use crate::config::{Address, DestinationRule, ProxyProtocol, Tuning};
 use crate::proto::handshake::{check_connector_hello, Handshake, ListenerParams};
 use crate::proto::messages::{CONNECTOR_HELLO_BODY, MSG_HEADER_LEN};
+use crate::proto::stream::{proxy_v2_header, StreamInfo};
 use crate::tunnel::net::{connect, reset_on_close};
 use crate::tunnel::serve::{carry, log_refusal, os_randomness, Tunnel, TunnelState};
-use crate::proto::stream::{proxy_v2_header, StreamInfo};
 use crate::tunnel::session::{self, Records, SessionError};
 use crate::tunnel::stream::read_stream_info;
 
@@ -99,30 +99,36 @@ impl Tunnel for ListenerTunnel {
         let mut records = Records::new(est, self.tuning.rekey_bytes);
         let fp = records.fingerprint;
         // The connector's first record, within the same deadline, before any target is touched.
-        let (info, leftover) =
-            match read_stream_info(&mut sealed, &mut records.opener, leftover, deadline, timeout)
-                .await
-            {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(tunnel = %self.name, role = "listener", %peer, fingerprint = %fp,
-                        reason = %e, "no valid StreamInfo record from the connector, connection reset");
-                    reset_on_close(&sealed);
-                    return;
-                }
-            };
-        let target_addr = match self.destination(&info) {
-            Ok(a) => a,
-            Err(why) => {
+        let (info, leftover) = match read_stream_info(
+            &mut sealed,
+            &mut records.opener,
+            leftover,
+            deadline,
+            timeout,
+        )
+        .await
+        {
+            Ok(x) => x,
+            Err(e) => {
                 tracing::warn!(tunnel = %self.name, role = "listener", %peer, fingerprint = %fp,
-                    peer_name = self.params.trust.name_of(&fp).unwrap_or(""),
-                    client = %OptAddr(info.client),
-                    destination = %OptAddr(info.destination), reason = why,
-                    "destination refused, connection reset");
+                        reason = %e, "no valid StreamInfo record from the connector, connection reset");
                 reset_on_close(&sealed);
                 return;
             }
         };
+        let target_addr =
+            match choose_destination(self.forward.as_ref(), &self.allow_destinations, &info) {
+                Ok(a) => a,
+                Err(why) => {
+                    tracing::warn!(tunnel = %self.name, role = "listener", %peer, fingerprint = %fp,
+                    peer_name = self.params.trust.name_of(&fp).unwrap_or(""),
+                    client = %OptAddr(info.client),
+                    destination = %OptAddr(info.destination), reason = why,
+                    "destination refused, connection reset");
+                    reset_on_close(&sealed);
+                    return;
+                }
+            };
         // Only now, with the peer verified and the destination allowed, is the target contacted.
         let mut target = match connect(&target_addr, self.tuning.connect_timeout).await {
             Ok(t) => t,
@@ -145,32 +151,42 @@ impl Tunnel for ListenerTunnel {
         tracing::info!(tunnel = %self.name, role = "listener", %peer, fingerprint = %fp,
             peer_name = self.params.trust.name_of(&fp).unwrap_or(""), forward = %target_addr,
             client = %OptAddr(info.client), "connection open");
-        carry(self.as_ref(), target, sealed, records, leftover, peer, started).await;
+        carry(
+            self.as_ref(),
+            target,
+            sealed,
+            records,
+            leftover,
+            peer,
+            started,
+        )
+        .await;
     }
 }
 
-impl ListenerTunnel {
-    /// Where the connection described by `info` goes: the destination it names if
-    /// `allow_destinations` allows it, else `forward`. A destination is never ignored: one this
-    /// listener cannot serve is refused, and so is a connection without one when there is no
-    /// `forward`.
-    fn destination(&self, info: &StreamInfo) -> Result<Address, &'static str> {
-        match (info.destination, &self.forward) {
-            (Some(_), _) if self.allow_destinations.is_empty() => Err(
-                "the connector is in redirect mode but this listener has no `allow_destinations`",
-            ),
-            (Some(d), _) => {
-                if self.allow_destinations.iter().any(|r| r.matches(&d)) {
-                    Ok(Address::Ip(d))
-                } else {
-                    Err("destination not in `allow_destinations`")
-                }
+/// Where the connection described by `info` goes: the destination it names if `allow` allows
+/// it, else `forward`. A destination is never ignored: one this listener cannot serve is refused,
+/// and so is a connection without one when there is no `forward`.
+fn choose_destination(
+    forward: Option<&Address>,
+    allow: &[DestinationRule],
+    info: &StreamInfo,
+) -> Result<Address, &'static str> {
+    match (info.destination, forward) {
+        (Some(_), _) if allow.is_empty() => Err(
+            "the connector is in redirect mode but this listener has no `allow_destinations`",
+        ),
+        (Some(d), _) => {
+            if allow.iter().any(|r| r.matches(&d)) {
+                Ok(Address::Ip(d))
+            } else {
+                Err("destination not in `allow_destinations`")
             }
-            (None, Some(f)) => Ok(f.clone()),
-            (None, None) => Err(
-                "the connector named no destination (not in redirect mode) and this listener has no `forward`",
-            ),
         }
+        (None, Some(f)) => Ok(f.clone()),
+        (None, None) => Err(
+            "the connector named no destination (not in redirect mode) and this listener has no `forward`",
+        ),
     }
 }
 
@@ -183,5 +199,35 @@ impl std::fmt::Display for OptAddr {
             Some(a) => write!(f, "{a}"),
             None => write!(f, "-"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_are_never_ignored() {
+        let forward: Address = "127.0.0.1:6379".parse().unwrap();
+        let allow: Vec<DestinationRule> = vec!["10.0.0.0/8:5432".parse().unwrap()];
+        let info = |d: Option<&str>| StreamInfo {
+            client: Some("192.0.2.1:1".parse().unwrap()),
+            local: None,
+            destination: d.map(|d| d.parse().unwrap()),
+        };
+        // Forward mode: the forward target, and a named destination is refused.
+        assert_eq!(
+            choose_destination(Some(&forward), &[], &info(None)),
+            Ok(forward.clone())
+        );
+        assert!(choose_destination(Some(&forward), &[], &info(Some("10.0.0.1:5432"))).is_err());
+        // allow_destinations: only what matches; nothing without a destination.
+        assert_eq!(
+            choose_destination(None, &allow, &info(Some("10.0.0.1:5432"))),
+            Ok(Address::Ip("10.0.0.1:5432".parse().unwrap()))
+        );
+        assert!(choose_destination(None, &allow, &info(Some("10.0.0.1:5433"))).is_err());
+        assert!(choose_destination(None, &allow, &info(Some("11.0.0.1:5432"))).is_err());
+        assert!(choose_destination(None, &allow, &info(None)).is_err());
     }
 }

@@ -186,7 +186,9 @@ mod tests {
         .await;
         assert!(matches!(
             r,
-            Err(StreamError::Record(RecordError::Unexpected(RecordType::Data)))
+            Err(StreamError::Record(RecordError::Unexpected(
+                RecordType::Data
+            )))
         ));
         let mut empty: &[u8] = &[];
         let (_, mut o) = pair();
