@@ -11,8 +11,15 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert!(data.len() <= MAX_STREAM_INFO_LEN);
-    assert_eq!(info.encode(), data, "a decoded StreamInfo re-encodes differently");
+    assert_eq!(
+        info.encode(),
+        data,
+        "a decoded StreamInfo re-encodes differently"
+    );
     let h = proxy_v2_header(&info);
     assert!(h.len() >= 16);
-    assert_eq!(h.len() - 16, usize::from(u16::from_be_bytes([h[14], h[15]])));
+    assert_eq!(
+        h.len() - 16,
+        usize::from(u16::from_be_bytes([h[14], h[15]]))
+    );
 });
