@@ -86,6 +86,11 @@ seed $t max-record "ffffff00ffff0e0c100f"
 # rekey_bytes 1: every data record forces a rekey first
 seed $t rekey-every-record "000000000000010001020003"
 
+t=stream_info
+seed $t vector "$(vector stream_info_body)"
+seed $t v4-no-destination "010004c00002019c4004c00002021538"
+seed $t unix-client "010000000004c00002021538"
+
 t=config_parse
 mkdir -p "$corpus/$t"
 for f in ../etc/*.toml; do cp "$f" "$corpus/$t/seed-$(basename "$f")"; done

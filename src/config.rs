@@ -158,8 +158,14 @@ pub struct ListenerConfig {
     pub name: String,
     /// Where sealed connections arrive.
     pub listen: Address,
-    /// Where plaintext goes (resolved for each connection).
-    pub forward: Address,
+    /// Where plaintext goes (resolved for each connection); `None` when the listener serves
+    /// redirect-mode connectors only (`allow_destinations`). Exactly one of the two is set.
+    pub forward: Option<Address>,
+    /// Destinations a redirect-mode connector may ask for (`allow_destinations`); empty: none,
+    /// and a connection that names one is refused.
+    pub allow_destinations: Vec<DestinationRule>,
+    /// Write a PROXY protocol header to the target before any payload.
+    pub proxy_protocol: ProxyProtocol,
     /// Trusted connector keys with optional names: the union of `peers` and `peers_file`,
     /// without duplicates; empty only with `accept_unknown`.
     pub peers: Vec<(Fingerprint, Option<String>)>,
@@ -186,6 +192,8 @@ pub struct ConnectorConfig {
     pub socket: SocketPermissions,
     /// The remote listener's key: pinned, or trust on first use.
     pub peer: PeerPin,
+    /// `forward` (default) or `redirect` (transparent, original destination sent to the listener).
+    pub mode: ConnectorMode,
     /// `[defaults]` merged with this tunnel's overrides.
     pub tuning: Tuning,
 }
@@ -202,6 +210,138 @@ pub enum PeerPin {
         /// yet).
         known_peers: PathBuf,
     },
+}
+
+/// How a connector treats its local clients (`mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConnectorMode {
+    /// Every connection goes to the listener's `forward` target.
+    #[default]
+    Forward,
+    /// Connections arrive through a NAT `REDIRECT` rule; each one's original destination is sent
+    /// to the listener, which connects there if its `allow_destinations` allows it. A connection
+    /// that was not redirected is refused.
+    Redirect,
+}
+
+/// Whether a listener writes a PROXY protocol header to its target (`proxy_protocol`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// No header (`"off"`, the default).
+    #[default]
+    Off,
+    /// A PROXY protocol version 2 (binary) header (`"v2"`).
+    V2,
+}
+
+/// One `allow_destinations` entry: a network and a port range.
+///
+/// Written `NETWORK:PORTS`, where NETWORK is an IPv4 address or CIDR (`10.0.0.0/8`, `192.0.2.7`)
+/// or an IPv6 one in brackets (`[2001:db8::/32]`, `[::1]`), and PORTS is a port (`5432`), a range
+/// (`80-90`) or `*` (any port). Host bits set in a CIDR are refused as a likely mistake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DestinationRule {
+    /// The network.
+    pub net: ipnet::IpNet,
+    /// First and last allowed port.
+    pub ports: (u16, u16),
+}
+
+impl DestinationRule {
+    /// True if `dest` is in the network and the port range. An IPv4-mapped IPv6 address is
+    /// matched as the IPv4 address it is.
+    pub fn matches(&self, dest: &SocketAddr) -> bool {
+        let ip = dest.ip().to_canonical();
+        self.net.contains(&ip) && (self.ports.0..=self.ports.1).contains(&dest.port())
+    }
+}
+
+impl fmt::Display for DestinationRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.net {
+            ipnet::IpNet::V4(n) => write!(f, "{n}:")?,
+            ipnet::IpNet::V6(n) => write!(f, "[{n}]:")?,
+        }
+        match self.ports {
+            (1, 65535) => write!(f, "*"),
+            (a, b) if a == b => write!(f, "{a}"),
+            (a, b) => write!(f, "{a}-{b}"),
+        }
+    }
+}
+
+impl FromStr for DestinationRule {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (net, ports) = if let Some(rest) = s.strip_prefix('[') {
+            let (net, after) = rest
+                .split_once(']')
+                .ok_or("missing `]` after the IPv6 network")?;
+            let ports = after
+                .strip_prefix(':')
+                .ok_or("missing `:PORTS` after `]` (a port, a range like 80-90, or *)")?;
+            if net.contains('.') && !net.contains(':') {
+                return Err("IPv4 networks are written without brackets".into());
+            }
+            (net, ports)
+        } else {
+            let (net, ports) = s
+                .rsplit_once(':')
+                .ok_or("missing `:PORTS` (a port, a range like 80-90, or *)")?;
+            if net.contains(':') {
+                return Err(
+                    "IPv6 networks are written in brackets, like [2001:db8::/32]:443".into(),
+                );
+            }
+            (net, ports)
+        };
+        let net: ipnet::IpNet = if net.contains('/') {
+            net.parse()
+                .map_err(|_| format!("invalid network {net:?}: expected an address or CIDR"))?
+        } else {
+            let ip: IpAddr = net
+                .parse()
+                .map_err(|_| format!("invalid network {net:?}: expected an address or CIDR"))?;
+            ipnet::IpNet::from(ip)
+        };
+        if net.trunc() != net {
+            return Err(format!(
+                "network {net} has host bits set (did you mean {}?)",
+                net.trunc()
+            ));
+        }
+        if let ipnet::IpNet::V6(n) = net {
+            if n.addr().to_ipv4_mapped().is_some() {
+                return Err(
+                    "IPv4-mapped IPv6 networks are not allowed: write the IPv4 network".into(),
+                );
+            }
+        }
+        let port = |p: &str| -> Result<u16, String> {
+            match p.parse::<u16>() {
+                Ok(0) | Err(_) => Err(format!("invalid port {p:?}: expected 1 to 65535")),
+                Ok(n) => Ok(n),
+            }
+        };
+        let ports = match ports {
+            "*" => (1, 65535),
+            p => match p.split_once('-') {
+                Some((a, b)) => {
+                    let (a, b) = (port(a)?, port(b)?);
+                    if a > b {
+                        return Err(format!("invalid port range {p:?}: {a} is above {b}"));
+                    }
+                    (a, b)
+                }
+                None => {
+                    let n = port(p)?;
+                    (n, n)
+                }
+            },
+        };
+        Ok(DestinationRule { net, ports })
+    }
 }
 
 /// host:port; IPv4 `1.2.3.4:80`, IPv6 `[::1]:80`, or a host name `db.example.net:7443`; or
@@ -517,11 +657,13 @@ with_tuning! {
     struct RawListener {
         name: Spanned<String>,
         listen: Spanned<String>,
-        forward: Spanned<String>,
+        forward: Option<Spanned<String>>,
         peers: Option<Spanned<Vec<Spanned<String>>>>,
         peers_file: Option<Spanned<String>>,
         accept_unknown: Option<Spanned<bool>>,
         allow_tofu: Option<Spanned<bool>>,
+        allow_destinations: Option<Spanned<Vec<Spanned<String>>>>,
+        proxy_protocol: Option<Spanned<String>>,
     }
 }
 
@@ -536,6 +678,7 @@ with_tuning! {
         socket_mode: Option<Spanned<String>>,
         socket_group: Option<Spanned<String>>,
         known_peers: Option<Spanned<String>>,
+        mode: Option<Spanned<String>>,
     }
 }
 
@@ -826,7 +969,68 @@ impl Source<'_> {
             let ctx = format!("listener {name:?}");
             let listen = self.address(&ctx, "listen", &l.listen, Side::SealedListen, &dir)?;
             self.check_bound(&ctx, &l.listen, &listen, &mut bound)?;
-            let forward = self.address(&ctx, "forward", &l.forward, Side::PlainConnect, &dir)?;
+            let forward = l
+                .forward
+                .as_ref()
+                .map(|f| self.address(&ctx, "forward", f, Side::PlainConnect, &dir))
+                .transpose()?;
+            let mut allow_destinations = Vec::new();
+            if let Some(list) = &l.allow_destinations {
+                if list.get_ref().is_empty() {
+                    return Err(self.key_error(
+                        &ctx,
+                        "allow_destinations",
+                        list.span(),
+                        "empty list: name at least one destination, or remove the key and set `forward`",
+                    ));
+                }
+                for entry in list.get_ref() {
+                    let rule = entry
+                        .get_ref()
+                        .parse::<DestinationRule>()
+                        .map_err(|problem| {
+                            self.key_error(
+                                &ctx,
+                                "allow_destinations",
+                                entry.span(),
+                                format!("invalid destination {:?}: {problem}", entry.get_ref()),
+                            )
+                        })?;
+                    allow_destinations.push(rule);
+                }
+            }
+            match (&l.forward, &l.allow_destinations) {
+                (Some(_), Some(list)) => {
+                    return Err(self.key_error(
+                        &ctx,
+                        "allow_destinations",
+                        list.span(),
+                        "set either `forward` (one target for every connection) or `allow_destinations` (redirect-mode connectors choose), not both",
+                    ))
+                }
+                (None, None) => {
+                    return Err(self.error(
+                        header.clone(),
+                        format!("{ctx}: missing key `forward` (or `allow_destinations`, for redirect-mode connectors)"),
+                    ))
+                }
+                _ => {}
+            }
+            let proxy_protocol = match &l.proxy_protocol {
+                None => ProxyProtocol::Off,
+                Some(v) => match v.get_ref().as_str() {
+                    "off" => ProxyProtocol::Off,
+                    "v2" => ProxyProtocol::V2,
+                    other => {
+                        return Err(self.key_error(
+                            &ctx,
+                            "proxy_protocol",
+                            v.span(),
+                            format!("invalid value {other:?}: expected \"v2\" or \"off\""),
+                        ))
+                    }
+                },
+            };
             let mut peers: Vec<(Fingerprint, Option<String>)> = Vec::new();
             if let Some(list) = &l.peers {
                 for entry in list.get_ref() {
@@ -868,6 +1072,8 @@ impl Source<'_> {
                 name,
                 listen,
                 forward,
+                allow_destinations,
+                proxy_protocol,
                 peers,
                 peers_file,
                 accept_unknown,
@@ -887,6 +1093,21 @@ impl Source<'_> {
             let connect = self.address(&ctx, "connect", &c.connect, Side::SealedConnect, &dir)?;
             let socket = self.socket_permissions(&ctx, c, &listen)?;
             let peer = self.peer_pin(&ctx, c, &dir)?;
+            let mode = match &c.mode {
+                None => ConnectorMode::Forward,
+                Some(v) => match v.get_ref().as_str() {
+                    "forward" => ConnectorMode::Forward,
+                    "redirect" => ConnectorMode::Redirect,
+                    other => {
+                        return Err(self.key_error(
+                            &ctx,
+                            "mode",
+                            v.span(),
+                            format!("invalid mode {other:?}: expected \"forward\" or \"redirect\""),
+                        ))
+                    }
+                },
+            };
             let tuning = self.overrides(&ctx, &c.tuning())?.apply(&base);
             connectors.push(ConnectorConfig {
                 name,
@@ -894,6 +1115,7 @@ impl Source<'_> {
                 connect,
                 peer,
                 socket,
+                mode,
                 tuning,
             });
         }
@@ -1520,7 +1742,12 @@ peer = "{FP_B}"            # pinned listener key
         let l = &c.listeners[0];
         assert_eq!(l.name, "redis");
         assert_eq!(l.listen, Address::Ip("0.0.0.0:7443".parse().unwrap()));
-        assert_eq!(l.forward, Address::Ip("127.0.0.1:6379".parse().unwrap()));
+        assert_eq!(
+            l.forward,
+            Some(Address::Ip("127.0.0.1:6379".parse().unwrap()))
+        );
+        assert_eq!(l.allow_destinations, vec![]);
+        assert_eq!(l.proxy_protocol, ProxyProtocol::Off);
         assert_eq!(
             l.peers,
             vec![(fp(FP_A), None), (fp(FP_C), Some("laptop".to_string()))]
@@ -1537,6 +1764,7 @@ peer = "{FP_B}"            # pinned listener key
             }
         );
         assert_eq!(k.peer, PeerPin::Key(fp(FP_B)));
+        assert_eq!(k.mode, ConnectorMode::Forward);
     }
 
     #[test]
@@ -1696,9 +1924,10 @@ record_size = "64KiB"
             ))),
             "/etc/sealpipe/b.toml:6:1: unknown key `forwad` in listener \"redis\" (expected one of \
              `name`, `listen`, `forward`, `peers`, `peers_file`, `accept_unknown`, `allow_tofu`, \
-             `rekey_bytes`, `rekey_interval`, `handshake_timeout`, `connect_timeout`, \
-             `drain_timeout`, `max_connections`, `max_handshakes`, `source_rate_limit`, `record_size`, \
-             `resumption`, `resumption_lifetime`, `resumption_uses`)"
+             `allow_destinations`, `proxy_protocol`, `rekey_bytes`, `rekey_interval`, \
+             `handshake_timeout`, `connect_timeout`, `drain_timeout`, `max_connections`, \
+             `max_handshakes`, `source_rate_limit`, `record_size`, `resumption`, \
+             `resumption_lifetime`, `resumption_uses`)"
         );
         assert_eq!(
             err(&format!("tunnel = 1\n{}", with_identity(""))),
@@ -1760,6 +1989,129 @@ record_size = "64KiB"
     fn listener(body: &str) -> String {
         // Lines: 1-2 identity, 3 header, 4 name, then `body`.
         with_identity(&format!("[[listener]]\nname = \"redis\"\n{body}"))
+    }
+
+    #[test]
+    fn stream_options_parse() {
+        let peers = format!("peers = [\"{FP_A}\"]\n");
+        let c = parse(&listener(&format!(
+            "listen = \"0.0.0.0:7443\"\nallow_destinations = [\"10.0.0.0/8:5432\", \"192.0.2.7:80-90\", \"[2001:db8::/32]:*\"]\nproxy_protocol = \"v2\"\n{peers}"
+        )))
+        .unwrap();
+        let l = &c.listeners[0];
+        assert_eq!(l.forward, None);
+        assert_eq!(l.proxy_protocol, ProxyProtocol::V2);
+        let shown: Vec<String> = l.allow_destinations.iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            shown,
+            ["10.0.0.0/8:5432", "192.0.2.7/32:80-90", "[2001:db8::/32]:*"]
+        );
+        let ok = |r: &DestinationRule, a: &str| r.matches(&a.parse().unwrap());
+        let r = &l.allow_destinations;
+        assert!(ok(&r[0], "10.200.0.1:5432"));
+        assert!(!ok(&r[0], "10.200.0.1:5433"));
+        assert!(!ok(&r[0], "11.0.0.1:5432"));
+        assert!(
+            ok(&r[0], "[::ffff:10.0.0.1]:5432"),
+            "mapped IPv4 matches as IPv4"
+        );
+        assert!(ok(&r[1], "192.0.2.7:80") && ok(&r[1], "192.0.2.7:90"));
+        assert!(!ok(&r[1], "192.0.2.7:91") && !ok(&r[1], "192.0.2.8:85"));
+        assert!(ok(&r[2], "[2001:db8:ffff::1]:1") && !ok(&r[2], "[2001:db9::1]:1"));
+        assert!(!ok(&r[2], "10.0.0.1:1"));
+        let c = parse(&with_identity(&format!(
+            "[[connector]]\nname = \"db\"\nlisten = \"127.0.0.1:1\"\nconnect = \"db:1\"\npeer = \"{FP_B}\"\nmode = \"redirect\"\n"
+        )))
+        .unwrap();
+        assert_eq!(c.connectors[0].mode, ConnectorMode::Redirect);
+        let c = parse(&listener(&format!(
+            "listen = \"0.0.0.0:7443\"\nforward = \"127.0.0.1:1\"\nproxy_protocol = \"off\"\n{peers}"
+        )))
+        .unwrap();
+        assert_eq!(c.listeners[0].proxy_protocol, ProxyProtocol::Off);
+    }
+
+    #[test]
+    fn bad_stream_options_are_located_and_named() {
+        let peers = format!("peers = [\"{FP_A}\"]\n");
+        let allow = |list: &str| {
+            err(&listener(&format!(
+                "listen = \"0.0.0.0:7443\"\nallow_destinations = [{list}]\n{peers}"
+            )))
+        };
+        let at = "/etc/sealpipe/b.toml:6:23: listener \"redis\": key `allow_destinations`:";
+        for (entry, problem) in [
+            (
+                "10.0.0.1/8:1",
+                "network 10.0.0.1/8 has host bits set (did you mean 10.0.0.0/8?)",
+            ),
+            (
+                "10.0.0.0/8",
+                "missing `:PORTS` (a port, a range like 80-90, or *)",
+            ),
+            (
+                "10.0.0.0/33:1",
+                "invalid network \"10.0.0.0/33\": expected an address or CIDR",
+            ),
+            ("10.0.0.0/8:0", "invalid port \"0\": expected 1 to 65535"),
+            (
+                "10.0.0.0/8:90-80",
+                "invalid port range \"90-80\": 90 is above 80",
+            ),
+            ("10.0.0.0/8:x", "invalid port \"x\": expected 1 to 65535"),
+            (
+                "2001:db8::/32:1",
+                "IPv6 networks are written in brackets, like [2001:db8::/32]:443",
+            ),
+            (
+                "[2001:db8::/32]",
+                "missing `:PORTS` after `]` (a port, a range like 80-90, or *)",
+            ),
+            (
+                "[10.0.0.0/8]:1",
+                "IPv4 networks are written without brackets",
+            ),
+            (
+                "[::ffff:10.0.0.0/104]:1",
+                "IPv4-mapped IPv6 networks are not allowed: write the IPv4 network",
+            ),
+            (
+                "db.example:1",
+                "invalid network \"db.example\": expected an address or CIDR",
+            ),
+        ] {
+            assert_eq!(
+                allow(&format!("{entry:?}")),
+                format!("{at} invalid destination {entry:?}: {problem}"),
+                "{entry}"
+            );
+        }
+        assert_eq!(
+            allow(""),
+            "/etc/sealpipe/b.toml:6:22: listener \"redis\": key `allow_destinations`: empty list: name at least one destination, or remove the key and set `forward`"
+        );
+        assert_eq!(
+            err(&listener(&format!(
+                "listen = \"0.0.0.0:7443\"\nforward = \"127.0.0.1:1\"\nallow_destinations = [\"10.0.0.0/8:*\"]\n{peers}"
+            ))),
+            "/etc/sealpipe/b.toml:7:22: listener \"redis\": key `allow_destinations`: set either `forward` (one target for every connection) or `allow_destinations` (redirect-mode connectors choose), not both"
+        );
+        assert_eq!(
+            err(&listener(&format!("listen = \"0.0.0.0:7443\"\n{peers}"))),
+            "/etc/sealpipe/b.toml:3:1: listener \"redis\": missing key `forward` (or `allow_destinations`, for redirect-mode connectors)"
+        );
+        assert_eq!(
+            err(&listener(&format!(
+                "listen = \"0.0.0.0:7443\"\nforward = \"127.0.0.1:1\"\nproxy_protocol = \"v1\"\n{peers}"
+            ))),
+            "/etc/sealpipe/b.toml:7:18: listener \"redis\": key `proxy_protocol`: invalid value \"v1\": expected \"v2\" or \"off\""
+        );
+        assert_eq!(
+            err(&with_identity(&format!(
+                "[[connector]]\nname = \"db\"\nlisten = \"127.0.0.1:1\"\nconnect = \"db:1\"\npeer = \"{FP_B}\"\nmode = \"tproxy\"\n"
+            ))),
+            "/etc/sealpipe/b.toml:8:8: connector \"db\": key `mode`: invalid mode \"tproxy\": expected \"forward\" or \"redirect\""
+        );
     }
 
     #[test]
@@ -2021,7 +2373,7 @@ record_size = "64KiB"
         .unwrap();
         assert_eq!(
             c.listeners[0].forward,
-            Address::Unix(PathBuf::from("/run/redis.sock"))
+            Some(Address::Unix(PathBuf::from("/run/redis.sock")))
         );
     }
 

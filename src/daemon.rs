@@ -65,6 +65,8 @@ pub fn build(path: &Path) -> anyhow::Result<Built> {
             let tunnel = ListenerTunnel {
                 name: l.name.clone(),
                 forward: l.forward.clone(),
+                allow_destinations: l.allow_destinations.clone(),
+                proxy_protocol: l.proxy_protocol,
                 params: ListenerParams {
                     identity: identity.clone(),
                     trust: Arc::new(trust),
@@ -100,6 +102,7 @@ pub fn build(path: &Path) -> anyhow::Result<Built> {
                 },
                 socket: c.socket.clone(),
                 tofu,
+                mode: c.mode,
                 tuning: c.tuning.clone(),
             };
             Ok((c.listen.clone(), Arc::new(tunnel)))

@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Address, Tuning};
+use crate::config::{Address, ConnectorMode, ProxyProtocol, Tuning};
 use crate::proto::handshake::{ConnectorParams, ListenerParams};
 use crate::proto::identity::{PrivateIdentity, Signer, TrustList};
 use crate::tunnel::connector::ConnectorTunnel;
@@ -92,7 +92,9 @@ pub async fn run(once: bool) -> anyhow::Result<bool> {
         sealed,
         ListenerTunnel {
             name: "demo".into(),
-            forward: Address::Ip(echo_addr),
+            forward: Some(Address::Ip(echo_addr)),
+            allow_destinations: Vec::new(),
+            proxy_protocol: ProxyProtocol::Off,
             params: ListenerParams {
                 identity: l_id.clone() as Arc<dyn Signer>,
                 trust: Arc::new(trust),
@@ -117,6 +119,7 @@ pub async fn run(once: bool) -> anyhow::Result<bool> {
             },
             socket: Default::default(),
             tofu: None,
+            mode: ConnectorMode::Forward,
             tuning: Tuning::default(),
         },
         &tracker,

@@ -7,7 +7,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sealpipe::config::{Address, Tuning};
+use sealpipe::config::{Address, ConnectorMode, ProxyProtocol, Tuning};
 use sealpipe::demo::{echo_service, round_trip, spawn_tunnel};
 use sealpipe::proto::handshake::{ConnectorParams, Handshake, ListenerParams};
 use sealpipe::proto::identity::{Signer, TrustList};
@@ -67,7 +67,9 @@ async fn a_thousand_abusive_connections_cost_no_signature_and_do_not_block_a_leg
         sealed,
         ListenerTunnel {
             name: "dos".into(),
-            forward: Address::Ip(target_addr),
+            forward: Some(Address::Ip(target_addr)),
+            allow_destinations: Vec::new(),
+            proxy_protocol: ProxyProtocol::Off,
             params: ListenerParams {
                 identity: signer.clone(),
                 trust: Arc::new(trust),
@@ -94,6 +96,7 @@ async fn a_thousand_abusive_connections_cost_no_signature_and_do_not_block_a_leg
             },
             socket: Default::default(),
             tofu: None,
+            mode: ConnectorMode::Forward,
             tuning: tuning.clone(),
         },
         &tracker,

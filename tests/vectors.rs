@@ -99,6 +99,12 @@ fn computed() -> Vec<(&'static str, String)> {
     rec[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(b"pong");
     sealer.seal_data(&mut rec).unwrap();
     out.push(("third_record_pong_generation_1", hex(&rec)));
+    let info = sealpipe::proto::stream::StreamInfo {
+        client: Some("192.0.2.1:40000".parse().unwrap()),
+        local: Some("[2001:db8::2]:5432".parse().unwrap()),
+        destination: Some("10.0.0.7:5432".parse().unwrap()),
+    };
+    out.push(("stream_info_body", hex(&info.encode())));
     out
 }
 

@@ -9,3 +9,4 @@ pub mod keys;
 pub mod messages;
 pub mod record;
 pub mod resume;
+pub mod stream;

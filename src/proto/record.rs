@@ -9,6 +9,7 @@
 
 use crate::proto::aead::TAG_LEN;
 use crate::proto::keys::{next_generation, Secret, TrafficKey};
+use crate::proto::stream::MAX_STREAM_INFO_LEN;
 
 /// Bytes of the record header.
 pub const HEADER_LEN: usize = 4;
@@ -35,6 +36,9 @@ pub enum RecordType {
     Close = 2,
     /// The sender moves to the next key generation after this record; empty.
     Rekey = 3,
+    /// What the connector knows about the connection (`proto::stream`): the connector's first
+    /// record of every session, and only that.
+    StreamInfo = 4,
 }
 
 impl RecordType {
@@ -43,6 +47,7 @@ impl RecordType {
             1 => Some(RecordType::Data),
             2 => Some(RecordType::Close),
             3 => Some(RecordType::Rekey),
+            4 => Some(RecordType::StreamInfo),
             _ => None,
         }
     }
@@ -78,6 +83,10 @@ pub enum RecordError {
     /// The buffer given to seal or open is not the right size.
     #[error("buffer of {0} bytes does not fit the record")]
     Buffer(usize),
+    /// A record of a type that is not allowed here: a StreamInfo record other than the first
+    /// record of a session, or a first record that should have been StreamInfo and is not.
+    #[error("unexpected {0:?} record")]
+    Unexpected(RecordType),
 }
 
 /// The keys of one direction: current secret, AEAD key, counter and generation.
@@ -219,6 +228,19 @@ impl Sealer {
         Ok(())
     }
 
+    /// Seals a StreamInfo record in place (`buf` laid out as for [`Sealer::seal_data`], with a
+    /// non-empty body of at most [`crate::proto::stream::MAX_STREAM_INFO_LEN`] bytes). Only as the
+    /// very first record of the session.
+    pub fn seal_stream_info(&mut self, buf: &mut [u8]) -> Result<(), RecordError> {
+        if self.dir.seq != 0 || self.dir.generation != 0 || self.closed {
+            return Err(RecordError::Unexpected(RecordType::StreamInfo));
+        }
+        if buf.len() <= OVERHEAD || buf.len() > OVERHEAD + MAX_STREAM_INFO_LEN {
+            return Err(RecordError::Malformed(RecordType::StreamInfo));
+        }
+        self.seal(RecordType::StreamInfo, buf)
+    }
+
     /// Seals the close record into `buf` (exactly [`OVERHEAD`] bytes); nothing may follow it.
     pub fn seal_close(&mut self, buf: &mut [u8; OVERHEAD]) -> Result<(), RecordError> {
         self.seal(RecordType::Close, buf)?;
@@ -304,8 +326,57 @@ impl Opener {
         }
     }
 
+    /// Opens the first record of the session, which must be a StreamInfo record, and returns its
+    /// body (decrypted in place; decode it with [`crate::proto::stream::StreamInfo::decode`]).
+    /// Anything else, or any later call, is [`RecordError::Unexpected`].
+    pub fn open_stream_info<'a>(&mut self, record: &'a mut [u8]) -> Result<&'a [u8], RecordError> {
+        let hdr: [u8; HEADER_LEN] = record
+            .get(..HEADER_LEN)
+            .and_then(|h| h.try_into().ok())
+            .ok_or(RecordError::Buffer(record.len()))?;
+        let (kind, _) = parse_header(&hdr)?;
+        if kind != RecordType::StreamInfo || self.dir.seq != 0 || self.dir.generation != 0 {
+            return Err(RecordError::Unexpected(kind));
+        }
+        let body = self.open_record(record)?.1;
+        if body.is_empty() || body.len() > MAX_STREAM_INFO_LEN {
+            return Err(RecordError::Malformed(RecordType::StreamInfo));
+        }
+        Ok(body)
+    }
+
     /// Opens one whole record (header included, as sized by [`parse_header`]) in place.
+    /// A StreamInfo record is refused here: it is only valid first, through
+    /// [`Opener::open_stream_info`].
     pub fn open<'a>(&mut self, record: &'a mut [u8]) -> Result<Opened<'a>, RecordError> {
+        let (kind, plain) = self.open_record(record)?;
+        match kind {
+            RecordType::Data if plain.is_empty() => Err(RecordError::Malformed(kind)),
+            RecordType::Data => {
+                self.bytes_total += plain.len() as u64;
+                Ok(Opened::Data(plain))
+            }
+            RecordType::Close | RecordType::Rekey if !plain.is_empty() => {
+                Err(RecordError::Malformed(kind))
+            }
+            RecordType::Close => {
+                self.closed = true;
+                Ok(Opened::Close)
+            }
+            RecordType::Rekey => {
+                self.dir.ratchet()?;
+                self.rekeys += 1;
+                Ok(Opened::Rekey)
+            }
+            RecordType::StreamInfo => Err(RecordError::Unexpected(kind)),
+        }
+    }
+
+    /// Authenticates and decrypts one record in place; its type and plaintext.
+    fn open_record<'a>(
+        &mut self,
+        record: &'a mut [u8],
+    ) -> Result<(RecordType, &'a mut [u8]), RecordError> {
         if self.closed {
             return Err(RecordError::AfterClose);
         }
@@ -325,25 +396,7 @@ impl Opener {
             .aead()
             .open_in_place(&nonce, &hdr, plain, &tag)
             .map_err(|_| RecordError::BadRecord)?;
-        match kind {
-            RecordType::Data if plain.is_empty() => Err(RecordError::Malformed(kind)),
-            RecordType::Data => {
-                self.bytes_total += plain.len() as u64;
-                Ok(Opened::Data(plain))
-            }
-            RecordType::Close | RecordType::Rekey if !plain.is_empty() => {
-                Err(RecordError::Malformed(kind))
-            }
-            RecordType::Close => {
-                self.closed = true;
-                Ok(Opened::Close)
-            }
-            RecordType::Rekey => {
-                self.dir.ratchet()?;
-                self.rekeys += 1;
-                Ok(Opened::Rekey)
-            }
-        }
+        Ok((kind, plain))
     }
 }
 
@@ -394,6 +447,55 @@ mod tests {
         let mut r = data_record(&mut sealer, b"after");
         assert_eq!(opener.open(&mut r).unwrap(), Opened::Data(b"after"));
         assert_eq!((sealer.rekeys(), opener.rekeys()), (1, 1));
+    }
+
+    fn stream_info_record(sealer: &mut Sealer, body: &[u8]) -> Result<Vec<u8>, RecordError> {
+        let mut buf = vec![0u8; body.len() + OVERHEAD];
+        buf[HEADER_LEN..HEADER_LEN + body.len()].copy_from_slice(body);
+        sealer.seal_stream_info(&mut buf)?;
+        Ok(buf)
+    }
+
+    #[test]
+    fn stream_info_only_first() {
+        let (mut s, mut o) = pair();
+        let mut r = stream_info_record(&mut s, b"info").unwrap();
+        assert_eq!(r[0], RecordType::StreamInfo as u8);
+        assert_eq!(o.open_stream_info(&mut r).unwrap(), b"info");
+        // A second one: neither sealed nor opened.
+        assert_eq!(
+            stream_info_record(&mut s, b"again"),
+            Err(RecordError::Unexpected(RecordType::StreamInfo))
+        );
+        let mut d = data_record(&mut s, b"data");
+        assert_eq!(
+            o.open_stream_info(&mut d),
+            Err(RecordError::Unexpected(RecordType::Data))
+        );
+        // A StreamInfo record sealed later (by hand) does not open through `open` either.
+        let (mut s2, mut o2) = pair();
+        let mut first = stream_info_record(&mut s2, b"x").unwrap();
+        assert_eq!(
+            o2.open(&mut first),
+            Err(RecordError::Unexpected(RecordType::StreamInfo))
+        );
+        // The first record is not StreamInfo: refused before any decryption.
+        let (mut s3, mut o3) = pair();
+        let mut d = data_record(&mut s3, b"data");
+        assert_eq!(
+            o3.open_stream_info(&mut d),
+            Err(RecordError::Unexpected(RecordType::Data))
+        );
+        // Size bounds.
+        let (mut s4, _) = pair();
+        assert_eq!(
+            stream_info_record(&mut s4, &[0u8; MAX_STREAM_INFO_LEN + 1]),
+            Err(RecordError::Malformed(RecordType::StreamInfo))
+        );
+        assert_eq!(
+            stream_info_record(&mut s4, &[]),
+            Err(RecordError::Malformed(RecordType::StreamInfo))
+        );
     }
 
     #[test]

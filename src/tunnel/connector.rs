@@ -1,22 +1,27 @@
 //! The connector side: plaintext connections in, each carried sealed to the listener.
+//!
+//! Every session starts with a StreamInfo record (the client's address, the address it connected
+//! to and, in redirect mode, its original destination), sent right after the handshake.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::TcpStream;
 
-use crate::config::{Address, SocketPermissions, Tuning};
+use crate::config::{Address, ConnectorMode, SocketPermissions, Tuning};
 use crate::enroll::{Recorded, TofuStore};
 use crate::proto::handshake::{
     ConnectorParams, Established, Handshake, HandshakeError, ListenerPin, Resumption,
 };
 use crate::proto::identity::Fingerprint;
+use crate::proto::stream::{canonical, StreamInfo};
 use crate::tunnel::net::Slot;
 use crate::tunnel::net::{connect, reset_on_close, Conn, Peer};
 use crate::tunnel::serve::{
     carry, count_resumption, log_refusal, os_randomness, ticket_policy, Tunnel, TunnelState,
 };
-use crate::tunnel::session::{self, SessionError};
+use crate::tunnel::session::{self, Records, SessionError};
+use crate::tunnel::stream::{original_destination, send_stream_info};
 
 /// Everything a connector tunnel needs; replaced as a whole on reload.
 pub struct ConnectorTunnel {
@@ -31,6 +36,8 @@ pub struct ConnectorTunnel {
     /// `peer = "tofu"`: the `known_peers` entry that gives the pin (`params.listener` is then
     /// only a default).
     pub tofu: Option<Arc<TofuStore>>,
+    /// `forward`, or `redirect`: send each connection's original destination.
+    pub mode: ConnectorMode,
     /// Timeouts and limits.
     pub tuning: Tuning,
 }
@@ -54,6 +61,28 @@ impl Tunnel for ConnectorTunnel {
 
     async fn handle(self: Arc<Self>, plain: Conn, client: Peer, state: Arc<TunnelState>) {
         let started = Instant::now();
+        let plain_tcp = match &plain {
+            Conn::Tcp(t) => Some(t),
+            Conn::Unix(_) => None,
+        };
+        let destination = match self.mode {
+            ConnectorMode::Forward => None,
+            ConnectorMode::Redirect => match plain_tcp.and_then(original_destination) {
+                Some(d) => Some(d),
+                None => {
+                    tracing::warn!(tunnel = %self.name, role = "connector", peer = %client,
+                        local = %plain_tcp.and_then(|t| t.local_addr().ok()).map(|a| a.to_string()).unwrap_or_default(),
+                        "redirect mode: connection has no original destination (it was not redirected here by a NAT REDIRECT rule), connection reset");
+                    plain.reset_on_close();
+                    return;
+                }
+            },
+        };
+        let info = StreamInfo {
+            client: client.socket_addr().map(canonical),
+            local: plain_tcp.and_then(|t| t.local_addr().ok()).map(canonical),
+            destination,
+        };
         let timeout = self.tuning.handshake_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let params = match self.tofu_params().await {
@@ -96,15 +125,30 @@ impl Tunnel for ConnectorTunnel {
         drop(handshake);
         state.handshake_ok(started.elapsed());
         count_resumption(&state, &est);
-        let fp = est.peer.fingerprint();
+        let (resumed, ticket_refused) = (est.resumed, est.ticket_refused);
+        let mut records = Records::new(est, self.tuning.rekey_bytes);
+        let fp = records.fingerprint;
         if first_contact && !self.record_first_contact(&client, fp).await {
             plain.reset_on_close();
             reset_on_close(&sealed);
             return;
         }
-        tracing::info!(tunnel = %self.name, role = "connector", peer = %client, fingerprint = %fp,
-            connect = %self.connect, resumed = est.resumed, "connection open");
-        if est.ticket_refused.is_some() {
+        let mut sealed = sealed;
+        if let Err(e) = send_stream_info(&mut sealed, &mut records.sealer, &info).await {
+            tracing::warn!(tunnel = %self.name, role = "connector", peer = %client, fingerprint = %fp,
+                reason = %e, "cannot send the StreamInfo record, connection reset");
+            plain.reset_on_close();
+            reset_on_close(&sealed);
+            return;
+        }
+        match destination {
+            Some(d) => tracing::info!(tunnel = %self.name, role = "connector", peer = %client,
+                fingerprint = %fp, connect = %self.connect, destination = %d, resumed,
+                "connection open"),
+            None => tracing::info!(tunnel = %self.name, role = "connector", peer = %client,
+                fingerprint = %fp, connect = %self.connect, resumed, "connection open"),
+        }
+        if ticket_refused.is_some() {
             tracing::debug!(tunnel = %self.name, role = "connector", peer = %client,
                 "the listener refused the resumption ticket, full handshake done");
         }
@@ -112,7 +156,7 @@ impl Tunnel for ConnectorTunnel {
             self.as_ref(),
             plain,
             sealed,
-            est,
+            records,
             leftover,
             client,
             started,

@@ -1,28 +1,39 @@
 //! The listener side: sealed connections in, plaintext to the forward target out.
+//!
+//! After the handshake, and before any target is contacted, the connector's first record
+//! (StreamInfo) is read: it names the client and, from a redirect-mode connector, the original
+//! destination, which is connected to only if `allow_destinations` allows it. With
+//! `proxy_protocol = "v2"` a PROXY header with the client's address goes to the target first.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use std::sync::atomic::Ordering;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::{Address, Tuning};
+use crate::config::{Address, DestinationRule, ProxyProtocol, Tuning};
 use crate::proto::handshake::{check_hello_mac1, Contact, Handshake, ListenerParams, Resumption};
 use crate::proto::identity::Fingerprint;
 use crate::proto::messages::{check_first_header, MAX_FIRST_MESSAGE_LEN, MSG_HEADER_LEN};
+use crate::proto::stream::{proxy_v2_header, StreamInfo};
 use crate::tunnel::net::{connect_local, reset_on_close, Conn, Peer};
 use crate::tunnel::serve::{
     carry, count_resumption, log_refusal, os_randomness, ticket_policy, Tunnel, TunnelState,
 };
-use crate::tunnel::session::{self, SessionError};
+use crate::tunnel::session::{self, Records, SessionError};
+use crate::tunnel::stream::read_stream_info;
 
 /// Everything a listener tunnel needs; replaced as a whole on reload.
 pub struct ListenerTunnel {
     /// Name from the config.
     pub name: String,
-    /// The plaintext service.
-    pub forward: Address,
+    /// The plaintext service for connections that name no destination.
+    pub forward: Option<Address>,
+    /// Destinations redirect-mode connectors may name; empty: none may.
+    pub allow_destinations: Vec<DestinationRule>,
+    /// Header written to the target before any payload.
+    pub proxy_protocol: ProxyProtocol,
     /// Identity, trusted connectors, PSK.
     pub params: ListenerParams,
     /// Timeouts and limits.
@@ -111,7 +122,9 @@ impl Tunnel for ListenerTunnel {
         drop(handshake);
         state.handshake_ok(started.elapsed());
         count_resumption(&state, &est);
-        let fp = est.peer.fingerprint();
+        let (resumed, ticket_refused) = (est.resumed, est.ticket_refused);
+        let mut records = Records::new(est, self.tuning.rekey_bytes);
+        let fp = records.fingerprint;
         if contact == Contact::FirstContact {
             tracing::info!(tunnel = %self.name, role = "listener", %peer, fingerprint = %fp,
                 "first contact from a TOFU connector (allow_tofu): it did not know this listener's key");
@@ -119,20 +132,65 @@ impl Tunnel for ListenerTunnel {
         if !self.params.trust.contains(&fp) {
             log_unknown_connector(&self.name, &peer, &fp);
         }
-        // Only now, with the peer verified, is the target contacted.
-        let target = match connect_local(&self.forward, self.tuning.connect_timeout).await {
-            Ok(t) => t,
+        // The connector's first record, within the same deadline, before any target is touched.
+        let (info, leftover) = match read_stream_info(
+            &mut sealed,
+            &mut records.opener,
+            leftover,
+            deadline,
+            timeout,
+        )
+        .await
+        {
+            Ok(x) => x,
             Err(e) => {
                 tracing::warn!(tunnel = %self.name, role = "listener", %peer, fingerprint = %fp,
-                    forward = %self.forward, reason = %e, "forward target unreachable, connection reset");
+                        reason = %e, "no valid StreamInfo record from the connector, connection reset");
                 reset_on_close(&sealed);
                 return;
             }
         };
+        let target_addr =
+            match choose_destination(self.forward.as_ref(), &self.allow_destinations, &info) {
+                Ok(a) => a,
+                Err(why) => {
+                    tracing::warn!(tunnel = %self.name, role = "listener", %peer, fingerprint = %fp,
+                    peer_name = self.params.trust.name_of(&fp).unwrap_or(""),
+                    client = %OptAddr(info.client),
+                    destination = %OptAddr(info.destination), reason = why,
+                    "destination refused, connection reset");
+                    reset_on_close(&sealed);
+                    return;
+                }
+            };
+        // Only now, with the peer verified and the destination allowed, is the target contacted.
+        let mut target = match connect_local(&target_addr, self.tuning.connect_timeout).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(tunnel = %self.name, role = "listener", %peer, fingerprint = %fp,
+                    forward = %target_addr, reason = %e, "forward target unreachable, connection reset");
+                reset_on_close(&sealed);
+                return;
+            }
+        };
+        if self.proxy_protocol == ProxyProtocol::V2 {
+            let header = proxy_v2_header(&info);
+            let written = match &mut target {
+                Conn::Tcp(t) => t.write_all(&header).await,
+                Conn::Unix(u) => u.write_all(&header).await,
+            };
+            if let Err(e) = written {
+                tracing::warn!(tunnel = %self.name, role = "listener", %peer, fingerprint = %fp,
+                    forward = %target_addr, reason = %e, "cannot write the PROXY header, connection reset");
+                reset_on_close(&sealed);
+                target.reset_on_close();
+                return;
+            }
+        }
         tracing::info!(tunnel = %self.name, role = "listener", %peer, fingerprint = %fp,
-            peer_name = self.params.trust.name_of(&fp).unwrap_or(""), forward = %self.forward,
-            resumed = est.resumed, "connection open");
-        if let Some(why) = est.ticket_refused {
+            peer_name = self.params.trust.name_of(&fp).unwrap_or(""), forward = %target_addr,
+            client = %OptAddr(info.client), resumed, "connection open");
+        if let Some(why) = ticket_refused {
             tracing::debug!(tunnel = %self.name, role = "listener", %peer, reason = %why,
                 "resumption ticket refused, full handshake done");
         }
@@ -140,7 +198,7 @@ impl Tunnel for ListenerTunnel {
             self.as_ref(),
             target,
             sealed,
-            est,
+            records,
             leftover,
             peer,
             started,
@@ -179,5 +237,73 @@ fn log_unknown_connector(tunnel: &str, peer: &Peer, fp: &Fingerprint) {
     } else {
         tracing::info!(tunnel, role = "listener", %peer, fingerprint = %fp,
             "connector key not in peers, accepted because accept_unknown = true");
+    }
+}
+
+/// Where the connection described by `info` goes: the destination it names if `allow` allows
+/// it, else `forward`. A destination is never ignored: one this listener cannot serve is refused,
+/// and so is a connection without one when there is no `forward`.
+fn choose_destination(
+    forward: Option<&Address>,
+    allow: &[DestinationRule],
+    info: &StreamInfo,
+) -> Result<Address, &'static str> {
+    match (info.destination, forward) {
+        (Some(_), _) if allow.is_empty() => Err(
+            "the connector is in redirect mode but this listener has no `allow_destinations`",
+        ),
+        (Some(d), _) => {
+            if allow.iter().any(|r| r.matches(&d)) {
+                Ok(Address::Ip(d))
+            } else {
+                Err("destination not in `allow_destinations`")
+            }
+        }
+        (None, Some(f)) => Ok(f.clone()),
+        (None, None) => Err(
+            "the connector named no destination (not in redirect mode) and this listener has no `forward`",
+        ),
+    }
+}
+
+/// An optional address for logs: `-` for none.
+struct OptAddr(Option<std::net::SocketAddr>);
+
+impl std::fmt::Display for OptAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(a) => write!(f, "{a}"),
+            None => write!(f, "-"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_are_never_ignored() {
+        let forward: Address = "127.0.0.1:6379".parse().unwrap();
+        let allow: Vec<DestinationRule> = vec!["10.0.0.0/8:5432".parse().unwrap()];
+        let info = |d: Option<&str>| StreamInfo {
+            client: Some("192.0.2.1:1".parse().unwrap()),
+            local: None,
+            destination: d.map(|d| d.parse().unwrap()),
+        };
+        // Forward mode: the forward target, and a named destination is refused.
+        assert_eq!(
+            choose_destination(Some(&forward), &[], &info(None)),
+            Ok(forward.clone())
+        );
+        assert!(choose_destination(Some(&forward), &[], &info(Some("10.0.0.1:5432"))).is_err());
+        // allow_destinations: only what matches; nothing without a destination.
+        assert_eq!(
+            choose_destination(None, &allow, &info(Some("10.0.0.1:5432"))),
+            Ok(Address::Ip("10.0.0.1:5432".parse().unwrap()))
+        );
+        assert!(choose_destination(None, &allow, &info(Some("10.0.0.1:5433"))).is_err());
+        assert!(choose_destination(None, &allow, &info(Some("11.0.0.1:5432"))).is_err());
+        assert!(choose_destination(None, &allow, &info(None)).is_err());
     }
 }

@@ -6,6 +6,7 @@
 //! * [`serve`] — the accept loop both roles share, limits, log lines.
 //! * [`listener`] / [`connector`] — what each role does with one accepted socket.
 //! * [`session`] — drives the sans-IO handshake over a socket under a deadline.
+//! * [`stream`] — the StreamInfo record sent and read first, and redirect's original destination.
 //! * [`pump`] — full-duplex copy with sealing, half-close and resets.
 //! * [`net`] — socket options, outgoing connects, gauges.
 
@@ -15,3 +16,4 @@ pub mod net;
 pub mod pump;
 pub mod serve;
 pub mod session;
+pub mod stream;

@@ -21,7 +21,7 @@ use crate::tunnel::net::{
     configure, reset_on_close, Bound, Conn, Gauge, LogLimiter, Peer, Slot, SourceLimiter,
 };
 use crate::tunnel::pump::{pump, PumpError, PumpOptions, PumpStats, Traffic};
-use crate::tunnel::session::SessionError;
+use crate::tunnel::session::{Records, SessionError};
 
 /// Counters of one tunnel, readable by tests and metrics.
 #[derive(Debug, Default)]
@@ -183,21 +183,25 @@ pub fn spawn<T: Tunnel>(
 
 /// Carries an established session between `plain` and `sealed` until both directions have
 /// ended, resets both sockets if it fails (a Unix socket is just closed), and logs the close
-/// line. What both roles do after their handshake. Bytes and rekeys are added to `state` live.
+/// line. What both roles do after their handshake and the StreamInfo record (sent by the
+/// connector, read by the listener). Bytes and rekeys are added to `state` live.
 #[allow(clippy::too_many_arguments)]
 pub async fn carry<T: Tunnel>(
     tunnel: &T,
     mut plain: Conn,
     mut sealed: TcpStream,
-    est: Established,
+    records: Records,
     leftover: Vec<u8>,
     peer: impl Display,
     started: Instant,
     state: &TunnelState,
 ) {
-    let fingerprint = est.peer.fingerprint();
+    let Records {
+        fingerprint,
+        sealer,
+        opener,
+    } = records;
     let tuning = tunnel.tuning();
-    let (sealer, opener) = est.into_record_layer(tuning.rekey_bytes);
     let stats = PumpStats {
         tunnel: Some(state.traffic.clone()),
         ..PumpStats::default()

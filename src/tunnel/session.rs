@@ -6,7 +6,32 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::proto::handshake::{Established, Handshake, HandshakeError};
+use crate::proto::identity::Fingerprint;
 use crate::proto::messages::MAX_MESSAGE_LEN;
+use crate::proto::record::{Opener, Sealer};
+
+/// An established session's record layer and the peer it is with: what the pump runs on.
+pub struct Records {
+    /// The peer's verified fingerprint.
+    pub fingerprint: Fingerprint,
+    /// Our direction.
+    pub sealer: Sealer,
+    /// The peer's direction.
+    pub opener: Opener,
+}
+
+impl Records {
+    /// The record layer of `est`, rekeying our direction after `rekey_bytes`.
+    pub fn new(est: Established, rekey_bytes: u64) -> Self {
+        let fingerprint = est.peer.fingerprint();
+        let (sealer, opener) = est.into_record_layer(rekey_bytes);
+        Records {
+            fingerprint,
+            sealer,
+            opener,
+        }
+    }
+}
 
 /// Why a handshake over a socket failed.
 #[derive(Debug, thiserror::Error)]

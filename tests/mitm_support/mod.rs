@@ -48,7 +48,8 @@ impl Frame {
 pub enum Unit {
     /// The i-th handshake message (0 or 1).
     Hs(usize),
-    /// The i-th record (0-based, rekey and close records count).
+    /// The i-th record (0-based, rekey and close records count; the connector's `Rec(0)` is its
+    /// StreamInfo record).
     Rec(usize),
     /// The first close record (type 2).
     Close,

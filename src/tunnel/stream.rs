@@ -1,0 +1,205 @@
+//! The StreamInfo record over a socket: the connector sends it first, the listener reads it
+//! before it contacts any target; and the original destination of a redirected connection.
+//!
+//! The pump never sees this record: it runs on the bytes that follow it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::proto::record::{
+    parse_header, Opener, RecordError, RecordType, Sealer, HEADER_LEN, OVERHEAD,
+};
+use crate::proto::stream::{canonical, StreamInfo, StreamInfoError, MAX_STREAM_INFO_LEN};
+
+/// Why the StreamInfo record could not be sent or read.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The connector did not send its first record in time.
+    #[error("no StreamInfo record within {0:?} of accepting the connection")]
+    Timeout(Duration),
+    /// The connection ended before the first record.
+    #[error("connection closed before the StreamInfo record")]
+    Eof,
+    /// The socket failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The record was refused (not first, not StreamInfo, did not authenticate).
+    #[error("{0}")]
+    Record(#[from] RecordError),
+    /// The record opened but its body is malformed.
+    #[error("{0}")]
+    Info(#[from] StreamInfoError),
+}
+
+/// Seals `info` as the first record of the session and writes it to `sealed`.
+pub async fn send_stream_info<W: AsyncWrite + Unpin>(
+    sealed: &mut W,
+    sealer: &mut Sealer,
+    info: &StreamInfo,
+) -> Result<(), StreamError> {
+    let body = info.encode();
+    let mut buf = vec![0u8; body.len() + OVERHEAD];
+    buf[HEADER_LEN..HEADER_LEN + body.len()].copy_from_slice(&body);
+    sealer.seal_stream_info(&mut buf)?;
+    sealed.write_all(&buf).await?;
+    Ok(())
+}
+
+/// Reads and opens the connector's first record, which must be StreamInfo, before `deadline`.
+/// `leftover` holds the bytes already read after the handshake; what follows the record is
+/// returned for the pump. Nothing is buffered beyond one StreamInfo record, and a first record of
+/// another type is refused from its header, before its body is read.
+pub async fn read_stream_info<R: AsyncRead + Unpin>(
+    sealed: &mut R,
+    opener: &mut Opener,
+    leftover: Vec<u8>,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) -> Result<(StreamInfo, Vec<u8>), StreamError> {
+    match tokio::time::timeout_at(deadline, read(sealed, opener, leftover)).await {
+        Ok(r) => r,
+        Err(_) => Err(StreamError::Timeout(timeout)),
+    }
+}
+
+async fn fill<R: AsyncRead + Unpin>(
+    sealed: &mut R,
+    buf: &mut Vec<u8>,
+    want: usize,
+) -> Result<(), StreamError> {
+    if buf.len() >= want {
+        return Ok(());
+    }
+    let have = buf.len();
+    buf.resize(want, 0);
+    match sealed.read_exact(&mut buf[have..]).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(StreamError::Eof),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn read<R: AsyncRead + Unpin>(
+    sealed: &mut R,
+    opener: &mut Opener,
+    mut buf: Vec<u8>,
+) -> Result<(StreamInfo, Vec<u8>), StreamError> {
+    fill(sealed, &mut buf, HEADER_LEN).await?;
+    let header: [u8; HEADER_LEN] = buf[..HEADER_LEN]
+        .try_into()
+        .map_err(|_| RecordError::Buffer(buf.len()))?;
+    let (kind, total) = parse_header(&header)?;
+    if kind != RecordType::StreamInfo {
+        return Err(RecordError::Unexpected(kind).into());
+    }
+    if total > OVERHEAD + MAX_STREAM_INFO_LEN {
+        return Err(RecordError::Malformed(kind).into());
+    }
+    fill(sealed, &mut buf, total).await?;
+    let rest = buf.split_off(total);
+    let body = opener.open_stream_info(&mut buf)?;
+    Ok((StreamInfo::decode(body)?, rest))
+}
+
+/// Redirect mode: where `stream` was going before a NAT `REDIRECT` rule sent it here
+/// (`SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`). `None` when it was not redirected: no
+/// conntrack entry, or an original destination that is the socket's own local address.
+pub fn original_destination(stream: &TcpStream) -> Option<SocketAddr> {
+    let local = canonical(stream.local_addr().ok()?);
+    let sock = socket2::SockRef::from(stream);
+    let orig = if local.is_ipv4() {
+        sock.original_dst_v4()
+    } else {
+        sock.original_dst_v6()
+    };
+    let orig = canonical(orig.ok()?.as_socket()?);
+    (orig != local).then_some(orig)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::keys::Secret;
+
+    fn pair() -> (Sealer, Opener) {
+        let s = Secret::from_bytes([3u8; 32]);
+        (Sealer::new(s.clone(), 1 << 30), Opener::new(s))
+    }
+
+    fn info() -> StreamInfo {
+        StreamInfo {
+            client: Some("192.0.2.1:4000".parse().unwrap()),
+            local: Some("127.0.0.1:5000".parse().unwrap()),
+            destination: None,
+        }
+    }
+
+    fn deadline() -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_secs(5)
+    }
+
+    #[tokio::test]
+    async fn sent_then_read_keeping_what_follows() {
+        let (mut sealer, mut opener) = pair();
+        let mut wire = Vec::new();
+        send_stream_info(&mut wire, &mut sealer, &info())
+            .await
+            .unwrap();
+        wire.extend_from_slice(b"following bytes");
+        // Split anywhere between leftover and socket: same result.
+        for split in [0, 2, 9, wire.len()] {
+            let mut o = Opener::new(Secret::from_bytes([3u8; 32]));
+            let mut rd = &wire[split..];
+            let (got, rest) = read_stream_info(
+                &mut rd,
+                &mut o,
+                wire[..split].to_vec(),
+                deadline(),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+            assert_eq!(got, info());
+            let mut all = rest;
+            all.extend_from_slice(rd);
+            assert_eq!(all, b"following bytes");
+        }
+        let _ = &mut opener;
+    }
+
+    #[tokio::test]
+    async fn first_record_must_be_stream_info() {
+        let (mut sealer, mut opener) = pair();
+        let mut data = vec![0u8; 5 + OVERHEAD];
+        sealer.seal_data(&mut data).unwrap();
+        let mut rd = &data[..];
+        let r = read_stream_info(
+            &mut rd,
+            &mut opener,
+            Vec::new(),
+            deadline(),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(matches!(
+            r,
+            Err(StreamError::Record(RecordError::Unexpected(
+                RecordType::Data
+            )))
+        ));
+        let mut empty: &[u8] = &[];
+        let (_, mut o) = pair();
+        let r = read_stream_info(
+            &mut empty,
+            &mut o,
+            Vec::new(),
+            deadline(),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(matches!(r, Err(StreamError::Eof)));
+    }
+}

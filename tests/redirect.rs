@@ -1,0 +1,258 @@
+//! Transparent redirect mode for real, in a network namespace of its own: an nftables `redirect`
+//! rule sends a client's connections to a `mode = "redirect"` connector, which reads the original
+//! destination (`SO_ORIGINAL_DST`, `IP6T_SO_ORIGINAL_DST`) and sends it in its StreamInfo record;
+//! the listener connects there only if `allow_destinations` allows it.
+//!
+//! Needs root, `unshare` and `nft`: the test re-runs itself under `unshare --net` (so no rule
+//! ever touches the host's network) and prints `skipped: …` and passes when any is missing.
+
+mod support;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::daemon::*;
+
+/// Set in the environment of the copy of this test binary that runs inside the namespace.
+const INSIDE: &str = "SEALPIPE_TEST_INSIDE_NETNS";
+
+fn have(tool: &str, arg: &str) -> bool {
+    Command::new(tool)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn redirect_mode_in_a_network_namespace() {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("skipped: redirect-mode namespace test needs root (unshare --net, nft)");
+        return;
+    }
+    for (tool, arg) in [("unshare", "--version"), ("nft", "--version"), ("ip", "-V")] {
+        if !have(tool, arg) {
+            println!("skipped: redirect-mode namespace test needs `{tool}` (apt-get install nftables util-linux iproute2)");
+            return;
+        }
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new("unshare")
+        .arg("--net")
+        .arg("--")
+        .arg(&exe)
+        .args([
+            "inside_the_namespace",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(INSIDE, "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() && text.contains("unshare failed") {
+        println!("skipped: cannot create a network namespace here: {text}");
+        return;
+    }
+    assert!(out.status.success(), "inside the namespace:\n{text}");
+    assert!(text.contains("REDIRECT CHECKS PASSED"), "{text}");
+}
+
+/// Runs only inside the namespace made by [`redirect_mode_in_a_network_namespace`].
+#[test]
+#[ignore = "run by redirect_mode_in_a_network_namespace inside `unshare --net`"]
+fn inside_the_namespace() {
+    if std::env::var_os(INSIDE).is_none() {
+        println!("skipped: this test only runs inside the namespace its sibling creates");
+        return;
+    }
+    run(&["ip", "link", "set", "lo", "up"]);
+    run(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd00::5/128",
+        "dev",
+        "lo",
+        "nodad",
+    ]);
+    run(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd00::9/128",
+        "dev",
+        "lo",
+        "nodad",
+    ]);
+    // Outside `[fd00::/120]`, for a refused destination.
+    run(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd00::1:5/128",
+        "dev",
+        "lo",
+        "nodad",
+    ]);
+
+    let target4 = echo_target("127.0.0.5:0");
+    let target6 = echo_target("[fd00::5]:0");
+    let site = Site::new();
+    let lconf = site.write(
+        "listener.toml",
+        &format!(
+            "[identity]\nprivate_key = \"listener.pem\"\n\n[[listener]]\nname = \"redirect\"\nlisten = \"127.0.0.1:0\"\n\
+             allow_destinations = [\"127.0.0.4/30:{}\", \"[fd00::/120]:{}\"]\npeers = [\"{}\"]\n",
+            target4.port(),
+            target6.port(),
+            connector_fp()
+        ),
+    );
+    let listener = Daemon::start(&lconf);
+    let cconf = site.write(
+        "connector.toml",
+        &format!(
+            "[identity]\nprivate_key = \"connector.pem\"\n\n\
+             [[connector]]\nname = \"v4\"\nlisten = \"127.0.0.1:0\"\nconnect = \"{l}\"\npeer = \"{p}\"\nmode = \"redirect\"\n\n\
+             [[connector]]\nname = \"v6\"\nlisten = \"[::1]:0\"\nconnect = \"{l}\"\npeer = \"{p}\"\nmode = \"redirect\"\n",
+            l = listener.addr(),
+            p = listener_fp()
+        ),
+    );
+    let connector = Daemon::start(&cconf);
+    let c4 = *connector.addrs.iter().find(|a| a.is_ipv4()).unwrap();
+    let c6 = *connector.addrs.iter().find(|a| a.is_ipv6()).unwrap();
+
+    // The rule an operator writes (README), limited here to the test clients' source addresses
+    // so that the listener's own connections to the targets are not redirected back.
+    let rules = format!(
+        "table ip sealpipe_test {{\n chain output {{\n  type nat hook output priority -100; policy accept;\n  \
+         ip saddr 127.0.0.9 meta l4proto tcp redirect to :{}\n }}\n}}\n\
+         table ip6 sealpipe_test {{\n chain output {{\n  type nat hook output priority -100; policy accept;\n  \
+         ip6 saddr fd00::9 meta l4proto tcp redirect to :{}\n }}\n}}\n",
+        c4.port(),
+        c6.port()
+    );
+    let mut nft = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    nft.stdin
+        .take()
+        .unwrap()
+        .write_all(rules.as_bytes())
+        .unwrap();
+    assert!(nft.wait().unwrap().success(), "nft -f: {rules}");
+
+    // Allowed destinations: the bytes go there and back, and the connector logs where.
+    for (from, to) in [("127.0.0.9:0", target4), ("[fd00::9]:0", target6)] {
+        let data = pseudo_random(to.port().into(), 200_000);
+        let back = exchange(from, to, &data).expect("allowed destination");
+        assert!(back == data, "echo to {to} differs");
+        let log = connector.wait_log(&format!("destination={to}"));
+        assert!(log.contains(&format!("destination={to}")), "{log}");
+    }
+
+    // Refused destinations: outside the networks, or another port. Reset, and the listener says
+    // which destination and which connector.
+    let other_port = if target4.port() == 65535 {
+        1
+    } else {
+        target4.port() + 1
+    };
+    for (from, to) in [
+        ("127.0.0.9:0", format!("127.0.0.8:{}", target4.port())),
+        ("127.0.0.9:0", format!("127.0.0.5:{other_port}")),
+        ("[fd00::9]:0", format!("[fd00::1:5]:{}", target6.port())),
+    ] {
+        let to: SocketAddr = to.parse().unwrap();
+        let r = exchange(from, to, b"not allowed");
+        assert_eq!(r.err(), Some(ErrorKind::ConnectionReset), "to {to}");
+        let needle = format!("destination={to}");
+        let log = listener.wait_log(&needle);
+        let line = log
+            .lines()
+            .find(|l| l.contains("destination refused") && l.contains(&needle))
+            .unwrap_or_else(|| panic!("no refusal logged for {to}:\n{log}"));
+        assert!(line.contains(&connector_fp().to_string()), "{line}");
+    }
+
+    // Not redirected (straight to the connector): refused by the connector itself.
+    let r = exchange("127.0.0.1:0", c4, b"direct");
+    assert_eq!(r.err(), Some(ErrorKind::ConnectionReset));
+    let log = connector.wait_log("has no original destination");
+    assert!(log.contains("has no original destination"), "{log}");
+
+    println!("REDIRECT CHECKS PASSED");
+}
+
+fn run(cmd: &[&str]) {
+    let st = Command::new(cmd[0]).args(&cmd[1..]).status().unwrap();
+    assert!(st.success(), "{cmd:?}");
+}
+
+/// An echo service on `bind`; its address.
+fn echo_target(bind: &str) -> SocketAddr {
+    let l = TcpListener::bind(bind).unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = s.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+/// Connects from `from` to `to`, sends `data`, half-closes, reads to the end.
+fn exchange(from: &str, to: SocketAddr, data: &[u8]) -> Result<Vec<u8>, ErrorKind> {
+    let from: SocketAddr = from.parse().unwrap();
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        None,
+    )
+    .unwrap();
+    sock.bind(&from.into()).unwrap();
+    sock.connect_timeout(&to.into(), Duration::from_secs(10))
+        .map_err(|e| e.kind())?;
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let d = data.to_vec();
+    let writer = std::thread::spawn(move || {
+        let r = w.write_all(&d);
+        let _ = w.shutdown(Shutdown::Write);
+        r
+    });
+    let mut r = s;
+    let mut out = Vec::new();
+    let read = r.read_to_end(&mut out).map_err(|e| e.kind());
+    let wrote = writer.join().unwrap().map_err(|e| e.kind());
+    read?;
+    wrote?;
+    Ok(out)
+}
