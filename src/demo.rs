@@ -42,7 +42,8 @@ pub fn spawn_tunnel<T: Tunnel>(
     spawn(listener, Arc::new(tunnel), tracker, stop.clone()).1
 }
 
-async fn loopback() -> anyhow::Result<(TcpListener, SocketAddr)> {
+/// A listener on an ephemeral loopback port, and its address.
+pub async fn loopback() -> anyhow::Result<(TcpListener, SocketAddr)> {
     let l = TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding a loopback port")?;

@@ -12,6 +12,7 @@
 //! * [`daemon`] runs the tunnels of a config file with reload and drain; [`demo`] runs a whole
 //!   tunnel in one process; [`cli`] has one function per subcommand.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod daemon;
