@@ -331,9 +331,9 @@ async fn throughput(
             }
             s.shutdown().await?;
             let mut count = [0u8; 8];
-            s.read_exact(&mut count)
-                .await
-                .context("the target sent no byte count: is it a `sealpipe bench --serve` target?")?;
+            s.read_exact(&mut count).await.context(
+                "the target sent no byte count: is it a `sealpipe bench --serve` target?",
+            )?;
             let got = u64::from_le_bytes(count);
             if got != share {
                 bail!("the sink received {got} bytes of the {share} sent");
@@ -405,12 +405,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 }
 
 /// `connections` echo connections with `concurrency` clients at once.
-async fn rate(
-    addr: SocketAddr,
-    connections: usize,
-    concurrency: usize,
-    pb: ProgressBar,
-) -> Rate {
+async fn rate(addr: SocketAddr, connections: usize, concurrency: usize, pb: ProgressBar) -> Rate {
     let concurrency = concurrency.clamp(1, connections.max(1));
     let next = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(AtomicUsize::new(0));
@@ -532,11 +527,19 @@ async fn configured_connector(
 ) -> anyhow::Result<(SocketAddr, CancellationToken, String)> {
     let built = crate::daemon::build(config)?;
     let Some((_, tunnel)) = built.connectors.iter().find(|(_, t)| t.name == name) else {
-        let names: Vec<_> = built.connectors.iter().map(|(_, t)| t.name.clone()).collect();
+        let names: Vec<_> = built
+            .connectors
+            .iter()
+            .map(|(_, t)| t.name.clone())
+            .collect();
         bail!(
             "{}: no [[connector]] named {name:?} (connectors: {})",
             config.display(),
-            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
         );
     };
     let (plain, plain_addr) = loopback().await?;
@@ -629,7 +632,11 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
     let in_process = report.mode == "in-process";
 
     if want(Phase::Aead) {
-        let size = if in_process { tuning.record_size } else { args.record_size.map_or(tuning.record_size, |r| r as usize) };
+        let size = if in_process {
+            tuning.record_size
+        } else {
+            args.record_size.map_or(tuning.record_size, |r| r as usize)
+        };
         report.aead = Some(tokio::task::spawn_blocking(move || aead_speed(size)).await?);
         if let Some(s) = &signer {
             let s = s.clone();
@@ -647,7 +654,10 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
         }
     }
 
-    if want(Phase::Idle) && args.idle > 0 && (in_process || args.target.is_some() || args.config.is_some()) {
+    if want(Phase::Idle)
+        && args.idle > 0
+        && (in_process || args.target.is_some() || args.config.is_some())
+    {
         // Sockets in this process per idle connection: client, plus (in process) connector
         // plain + sealed, listener sealed + plain, target.
         let per = if in_process { 6 } else { 2 };
@@ -681,9 +691,19 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
     }
 
     if want(Phase::Rate) && args.connections > 0 {
-        let pb = progress(show, args.connections as u64, "connections, sequential", false);
+        let pb = progress(
+            show,
+            args.connections as u64,
+            "connections, sequential",
+            false,
+        );
         report.rate_sequential = Some(rate(entry, args.connections, 1, pb).await);
-        let pb = progress(show, args.connections as u64, "connections, concurrent", false);
+        let pb = progress(
+            show,
+            args.connections as u64,
+            "connections, concurrent",
+            false,
+        );
         report.rate_concurrent = Some(rate(entry, args.connections, args.concurrency, pb).await);
         report.notes.push(
             "connection rate: full RSA-2048 handshakes (this build has no session resumption)"
@@ -751,7 +771,10 @@ pub fn table(r: &Report) -> String {
             a.record_size, a.gbit_per_s
         );
     }
-    for rt in [&r.rate_sequential, &r.rate_concurrent].into_iter().flatten() {
+    for rt in [&r.rate_sequential, &r.rate_concurrent]
+        .into_iter()
+        .flatten()
+    {
         let _ = writeln!(
             o,
             "| new connections/s, {} client(s) | {:.0} ({} failed) | | |",

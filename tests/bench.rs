@@ -42,7 +42,11 @@ fn num(v: &Value, path: &[&str]) -> f64 {
 
 fn check_throughput(v: &Value, bytes: u64, streams: u64) {
     for key in ["throughput", "raw_tcp"] {
-        assert_eq!(v[key]["bytes"].as_u64(), Some(bytes), "{key} moved all bytes: {v}");
+        assert_eq!(
+            v[key]["bytes"].as_u64(),
+            Some(bytes),
+            "{key} moved all bytes: {v}"
+        );
         assert_eq!(v[key]["streams"].as_u64(), Some(streams), "{v}");
         for f in ["seconds", "gbit_per_s", "cpu_seconds", "cpu_s_per_gib"] {
             num(v, &[key, f]);
@@ -157,7 +161,13 @@ fn config_mode_runs_the_named_connector_against_a_real_listener() {
     let listener = Daemon::start(&lconf);
     let cconf = site.write(
         "connector.toml",
-        &connector_config("connector.pem", any_port(), listener.addr(), &listener_fp(), ""),
+        &connector_config(
+            "connector.pem",
+            any_port(),
+            listener.addr(),
+            &listener_fp(),
+            "",
+        ),
     );
     let cpath = cconf.to_str().unwrap();
     let v = bench_json(&[
