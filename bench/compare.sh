@@ -20,7 +20,7 @@ CONNECTIONS=500
 CONCURRENCY=50
 IDLE=1000
 TUNNELS="raw socat stunnel-aes stunnel-chacha ssh-aes ssh-chacha spiped sealpipe"
-PORT_BASE=47100
+PORT_BASE=29100
 OUT=""
 INSTALL=1
 BUILD=1
@@ -100,11 +100,13 @@ start() {
     PIDS+=("$LAST_PID")
 }
 
-port_in_use() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+port_listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+# any TCP socket on that local port, in any state (a connected one would block a bind)
+port_in_use() { ss -Htan "sport = :$1" 2>/dev/null | grep -q .; }
 wait_port() {
     local port=$1 i
     for i in $(seq 1 200); do
-        port_in_use "$port" && return 0
+        port_listening "$port" && return 0
         sleep 0.05
     done
     log "nothing listens on port $port; logs:"; tail -n 5 "$TMP"/*.log >&2; exit 1
@@ -294,6 +296,7 @@ setup_sealpipe() {
     port; ENTRY_IPERF=$PORT; port; ENTRY_ECHO=$PORT
     local s_iperf s_echo; port; s_iperf=$PORT; port; s_echo=$PORT
     local defaults="max_connections = $((IDLE + CONCURRENCY + 1000))
+drain_timeout = \"1s\"
 ${SEALPIPE_EXTRA_DEFAULTS:-}"
     cat >"$TMP/listener.toml" <<EOF
 [identity]
@@ -416,6 +419,7 @@ with open(out, "a") as f:
 EOF
 }
 
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 log "temp dir $TMP; tunnels: $TUNNELS; $REPEATS x ${DURATION}s per iperf3 run, streams $STREAMS"
 for t in $TUNNELS; do
     case $t in
@@ -429,17 +433,22 @@ for t in $TUNNELS; do
         sealpipe) setup_sealpipe ;;
         *) log "unknown tunnel $t"; exit 2 ;;
     esac
+    # Idle memory first, while the tunnel processes have not yet grown buffers for bulk data.
+    log "$t: idle connections"
+    idle_run "$t"
+    log "$t: connection rate"
+    rate_run "$t"
     log "$t: throughput"
     for n in $STREAMS; do
         for r in $(seq 1 "$REPEATS"); do iperf_run "$t" "$n"; done
     done
-    log "$t: connection rate"
-    rate_run "$t"
-    log "$t: idle connections"
-    idle_run "$t"
     teardown
 done
 
+echo "compare.sh, $(date -u '+%Y-%m-%d %H:%M UTC'): $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), Linux $(uname -r)"
+echo "sealpipe $("$SEALPIPE" --version | cut -d' ' -f2-) at $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo '?'); iperf3 ${DURATION}s x $REPEATS (median); $CONNECTIONS connections per rate load; load average before: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "$(stunnel4 -version 2>&1 | grep -m1 '^stunnel'); $(ssh -V 2>&1); $(spiped -v 2>&1 | head -n1); $(socat -V | sed -n 2p | cut -d' ' -f1-3); $(iperf3 --version | head -n1 | cut -d' ' -f1-2)"
+echo
 python3 - "$RESULTS" "$STREAMS" "$CONCURRENCY" "$IDLE" <<'EOF'
 import statistics, sys
 from collections import defaultdict
