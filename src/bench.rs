@@ -280,9 +280,18 @@ async fn target_conn(mut s: TcpStream) -> std::io::Result<()> {
         s.shutdown().await
     } else {
         s.write_all(&first).await?;
-        let (mut r, mut w) = s.split();
-        tokio::io::copy(&mut r, &mut w).await?;
-        w.shutdown().await
+        // Echo with a buffer only while bytes move, so that idle connections cost the target
+        // (and the in-process memory figure) nothing but the socket and this task.
+        loop {
+            s.readable().await?;
+            let mut buf = vec![0u8; 16 * 1024];
+            match s.try_read(&mut buf) {
+                Ok(0) => return s.shutdown().await,
+                Ok(n) => s.write_all(&buf[..n]).await?,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
