@@ -8,7 +8,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::proto::identity::DEFAULT_RSA_BITS;
 use crate::proto::messages::PROTOCOL_VERSION;
-use crate::{daemon, demo, keyfile};
+use crate::{bench, daemon, demo, keyfile};
 
 /// The version line: crate version and protocol version.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 1)");
@@ -78,6 +78,9 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::trust::TrustCommand,
     },
+    /// Benchmark: throughput, CPU per GiB, connection rate, first-echo time and memory per
+    /// idle connection, against raw loopback TCP and the cipher's own speed (see bench/README.md).
+    Bench(bench::BenchArgs),
     /// Print a shell completion script (e.g. `sealpipe completions bash > /etc/bash_completion.d/sealpipe`).
     Completions {
         /// The shell.
@@ -90,6 +93,10 @@ pub enum Command {
 fn init_logging(cli: &Cli) {
     let filter = match &cli.log_level {
         Some(level) => EnvFilter::new(level),
+        // The bench opens thousands of connections: only warnings unless asked.
+        None if matches!(cli.command, Command::Bench(_)) => {
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"))
+        }
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
     let builder = tracing_subscriber::fmt()
@@ -160,6 +167,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let cmd = <Cli as clap::CommandFactory>::command();
             clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
         }
+        Command::Bench(args) => runtime()?.block_on(bench::run(args))?,
         Command::Demo { once } => {
             let ok = runtime()?.block_on(demo::run(once))?;
             if !ok {

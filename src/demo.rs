@@ -51,7 +51,8 @@ pub fn spawn_tunnel<T: Tunnel>(
     state
 }
 
-async fn loopback() -> anyhow::Result<(TcpListener, SocketAddr)> {
+/// A listener on an ephemeral loopback port, and its address.
+pub async fn loopback() -> anyhow::Result<(TcpListener, SocketAddr)> {
     let l = TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding a loopback port")?;
@@ -69,6 +70,62 @@ pub async fn round_trip(connector: SocketAddr, message: &[u8]) -> anyhow::Result
     Ok(back)
 }
 
+/// A listener and a connector on ephemeral loopback ports, named `name`, carrying to the plain
+/// `target`, with the in-memory identities `l_id` and `c_id` (each trusting or pinning the
+/// other). Returns the connector's plaintext entry and the listener's sealed address.
+pub async fn spawn_pair(
+    name: &str,
+    target: SocketAddr,
+    l_id: Arc<PrivateIdentity>,
+    c_id: Arc<PrivateIdentity>,
+    tuning: Tuning,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+    let (sealed, sealed_addr) = loopback().await?;
+    let (plain, plain_addr) = loopback().await?;
+    let mut trust = TrustList::new();
+    trust.insert(c_id.fingerprint(), Some(format!("{name} connector")));
+    spawn_tunnel(
+        sealed,
+        ListenerTunnel {
+            name: name.into(),
+            forward: Some(Address::Ip(target)),
+            allow_destinations: Vec::new(),
+            proxy_protocol: ProxyProtocol::Off,
+            params: ListenerParams {
+                identity: l_id.clone() as Arc<dyn Signer>,
+                trust: Arc::new(trust),
+                psk: None,
+                accept_unknown: false,
+                allow_tofu: false,
+            },
+            tuning: tuning.clone(),
+        },
+        tracker,
+        stop,
+    );
+    spawn_tunnel(
+        plain,
+        ConnectorTunnel {
+            name: name.into(),
+            connect: Address::Ip(sealed_addr),
+            params: ConnectorParams {
+                identity: c_id as Arc<dyn Signer>,
+                listener: l_id.fingerprint().into(),
+                psk: None,
+            },
+            socket: Default::default(),
+            tofu: None,
+            mode: ConnectorMode::Forward,
+            tuning,
+        },
+        tracker,
+        stop,
+    );
+    Ok((plain_addr, sealed_addr))
+}
+
 /// Runs the demo; with `once`, returns after the round trip (true if it worked).
 pub async fn run(once: bool) -> anyhow::Result<bool> {
     eprintln!("sealpipe demo: making two {DEMO_BITS}-bit RSA identities in memory…");
@@ -81,50 +138,18 @@ pub async fn run(once: bool) -> anyhow::Result<bool> {
 
     let (echo, echo_addr) = loopback().await?;
     tokio::spawn(echo_service(echo));
-    let (sealed, sealed_addr) = loopback().await?;
-    let (plain, plain_addr) = loopback().await?;
-
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
-    let mut trust = TrustList::new();
-    trust.insert(c_fp, Some("demo connector".into()));
-    spawn_tunnel(
-        sealed,
-        ListenerTunnel {
-            name: "demo".into(),
-            forward: Some(Address::Ip(echo_addr)),
-            allow_destinations: Vec::new(),
-            proxy_protocol: ProxyProtocol::Off,
-            params: ListenerParams {
-                identity: l_id.clone() as Arc<dyn Signer>,
-                trust: Arc::new(trust),
-                psk: None,
-                accept_unknown: false,
-                allow_tofu: false,
-            },
-            tuning: Tuning::default(),
-        },
+    let (plain_addr, sealed_addr) = spawn_pair(
+        "demo",
+        echo_addr,
+        l_id,
+        c_id,
+        Tuning::default(),
         &tracker,
         &stop,
-    );
-    spawn_tunnel(
-        plain,
-        ConnectorTunnel {
-            name: "demo".into(),
-            connect: Address::Ip(sealed_addr),
-            params: ConnectorParams {
-                identity: c_id.clone() as Arc<dyn Signer>,
-                listener: l_fp.into(),
-                psk: None,
-            },
-            socket: Default::default(),
-            tofu: None,
-            mode: ConnectorMode::Forward,
-            tuning: Tuning::default(),
-        },
-        &tracker,
-        &stop,
-    );
+    )
+    .await?;
 
     let message = b"hello through sealpipe\n";
     let ok = match round_trip(plain_addr, message).await {

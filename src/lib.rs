@@ -13,6 +13,7 @@
 //!   tunnel in one process; [`cli`] has one function per subcommand; [`metrics`] serves the
 //!   Prometheus endpoint.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod daemon;

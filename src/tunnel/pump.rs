@@ -2,14 +2,16 @@
 //!
 //! Two futures run in one task, one per direction. Plain → sealed: read up to `record_size`,
 //! seal in place (with a rekey record in front when one is due), one write. Sealed → plain:
-//! buffer one record at most, open it in place, write the plaintext. A plaintext EOF becomes a
-//! close record and a TCP half-close; a close record becomes `shutdown(Write)` on the plaintext
-//! socket. Any error, or a sealed EOF without a close record, fails the pump; the caller then
+//! read up to one largest record at a time, open every complete record in place, and write
+//! their plaintexts with one vectored write (at most one partial record stays buffered). A
+//! plaintext EOF becomes a close record and a TCP half-close; a close record becomes
+//! `shutdown(Write)` on the plaintext socket. Any error, or a sealed EOF without a close record, fails the pump; the caller then
 //! resets the plaintext socket. Buffers are bounded, so a slow reader slows the sender, and they
 //! exist only while data moves: each direction waits for readability with no buffer, takes one
 //! when bytes arrive and gives it back once the socket is drained, so an idle connection holds
 //! no record buffer at all.
 
+use std::io::IoSlice;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -273,8 +275,33 @@ async fn expect_eof(sealed: &TcpStream, already_buffered: usize) -> Result<(), P
     }
 }
 
-/// Bytes read from the sealed socket at a time when no record size is known yet.
-const READ_CHUNK: usize = 16 * 1024 + OVERHEAD;
+/// Room for new bytes from the sealed socket at each read: one largest record, so that one
+/// read usually brings several small records or a whole large one.
+const READ_CHUNK: usize = MAX_RECORD_LEN;
+/// Most plaintext records handed to the plaintext socket in one vectored write.
+const MAX_IOV: usize = 16;
+
+/// Writes `pieces` (offset, length) of `buf` with as few vectored writes as the socket takes.
+async fn write_pieces<W: AsyncWrite + Unpin>(
+    plain: &mut W,
+    buf: &[u8],
+    pieces: &[(usize, usize)],
+) -> std::io::Result<()> {
+    let mut iov = [IoSlice::new(&[]); MAX_IOV];
+    let n = pieces.len().min(MAX_IOV);
+    for (slot, &(at, len)) in iov.iter_mut().zip(&pieces[..n]) {
+        *slot = IoSlice::new(&buf[at..at + len]);
+    }
+    let mut left = &mut iov[..n];
+    while !left.is_empty() {
+        let written = plain.write_vectored(left).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut left, written);
+    }
+    Ok(())
+}
 
 async fn sealed_to_plain<R, W>(
     sealed: &R,
@@ -288,43 +315,78 @@ where
     W: AsyncWrite + Unpin,
 {
     let sealed = sealed.as_ref();
-    // Holds at most one record and a chunk; dropped whenever it is empty and the socket is
-    // drained, so an idle connection holds none.
+    // Holds at most one partial record and a chunk; dropped whenever it is empty and the
+    // socket is drained, so an idle connection holds none.
     let mut buf = leftover;
     let mut start = 0;
     loop {
-        let avail = buf.len() - start;
+        // Open every complete record buffered (up to MAX_IOV data records), then hand their
+        // plaintexts to the plaintext socket in one vectored write.
+        let mut pieces = [(0usize, 0usize); MAX_IOV];
+        let mut count = 0;
         let mut need = HEADER_LEN;
-        if let Some(h) = buf[start..].first_chunk::<HEADER_LEN>() {
-            let (_, total) = parse_header(h)?;
-            need = total;
-            if avail >= total {
-                match opener.open(&mut buf[start..start + total])? {
-                    Opened::Data(d) => {
-                        plain.write_all(d).await.map_err(PumpError::Plain)?;
-                        stats.add(&stats.received, d.len() as u64, |t| &t.received);
-                    }
-                    Opened::Rekey => {
-                        stats.add(&stats.rekeys_received, 1, |t| &t.rekeys);
-                    }
-                    Opened::Close => {
-                        // Nothing may follow a close record: the peer's EOF (sent right after
-                        // it) must come first, so that a record after close resets the local
-                        // socket instead of ending it cleanly.
-                        let after = buf.len() - (start + total);
-                        expect_eof(sealed, after).await?;
-                        plain.shutdown().await.map_err(PumpError::Plain)?;
-                        return Ok(());
-                    }
+        let mut closed = false;
+        let mut failed = None;
+        while count < MAX_IOV {
+            let Some(h) = buf[start..].first_chunk::<HEADER_LEN>() else {
+                break;
+            };
+            let total = match parse_header(h) {
+                Ok((_, total)) => total,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
                 }
-                start += total;
-                continue;
+            };
+            if buf.len() - start < total {
+                need = total;
+                break;
             }
+            match opener.open(&mut buf[start..start + total]) {
+                Ok(Opened::Data(d)) => {
+                    pieces[count] = (start + HEADER_LEN, d.len());
+                    count += 1;
+                }
+                Ok(Opened::Rekey) => {
+                    stats.add(&stats.rekeys_received, 1, |t| &t.rekeys);
+                }
+                Ok(Opened::Close) => closed = true,
+                Err(e) => failed = Some(e),
+            }
+            if failed.is_some() {
+                break;
+            }
+            start += total;
+            if closed {
+                break;
+            }
+        }
+        if count > 0 {
+            // What was authenticated before a failure is still delivered, as record by record.
+            write_pieces(plain, &buf, &pieces[..count])
+                .await
+                .map_err(PumpError::Plain)?;
+            let delivered: usize = pieces[..count].iter().map(|p| p.1).sum();
+            stats.add(&stats.received, delivered as u64, |t| &t.received);
+        }
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        if closed {
+            // Nothing may follow a close record: the peer's EOF (sent right after it) must
+            // come first, so that a record after close resets the local socket instead of
+            // ending it cleanly.
+            expect_eof(sealed, buf.len() - start).await?;
+            plain.shutdown().await.map_err(PumpError::Plain)?;
+            return Ok(());
+        }
+        if count == MAX_IOV {
+            continue;
         }
         // Keep only the partial record, then read more.
         buf.drain(..start);
         start = 0;
-        let want = need.clamp(READ_CHUNK, MAX_RECORD_LEN + READ_CHUNK);
+        let want = need.max(buf.len() + READ_CHUNK);
         if buf.capacity() < want {
             buf.reserve_exact(want - buf.len());
         }

@@ -1,0 +1,200 @@
+//! Smoke tests of `sealpipe bench` (tiny sizes, no timing assertions): every mode runs, the
+//! JSON has its fields, and the bytes the sink confirmed equal what was asked.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+use support::daemon::*;
+
+fn sealpipe() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sealpipe"))
+}
+
+fn bench_json(args: &[&str]) -> Value {
+    let out = sealpipe()
+        .arg("bench")
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("run sealpipe bench");
+    assert!(
+        out.status.success(),
+        "sealpipe bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    let lines: Vec<_> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON object on one line: {stdout}");
+    serde_json::from_str(lines[0]).expect("valid JSON")
+}
+
+fn num(v: &Value, path: &[&str]) -> f64 {
+    let mut x = v;
+    for p in path {
+        x = &x[*p];
+    }
+    x.as_f64()
+        .unwrap_or_else(|| panic!("{path:?} is not a number in {v}"))
+}
+
+fn check_throughput(v: &Value, bytes: u64, streams: u64) {
+    for key in ["throughput", "raw_tcp"] {
+        assert_eq!(
+            v[key]["bytes"].as_u64(),
+            Some(bytes),
+            "{key} moved all bytes: {v}"
+        );
+        assert_eq!(v[key]["streams"].as_u64(), Some(streams), "{v}");
+        for f in ["seconds", "gbit_per_s", "cpu_seconds", "cpu_s_per_gib"] {
+            num(v, &[key, f]);
+        }
+    }
+    num(v, &["ratio_to_raw_tcp"]);
+}
+
+fn check_rate(v: &Value, connections: u64) {
+    for key in ["rate_sequential", "rate_concurrent"] {
+        assert_eq!(v[key]["connections"].as_u64(), Some(connections), "{v}");
+        assert_eq!(v[key]["failures"].as_u64(), Some(0), "{v}");
+        for f in ["seconds", "per_second", "ttfb_p50_ms", "ttfb_p99_ms"] {
+            num(v, &[key, f]);
+        }
+    }
+}
+
+#[test]
+fn in_process_bench_reports_every_figure_as_json() {
+    let v = bench_json(&[
+        "--bytes",
+        "3MiB",
+        "--streams",
+        "3",
+        "--connections",
+        "6",
+        "--concurrency",
+        "3",
+        "--idle",
+        "5",
+        "--record-size",
+        "32KiB",
+    ]);
+    assert_eq!(v["mode"], "in-process");
+    assert_eq!(v["record_size"].as_u64(), Some(32 * 1024));
+    check_throughput(&v, 3 * 1024 * 1024, 3);
+    check_rate(&v, 6);
+    assert_eq!(v["rate_concurrent"]["concurrency"].as_u64(), Some(3));
+    assert_eq!(v["aead"]["record_size"].as_u64(), Some(32 * 1024));
+    num(&v, &["aead", "gbit_per_s"]);
+    num(&v, &["ratio_to_aead"]);
+    num(&v, &["rsa_sign_ms"]);
+    assert_eq!(v["idle"]["connections"].as_u64(), Some(5));
+    num(&v, &["idle", "kib_per_connection"]);
+}
+
+/// A `sealpipe bench --serve` target, killed on drop.
+struct Target(Child, String);
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn target() -> Target {
+    let mut child = sealpipe()
+        .args(["bench", "--serve", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the bench target");
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().expect("stderr"))
+        .read_line(&mut line)
+        .expect("read the target's first line");
+    let addr = line
+        .trim()
+        .strip_prefix("bench target listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    Target(child, addr)
+}
+
+#[test]
+fn load_only_mode_drives_a_separate_bench_target() {
+    let t = target();
+    let v = bench_json(&[
+        "--target",
+        &t.1,
+        "--bytes",
+        "1000001",
+        "--streams",
+        "2",
+        "--connections",
+        "4",
+        "--concurrency",
+        "2",
+        "--idle",
+        "3",
+        "--only",
+        "throughput,rate,idle",
+    ]);
+    assert_eq!(v["mode"], "target");
+    assert_eq!(v["entry"], t.1.as_str());
+    check_throughput(&v, 1_000_001, 2);
+    check_rate(&v, 4);
+    assert_eq!(v["idle"]["connections"].as_u64(), Some(3));
+    assert!(v["aead"].is_null(), "--only leaves the cipher out: {v}");
+}
+
+#[test]
+fn config_mode_runs_the_named_connector_against_a_real_listener() {
+    let t = target();
+    let target_addr = t.1.parse().unwrap();
+    let site = Site::new();
+    let lconf = site.write(
+        "listener.toml",
+        &listener_config(any_port(), target_addr, &[connector_fp()], ""),
+    );
+    let listener = Daemon::start(&lconf);
+    let cconf = site.write(
+        "connector.toml",
+        &connector_config(
+            "connector.pem",
+            any_port(),
+            listener.addr(),
+            &listener_fp(),
+            "",
+        ),
+    );
+    let cpath = cconf.to_str().unwrap();
+    let v = bench_json(&[
+        "--config",
+        cpath,
+        "--tunnel",
+        "test",
+        "--bytes",
+        "2MiB",
+        "--connections",
+        "3",
+        "--concurrency",
+        "2",
+        "--idle",
+        "2",
+    ]);
+    assert_eq!(v["mode"], "config");
+    check_throughput(&v, 2 * 1024 * 1024, 1);
+    check_rate(&v, 3);
+    assert_eq!(v["idle"]["connections"].as_u64(), Some(2));
+
+    let out = sealpipe()
+        .args(["bench", "--json", "--config", cpath, "--tunnel", "nope"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no [[connector]] named \"nope\""), "{err}");
+    assert!(err.contains("connectors: test"), "{err}");
+}
