@@ -445,11 +445,17 @@ impl Handshake {
             random: rand.random,
             ephemeral: x25519_public(&rand.ephemeral),
         };
-        // Only a connector pinned to a known key resumes (never a TOFU first contact or probe).
+        // Only a connector pinned to a known key offers a ticket (never a TOFU first contact or
+        // probe). A first contact still keeps the ticket of its full handshake, filed under the
+        // key the listener proved (see `file_ticket`): the next connection, pinned to that
+        // recorded key, resumes.
         let pinned = matches!(params.listener, ListenerPin::Key(_));
-        let resume = resumption.filter(|_| pinned).map(|r| {
-            let context = connector_context(&params);
-            let offer = lock(&r.store).offer(&context, r.policy, r.now);
+        let resume = resumption.map(|r| {
+            let offer = if pinned {
+                lock(&r.store).offer(&connector_context(&params), r.policy, r.now)
+            } else {
+                None
+            };
             Box::new(ResumeCtx::Connector { r, offer })
         });
         let offer = match resume.as_deref() {
@@ -789,10 +795,17 @@ impl Handshake {
     fn file_ticket(&mut self, t: &Secret, peer: &PublicIdentity) {
         match (self.resume.as_deref(), &self.params) {
             (Some(ResumeCtx::Connector { r, .. }), Params::Connector(p)) => {
+                // Bound to the key the listener proved, which is the pinned one for
+                // `ListenerPin::Key` (checked) and the one a TOFU first contact records: only a
+                // later connection pinned to it offers the ticket.
+                let context = ticket_context(
+                    &[&p.identity.public().fingerprint(), &peer.fingerprint()],
+                    p.psk.as_deref(),
+                );
                 lock(&r.store).insert(
                     t.clone(),
                     Arc::new(peer.clone()),
-                    connector_context(p),
+                    context,
                     r.policy,
                     r.now,
                 );
