@@ -94,7 +94,10 @@ fn wait_value(addr: SocketAddr, name: &str, role: &str, more: &str, want: u64) -
         if value(&text, name, role, more) == Some(want) {
             return text;
         }
-        assert!(Instant::now() < deadline, "{name} never reached {want}:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "{name} never reached {want}:\n{text}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -140,7 +143,11 @@ fn resumptions_and_handshakes_are_each_counted_once_on_both_sides() {
             ("sealpipe_handshake_duration_seconds_count", "", 4),
             ("sealpipe_connections_total", "", 4),
         ] {
-            assert_eq!(value(&text, name, role, more), Some(want), "{role} {name}:\n{text}");
+            assert_eq!(
+                value(&text, name, role, more),
+                Some(want),
+                "{role} {name}:\n{text}"
+            );
         }
         assert!(!text.contains("result=\"failed\""), "{role}:\n{text}");
     }
@@ -230,6 +237,59 @@ fn an_accept_unknown_connector_resumes_until_a_reload_turns_accept_unknown_off()
     );
     assert_eq!(opens(&listener.log_text()).len(), 3, "{log}");
     assert_eq!(service.accepted.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn turning_accept_unknown_off_holds_even_if_the_new_listen_address_cannot_be_bound() {
+    let service = Service::start(Behaviour::Echo);
+    let site = Site::new();
+    let trusted = format!("peers = [\"{}\"]\n", connector_fp());
+    let lconf = site.write(
+        "listener.toml",
+        &listener_toml(
+            any_port(),
+            service.addr,
+            "listener.pem",
+            &format!("{trusted}accept_unknown = true\n"),
+        ),
+    );
+    let listener = Daemon::start(&lconf);
+    let cconf = site.write(
+        "connector.toml",
+        &connector_config(
+            "untrusted.pem",
+            any_port(),
+            listener.addr(),
+            &listener_fp(),
+            "",
+        ),
+    );
+    let connector = Daemon::start(&cconf);
+    echo_ok(connector.addr(), b"in");
+    assert_eq!(wait_opens(&listener, 1), [false]);
+
+    // The reload moves the listener to an address already taken, and turns accept_unknown off:
+    // the old socket stays (nothing else can serve), but under the new settings.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let text = std::fs::read_to_string(&lconf).unwrap();
+    let moved = text
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"{}\"", taken.local_addr().unwrap()),
+        )
+        .replace("accept_unknown = true\n", "");
+    std::fs::write(&lconf, moved).unwrap();
+    listener.signal("HUP");
+    let log = listener.wait_log("configuration reloaded");
+    assert!(
+        log.contains("the previous socket stays, with the new settings"),
+        "{log}"
+    );
+    assert!(try_exchange(connector.addr(), b"let me in").is_err());
+    listener.wait_log("is not trusted");
+    assert_eq!(opens(&listener.log_text()).len(), 1);
+    assert_eq!(service.accepted.load(Ordering::SeqCst), 1);
+    drop(taken);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -802,13 +802,7 @@ impl Handshake {
                     &[&p.identity.public().fingerprint(), &peer.fingerprint()],
                     p.psk.as_deref(),
                 );
-                lock(&r.store).insert(
-                    t.clone(),
-                    Arc::new(peer.clone()),
-                    context,
-                    r.policy,
-                    r.now,
-                );
+                lock(&r.store).insert(t.clone(), Arc::new(peer.clone()), context, r.policy, r.now);
             }
             (Some(ResumeCtx::Listener(r)), Params::Listener(p)) => {
                 lock(&r.store).insert(
