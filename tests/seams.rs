@@ -161,7 +161,10 @@ fn resumptions_and_handshakes_are_each_counted_once_on_both_sides() {
     listener.signal("HUP");
     listener.wait_log("configuration reloaded");
     echo_ok(connector.addr(), b"full again");
-    assert!(!wait_opens(&connector, 5)[4], "the refused ticket is not a resumption");
+    assert!(
+        !wait_opens(&connector, 5)[4],
+        "the refused ticket is not a resumption"
+    );
     for (addr, role) in [(cm, "connector"), (lm, "listener")] {
         let text = wait_value(addr, "sealpipe_handshakes_total", role, ",result=\"ok\"", 5);
         assert_eq!(
@@ -520,4 +523,53 @@ fn redirect_mode_on_a_unix_listen_socket_is_a_config_error() {
     );
     let (ok, err) = check(&cconf);
     assert!(ok, "{err}");
+}
+
+#[test]
+fn a_first_contact_resume_hello_is_dropped_at_mac1_by_an_allow_tofu_listener() {
+    use sealpipe::proto::handshake::{mac1, FIRST_CONTACT};
+    use sealpipe::proto::messages::{header, MessageType, RESUME_HELLO_BODY};
+    let service = Service::start(Behaviour::Echo);
+    let site = Site::new();
+    let lconf = site.write(
+        "listener.toml",
+        &(listener_toml(
+            any_port(),
+            service.addr,
+            "listener.pem",
+            &format!("peers = [\"{}\"]\nallow_tofu = true\n", connector_fp()),
+        ) + METRICS),
+    );
+    let listener = Daemon::start(&lconf);
+    let lm = metrics_addr(&listener);
+    // A ResumeHello (version 1, no options, a valid X25519 point, some ticket) whose mac1 is
+    // keyed by the public first-contact constant: anybody can make one, no connector sends one.
+    let mut hello = header(MessageType::ResumeHello, RESUME_HELLO_BODY).to_vec();
+    hello.extend_from_slice(&[1, 0]);
+    hello.extend_from_slice(&[0x42; 32]);
+    let mut e = [0u8; 32];
+    e[0] = 9;
+    hello.extend_from_slice(&e);
+    hello.extend_from_slice(&[0x17; 16 + 32]);
+    let tag = mac1(&FIRST_CONTACT, &hello);
+    hello.extend_from_slice(&tag);
+    assert_eq!(hello.len(), 3 + RESUME_HELLO_BODY);
+    let mut s = TcpStream::connect(listener.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(&hello).unwrap();
+    let mut back = Vec::new();
+    let _ = s.read_to_end(&mut back);
+    assert!(back.is_empty(), "the listener answered: {back:?}");
+    // Dropped before any work (no handshake slot, no X25519), as a bad mac1.
+    let text = wait_value(lm, "sealpipe_mac1_rejected_total", "listener", "", 1);
+    assert_eq!(
+        value(
+            &text,
+            "sealpipe_handshakes_total",
+            "listener",
+            ",result=\"failed\",reason=\"bad_mac1\""
+        ),
+        Some(1),
+        "{text}"
+    );
 }

@@ -361,10 +361,13 @@ pub enum Contact {
 }
 
 /// Checks a connector hello's mac1 as a listener with `params` does: keyed by its own
-/// fingerprint, or, with `allow_tofu` only, by [`FIRST_CONTACT`].
+/// fingerprint, or, with `allow_tofu` only and for a ConnectorHello only, by [`FIRST_CONTACT`]
+/// (a connector that does not know the listener's key has no ticket for it: a ResumeHello keyed
+/// by [`FIRST_CONTACT`] is junk, dropped here before any work like any other bad mac1).
 pub fn check_hello_mac1(params: &ListenerParams, hello: &[u8]) -> Result<Contact, HandshakeError> {
+    let resume = hello.first() == Some(&(MessageType::ResumeHello as u8));
     match check_connector_hello(&params.identity.public().fingerprint(), hello) {
-        Err(HandshakeError::BadMac1) if params.allow_tofu => {
+        Err(HandshakeError::BadMac1) if params.allow_tofu && !resume => {
             check_connector_hello(&FIRST_CONTACT, hello).map(|()| Contact::FirstContact)
         }
         other => other.map(|()| Contact::Pinned),
