@@ -60,6 +60,19 @@ seed $t sealed-untrusted "01$(vec16 "$SPKI_U")$(vec16 "$SIG")$FIN"
 seed $t sealed-listener-key "01$(vec16 "$SPKI_L")$(vec16 "$SIG")$FIN"
 seed $t sealed-tiny "01000100000100$FIN"
 
+t=handshake_listener_resume
+RH=$(vector resume_hello)
+RF=$(vector resume_finished)
+RH_FIELDS=${RH:6:132}    # version, options, random, e_c
+RH_TICKET=${RH:138:96}   # the vector's ticket id and binder (unknown to the fuzz listener)
+seed $t real-ticket "01$RH_FIELDS"
+seed $t real-ticket-finished "01${RH_FIELDS}00$RF"
+seed $t real-ticket-finished-split "01${RH_FIELDS}010002$RF"
+seed $t real-ticket-bad-version "0102${RH_FIELDS:2}00$RF"
+seed $t real-ticket-low-order "01${RH_FIELDS:0:68}$(rep 00 32)00$RF"
+seed $t unknown-ticket "00$RH_FIELDS$RH_TICKET"
+seed $t unknown-ticket-then-auth "00$RH_FIELDS${RH_TICKET}0014025a$AUTH_RAW_BODY"
+
 t=handshake_connector
 seed $t hello "00$LH"
 seed $t hello-split "0300010003003f$LH"

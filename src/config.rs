@@ -1109,6 +1109,22 @@ impl Source<'_> {
                     }
                 },
             };
+            // A Unix-socket client was not redirected by a NAT rule: it has no original
+            // destination to send, so every connection would be refused.
+            if let (ConnectorMode::Redirect, Some(path), Some(v)) =
+                (mode, listen.unix_path(), &c.mode)
+            {
+                return Err(self.key_error(
+                    &ctx,
+                    "mode",
+                    v.span(),
+                    format!(
+                        "`mode = \"redirect\"` needs a TCP `listen` (connections redirected by a NAT rule); \
+                         `listen = \"unix:{}\"` is a Unix socket, whose clients have no original destination",
+                        path.display()
+                    ),
+                ));
+            }
             let tuning = self.overrides(&ctx, &c.tuning())?.apply(&base);
             connectors.push(ConnectorConfig {
                 name,
@@ -2112,6 +2128,12 @@ record_size = "64KiB"
                 "[[connector]]\nname = \"db\"\nlisten = \"127.0.0.1:1\"\nconnect = \"db:1\"\npeer = \"{FP_B}\"\nmode = \"tproxy\"\n"
             ))),
             "/etc/sealpipe/b.toml:8:8: connector \"db\": key `mode`: invalid mode \"tproxy\": expected \"forward\" or \"redirect\""
+        );
+        assert_eq!(
+            err(&with_identity(&format!(
+                "[[connector]]\nname = \"db\"\nlisten = \"unix:/run/sealpipe-test/db.sock\"\nconnect = \"db:1\"\npeer = \"{FP_B}\"\nmode = \"redirect\"\n"
+            ))),
+            "/etc/sealpipe/b.toml:8:8: connector \"db\": key `mode`: `mode = \"redirect\"` needs a TCP `listen` (connections redirected by a NAT rule); `listen = \"unix:/run/sealpipe-test/db.sock\"` is a Unix socket, whose clients have no original destination"
         );
     }
 

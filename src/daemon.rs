@@ -222,8 +222,8 @@ impl<T: Tunnel> TunnelSet<T> {
 
     /// Moves to the tunnels of a new config: same name and address, new settings for new
     /// connections (and a Unix socket's mode and group set anew); new address, a new socket
-    /// (the old one closes only once the new one is bound; counters carry over); gone, stop
-    /// accepting. Established connections are never touched.
+    /// (the old one closes only once the new one is bound; counters carry over; if it cannot be
+    /// bound, the old socket stays with the new settings); gone, stop accepting. Established connections are never touched.
     async fn apply(&mut self, wanted: Vec<(Address, Arc<T>)>, tracker: &TaskTracker) {
         let names: Vec<String> = wanted.iter().map(|(_, t)| t.name().to_string()).collect();
         for (listen, tunnel) in wanted {
@@ -247,8 +247,18 @@ impl<T: Tunnel> TunnelSet<T> {
                         });
                         self.start_on(l, listen, tunnel, tracker, state);
                     }
-                    Err(e) => tracing::error!(tunnel = %name, error = %format!("{e:#}"),
-                        "reload: cannot listen, keeping the previous socket if any"),
+                    Err(e) => match self.running.get(&name) {
+                        // The old socket stays, but under the new settings: a reload that
+                        // revokes trust (peers, accept_unknown, allow_tofu, keys) must not be
+                        // undone by a listen address that cannot be bound.
+                        Some(r) => {
+                            tracing::error!(tunnel = %name, error = %format!("{e:#}"), previous = %r.listen,
+                                "reload: cannot listen on the new address; the previous socket stays, with the new settings");
+                            r.settings.send_replace(tunnel);
+                        }
+                        None => tracing::error!(tunnel = %name, error = %format!("{e:#}"),
+                            "reload: cannot listen, tunnel not started"),
+                    },
                 },
             }
         }

@@ -361,10 +361,13 @@ pub enum Contact {
 }
 
 /// Checks a connector hello's mac1 as a listener with `params` does: keyed by its own
-/// fingerprint, or, with `allow_tofu` only, by [`FIRST_CONTACT`].
+/// fingerprint, or, with `allow_tofu` only and for a ConnectorHello only, by [`FIRST_CONTACT`]
+/// (a connector that does not know the listener's key has no ticket for it: a ResumeHello keyed
+/// by [`FIRST_CONTACT`] is junk, dropped here before any work like any other bad mac1).
 pub fn check_hello_mac1(params: &ListenerParams, hello: &[u8]) -> Result<Contact, HandshakeError> {
+    let resume = hello.first() == Some(&(MessageType::ResumeHello as u8));
     match check_connector_hello(&params.identity.public().fingerprint(), hello) {
-        Err(HandshakeError::BadMac1) if params.allow_tofu => {
+        Err(HandshakeError::BadMac1) if params.allow_tofu && !resume => {
             check_connector_hello(&FIRST_CONTACT, hello).map(|()| Contact::FirstContact)
         }
         other => other.map(|()| Contact::Pinned),
@@ -445,11 +448,17 @@ impl Handshake {
             random: rand.random,
             ephemeral: x25519_public(&rand.ephemeral),
         };
-        // Only a connector pinned to a known key resumes (never a TOFU first contact or probe).
+        // Only a connector pinned to a known key offers a ticket (never a TOFU first contact or
+        // probe). A first contact still keeps the ticket of its full handshake, filed under the
+        // key the listener proved (see `file_ticket`): the next connection, pinned to that
+        // recorded key, resumes.
         let pinned = matches!(params.listener, ListenerPin::Key(_));
-        let resume = resumption.filter(|_| pinned).map(|r| {
-            let context = connector_context(&params);
-            let offer = lock(&r.store).offer(&context, r.policy, r.now);
+        let resume = resumption.map(|r| {
+            let offer = if pinned {
+                lock(&r.store).offer(&connector_context(&params), r.policy, r.now)
+            } else {
+                None
+            };
             Box::new(ResumeCtx::Connector { r, offer })
         });
         let offer = match resume.as_deref() {
@@ -789,13 +798,14 @@ impl Handshake {
     fn file_ticket(&mut self, t: &Secret, peer: &PublicIdentity) {
         match (self.resume.as_deref(), &self.params) {
             (Some(ResumeCtx::Connector { r, .. }), Params::Connector(p)) => {
-                lock(&r.store).insert(
-                    t.clone(),
-                    Arc::new(peer.clone()),
-                    connector_context(p),
-                    r.policy,
-                    r.now,
+                // Bound to the key the listener proved, which is the pinned one for
+                // `ListenerPin::Key` (checked) and the one a TOFU first contact records: only a
+                // later connection pinned to it offers the ticket.
+                let context = ticket_context(
+                    &[&p.identity.public().fingerprint(), &peer.fingerprint()],
+                    p.psk.as_deref(),
                 );
+                lock(&r.store).insert(t.clone(), Arc::new(peer.clone()), context, r.policy, r.now);
             }
             (Some(ResumeCtx::Listener(r)), Params::Listener(p)) => {
                 lock(&r.store).insert(
