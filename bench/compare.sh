@@ -396,27 +396,32 @@ EOF
 }
 
 idle_run() {
-    local name=$1 before after pid i
+    local name=$1 before after pid i n
     [ -z "$TUNNEL_PIDS" ] && return 0
     before=$(pss $TUNNEL_PIDS)
-    "$SEALPIPE" bench --target "127.0.0.1:$ENTRY_ECHO" --only idle --idle "$IDLE" --hold 3 --json \
+    # Holds the connections far longer than reading the memory of many processes takes; it is
+    # stopped by its pid once the reading is done.
+    "$SEALPIPE" bench --target "127.0.0.1:$ENTRY_ECHO" --only idle --idle "$IDLE" --hold 600 --json \
         >"$TMP/idle.json" 2>"$TMP/idle.err" &
     pid=$!
-    for i in $(seq 1 600); do
+    for i in $(seq 1 1200); do
         grep -q "idle connections open" "$TMP/idle.err" 2>/dev/null && break
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
+    n=$(sed -n 's/^bench: \([0-9]*\) idle connections open$/\1/p' "$TMP/idle.err")
+    if [ -z "$n" ]; then
+        log "$name: idle load failed: $(tail -n 2 "$TMP/idle.err")"
+        kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+        return 0
+    fi
     sleep 0.5
     after=$(pss $TUNNEL_PIDS)
-    wait "$pid" || { log "$name: idle load failed: $(tail -n 2 "$TMP/idle.err")"; return 0; }
-    python3 - "$name" "$before" "$after" "$RESULTS" "$TMP/idle.json" <<'EOF'
-import json, sys
-name, before, after, out, j = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
-n = json.load(open(j))["idle"]["connections"]
-with open(out, "a") as f:
-    f.write(f"{name}\tidle_kib\t{(after - before) / max(n, 1)}\n")
-EOF
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    [ -n "${COMPARE_DEBUG:-}" ] && log "$name: pss before $before after $after KiB for $n connections"
+    record "$name" idle_kib "$(python3 -c "print(($after - $before) / $n)")"
+    sleep 1   # let the closed connections' processes and threads go
 }
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
