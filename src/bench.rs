@@ -180,7 +180,7 @@ pub struct Report {
     pub entry: String,
     /// Record size of the in-process pair (`null` otherwise).
     pub record_size: Option<usize>,
-    /// Whether resumption was on for the rate loads (`null`: not known / not implemented).
+    /// Whether resumption was on for the rate loads (`null`: not known, the tunnel is elsewhere).
     pub resumption: Option<bool>,
     /// Through the tunnel.
     pub throughput: Option<Throughput>,
@@ -198,6 +198,11 @@ pub struct Report {
     pub rate_sequential: Option<Rate>,
     /// `--concurrency` clients.
     pub rate_concurrent: Option<Rate>,
+    /// In process: one connection after another through a second pair with resumption off
+    /// (every connection a full RSA handshake).
+    pub rate_full_sequential: Option<Rate>,
+    /// In process: `--concurrency` clients through the pair with resumption off.
+    pub rate_full_concurrent: Option<Rate>,
     /// Whole-process memory per idle connection.
     pub idle: Option<Idle>,
     /// What the figures include, for readers of the JSON.
@@ -581,6 +586,7 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
         .max(args.idle + args.concurrency + args.streams + 64);
     let mut stops = Vec::new();
     let mut signer = None;
+    let mut in_process_target = None;
     let entry = if let Some(t) = &args.target {
         report.mode = "target".into();
         report.entry = t.clone();
@@ -597,6 +603,7 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
         }
         let (target, target_addr) = loopback().await?;
         tokio::spawn(serve_target(target));
+        in_process_target = Some(target_addr);
         let pair = in_process_pair(target_addr, tuning.clone()).await?;
         stops.push(pair.stop.clone());
         signer = Some(pair.signer);
@@ -675,24 +682,36 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
     }
 
     if want(Phase::Rate) && args.connections > 0 {
-        let pb = progress(
-            show,
-            args.connections as u64,
-            "connections, sequential",
-            false,
-        );
-        report.rate_sequential = Some(rate(entry, args.connections, 1, pb).await);
-        let pb = progress(
-            show,
-            args.connections as u64,
-            "connections, concurrent",
-            false,
-        );
-        report.rate_concurrent = Some(rate(entry, args.connections, args.concurrency, pb).await);
-        report.notes.push(
-            "connection rate: full RSA-2048 handshakes (this build has no session resumption)"
-                .into(),
-        );
+        report.rate_sequential = Some(rate_pass(entry, args, 1, show, "").await);
+        report.rate_concurrent = Some(rate_pass(entry, args, args.concurrency, show, "").await);
+        if let Some(target_addr) = in_process_target {
+            report.resumption = Some(tuning.resumption);
+            // The same loads through a second pair that never resumes: full RSA handshakes.
+            let full = Tuning {
+                resumption: false,
+                ..tuning.clone()
+            };
+            let pair = in_process_pair(target_addr, full).await?;
+            report.rate_full_sequential =
+                Some(rate_pass(pair.entry, args, 1, show, ", full handshakes").await);
+            report.rate_full_concurrent = Some(
+                rate_pass(
+                    pair.entry,
+                    args,
+                    args.concurrency,
+                    show,
+                    ", full handshakes",
+                )
+                .await,
+            );
+            pair.stop.cancel();
+            report.notes.push(
+                "connection rate: first with session resumption (after one full handshake), \
+                 then through a second pair with `resumption = false` (every connection a full \
+                 RSA-2048 handshake)"
+                    .into(),
+            );
+        }
     }
 
     if want(Phase::Throughput) && args.bytes > 0 {
@@ -711,6 +730,28 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
         s.cancel();
     }
     Ok(report)
+}
+
+/// One connection-rate load of `args.connections` with `concurrency` clients at `entry`.
+async fn rate_pass(
+    entry: SocketAddr,
+    args: &BenchArgs,
+    concurrency: usize,
+    show: bool,
+    what: &str,
+) -> Rate {
+    let kind = if concurrency == 1 {
+        "sequential"
+    } else {
+        "concurrent"
+    };
+    let pb = progress(
+        show,
+        args.connections as u64,
+        &format!("connections, {kind}{what}"),
+        false,
+    );
+    rate(entry, args.connections, concurrency, pb).await
 }
 
 /// The report as a table (markdown, readable as plain text).
@@ -755,13 +796,22 @@ pub fn table(r: &Report) -> String {
             a.record_size, a.gbit_per_s
         );
     }
-    for rt in [&r.rate_sequential, &r.rate_concurrent]
-        .into_iter()
-        .flatten()
+    let resumed = match r.resumption {
+        Some(true) => ", resumed",
+        _ => "",
+    };
+    for (rt, how) in [
+        (&r.rate_sequential, resumed),
+        (&r.rate_concurrent, resumed),
+        (&r.rate_full_sequential, ", full handshakes"),
+        (&r.rate_full_concurrent, ", full handshakes"),
+    ]
+    .into_iter()
+    .filter_map(|(rt, how)| rt.as_ref().map(|rt| (rt, how)))
     {
         let _ = writeln!(
             o,
-            "| new connections/s, {} client(s) | {:.0} ({} failed) | | |",
+            "| new connections/s, {} client(s){how} | {:.0} ({} failed) | | |",
             rt.concurrency, rt.per_second, rt.failures
         );
         let sign = r
@@ -774,7 +824,7 @@ pub fn table(r: &Report) -> String {
             .unwrap_or_default();
         let _ = writeln!(
             o,
-            "| first echo p50 / p99, {} client(s) | {:.2} / {:.2} ms | {sign} | {ratio} |",
+            "| first echo p50 / p99, {} client(s){how} | {:.2} / {:.2} ms | {sign} | {ratio} |",
             rt.concurrency, rt.ttfb_p50_ms, rt.ttfb_p99_ms
         );
     }

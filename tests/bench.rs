@@ -56,7 +56,11 @@ fn check_throughput(v: &Value, bytes: u64, streams: u64) {
 }
 
 fn check_rate(v: &Value, connections: u64) {
-    for key in ["rate_sequential", "rate_concurrent"] {
+    check_rates(v, connections, &["rate_sequential", "rate_concurrent"]);
+}
+
+fn check_rates(v: &Value, connections: u64, keys: &[&str]) {
+    for &key in keys {
         assert_eq!(v[key]["connections"].as_u64(), Some(connections), "{v}");
         assert_eq!(v[key]["failures"].as_u64(), Some(0), "{v}");
         for f in ["seconds", "per_second", "ttfb_p50_ms", "ttfb_p99_ms"] {
@@ -85,6 +89,9 @@ fn in_process_bench_reports_every_figure_as_json() {
     assert_eq!(v["record_size"].as_u64(), Some(32 * 1024));
     check_throughput(&v, 3 * 1024 * 1024, 3);
     check_rate(&v, 6);
+    // In process, the same loads also run with resumption off (full handshakes).
+    check_rates(&v, 6, &["rate_full_sequential", "rate_full_concurrent"]);
+    assert_eq!(v["resumption"].as_bool(), Some(true), "{v}");
     assert_eq!(v["rate_concurrent"]["concurrency"].as_u64(), Some(3));
     assert_eq!(v["aead"]["record_size"].as_u64(), Some(32 * 1024));
     num(&v, &["aead", "gbit_per_s"]);
