@@ -9,7 +9,9 @@
 #
 # Usage: bench/compare.sh [--duration S] [--repeats N] [--streams "1 4 16"]
 #                         [--connections N] [--concurrency N] [--idle N]
-#                         [--tunnels "raw socat stunnel-aes stunnel-chacha ssh-aes ssh-chacha spiped sealpipe"]
+#                         [--tunnels "raw socat stunnel-aes stunnel-chacha ssh-aes ssh-chacha spiped sealpipe sealpipe-full"]
+# (sealpipe-full: sealpipe with `resumption = false`, every connection a full RSA handshake;
+#  only its connection-rate load is run)
 #                         [--port-base P] [--out DIR] [--no-install] [--no-build]
 set -euo pipefail
 
@@ -19,7 +21,7 @@ STREAMS="1 4 16"
 CONNECTIONS=500
 CONCURRENCY=50
 IDLE=1000
-TUNNELS="raw socat stunnel-aes stunnel-chacha ssh-aes ssh-chacha spiped sealpipe"
+TUNNELS="raw socat stunnel-aes stunnel-chacha ssh-aes ssh-chacha spiped sealpipe sealpipe-full"
 PORT_BASE=29100
 OUT=""
 INSTALL=1
@@ -436,8 +438,18 @@ for t in $TUNNELS; do
         ssh-chacha) setup_ssh ssh-chacha chacha20-poly1305@openssh.com ;;
         spiped) setup_spiped ;;
         sealpipe) setup_sealpipe ;;
+        sealpipe-full)
+            SEALPIPE_EXTRA_DEFAULTS="resumption = false
+${SEALPIPE_EXTRA_DEFAULTS:-}" setup_sealpipe ;;
         *) log "unknown tunnel $t"; exit 2 ;;
     esac
+    if [ "$t" = sealpipe-full ]; then
+        # Only the handshake differs from `sealpipe`: only the connection-rate load.
+        log "$t: connection rate"
+        rate_run "$t"
+        teardown
+        continue
+    fi
     # Idle memory first, while the tunnel processes have not yet grown buffers for bulk data.
     log "$t: idle connections"
     idle_run "$t"
@@ -488,7 +500,7 @@ if "sealpipe" in order:
     print("| sealpipe / | " + " | ".join(c[1] for c in rcols) + " |")
     print("|---|" + "---|" * len(rcols))
     for n in order:
-        if n == "sealpipe":
+        if n.startswith("sealpipe"):
             continue
         cells = []
         for k, _, _ in rcols:
