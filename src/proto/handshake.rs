@@ -37,7 +37,6 @@ use std::time::Instant;
 
 use rand::CryptoRng;
 use sha2::{Digest, Sha256};
-use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::proto::aead::TAG_LEN;
@@ -51,6 +50,7 @@ use crate::proto::messages::{
     PROTOCOL_VERSION, RESUME_ACCEPT_BODY, RESUME_FINISHED_BODY, RESUME_HELLO_BODY, TICKET_ID_LEN,
 };
 use crate::proto::record::{Opener, Sealer};
+use crate::proto::x25519::{self, SharedSecret};
 use crate::proto::resume::{
     binder, ticket_context, ConnectorTickets, Offer, PresentedBinder, Redeemed, ResumeSecrets,
     TicketPolicy, TicketRefusal, TicketStore,
@@ -404,20 +404,12 @@ fn vec16(bytes: &[u8]) -> Vec<u8> {
 }
 
 fn x25519_public(secret: &[u8; 32]) -> [u8; 32] {
-    PublicKey::from(&StaticSecret::from(*secret)).to_bytes()
+    x25519::public_key(secret)
 }
 
 /// X25519, refusing a non-contributory (all-zero) result.
-fn x25519_shared(
-    secret: &[u8; 32],
-    peer: &[u8; 32],
-) -> Result<x25519_dalek::SharedSecret, HandshakeError> {
-    let shared = StaticSecret::from(*secret).diffie_hellman(&PublicKey::from(*peer));
-    if shared.was_contributory() {
-        Ok(shared)
-    } else {
-        Err(HandshakeError::LowOrderPoint)
-    }
+fn x25519_shared(secret: &[u8; 32], peer: &[u8; 32]) -> Result<SharedSecret, HandshakeError> {
+    x25519::shared(secret, peer).map_err(|_| HandshakeError::LowOrderPoint)
 }
 
 impl Handshake {
@@ -671,7 +663,7 @@ impl Handshake {
     }
 
     /// Derives the handshake secrets once both hellos are in the transcript.
-    fn handshake_keys(&self, shared: &x25519_dalek::SharedSecret) -> HsKeys {
+    fn handshake_keys(&self, shared: &SharedSecret) -> HsKeys {
         let th = self.transcript_hash();
         let hs = HandshakeSecrets::new(self.psk(), shared.as_bytes());
         HsKeys {
@@ -888,7 +880,7 @@ impl Handshake {
     /// transcript.
     fn listener_full_reply(
         &mut self,
-        shared: &x25519_dalek::SharedSecret,
+        shared: &SharedSecret,
     ) -> Result<(), HandshakeError> {
         let reply = Hello {
             version: PROTOCOL_VERSION,
@@ -995,7 +987,7 @@ impl Handshake {
 
     fn listener_resume_reply(
         &mut self,
-        shared: &x25519_dalek::SharedSecret,
+        shared: &SharedSecret,
         ticket: Redeemed,
     ) -> Result<(), HandshakeError> {
         let mut reply = Vec::with_capacity(MSG_HEADER_LEN + RESUME_ACCEPT_BODY);

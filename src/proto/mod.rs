@@ -10,3 +10,4 @@ pub mod messages;
 pub mod record;
 pub mod resume;
 pub mod stream;
+pub mod x25519;
