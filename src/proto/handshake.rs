@@ -50,11 +50,11 @@ use crate::proto::messages::{
     PROTOCOL_VERSION, RESUME_ACCEPT_BODY, RESUME_FINISHED_BODY, RESUME_HELLO_BODY, TICKET_ID_LEN,
 };
 use crate::proto::record::{Opener, Sealer};
-use crate::proto::x25519::{self, SharedSecret};
 use crate::proto::resume::{
     binder, ticket_context, ConnectorTickets, Offer, PresentedBinder, Redeemed, ResumeSecrets,
     TicketPolicy, TicketRefusal, TicketStore,
 };
+use crate::proto::x25519::{self, SharedSecret};
 
 /// Context strings of the two signatures: the role label keeps a signature from being reflected.
 pub const LISTENER_SIGNATURE_CONTEXT: &[u8] = b"sealpipe1 listener signature\0";
@@ -878,10 +878,7 @@ impl Handshake {
 
     /// The listener's answer of a full handshake, once the connector's hello is in the
     /// transcript.
-    fn listener_full_reply(
-        &mut self,
-        shared: &SharedSecret,
-    ) -> Result<(), HandshakeError> {
+    fn listener_full_reply(&mut self, shared: &SharedSecret) -> Result<(), HandshakeError> {
         let reply = Hello {
             version: PROTOCOL_VERSION,
             options: self.options,

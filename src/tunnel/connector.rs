@@ -109,7 +109,7 @@ impl Tunnel for ConnectorTunnel {
             };
             result = self.attempt(probe, &state, deadline).await;
         }
-        let (sealed, est, leftover, handshake) = match result {
+        let (sealed, est, leftover, unsent, handshake) = match result {
             Ok(x) => x,
             Err(e) => {
                 state.handshake_failed(&e);
@@ -134,7 +134,7 @@ impl Tunnel for ConnectorTunnel {
             return;
         }
         let mut sealed = sealed;
-        if let Err(e) = send_stream_info(&mut sealed, &mut records.sealer, &info).await {
+        if let Err(e) = send_stream_info(&mut sealed, &mut records.sealer, &info, unsent).await {
             tracing::warn!(tunnel = %self.name, role = "connector", peer = %client, fingerprint = %fp,
                 reason = %e, "cannot send the StreamInfo record, connection reset");
             plain.reset_on_close();
@@ -173,7 +173,7 @@ impl ConnectorTunnel {
         params: ConnectorParams,
         state: &TunnelState,
         deadline: tokio::time::Instant,
-    ) -> Result<(TcpStream, Established, Vec<u8>, Slot), SessionError> {
+    ) -> Result<(TcpStream, Established, Vec<u8>, Vec<u8>, Slot), SessionError> {
         let timeout = self.tuning.handshake_timeout;
         // Local clients past `max_handshakes` wait their turn rather than being dropped.
         let slot = state
@@ -193,8 +193,9 @@ impl ConnectorTunnel {
         } else {
             Handshake::connector(params, os_randomness())
         };
-        let (est, leftover) = session::handshake(&mut sealed, hs, &[], deadline, timeout).await?;
-        Ok((sealed, est, leftover, slot))
+        let (est, leftover, unsent) =
+            session::handshake(&mut sealed, hs, &[], deadline, timeout).await?;
+        Ok((sealed, est, leftover, unsent, slot))
     }
 
     /// The handshake parameters for one connection: with TOFU, pinned to the recorded key or, if

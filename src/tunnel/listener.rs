@@ -13,7 +13,9 @@ use std::sync::atomic::Ordering;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{Address, DestinationRule, ProxyProtocol, Tuning};
-use crate::proto::handshake::{check_hello_mac1, Contact, Handshake, ListenerParams, Resumption};
+use crate::proto::handshake::{
+    check_hello_mac1, Contact, Handshake, HandshakeError, ListenerParams, Resumption,
+};
 use crate::proto::identity::Fingerprint;
 use crate::proto::messages::{check_first_header, MAX_FIRST_MESSAGE_LEN, MSG_HEADER_LEN};
 use crate::proto::stream::{proxy_v2_header, StreamInfo};
@@ -114,9 +116,11 @@ impl Tunnel for ListenerTunnel {
         } else {
             Handshake::listener(self.params.clone(), os_randomness())
         };
+        // A listener's last handshake message is never pending at the end (it reads last).
         let (est, leftover) =
             match session::handshake(&mut sealed, hs, hello, deadline, timeout).await {
-                Ok(x) => x,
+                Ok((est, leftover, unsent)) if unsent.is_empty() => (est, leftover),
+                Ok(_) => return refused(SessionError::Handshake(HandshakeError::State)),
                 Err(e) => return refused(e),
             };
         drop(handshake);

@@ -65,15 +65,17 @@ impl SessionError {
 
 /// Runs `hs` over `stream` until it completes or `deadline` passes (`timeout` is what the
 /// deadline was set from, for the message). `already_read` is fed first (a hello the caller read
-/// to check it). Returns the session and the bytes that arrived after the last handshake message
-/// (the first records).
+/// to check it). Returns the session, the bytes that arrived after the last handshake message
+/// (the first records) and our last handshake message, **not yet sent** (a connector's
+/// ConnectorAuth or ResumeFinished; empty for a listener), so that the caller sends it in one
+/// write with its first record.
 pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     hs: Handshake,
     already_read: &[u8],
     deadline: Instant,
     timeout: Duration,
-) -> Result<(Established, Vec<u8>), SessionError> {
+) -> Result<(Established, Vec<u8>, Vec<u8>), SessionError> {
     match tokio::time::timeout_at(deadline, run(stream, hs, already_read)).await {
         Ok(result) => result,
         Err(_) => Err(SessionError::Timeout(timeout)),
@@ -84,7 +86,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     mut hs: Handshake,
     already_read: &[u8],
-) -> Result<(Established, Vec<u8>), SessionError> {
+) -> Result<(Established, Vec<u8>, Vec<u8>), SessionError> {
     if !already_read.is_empty() {
         let used = hs.read(already_read)?;
         if used != already_read.len() {
@@ -102,7 +104,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             stream.write_all(&out).await?;
         }
         if hs.is_done() {
-            return Ok((hs.finish()?, Vec::new()));
+            return Ok((hs.finish()?, Vec::new(), Vec::new()));
         }
         let n = stream.read(&mut buf).await?;
         if n == 0 {
@@ -110,12 +112,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let used = hs.read(&buf[..n])?;
         if hs.is_done() {
-            let out = hs.take_output();
-            if !out.is_empty() {
-                stream.write_all(&out).await?;
-            }
+            let unsent = hs.take_output();
             let rest = buf[used..n].to_vec();
-            return Ok((hs.finish()?, rest));
+            return Ok((hs.finish()?, rest, unsent));
         }
     }
 }

@@ -34,16 +34,20 @@ pub enum StreamError {
     Info(#[from] StreamInfoError),
 }
 
-/// Seals `info` as the first record of the session and writes it to `sealed`.
+/// Seals `info` as the first record of the session and writes it to `sealed`, behind `unsent`
+/// (the handshake's last message, so that both go in one write).
 pub async fn send_stream_info<W: AsyncWrite + Unpin>(
     sealed: &mut W,
     sealer: &mut Sealer,
     info: &StreamInfo,
+    unsent: Vec<u8>,
 ) -> Result<(), StreamError> {
     let body = info.encode();
-    let mut buf = vec![0u8; body.len() + OVERHEAD];
-    buf[HEADER_LEN..HEADER_LEN + body.len()].copy_from_slice(&body);
-    sealer.seal_stream_info(&mut buf)?;
+    let at = unsent.len();
+    let mut buf = unsent;
+    buf.resize(at + body.len() + OVERHEAD, 0);
+    buf[at + HEADER_LEN..at + HEADER_LEN + body.len()].copy_from_slice(&body);
+    sealer.seal_stream_info(&mut buf[at..])?;
     sealed.write_all(&buf).await?;
     Ok(())
 }
@@ -145,7 +149,7 @@ mod tests {
     async fn sent_then_read_keeping_what_follows() {
         let (mut sealer, mut opener) = pair();
         let mut wire = Vec::new();
-        send_stream_info(&mut wire, &mut sealer, &info())
+        send_stream_info(&mut wire, &mut sealer, &info(), Vec::new())
             .await
             .unwrap();
         wire.extend_from_slice(b"following bytes");
