@@ -148,17 +148,7 @@ fn listener_down_or_target_down_resets_the_client_promptly() {
     // Listener down: nothing listens on the sealed port.
     let site = Site::new();
     let nowhere = dead_port();
-    let cconf = site.write(
-        "connector.toml",
-        &connector_config(
-            "connector.pem",
-            any_port(),
-            nowhere.addr,
-            &listener_fp(),
-            "",
-        ),
-    );
-    let connector = Daemon::start(&cconf);
+    let (connector, _) = start_connector(&site, nowhere.addr, "");
     let t0 = Instant::now();
     assert_eq!(
         try_exchange(connector.addr(), b"hi"),

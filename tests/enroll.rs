@@ -409,17 +409,7 @@ fn trust_add_then_remove_take_effect_on_sighup() {
         ),
     );
     let listener = Daemon::start(&lconf);
-    let cconf = site.write(
-        "connector.toml",
-        &connector_config(
-            "connector.pem",
-            any_port(),
-            listener.addr(),
-            &listener_fp(),
-            "",
-        ),
-    );
-    let connector = Daemon::start(&cconf);
+    let (connector, _) = start_connector(&site, listener.addr(), "");
     assert_eq!(
         try_exchange(connector.addr(), b"x"),
         Err(ErrorKind::ConnectionReset)

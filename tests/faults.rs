@@ -113,11 +113,7 @@ fn listener_restarted_on_the_same_port_serves_the_running_connector() {
             try_start(&lconf).map(|d| (port, d))
         })
         .expect("no free port for the listener");
-    let cconf = site.write(
-        "connector.toml",
-        &connector_config("connector.pem", any_port(), port, &listener_fp(), ""),
-    );
-    let connector = Daemon::start(&cconf);
+    let (connector, _) = start_connector(&site, port, "");
     let exchange = |seed| {
         let data = Arc::new(pseudo_random(seed, 200_000));
         let (sent, got, n) = echo_exchange(connector.addr(), data);

@@ -57,17 +57,7 @@ impl Lab {
         );
         let listener = Daemon::start(&lconf);
         let mitm = Mitm::start(listener.addr());
-        let cconf = site.write(
-            "connector.toml",
-            &connector_config(
-                "connector.pem",
-                any_port(),
-                mitm.addr,
-                &listener_fp(),
-                TUNING,
-            ),
-        );
-        let connector = Daemon::start(&cconf);
+        let (connector, _) = start_connector(&site, mitm.addr, TUNING);
         let entry = connector.addr();
         // The clean connection: proxy connection 0, service connection 0, never attacked.
         let mut clean = Clean::open(entry, 1000);

@@ -99,17 +99,7 @@ fn a_listener_without_resumption_answers_a_resuming_connector_in_full() {
         &listener_config(any_port(), service.addr, &[connector_fp()], ""),
     );
     let listener = Daemon::start(&lconf);
-    let cconf = site.write(
-        "connector.toml",
-        &connector_config(
-            "connector.pem",
-            any_port(),
-            listener.addr(),
-            &listener_fp(),
-            "",
-        ),
-    );
-    let connector = Daemon::start(&cconf);
+    let (connector, _) = start_connector(&site, listener.addr(), "");
     let entry = connector.addr();
     let mut t = Tunnel {
         site,

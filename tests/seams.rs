@@ -425,17 +425,7 @@ fn a_resumed_connection_carries_its_own_client_in_the_proxy_header() {
     let (target, headers) = proxy_target();
     let site = Site::new();
     let listener = proxy_listener(&site, target);
-    let cconf = site.write(
-        "connector.toml",
-        &connector_config(
-            "connector.pem",
-            any_port(),
-            listener.addr(),
-            &listener_fp(),
-            "",
-        ),
-    );
-    let connector = Daemon::start(&cconf);
+    let (connector, _) = start_connector(&site, listener.addr(), "");
     for i in 0..3u8 {
         let mut s = TcpStream::connect(connector.addr()).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();

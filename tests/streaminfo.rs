@@ -216,17 +216,7 @@ fn a_listener_with_only_allow_destinations_refuses_a_connection_without_one() {
         ),
     );
     let listener = Daemon::start(&lconf);
-    let cconf = site.write(
-        "connector.toml",
-        &connector_config(
-            "connector.pem",
-            any_port(),
-            listener.addr(),
-            &listener_fp(),
-            "",
-        ),
-    );
-    let connector = Daemon::start(&cconf);
+    let (connector, _) = start_connector(&site, listener.addr(), "");
     let r = try_exchange(connector.addr(), b"hello");
     assert_eq!(r, Err(ErrorKind::ConnectionReset));
     let log = listener.wait_log("destination refused");

@@ -312,17 +312,7 @@ fn an_unreachable_unix_target_closes_the_client() {
     let site = Site::new();
     let lconf = site.write("listener.toml", &listener_to("unix:nobody.sock"));
     let listener = Daemon::start(&lconf);
-    let cconf = site.write(
-        "connector.toml",
-        &connector_config(
-            "connector.pem",
-            any_port(),
-            listener.addr(),
-            &listener_fp(),
-            "",
-        ),
-    );
-    let connector = Daemon::start(&cconf);
+    let (connector, _) = start_connector(&site, listener.addr(), "");
     let r = try_exchange(connector.addr(), b"hello");
     assert_eq!(r, Err(std::io::ErrorKind::ConnectionReset));
     let log = listener.wait_log("forward target unreachable");

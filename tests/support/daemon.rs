@@ -230,6 +230,16 @@ pub fn tunnel_with(target: SocketAddr, key: &str, pin: &Fingerprint, extra: &str
     }
 }
 
+/// Starts the test connector (`connector.pem`, pinned to the test listener key) in `site`,
+/// connecting to `listener`, with `extra` in its `[defaults]`; returns it and its config path.
+pub fn start_connector(site: &Site, listener: SocketAddr, extra: &str) -> (Daemon, PathBuf) {
+    let cconf = site.write(
+        "connector.toml",
+        &connector_config("connector.pem", any_port(), listener, &listener_fp(), extra),
+    );
+    (Daemon::start(&cconf), cconf)
+}
+
 /// [`tunnel_with`] the test connector key, correctly pinned.
 pub fn tunnel_to(target: SocketAddr, extra: &str) -> Tunnel {
     tunnel_with(target, "connector.pem", &listener_fp(), extra)
