@@ -5,7 +5,6 @@ mod support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -177,15 +176,6 @@ fn listener_down_or_target_down_resets_the_client_promptly() {
     );
     let log = t.connector.wait_log("connection reset");
     assert!(log.contains("connection reset"), "{log}");
-}
-
-fn run_cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin()).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// `check` and `run` both fail with exactly this message.

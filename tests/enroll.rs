@@ -5,9 +5,7 @@
 mod support;
 
 use std::io::ErrorKind;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -301,15 +299,6 @@ fn enrollment_options_are_validated() {
 // ---------------------------------------------------------------------------------------------
 // Real daemons
 
-fn run_cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin()).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// Waits until `needle` occurs at least `n` times in the daemon's log.
 fn wait_count(d: &Daemon, needle: &str, n: usize) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -320,25 +309,6 @@ fn wait_count(d: &Daemon, needle: &str, n: usize) -> String {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Sends `msg` through `entry` to the echo service, half-closes, and expects it back.
-fn echo_ok(entry: SocketAddr, msg: &[u8]) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(entry).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(msg).unwrap();
-    s.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut back = Vec::new();
-    let r = s.read_to_end(&mut back);
-    assert!(r.is_ok() && back == msg, "through {entry}: {r:?} {back:?}");
-}
-
-/// A listener config whose `[[listener]]` has the `body` lines.
-fn listener_toml(listen: SocketAddr, forward: SocketAddr, key: &str, body: &str) -> String {
-    format!(
-        "[identity]\nprivate_key = \"{key}\"\n\n[[listener]]\nname = \"test\"\nlisten = \"{listen}\"\nforward = \"{forward}\"\n{body}"
-    )
 }
 
 #[test]
@@ -574,15 +544,6 @@ fn trust_refuses_bad_input_and_malformed_files_and_leaves_them_unchanged() {
     let (code, out, err) = run_cli(&["trust", "list", "--config", c2, "--listener", "second"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&connector_fp().to_string()), "{out}");
-}
-
-fn tofu_connector(site: &Site, connect: SocketAddr) -> std::path::PathBuf {
-    site.write(
-        "connector.toml",
-        &format!(
-            "[identity]\nprivate_key = \"connector.pem\"\n\n[[connector]]\nname = \"tofu\"\nlisten = \"127.0.0.1:0\"\nconnect = \"{connect}\"\npeer = \"tofu\"\nknown_peers = \"known_peers\"\n"
-        ),
-    )
 }
 
 #[test]

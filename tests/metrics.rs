@@ -12,15 +12,6 @@ use support::daemon::*;
 
 const METRICS: &str = "\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
 
-/// The metrics address a daemon logged ("metrics listening … local=ADDR").
-fn metrics_addr(d: &Daemon) -> SocketAddr {
-    let log = d.log_text();
-    log.lines()
-        .filter(|l| l.contains("metrics listening"))
-        .find_map(|l| l.split(" local=").nth(1)?.split(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no metrics address in:\n{log}"))
-}
-
 /// Sends `request` raw and returns the whole response.
 fn http(addr: SocketAddr, request: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).unwrap();

@@ -8,21 +8,6 @@ use std::sync::Arc;
 
 use support::daemon::*;
 
-/// The `resumed=` value of each "connection open" line of `log`, in order.
-fn opens(log: &str) -> Vec<bool> {
-    log.lines()
-        .filter(|l| l.contains("connection open"))
-        .map(|l| {
-            if l.contains("resumed=true") {
-                true
-            } else {
-                assert!(l.contains("resumed=false"), "{l}");
-                false
-            }
-        })
-        .collect()
-}
-
 /// Waits until both daemons have logged `n` "connection open" lines and returns their values.
 fn wait_opens(t: &Tunnel, n: usize) -> (Vec<bool>, Vec<bool>) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -19,17 +19,6 @@ use support::daemon::*;
 const METRICS: &str = "\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
 const PROXY_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 
-/// The `resumed=` value of each "connection open" line of `log`, in order.
-fn opens(log: &str) -> Vec<bool> {
-    log.lines()
-        .filter(|l| l.contains("connection open"))
-        .map(|l| {
-            assert!(l.contains("resumed="), "{l}");
-            l.contains("resumed=true")
-        })
-        .collect()
-}
-
 /// Waits until `d` has logged `n` "connection open" lines and returns their `resumed=` values.
 fn wait_opens(d: &Daemon, n: usize) -> Vec<bool> {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -42,28 +31,8 @@ fn wait_opens(d: &Daemon, n: usize) -> Vec<bool> {
     }
 }
 
-/// Sends `msg` through `entry` to an echo service, half-closes, and expects it back.
-fn echo_ok(entry: SocketAddr, msg: &[u8]) {
-    let mut s = TcpStream::connect(entry).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(msg).unwrap();
-    s.shutdown(Shutdown::Write).unwrap();
-    let mut back = Vec::new();
-    let r = s.read_to_end(&mut back);
-    assert!(r.is_ok() && back == msg, "through {entry}: {r:?} {back:?}");
-}
-
 // ---------------------------------------------------------------------------------------------
 // Metrics
-
-/// The metrics address a daemon logged ("metrics listening … local=ADDR").
-fn metrics_addr(d: &Daemon) -> SocketAddr {
-    let log = d.log_text();
-    log.lines()
-        .filter(|l| l.contains("metrics listening"))
-        .find_map(|l| l.split(" local=").nth(1)?.split(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no metrics address in:\n{log}"))
-}
 
 /// `GET /metrics`: the whole response.
 fn scrape(addr: SocketAddr) -> String {
@@ -180,13 +149,6 @@ fn resumptions_and_handshakes_are_each_counted_once_on_both_sides() {
 // ---------------------------------------------------------------------------------------------
 // accept_unknown
 
-/// A listener config whose `[[listener]]` has the `body` lines.
-fn listener_toml(listen: SocketAddr, forward: SocketAddr, key: &str, body: &str) -> String {
-    format!(
-        "[identity]\nprivate_key = \"{key}\"\n\n[[listener]]\nname = \"test\"\nlisten = \"{listen}\"\nforward = \"{forward}\"\n{body}"
-    )
-}
-
 #[test]
 fn an_accept_unknown_connector_resumes_until_a_reload_turns_accept_unknown_off() {
     let service = Service::start(Behaviour::Echo);
@@ -297,15 +259,6 @@ fn turning_accept_unknown_off_holds_even_if_the_new_listen_address_cannot_be_bou
 
 // ---------------------------------------------------------------------------------------------
 // TOFU
-
-fn tofu_connector(site: &Site, connect: SocketAddr) -> std::path::PathBuf {
-    site.write(
-        "connector.toml",
-        &format!(
-            "[identity]\nprivate_key = \"connector.pem\"\n\n[[connector]]\nname = \"tofu\"\nlisten = \"127.0.0.1:0\"\nconnect = \"{connect}\"\npeer = \"tofu\"\nknown_peers = \"known_peers\"\n"
-        ),
-    )
-}
 
 #[test]
 fn a_tofu_connector_resumes_from_its_second_connection_and_a_key_change_stays_loud() {

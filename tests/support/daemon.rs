@@ -407,3 +407,65 @@ pub fn try_exchange(addr: SocketAddr, msg: &[u8]) -> Result<Vec<u8>, std::io::Er
 pub fn test_data_dir() -> PathBuf {
     data("")
 }
+
+/// Runs `sealpipe ARGS`; returns the exit code, stdout and stderr.
+pub fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A listener config whose `[[listener]]` has the `body` lines.
+pub fn listener_toml(listen: SocketAddr, forward: SocketAddr, key: &str, body: &str) -> String {
+    format!(
+        "[identity]\nprivate_key = \"{key}\"\n\n[[listener]]\nname = \"test\"\nlisten = \"{listen}\"\nforward = \"{forward}\"\n{body}"
+    )
+}
+
+/// A connector config with `peer = "tofu"` and `known_peers` in `site`, connecting to `connect`.
+pub fn tofu_connector(site: &Site, connect: SocketAddr) -> PathBuf {
+    site.write(
+        "connector.toml",
+        &format!(
+            "[identity]\nprivate_key = \"connector.pem\"\n\n[[connector]]\nname = \"tofu\"\nlisten = \"127.0.0.1:0\"\nconnect = \"{connect}\"\npeer = \"tofu\"\nknown_peers = \"known_peers\"\n"
+        ),
+    )
+}
+
+/// The metrics address a daemon logged ("metrics listening … local=ADDR").
+pub fn metrics_addr(d: &Daemon) -> SocketAddr {
+    let log = d.log_text();
+    log.lines()
+        .filter(|l| l.contains("metrics listening"))
+        .find_map(|l| l.split(" local=").nth(1)?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no metrics address in:\n{log}"))
+}
+
+/// The `resumed=` value of each "connection open" line of `log`, in order.
+pub fn opens(log: &str) -> Vec<bool> {
+    log.lines()
+        .filter(|l| l.contains("connection open"))
+        .map(|l| {
+            if l.contains("resumed=true") {
+                true
+            } else {
+                assert!(l.contains("resumed=false"), "{l}");
+                false
+            }
+        })
+        .collect()
+}
+
+/// Sends `msg` through `entry` to an echo service, half-closes, and expects it back.
+pub fn echo_ok(entry: SocketAddr, msg: &[u8]) {
+    let mut s = TcpStream::connect(entry).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(msg).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    let r = s.read_to_end(&mut back);
+    assert!(r.is_ok() && back == msg, "through {entry}: {r:?} {back:?}");
+}
