@@ -32,6 +32,7 @@ use sealpipe::proto::identity::{PrivateIdentity, TrustList};
 use sealpipe::proto::keys::{hash, Direction, HandshakeSecrets, Secret};
 use sealpipe::proto::record::{Opened, Opener, Sealer, HEADER_LEN, OVERHEAD};
 use sealpipe::proto::resume::{ConnectorTickets, TicketPolicy, TicketStore};
+use sealpipe::proto::x25519;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 const LISTENER_PEM: &str = include_str!("../tests/data/openssl-rsa2048.pem");
@@ -357,12 +358,18 @@ fn bench_references(c: &mut Criterion) {
         })
     });
 
+    // What the handshake uses (aws-lc-rs behind `proto::x25519`), then x25519-dalek, the
+    // reference it is cross-checked against.
     let ours = fresh_randomness().ephemeral;
-    let theirs = PublicKey::from(&StaticSecret::from(fresh_randomness().ephemeral));
+    let theirs_bytes = x25519::public_key(&fresh_randomness().ephemeral);
     group.bench_function("x25519_public_key", |b| {
-        b.iter(|| PublicKey::from(&StaticSecret::from(*black_box(&ours))))
+        b.iter(|| x25519::public_key(black_box(&ours)))
     });
     group.bench_function("x25519_exchange", |b| {
+        b.iter(|| x25519::shared(black_box(&ours), black_box(&theirs_bytes)))
+    });
+    let theirs = PublicKey::from(theirs_bytes);
+    group.bench_function("x25519_exchange_dalek", |b| {
         b.iter(|| StaticSecret::from(*black_box(&ours)).diffie_hellman(black_box(&theirs)))
     });
 
