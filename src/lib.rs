@@ -1,26 +1,35 @@
 //! sealpipe: a transparent encrypting tunnel proxy.
 //!
-//! Layout, from the inside out:
+//! # Layout
 //!
-//! * [`proto`] is the sans-IO protocol core: identities, handshake messages, the handshake
-//!   state machine for both roles, the key schedule and the record layer. It does no I/O, reads
-//!   no clock and imports nothing else from this crate, so it is deterministic in tests.
-//! * [`keyfile`] and [`config`] turn files into the core's types, with errors that name the file,
-//!   line and key; [`enroll`] edits the `known_peers` and peers files atomically.
-//! * [`tunnel`] is the async shell on tokio: accept loops, the session driver that feeds socket
-//!   bytes to the core, and the full-duplex pump.
-//! * [`daemon`] runs the tunnels of a config file with reload and drain; [`demo`] runs a whole
-//!   tunnel in one process; [`cli`] has one function per subcommand; [`metrics`] serves the
-//!   Prometheus endpoint.
+//! Each folder is one layer; imports point down (`cmd` → `daemon` → `tunnel` → `proto`), with
+//! `config` and `files` beside them, and there is no import cycle.
+//!
+//! * [`proto`] — the sans-IO protocol core (PROTOCOL.md): identities, messages, the handshake
+//!   state machine of both roles, the key schedule, the record layer, resumption and the
+//!   StreamInfo record. No I/O, no clock, nothing else from this crate.
+//! * `addr` — addresses (`host:port`, `unix:PATH`) and redirect destination rules, shared by
+//!   config and tunnel.
+//! * [`config`] — the TOML model, its serde layer, tuning fields, validation, error locations.
+//! * `files` — key files, atomic writes, the `known_peers` store, the peers-file format.
+//! * `tunnel` — the async shell on tokio: accept loop, limits, each role, the handshake driver,
+//!   the pump.
+//! * `daemon` — runs the tunnels of a config file: build, reload, drain, metrics.
+//! * `cmd` — the command line: clap definitions and one file per subcommand.
+//!
+//! The public surface is deliberate: [`proto`] (the core, as a library), [`config::Config`],
+//! [`cmd`] (for the binary) and [`testing`] (hidden; what the integration tests and fuzz
+//! targets drive from outside). Everything else is `pub(crate)`.
 
-pub mod bench;
-pub mod cli;
+#![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
+
+pub(crate) mod addr;
+pub mod cmd;
 pub mod config;
-pub mod daemon;
-pub mod demo;
-pub mod enroll;
-pub mod keyfile;
-pub mod metrics;
+pub(crate) mod daemon;
+pub(crate) mod files;
 pub mod proto;
-pub mod trust;
-pub mod tunnel;
+#[doc(hidden)]
+pub mod testing;
+pub(crate) mod tunnel;

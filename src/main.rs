@@ -1,7 +1,7 @@
-//! The `sealpipe` binary: parse the command line, hand over to [`sealpipe::cli`].
+//! The `sealpipe` binary: parse the command line, hand over to [`sealpipe::cmd`].
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    sealpipe::cli::main(sealpipe::cli::Cli::parse())
+    sealpipe::cmd::main(sealpipe::cmd::Cli::parse())
 }

@@ -8,39 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sealpipe::config::{Address, ConnectorMode, ProxyProtocol, Tuning};
-use sealpipe::demo::{echo_service, round_trip, spawn_tunnel};
 use sealpipe::proto::handshake::{ConnectorParams, Handshake, ListenerParams};
 use sealpipe::proto::identity::{Signer, TrustList};
-use sealpipe::tunnel::connector::ConnectorTunnel;
-use sealpipe::tunnel::listener::ListenerTunnel;
+use sealpipe::testing::ConnectorTunnel;
+use sealpipe::testing::ListenerTunnel;
+use sealpipe::testing::{echo_service, round_trip, spawn_tunnel};
 use std::sync::atomic::Ordering;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-fn raise_nofile(want: u64) {
-    // SAFETY: plain getrlimit/setrlimit on our own process.
-    unsafe {
-        let mut r = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
-        r.rlim_cur = want.min(r.rlim_max);
-        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-    }
-}
-
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_abusive_connections_cost_no_signature_and_do_not_block_a_legit_one() {
@@ -113,7 +91,7 @@ async fn a_thousand_abusive_connections_cost_no_signature_and_do_not_block_a_leg
         det_randomness("wrong pin"),
     )
     .take_output();
-    let rss_before = rss_bytes();
+    let rss_before = rss_kib(std::process::id()) * 1024;
     let mut abusive = Vec::new();
     for i in 0..1000usize {
         let mut s = TcpStream::connect(sealed_addr).await.unwrap();
@@ -142,7 +120,7 @@ async fn a_thousand_abusive_connections_cost_no_signature_and_do_not_block_a_leg
         matches!(abusive[0].try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "the legitimate connection waited for the handshake timeout"
     );
-    let rss_after = rss_bytes();
+    let rss_after = rss_kib(std::process::id()) * 1024;
     let growth = rss_after.saturating_sub(rss_before);
     eprintln!(
         "1,000 abusive connections (+ their 1,000 client sockets in this process): RSS {} KiB -> {} KiB, {} bytes per connection",

@@ -19,30 +19,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use support::daemon::*;
+use support::{raise_nofile, rss_kib};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn raise_nofile() -> u64 {
-    // SAFETY: plain getrlimit/setrlimit on our own process.
-    unsafe {
-        let mut r = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
-        r.rlim_cur = r.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        r.rlim_cur
-    }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
 
 /// The echo target, in its own process: echoes every byte, and after the client's EOF sends the
 /// SHA-256 of everything it received, then closes. Runs only when re-executed by the load test.
@@ -52,7 +30,7 @@ fn echo_target_process() {
     if std::env::var_os("SEALPIPE_ECHO_TARGET").is_none() {
         return;
     }
-    raise_nofile();
+    raise_nofile(u64::MAX);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -172,7 +150,7 @@ fn ten_thousand_connections() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
-    let limit = raise_nofile();
+    let limit = raise_nofile(u64::MAX);
     assert!(
         limit as usize > total + 100,
         "need {total}+ open files, limit is {limit}"

@@ -29,8 +29,7 @@ fn have(tool: &str, arg: &str) -> bool {
 
 #[test]
 fn redirect_mode_in_a_network_namespace() {
-    // SAFETY: geteuid(2) has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !support::is_root() {
         println!("skipped: redirect-mode namespace test needs root (unshare --net, nft)");
         return;
     }

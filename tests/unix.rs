@@ -148,8 +148,7 @@ fn unix_socket_on_both_plaintext_ends_with_half_close_mode_and_reload() {
         .lines()
         .find(|l| l.contains("connection closed"))
         .unwrap();
-    // SAFETY: getuid cannot fail.
-    let uid = unsafe { libc::getuid() };
+    let uid = nix::unistd::getuid();
     assert!(
         line.contains(&format!("peer=unix:{}[uid={uid},pid=", app.display()))
             && line.contains(&format!("sent={}", 3 << 20)),

@@ -72,6 +72,22 @@ pub enum Role {
     Listener,
 }
 
+impl Role {
+    /// `connector` or `listener`: the text of log fields and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Connector => "connector",
+            Role::Listener => "listener",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The fresh randomness of one handshake: a nonce and an X25519 secret. Zeroized on drop.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct HandshakeRandomness {

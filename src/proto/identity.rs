@@ -15,7 +15,7 @@
 //! (RUSTSEC-2023-0071) and are never used. Only RSA-PSS with SHA-256 (salt length 32) is used:
 //! no RSA encryption, no PKCS#1 v1.5 signatures.
 //!
-//! This module is sans-IO: it reads no files (see `crate::keyfile` for that) and opens no
+//! This module is sans-IO: it reads no files (see `crate::files::keyfile` for that) and opens no
 //! sockets. Key generation and signing draw from the operating system's RNG.
 
 use aws_lc_rs::rand::SystemRandom;

@@ -9,19 +9,21 @@ use std::time::Instant;
 use tokio::net::TcpStream;
 
 use crate::config::{Address, ConnectorMode, SocketPermissions, Tuning};
-use crate::enroll::{Recorded, TofuStore};
+use crate::files::enroll::{Recorded, TofuStore};
+use crate::proto::handshake::Role;
 use crate::proto::handshake::{
     ConnectorParams, Established, Handshake, HandshakeError, ListenerPin, Resumption,
 };
 use crate::proto::identity::Fingerprint;
 use crate::proto::stream::{canonical, StreamInfo};
-use crate::tunnel::net::Slot;
+use crate::tunnel::accept::{log_refusal, os_randomness};
+use crate::tunnel::carry::carry;
+use crate::tunnel::limits::Slot;
 use crate::tunnel::net::{connect, reset_on_close, Conn, Peer};
-use crate::tunnel::serve::{
-    carry, count_resumption, log_refusal, os_randomness, ticket_policy, Tunnel, TunnelState,
-};
 use crate::tunnel::session::{self, Records, SessionError};
-use crate::tunnel::stream::{original_destination, send_stream_info};
+use crate::tunnel::state::{count_resumption, ticket_policy, TunnelState};
+use crate::tunnel::stream_info::{original_destination, send_stream_info};
+use crate::tunnel::Tunnel;
 
 /// Everything a connector tunnel needs; replaced as a whole on reload.
 pub struct ConnectorTunnel {
@@ -47,8 +49,8 @@ impl Tunnel for ConnectorTunnel {
         &self.name
     }
 
-    fn role(&self) -> &'static str {
-        "connector"
+    fn role(&self) -> Role {
+        Role::Connector
     }
 
     fn tuning(&self) -> &Tuning {
@@ -70,7 +72,7 @@ impl Tunnel for ConnectorTunnel {
             ConnectorMode::Redirect => match plain_tcp.and_then(original_destination) {
                 Some(d) => Some(d),
                 None => {
-                    tracing::warn!(tunnel = %self.name, role = "connector", peer = %client,
+                    tracing::warn!(tunnel = %self.name, role = %Role::Connector, peer = %client,
                         local = %plain_tcp.and_then(|t| t.local_addr().ok()).map(|a| a.to_string()).unwrap_or_default(),
                         "redirect mode: connection has no original destination (it was not redirected here by a NAT REDIRECT rule), connection reset");
                     plain.reset_on_close();
@@ -88,7 +90,7 @@ impl Tunnel for ConnectorTunnel {
         let params = match self.tofu_params().await {
             Ok(p) => p,
             Err(e) => {
-                tracing::error!(tunnel = %self.name, role = "connector", peer = %client,
+                tracing::error!(tunnel = %self.name, role = %Role::Connector, peer = %client,
                     error = %e, "cannot read known_peers: connection refused");
                 plain.reset_on_close();
                 return;
@@ -135,21 +137,21 @@ impl Tunnel for ConnectorTunnel {
         }
         let mut sealed = sealed;
         if let Err(e) = send_stream_info(&mut sealed, &mut records.sealer, &info, unsent).await {
-            tracing::warn!(tunnel = %self.name, role = "connector", peer = %client, fingerprint = %fp,
+            tracing::warn!(tunnel = %self.name, role = %Role::Connector, peer = %client, fingerprint = %fp,
                 reason = %e, "cannot send the StreamInfo record, connection reset");
             plain.reset_on_close();
             reset_on_close(&sealed);
             return;
         }
         match destination {
-            Some(d) => tracing::info!(tunnel = %self.name, role = "connector", peer = %client,
+            Some(d) => tracing::info!(tunnel = %self.name, role = %Role::Connector, peer = %client,
                 fingerprint = %fp, connect = %self.connect, destination = %d, resumed,
                 "connection open"),
-            None => tracing::info!(tunnel = %self.name, role = "connector", peer = %client,
+            None => tracing::info!(tunnel = %self.name, role = %Role::Connector, peer = %client,
                 fingerprint = %fp, connect = %self.connect, resumed, "connection open"),
         }
         if ticket_refused.is_some() {
-            tracing::debug!(tunnel = %self.name, role = "connector", peer = %client,
+            tracing::debug!(tunnel = %self.name, role = %Role::Connector, peer = %client,
                 "the listener refused the resumption ticket, full handshake done");
         }
         carry(
@@ -224,7 +226,7 @@ impl ConnectorTunnel {
         match e {
             SessionError::Handshake(HandshakeError::WrongListenerKey { expected, got }) => {
                 let line = store.known().ok().flatten().map_or(0, |k| k.line);
-                tracing::error!(tunnel = %self.name, role = "connector", peer = %client,
+                tracing::error!(tunnel = %self.name, role = %Role::Connector, peer = %client,
                     connect = %self.connect, expected = %expected, presented = %got,
                     known_peers = %store.path.display(), line,
                     "LISTENER KEY CHANGED for {}: known_peers has {expected}, the listener presented {got}; connection refused. \
@@ -236,7 +238,7 @@ impl ConnectorTunnel {
                 let known = store.known().ok().flatten();
                 let (fp, line) =
                     known.map_or((String::new(), 0), |k| (k.fingerprint.to_string(), k.line));
-                tracing::error!(tunnel = %self.name, role = "connector", peer = %client,
+                tracing::error!(tunnel = %self.name, role = %Role::Connector, peer = %client,
                     connect = %self.connect, expected = %fp, known_peers = %store.path.display(), line,
                     "the listener at {} answers neither a hello for the key recorded in known_peers ({fp}) nor a first contact: \
                      its key may have changed (it does not allow_tofu, so its new key cannot be shown), or it refuses this connector. \
@@ -245,7 +247,7 @@ impl ConnectorTunnel {
                 true
             }
             SessionError::Eof | SessionError::Timeout(_) | SessionError::Io(_) if first_contact => {
-                tracing::error!(tunnel = %self.name, role = "connector", peer = %client,
+                tracing::error!(tunnel = %self.name, role = %Role::Connector, peer = %client,
                     connect = %self.connect, reason = %e,
                     "first contact (peer = \"tofu\", no key recorded yet in {}) got no answer: \
                      the listener answers connectors that do not know its key only with `allow_tofu = true`; \
@@ -267,7 +269,7 @@ impl ConnectorTunnel {
         let result = tokio::task::spawn_blocking(move || s.record(&fp)).await;
         match result {
             Ok(Ok(Recorded::Added(k))) => {
-                tracing::warn!(tunnel = %self.name, role = "connector", peer = %client,
+                tracing::warn!(tunnel = %self.name, role = %Role::Connector, peer = %client,
                     connect = %self.connect, fingerprint = %fp, known_peers = %store.path.display(), line = k.line,
                     "first contact: recorded listener key {fp} for {} (trust on first use; later connections must present this key)",
                     store.address);
@@ -275,7 +277,7 @@ impl ConnectorTunnel {
             }
             Ok(Ok(Recorded::AlreadyKnown(_))) => true,
             Ok(Ok(Recorded::Conflict(k))) => {
-                tracing::error!(tunnel = %self.name, role = "connector", peer = %client,
+                tracing::error!(tunnel = %self.name, role = %Role::Connector, peer = %client,
                     connect = %self.connect, expected = %k.fingerprint, presented = %fp,
                     known_peers = %store.path.display(), line = k.line,
                     "LISTENER KEY CHANGED for {}: known_peers has {} (recorded meanwhile), the listener presented {fp}; connection refused. \
@@ -284,12 +286,12 @@ impl ConnectorTunnel {
                 false
             }
             Ok(Err(e)) => {
-                tracing::error!(tunnel = %self.name, role = "connector", peer = %client,
+                tracing::error!(tunnel = %self.name, role = %Role::Connector, peer = %client,
                     error = %e, "cannot record the listener key in known_peers: connection refused");
                 false
             }
             Err(e) => {
-                tracing::error!(tunnel = %self.name, role = "connector", peer = %client,
+                tracing::error!(tunnel = %self.name, role = %Role::Connector, peer = %client,
                     error = %e, "cannot record the listener key in known_peers: connection refused");
                 false
             }

@@ -13,18 +13,20 @@ use std::sync::atomic::Ordering;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{Address, DestinationRule, ProxyProtocol, Tuning};
+use crate::proto::handshake::Role;
 use crate::proto::handshake::{
     check_hello_mac1, Contact, Handshake, HandshakeError, ListenerParams, Resumption,
 };
 use crate::proto::identity::Fingerprint;
 use crate::proto::messages::{check_first_header, MAX_FIRST_MESSAGE_LEN, MSG_HEADER_LEN};
 use crate::proto::stream::{proxy_v2_header, StreamInfo};
+use crate::tunnel::accept::{log_refusal, os_randomness};
+use crate::tunnel::carry::carry;
 use crate::tunnel::net::{connect_local, reset_on_close, Conn, Peer};
-use crate::tunnel::serve::{
-    carry, count_resumption, log_refusal, os_randomness, ticket_policy, Tunnel, TunnelState,
-};
 use crate::tunnel::session::{self, Records, SessionError};
-use crate::tunnel::stream::read_stream_info;
+use crate::tunnel::state::{count_resumption, ticket_policy, TunnelState};
+use crate::tunnel::stream_info::read_stream_info;
+use crate::tunnel::Tunnel;
 
 /// Everything a listener tunnel needs; replaced as a whole on reload.
 pub struct ListenerTunnel {
@@ -47,8 +49,8 @@ impl Tunnel for ListenerTunnel {
         &self.name
     }
 
-    fn role(&self) -> &'static str {
-        "listener"
+    fn role(&self) -> Role {
+        Role::Listener
     }
 
     fn tuning(&self) -> &Tuning {
@@ -130,7 +132,7 @@ impl Tunnel for ListenerTunnel {
         let mut records = Records::new(est, self.tuning.rekey_bytes);
         let fp = records.fingerprint;
         if contact == Contact::FirstContact {
-            tracing::info!(tunnel = %self.name, role = "listener", %peer, fingerprint = %fp,
+            tracing::info!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
                 "first contact from a TOFU connector (allow_tofu): it did not know this listener's key");
         }
         if !self.params.trust.contains(&fp) {
@@ -148,30 +150,33 @@ impl Tunnel for ListenerTunnel {
         {
             Ok(x) => x,
             Err(e) => {
-                tracing::warn!(tunnel = %self.name, role = "listener", %peer, fingerprint = %fp,
+                tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
                         reason = %e, "no valid StreamInfo record from the connector, connection reset");
                 reset_on_close(&sealed);
                 return;
             }
         };
-        let target_addr =
-            match choose_destination(self.forward.as_ref(), &self.allow_destinations, &info) {
-                Ok(a) => a,
-                Err(why) => {
-                    tracing::warn!(tunnel = %self.name, role = "listener", %peer, fingerprint = %fp,
+        let target_addr = match choose_destination(
+            self.forward.as_ref(),
+            &self.allow_destinations,
+            &info,
+        ) {
+            Ok(a) => a,
+            Err(why) => {
+                tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
                     peer_name = self.params.trust.name_of(&fp).unwrap_or(""),
                     client = %OptAddr(info.client),
                     destination = %OptAddr(info.destination), reason = why,
                     "destination refused, connection reset");
-                    reset_on_close(&sealed);
-                    return;
-                }
-            };
+                reset_on_close(&sealed);
+                return;
+            }
+        };
         // Only now, with the peer verified and the destination allowed, is the target contacted.
         let mut target = match connect_local(&target_addr, self.tuning.connect_timeout).await {
             Ok(t) => t,
             Err(e) => {
-                tracing::warn!(tunnel = %self.name, role = "listener", %peer, fingerprint = %fp,
+                tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
                     forward = %target_addr, reason = %e, "forward target unreachable, connection reset");
                 reset_on_close(&sealed);
                 return;
@@ -184,18 +189,18 @@ impl Tunnel for ListenerTunnel {
                 Conn::Unix(u) => u.write_all(&header).await,
             };
             if let Err(e) = written {
-                tracing::warn!(tunnel = %self.name, role = "listener", %peer, fingerprint = %fp,
+                tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
                     forward = %target_addr, reason = %e, "cannot write the PROXY header, connection reset");
                 reset_on_close(&sealed);
                 target.reset_on_close();
                 return;
             }
         }
-        tracing::info!(tunnel = %self.name, role = "listener", %peer, fingerprint = %fp,
+        tracing::info!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
             peer_name = self.params.trust.name_of(&fp).unwrap_or(""), forward = %target_addr,
             client = %OptAddr(info.client), resumed, "connection open");
         if let Some(why) = ticket_refused {
-            tracing::debug!(tunnel = %self.name, role = "listener", %peer, reason = %why,
+            tracing::debug!(tunnel = %self.name, role = %Role::Listener, %peer, reason = %why,
                 "resumption ticket refused, full handshake done");
         }
         carry(
@@ -236,10 +241,10 @@ fn log_unknown_connector(tunnel: &str, peer: &Peer, fp: &Fingerprint) {
         }
     };
     if first {
-        tracing::warn!(tunnel, role = "listener", %peer, fingerprint = %fp,
+        tracing::warn!(tunnel, role = %Role::Listener, %peer, fingerprint = %fp,
             "new connector key {fp} (not in peers; accepted because accept_unknown = true)");
     } else {
-        tracing::info!(tunnel, role = "listener", %peer, fingerprint = %fp,
+        tracing::info!(tunnel, role = %Role::Listener, %peer, fingerprint = %fp,
             "connector key not in peers, accepted because accept_unknown = true");
     }
 }

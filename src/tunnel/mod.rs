@@ -1,19 +1,29 @@
 //! The async shell on tokio: accept loops, the handshake driver and the full-duplex pump.
 //!
 //! Everything protocol-related is in [`crate::proto`]; this module only moves bytes between
-//! sockets and that core, and applies timeouts and limits.
+//! sockets and that core, and applies timeouts and limits. It imports nothing from the daemon
+//! or the command line.
 //!
-//! * [`serve`] — the accept loop both roles share, limits, log lines.
+//! * [`state`] — what one tunnel's connections share: gauges, counters, histogram, tickets.
+//! * [`limits`] — gauges with a ceiling, per-source token buckets, a log-line limiter.
+//! * [`accept`] — the [`Tunnel`] trait and the accept loop both roles share.
 //! * [`listener`] / [`connector`] — what each role does with one accepted socket.
 //! * [`session`] — drives the sans-IO handshake over a socket under a deadline.
-//! * [`stream`] — the StreamInfo record sent and read first, and redirect's original destination.
+//! * [`stream_info`] — the StreamInfo record sent and read first, and redirect's original
+//!   destination.
+//! * [`carry`] — an established session through the pump, and its close line.
 //! * [`pump`] — full-duplex copy with sealing, half-close and resets.
-//! * [`net`] — socket options, outgoing connects, gauges.
+//! * [`net`] — socket options, outgoing connects, Unix sockets, accepted peers.
 
-pub mod connector;
-pub mod listener;
-pub mod net;
-pub mod pump;
-pub mod serve;
-pub mod session;
-pub mod stream;
+pub(crate) mod accept;
+pub(crate) mod carry;
+pub(crate) mod connector;
+pub(crate) mod limits;
+pub(crate) mod listener;
+pub(crate) mod net;
+pub(crate) mod pump;
+pub(crate) mod session;
+pub(crate) mod state;
+pub(crate) mod stream_info;
+
+pub(crate) use accept::Tunnel;

@@ -27,7 +27,7 @@ use crate::proto::record::{
 
 /// How the pump seals.
 #[derive(Debug, Clone, Copy)]
-pub struct PumpOptions {
+pub(crate) struct PumpOptions {
     /// Largest plaintext per record.
     pub record_size: usize,
     /// Rekey at least this often while data flows.
@@ -36,13 +36,11 @@ pub struct PumpOptions {
 
 /// The read side of a plaintext socket, TCP or Unix: waiting for readability without a buffer,
 /// then reading what is there without blocking. Implemented for the streams and their halves.
-pub trait PlainRead: Sync {
+pub(crate) trait PlainRead: Sync {
     /// Waits until the socket may be readable.
     fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send;
     /// Reads what is there now into `buf`; `WouldBlock` if nothing is.
     fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize>;
-    /// Reads what is there now into the spare capacity of `buf`; `WouldBlock` if nothing is.
-    fn try_read_buf(&self, buf: &mut Vec<u8>) -> std::io::Result<usize>;
 }
 
 macro_rules! plain_read {
@@ -55,10 +53,6 @@ macro_rules! plain_read {
             fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
                 let $s = self;
                 $inner.try_read(buf)
-            }
-            fn try_read_buf(&self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-                let $s = self;
-                $inner.try_read_buf(buf)
             }
         }
     )*};
@@ -85,7 +79,7 @@ pub struct Traffic {
 
 /// Bytes and rekeys so far, readable while the pump runs.
 #[derive(Debug, Default)]
-pub struct PumpStats {
+pub(crate) struct PumpStats {
     /// The tunnel's totals, added to as well if set.
     pub tunnel: Option<std::sync::Arc<Traffic>>,
     /// Plaintext bytes sealed and sent to the peer.
@@ -107,7 +101,7 @@ impl PumpStats {
     }
 
     /// (sent, received, rekeys sent + received).
-    pub fn snapshot(&self) -> (u64, u64, u64) {
+    pub(crate) fn snapshot(&self) -> (u64, u64, u64) {
         (
             self.sent.load(Ordering::Relaxed),
             self.received.load(Ordering::Relaxed),
@@ -118,7 +112,7 @@ impl PumpStats {
 
 /// Why a pump ended early.
 #[derive(Debug, thiserror::Error)]
-pub enum PumpError {
+pub(crate) enum PumpError {
     /// The plaintext socket failed.
     #[error("local socket: {0}")]
     Plain(std::io::Error),
@@ -132,7 +126,7 @@ pub enum PumpError {
 
 /// Runs both directions until both have ended cleanly, or one fails.
 #[allow(clippy::too_many_arguments)]
-pub async fn pump<PR, PW, SR, SW>(
+pub(crate) async fn pump<PR, PW, SR, SW>(
     plain_r: &PR,
     plain_w: &mut PW,
     sealed_r: &SR,

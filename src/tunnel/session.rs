@@ -11,7 +11,7 @@ use crate::proto::messages::MAX_MESSAGE_LEN;
 use crate::proto::record::{Opener, Sealer};
 
 /// An established session's record layer and the peer it is with: what the pump runs on.
-pub struct Records {
+pub(crate) struct Records {
     /// The peer's verified fingerprint.
     pub fingerprint: Fingerprint,
     /// Our direction.
@@ -22,7 +22,7 @@ pub struct Records {
 
 impl Records {
     /// The record layer of `est`, rekeying our direction after `rekey_bytes`.
-    pub fn new(est: Established, rekey_bytes: u64) -> Self {
+    pub(crate) fn new(est: Established, rekey_bytes: u64) -> Self {
         let fingerprint = est.peer.fingerprint();
         let (sealer, opener) = est.into_record_layer(rekey_bytes);
         Records {
@@ -69,7 +69,7 @@ impl SessionError {
 /// (the first records) and our last handshake message, **not yet sent** (a connector's
 /// ConnectorAuth or ResumeFinished; empty for a listener), so that the caller sends it in one
 /// write with its first record.
-pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     hs: Handshake,
     already_read: &[u8],

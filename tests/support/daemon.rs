@@ -176,15 +176,15 @@ impl Daemon {
     }
 
     pub fn signal(&self, sig: &str) {
+        use nix::sys::signal::Signal;
         let signo = match sig {
-            "HUP" => libc::SIGHUP,
-            "TERM" => libc::SIGTERM,
-            "INT" => libc::SIGINT,
+            "HUP" => Signal::SIGHUP,
+            "TERM" => Signal::SIGTERM,
+            "INT" => Signal::SIGINT,
             other => panic!("signal {other}"),
         };
-        // SAFETY: kill(2) on our own child's pid.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signo) };
-        assert_eq!(rc, 0, "kill -{sig}");
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signo).unwrap_or_else(|e| panic!("kill -{sig}: {e}"));
     }
 
     pub fn kill(&mut self) {

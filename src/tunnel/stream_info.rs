@@ -16,7 +16,7 @@ use crate::proto::stream::{canonical, StreamInfo, StreamInfoError, MAX_STREAM_IN
 
 /// Why the StreamInfo record could not be sent or read.
 #[derive(Debug, thiserror::Error)]
-pub enum StreamError {
+pub(crate) enum StreamError {
     /// The connector did not send its first record in time.
     #[error("no StreamInfo record within {0:?} of accepting the connection")]
     Timeout(Duration),
@@ -36,7 +36,7 @@ pub enum StreamError {
 
 /// Seals `info` as the first record of the session and writes it to `sealed`, behind `unsent`
 /// (the handshake's last message, so that both go in one write).
-pub async fn send_stream_info<W: AsyncWrite + Unpin>(
+pub(crate) async fn send_stream_info<W: AsyncWrite + Unpin>(
     sealed: &mut W,
     sealer: &mut Sealer,
     info: &StreamInfo,
@@ -56,7 +56,7 @@ pub async fn send_stream_info<W: AsyncWrite + Unpin>(
 /// `leftover` holds the bytes already read after the handshake; what follows the record is
 /// returned for the pump. Nothing is buffered beyond one StreamInfo record, and a first record of
 /// another type is refused from its header, before its body is read.
-pub async fn read_stream_info<R: AsyncRead + Unpin>(
+pub(crate) async fn read_stream_info<R: AsyncRead + Unpin>(
     sealed: &mut R,
     opener: &mut Opener,
     leftover: Vec<u8>,
@@ -111,7 +111,7 @@ async fn read<R: AsyncRead + Unpin>(
 /// Redirect mode: where `stream` was going before a NAT `REDIRECT` rule sent it here
 /// (`SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`). `None` when it was not redirected: no
 /// conntrack entry, or an original destination that is the socket's own local address.
-pub fn original_destination(stream: &TcpStream) -> Option<SocketAddr> {
+pub(crate) fn original_destination(stream: &TcpStream) -> Option<SocketAddr> {
     let local = canonical(stream.local_addr().ok()?);
     let sock = socket2::SockRef::from(stream);
     let orig = if local.is_ipv4() {

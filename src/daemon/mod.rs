@@ -14,140 +14,20 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Address, Config, PeerPin};
-use crate::enroll::TofuStore;
-use crate::keyfile;
-use crate::metrics::{Registry, TunnelEntry};
-use crate::proto::handshake::{ConnectorParams, ListenerParams, ListenerPin};
-use crate::proto::identity::{Signer, TrustList};
-use crate::proto::keys::Psk;
+pub(crate) mod build;
+pub(crate) mod metrics;
+
+pub(crate) use build::{bind, bind_listen, build, Built};
+
+use crate::addr::Address;
+use crate::daemon::metrics::{Registry, TunnelEntry};
+use crate::proto::handshake::Role;
+use crate::tunnel::accept::spawn;
 use crate::tunnel::connector::ConnectorTunnel;
 use crate::tunnel::listener::ListenerTunnel;
-use crate::tunnel::net::{bind_unix, set_socket_permissions, Bound};
-use crate::tunnel::serve::{spawn, Tunnel, TunnelState};
-
-/// A config file turned into runnable tunnels: keys loaded, trust lists built.
-pub struct Built {
-    /// The parsed configuration.
-    pub config: Config,
-    /// Listener tunnels with their listen addresses.
-    pub listeners: Vec<(Address, Arc<ListenerTunnel>)>,
-    /// Connector tunnels with their listen addresses.
-    pub connectors: Vec<(Address, Arc<ConnectorTunnel>)>,
-}
-
-impl Built {
-    /// The longest drain timeout of any tunnel.
-    pub fn drain_timeout(&self) -> Duration {
-        let l = self.listeners.iter().map(|(_, t)| t.tuning.drain_timeout);
-        let c = self.connectors.iter().map(|(_, t)| t.tuning.drain_timeout);
-        l.chain(c).max().unwrap_or(Duration::from_secs(30))
-    }
-}
-
-/// Reads the config, the private key, the PSK and the peers files. What `check` validates.
-pub fn build(path: &Path) -> anyhow::Result<Built> {
-    let config = Config::load(path)?;
-    let identity: Arc<dyn Signer> =
-        Arc::new(keyfile::load_private_key(&config.identity.private_key)?);
-    let psk: Option<Arc<Psk>> = match &config.identity.psk_file {
-        Some(p) => Some(Arc::new(Psk::from_bytes(*keyfile::load_psk(p)?))),
-        None => None,
-    };
-    let listeners = config
-        .listeners
-        .iter()
-        .map(|l| {
-            let mut trust = TrustList::new();
-            for (fp, name) in &l.peers {
-                trust.insert(*fp, name.clone());
-            }
-            let tunnel = ListenerTunnel {
-                name: l.name.clone(),
-                forward: l.forward.clone(),
-                allow_destinations: l.allow_destinations.clone(),
-                proxy_protocol: l.proxy_protocol,
-                params: ListenerParams {
-                    identity: identity.clone(),
-                    trust: Arc::new(trust),
-                    psk: psk.clone(),
-                    accept_unknown: l.accept_unknown,
-                    allow_tofu: l.allow_tofu,
-                },
-                tuning: l.tuning.clone(),
-            };
-            (l.listen.clone(), Arc::new(tunnel))
-        })
-        .collect();
-    let connectors = config
-        .connectors
-        .iter()
-        .map(|c| {
-            // TOFU: the recorded key, if any, is looked up for each connection.
-            let (listener, tofu) = match &c.peer {
-                PeerPin::Key(fp) => (ListenerPin::Key(*fp), None),
-                PeerPin::Tofu { known_peers } => {
-                    let store = TofuStore::open(known_peers.clone(), c.connect.to_string())
-                        .with_context(|| format!("connector {:?}: known_peers", c.name))?;
-                    (ListenerPin::FirstContact, Some(Arc::new(store)))
-                }
-            };
-            let tunnel = ConnectorTunnel {
-                name: c.name.clone(),
-                connect: c.connect.clone(),
-                params: ConnectorParams {
-                    identity: identity.clone(),
-                    listener,
-                    psk: psk.clone(),
-                },
-                socket: c.socket.clone(),
-                tofu,
-                mode: c.mode,
-                tuning: c.tuning.clone(),
-            };
-            Ok((c.listen.clone(), Arc::new(tunnel)))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    Ok(Built {
-        config,
-        listeners,
-        connectors,
-    })
-}
-
-/// Binds a tunnel's listening socket: TCP as [`bind`], or a Unix socket with `perms` (the
-/// default ones if `None`).
-pub async fn bind_listen(
-    addr: &Address,
-    perms: Option<&crate::config::SocketPermissions>,
-) -> anyhow::Result<Bound> {
-    match addr {
-        Address::Unix(path) => {
-            let perms = perms.cloned().unwrap_or_default();
-            Ok(bind_unix(path, &perms).await?)
-        }
-        _ => Ok(Bound::Tcp(bind(addr).await?)),
-    }
-}
-
-/// Binds a TCP listening socket on the first address `addr` resolves to.
-pub async fn bind(addr: &Address) -> anyhow::Result<TcpListener> {
-    let addrs = addr
-        .resolve()
-        .await
-        .with_context(|| format!("cannot resolve listen address {addr}"))?;
-    let mut last = None;
-    for sa in addrs {
-        match TcpListener::bind(sa).await {
-            Ok(l) => return Ok(l),
-            Err(e) => last = Some(e),
-        }
-    }
-    match last {
-        Some(e) => Err(e).with_context(|| format!("cannot listen on {addr}")),
-        None => anyhow::bail!("listen address {addr} resolves to nothing"),
-    }
-}
+use crate::tunnel::net::{set_socket_permissions, Bound};
+use crate::tunnel::state::TunnelState;
+use crate::tunnel::Tunnel;
 
 struct Running<T> {
     listen: Address,
@@ -157,7 +37,7 @@ struct Running<T> {
 }
 
 /// The running tunnels of one role, by name.
-pub struct TunnelSet<T> {
+pub(crate) struct TunnelSet<T> {
     running: HashMap<String, Running<T>>,
 }
 
@@ -166,11 +46,6 @@ impl<T: Tunnel> TunnelSet<T> {
         TunnelSet {
             running: HashMap::new(),
         }
-    }
-
-    /// The state of a running tunnel (for tests and metrics).
-    pub fn state(&self, name: &str) -> Option<Arc<TunnelState>> {
-        self.running.get(name).map(|r| r.state.clone())
     }
 
     /// The running tunnels, for metrics.
@@ -205,7 +80,7 @@ impl<T: Tunnel> TunnelSet<T> {
     ) {
         let name = tunnel.name().to_string();
         let local = listener.local();
-        tracing::info!(tunnel = %name, role = tunnel.role(), listen = %listen, local = %local, "tunnel listening");
+        tracing::info!(tunnel = %name, role = %tunnel.role(), listen = %listen, local = %local, "tunnel listening");
         let stop = CancellationToken::new();
         let state = state.unwrap_or_default();
         let tx = spawn(listener, tunnel, state.clone(), tracker, stop.clone());
@@ -280,7 +155,7 @@ impl<T: Tunnel> TunnelSet<T> {
 }
 
 /// All tunnels of one process.
-pub struct Daemon {
+pub(crate) struct Daemon {
     /// Listener tunnels.
     pub listeners: TunnelSet<ListenerTunnel>,
     /// Connector tunnels.
@@ -294,7 +169,7 @@ pub struct Daemon {
 
 impl Daemon {
     /// Binds and starts every tunnel of `built`; fails if any listen address cannot be bound.
-    pub async fn start(built: Built) -> anyhow::Result<Daemon> {
+    pub(crate) async fn start(built: Built) -> anyhow::Result<Daemon> {
         let mut d = Daemon {
             listeners: TunnelSet::new(),
             connectors: TunnelSet::new(),
@@ -324,7 +199,7 @@ impl Daemon {
             .map_or_else(|e| e.to_string(), |a| a.to_string());
         tracing::info!(listen = %listen, local = %local, "metrics listening");
         let stop = CancellationToken::new();
-        tokio::spawn(crate::metrics::serve(
+        tokio::spawn(crate::daemon::metrics::serve(
             listener,
             self.registry.clone(),
             stop.clone(),
@@ -359,7 +234,7 @@ impl Daemon {
     }
 
     /// Applies a new configuration; the caller keeps the old one when building it failed.
-    pub async fn reload(&mut self, built: Built) {
+    pub(crate) async fn reload(&mut self, built: Built) {
         self.drain_timeout = built.drain_timeout();
         self.apply_metrics(built.config.metrics.map(|m| m.listen))
             .await;
@@ -380,7 +255,7 @@ impl Daemon {
     }
 
     /// Stops accepting, then waits up to the drain timeout for open connections.
-    pub async fn shutdown(self) {
+    pub(crate) async fn shutdown(self) {
         if let Some((_, stop)) = &self.metrics {
             stop.cancel();
         }
@@ -407,17 +282,17 @@ impl Daemon {
 /// unless they were already on (`was_*`, on reload).
 fn warn_enrollment(t: &ListenerTunnel, was_unknown: bool, was_tofu: bool) {
     if t.params.accept_unknown && !was_unknown {
-        tracing::warn!(tunnel = %t.name, role = "listener", trusted = t.params.trust.len(),
+        tracing::warn!(tunnel = %t.name, role = %Role::Listener, trusted = t.params.trust.len(),
             "accept_unknown = true: ANY connector that holds a key is let in, trusted or not; only this listener is authenticated");
     }
     if t.params.allow_tofu && !was_tofu {
-        tracing::warn!(tunnel = %t.name, role = "listener",
+        tracing::warn!(tunnel = %t.name, role = %Role::Listener,
             "allow_tofu = true: this listener answers hellos from connectors that do not know its key (first contact), so scanners can see it is a sealpipe listener");
     }
 }
 
 /// `sealpipe run`: runs until SIGTERM or SIGINT; SIGHUP reloads.
-pub async fn run(path: &Path) -> anyhow::Result<()> {
+pub(crate) async fn run(path: &Path) -> anyhow::Result<()> {
     let built = build(path)?;
     let mut daemon = Daemon::start(built).await?;
     let mut term = signal(SignalKind::terminate())?;

@@ -61,13 +61,13 @@ fn parent_dir(path: &Path) -> &Path {
 
 /// An exclusive advisory lock (`flock`) on the directory of a file, released on drop. Taken by
 /// every writer of this module, around the read-check-write of one file.
-pub struct DirLock {
+pub(crate) struct DirLock {
     _dir: File,
 }
 
 impl DirLock {
     /// Locks the directory of `file`, waiting for another holder.
-    pub fn acquire(file: &Path) -> Result<DirLock, EnrollError> {
+    pub(crate) fn acquire(file: &Path) -> Result<DirLock, EnrollError> {
         let dir = parent_dir(file);
         let handle =
             File::open(dir).map_err(io_err(dir, "cannot open the directory to lock it"))?;
@@ -82,7 +82,7 @@ impl DirLock {
 /// `new_mode` when `path` does not exist yet, else the mode and owner of `path`), written and
 /// fsynced, renamed over `path`, then the directory fsynced. Symbolic links are followed: the
 /// file they point to is replaced.
-pub fn atomic_write(path: &Path, contents: &[u8], new_mode: u32) -> Result<(), EnrollError> {
+pub(crate) fn atomic_write(path: &Path, contents: &[u8], new_mode: u32) -> Result<(), EnrollError> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let target = match std::fs::canonicalize(path) {
         Ok(p) => p,
@@ -182,7 +182,7 @@ pub struct KnownPeer {
 
 /// Parses a `known_peers` file; every line must be blank, a comment or `ADDRESS SHA256:…`, and
 /// an address may appear only once.
-pub fn parse_known_peers(text: &str, path: &Path) -> Result<Vec<KnownPeer>, EnrollError> {
+pub(crate) fn parse_known_peers(text: &str, path: &Path) -> Result<Vec<KnownPeer>, EnrollError> {
     let mut out: Vec<KnownPeer> = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = content(raw);
@@ -219,7 +219,10 @@ pub fn parse_known_peers(text: &str, path: &Path) -> Result<Vec<KnownPeer>, Enro
 }
 
 /// Reads `path` (a missing file has no entries) and returns the entry for `address`.
-pub fn lookup_known_peer(path: &Path, address: &str) -> Result<Option<KnownPeer>, EnrollError> {
+pub(crate) fn lookup_known_peer(
+    path: &Path,
+    address: &str,
+) -> Result<Option<KnownPeer>, EnrollError> {
     let Some(text) = read_optional(path)? else {
         return Ok(None);
     };
@@ -242,7 +245,7 @@ pub enum Recorded {
 /// Records `fingerprint` for `address` in `path` unless an entry exists: under the directory
 /// lock, re-reads the file, then appends a line with an atomic rewrite (a new file gets mode
 /// 0644 and a comment header).
-pub fn record_known_peer(
+pub(crate) fn record_known_peer(
     path: &Path,
     address: &str,
     fingerprint: &Fingerprint,
@@ -330,7 +333,7 @@ impl TofuStore {
 
 /// One entry of a peers file, with its line.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerLine {
+pub(crate) struct PeerLine {
     /// The trusted key.
     pub fingerprint: Fingerprint,
     /// Its name, if any.
@@ -341,7 +344,7 @@ pub struct PeerLine {
 
 /// Parses a peers file with the daemon's parser ([`TrustList::parse`]) for validation, and
 /// returns its entries with their lines.
-pub fn parse_peers(text: &str, path: &Path) -> Result<Vec<PeerLine>, EnrollError> {
+pub(crate) fn parse_peers(text: &str, path: &Path) -> Result<Vec<PeerLine>, EnrollError> {
     TrustList::parse(text).map_err(|e| EnrollError::Syntax {
         path: path.to_path_buf(),
         line: e.line,
@@ -372,7 +375,7 @@ pub fn parse_peers(text: &str, path: &Path) -> Result<Vec<PeerLine>, EnrollError
 }
 
 /// Checks a peer name for the peers file: one line, no `#` (it would start a comment).
-pub fn check_peer_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_peer_name(name: &str) -> Result<(), String> {
     if name.trim().is_empty() {
         return Err("the name is empty".into());
     }
@@ -388,7 +391,7 @@ pub fn check_peer_name(name: &str) -> Result<(), String> {
 }
 
 /// `text` with `fingerprint name` appended as a new line.
-pub fn with_peer_added(text: &str, fingerprint: &Fingerprint, name: Option<&str>) -> String {
+pub(crate) fn with_peer_added(text: &str, fingerprint: &Fingerprint, name: Option<&str>) -> String {
     let mut new = text.to_string();
     if !new.is_empty() && !new.ends_with('\n') {
         new.push('\n');
@@ -401,7 +404,7 @@ pub fn with_peer_added(text: &str, fingerprint: &Fingerprint, name: Option<&str>
 }
 
 /// `text` without the lines (1-based) in `lines`; every other byte is kept.
-pub fn without_lines(text: &str, lines: &[usize]) -> String {
+pub(crate) fn without_lines(text: &str, lines: &[usize]) -> String {
     text.split_inclusive('\n')
         .enumerate()
         .filter(|(i, _)| !lines.contains(&(i + 1)))

@@ -1,4 +1,7 @@
-//! The command line (SPEC §3): clap definitions and one function per subcommand.
+//! The command line: clap definitions, logging setup and dispatch; one file per subcommand.
+//!
+//! Exit status: 0 on success, 1 when a command fails (its error printed with its context), 2 for
+//! a usage error (clap's own).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,8 +10,15 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 use crate::proto::identity::DEFAULT_RSA_BITS;
-use crate::proto::messages::PROTOCOL_VERSION;
-use crate::{bench, daemon, demo, keyfile};
+mod bench;
+mod check;
+mod completions;
+mod demo;
+mod fingerprint;
+mod keygen;
+pub(crate) mod pair;
+mod run;
+mod trust;
 
 /// The version line: crate version and protocol version.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 1)");
@@ -76,7 +86,7 @@ pub enum Command {
     Trust {
         /// What to do.
         #[command(subcommand)]
-        command: crate::trust::TrustCommand,
+        command: trust::TrustCommand,
     },
     /// Benchmark: throughput, CPU per GiB, connection rate, first-echo time and memory per
     /// idle connection, against raw loopback TCP and the cipher's own speed (see bench/README.md).
@@ -129,48 +139,16 @@ pub fn main(cli: Cli) -> ExitCode {
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Keygen { out, bits } => {
-            let id = keyfile::write_keypair(&out, bits)?;
-            println!(
-                "wrote {} (private, mode 0600) and {}.pub",
-                out.display(),
-                out.display()
-            );
-            println!("{}", id.fingerprint());
-        }
-        Command::Fingerprint { file } => {
-            println!("{}", keyfile::load_any_public(&file)?.fingerprint());
-        }
-        Command::Check { config } => {
-            let built = daemon::build(&config)?;
-            println!(
-                "{}: OK (protocol {PROTOCOL_VERSION}): {} listener(s), {} connector(s); identity {}",
-                config.display(),
-                built.listeners.len(),
-                built.connectors.len(),
-                built
-                    .listeners
-                    .first()
-                    .map(|(_, t)| t.params.identity.public().fingerprint())
-                    .or_else(|| built.connectors.first().map(|(_, t)| t.params.identity.public().fingerprint()))
-                    .map(|f| f.to_string())
-                    .unwrap_or_default()
-            );
-        }
-        Command::Trust { command } => crate::trust::run(command)?,
-        Command::Run { config } => runtime()?.block_on(daemon::run(&config))?,
-        Command::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "sealpipe", &mut std::io::stdout());
-        }
-        Command::Man => {
-            let cmd = <Cli as clap::CommandFactory>::command();
-            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
-        }
+        Command::Keygen { out, bits } => keygen::run(&out, bits)?,
+        Command::Fingerprint { file } => fingerprint::run(&file)?,
+        Command::Check { config } => check::run(&config)?,
+        Command::Trust { command } => trust::run(command)?,
+        Command::Run { config } => runtime()?.block_on(run::run(&config))?,
+        Command::Completions { shell } => completions::completions(shell),
+        Command::Man => completions::man()?,
         Command::Bench(args) => runtime()?.block_on(bench::run(args))?,
         Command::Demo { once } => {
-            let ok = runtime()?.block_on(demo::run(once))?;
-            if !ok {
+            if !runtime()?.block_on(demo::run(once))? {
                 return Ok(ExitCode::FAILURE);
             }
         }

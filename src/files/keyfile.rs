@@ -2,7 +2,7 @@
 //!
 //! * [`load_private_key`] reads our PKCS#8 or PKCS#1 PEM private key. Like OpenSSH, it refuses
 //!   a file that its group or other users can read, write or execute (`mode & 0o077 != 0`).
-//! * [`load_public_key`] reads a peer's `BEGIN PUBLIC KEY` (SPKI) PEM.
+//! * [`load_any_public`] reads a `BEGIN PUBLIC KEY` (SPKI) PEM, or a private key's public half.
 //! * [`load_any_public`] reads either kind, for `sealpipe fingerprint FILE`.
 //! * [`write_keypair`] is `sealpipe keygen`: a new key in `FILE` (mode 0600 from the moment it
 //!   exists, never overwriting anything) and its public half in `FILE.pub`.
@@ -23,7 +23,7 @@ const MAX_KEY_FILE_LEN: usize = 64 * 1024;
 
 /// Why a key file could not be read or written. Every message starts with the file's path.
 #[derive(Debug, thiserror::Error)]
-pub enum KeyFileError {
+pub(crate) enum KeyFileError {
     /// The file could not be opened, read or written.
     #[error("{}: {source}", .path.display())]
     Io {
@@ -173,20 +173,14 @@ fn key_err(path: &Path) -> impl FnOnce(IdentityError) -> KeyFileError + '_ {
 /// ```text
 /// /etc/sealpipe/a.pem: private key is readable by group or others (mode 0644); run `chmod 600 /etc/sealpipe/a.pem`
 /// ```
-pub fn load_private_key(path: &Path) -> Result<PrivateIdentity, KeyFileError> {
+pub(crate) fn load_private_key(path: &Path) -> Result<PrivateIdentity, KeyFileError> {
     let text = read_text(path, true)?;
     PrivateIdentity::from_pem(&text).map_err(key_err(path))
 }
 
-/// Reads a public key file (`BEGIN PUBLIC KEY`, SubjectPublicKeyInfo PEM).
-pub fn load_public_key(path: &Path) -> Result<PublicIdentity, KeyFileError> {
-    let text = read_text(path, false)?;
-    PublicIdentity::from_pem(&text).map_err(key_err(path))
-}
-
 /// For `sealpipe fingerprint FILE`: accepts a private key (PKCS#8 or PKCS#1; no permission
 /// check, since nothing secret is used) or an SPKI public key PEM, and returns the public key.
-pub fn load_any_public(path: &Path) -> Result<PublicIdentity, KeyFileError> {
+pub(crate) fn load_any_public(path: &Path) -> Result<PublicIdentity, KeyFileError> {
     let text = read_text(path, false)?;
     match PublicIdentity::from_pem(&text) {
         Ok(public) => Ok(public),
@@ -245,7 +239,7 @@ fn create_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), KeyFileErro
 /// PEM, created with mode 0600 from the start) and `FILE.pub` (SPKI PEM, mode 0644 less the
 /// umask). Refuses to overwrite either file; checks that before the (slow) generation. Returns
 /// the identity.
-pub fn write_keypair(out: &Path, bits: usize) -> Result<PrivateIdentity, KeyFileError> {
+pub(crate) fn write_keypair(out: &Path, bits: usize) -> Result<PrivateIdentity, KeyFileError> {
     let pub_out = pub_path(out);
     for path in [out, pub_out.as_path()] {
         // symlink_metadata: a dangling symlink also counts as existing.
@@ -269,7 +263,7 @@ pub fn write_keypair(out: &Path, bits: usize) -> Result<PrivateIdentity, KeyFile
 /// Reads a pre-shared key file: the standard base64 (padded or not) or 64-hex-digit encoding of
 /// exactly 32 bytes, surrounding whitespace ignored. The same permission rule as
 /// [`load_private_key`] applies.
-pub fn load_psk(path: &Path) -> Result<Zeroizing<[u8; 32]>, KeyFileError> {
+pub(crate) fn load_psk(path: &Path) -> Result<Zeroizing<[u8; 32]>, KeyFileError> {
     let text = read_text(path, true)?;
     decode_psk(text.trim()).map_err(|problem| KeyFileError::BadPsk {
         path: path.to_owned(),
@@ -411,13 +405,13 @@ mod tests {
         let binary = dir.path().join("binary");
         std::fs::write(&binary, [0xff, 0xfe, 0]).unwrap();
         assert!(matches!(
-            load_public_key(&binary),
+            load_any_public(&binary),
             Err(KeyFileError::NotText { .. })
         ));
         let big = dir.path().join("big");
         std::fs::write(&big, vec![b'a'; MAX_KEY_FILE_LEN + 1]).unwrap();
         assert!(matches!(
-            load_public_key(&big),
+            load_any_public(&big),
             Err(KeyFileError::TooLarge { .. })
         ));
     }
@@ -426,11 +420,14 @@ mod tests {
     fn public_and_any_keys() {
         let pub_path = data("openssl-rsa2048.pub.pem");
         assert_eq!(
-            load_public_key(&pub_path).unwrap().fingerprint(),
+            load_any_public(&pub_path).unwrap().fingerprint(),
             openssl_fp()
         );
+        // A private key's public half, PKCS#8 or PKCS#1.
         assert_eq!(
-            load_any_public(&pub_path).unwrap().fingerprint(),
+            load_any_public(&data("openssl-rsa2048.pem"))
+                .unwrap()
+                .fingerprint(),
             openssl_fp()
         );
         assert_eq!(
@@ -439,15 +436,6 @@ mod tests {
                 .fingerprint(),
             openssl_fp()
         );
-        // A private key is not a public key file.
-        let err = load_public_key(&data("openssl-rsa2048.pem")).unwrap_err();
-        assert!(matches!(
-            err,
-            KeyFileError::Key {
-                source: IdentityError::NotPublicKeyPem { .. },
-                ..
-            }
-        ));
         let err = load_any_public(&data("openssl-rsa1024.pem")).unwrap_err();
         assert!(err.to_string().contains("1024 bits"), "{err}");
     }
@@ -469,7 +457,7 @@ mod tests {
         let loaded = load_private_key(&out).unwrap();
         assert_eq!(loaded.fingerprint(), id.fingerprint());
         assert_eq!(
-            load_public_key(&pub_out).unwrap().fingerprint(),
+            load_any_public(&pub_out).unwrap().fingerprint(),
             id.fingerprint()
         );
         assert_eq!(

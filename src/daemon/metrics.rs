@@ -17,53 +17,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::tunnel::serve::TunnelState;
-
-/// Upper bounds of the handshake duration histogram, in seconds (0.1 ms to 10 s).
-pub const HANDSHAKE_BUCKETS: [f64; 16] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
-];
+use crate::proto::handshake::Role;
+use crate::tunnel::state::{TunnelState, HANDSHAKE_BUCKETS};
 
 /// Largest request head read (request line and headers).
-pub const MAX_REQUEST: usize = 8 * 1024;
+pub(crate) const MAX_REQUEST: usize = 8 * 1024;
 /// Time a client has to send its request and read the answer.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Scrape connections served at once.
-pub const MAX_SCRAPERS: usize = 16;
-
-/// A fixed-bucket histogram of durations, updated with atomics.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    /// Observations per bucket (not cumulative); past the last bound, only `count` grows.
-    buckets: [AtomicU64; HANDSHAKE_BUCKETS.len()],
-    count: AtomicU64,
-    sum_nanos: AtomicU64,
-}
-
-impl Histogram {
-    /// Records one duration.
-    pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        if let Some(i) = HANDSHAKE_BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
-    }
-
-    /// Observations so far.
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-}
+pub(crate) const MAX_SCRAPERS: usize = 16;
 
 /// A running tunnel as the metrics see it.
 #[derive(Debug, Clone)]
-pub struct TunnelEntry {
+pub(crate) struct TunnelEntry {
     /// `listener` or `connector`.
-    pub role: &'static str,
+    pub role: Role,
     /// The tunnel's name.
     pub name: String,
     /// Its counters.
@@ -72,18 +40,18 @@ pub struct TunnelEntry {
 
 /// The tunnels to report, replaced by the daemon after its start and each reload.
 #[derive(Debug, Default)]
-pub struct Registry {
+pub(crate) struct Registry {
     tunnels: RwLock<Vec<TunnelEntry>>,
 }
 
 impl Registry {
     /// Replaces the list of tunnels.
-    pub fn set(&self, tunnels: Vec<TunnelEntry>) {
+    pub(crate) fn set(&self, tunnels: Vec<TunnelEntry>) {
         *self.tunnels.write().unwrap_or_else(|e| e.into_inner()) = tunnels;
     }
 
     /// The exposition text of every tunnel.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let tunnels = self
             .tunnels
             .read()
@@ -108,7 +76,7 @@ fn escape(v: &str) -> String {
 }
 
 /// Prometheus text for `tunnels`.
-pub fn render(tunnels: &[TunnelEntry]) -> String {
+pub(crate) fn render(tunnels: &[TunnelEntry]) -> String {
     let mut out = String::new();
     let labels = |t: &TunnelEntry| format!("tunnel=\"{}\",role=\"{}\"", escape(&t.name), t.role);
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -231,7 +199,7 @@ pub fn render(tunnels: &[TunnelEntry]) -> String {
 }
 
 /// Serves `registry` on `listener` until `stop`.
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>, stop: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, registry: Arc<Registry>, stop: CancellationToken) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPERS));
     loop {
         let accepted = tokio::select! {
@@ -338,7 +306,7 @@ mod tests {
         state.handshake_ok(Duration::from_millis(3));
         state.handshake_ok(Duration::from_secs(20));
         let text = render(&[TunnelEntry {
-            role: "listener",
+            role: Role::Listener,
             name: "a\"b\\c".into(),
             state,
         }]);

@@ -33,8 +33,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cmd::pair::{identities, loopback, spawn_pair};
 use crate::config::Tuning;
-use crate::demo::{loopback, spawn_pair};
 use crate::proto::aead::{Aead, KEY_LEN, NONCE_LEN};
 use crate::proto::identity::{PrivateIdentity, Signer};
 
@@ -115,7 +115,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 /// One throughput run.
 #[derive(Debug, Clone, Serialize)]
-pub struct Throughput {
+pub(super) struct Throughput {
     /// Bytes the sink(s) confirmed receiving.
     pub bytes: u64,
     /// Parallel connections.
@@ -132,7 +132,7 @@ pub struct Throughput {
 
 /// The cipher reference.
 #[derive(Debug, Clone, Serialize)]
-pub struct AeadSpeed {
+pub(super) struct AeadSpeed {
     /// Plaintext bytes per seal.
     pub record_size: usize,
     /// 10⁹ bits of plaintext sealed per second on one core.
@@ -141,7 +141,7 @@ pub struct AeadSpeed {
 
 /// One connection-rate run.
 #[derive(Debug, Clone, Serialize)]
-pub struct Rate {
+pub(super) struct Rate {
     /// Connections that got their echo.
     pub connections: usize,
     /// Connections that failed (refused, reset, wrong byte).
@@ -160,7 +160,7 @@ pub struct Rate {
 
 /// The idle-memory run.
 #[derive(Debug, Clone, Serialize)]
-pub struct Idle {
+pub(super) struct Idle {
     /// Established connections held open.
     pub connections: usize,
     /// VmRSS before opening them.
@@ -173,7 +173,7 @@ pub struct Idle {
 
 /// Everything one `sealpipe bench` measured; the `--json` output.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Report {
+pub(super) struct Report {
     /// "in-process", "config" or "target".
     pub mode: String,
     /// What the loads were driven at.
@@ -211,13 +211,14 @@ pub struct Report {
 
 /// User + system CPU seconds of this process.
 fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage writes into the zeroed struct we own; RUSAGE_SELF is always valid.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
-        return 0.0;
+    use nix::sys::resource::{getrusage, UsageWho};
+    use nix::sys::time::TimeValLike;
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(ru) => {
+            (ru.user_time().num_microseconds() + ru.system_time().num_microseconds()) as f64 / 1e6
+        }
+        Err(_) => 0.0,
     }
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 /// VmRSS of this process in KiB (0 where /proc is missing).
@@ -234,27 +235,18 @@ fn rss_kib() -> u64 {
 
 /// Raises the soft open-file limit to the hard one; returns the limit now in force.
 fn raise_nofile() -> u64 {
-    // SAFETY: plain get/setrlimit on a struct we own.
-    unsafe {
-        let mut rl: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
-            return 1024;
-        }
-        if rl.rlim_cur < rl.rlim_max {
-            let want = libc::rlimit {
-                rlim_cur: rl.rlim_max,
-                rlim_max: rl.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
-                return want.rlim_cur as u64;
-            }
-        }
-        rl.rlim_cur as u64
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return hard;
     }
+    soft
 }
 
 /// The bench target: echo, or sink for connections whose first byte is [`SINK`].
-pub async fn serve_target(listener: TcpListener) {
+pub(super) async fn serve_target(listener: TcpListener) {
     while let Ok((s, _)) = listener.accept().await {
         let _ = s.set_nodelay(true);
         tokio::spawn(async move {
@@ -483,11 +475,7 @@ struct Pair {
 }
 
 async fn in_process_pair(target: SocketAddr, tuning: Tuning) -> anyhow::Result<Pair> {
-    let (l_id, c_id) = tokio::try_join!(
-        tokio::task::spawn_blocking(|| PrivateIdentity::generate(BENCH_BITS)),
-        tokio::task::spawn_blocking(|| PrivateIdentity::generate(BENCH_BITS)),
-    )?;
-    let (l_id, c_id) = (Arc::new(l_id?.0), Arc::new(c_id?.0));
+    let (l_id, c_id) = identities(BENCH_BITS).await?;
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
     let (plain_addr, _) =
@@ -525,7 +513,7 @@ async fn configured_connector(
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
     let connect = tunnel.connect.to_string();
-    crate::tunnel::serve::spawn(
+    crate::tunnel::accept::spawn(
         crate::tunnel::net::Bound::Tcp(plain),
         tunnel.clone(),
         Default::default(),
@@ -544,7 +532,7 @@ async fn resolve(target: &str) -> anyhow::Result<SocketAddr> {
 }
 
 /// Runs `sealpipe bench`; prints the table or the JSON object.
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.serve {
         let l = TcpListener::bind(addr)
             .await
@@ -563,7 +551,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Runs the measurements `args` ask for and returns them.
-pub async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
+pub(super) async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
     let want = |p: Phase| args.only.is_empty() || args.only.contains(&p);
     let show = !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let nofile = raise_nofile();
@@ -755,7 +743,7 @@ async fn rate_pass(
 }
 
 /// The report as a table (markdown, readable as plain text).
-pub fn table(r: &Report) -> String {
+pub(super) fn table(r: &Report) -> String {
     use std::fmt::Write;
     let mut o = String::new();
     let _ = writeln!(o, "sealpipe bench ({}): {}", r.mode, r.entry);

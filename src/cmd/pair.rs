@@ -1,5 +1,5 @@
-//! `sealpipe demo`: a connector, a listener and an echo service in one process on loopback,
-//! with identities made in memory, so a new user sees a working tunnel with no setup.
+//! A listener and a connector in one process on loopback, with identities made in memory:
+//! what `sealpipe demo` and `sealpipe bench` both run, and what the integration tests drive.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,16 +10,28 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Address, ConnectorMode, ProxyProtocol, Tuning};
+use crate::addr::Address;
+use crate::config::{ConnectorMode, ProxyProtocol, Tuning};
 use crate::proto::handshake::{ConnectorParams, ListenerParams};
 use crate::proto::identity::{PrivateIdentity, Signer, TrustList};
+use crate::tunnel::accept::spawn;
 use crate::tunnel::connector::ConnectorTunnel;
 use crate::tunnel::listener::ListenerTunnel;
 use crate::tunnel::net::Bound;
-use crate::tunnel::serve::{spawn, Tunnel, TunnelState};
+use crate::tunnel::state::TunnelState;
+use crate::tunnel::Tunnel;
 
-/// Demo keys are 2048 bits so that the demo starts at once; `keygen` defaults to 3072.
-const DEMO_BITS: usize = 2048;
+/// Two RSA identities of `bits` made in memory, in parallel off the async workers: the
+/// listener's and the connector's.
+pub(crate) async fn identities(
+    bits: usize,
+) -> anyhow::Result<(Arc<PrivateIdentity>, Arc<PrivateIdentity>)> {
+    let (l_id, c_id) = tokio::try_join!(
+        tokio::task::spawn_blocking(move || PrivateIdentity::generate(bits)),
+        tokio::task::spawn_blocking(move || PrivateIdentity::generate(bits)),
+    )?;
+    Ok((Arc::new(l_id?.0), Arc::new(c_id?.0)))
+}
 
 /// A plaintext echo service: every connection gets its bytes back, and EOF for EOF.
 pub async fn echo_service(listener: TcpListener) {
@@ -124,74 +136,4 @@ pub async fn spawn_pair(
         stop,
     );
     Ok((plain_addr, sealed_addr))
-}
-
-/// Runs the demo; with `once`, returns after the round trip (true if it worked).
-pub async fn run(once: bool) -> anyhow::Result<bool> {
-    eprintln!("sealpipe demo: making two {DEMO_BITS}-bit RSA identities in memory…");
-    let (l_id, c_id) = tokio::try_join!(
-        tokio::task::spawn_blocking(|| PrivateIdentity::generate(DEMO_BITS)),
-        tokio::task::spawn_blocking(|| PrivateIdentity::generate(DEMO_BITS)),
-    )?;
-    let (l_id, c_id) = (Arc::new(l_id?.0), Arc::new(c_id?.0));
-    let (l_fp, c_fp) = (l_id.fingerprint(), c_id.fingerprint());
-
-    let (echo, echo_addr) = loopback().await?;
-    tokio::spawn(echo_service(echo));
-    let tracker = TaskTracker::new();
-    let stop = CancellationToken::new();
-    let (plain_addr, sealed_addr) = spawn_pair(
-        "demo",
-        echo_addr,
-        l_id,
-        c_id,
-        Tuning::default(),
-        &tracker,
-        &stop,
-    )
-    .await?;
-
-    let message = b"hello through sealpipe\n";
-    let ok = match round_trip(plain_addr, message).await {
-        Ok(back) if back == message => true,
-        Ok(back) => {
-            eprintln!(
-                "demo: round trip returned {} bytes that differ from what was sent",
-                back.len()
-            );
-            false
-        }
-        Err(e) => {
-            eprintln!("demo: round trip failed: {e}");
-            false
-        }
-    };
-    println!("sealpipe demo (protocol 1)");
-    println!("  echo service    plain   {echo_addr}");
-    println!("  listener        sealed  {sealed_addr}   key {l_fp}");
-    println!("  connector       plain   {plain_addr}   key {c_fp}");
-    println!(
-        "  round trip:     {}",
-        if ok {
-            "ok, the echo came back through the tunnel"
-        } else {
-            "FAILED"
-        }
-    );
-    if once {
-        stop.cancel();
-        return Ok(ok);
-    }
-    println!();
-    println!(
-        "Try it:  socat - TCP:{plain_addr}     (or: nc {} {})",
-        plain_addr.ip(),
-        plain_addr.port()
-    );
-    println!(
-        "Every line you type goes connector → sealed → listener → echo and back. Ctrl-C stops."
-    );
-    tokio::signal::ctrl_c().await?;
-    stop.cancel();
-    Ok(ok)
 }

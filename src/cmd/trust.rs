@@ -3,7 +3,7 @@
 //! The file is named directly (`--peers-file`) or found through a config file's listener
 //! (`--config`, with `--listener` when there are several). Every edit is validated with the
 //! daemon's parser before and after, done under the directory lock with an atomic rewrite
-//! ([`crate::enroll::atomic_write`]) that keeps comments, the other lines, the mode and the owner.
+//! ([`crate::files::enroll::atomic_write`]) that keeps comments, the other lines, the mode and the owner.
 //! A running daemon reads the file again on reload (SIGHUP).
 
 use std::path::{Path, PathBuf};
@@ -12,10 +12,10 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
 use crate::config::{Config, ListenerConfig};
-use crate::enroll::{
+use crate::files::enroll::{
     atomic_write, check_peer_name, parse_peers, with_peer_added, without_lines, DirLock,
 };
-use crate::keyfile;
+use crate::files::keyfile;
 use crate::proto::identity::Fingerprint;
 
 const RELOAD_HINT: &str =
@@ -167,7 +167,7 @@ fn read(file: &Path, create: bool) -> anyhow::Result<String> {
 }
 
 /// Runs a `sealpipe trust` subcommand, printing what it did.
-pub fn run(cmd: TrustCommand) -> anyhow::Result<()> {
+pub(super) fn run(cmd: TrustCommand) -> anyhow::Result<()> {
     match cmd {
         TrustCommand::List { target, listener } => {
             let r = resolve(&target, &listener)?;

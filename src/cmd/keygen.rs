@@ -1,0 +1,17 @@
+//! `sealpipe keygen --out FILE [--bits N]`: a new RSA key pair, FILE (PKCS#8 PEM, mode 0600)
+//! and FILE.pub (SPKI PEM); prints the fingerprint.
+
+use std::path::Path;
+
+use crate::files::keyfile;
+
+pub(crate) fn run(out: &Path, bits: usize) -> anyhow::Result<()> {
+    let id = keyfile::write_keypair(out, bits)?;
+    println!(
+        "wrote {} (private, mode 0600) and {}.pub",
+        out.display(),
+        out.display()
+    );
+    println!("{}", id.fingerprint());
+    Ok(())
+}

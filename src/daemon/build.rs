@@ -1,0 +1,143 @@
+//! A config file turned into runnable tunnels (keys loaded, trust lists built), and their
+//! listening sockets bound. What `check` validates and what `run` and each reload start.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::addr::Address;
+use crate::config::{Config, PeerPin, SocketPermissions};
+use crate::files::enroll::TofuStore;
+use crate::files::keyfile;
+use crate::proto::handshake::{ConnectorParams, ListenerParams, ListenerPin};
+use crate::proto::identity::{Signer, TrustList};
+use crate::proto::keys::Psk;
+use crate::tunnel::connector::ConnectorTunnel;
+use crate::tunnel::listener::ListenerTunnel;
+use crate::tunnel::net::{bind_unix, Bound};
+
+/// A config file turned into runnable tunnels: keys loaded, trust lists built.
+pub(crate) struct Built {
+    /// The parsed configuration.
+    pub config: Config,
+    /// Listener tunnels with their listen addresses.
+    pub listeners: Vec<(Address, Arc<ListenerTunnel>)>,
+    /// Connector tunnels with their listen addresses.
+    pub connectors: Vec<(Address, Arc<ConnectorTunnel>)>,
+}
+
+impl Built {
+    /// The longest drain timeout of any tunnel.
+    pub(crate) fn drain_timeout(&self) -> Duration {
+        let l = self.listeners.iter().map(|(_, t)| t.tuning.drain_timeout);
+        let c = self.connectors.iter().map(|(_, t)| t.tuning.drain_timeout);
+        l.chain(c).max().unwrap_or(Duration::from_secs(30))
+    }
+}
+
+/// Reads the config, the private key, the PSK and the peers files. What `check` validates.
+pub(crate) fn build(path: &Path) -> anyhow::Result<Built> {
+    let config = Config::load(path)?;
+    let identity: Arc<dyn Signer> =
+        Arc::new(keyfile::load_private_key(&config.identity.private_key)?);
+    let psk: Option<Arc<Psk>> = match &config.identity.psk_file {
+        Some(p) => Some(Arc::new(Psk::from_bytes(*keyfile::load_psk(p)?))),
+        None => None,
+    };
+    let listeners = config
+        .listeners
+        .iter()
+        .map(|l| {
+            let mut trust = TrustList::new();
+            for (fp, name) in &l.peers {
+                trust.insert(*fp, name.clone());
+            }
+            let tunnel = ListenerTunnel {
+                name: l.name.clone(),
+                forward: l.forward.clone(),
+                allow_destinations: l.allow_destinations.clone(),
+                proxy_protocol: l.proxy_protocol,
+                params: ListenerParams {
+                    identity: identity.clone(),
+                    trust: Arc::new(trust),
+                    psk: psk.clone(),
+                    accept_unknown: l.accept_unknown,
+                    allow_tofu: l.allow_tofu,
+                },
+                tuning: l.tuning.clone(),
+            };
+            (l.listen.clone(), Arc::new(tunnel))
+        })
+        .collect();
+    let connectors = config
+        .connectors
+        .iter()
+        .map(|c| {
+            // TOFU: the recorded key, if any, is looked up for each connection.
+            let (listener, tofu) = match &c.peer {
+                PeerPin::Key(fp) => (ListenerPin::Key(*fp), None),
+                PeerPin::Tofu { known_peers } => {
+                    let store = TofuStore::open(known_peers.clone(), c.connect.to_string())
+                        .with_context(|| format!("connector {:?}: known_peers", c.name))?;
+                    (ListenerPin::FirstContact, Some(Arc::new(store)))
+                }
+            };
+            let tunnel = ConnectorTunnel {
+                name: c.name.clone(),
+                connect: c.connect.clone(),
+                params: ConnectorParams {
+                    identity: identity.clone(),
+                    listener,
+                    psk: psk.clone(),
+                },
+                socket: c.socket.clone(),
+                tofu,
+                mode: c.mode,
+                tuning: c.tuning.clone(),
+            };
+            Ok((c.listen.clone(), Arc::new(tunnel)))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Built {
+        config,
+        listeners,
+        connectors,
+    })
+}
+
+/// Binds a tunnel's listening socket: TCP as [`bind`], or a Unix socket with `perms` (the
+/// default ones if `None`).
+pub(crate) async fn bind_listen(
+    addr: &Address,
+    perms: Option<&SocketPermissions>,
+) -> anyhow::Result<Bound> {
+    match addr {
+        Address::Unix(path) => {
+            let perms = perms.cloned().unwrap_or_default();
+            Ok(bind_unix(path, &perms).await?)
+        }
+        _ => Ok(Bound::Tcp(bind(addr).await?)),
+    }
+}
+
+/// Binds a TCP listening socket on the first address `addr` resolves to.
+pub(crate) async fn bind(addr: &Address) -> anyhow::Result<TcpListener> {
+    let addrs = addr
+        .resolve()
+        .await
+        .with_context(|| format!("cannot resolve listen address {addr}"))?;
+    let mut last = None;
+    for sa in addrs {
+        match TcpListener::bind(sa).await {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) => Err(e).with_context(|| format!("cannot listen on {addr}")),
+        None => anyhow::bail!("listen address {addr} resolves to nothing"),
+    }
+}

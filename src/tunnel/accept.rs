@@ -1,0 +1,164 @@
+//! The accept loop both roles share: per-source and connection limits, one task per accepted
+//! socket, and the line logged when a handshake fails.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{SocketPermissions, Tuning};
+use crate::proto::handshake::{HandshakeError, HandshakeRandomness, Role};
+use crate::tunnel::net::{configure, Bound, Conn, Peer};
+use crate::tunnel::session::SessionError;
+use crate::tunnel::state::TunnelState;
+
+/// One side of a tunnel: how it handles each accepted socket.
+pub trait Tunnel: Send + Sync + 'static {
+    /// The tunnel's name, for logs.
+    fn name(&self) -> &str;
+    /// Which side this tunnel is, for logs and metric labels.
+    fn role(&self) -> Role;
+    /// Timeouts and limits.
+    fn tuning(&self) -> &Tuning;
+    /// Mode and group of the listening socket when it is a Unix socket.
+    fn socket_permissions(&self) -> Option<&SocketPermissions> {
+        None
+    }
+    /// Serves one accepted connection, taking a handshake slot ([`TunnelState::handshake_slot`])
+    /// for the costly part of its handshake.
+    fn handle(
+        self: Arc<Self>,
+        stream: Conn,
+        peer: Peer,
+        state: Arc<TunnelState>,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// Fresh handshake randomness from the OS RNG.
+pub(crate) fn os_randomness() -> HandshakeRandomness {
+    HandshakeRandomness::generate(&mut rand::rand_core::UnwrapErr(rand::rngs::SysRng))
+}
+
+/// Starts [`serve`] for `tunnel` on `listener` as a task of `tracker`, with `state` (fresh, or
+/// the one of the socket it replaces, so that counters survive). Returns the sender that
+/// replaces the tunnel's settings for new connections (a reload).
+pub(crate) fn spawn<T: Tunnel>(
+    listener: Bound,
+    tunnel: Arc<T>,
+    state: Arc<TunnelState>,
+    tracker: &TaskTracker,
+    stop: CancellationToken,
+) -> watch::Sender<Arc<T>> {
+    let (tx, rx) = watch::channel(tunnel);
+    tracker.spawn(serve(listener, rx, state, stop, tracker.clone()));
+    tx
+}
+
+/// Accepts connections until `stop`, each served in a task on `tracker` with the settings
+/// current at its accept (a reload changes them for new connections only).
+pub(crate) async fn serve<T: Tunnel>(
+    listener: Bound,
+    settings: watch::Receiver<Arc<T>>,
+    state: Arc<TunnelState>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let tunnel = settings.borrow().clone();
+        let now = Instant::now();
+        state.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        let tuning = tunnel.tuning();
+        // Only IP peers have a source to limit; a Unix socket's clients are local users whom
+        // the socket's file mode admits.
+        let source = peer.ip();
+        if let Some(ip) =
+            source.filter(|ip| !state.sources.allow(*ip, tuning.source_rate_limit, now))
+        {
+            let dropped = state.counters.rate_limited.fetch_add(1, Ordering::Relaxed) + 1;
+            if let Some(held_back) = state.rate_log.check(now) {
+                tracing::warn!(
+                    tunnel = tunnel.name(),
+                    role = %tunnel.role(),
+                    source = %ip,
+                    source_rate_limit = tuning.source_rate_limit,
+                    dropped_since_last_warning = held_back,
+                    dropped_total = dropped,
+                    "per-source rate limit reached, dropping new connections"
+                );
+            }
+            stream.reset_on_close();
+            continue;
+        }
+        let Some(conn_slot) = state.connections.try_acquire(tuning.max_connections) else {
+            over_limit(&state, tunnel.as_ref(), &stream);
+            continue;
+        };
+        if let Conn::Tcp(s) = &stream {
+            configure(s);
+        }
+        let state = state.clone();
+        tracker.spawn(async move {
+            tunnel.handle(stream, peer, state).await;
+            drop(conn_slot);
+        });
+    }
+}
+
+/// Drops a connection at `max_connections`, with a warning at most every few seconds.
+fn over_limit<T: Tunnel>(state: &TunnelState, tunnel: &T, stream: &Conn) {
+    state.counters.over_limit.fetch_add(1, Ordering::Relaxed);
+    if let Some(held_back) = state.limit_log.check(Instant::now()) {
+        let tuning = tunnel.tuning();
+        tracing::warn!(
+            tunnel = tunnel.name(),
+            role = %tunnel.role(),
+            max_connections = tuning.max_connections,
+            dropped_since_last_warning = held_back,
+            "connection limit reached, dropping new connections"
+        );
+    }
+    stream.reset_on_close();
+}
+
+/// The line logged when a handshake fails.
+pub(crate) fn log_refusal(tunnel: &str, role: Role, peer: impl Display, err: &SessionError) {
+    use HandshakeError as H;
+    match err {
+        // Scanners, junk and slow senders before mac1: nothing an operator must act on, and a
+        // flood of them must not flood the log (they are counted instead).
+        SessionError::Handshake(H::BadMac1 | H::Message(_))
+        | SessionError::Eof
+        | SessionError::Timeout(_)
+        | SessionError::Io(_)
+            if role == Role::Listener =>
+        {
+            tracing::debug!(tunnel, role = %role, %peer, reason = %err, "handshake refused")
+        }
+        SessionError::Handshake(H::UntrustedConnector(fp)) => tracing::warn!(
+            tunnel,
+            role = %role,
+            %peer,
+            fingerprint = %fp,
+            "handshake refused: connector key {fp} is not trusted (add it to `peers` to let it in)"
+        ),
+        _ => tracing::warn!(tunnel, role = %role, %peer, reason = %err, "handshake failed"),
+    }
+}

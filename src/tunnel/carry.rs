@@ -1,0 +1,101 @@
+//! After the handshake: carry one established session through the pump and log its close.
+
+use std::fmt::Display;
+use std::time::Instant;
+
+use tokio::net::TcpStream;
+
+use crate::proto::handshake::Role;
+use crate::proto::identity::Fingerprint;
+use crate::tunnel::accept::Tunnel;
+use crate::tunnel::net::{reset_on_close, Conn};
+use crate::tunnel::pump::{pump, PumpError, PumpOptions, PumpStats};
+use crate::tunnel::session::Records;
+use crate::tunnel::state::TunnelState;
+
+/// Carries an established session between `plain` and `sealed` until both directions have
+/// ended, resets both sockets if it fails (a Unix socket is just closed), and logs the close
+/// line. What both roles do after their handshake and the StreamInfo record (sent by the
+/// connector, read by the listener). Bytes and rekeys are added to `state` live.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn carry<T: Tunnel>(
+    tunnel: &T,
+    mut plain: Conn,
+    mut sealed: TcpStream,
+    records: Records,
+    leftover: Vec<u8>,
+    peer: impl Display,
+    started: Instant,
+    state: &TunnelState,
+) {
+    let Records {
+        fingerprint,
+        sealer,
+        opener,
+    } = records;
+    let tuning = tunnel.tuning();
+    let stats = PumpStats {
+        tunnel: Some(state.traffic.clone()),
+        ..PumpStats::default()
+    };
+    let opts = PumpOptions {
+        record_size: tuning.record_size,
+        rekey_interval: tuning.rekey_interval,
+    };
+    let result = {
+        let (sr, mut sw) = sealed.split();
+        match &mut plain {
+            Conn::Tcp(p) => {
+                let (pr, mut pw) = p.split();
+                pump(
+                    &pr, &mut pw, &sr, &mut sw, sealer, opener, leftover, opts, &stats,
+                )
+                .await
+            }
+            Conn::Unix(p) => {
+                let (pr, mut pw) = p.split();
+                pump(
+                    &pr, &mut pw, &sr, &mut sw, sealer, opener, leftover, opts, &stats,
+                )
+                .await
+            }
+        }
+    };
+    if result.is_err() {
+        plain.reset_on_close();
+        reset_on_close(&sealed);
+    }
+    log_close(
+        tunnel.name(),
+        tunnel.role(),
+        peer,
+        &fingerprint,
+        &stats,
+        started,
+        &result,
+    );
+}
+
+/// The line logged when an established connection ends.
+fn log_close(
+    tunnel: &str,
+    role: Role,
+    peer: impl Display,
+    fingerprint: &Fingerprint,
+    stats: &PumpStats,
+    started: Instant,
+    result: &Result<(), PumpError>,
+) {
+    let (sent, received, rekeys) = stats.snapshot();
+    let duration_ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(()) => tracing::info!(
+            tunnel, role = %role, %peer, fingerprint = %fingerprint, sent, received, rekeys, duration_ms,
+            reason = "closed by both ends", "connection closed"
+        ),
+        Err(e) => tracing::warn!(
+            tunnel, role = %role, %peer, fingerprint = %fingerprint, sent, received, rekeys, duration_ms,
+            reason = %e, "connection reset"
+        ),
+    }
+}

@@ -1,0 +1,162 @@
+//! What the accept loop, the connections and the metrics of one tunnel share: gauges,
+//! counters, the handshake histogram and the resumption ticket stores. Survives reloads.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::Tuning;
+use crate::proto::handshake::Established;
+use crate::proto::resume::{ConnectorTickets, TicketPolicy, TicketStore};
+use crate::tunnel::limits::{Gauge, LogLimiter, Slot, SourceLimiter};
+use crate::tunnel::pump::Traffic;
+use crate::tunnel::session::SessionError;
+
+/// Upper bounds of the handshake duration histogram, in seconds (0.1 ms to 10 s).
+pub(crate) const HANDSHAKE_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+/// A fixed-bucket histogram of durations, updated with atomics.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); past the last bound, only `count` grows.
+    pub(crate) buckets: [AtomicU64; HANDSHAKE_BUCKETS.len()],
+    pub(crate) count: AtomicU64,
+    pub(crate) sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one duration.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = HANDSHAKE_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+/// Counters of one tunnel, readable by tests and metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Connections accepted.
+    pub accepted: AtomicU64,
+    /// Handshakes completed.
+    pub handshakes_ok: AtomicU64,
+    /// Handshakes refused or failed.
+    pub handshakes_failed: AtomicU64,
+    /// Listener: connector hellos without a valid mac1 (scanners, junk, wrong pins): no work done.
+    pub mac1_rejected: AtomicU64,
+    /// Connections dropped at `max_connections`.
+    pub over_limit: AtomicU64,
+    /// Connections dropped by the per-source rate limit.
+    pub rate_limited: AtomicU64,
+    /// Handshakes completed by session resumption (no RSA operation).
+    pub resumed: AtomicU64,
+    /// Resumption tickets offered (connector) or presented (listener) but refused, so that a
+    /// full handshake ran instead.
+    pub resumption_fallbacks: AtomicU64,
+}
+
+/// What the accept loop and the connections of one tunnel share.
+#[derive(Debug)]
+pub struct TunnelState {
+    /// Handshakes in progress.
+    pub handshakes: Arc<Gauge>,
+    /// Connections open (handshaking or established).
+    pub connections: Arc<Gauge>,
+    /// Counters.
+    pub counters: Counters,
+    /// New connections per source address.
+    pub sources: SourceLimiter,
+    /// Plaintext bytes and rekeys of all connections, added to as records go.
+    pub traffic: Arc<Traffic>,
+    /// Failed handshakes by reason ([`SessionError::reason`]).
+    pub failures: Mutex<BTreeMap<&'static str, u64>>,
+    /// Time from accept to an established session, of successful handshakes.
+    pub handshake_seconds: Histogram,
+    /// Listener: the resumption tickets issued (kept across reloads, memory only).
+    pub tickets: Arc<Mutex<TicketStore>>,
+    /// Connector: the current resumption ticket (kept across reloads, memory only).
+    pub connector_tickets: Arc<Mutex<ConnectorTickets>>,
+    pub(crate) limit_log: LogLimiter,
+    pub(crate) rate_log: LogLimiter,
+}
+
+impl TunnelState {
+    /// Waits (holding nothing but the caller's socket) for one of `max_handshakes` slots, until
+    /// `deadline`. Past `max_handshakes` connections queue instead of being dropped; only
+    /// `max_connections` drops.
+    pub async fn handshake_slot(
+        &self,
+        tuning: &Tuning,
+        deadline: tokio::time::Instant,
+    ) -> Option<Slot> {
+        tokio::time::timeout_at(deadline, self.handshakes.acquire(tuning.max_handshakes))
+            .await
+            .ok()
+    }
+
+    /// Counts a failed handshake, by reason.
+    pub fn handshake_failed(&self, err: &SessionError) {
+        self.counters
+            .handshakes_failed
+            .fetch_add(1, Ordering::Relaxed);
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        *f.entry(err.reason()).or_insert(0) += 1;
+    }
+
+    /// Counts a completed handshake that took `took` since the accept.
+    pub fn handshake_ok(&self, took: Duration) {
+        self.counters.handshakes_ok.fetch_add(1, Ordering::Relaxed);
+        self.handshake_seconds.observe(took);
+    }
+}
+
+impl Default for TunnelState {
+    fn default() -> Self {
+        TunnelState {
+            handshakes: Arc::default(),
+            connections: Arc::default(),
+            counters: Counters::default(),
+            sources: SourceLimiter::default(),
+            traffic: Arc::default(),
+            failures: Mutex::default(),
+            handshake_seconds: Histogram::default(),
+            tickets: Arc::default(),
+            connector_tickets: Arc::default(),
+            limit_log: LogLimiter::new(Duration::from_secs(10)),
+            rate_log: LogLimiter::new(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// The resumption ticket policy of `tuning`.
+pub(crate) fn ticket_policy(tuning: &Tuning) -> TicketPolicy {
+    TicketPolicy {
+        lifetime: tuning.resumption_lifetime,
+        uses: tuning.resumption_uses,
+    }
+}
+
+/// Counts how a completed handshake went: resumed, or full after a refused ticket
+/// ([`TunnelState::handshake_ok`] counts it as completed).
+pub(crate) fn count_resumption(state: &TunnelState, est: &Established) {
+    if est.resumed {
+        state.counters.resumed.fetch_add(1, Ordering::Relaxed);
+    } else if est.ticket_refused.is_some() {
+        state
+            .counters
+            .resumption_fallbacks
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
