@@ -28,7 +28,8 @@ use rsa::pkcs8::der::asn1::{AnyRef, Null, ObjectIdentifier};
 use rsa::pkcs8::der::pem::{self, LineEnding};
 use rsa::pkcs8::der::Decode;
 use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, PrivateKeyInfoRef, SubjectPublicKeyInfoRef};
-use rsa::{RsaPrivateKey, RsaPublicKey};
+// rsa 0.10 renamed these `PrivateKey`/`PublicKey`; the old names say which library they are from.
+use rsa::{PrivateKey as RsaPrivateKey, PublicKey as RsaPublicKey};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fmt;

@@ -200,7 +200,7 @@ pub struct DetSigner {
 impl DetSigner {
     pub fn new(pem_name: &str, label: &str) -> Self {
         let text = pem(pem_name);
-        let key = rsa::RsaPrivateKey::from_pkcs8_pem(&text).expect("pkcs8 test key");
+        let key = rsa::PrivateKey::from_pkcs8_pem(&text).expect("pkcs8 test key");
         let public = PrivateIdentity::from_pem(&text)
             .expect("key")
             .public()
