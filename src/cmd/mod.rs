@@ -18,6 +18,7 @@ mod fingerprint;
 mod keygen;
 pub(crate) mod pair;
 mod run;
+mod status;
 mod trust;
 
 /// The version line: crate version and protocol version.
@@ -75,6 +76,18 @@ pub enum Command {
         /// The config file.
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Show the tunnels and open connections of a running daemon (read from its control socket).
+    Status {
+        /// The daemon's config file (its control socket is found from it).
+        #[arg(long, conflicts_with = "socket")]
+        config: Option<PathBuf>,
+        /// The control socket itself.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// One JSON object instead of the human table.
+        #[arg(long)]
+        json: bool,
     },
     /// Listener, connector and an echo service in one process on loopback, with in-memory keys.
     Demo {
@@ -144,6 +157,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { config } => check::run(&config)?,
         Command::Trust { command } => trust::run(command)?,
         Command::Run { config } => runtime()?.block_on(run::run(&config))?,
+        Command::Status {
+            config,
+            socket,
+            json,
+        } => status::run(
+            status::Which {
+                config: config.as_deref(),
+                socket: socket.as_deref(),
+            },
+            json,
+        )?,
         Command::Completions { shell } => completions::completions(shell),
         Command::Man => completions::man()?,
         Command::Bench(args) => runtime()?.block_on(bench::run(args))?,

@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::proto::handshake::Role;
+use crate::proto::identity::TrustList;
 use crate::tunnel::state::{TunnelState, HANDSHAKE_BUCKETS};
 
 /// Largest request head read (request line and headers).
@@ -36,6 +37,11 @@ pub(crate) struct TunnelEntry {
     pub name: String,
     /// Its counters.
     pub state: Arc<TunnelState>,
+    /// Its `listen` address as configured, and the address bound.
+    pub listen: String,
+    pub local: String,
+    /// A listener's trust list, for the names of its peers.
+    pub trust: Option<Arc<TrustList>>,
 }
 
 /// The tunnels to report, replaced by the daemon after its start and each reload.
@@ -50,14 +56,17 @@ impl Registry {
         *self.tunnels.write().unwrap_or_else(|e| e.into_inner()) = tunnels;
     }
 
-    /// The exposition text of every tunnel.
-    pub(crate) fn render(&self) -> String {
-        let tunnels = self
-            .tunnels
+    /// The tunnels now.
+    pub(crate) fn tunnels(&self) -> Vec<TunnelEntry> {
+        self.tunnels
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        render(&tunnels)
+            .clone()
+    }
+
+    /// The exposition text of every tunnel.
+    pub(crate) fn render(&self) -> String {
+        render(&self.tunnels())
     }
 }
 
@@ -309,6 +318,9 @@ mod tests {
             role: Role::Listener,
             name: "a\"b\\c".into(),
             state,
+            listen: String::new(),
+            local: String::new(),
+            trust: None,
         }]);
         let l = r#"tunnel="a\"b\\c",role="listener""#;
         for (le, n) in [

@@ -15,22 +15,27 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub(crate) mod build;
+pub(crate) mod control;
 pub(crate) mod metrics;
+pub(crate) mod status;
 
 pub(crate) use build::{bind, bind_listen, build, Built};
 
 use crate::addr::Address;
+use crate::config::SocketPermissions;
 use crate::daemon::metrics::{Registry, TunnelEntry};
 use crate::proto::handshake::Role;
 use crate::tunnel::accept::spawn;
 use crate::tunnel::connector::ConnectorTunnel;
 use crate::tunnel::listener::ListenerTunnel;
-use crate::tunnel::net::{set_socket_permissions, Bound};
+use crate::tunnel::net::{bind_unix, set_socket_permissions, Bound};
 use crate::tunnel::state::TunnelState;
 use crate::tunnel::Tunnel;
 
 struct Running<T> {
     listen: Address,
+    /// The address bound, for logs and `status`.
+    local: String,
     settings: watch::Sender<Arc<T>>,
     stop: CancellationToken,
     state: Arc<TunnelState>,
@@ -54,6 +59,9 @@ impl<T: Tunnel> TunnelSet<T> {
             role: r.settings.borrow().role(),
             name: name.clone(),
             state: r.state.clone(),
+            listen: r.listen.to_string(),
+            local: r.local.clone(),
+            trust: r.settings.borrow().trust(),
         })
     }
 
@@ -88,6 +96,7 @@ impl<T: Tunnel> TunnelSet<T> {
             name,
             Running {
                 listen,
+                local,
                 settings: tx,
                 stop,
                 state,
@@ -98,7 +107,8 @@ impl<T: Tunnel> TunnelSet<T> {
     /// Moves to the tunnels of a new config: same name and address, new settings for new
     /// connections (and a Unix socket's mode and group set anew); new address, a new socket
     /// (the old one closes only once the new one is bound; counters carry over; if it cannot be
-    /// bound, the old socket stays with the new settings); gone, stop accepting. Established connections are never touched.
+    /// bound, the old socket stays with the new settings); gone, stop accepting. Established
+    /// connections stay, except those of a key the new settings no longer accept ([`Self::cut_revoked`]).
     async fn apply(&mut self, wanted: Vec<(Address, Arc<T>)>, tracker: &TaskTracker) {
         let names: Vec<String> = wanted.iter().map(|(_, t)| t.name().to_string()).collect();
         for (listen, tunnel) in wanted {
@@ -145,6 +155,20 @@ impl<T: Tunnel> TunnelSet<T> {
             }
             keep
         });
+        self.cut_revoked();
+    }
+
+    /// Cuts the open connections of every key that a tunnel's new settings no longer accept
+    /// (each connection logs its own reset, "revoked at reload").
+    fn cut_revoked(&self) {
+        for (name, r) in &self.running {
+            let settings = r.settings.borrow().clone();
+            let cut = r.state.open.cut_unless(|fp| settings.accepts_key(fp));
+            if cut > 0 {
+                tracing::warn!(tunnel = %name, role = %settings.role(), connections = cut,
+                    "reload: key no longer trusted, its open connections are cut (revoked at reload)");
+            }
+        }
     }
 
     fn stop_all(&self) {
@@ -165,6 +189,7 @@ pub(crate) struct Daemon {
     /// What the metrics endpoint reports.
     pub registry: Arc<Registry>,
     metrics: Option<(Address, CancellationToken)>,
+    control: Option<CancellationToken>,
 }
 
 impl Daemon {
@@ -177,6 +202,7 @@ impl Daemon {
             drain_timeout: built.drain_timeout(),
             registry: Arc::default(),
             metrics: None,
+            control: None,
         };
         if let Some(m) = &built.config.metrics {
             let l = bind(&m.listen).await.context("[metrics]")?;
@@ -191,6 +217,34 @@ impl Daemon {
         }
         d.publish();
         Ok(d)
+    }
+
+    /// Serves `status` on the control socket at `path` (for the daemon of `config`).
+    async fn start_control(&mut self, path: &Path, config: &Path) -> anyhow::Result<()> {
+        control::ensure_dir(path).with_context(|| {
+            format!(
+                "control socket: cannot create the directory of {}",
+                path.display()
+            )
+        })?;
+        let perms = SocketPermissions {
+            mode: control::CONTROL_MODE,
+            group: None,
+        };
+        let bound = bind_unix(path, &perms)
+            .await
+            .with_context(|| format!("control socket {}", path.display()))?;
+        tracing::info!(path = %path.display(), "control socket listening (sealpipe status)");
+        let stop = CancellationToken::new();
+        tokio::spawn(control::serve(
+            bound,
+            self.registry.clone(),
+            config.display().to_string(),
+            std::time::Instant::now(),
+            stop.clone(),
+        ));
+        self.control = Some(stop);
+        Ok(())
     }
 
     fn start_metrics(&mut self, listener: TcpListener, listen: Address) {
@@ -259,6 +313,9 @@ impl Daemon {
         if let Some((_, stop)) = &self.metrics {
             stop.cancel();
         }
+        if let Some(stop) = &self.control {
+            stop.cancel();
+        }
         self.listeners.stop_all();
         self.connectors.stop_all();
         self.tracker.close();
@@ -294,7 +351,12 @@ fn warn_enrollment(t: &ListenerTunnel, was_unknown: bool, was_tofu: bool) {
 /// `sealpipe run`: runs until SIGTERM or SIGINT; SIGHUP reloads.
 pub(crate) async fn run(path: &Path) -> anyhow::Result<()> {
     let built = build(path)?;
+    let control = control::default_path(path);
     let mut daemon = Daemon::start(built).await?;
+    if let Err(e) = daemon.start_control(&control, path).await {
+        // The tunnels run all the same; only `sealpipe status` cannot reach this daemon.
+        tracing::error!(error = %format!("{e:#}"), "control socket not started: `sealpipe status` cannot reach this daemon");
+    }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{SocketPermissions, Tuning};
 use crate::proto::handshake::{HandshakeError, HandshakeRandomness, Role};
+use crate::proto::identity::{Fingerprint, TrustList};
 use crate::tunnel::net::{configure, Bound, Conn, Peer};
 use crate::tunnel::session::SessionError;
 use crate::tunnel::state::TunnelState;
@@ -25,6 +26,13 @@ pub trait Tunnel: Send + Sync + 'static {
     fn role(&self) -> Role;
     /// Timeouts and limits.
     fn tuning(&self) -> &Tuning;
+    /// Whether these settings still let in a peer with key `fp`: a reload cuts the open
+    /// connections of a key they no longer accept.
+    fn accepts_key(&self, fp: &Fingerprint) -> bool;
+    /// A listener's trust list (names its peers in `status`).
+    fn trust(&self) -> Option<Arc<TrustList>> {
+        None
+    }
     /// Mode and group of the listening socket when it is a Unix socket.
     fn socket_permissions(&self) -> Option<&SocketPermissions> {
         None

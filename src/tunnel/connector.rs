@@ -57,6 +57,14 @@ impl Tunnel for ConnectorTunnel {
         &self.tuning
     }
 
+    fn accepts_key(&self, fp: &Fingerprint) -> bool {
+        match &self.params.listener {
+            ListenerPin::Key(pinned) | ListenerPin::Probe(pinned) => pinned == fp,
+            // TOFU: the recorded key is checked anew by every handshake.
+            ListenerPin::FirstContact => true,
+        }
+    }
+
     fn socket_permissions(&self) -> Option<&SocketPermissions> {
         Some(&self.socket)
     }
@@ -162,6 +170,7 @@ impl Tunnel for ConnectorTunnel {
             leftover,
             client,
             started,
+            resumed,
             &state,
         )
         .await;

@@ -17,7 +17,7 @@ use crate::proto::handshake::Role;
 use crate::proto::handshake::{
     check_hello_mac1, Contact, Handshake, HandshakeError, ListenerParams, Resumption,
 };
-use crate::proto::identity::Fingerprint;
+use crate::proto::identity::{Fingerprint, TrustList};
 use crate::proto::messages::{check_first_header, MAX_FIRST_MESSAGE_LEN, MSG_HEADER_LEN};
 use crate::proto::stream::{proxy_v2_header, StreamInfo};
 use crate::tunnel::accept::{log_refusal, os_randomness};
@@ -55,6 +55,14 @@ impl Tunnel for ListenerTunnel {
 
     fn tuning(&self) -> &Tuning {
         &self.tuning
+    }
+
+    fn trust(&self) -> Option<Arc<TrustList>> {
+        Some(self.params.trust.clone())
+    }
+
+    fn accepts_key(&self, fp: &Fingerprint) -> bool {
+        self.params.accept_unknown || self.params.trust.contains(fp)
     }
 
     async fn handle(self: Arc<Self>, sealed: Conn, peer: Peer, state: Arc<TunnelState>) {
@@ -211,6 +219,7 @@ impl Tunnel for ListenerTunnel {
             leftover,
             peer,
             started,
+            resumed,
             &state,
         )
         .await;
