@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tracing_subscriber::EnvFilter;
 
 use crate::proto::identity::DEFAULT_RSA_BITS;
 mod bench;
@@ -16,6 +15,7 @@ mod completions;
 mod demo;
 mod fingerprint;
 mod keygen;
+mod logging;
 pub(crate) mod pair;
 mod run;
 mod status;
@@ -31,8 +31,9 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
     pub log_format: LogFormat,
-    /// Log level or filter (e.g. `debug`, `sealpipe=trace`); overrides RUST_LOG.
-    #[arg(long, global = true)]
+    /// Log level or filter: off, error, warn, info, debug, trace, or directives such as
+    /// `info,sealpipe=debug`; overrides RUST_LOG.
+    #[arg(long, global = true, value_parser = logging::check_filter)]
     pub log_level: Option<String>,
     /// What to do.
     #[command(subcommand)]
@@ -113,25 +114,6 @@ pub enum Command {
     Man,
 }
 
-fn init_logging(cli: &Cli) {
-    let filter = match &cli.log_level {
-        Some(level) => EnvFilter::new(level),
-        // The bench opens thousands of connections: only warnings unless asked.
-        None if matches!(cli.command, Command::Bench(_)) => {
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"))
-        }
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match cli.log_format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -140,7 +122,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Runs a parsed command line; errors are printed with their context and give exit status 1.
 pub fn main(cli: Cli) -> ExitCode {
-    init_logging(&cli);
+    // The bench opens thousands of connections: only warnings unless asked.
+    let default = if matches!(cli.command, Command::Bench(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    if let Err(e) = logging::init(cli.log_format, cli.log_level.as_deref(), default) {
+        eprintln!("sealpipe: error: {e}");
+        return ExitCode::from(2);
+    }
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -48,6 +48,17 @@ pub(crate) struct TunnelEntry {
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     tunnels: RwLock<Vec<TunnelEntry>>,
+    /// Reloads (SIGHUP) by outcome.
+    pub(crate) reloads: Reloads,
+}
+
+/// Reloads by outcome: applied whole, applied in part (a tunnel could not be started or moved),
+/// or refused (the new config did not load; the running one stays).
+#[derive(Debug, Default)]
+pub(crate) struct Reloads {
+    pub(crate) ok: AtomicU64,
+    pub(crate) incomplete: AtomicU64,
+    pub(crate) failed: AtomicU64,
 }
 
 impl Registry {
@@ -64,9 +75,24 @@ impl Registry {
             .clone()
     }
 
-    /// The exposition text of every tunnel.
+    /// The exposition text of every tunnel, and of the daemon's reloads.
     pub(crate) fn render(&self) -> String {
-        render(&self.tunnels())
+        let mut out = render(&self.tunnels());
+        let r = &self.reloads;
+        let _ = writeln!(out, "# HELP sealpipe_reloads_total Reloads (SIGHUP) by result: ok, incomplete (part of the config could not be applied), failed (the config did not load).");
+        let _ = writeln!(out, "# TYPE sealpipe_reloads_total counter");
+        for (result, n) in [
+            ("ok", &r.ok),
+            ("incomplete", &r.incomplete),
+            ("failed", &r.failed),
+        ] {
+            let _ = writeln!(
+                out,
+                "sealpipe_reloads_total{{result=\"{result}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        out
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,8 +109,14 @@ impl<T: Tunnel> TunnelSet<T> {
     /// connections (and a Unix socket's mode and group set anew); new address, a new socket
     /// (the old one closes only once the new one is bound; counters carry over; if it cannot be
     /// bound, the old socket stays with the new settings); gone, stop accepting. Established
-    /// connections stay, except those of a key the new settings no longer accept ([`Self::cut_revoked`]).
-    async fn apply(&mut self, wanted: Vec<(Address, Arc<T>)>, tracker: &TaskTracker) {
+    /// connections stay, except those of a key the new settings no longer accept
+    /// ([`Self::cut_revoked`]). Returns what could not be applied, one line each.
+    async fn apply(
+        &mut self,
+        wanted: Vec<(Address, Arc<T>)>,
+        tracker: &TaskTracker,
+    ) -> Vec<String> {
+        let mut problems = Vec::new();
         let names: Vec<String> = wanted.iter().map(|(_, t)| t.name().to_string()).collect();
         for (listen, tunnel) in wanted {
             let name = tunnel.name().to_string();
@@ -120,6 +127,9 @@ impl<T: Tunnel> TunnelSet<T> {
                     {
                         if let Err(e) = set_socket_permissions(path, perms) {
                             tracing::error!(tunnel = %name, error = %e, "reload: cannot change the socket's permissions");
+                            problems.push(format!(
+                                "tunnel {name} kept its socket's previous permissions"
+                            ));
                         }
                     }
                     r.settings.send_replace(tunnel);
@@ -140,9 +150,13 @@ impl<T: Tunnel> TunnelSet<T> {
                             tracing::error!(tunnel = %name, error = %format!("{e:#}"), previous = %r.listen,
                                 "reload: cannot listen on the new address; the previous socket stays, with the new settings");
                             r.settings.send_replace(tunnel);
+                            problems.push(format!("tunnel {name} still listens on {}", r.listen));
                         }
-                        None => tracing::error!(tunnel = %name, error = %format!("{e:#}"),
-                            "reload: cannot listen, tunnel not started"),
+                        None => {
+                            tracing::error!(tunnel = %name, error = %format!("{e:#}"),
+                                "reload: cannot listen, tunnel not started");
+                            problems.push(format!("tunnel {name} not started"));
+                        }
                     },
                 },
             }
@@ -156,6 +170,7 @@ impl<T: Tunnel> TunnelSet<T> {
             keep
         });
         self.cut_revoked();
+        problems
     }
 
     /// Cuts the open connections of every key that a tunnel's new settings no longer accept
@@ -287,8 +302,9 @@ impl Daemon {
         }
     }
 
-    /// Applies a new configuration; the caller keeps the old one when building it failed.
-    pub(crate) async fn reload(&mut self, built: Built) {
+    /// Applies a new configuration (the caller keeps the old one when building it failed).
+    /// Returns what could not be applied, one line each: empty when all of it was.
+    pub(crate) async fn reload(&mut self, built: Built) -> Vec<String> {
         self.drain_timeout = built.drain_timeout();
         self.apply_metrics(built.config.metrics.map(|m| m.listen))
             .await;
@@ -303,9 +319,18 @@ impl Daemon {
                 });
             warn_enrollment(t, unknown, tofu);
         }
-        self.listeners.apply(built.listeners, &self.tracker).await;
-        self.connectors.apply(built.connectors, &self.tracker).await;
+        let mut problems = self.listeners.apply(built.listeners, &self.tracker).await;
+        problems.extend(self.connectors.apply(built.connectors, &self.tracker).await);
         self.publish();
+        problems
+    }
+
+    /// Connections open now (handshaking or established), over every tunnel.
+    fn open_connections(&self) -> usize {
+        let l = self.listeners.running.values();
+        let c = self.connectors.running.values();
+        let states = l.map(|r| &r.state).chain(c.map(|r| &r.state));
+        states.map(|s| s.connections.current()).sum()
     }
 
     /// Stops accepting, then waits up to the drain timeout for open connections.
@@ -319,7 +344,7 @@ impl Daemon {
         self.listeners.stop_all();
         self.connectors.stop_all();
         self.tracker.close();
-        let open = self.tracker.len();
+        let open = self.open_connections();
         if open > 0 {
             tracing::info!(open, timeout = ?self.drain_timeout, "draining open connections");
         }
@@ -328,7 +353,7 @@ impl Daemon {
             .is_err()
         {
             tracing::warn!(
-                open = self.tracker.len(),
+                open = self.open_connections(),
                 "drain timeout reached, closing the rest"
             );
         }
@@ -372,20 +397,35 @@ pub(crate) async fn run(path: &Path) -> anyhow::Result<()> {
                     states.push(now);
                 }
                 let _ = sd_notify::notify(&states);
-                match build(path) {
+                let status = match build(path) {
                     Ok(built) => {
-                        daemon.reload(built).await;
-                        tracing::info!(config = %path.display(), "configuration reloaded");
+                        let problems = daemon.reload(built).await;
+                        if problems.is_empty() {
+                            daemon.registry.reloads.ok.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(config = %path.display(), "configuration reloaded");
+                            "running; configuration reloaded".to_string()
+                        } else {
+                            daemon.registry.reloads.incomplete.fetch_add(1, Ordering::Relaxed);
+                            let what = problems.join("; ");
+                            tracing::error!(config = %path.display(), problems = %what,
+                                "reload incomplete: {what}");
+                            format!("running; reload incomplete: {what}")
+                        }
                     }
-                    Err(e) => tracing::error!(config = %path.display(), error = %format!("{e:#}"),
-                        "reload failed, keeping the running configuration"),
-                }
-                let _ = sd_notify::notify(&[NotifyState::Ready]);
+                    Err(e) => {
+                        daemon.registry.reloads.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(config = %path.display(), error = %format!("{e:#}"),
+                            "reload failed, keeping the running configuration");
+                        format!("running; reload failed, previous configuration kept: {e:#}")
+                    }
+                };
+                let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
             }
         }
     }
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
     tracing::info!("stopping: no new connections");
     daemon.shutdown().await;
+    tracing::info!(config = %path.display(), "stopped");
     Ok(())
 }
