@@ -68,3 +68,47 @@ fn lines_written_to_the_journal_carry_no_second_timestamp() {
         "no timestamp: {journal}"
     );
 }
+
+#[test]
+fn a_wrong_pin_is_explained_on_both_ends() {
+    let service = Service::start(Behaviour::Echo);
+    let wrong = fingerprint_of("untrusted.pem");
+    let t = tunnel_with(service.addr, "connector.pem", &wrong, "");
+    assert_eq!(
+        try_exchange(t.entry, b"hello"),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+    let clog = t.connector.wait_log("did not answer a hello");
+    assert!(
+        clog.contains(&format!(
+            "the listener at {} did not answer a hello for key {wrong}: the `peer` pin is probably not its key \
+             (compare with `sealpipe fingerprint` on the listener's private_key)",
+            t.listener.addr()
+        )),
+        "{clog}"
+    );
+    let llog = t.listener.wait_log("hello without a valid mac1");
+    let line = llog
+        .lines()
+        .find(|l| l.contains("hello without a valid mac1"))
+        .unwrap();
+    assert!(line.contains(" INFO "), "at INFO: {line}");
+    assert!(
+        line.contains("from 127.0.0.1:")
+            && line.contains(&format!(
+                "a connector whose `peer` pin is not this listener's key {}",
+                listener_fp()
+            )),
+        "{line}"
+    );
+    // A flood of them is one line per interval, the rest counted.
+    for _ in 0..5 {
+        let _ = try_exchange(t.entry, b"again");
+    }
+    let llog = t.listener.log_text();
+    let info_lines = llog
+        .lines()
+        .filter(|l| l.contains(" INFO ") && l.contains("hello without a valid mac1"))
+        .count();
+    assert_eq!(info_lines, 1, "{llog}");
+}

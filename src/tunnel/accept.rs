@@ -154,6 +154,7 @@ pub(crate) fn log_refusal(tunnel: &str, role: Role, peer: impl Display, err: &Se
         // flood of them must not flood the log (they are counted instead).
         SessionError::Handshake(H::BadMac1 | H::Message(_))
         | SessionError::Eof
+        | SessionError::Unanswered
         | SessionError::Timeout(_)
         | SessionError::Io(_)
             if role == Role::Listener =>

@@ -108,7 +108,20 @@ impl Tunnel for ListenerTunnel {
         let contact = match check_hello_mac1(&self.params, hello) {
             Ok(c) => c,
             Err(e) => {
-                state.counters.mac1_rejected.fetch_add(1, Ordering::Relaxed);
+                let total = state.counters.mac1_rejected.fetch_add(1, Ordering::Relaxed) + 1;
+                if matches!(e, HandshakeError::BadMac1) {
+                    if let Some(held_back) = state.mac1_log.check(Instant::now()) {
+                        let own = self.params.identity.public().fingerprint();
+                        let psk = if self.params.psk.is_some() {
+                            " (or whose psk_file differs)"
+                        } else {
+                            ""
+                        };
+                        tracing::info!(tunnel = %self.name, role = %Role::Listener, %peer,
+                            fingerprint = %own, held_back, total,
+                            "hello without a valid mac1 from {peer}, not answered: a scanner, or a connector whose `peer` pin is not this listener's key {own}{psk}");
+                    }
+                }
                 return refused(e.into());
             }
         };

@@ -95,6 +95,7 @@ pub struct TunnelState {
     pub connector_tickets: Arc<Mutex<ConnectorTickets>>,
     pub(crate) limit_log: LogLimiter,
     pub(crate) rate_log: LogLimiter,
+    pub(crate) mac1_log: LogLimiter,
 }
 
 impl TunnelState {
@@ -142,6 +143,7 @@ impl Default for TunnelState {
             open: OpenConns::default(),
             limit_log: LogLimiter::new(Duration::from_secs(10)),
             rate_log: LogLimiter::new(Duration::from_secs(10)),
+            mac1_log: LogLimiter::new(Duration::from_secs(10)),
         }
     }
 }
