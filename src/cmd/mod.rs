@@ -21,7 +21,9 @@ mod run;
 mod status;
 mod trust;
 
-/// The version line: crate version and protocol version.
+/// The version line: crate version and protocol version. `concat!` takes literals only, so the
+/// protocol version is written out here; a unit test checks it is
+/// [`PROTOCOL_VERSION`](crate::proto::messages::PROTOCOL_VERSION), the one on the wire.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 1)");
 
 /// sealpipe: a transparent encrypting tunnel proxy.
@@ -169,4 +171,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VERSION;
+    use crate::proto::messages::PROTOCOL_VERSION;
+
+    #[test]
+    fn version_names_the_wire_protocol_version() {
+        let expected = format!(
+            "{} (protocol {PROTOCOL_VERSION})",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(VERSION, expected, "bump VERSION with PROTOCOL_VERSION");
+    }
 }
