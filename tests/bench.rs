@@ -4,13 +4,13 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 use support::daemon::*;
 
 fn sealpipe() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sealpipe"))
+    Command::new(bin())
 }
 
 fn bench_json(args: &[&str]) -> Value {
@@ -101,17 +101,8 @@ fn in_process_bench_reports_every_figure_as_json() {
     num(&v, &["idle", "kib_per_connection"]);
 }
 
-/// A `sealpipe bench --serve` target, killed on drop.
-struct Target(Child, String);
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn target() -> Target {
+/// A `sealpipe bench --serve` target (killed on drop) and its address.
+fn target() -> (KillOnDrop, String) {
     let mut child = sealpipe()
         .args(["bench", "--serve", "127.0.0.1:0"])
         .stderr(Stdio::piped())
@@ -126,15 +117,15 @@ fn target() -> Target {
         .strip_prefix("bench target listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_string();
-    Target(child, addr)
+    (KillOnDrop(child), addr)
 }
 
 #[test]
 fn load_only_mode_drives_a_separate_bench_target() {
-    let t = target();
+    let (_target, addr) = target();
     let v = bench_json(&[
         "--target",
-        &t.1,
+        &addr,
         "--bytes",
         "1000001",
         "--streams",
@@ -149,7 +140,7 @@ fn load_only_mode_drives_a_separate_bench_target() {
         "throughput,rate,idle",
     ]);
     assert_eq!(v["mode"], "target");
-    assert_eq!(v["entry"], t.1.as_str());
+    assert_eq!(v["entry"], addr.as_str());
     check_throughput(&v, 1_000_001, 2);
     check_rate(&v, 4);
     assert_eq!(v["idle"]["connections"].as_u64(), Some(3));
@@ -158,24 +149,11 @@ fn load_only_mode_drives_a_separate_bench_target() {
 
 #[test]
 fn config_mode_runs_the_named_connector_against_a_real_listener() {
-    let t = target();
-    let target_addr = t.1.parse().unwrap();
+    let (_target, addr) = target();
+    let target_addr = addr.parse().unwrap();
     let site = Site::new();
-    let lconf = site.write(
-        "listener.toml",
-        &listener_config(any_port(), target_addr, &[connector_fp()], ""),
-    );
-    let listener = Daemon::start(&lconf);
-    let cconf = site.write(
-        "connector.toml",
-        &connector_config(
-            "connector.pem",
-            any_port(),
-            listener.addr(),
-            &listener_fp(),
-            "",
-        ),
-    );
+    let listener = site.start("listener.toml", &listener_for(target_addr, ""));
+    let cconf = site.write("connector.toml", &connector_for(listener.addr(), ""));
     let cpath = cconf.to_str().unwrap();
     let v = bench_json(&[
         "--config",

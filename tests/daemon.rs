@@ -11,31 +11,26 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use support::daemon::*;
-
-fn tunnel(service: &Service, extra: &str) -> Tunnel {
-    tunnel_to(service.addr, extra)
-}
+use support::{hex, pseudo_random, wait_for};
 
 #[test]
 fn sixty_four_mib_each_way_at_once_with_many_rekeys() {
     let service = Service::start(Behaviour::Echo);
-    let t = tunnel(&service, "rekey_bytes = \"1MiB\"\nrecord_size = \"64KiB\"");
+    let t = tunnel_to(
+        service.addr,
+        "rekey_bytes = \"1MiB\"\nrecord_size = \"64KiB\"",
+    );
     let data = Arc::new(pseudo_random(1, 64 << 20));
     let (sent, received, n) = echo_exchange(t.entry, data);
     assert_eq!(n, 64 << 20);
     assert_eq!(sent, received, "echo through the tunnel differs");
     // The service saw exactly what the client sent.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while service.received.lock().unwrap().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("the service's hash", || {
+        !service.received.lock().unwrap().is_empty()
+    });
     assert_eq!(service.received.lock().unwrap()[0], sent);
     // Both directions rekeyed many times, and the close line says so.
-    let log = t.connector.wait_log("connection closed");
-    let line = log
-        .lines()
-        .find(|l| l.contains("connection closed"))
-        .expect(&log);
+    let line = t.connector.wait_line("connection closed");
     let rekeys: u64 = line
         .split("rekeys=")
         .nth(1)
@@ -52,7 +47,7 @@ fn sixty_four_mib_each_way_at_once_with_many_rekeys() {
 #[test]
 fn half_close_lets_the_service_answer_after_eof() {
     let service = Service::start(Behaviour::AnswerAfterEof);
-    let t = tunnel(&service, "");
+    let t = tunnel_to(service.addr, "");
     let mut s = TcpStream::connect(t.entry).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let request = pseudo_random(7, 300_000);
@@ -72,7 +67,7 @@ fn half_close_lets_the_service_answer_after_eof() {
 fn two_hundred_concurrent_connections_each_hashed() {
     let service = Service::start(Behaviour::Echo);
     // A generous handshake timeout: 200 handshakes at once on a loaded 2-core machine.
-    let t = tunnel(&service, "handshake_timeout = \"60s\"");
+    let t = tunnel_to(service.addr, "handshake_timeout = \"60s\"");
     let entry = t.entry;
     let handles: Vec<_> = (0..200u64)
         .map(|i| {
@@ -147,7 +142,7 @@ fn listener_down_or_target_down_resets_the_client_promptly() {
     // Listener down: nothing listens on the sealed port.
     let site = Site::new();
     let nowhere = dead_port();
-    let (connector, _) = start_connector(&site, nowhere.addr, "");
+    let connector = start_connector(&site, nowhere.addr, "");
     let t0 = Instant::now();
     assert_eq!(
         try_exchange(connector.addr(), b"hi"),
@@ -195,7 +190,7 @@ fn assert_config_error(config: &std::path::Path, expected: &str) {
 fn config_and_key_errors_are_exact_and_fail_check_and_run() {
     let site = Site::new();
     let svc: std::net::SocketAddr = "127.0.0.1:6379".parse().unwrap();
-    let good = listener_config(any_port(), svc, &[connector_fp()], "");
+    let good = listener_for(svc, "");
     let p = site.write("good.toml", &good);
     let (code, out, err) = run_cli(&["check", "--config", p.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
@@ -248,49 +243,41 @@ fn config_and_key_errors_are_exact_and_fail_check_and_run() {
 #[test]
 fn sighup_removes_a_peer_for_new_connections_and_keeps_the_open_one() {
     let service = Service::start(Behaviour::Echo);
-    let t = tunnel(&service, "");
+    let t = tunnel_to(service.addr, "");
     // An open connection, moving data.
     let mut open = TcpStream::connect(t.entry).unwrap();
     open.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let echo = |s: &mut TcpStream, msg: &[u8]| {
-        s.write_all(msg).unwrap();
-        let mut back = vec![0u8; msg.len()];
-        s.read_exact(&mut back).unwrap();
-        assert_eq!(back, msg);
-    };
-    echo(&mut open, b"before reload");
+    echo_round(&mut open, b"before reload");
     // Rewrite the listener's trust list without the connector, and reload.
-    let lconf = t.site.path("listener.toml");
-    let text = std::fs::read_to_string(&lconf).unwrap();
-    let untrusted_only = text.replace(
-        &connector_fp().to_string(),
-        &fingerprint_of("untrusted.pem").to_string(),
-    );
-    std::fs::write(&lconf, untrusted_only).unwrap();
-    t.listener.signal("HUP");
-    t.listener.wait_log("configuration reloaded");
+    t.listener.edit_config(|text| {
+        text.replace(
+            &connector_fp().to_string(),
+            &fingerprint_of("untrusted.pem").to_string(),
+        )
+    });
+    t.listener.reload();
     // New connection refused; the open one still flows.
     assert_eq!(
         try_exchange(t.entry, b"new"),
         Err(ErrorKind::ConnectionReset)
     );
-    echo(&mut open, b"after reload, still flowing");
+    echo_round(&mut open, b"after reload, still flowing");
     // A broken config on reload is refused and the running one kept.
-    std::fs::write(&lconf, "this is not toml [").unwrap();
+    std::fs::write(&t.listener.config, "this is not toml [").unwrap();
     t.listener.signal("HUP");
     let log = t.listener.wait_log("reload failed");
     assert!(
         log.contains("reload failed, keeping the running configuration"),
         "{log}"
     );
-    echo(&mut open, b"after a broken reload");
+    echo_round(&mut open, b"after a broken reload");
 }
 
 #[test]
 fn sigterm_drains_open_connections() {
     let service = Service::start(Behaviour::Echo);
-    let mut t = tunnel(&service, "drain_timeout = \"20s\"");
+    let mut t = tunnel_to(service.addr, "drain_timeout = \"20s\"");
     let mut open = TcpStream::connect(t.entry).unwrap();
     open.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
@@ -348,16 +335,13 @@ fn keygen_and_fingerprint_agree() {
 fn per_source_rate_limit_drops_past_the_rate_and_warns_once() {
     let service = Service::start(Behaviour::Echo);
     let site = Site::new();
-    let lconf = site.write(
+    let listener = site.start(
         "listener.toml",
-        &listener_config(
-            any_port(),
+        &listener_for(
             service.addr,
-            &[connector_fp()],
             "source_rate_limit = 2\nhandshake_timeout = \"2s\"",
         ),
     );
-    let listener = Daemon::start(&lconf);
     // A burst of 40 connections from 127.0.0.1 straight to the sealed port.
     let socks: Vec<TcpStream> = (0..40)
         .map(|_| TcpStream::connect(listener.addr()).unwrap())
@@ -386,56 +370,35 @@ fn ipv6_host_names_and_json_logs_work() {
     let service = Service::start(Behaviour::Echo);
     // IPv6: listener on [::1], connector to an IPv6 literal (skipped without IPv6 loopback).
     if std::net::TcpListener::bind("[::1]:0").is_ok() {
-        let site = Site::new();
         let v6: std::net::SocketAddr = "[::1]:0".parse().unwrap();
-        let lconf = site.write(
-            "listener.toml",
+        let t = Tunnel::start(
+            Site::new(),
             &listener_config(v6, service.addr, &[connector_fp()], ""),
+            |listener| connector_config("connector.pem", v6, listener, &listener_fp(), ""),
         );
-        let listener = Daemon::start(&lconf);
-        assert!(listener.addr().is_ipv6());
-        let cconf = site.write(
-            "connector.toml",
-            &connector_config("connector.pem", v6, listener.addr(), &listener_fp(), ""),
-        );
-        let connector = Daemon::start(&cconf);
-        let (sent, received, _) =
-            echo_exchange(connector.addr(), Arc::new(pseudo_random(4, 50_000)));
-        assert_eq!(sent, received);
-        assert!(listener.wait_log("connection open").contains("peer=[::1]:"));
+        assert!(t.listener.addr().is_ipv6());
+        assert_echoes(t.entry, 4, 50_000);
+        assert!(t
+            .listener
+            .wait_log("connection open")
+            .contains("peer=[::1]:"));
     } else {
         eprintln!("no IPv6 loopback here: IPv6 part skipped");
     }
     // Host names: the connector reaches the listener as `localhost:PORT` (resolved for every
     // connection), and logs JSON.
     let site = Site::new();
-    let lconf = site.write(
-        "listener.toml",
-        &listener_config(any_port(), service.addr, &[connector_fp()], ""),
-    );
-    let listener = Daemon::start(&lconf);
-    let text = connector_config(
-        "connector.pem",
-        any_port(),
-        listener.addr(),
-        &listener_fp(),
-        "",
-    )
-    .replace(
+    let listener = site.start("listener.toml", &listener_for(service.addr, ""));
+    let text = connector_for(listener.addr(), "").replace(
         &format!("connect = \"{}\"", listener.addr()),
         &format!("connect = \"localhost:{}\"", listener.addr().port()),
     );
     assert!(text.contains("connect = \"localhost:"));
     let cconf = site.write("connector.toml", &text);
     let connector = Daemon::start_with(&cconf, &["--log-format", "json"]);
-    let (sent, received, _) = echo_exchange(connector.addr(), Arc::new(pseudo_random(3, 100_000)));
-    assert_eq!(sent, received);
-    let log = connector.wait_log("connection closed");
-    let closed = log
-        .lines()
-        .find(|l| l.contains("connection closed"))
-        .expect(&log);
-    let v: serde_json::Value = serde_json::from_str(closed).expect("a JSON log line");
+    assert_echoes(connector.addr(), 3, 100_000);
+    let closed = connector.wait_line("connection closed");
+    let v: serde_json::Value = serde_json::from_str(&closed).expect("a JSON log line");
     assert_eq!(v["fields"]["sent"], 100_000);
     assert_eq!(v["fields"]["fingerprint"], listener_fp().to_string());
 }

@@ -7,12 +7,12 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sealpipe::config::{Address, ConnectorMode, ProxyProtocol, Tuning};
-use sealpipe::proto::handshake::{ConnectorParams, Handshake, ListenerParams};
-use sealpipe::proto::identity::{Signer, TrustList};
-use sealpipe::testing::ConnectorTunnel;
-use sealpipe::testing::ListenerTunnel;
-use sealpipe::testing::{echo_service, round_trip, spawn_tunnel};
+use sealpipe::proto::handshake::Handshake;
+use sealpipe::proto::identity::Signer;
+use sealpipe::testing::{
+    echo_service, round_trip, spawn_tunnel, Address, ConnectorMode, ConnectorTunnel,
+    ListenerTunnel, ProxyProtocol, Tuning,
+};
 use std::sync::atomic::Ordering;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,8 +31,6 @@ async fn a_thousand_abusive_connections_cost_no_signature_and_do_not_block_a_leg
 
     let signer = CountingSigner::new(listener_key());
     let connector_id = Arc::new(connector_key());
-    let mut trust = TrustList::new();
-    trust.insert(connector_id.fingerprint(), None);
     let tuning = Tuning {
         handshake_timeout: Duration::from_secs(3),
         max_connections: 4096,
@@ -48,13 +46,7 @@ async fn a_thousand_abusive_connections_cost_no_signature_and_do_not_block_a_leg
             forward: Some(Address::Ip(target_addr)),
             allow_destinations: Vec::new(),
             proxy_protocol: ProxyProtocol::Off,
-            params: ListenerParams {
-                identity: signer.clone(),
-                trust: Arc::new(trust),
-                psk: None,
-                accept_unknown: false,
-                allow_tofu: false,
-            },
+            params: listener_params(signer.clone(), &[connector_id.fingerprint()]),
             tuning: tuning.clone(),
         },
         &tracker,
@@ -67,11 +59,7 @@ async fn a_thousand_abusive_connections_cost_no_signature_and_do_not_block_a_leg
         ConnectorTunnel {
             name: "dos".into(),
             connect: Address::Ip(sealed_addr),
-            params: ConnectorParams {
-                identity: connector_id.clone(),
-                listener: signer.public().fingerprint().into(),
-                psk: None,
-            },
+            params: connector_params(connector_id.clone(), signer.public().fingerprint()),
             socket: Default::default(),
             tofu: None,
             mode: ConnectorMode::Forward,
@@ -83,11 +71,7 @@ async fn a_thousand_abusive_connections_cost_no_signature_and_do_not_block_a_leg
 
     // A hello from a connector pinned to another key: well formed, wrong mac1.
     let wrong_pin = Handshake::connector(
-        ConnectorParams {
-            identity: connector_id.clone(),
-            listener: connector_id.fingerprint().into(),
-            psk: None,
-        },
+        connector_params(connector_id.clone(), connector_id.fingerprint()),
         det_randomness("wrong pin"),
     )
     .take_output();

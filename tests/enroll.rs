@@ -8,39 +8,18 @@ use std::io::ErrorKind;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use sealpipe::config::{Config, PeerPin};
 use sealpipe::proto::handshake::{
-    check_hello_mac1, Contact, Handshake, HandshakeError, ListenerParams, ListenerPin,
+    check_hello_mac1, ConnectorParams, Contact, Handshake, HandshakeError, ListenerParams,
+    ListenerPin,
 };
-use sealpipe::proto::identity::{
-    IdentityError, PrivateIdentity, PublicIdentity, Signer, TrustList,
-};
+use sealpipe::proto::identity::TrustList;
 use support::daemon::*;
 use support::*;
 
 // ---------------------------------------------------------------------------------------------
 // Sans-IO
-
-fn untrusted_key() -> PrivateIdentity {
-    PrivateIdentity::from_pem(&pem("untrusted.pem")).unwrap()
-}
-
-/// Presents one key and signs with another.
-struct StolenPublicKey {
-    shown: PublicIdentity,
-    signer: PrivateIdentity,
-}
-
-impl Signer for StolenPublicKey {
-    fn public(&self) -> &PublicIdentity {
-        &self.shown
-    }
-    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, IdentityError> {
-        self.signer.sign(msg)
-    }
-}
 
 #[test]
 fn accept_unknown_lets_an_unlisted_connector_in_only_when_set() {
@@ -48,18 +27,11 @@ fn accept_unknown_lets_an_unlisted_connector_in_only_when_set() {
     let mut c = p.connector.clone();
     c.identity = Arc::new(untrusted_key());
     // Off (the default): refused after the connector's auth.
-    let out = drive(
-        Handshake::connector(c.clone(), det_randomness("au c0")),
-        Handshake::listener(p.listener.clone(), det_randomness("au l0")),
-        |_, _| {},
-    );
-    assert!(
-        matches!(
-            out,
-            Outcome::Refused("listener", HandshakeError::UntrustedConnector(fp))
-                if fp == untrusted_key().fingerprint()
-        ),
-        "{out:?}"
+    let out = handshake(c.clone(), p.listener.clone(), "au 0");
+    assert_refused!(
+        out,
+        "listener",
+        HandshakeError::UntrustedConnector(fp) if fp == untrusted_key().fingerprint()
     );
     // On, with an empty trust list: in, and the listener knows exactly which key it was.
     let open = ListenerParams {
@@ -67,11 +39,7 @@ fn accept_unknown_lets_an_unlisted_connector_in_only_when_set() {
         accept_unknown: true,
         ..p.listener.clone()
     };
-    let out = drive(
-        Handshake::connector(c.clone(), det_randomness("au c1")),
-        Handshake::listener(open.clone(), det_randomness("au l1")),
-        |_, _| {},
-    );
+    let out = handshake(c.clone(), open.clone(), "au 1");
     let Outcome::Done(both) = out else {
         panic!("{out:?}")
     };
@@ -82,24 +50,14 @@ fn accept_unknown_lets_an_unlisted_connector_in_only_when_set() {
         shown: untrusted_key().public().clone(),
         signer: connector_key(),
     });
-    let out = drive(
-        Handshake::connector(c, det_randomness("au c2")),
-        Handshake::listener(open, det_randomness("au l2")),
-        |_, _| {},
-    );
-    assert!(
-        matches!(
-            out,
-            Outcome::Refused("listener", HandshakeError::BadSignature)
-        ),
-        "{out:?}"
-    );
+    let out = handshake(c, open, "au 2");
+    assert_refused!(out, "listener", HandshakeError::BadSignature);
 }
 
 #[test]
 fn first_contact_mac1_is_answered_only_with_allow_tofu() {
     let p = pair(None);
-    let tofu_c = sealpipe::proto::handshake::ConnectorParams {
+    let tofu_c = ConnectorParams {
         listener: ListenerPin::FirstContact,
         ..p.connector.clone()
     };
@@ -110,15 +68,8 @@ fn first_contact_mac1_is_answered_only_with_allow_tofu() {
         Err(HandshakeError::BadMac1)
     ));
     let before = p.listener_signer.signatures();
-    let out = drive(
-        Handshake::connector(tofu_c.clone(), det_randomness("fc c0")),
-        Handshake::listener(p.listener.clone(), det_randomness("fc l0")),
-        |_, _| {},
-    );
-    assert!(
-        matches!(out, Outcome::Refused("listener", HandshakeError::BadMac1)),
-        "{out:?}"
-    );
+    let out = handshake(tofu_c.clone(), p.listener.clone(), "fc 0");
+    assert_refused!(out, "listener", HandshakeError::BadMac1);
     assert_eq!(p.listener_signer.signatures(), before);
 
     // With allow_tofu: answered, and the connector learns the listener's key.
@@ -130,11 +81,7 @@ fn first_contact_mac1_is_answered_only_with_allow_tofu() {
         check_hello_mac1(&tofu_l, &hello).unwrap(),
         Contact::FirstContact
     );
-    let out = drive(
-        Handshake::connector(tofu_c.clone(), det_randomness("fc c1")),
-        Handshake::listener(tofu_l.clone(), det_randomness("fc l1")),
-        |_, _| {},
-    );
+    let out = handshake(tofu_c.clone(), tofu_l.clone(), "fc 1");
     let Outcome::Done(both) = out else {
         panic!("{out:?}")
     };
@@ -150,51 +97,28 @@ fn first_contact_mac1_is_answered_only_with_allow_tofu() {
     // allow_tofu does not open the trust list: an unlisted connector is still refused.
     let mut stranger = tofu_c.clone();
     stranger.identity = Arc::new(untrusted_key());
-    let out = drive(
-        Handshake::connector(stranger, det_randomness("fc c2")),
-        Handshake::listener(tofu_l.clone(), det_randomness("fc l2")),
-        |_, _| {},
-    );
-    assert!(
-        matches!(
-            out,
-            Outcome::Refused("listener", HandshakeError::UntrustedConnector(_))
-        ),
-        "{out:?}"
-    );
+    let out = handshake(stranger, tofu_l.clone(), "fc 2");
+    assert_refused!(out, "listener", HandshakeError::UntrustedConnector(_));
 
     // Recorded: pinned from now on. Another listener key (with allow_tofu) is refused...
-    let recorded = sealpipe::proto::handshake::ConnectorParams {
+    let recorded = ConnectorParams {
         listener: ListenerPin::Key(learned),
         ..p.connector.clone()
     };
-    let mut trust = TrustList::new();
-    trust.insert(connector_key().fingerprint(), None);
     let other = ListenerParams {
-        identity: Arc::new(untrusted_key()),
-        trust: Arc::new(trust),
-        psk: None,
-        accept_unknown: false,
         allow_tofu: true,
+        ..listener_params(Arc::new(untrusted_key()), &[connector_key().fingerprint()])
     };
     // (it cannot even answer the pinned hello)...
-    let out = drive(
-        Handshake::connector(recorded.clone(), det_randomness("fc c3")),
-        Handshake::listener(other.clone(), det_randomness("fc l3")),
-        |_, _| {},
-    );
-    assert!(
-        matches!(out, Outcome::Refused("listener", HandshakeError::BadMac1)),
-        "{out:?}"
-    );
+    let out = handshake(recorded.clone(), other.clone(), "fc 3");
+    assert_refused!(out, "listener", HandshakeError::BadMac1);
     // ...and a probe (first-contact hello expecting the recorded key) names the new key and
     // stops before the connector signs anything.
-    let probe = sealpipe::proto::handshake::ConnectorParams {
+    let probe = ConnectorParams {
         listener: ListenerPin::Probe(learned),
         ..recorded.clone()
     };
-    let mut c = Handshake::connector(probe, det_randomness("fc c5"));
-    let mut l = Handshake::listener(other.clone(), det_randomness("fc l5"));
+    let (mut c, mut l) = handshakes(probe, other.clone(), "fc 5");
     l.read(&c.take_output()).unwrap();
     let err = c.read(&l.take_output()).unwrap_err();
     assert!(
@@ -207,15 +131,11 @@ fn first_contact_mac1_is_answered_only_with_allow_tofu() {
         "the connector answered a wrong key"
     );
     // A probe to the right listener completes like a pinned handshake.
-    let probe_ok = sealpipe::proto::handshake::ConnectorParams {
+    let probe_ok = ConnectorParams {
         listener: ListenerPin::Probe(learned),
         ..recorded.clone()
     };
-    let out = drive(
-        Handshake::connector(probe_ok, det_randomness("fc c6")),
-        Handshake::listener(tofu_l.clone(), det_randomness("fc l6")),
-        |_, _| {},
-    );
+    let out = handshake(probe_ok, tofu_l.clone(), "fc 6");
     assert!(out.is_done(), "{out:?}");
     // ...and a first contact accepts only a listener that holds the key it shows.
     let impostor = ListenerParams {
@@ -225,18 +145,8 @@ fn first_contact_mac1_is_answered_only_with_allow_tofu() {
         }),
         ..other
     };
-    let out = drive(
-        Handshake::connector(tofu_c, det_randomness("fc c4")),
-        Handshake::listener(impostor, det_randomness("fc l4")),
-        |_, _| {},
-    );
-    assert!(
-        matches!(
-            out,
-            Outcome::Refused("connector", HandshakeError::BadSignature)
-        ),
-        "{out:?}"
-    );
+    let out = handshake(tofu_c, impostor, "fc 4");
+    assert_refused!(out, "connector", HandshakeError::BadSignature);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -299,32 +209,11 @@ fn enrollment_options_are_validated() {
 // ---------------------------------------------------------------------------------------------
 // Real daemons
 
-/// Waits until `needle` occurs at least `n` times in the daemon's log.
-fn wait_count(d: &Daemon, needle: &str, n: usize) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = d.log_text();
-        if text.matches(needle).count() >= n || Instant::now() > deadline {
-            return text;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn accept_unknown_daemon_lets_any_connector_in_and_announces_each_new_key_once() {
     let service = Service::start(Behaviour::Echo);
     let site = Site::new();
-    let lconf = site.write(
-        "listener.toml",
-        &listener_toml(
-            any_port(),
-            service.addr,
-            "listener.pem",
-            "accept_unknown = true\n",
-        ),
-    );
-    let listener = Daemon::start(&lconf);
+    let listener = start_listener(&site, service.addr, "accept_unknown = true\n");
     let log = listener.log_text();
     assert!(
         log.contains("WARN")
@@ -332,7 +221,7 @@ fn accept_unknown_daemon_lets_any_connector_in_and_announces_each_new_key_once()
             && log.contains("tunnel=test"),
         "{log}"
     );
-    let cconf = site.write(
+    let connector = site.start(
         "connector.toml",
         &connector_config(
             "untrusted.pem",
@@ -342,11 +231,10 @@ fn accept_unknown_daemon_lets_any_connector_in_and_announces_each_new_key_once()
             "",
         ),
     );
-    let connector = Daemon::start(&cconf);
     echo_ok(connector.addr(), b"one");
     echo_ok(connector.addr(), b"two");
     let fp = fingerprint_of("untrusted.pem");
-    let log = wait_count(&listener, "accepted because accept_unknown = true", 2);
+    let log = listener.wait_log_count("accepted because accept_unknown = true", 2);
     let announce =
         format!("new connector key {fp} (not in peers; accepted because accept_unknown = true)");
     assert_eq!(log.matches(&announce).count(), 1, "{log}");
@@ -369,17 +257,8 @@ fn trust_add_then_remove_take_effect_on_sighup() {
         &format!("# connectors\n{other}  someone else # keep\n"),
     );
     set_mode(&peers, 0o640);
-    let lconf = site.write(
-        "listener.toml",
-        &listener_toml(
-            any_port(),
-            service.addr,
-            "listener.pem",
-            "peers_file = \"peers\"\n",
-        ),
-    );
-    let listener = Daemon::start(&lconf);
-    let (connector, _) = start_connector(&site, listener.addr(), "");
+    let listener = start_listener(&site, service.addr, "peers_file = \"peers\"\n");
+    let connector = start_connector(&site, listener.addr(), "");
     assert_eq!(
         try_exchange(connector.addr(), b"x"),
         Err(ErrorKind::ConnectionReset)
@@ -387,7 +266,7 @@ fn trust_add_then_remove_take_effect_on_sighup() {
 
     // Add by public key file, with a name.
     let pub_pem = test_data_dir().join("peer-b.pub.pem");
-    let c = lconf.to_str().unwrap();
+    let c = listener.config.to_str().unwrap();
     let (code, out, err) = run_cli(&[
         "trust",
         "add",
@@ -424,8 +303,7 @@ fn trust_add_then_remove_take_effect_on_sighup() {
         try_exchange(connector.addr(), b"x"),
         Err(ErrorKind::ConnectionReset)
     );
-    listener.signal("HUP");
-    wait_count(&listener, "configuration reloaded", 1);
+    listener.reload();
     echo_ok(connector.addr(), b"enrolled");
 
     // List.
@@ -447,8 +325,7 @@ fn trust_add_then_remove_take_effect_on_sighup() {
         std::fs::read_to_string(&peers).unwrap(),
         format!("# connectors\n{other}  someone else # keep\n")
     );
-    listener.signal("HUP");
-    wait_count(&listener, "configuration reloaded", 2);
+    listener.reload();
     assert_eq!(
         try_exchange(connector.addr(), b"x"),
         Err(ErrorKind::ConnectionReset)
@@ -521,12 +398,7 @@ fn trust_refuses_bad_input_and_malformed_files_and_leaves_them_unchanged() {
     // --config: a listener without peers_file, and several listeners without --listener.
     let conf = site.write(
         "l.toml",
-        &listener_toml(
-            any_port(),
-            "127.0.0.1:9".parse().unwrap(),
-            "listener.pem",
-            &format!("peers = [\"{}\"]\n", connector_fp()),
-        ),
+        &listener_toml(any_port(), "127.0.0.1:9", "listener.pem", &trusted_peers()),
     );
     let (code, _, err) = run_cli(&["trust", "list", "--config", conf.to_str().unwrap()]);
     assert_ne!(code, 0);
@@ -549,22 +421,16 @@ fn trust_refuses_bad_input_and_malformed_files_and_leaves_them_unchanged() {
 #[test]
 fn tofu_records_the_first_key_then_refuses_a_changed_one() {
     let service = Service::start(Behaviour::Echo);
-    let site = Site::new();
-    let trusted = format!("peers = [\"{}\"]\nallow_tofu = true\n", connector_fp());
-    let lconf = site.write(
-        "listener.toml",
-        &listener_toml(any_port(), service.addr, "listener.pem", &trusted),
-    );
-    let mut listener = Daemon::start(&lconf);
+    let mut t = tofu_tunnel(service.addr);
     assert!(
-        listener
+        t.listener
             .log_text()
             .contains("allow_tofu = true: this listener answers"),
         "{}",
-        listener.log_text()
+        t.listener.log_text()
     );
-    let addr = listener.addr();
-    let connector = Daemon::start(&tofu_connector(&site, addr));
+    let addr = t.listener.addr();
+    let (connector, site) = (&t.connector, &t.site);
     let known = site.path("known_peers");
     assert!(!known.exists());
 
@@ -580,7 +446,7 @@ fn tofu_records_the_first_key_then_refuses_a_changed_one() {
     );
     echo_ok(connector.addr(), b"second");
     echo_ok(connector.addr(), b"third");
-    let llog = wait_count(&listener, "connection open", 3);
+    let llog = t.listener.wait_log_count("connection open", 3);
     assert_eq!(
         llog.matches("first contact from a TOFU connector").count(),
         1,
@@ -589,21 +455,16 @@ fn tofu_records_the_first_key_then_refuses_a_changed_one() {
     assert_eq!(std::fs::read_to_string(&known).unwrap(), text);
 
     // The listener comes back on the same address with another key: refused, loudly.
-    listener.kill();
-    let lconf2 = site.write(
+    t.listener.kill();
+    let mut listener2 = site.start(
         "listener2.toml",
-        &listener_toml(addr, service.addr, "untrusted.pem", &trusted),
+        &allow_tofu_listener(addr, service.addr, "untrusted.pem"),
     );
-    let mut listener2 = Daemon::start(&lconf2);
     assert_eq!(
         try_exchange(connector.addr(), b"x"),
         Err(ErrorKind::ConnectionReset)
     );
-    let clog = connector.wait_log("LISTENER KEY CHANGED");
-    let line = clog
-        .lines()
-        .find(|l| l.contains("LISTENER KEY CHANGED"))
-        .expect(&clog);
+    let line = connector.wait_line("LISTENER KEY CHANGED");
     let other = fingerprint_of("untrusted.pem");
     assert!(line.contains("ERROR"), "{line}");
     assert!(
@@ -620,16 +481,10 @@ fn tofu_records_the_first_key_then_refuses_a_changed_one() {
 
     // Another key and no allow_tofu: the new key cannot be seen, but the failure is explained.
     listener2.kill();
-    let lconf3 = site.write(
+    let _listener3 = site.start(
         "listener3.toml",
-        &listener_toml(
-            addr,
-            service.addr,
-            "untrusted.pem",
-            &format!("peers = [\"{}\"]\n", connector_fp()),
-        ),
+        &listener_toml(addr, service.addr, "untrusted.pem", &trusted_peers()),
     );
-    let _listener3 = Daemon::start(&lconf3);
     assert_eq!(
         try_exchange(connector.addr(), b"x"),
         Err(ErrorKind::ConnectionReset)
@@ -648,12 +503,8 @@ fn tofu_records_the_first_key_then_refuses_a_changed_one() {
 fn turning_accept_unknown_on_at_reload_warns_once() {
     let service = Service::start(Behaviour::Echo);
     let site = Site::new();
-    let peers = format!("peers = [\"{}\"]\n", connector_fp());
-    let lconf = site.write(
-        "listener.toml",
-        &listener_toml(any_port(), service.addr, "listener.pem", &peers),
-    );
-    let listener = Daemon::start(&lconf);
+    let peers = trusted_peers();
+    let listener = start_listener(&site, service.addr, &peers);
     let warning = "accept_unknown = true: ANY connector";
     assert!(!listener.log_text().contains(warning));
     // The same `listen` text (port 0), so that the reload keeps the socket.
@@ -666,12 +517,10 @@ fn turning_accept_unknown_on_at_reload_warns_once() {
             &format!("{peers}accept_unknown = true\n"),
         ),
     );
-    listener.signal("HUP");
-    let log = wait_count(&listener, "configuration reloaded", 1);
+    let log = listener.reload();
     assert_eq!(log.matches(warning).count(), 1, "{log}");
     // Still on at the next reload: no new warning.
-    listener.signal("HUP");
-    let log = wait_count(&listener, "configuration reloaded", 2);
+    let log = listener.reload();
     assert_eq!(log.matches(warning).count(), 1, "{log}");
 }
 
@@ -679,16 +528,7 @@ fn turning_accept_unknown_on_at_reload_warns_once() {
 fn tofu_first_contact_to_a_listener_without_allow_tofu_fails_clearly() {
     let service = Service::start(Behaviour::Echo);
     let site = Site::new();
-    let lconf = site.write(
-        "listener.toml",
-        &listener_toml(
-            any_port(),
-            service.addr,
-            "listener.pem",
-            &format!("peers = [\"{}\"]\n", connector_fp()),
-        ),
-    );
-    let listener = Daemon::start(&lconf);
+    let listener = start_listener(&site, service.addr, &trusted_peers());
     let connector = Daemon::start(&tofu_connector(&site, listener.addr()));
     assert_eq!(
         try_exchange(connector.addr(), b"x"),

@@ -2,7 +2,6 @@
 //! target that refuses or resets, a receiver that stops reading (backpressure, bounded memory),
 //! and a reload with a broken config.
 
-mod mitm_support;
 mod support;
 
 use std::io::{ErrorKind, Read, Write};
@@ -11,35 +10,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use mitm_support::{client_exchange, End};
 use sha2::{Digest, Sha256};
 use support::daemon::*;
+use support::mitm::{client_exchange, End};
+use support::{hash_to_end, pseudo_random, rss_kib};
 
 const PROMPT: Duration = Duration::from_secs(5);
 
-fn tunnel(target: SocketAddr, extra: &str) -> Tunnel {
-    tunnel_to(target, extra)
-}
-
 /// A service that sends pseudo-random bytes to every connection until the connection fails.
 fn source_service() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let chunk = pseudo_random(5, 64 * 1024);
-                while s.write_all(&chunk).is_ok() {}
-            });
-        }
-    });
-    addr
+    serve("127.0.0.1:0", |mut s| {
+        let chunk = pseudo_random(5, 64 * 1024);
+        while s.write_all(&chunk).is_ok() {}
+    })
+    .addr
 }
 
 #[test]
 fn listener_killed_mid_transfer_resets_the_clients_promptly() {
-    let t = tunnel(source_service(), "");
+    let t = tunnel_to(source_service(), "");
     let (tx, rx) = mpsc::channel();
     let progress: Vec<Arc<AtomicU64>> = (0..2).map(|_| Arc::default()).collect();
     for p in &progress {
@@ -113,13 +102,8 @@ fn listener_restarted_on_the_same_port_serves_the_running_connector() {
             try_start(&lconf).map(|d| (port, d))
         })
         .expect("no free port for the listener");
-    let (connector, _) = start_connector(&site, port, "");
-    let exchange = |seed| {
-        let data = Arc::new(pseudo_random(seed, 200_000));
-        let (sent, got, n) = echo_exchange(connector.addr(), data);
-        assert_eq!(n, 200_000);
-        assert_eq!(sent, got);
-    };
+    let connector = start_connector(&site, port, "");
+    let exchange = |seed| assert_echoes(connector.addr(), seed, 200_000);
     exchange(1);
     listener.kill();
     // Listener down: the client is reset.
@@ -144,30 +128,26 @@ fn listener_restarted_on_the_same_port_serves_the_running_connector() {
 fn forward_target_refusing_or_resetting_mid_stream_resets_the_client() {
     // Refusing.
     let dead = dead_port();
-    let t = tunnel(dead.addr, "");
+    let t = tunnel_to(dead.addr, "");
     let out = client_exchange(t.entry, b"hello?");
     assert_eq!(out.end, End::Reset, "target refuses: {out:?}");
     assert!(out.elapsed < PROMPT);
     eprintln!("FAULT target refuses: client reset after {:?}", out.elapsed);
 
     // Accepting, reading a little, then resetting (SO_LINGER 0).
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let target = l.local_addr().unwrap();
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let mut buf = vec![0u8; 1000];
-            s.read_exact(&mut buf).unwrap();
-            let _ = s.write_all(b"partial answer");
-            socket2::SockRef::from(&s)
-                .set_linger(Some(Duration::ZERO))
-                .unwrap();
-            drop(s);
-            tx.send(buf).unwrap();
-        }
-    });
-    let t = tunnel(target, "");
+    let target = serve("127.0.0.1:0", move |mut s| {
+        let mut buf = vec![0u8; 1000];
+        s.read_exact(&mut buf).unwrap();
+        let _ = s.write_all(b"partial answer");
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(s);
+        tx.send(buf).unwrap();
+    })
+    .addr;
+    let t = tunnel_to(target, "");
     let data = pseudo_random(9, 2 << 20);
     let out = client_exchange(t.entry, &data);
     assert_eq!(out.end, End::Reset, "target resets mid-stream: {out:?}");
@@ -181,16 +161,6 @@ fn forward_target_refusing_or_resetting_mid_stream_resets_the_client() {
     );
     let log = t.listener.wait_log("connection reset");
     assert!(log.contains("reason=local socket"), "{log}");
-}
-
-fn vm_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
 }
 
 /// The sender offers `SEALPIPE_BACKPRESSURE_MIB` (default 64; 200 for the full figure) to a
@@ -214,25 +184,12 @@ fn a_receiver_that_stops_reading_blocks_the_sender_with_bounded_memory() {
     std::thread::spawn(move || {
         let (mut s, _) = l.accept().unwrap();
         gate_rx.recv().unwrap();
-        let mut h = Sha256::new();
-        let mut n = 0u64;
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) => break,
-                Ok(k) => {
-                    h.update(&buf[..k]);
-                    n += k as u64;
-                }
-                Err(e) => panic!("sink: {e} after {n}"),
-            }
-        }
-        let digest: [u8; 32] = h.finalize().into();
-        done_tx.send((n, digest)).unwrap();
+        let (digest, n) = hash_to_end(&mut s);
+        done_tx.send((n as u64, digest)).unwrap();
     });
-    let t = tunnel(target, "record_size = \"64KiB\"");
+    let t = tunnel_to(target, "record_size = \"64KiB\"");
     let pids = [t.listener.child.id(), t.connector.child.id()];
-    let base: Vec<u64> = pids.iter().map(|&p| vm_rss_kib(p)).collect();
+    let base: Vec<u64> = pids.iter().map(|&p| rss_kib(p)).collect();
 
     let written = Arc::new(AtomicU64::new(0));
     let w = written.clone();
@@ -258,7 +215,7 @@ fn a_receiver_that_stops_reading_blocks_the_sender_with_bounded_memory() {
 
     let peak = |peak: &mut [u64]| {
         for (i, &p) in pids.iter().enumerate() {
-            peak[i] = peak[i].max(vm_rss_kib(p));
+            peak[i] = peak[i].max(rss_kib(p));
         }
     };
     let mut peaks = base.clone();
@@ -325,13 +282,8 @@ fn a_receiver_that_stops_reading_blocks_the_sender_with_bounded_memory() {
 #[test]
 fn reload_with_a_broken_config_keeps_the_running_one() {
     let service = Service::start(Behaviour::Echo);
-    let t = tunnel(service.addr, "");
-    let exchange = |seed| {
-        let data = Arc::new(pseudo_random(seed, 100_000));
-        let (sent, got, n) = echo_exchange(t.entry, data);
-        assert_eq!(n, 100_000);
-        assert_eq!(sent, got);
-    };
+    let t = tunnel_to(service.addr, "");
+    let exchange = |seed| assert_echoes(t.entry, seed, 100_000);
     exchange(1);
     for (name, broken) in [
         ("listener.toml", "this is not toml ["),

@@ -1,26 +1,19 @@
-//! The handshake between the two roles, in memory: success, and every refusal SPEC §2 asks for.
+//! The handshake between the two roles, in memory: success, and every refusal PROTOCOL.md asks
+//! for (the messages of §2, the state machine of §5, the attacks of §7), then session
+//! resumption (§9).
 
 mod support;
 
 use std::sync::Arc;
 
-use sealpipe::proto::handshake::{
-    mac1, Handshake, HandshakeError, HandshakeRandomness, ListenerParams,
-};
-use sealpipe::proto::identity::{Fingerprint, Signer, TrustList};
+use sealpipe::proto::handshake::{mac1, Handshake, HandshakeError, HandshakeRandomness};
+use sealpipe::proto::identity::{Fingerprint, TrustList};
 use sealpipe::proto::messages::{MAC1_LEN, MSG_HEADER_LEN};
 use sealpipe::proto::record::{Opened, OVERHEAD};
 use support::*;
 
 fn fresh(label: &str) -> HandshakeRandomness {
     det_randomness(label)
-}
-
-fn handshakes(p: &Pair, tag: &str) -> (Handshake, Handshake) {
-    (
-        Handshake::connector(p.connector.clone(), fresh(&format!("{tag} c"))),
-        Handshake::listener(p.listener.clone(), fresh(&format!("{tag} l"))),
-    )
 }
 
 /// Rewrites the connector hello's mac1 for `fp`, as an on-path attacker can (fingerprints are
@@ -39,7 +32,7 @@ fn refused_by(outcome: &Outcome, side: &str) -> bool {
 fn full_handshake_then_records_both_ways_across_many_rekeys() {
     for psk in [None, Some([0x42u8; 32])] {
         let p = pair(psk);
-        let (c, l) = handshakes(&p, "ok");
+        let (c, l) = p.handshakes("ok");
         let Outcome::Done(done) = drive(c, l, |_, _| {}) else {
             panic!("handshake failed");
         };
@@ -86,39 +79,24 @@ fn full_handshake_then_records_both_ways_across_many_rekeys() {
 fn psk_on_one_side_only_is_refused() {
     let mut p = pair(Some([1u8; 32]));
     p.listener.psk = None;
-    let (c, l) = handshakes(&p, "psk");
-    let out = drive(c, l, |_, _| {});
-    assert!(
-        matches!(
-            out,
-            Outcome::Refused("listener", HandshakeError::PskMismatch)
-        ),
-        "{out:?}"
-    );
+    let out = p.handshake("psk");
+    assert_refused!(out, "listener", HandshakeError::PskMismatch);
 }
 
 #[test]
 fn different_psks_are_refused() {
     let mut p = pair(Some([1u8; 32]));
     p.listener.psk = Some(Arc::new(sealpipe::proto::keys::Psk::from_bytes([2u8; 32])));
-    let (c, l) = handshakes(&p, "psk2");
-    let out = drive(c, l, |_, _| {});
-    assert!(
-        matches!(out, Outcome::Refused("connector", HandshakeError::Decrypt)),
-        "{out:?}"
-    );
+    let out = p.handshake("psk2");
+    assert_refused!(out, "connector", HandshakeError::Decrypt);
 }
 
 #[test]
 fn connector_pinned_to_another_key_gets_silence_and_no_signature() {
     let mut p = pair(None);
     p.connector.listener = connector_key().fingerprint().into();
-    let (c, l) = handshakes(&p, "pin");
-    let out = drive(c, l, |_, _| {});
-    assert!(
-        matches!(out, Outcome::Refused("listener", HandshakeError::BadMac1)),
-        "{out:?}"
-    );
+    let out = p.handshake("pin");
+    assert_refused!(out, "listener", HandshakeError::BadMac1);
     assert_eq!(p.listener_signer.signatures(), 0);
 }
 
@@ -129,69 +107,32 @@ fn impostor_listener_that_rewrites_mac1_is_detected() {
     let p = pair(None);
     let impostor_key = connector_key();
     let impostor_fp = impostor_key.fingerprint();
-    let mut trust = TrustList::new();
-    trust.insert(p.connector.identity.public().fingerprint(), None);
-    let impostor = ListenerParams {
-        identity: Arc::new(impostor_key),
-        trust: Arc::new(trust),
-        psk: None,
-        accept_unknown: false,
-        allow_tofu: false,
-    };
-    let c = Handshake::connector(p.connector.clone(), fresh("imp c"));
-    let l = Handshake::listener(impostor, fresh("imp l"));
+    let impostor = listener_params(
+        Arc::new(impostor_key),
+        &[p.connector.identity.public().fingerprint()],
+    );
+    let (c, l) = handshakes(p.connector.clone(), impostor, "imp");
     let out = drive(c, l, |flight, bytes| {
         if flight == 0 {
             remac(bytes, &impostor_fp);
         }
     });
-    assert!(
-        matches!(out, Outcome::Refused("connector", HandshakeError::Decrypt)),
-        "{out:?}"
-    );
-}
-
-/// Presents one key and signs with another: what a listener without the pinned key's private
-/// half can at best do.
-struct StolenPublicKey {
-    shown: sealpipe::proto::identity::PublicIdentity,
-    signer: sealpipe::proto::identity::PrivateIdentity,
-}
-
-impl Signer for StolenPublicKey {
-    fn public(&self) -> &sealpipe::proto::identity::PublicIdentity {
-        &self.shown
-    }
-    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, sealpipe::proto::identity::IdentityError> {
-        self.signer.sign(msg)
-    }
+    assert_refused!(out, "connector", HandshakeError::Decrypt);
 }
 
 #[test]
 fn listener_with_the_pinned_public_key_but_not_its_private_key_is_refused() {
+    // What a listener without the pinned key's private half can at best do.
     let p = pair(None);
-    let mut trust = TrustList::new();
-    trust.insert(p.connector.identity.public().fingerprint(), None);
-    let impostor = ListenerParams {
-        identity: Arc::new(StolenPublicKey {
+    let impostor = listener_params(
+        Arc::new(StolenPublicKey {
             shown: listener_key().public().clone(),
             signer: connector_key(),
         }),
-        trust: Arc::new(trust),
-        psk: None,
-        accept_unknown: false,
-        allow_tofu: false,
-    };
-    let c = Handshake::connector(p.connector.clone(), fresh("stolen c"));
-    let l = Handshake::listener(impostor, fresh("stolen l"));
-    let out = drive(c, l, |_, _| {});
-    assert!(
-        matches!(
-            out,
-            Outcome::Refused("connector", HandshakeError::BadSignature)
-        ),
-        "{out:?}"
+        &[p.connector.identity.public().fingerprint()],
     );
+    let out = handshake(p.connector.clone(), impostor, "stolen");
+    assert_refused!(out, "connector", HandshakeError::BadSignature);
 }
 
 #[test]
@@ -202,24 +143,15 @@ fn connector_with_a_trusted_public_key_but_not_its_private_key_is_refused() {
         shown: connector_key().public().clone(),
         signer: listener_key(),
     });
-    let c = Handshake::connector(c_params, fresh("stolen2 c"));
-    let l = Handshake::listener(p.listener.clone(), fresh("stolen2 l"));
-    let out = drive(c, l, |_, _| {});
-    assert!(
-        matches!(
-            out,
-            Outcome::Refused("listener", HandshakeError::BadSignature)
-        ),
-        "{out:?}"
-    );
+    let out = handshake(c_params, p.listener.clone(), "stolen2");
+    assert_refused!(out, "listener", HandshakeError::BadSignature);
 }
 
 #[test]
 fn untrusted_connector_is_refused_with_its_fingerprint() {
     let mut p = pair(None);
     p.listener.trust = Arc::new(TrustList::new());
-    let (c, l) = handshakes(&p, "untrusted");
-    match drive(c, l, |_, _| {}) {
+    match p.handshake("untrusted") {
         Outcome::Refused("listener", HandshakeError::UntrustedConnector(fp)) => {
             assert_eq!(fp, p.connector.identity.public().fingerprint())
         }
@@ -232,11 +164,11 @@ fn a_flipped_bit_anywhere_in_any_handshake_message_is_refused() {
     let p = pair(None);
     // Flight sizes, from one clean run.
     let mut sizes = [0usize; 3];
-    let (c, l) = handshakes(&p, "flip");
+    let (c, l) = p.handshakes("flip");
     assert!(drive(c, l, |f, b| sizes[f] = b.len()).is_done());
     for (flight, &size) in sizes.iter().enumerate() {
         for pos in 0..size {
-            let (c, l) = handshakes(&p, "flip");
+            let (c, l) = p.handshakes("flip");
             let out = drive(c, l, |f, b| {
                 if f == flight {
                     b[pos] ^= 1 << (pos % 8);
@@ -278,7 +210,7 @@ fn hello_without_valid_mac1_gets_no_signature_and_no_answer() {
 fn replayed_messages_from_another_session_are_refused() {
     let p = pair(None);
     let mut recorded: Vec<Vec<u8>> = Vec::new();
-    let (c, l) = handshakes(&p, "rec");
+    let (c, l) = p.handshakes("rec");
     assert!(drive(c, l, |_, b| recorded.push(b.clone())).is_done());
 
     // Replay the whole connector side to a listener: the hello is accepted (it cannot know),
@@ -323,62 +255,41 @@ fn downgraded_or_unknown_versions_and_options_are_refused() {
     let p = pair(None);
     let lfp = p.listener.identity.public().fingerprint();
     for version in [0u8, 2, 0xff] {
-        let (c, l) = handshakes(&p, "ver");
+        let (c, l) = p.handshakes("ver");
         let out = drive(c, l, |f, b| {
             if f == 0 {
                 b[MSG_HEADER_LEN] = version;
                 remac(b, &lfp);
             }
         });
-        assert!(
-            matches!(out, Outcome::Refused("listener", HandshakeError::UnsupportedVersion(v)) if v == version),
-            "{out:?}"
-        );
+        assert_refused!(out, "listener", HandshakeError::UnsupportedVersion(v) if v == version);
     }
     // The listener's version, changed on the way back.
-    let (c, l) = handshakes(&p, "ver2");
+    let (c, l) = p.handshakes("ver2");
     let out = drive(c, l, |f, b| {
         if f == 1 {
             b[MSG_HEADER_LEN] = 0;
         }
     });
-    assert!(
-        matches!(
-            out,
-            Outcome::Refused("connector", HandshakeError::UnsupportedVersion(0))
-        ),
-        "{out:?}"
-    );
+    assert_refused!(out, "connector", HandshakeError::UnsupportedVersion(0));
     // Options: an unknown bit, and a stripped PSK bit (a downgrade to no PSK).
-    let (c, l) = handshakes(&p, "opt");
+    let (c, l) = p.handshakes("opt");
     let out = drive(c, l, |f, b| {
         if f == 0 {
             b[MSG_HEADER_LEN + 1] |= 0x80;
             remac(b, &lfp);
         }
     });
-    assert!(
-        matches!(
-            out,
-            Outcome::Refused("listener", HandshakeError::BadOptions(_))
-        ),
-        "{out:?}"
-    );
+    assert_refused!(out, "listener", HandshakeError::BadOptions(_));
     let pp = pair(Some([9u8; 32]));
-    let (c, l) = handshakes(&pp, "opt2");
+    let (c, l) = pp.handshakes("opt2");
     let out = drive(c, l, |f, b| {
         if f == 0 {
             b[MSG_HEADER_LEN + 1] = 0;
             remac(b, &lfp);
         }
     });
-    assert!(
-        matches!(
-            out,
-            Outcome::Refused("listener", HandshakeError::PskMismatch)
-        ),
-        "{out:?}"
-    );
+    assert_refused!(out, "listener", HandshakeError::PskMismatch);
 }
 
 /// Points of small order on Curve25519 (from the X25519 low-order point list).
@@ -402,33 +313,21 @@ fn low_order_ephemeral_keys_are_refused_on_both_sides() {
     let lfp = p.listener.identity.public().fingerprint();
     let eph = MSG_HEADER_LEN + 2 + 32;
     for point in LOW_ORDER {
-        let (c, l) = handshakes(&p, "low");
+        let (c, l) = p.handshakes("low");
         let out = drive(c, l, |f, b| {
             if f == 0 {
                 b[eph..eph + 32].copy_from_slice(&point);
                 remac(b, &lfp);
             }
         });
-        assert!(
-            matches!(
-                out,
-                Outcome::Refused("listener", HandshakeError::LowOrderPoint)
-            ),
-            "{out:?}"
-        );
-        let (c, l) = handshakes(&p, "low2");
+        assert_refused!(out, "listener", HandshakeError::LowOrderPoint);
+        let (c, l) = p.handshakes("low2");
         let out = drive(c, l, |f, b| {
             if f == 1 {
                 b[eph..eph + 32].copy_from_slice(&point);
             }
         });
-        assert!(
-            matches!(
-                out,
-                Outcome::Refused("connector", HandshakeError::LowOrderPoint)
-            ),
-            "{out:?}"
-        );
+        assert_refused!(out, "connector", HandshakeError::LowOrderPoint);
     }
 }
 
@@ -442,7 +341,7 @@ fn oversized_and_truncated_lengths_are_refused_before_allocation() {
         Err(HandshakeError::Message(_))
     ));
     // A listener auth that claims more than the largest auth message.
-    let (c, l) = handshakes(&p, "len");
+    let (c, l) = p.handshakes("len");
     let out = drive(c, l, |f, b| {
         if f == 1 {
             let at = MSG_HEADER_LEN + 66;
@@ -450,16 +349,10 @@ fn oversized_and_truncated_lengths_are_refused_before_allocation() {
             b[at + 2] = 0xff;
         }
     });
-    assert!(
-        matches!(
-            out,
-            Outcome::Refused("connector", HandshakeError::Message(_))
-        ),
-        "{out:?}"
-    );
+    assert_refused!(out, "connector", HandshakeError::Message(_));
     // Truncated flights leave the peer waiting (the I/O shell's timeout ends it), never done.
     for flight in 0..3 {
-        let (c, l) = handshakes(&p, "trunc");
+        let (c, l) = p.handshakes("trunc");
         let out = drive(c, l, |f, b| {
             if f == flight {
                 b.truncate(b.len() - 1);
@@ -475,7 +368,7 @@ fn oversized_and_truncated_lengths_are_refused_before_allocation() {
 #[test]
 fn handshake_is_fed_byte_by_byte_and_leaves_following_records_unread() {
     let p = pair(None);
-    let (mut c, mut l) = handshakes(&p, "bytes");
+    let (mut c, mut l) = p.handshakes("bytes");
     for b in c.take_output() {
         assert_eq!(l.read(&[b]).unwrap(), 1);
     }
@@ -736,10 +629,7 @@ mod resumption {
                 remac(b, &lfp);
             }
         });
-        assert!(
-            matches!(out, Outcome::Refused("connector", HandshakeError::Decrypt)),
-            "{out:?}"
-        );
+        assert_refused!(out, "connector", HandshakeError::Decrypt);
         assert_eq!(r.signatures().1, before.1 + 1, "the listener fell back");
     }
 
@@ -856,13 +746,7 @@ mod resumption {
         r.connect_ok("full", Duration::ZERO);
         r.p.listener.trust = Arc::new(TrustList::new());
         let out = r.connect("untrusted", S);
-        assert!(
-            matches!(
-                out,
-                Outcome::Refused("listener", HandshakeError::UntrustedConnector(_))
-            ),
-            "{out:?}"
-        );
+        assert_refused!(out, "listener", HandshakeError::UntrustedConnector(_));
         assert!(r.lstore.lock().unwrap().is_empty(), "the ticket is dropped");
     }
 

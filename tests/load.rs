@@ -12,14 +12,14 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use support::daemon::*;
-use support::{raise_nofile, rss_kib};
+use support::{pseudo_random, raise_nofile, rss_kib};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The echo target, in its own process: echoes every byte, and after the client's EOF sends the
@@ -61,16 +61,8 @@ fn echo_target_process() {
     });
 }
 
-struct Target(Child, SocketAddr);
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_target() -> Target {
+/// The echo target process (killed on drop) and its address.
+fn start_target() -> (KillOnDrop, SocketAddr) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -88,7 +80,7 @@ fn start_target() -> Target {
     for line in out.lines() {
         let line = line.unwrap();
         if let Some(addr) = line.split("LISTENING ").nth(1) {
-            return Target(child, addr.parse().unwrap());
+            return (KillOnDrop(child), addr.parse().unwrap());
         }
     }
     let _ = child.kill();
@@ -155,11 +147,11 @@ fn ten_thousand_connections() {
         limit as usize > total + 100,
         "need {total}+ open files, limit is {limit}"
     );
-    let target = start_target();
+    let (_target, target) = start_target();
     let extra = "max_connections = 20000\nmax_handshakes = 64\nhandshake_timeout = \"300s\"";
     let mut pairs = Vec::new();
     for _ in 0..2 {
-        pairs.push(tunnel_to(target.1, extra));
+        pairs.push(tunnel_to(target, extra));
     }
     let pids: Vec<u32> = pairs
         .iter()

@@ -1,4 +1,6 @@
-//! A man in the middle between a real connector and a real listener (SPEC §2.3, 2.5, 2.6, 2.7).
+//! A man in the middle between a real connector and a real listener: the on-path attacker of
+//! SECURITY.md, against the defences of PROTOCOL.md §7 (tampering, truncation, replay, splicing,
+//! reflection).
 //!
 //! Each test starts a listener, the adversary, a connector and a recording echo service, opens
 //! one clean connection through the adversary that stays open for the whole test, then attacks
@@ -7,15 +9,15 @@
 //! send (what it got is a prefix of what was sent, and a clean EOF only ever follows all of it),
 //! handshake attacks never reach the service at all, and the clean connection keeps flowing.
 
-mod mitm_support;
 mod support;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use mitm_support::*;
 use support::daemon::*;
+use support::mitm::*;
+use support::pseudo_random;
 
 /// Small records and frequent rekeys, so that a few KiB make many records of every type; a short
 /// handshake timeout bounds the attacks that leave a side waiting for bytes. Resumption is off:
@@ -51,13 +53,9 @@ impl Lab {
     fn start(name: &'static str) -> Lab {
         let site = Site::new();
         let service = RecordingEcho::start();
-        let lconf = site.write(
-            "listener.toml",
-            &listener_config(any_port(), service.addr, &[connector_fp()], TUNING),
-        );
-        let listener = Daemon::start(&lconf);
+        let listener = site.start("listener.toml", &listener_for(service.addr, TUNING));
         let mitm = Mitm::start(listener.addr());
-        let (connector, _) = start_connector(&site, mitm.addr, TUNING);
+        let connector = start_connector(&site, mitm.addr, TUNING);
         let entry = connector.addr();
         // The clean connection: proxy connection 0, service connection 0, never attacked.
         let mut clean = Clean::open(entry, 1000);

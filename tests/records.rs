@@ -2,7 +2,7 @@
 
 mod support;
 
-use sealpipe::proto::handshake::{Established, Handshake};
+use sealpipe::proto::handshake::Established;
 use sealpipe::proto::record::{
     parse_header, Opened, Opener, RecordError, Sealer, HEADER_LEN, OVERHEAD,
 };
@@ -11,9 +11,7 @@ use support::*;
 /// A session whose keys are the same at every call (deterministic signatures and randomness).
 fn session(rekey_bytes: u64) -> ((Sealer, Opener), (Sealer, Opener)) {
     let (cp, lp) = det_pair();
-    let c = Handshake::connector(cp, det_randomness("rec c"));
-    let l = Handshake::listener(lp, det_randomness("rec l"));
-    let Outcome::Done(done) = drive(c, l, |_, _| {}) else {
+    let Outcome::Done(done) = handshake(cp, lp, "rec") else {
         panic!("handshake")
     };
     let (ce, le): (Established, Established) = *done;
@@ -110,10 +108,7 @@ fn a_record_replayed_into_another_session_is_refused() {
     let ((mut cs, _), _) = session(1 << 20);
     let r = seal(&mut cs, b"from session one");
     // Another session between the same keys (fresh randomness).
-    let p = pair(None);
-    let c = Handshake::connector(p.connector.clone(), det_randomness("other c"));
-    let l = Handshake::listener(p.listener.clone(), det_randomness("other l"));
-    let Outcome::Done(done) = drive(c, l, |_, _| {}) else {
+    let Outcome::Done(done) = pair(None).handshake("other") else {
         panic!()
     };
     let (_, mut lo) = done.1.into_record_layer(1 << 20);

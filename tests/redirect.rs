@@ -9,11 +9,12 @@
 mod support;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::daemon::*;
+use support::pseudo_random;
 
 /// Set in the environment of the copy of this test binary that runs inside the namespace.
 const INSIDE: &str = "SEALPIPE_TEST_INSIDE_NETNS";
@@ -76,40 +77,13 @@ fn inside_the_namespace() {
         return;
     }
     run(&["ip", "link", "set", "lo", "up"]);
-    run(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        "fd00::5/128",
-        "dev",
-        "lo",
-        "nodad",
-    ]);
-    run(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        "fd00::9/128",
-        "dev",
-        "lo",
-        "nodad",
-    ]);
-    // Outside `[fd00::/120]`, for a refused destination.
-    run(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        "fd00::1:5/128",
-        "dev",
-        "lo",
-        "nodad",
-    ]);
+    // A target, a client, and one outside `[fd00::/120]` for a refused destination.
+    for addr in ["fd00::5/128", "fd00::9/128", "fd00::1:5/128"] {
+        run(&["ip", "-6", "addr", "add", addr, "dev", "lo", "nodad"]);
+    }
 
-    let target4 = echo_target("127.0.0.5:0");
-    let target6 = echo_target("[fd00::5]:0");
+    let target4 = Service::start_on("127.0.0.5:0", Behaviour::Echo).addr;
+    let target6 = Service::start_on("[fd00::5]:0", Behaviour::Echo).addr;
     let site = Site::new();
     let lconf = site.write(
         "listener.toml",
@@ -203,27 +177,6 @@ fn inside_the_namespace() {
 fn run(cmd: &[&str]) {
     let st = Command::new(cmd[0]).args(&cmd[1..]).status().unwrap();
     assert!(st.success(), "{cmd:?}");
-}
-
-/// An echo service on `bind`; its address.
-fn echo_target(bind: &str) -> SocketAddr {
-    let l = TcpListener::bind(bind).unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 64 * 1024];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                let _ = s.shutdown(Shutdown::Write);
-            });
-        }
-    });
-    addr
 }
 
 /// Connects from `from` to `to`, sends `data`, half-closes, reads to the end.

@@ -11,33 +11,14 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use sealpipe::proto::handshake::{ConnectorParams, Handshake, ListenerParams, Resumption};
-use sealpipe::proto::identity::{Signer, TrustList};
 use sealpipe::proto::keys::hash;
 use sealpipe::proto::record::{HEADER_LEN, OVERHEAD};
 use sealpipe::proto::resume::{ticket_id, ConnectorTickets, TicketPolicy, TicketStore};
 use support::*;
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn computed() -> Vec<(&'static str, String)> {
-    let l: Arc<dyn Signer> = Arc::new(DetSigner::new("openssl-rsa2048.pem", "vector listener pss"));
-    let c: Arc<dyn Signer> = Arc::new(DetSigner::new("peer-b.pem", "vector connector pss"));
-    let mut trust = TrustList::new();
-    trust.insert(c.public().fingerprint(), None);
-    let cparams = ConnectorParams {
-        identity: c.clone(),
-        listener: l.public().fingerprint().into(),
-        psk: None,
-    };
-    let lparams = ListenerParams {
-        identity: l.clone(),
-        trust: Arc::new(trust),
-        psk: None,
-        accept_unknown: false,
-        allow_tofu: false,
-    };
+    let (cparams, lparams) = det_pair_with("vector listener pss", "vector connector pss");
+    let (l, c) = (lparams.identity.clone(), cparams.identity.clone());
     // Ticket stores: the full handshake files its ticket, the resumed one below uses it.
     let now = Instant::now();
     let cstore = Arc::new(Mutex::new(ConnectorTickets::default()));

@@ -1,12 +1,19 @@
-//! Shared test support: committed test keys, a deterministic RNG and signer for the test
-//! vectors, a signer that counts its signatures, and an in-memory handshake driver.
+//! Shared test support, included by every test binary (`mod support;`): committed test keys,
+//! a deterministic RNG and signer for the test vectors, signers that count or lie, an in-memory
+//! handshake driver, test data and polling. [`daemon`] runs the real `sealpipe` binary, and
+//! [`mitm`] is an active adversary between two real daemons.
+//!
+//! No test binary uses all of it, hence `dead_code` is allowed here (and in the submodules).
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod mitm;
 
+use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rsa::pkcs8::DecodePrivateKey;
 use rsa::signature::{RandomizedSigner, SignatureEncoding};
@@ -14,7 +21,7 @@ use sealpipe::proto::handshake::{
     ConnectorParams, Established, Handshake, HandshakeError, HandshakeRandomness, ListenerParams,
 };
 use sealpipe::proto::identity::{
-    IdentityError, PrivateIdentity, PublicIdentity, Signer, TrustList,
+    Fingerprint, IdentityError, PrivateIdentity, PublicIdentity, Signer, TrustList,
 };
 use sealpipe::proto::keys::Psk;
 use sha2::{Digest, Sha256};
@@ -31,14 +38,16 @@ pub fn raise_nofile(want: u64) -> u64 {
     soft
 }
 
-/// VmRSS of process `pid` in KiB (0 if it cannot be read).
+/// VmRSS of process `pid` in KiB; fails the test if it cannot be read.
 pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS for {pid}"))
 }
 
 /// True when the tests run as root.
@@ -66,6 +75,59 @@ pub fn listener_key() -> PrivateIdentity {
 /// The connector's test identity.
 pub fn connector_key() -> PrivateIdentity {
     PrivateIdentity::from_pem(&pem("peer-b.pem")).expect("connector key")
+}
+
+/// A third test identity, trusted and pinned by nobody.
+pub fn untrusted_key() -> PrivateIdentity {
+    PrivateIdentity::from_pem(&pem("untrusted.pem")).expect("untrusted key")
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Random-looking bytes from a seed (SHA-256 in counter mode; fast enough for tests).
+pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 32);
+    let mut i = 0u64;
+    while out.len() < len {
+        out.extend_from_slice(
+            &Sha256::new()
+                .chain_update(seed.to_le_bytes())
+                .chain_update(i.to_le_bytes())
+                .finalize(),
+        );
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// Reads `r` to its end; returns the SHA-256 of every byte read and how many there were. Fails
+/// the test on a read error.
+pub fn hash_to_end(r: &mut impl Read) -> ([u8; 32], usize) {
+    let mut h = Sha256::new();
+    let mut n = 0;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return (h.finalize().into(), n),
+            Ok(k) => {
+                h.update(&buf[..k]);
+                n += k;
+            }
+            Err(e) => panic!("read after {n} bytes: {e}"),
+        }
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds; fails the test after 20 s, naming `what`.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A deterministic RNG: SHA-256 in counter mode over a seed. For test vectors only.
@@ -189,6 +251,46 @@ impl Signer for CountingSigner {
     }
 }
 
+/// Presents one key and signs with another: what a peer without the private half of the key it
+/// shows can at best do.
+pub struct StolenPublicKey {
+    pub shown: PublicIdentity,
+    pub signer: PrivateIdentity,
+}
+
+impl Signer for StolenPublicKey {
+    fn public(&self) -> &PublicIdentity {
+        &self.shown
+    }
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, IdentityError> {
+        self.signer.sign(msg)
+    }
+}
+
+/// Listener parameters for `identity`, trusting `trusted`: no PSK, no enrollment options.
+pub fn listener_params(identity: Arc<dyn Signer>, trusted: &[Fingerprint]) -> ListenerParams {
+    let mut trust = TrustList::new();
+    for fp in trusted {
+        trust.insert(*fp, None);
+    }
+    ListenerParams {
+        identity,
+        trust: Arc::new(trust),
+        psk: None,
+        accept_unknown: false,
+        allow_tofu: false,
+    }
+}
+
+/// Connector parameters for `identity`, pinned to `listener`, without a PSK.
+pub fn connector_params(identity: Arc<dyn Signer>, listener: Fingerprint) -> ConnectorParams {
+    ConnectorParams {
+        identity,
+        listener: listener.into(),
+        psk: None,
+    }
+}
+
 /// A matching pair of parameters: connector pins the listener, listener trusts the connector.
 pub struct Pair {
     pub connector: ConnectorParams,
@@ -219,27 +321,33 @@ pub fn pair(psk: Option<[u8; 32]>) -> Pair {
     }
 }
 
+impl Pair {
+    /// [`handshakes`] of this pair's parameters.
+    pub fn handshakes(&self, tag: &str) -> (Handshake, Handshake) {
+        handshakes(self.connector.clone(), self.listener.clone(), tag)
+    }
+
+    /// [`handshake`] of this pair's parameters.
+    pub fn handshake(&self, tag: &str) -> Outcome {
+        handshake(self.connector.clone(), self.listener.clone(), tag)
+    }
+}
+
 /// Like [`pair`], but both sides sign with [`DetSigner`]: the same handshake randomness gives
 /// the same session keys every time.
 pub fn det_pair() -> (ConnectorParams, ListenerParams) {
-    let l: Arc<dyn Signer> = Arc::new(DetSigner::new("openssl-rsa2048.pem", "det listener"));
-    let c: Arc<dyn Signer> = Arc::new(DetSigner::new("peer-b.pem", "det connector"));
-    let mut trust = TrustList::new();
-    trust.insert(c.public().fingerprint(), None);
-    (
-        ConnectorParams {
-            listener: l.public().fingerprint().into(),
-            identity: c,
-            psk: None,
-        },
-        ListenerParams {
-            identity: l,
-            trust: Arc::new(trust),
-            psk: None,
-            accept_unknown: false,
-            allow_tofu: false,
-        },
-    )
+    det_pair_with("det listener", "det connector")
+}
+
+/// [`det_pair`] with the signers' salts drawn from these labels.
+pub fn det_pair_with(
+    listener_label: &str,
+    connector_label: &str,
+) -> (ConnectorParams, ListenerParams) {
+    let l: Arc<dyn Signer> = Arc::new(DetSigner::new("openssl-rsa2048.pem", listener_label));
+    let c: Arc<dyn Signer> = Arc::new(DetSigner::new("peer-b.pem", connector_label));
+    let (lfp, cfp) = (l.public().fingerprint(), c.public().fingerprint());
+    (connector_params(c, lfp), listener_params(l, &[cfp]))
 }
 
 /// Which side refused, and why.
@@ -257,6 +365,33 @@ impl Outcome {
     pub fn is_done(&self) -> bool {
         matches!(self, Outcome::Done(_))
     }
+}
+
+/// A connector and a listener handshake, with fixed randomness from `"{tag} c"` and `"{tag} l"`.
+pub fn handshakes(c: ConnectorParams, l: ListenerParams, tag: &str) -> (Handshake, Handshake) {
+    (
+        Handshake::connector(c, det_randomness(&format!("{tag} c"))),
+        Handshake::listener(l, det_randomness(&format!("{tag} l"))),
+    )
+}
+
+/// [`drive`]s the [`handshakes`] of `c` and `l`, untouched.
+pub fn handshake(c: ConnectorParams, l: ListenerParams, tag: &str) -> Outcome {
+    let (c, l) = handshakes(c, l, tag);
+    drive(c, l, |_, _| {})
+}
+
+/// Asserts that an [`Outcome`] is a refusal by `side` (`"listener"` or `"connector"`) with an
+/// error that matches the pattern (and guard), as `matches!` would.
+#[macro_export]
+macro_rules! assert_refused {
+    ($outcome:expr, $side:literal, $error:pat $(if $guard:expr)?) => {{
+        let out = $outcome;
+        assert!(
+            matches!(out, $crate::support::Outcome::Refused($side, $error) $(if $guard)?),
+            "{out:?}"
+        );
+    }};
 }
 
 /// Runs the three flights between the two handshakes; `tamper(flight, bytes)` may change each

@@ -5,7 +5,6 @@
 //! keeps every byte it received, and how each of its connections ended.
 //!
 //! Threads and blocking std sockets; everything is bounded by read timeouts so a test cannot hang.
-#![allow(dead_code)]
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
