@@ -9,16 +9,6 @@ use std::time::Duration;
 
 use support::daemon::*;
 
-/// The metrics text of `addr`.
-fn metrics_text(addr: std::net::SocketAddr) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    let mut r = String::new();
-    s.read_to_string(&mut r).unwrap();
-    r
-}
-
 #[test]
 fn a_reload_that_cannot_start_a_tunnel_says_reload_incomplete_and_counts_it() {
     let service = Service::start(Behaviour::Echo);
@@ -45,7 +35,7 @@ fn a_reload_that_cannot_start_a_tunnel_says_reload_incomplete_and_counts_it() {
         "{log}"
     );
     assert!(!log.contains("configuration reloaded"), "{log}");
-    let m = metrics_text(metrics_at);
+    let m = scrape(metrics_at);
     assert!(
         m.contains("sealpipe_reloads_total{result=\"incomplete\"} 1"),
         "{m}"
@@ -56,7 +46,7 @@ fn a_reload_that_cannot_start_a_tunnel_says_reload_incomplete_and_counts_it() {
     drop(taken);
     listener.signal("HUP");
     listener.wait_log("configuration reloaded");
-    let m = metrics_text(metrics_at);
+    let m = scrape(metrics_at);
     assert!(m.contains("sealpipe_reloads_total{result=\"ok\"} 1"), "{m}");
 }
 
@@ -112,7 +102,7 @@ fn shutdown_counts_real_connections_and_says_stopped() {
     assert!(log.contains("stopped"), "{log}");
 
     // One connection open through the listener: it counts one.
-    let (connector, _) = start_connector(&t.site, t.listener.addr(), "");
+    let connector = start_connector(&t.site, t.listener.addr(), "");
     let mut open = TcpStream::connect(connector.addr()).unwrap();
     open.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
