@@ -2,8 +2,9 @@
 //!
 //! The file is named directly (`--peers-file`) or found through a config file's listener
 //! (`--config`, with `--listener` when there are several). Every edit is validated with the
-//! daemon's parser before and after, done under the directory lock with an atomic rewrite
-//! ([`crate::files::enroll::atomic_write`]) that keeps comments, the other lines, the mode and the owner.
+//! daemon's parser ([`crate::files::peers`]) before and after, done under the directory lock with
+//! an atomic rewrite ([`crate::files::atomic::atomic_write`]) that keeps comments, the other
+//! lines, the mode and the owner.
 //! A running daemon reads the file again on reload (SIGHUP).
 
 use std::path::{Path, PathBuf};
@@ -12,10 +13,9 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
 use crate::config::{Config, ListenerConfig};
-use crate::files::enroll::{
-    atomic_write, check_peer_name, parse_peers, with_peer_added, without_lines, DirLock,
-};
+use crate::files::atomic::{atomic_write, DirLock};
 use crate::files::keyfile;
+use crate::files::peers::{check_peer_name, parse_peers, with_peer_added, without_lines};
 use crate::proto::identity::Fingerprint;
 
 const RELOAD_HINT: &str =

@@ -10,8 +10,8 @@ use tokio::net::TcpListener;
 
 use crate::addr::Address;
 use crate::config::{Config, PeerPin, SocketPermissions};
-use crate::files::enroll::TofuStore;
 use crate::files::keyfile;
+use crate::files::known_peers::TofuStore;
 use crate::proto::handshake::{ConnectorParams, ListenerParams, ListenerPin};
 use crate::proto::identity::{Signer, TrustList};
 use crate::proto::keys::Psk;

@@ -7,7 +7,8 @@
 //! * [`PrivateIdentity`] is our own key pair, read from PKCS#8 (`BEGIN PRIVATE KEY`) or PKCS#1
 //!   (`BEGIN RSA PRIVATE KEY`) PEM or freshly generated; it makes RSA-PSS-SHA256 signatures.
 //! * [`Signer`] is the seam the handshake signs through.
-//! * [`TrustList`] is the set of fingerprints a listener accepts (the `peers_file` format).
+//! * [`TrustList`] is the set of fingerprints a listener accepts, built in memory (the
+//!   `peers` and `peers_file` of its config are read by `crate::files::peers`).
 //!
 //! Division of labour between the two RSA libraries: the `rsa` crate only parses, checks,
 //! generates and encodes keys. Every signature is made and checked by `aws-lc-rs`, whose RSA is
@@ -571,16 +572,6 @@ pub struct TrustList {
     entries: BTreeMap<Fingerprint, Option<String>>,
 }
 
-/// A bad line in a trust list.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}: {source}")]
-pub struct TrustListError {
-    /// The 1-based line number.
-    pub line: usize,
-    /// What is wrong with the fingerprint on that line.
-    pub source: FingerprintError,
-}
-
 impl TrustList {
     /// An empty trust list.
     pub fn new() -> Self {
@@ -615,38 +606,6 @@ impl TrustList {
     /// The trusted fingerprints and their names, in fingerprint order.
     pub fn iter(&self) -> impl Iterator<Item = (&Fingerprint, Option<&str>)> {
         self.entries.iter().map(|(fp, name)| (fp, name.as_deref()))
-    }
-
-    /// The `peers_file` format: one fingerprint per line, optionally followed by whitespace and a
-    /// name; blank lines and `#` comments (whole-line or trailing) ignored. Errors carry the
-    /// 1-based line number.
-    ///
-    /// ```text
-    /// # laptops allowed to reach the database
-    /// SHA256:V1GUYe4eywPwl3yr/5K4Ds/5UDV2SNzCZf9ujhgoYwg  alice laptop
-    /// SHA256:Vh7Bz0mUd5hVr1mE8o5eA0o2Wn3q8xQpN4mB0v9sY0M  # no name
-    /// ```
-    pub fn parse(text: &str) -> Result<Self, TrustListError> {
-        let mut list = TrustList::new();
-        for (index, raw) in text.lines().enumerate() {
-            let line = raw.split('#').next().unwrap_or_default().trim();
-            if line.is_empty() {
-                continue;
-            }
-            let (fp_text, name) = match line.split_once(char::is_whitespace) {
-                Some((fp, rest)) => (fp, rest.trim()),
-                None => (line, ""),
-            };
-            let fp = fp_text
-                .parse::<Fingerprint>()
-                .map_err(|source| TrustListError {
-                    line: index + 1,
-                    source,
-                })?;
-            let name = (!name.is_empty()).then(|| name.to_owned());
-            list.insert(fp, name);
-        }
-        Ok(list)
     }
 }
 
@@ -930,13 +889,13 @@ mod tests {
     }
 
     #[test]
-    fn trust_list_parse() {
+    fn trust_list_insert_and_look_up() {
         let fp_a = openssl_fp();
         let fp_b = PublicIdentity::from_pem(PEER_B_PUB).unwrap().fingerprint();
-        let text = format!(
-            "# trusted connectors\n\n{fp_a}   alice  laptop # trailing comment\r\n  {fp_b}=\n# {fp_a} commented out\n"
-        );
-        let list = TrustList::parse(&text).unwrap();
+        let mut list = TrustList::new();
+        assert!(list.is_empty());
+        list.insert(fp_a, Some("alice  laptop".into()));
+        list.insert(fp_b, None);
         assert_eq!(list.len(), 2);
         assert!(!list.is_empty());
         assert!(list.contains(&fp_a) && list.contains(&fp_b));
@@ -944,17 +903,13 @@ mod tests {
         assert_eq!(list.name_of(&fp_b), None);
         assert!(!list.contains(&Fingerprint([0; 32])));
         assert_eq!(list.iter().count(), 2);
+        let collected: TrustList = list
+            .iter()
+            .map(|(f, n)| (*f, n.map(String::from)))
+            .collect();
+        assert_eq!(collected.len(), 2);
+        assert_eq!(collected.name_of(&fp_a), Some("alice  laptop"));
 
-        let bad = format!("# header\n{fp_a} ok\n\nSHA256:tooshort name\n");
-        let err = TrustList::parse(&bad).unwrap_err();
-        assert_eq!(err.line, 4);
-        assert_eq!(err.source, FingerprintError::BadDigest);
-        assert!(err.to_string().starts_with("line 4: "), "{err}");
-        let err = TrustList::parse("md5:abc\n").unwrap_err();
-        assert_eq!((err.line, err.source), (1, FingerprintError::MissingPrefix));
-
-        assert!(TrustList::parse("").unwrap().is_empty());
-        assert!(TrustList::parse("# nothing\n\n   \n").unwrap().is_empty());
         let mut list = TrustList::new();
         list.insert(fp_a, None);
         list.insert(fp_a, Some("renamed".into()));

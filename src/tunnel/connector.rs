@@ -9,7 +9,7 @@ use std::time::Instant;
 use tokio::net::TcpStream;
 
 use crate::config::{Address, ConnectorMode, SocketPermissions, Tuning};
-use crate::files::enroll::{Recorded, TofuStore};
+use crate::files::known_peers::{Recorded, TofuStore};
 use crate::proto::handshake::Role;
 use crate::proto::handshake::{
     ConnectorParams, Established, Handshake, HandshakeError, ListenerPin, Resumption,

@@ -1,0 +1,165 @@
+//! The serde layer: what a config file holds before validation, every leaf [`Spanned`] so that
+//! an error can point at its value.
+//!
+//! Every struct has `deny_unknown_fields`. The tuning keys are repeated in each struct that
+//! takes them (`[defaults]`, `[[listener]]`, `[[connector]]`) by `with_tuning!`, from the one
+//! list in `super::tuning`, because serde's `flatten` cannot be combined with
+//! `deny_unknown_fields`. Sizes and durations are kept as written ([`SizeText`],
+//! [`DurationText`]) until validated.
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use std::fmt;
+use toml::Spanned;
+
+use super::tuning::tuning_fields;
+
+/// Adds the tuning keys, as `Option<Spanned<RAW>>`, after the struct's own fields (so that an
+/// unknown key's message lists the own keys first), and a `tuning()` that copies them out.
+/// Called by `tuning_fields!` with the struct and the list of tuning keys.
+macro_rules! with_tuning {
+    (
+        {
+            $(#[$meta:meta])*
+            struct $name:ident { $($own:ident : $own_ty:ty,)* }
+        }
+        $(
+            $(#[$doc:meta])*
+            $field:ident : $ty:ty = $default:expr, parsed from $raw:ident by $parse:ident;
+        )*
+    ) => {
+        $(#[$meta])*
+        pub(crate) struct $name {
+            $(pub(crate) $own: $own_ty,)*
+            $(pub(crate) $field: Option<Spanned<$raw>>,)*
+        }
+
+        impl $name {
+            /// The tuning keys set in this section.
+            pub(crate) fn tuning(&self) -> RawTuning {
+                RawTuning {
+                    $($field: self.$field.clone(),)*
+                }
+            }
+        }
+    };
+}
+
+/// A whole config file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub(crate) identity: Option<Spanned<RawIdentity>>,
+    pub(crate) defaults: Option<RawTuning>,
+    #[serde(default, rename = "listener")]
+    pub(crate) listeners: Vec<Spanned<RawListener>>,
+    #[serde(default, rename = "connector")]
+    pub(crate) connectors: Vec<Spanned<RawConnector>>,
+    pub(crate) metrics: Option<Spanned<RawMetrics>>,
+}
+
+/// `[metrics]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawMetrics {
+    pub(crate) listen: Spanned<String>,
+}
+
+/// `[identity]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawIdentity {
+    pub(crate) private_key: Spanned<String>,
+    pub(crate) psk_file: Option<Spanned<String>>,
+}
+
+tuning_fields!(with_tuning! {
+    /// `[defaults]`, and the tuning keys of one tunnel.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, expecting = "a table")]
+    struct RawTuning {}
+});
+
+tuning_fields!(with_tuning! {
+    /// One `[[listener]]`.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, expecting = "a table")]
+    struct RawListener {
+        name: Spanned<String>,
+        listen: Spanned<String>,
+        forward: Option<Spanned<String>>,
+        peers: Option<Spanned<Vec<Spanned<String>>>>,
+        peers_file: Option<Spanned<String>>,
+        accept_unknown: Option<Spanned<bool>>,
+        allow_tofu: Option<Spanned<bool>>,
+        allow_destinations: Option<Spanned<Vec<Spanned<String>>>>,
+        proxy_protocol: Option<Spanned<String>>,
+    }
+});
+
+tuning_fields!(with_tuning! {
+    /// One `[[connector]]`.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, expecting = "a table")]
+    struct RawConnector {
+        name: Spanned<String>,
+        listen: Spanned<String>,
+        connect: Spanned<String>,
+        peer: Spanned<String>,
+        socket_mode: Option<Spanned<String>>,
+        socket_group: Option<Spanned<String>>,
+        known_peers: Option<Spanned<String>>,
+        mode: Option<Spanned<String>>,
+    }
+});
+
+/// A size: a string for `bytesize` or a bare integer (bytes). Kept as written until validated.
+#[derive(Clone)]
+pub(crate) enum SizeText {
+    Int(i64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for SizeText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = SizeText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size such as \"16KiB\" or \"1GiB\", or a number of bytes")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<SizeText, E> {
+                Ok(SizeText::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<SizeText, E> {
+                i64::try_from(v)
+                    .map(SizeText::Int)
+                    .map_err(|_| E::custom("size too large"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<SizeText, E> {
+                Ok(SizeText::Text(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A duration string for `humantime`, kept as written until validated.
+#[derive(Clone)]
+pub(crate) struct DurationText(pub(crate) String);
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = DurationText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration string such as \"10s\", \"500ms\" or \"1h 30m\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationText, E> {
+                Ok(DurationText(v.to_string()))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}

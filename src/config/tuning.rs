@@ -1,0 +1,265 @@
+//! Per-tunnel tuning: the [`Tuning`] model, its defaults, and how the keys are checked and
+//! merged (`[defaults]` over the built-in defaults, a tunnel's own keys over `[defaults]`).
+//!
+//! The tuning keys are written once, in [`tuning_fields!`]: a key's field, type, default, the
+//! type serde reads it as and the function that checks it. From that one list come the
+//! [`Tuning`] struct and its `Default` (here), the keys of the raw sections (`super::raw`) and
+//! [`Tuning::merged`]. Adding a key is one line in that list (and a check function, unless an
+//! existing one fits).
+
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::error::{ConfigError, Source};
+use super::raw::{DurationText, RawTuning, SizeText};
+use super::{MAX_RECORD_SIZE, MIN_RECORD_SIZE};
+
+/// The tuning keys, in file order (the order of the "expected one of" list of an unknown key,
+/// and of the checks). Each is written
+///
+/// ```text
+/// /// DOC
+/// KEY: TYPE = DEFAULT, parsed from RAW by CHECK;
+/// ```
+///
+/// where `RAW` is what serde reads the value as and `CHECK` turns a `&RAW` into a `TYPE`, or
+/// into the problem to report at the value. `tuning_fields!(callback! { ARGS })` calls
+/// `callback! { { ARGS } KEYS… }`.
+macro_rules! tuning_fields {
+    ($callback:ident ! { $($args:tt)* }) => {
+        $callback! {
+            { $($args)* }
+            /// Rekey each direction after this many bytes of plaintext (never zero).
+            rekey_bytes: u64 = 1 << 30, parsed from SizeText by rekey_bytes;
+            /// Also rekey after this much time; `None` means by bytes only.
+            rekey_interval: Option<Duration> = None,
+                parsed from DurationText by rekey_interval;
+            /// A handshake not complete after this long is dropped.
+            handshake_timeout: Duration = Duration::from_secs(10),
+                parsed from DurationText by duration;
+            /// Timeout of each outgoing TCP connect.
+            connect_timeout: Duration = Duration::from_secs(10),
+                parsed from DurationText by duration;
+            /// On SIGTERM, how long open connections may drain before they are cut.
+            drain_timeout: Duration = Duration::from_secs(30),
+                parsed from DurationText by duration;
+            /// Most established connections per tunnel.
+            max_connections: usize = 1024, parsed from i64 by count;
+            /// Most concurrent handshakes in progress per tunnel.
+            max_handshakes: usize = 128, parsed from i64 by count;
+            /// New connections accepted per second from one source IP address (0: no limit). Past
+            /// it, connections are dropped at accept and a warning is logged once per interval.
+            source_rate_limit: u32 = 0, parsed from i64 by source_rate_limit;
+            /// Largest plaintext per sealed record, in bytes
+            /// ([`MIN_RECORD_SIZE`]..=[`MAX_RECORD_SIZE`]).
+            record_size: usize = 64 * 1024, parsed from SizeText by record_size;
+            /// Session resumption: later connections between the same two peers skip the RSA
+            /// work.
+            resumption: bool = true, parsed from bool by flag;
+            /// How long a resumption ticket lives (1 s ..= 24 h).
+            resumption_lifetime: Duration = Duration::from_secs(3600),
+                parsed from DurationText by resumption_lifetime;
+            /// How many resumptions one ticket serves (1 ..= 1,000,000).
+            resumption_uses: u32 = 1000, parsed from i64 by resumption_uses;
+        }
+    };
+}
+pub(crate) use tuning_fields;
+
+/// The [`Tuning`] struct, its `Default` and [`Tuning::merged`], from the list of keys.
+macro_rules! define_tuning {
+    (
+        {}
+        $(
+            $(#[$doc:meta])*
+            $field:ident : $ty:ty = $default:expr, parsed from $raw:ident by $check:ident;
+        )*
+    ) => {
+        /// Per-tunnel tuning: `[defaults]` merged with the tunnel's own overrides.
+        #[derive(Clone, Debug, PartialEq)]
+        pub struct Tuning {
+            $($(#[$doc])* pub $field: $ty,)*
+        }
+
+        impl Default for Tuning {
+            /// 1 GiB rekey, no rekey interval, 10 s handshake and connect timeouts, 30 s drain,
+            /// 1024 connections, 128 handshakes, 64 KiB records (fewest system calls per byte; a
+            /// record is only as large as the data at hand), resumption on with 1 h and 1000-use
+            /// tickets.
+            fn default() -> Self {
+                Tuning {
+                    $($field: $default,)*
+                }
+            }
+        }
+
+        impl Tuning {
+            /// `self` with the keys set in `raw` (a section named `ctx` of `src`) in place of its
+            /// values. Keys are checked in order; the first bad value is the error, at its span.
+            pub(crate) fn merged(
+                &self,
+                raw: &RawTuning,
+                src: &Source<'_>,
+                ctx: &str,
+            ) -> Result<Tuning, ConfigError> {
+                let mut merged = self.clone();
+                $(if let Some(v) = &raw.$field {
+                    merged.$field = checked(src, ctx, stringify!($field), v, $check)?;
+                })*
+                Ok(merged)
+            }
+        }
+    };
+}
+
+tuning_fields!(define_tuning! {});
+
+/// Runs `check` on the value of `key`, locating its problem at the value.
+fn checked<R, T>(
+    src: &Source<'_>,
+    ctx: &str,
+    key: &str,
+    value: &Spanned<R>,
+    check: fn(&R) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    check(value.get_ref()).map_err(|problem| src.key_error(ctx, key, value.span(), problem))
+}
+
+/// A size in bytes, a bare integer or a `bytesize` string.
+fn size(v: &SizeText) -> Result<u64, String> {
+    match v {
+        SizeText::Int(n) => u64::try_from(*n).map_err(|_| format!("invalid size {n}: negative")),
+        SizeText::Text(s) => s
+            .trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|_| {
+                format!("invalid size {s:?}: expected a number with an optional unit, such as \"16KiB\", \"64 MiB\" or \"1048576\"")
+            }),
+    }
+}
+
+/// A `humantime` duration, more than zero.
+fn duration(v: &DurationText) -> Result<Duration, String> {
+    let s = &v.0;
+    let d =
+        humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))?;
+    if d.is_zero() {
+        return Err(format!("invalid duration {s:?}: must be more than zero"));
+    }
+    Ok(d)
+}
+
+/// A count of at least one.
+fn count(v: &i64) -> Result<usize, String> {
+    let n = *v;
+    if n < 1 {
+        return Err(format!("{n} is too small: must be at least 1"));
+    }
+    usize::try_from(n).map_err(|_| format!("{n} is too large"))
+}
+
+/// A boolean, as TOML has it.
+fn flag(v: &bool) -> Result<bool, String> {
+    Ok(*v)
+}
+
+fn rekey_bytes(v: &SizeText) -> Result<u64, String> {
+    match size(v)? {
+        0 => Err("must be more than zero".to_string()),
+        n => Ok(n),
+    }
+}
+
+/// A duration, or `"off"` / `"none"`: no rekey by time.
+fn rekey_interval(v: &DurationText) -> Result<Option<Duration>, String> {
+    let s = v.0.trim();
+    if s.eq_ignore_ascii_case("off") || s.eq_ignore_ascii_case("none") {
+        Ok(None)
+    } else {
+        duration(v).map(Some)
+    }
+}
+
+/// `n` if it is in `range`, else "N is out of range: WHAT".
+fn within(n: i64, range: RangeInclusive<i64>, what: &str) -> Result<u32, String> {
+    u32::try_from(n)
+        .ok()
+        .filter(|_| range.contains(&n))
+        .ok_or_else(|| format!("{n} is out of range: {what}"))
+}
+
+fn source_rate_limit(v: &i64) -> Result<u32, String> {
+    within(
+        *v,
+        0..=1_000_000,
+        "connections per second per source, 0 (no limit) to 1000000",
+    )
+}
+
+fn record_size(v: &SizeText) -> Result<usize, String> {
+    let n = size(v)?;
+    if !(MIN_RECORD_SIZE as u64..=MAX_RECORD_SIZE as u64).contains(&n) {
+        return Err(format!(
+            "{n} bytes is out of range: must be from 1KiB (1024) to 64KiB (65536)"
+        ));
+    }
+    Ok(n as usize)
+}
+
+fn resumption_lifetime(v: &DurationText) -> Result<Duration, String> {
+    let d = duration(v)?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&d) {
+        return Err(format!("{:?} is out of range: must be from 1s to 24h", v.0));
+    }
+    Ok(d)
+}
+
+fn resumption_uses(v: &i64) -> Result<u32, String> {
+    within(*v, 1..=1_000_000, "resumptions per ticket, 1 to 1000000")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        assert_eq!(
+            Tuning::default(),
+            Tuning {
+                rekey_bytes: 1 << 30,
+                rekey_interval: None,
+                handshake_timeout: Duration::from_secs(10),
+                connect_timeout: Duration::from_secs(10),
+                drain_timeout: Duration::from_secs(30),
+                max_connections: 1024,
+                max_handshakes: 128,
+                source_rate_limit: 0,
+                record_size: 64 * 1024,
+                resumption: true,
+                resumption_lifetime: Duration::from_secs(3600),
+                resumption_uses: 1000,
+            }
+        );
+    }
+
+    #[test]
+    fn checks_take_what_the_file_says() {
+        let text = |s: &str| DurationText(s.to_string());
+        assert_eq!(rekey_interval(&text(" Off ")), Ok(None));
+        assert_eq!(rekey_interval(&text("none")), Ok(None));
+        assert_eq!(
+            rekey_interval(&text("1h 30m")),
+            Ok(Some(Duration::from_secs(90 * 60)))
+        );
+        assert_eq!(size(&SizeText::Text(" 16KiB ".into())), Ok(16 * 1024));
+        assert_eq!(size(&SizeText::Int(7)), Ok(7));
+        assert_eq!(source_rate_limit(&0), Ok(0));
+        assert_eq!(count(&1), Ok(1));
+        assert_eq!(record_size(&SizeText::Int(1024)), Ok(MIN_RECORD_SIZE));
+        assert_eq!(resumption_uses(&1_000_000), Ok(1_000_000));
+    }
+}

@@ -1,0 +1,572 @@
+//! Validation: the raw, spanned structs turned into the model ([`Config`] and the types in it).
+//! Every semantic error points at the span of the offending value, through [`Source`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+use super::error::{ConfigError, Source};
+use super::raw::{RawConfig, RawConnector, RawListener};
+use super::{
+    Address, Config, ConnectorConfig, ConnectorMode, DestinationRule, IdentityConfig,
+    ListenerConfig, MetricsConfig, PeerPin, ProxyProtocol, SocketPermissions, Tuning,
+    MAX_UNIX_PATH,
+};
+use crate::files::peers;
+use crate::proto::identity::Fingerprint;
+
+/// A listener's trusted keys and their names, as in [`ListenerConfig::peers`].
+type TrustedPeers = Vec<(Fingerprint, Option<String>)>;
+
+impl Source<'_> {
+    /// Validates `raw` and turns it into the model.
+    pub(crate) fn build(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let dir = self.path.parent().unwrap_or(Path::new("")).to_path_buf();
+        let identity = raw.identity.ok_or_else(|| {
+            self.file_error(
+                "missing [identity] section (it names this host's `private_key`)".to_string(),
+            )
+        })?;
+        let identity = identity.into_inner();
+        let identity = IdentityConfig {
+            private_key: self.path_value(
+                "[identity]",
+                "private_key",
+                &identity.private_key,
+                &dir,
+            )?,
+            psk_file: identity
+                .psk_file
+                .as_ref()
+                .map(|p| self.path_value("[identity]", "psk_file", p, &dir))
+                .transpose()?,
+        };
+
+        let base = match &raw.defaults {
+            Some(d) => Tuning::default().merged(&d.tuning(), self, "[defaults]")?,
+            None => Tuning::default(),
+        };
+
+        if raw.listeners.is_empty() && raw.connectors.is_empty() {
+            return Err(
+                self.file_error("no tunnels: add at least one [[listener]] or [[connector]]")
+            );
+        }
+
+        // Listen addresses in use so far: address -> (description, line).
+        let mut bound: Vec<(Address, String, usize)> = Vec::new();
+
+        let mut listeners = Vec::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        for (i, l) in raw.listeners.iter().enumerate() {
+            let header = l.span();
+            let l = l.get_ref();
+            let name = self.tunnel_name("listener", i, &l.name, &mut names)?;
+            let ctx = format!("listener {name:?}");
+            let listen = self.address(&ctx, "listen", &l.listen, Side::SealedListen, &dir)?;
+            self.check_bound(&ctx, &l.listen, &listen, &mut bound)?;
+            let forward = l
+                .forward
+                .as_ref()
+                .map(|f| self.address(&ctx, "forward", f, Side::PlainConnect, &dir))
+                .transpose()?;
+            let mut allow_destinations = Vec::new();
+            if let Some(list) = &l.allow_destinations {
+                if list.get_ref().is_empty() {
+                    return Err(self.key_error(
+                        &ctx,
+                        "allow_destinations",
+                        list.span(),
+                        "empty list: name at least one destination, or remove the key and set `forward`",
+                    ));
+                }
+                for entry in list.get_ref() {
+                    let rule = entry
+                        .get_ref()
+                        .parse::<DestinationRule>()
+                        .map_err(|problem| {
+                            self.key_error(
+                                &ctx,
+                                "allow_destinations",
+                                entry.span(),
+                                format!("invalid destination {:?}: {problem}", entry.get_ref()),
+                            )
+                        })?;
+                    allow_destinations.push(rule);
+                }
+            }
+            match (&l.forward, &l.allow_destinations) {
+                (Some(_), Some(list)) => {
+                    return Err(self.key_error(
+                        &ctx,
+                        "allow_destinations",
+                        list.span(),
+                        "set either `forward` (one target for every connection) or `allow_destinations` (redirect-mode connectors choose), not both",
+                    ))
+                }
+                (None, None) => {
+                    return Err(self.error(
+                        header.clone(),
+                        format!("{ctx}: missing key `forward` (or `allow_destinations`, for redirect-mode connectors)"),
+                    ))
+                }
+                _ => {}
+            }
+            let proxy_protocol = self.keyword(
+                &ctx,
+                "proxy_protocol",
+                &l.proxy_protocol,
+                ProxyProtocol::Off,
+                &[("off", ProxyProtocol::Off), ("v2", ProxyProtocol::V2)],
+                ("value", "\"v2\" or \"off\""),
+            )?;
+            let (peers, peers_file) = self.trusted_peers(&ctx, l, &dir)?;
+            let accept_unknown = l.accept_unknown.as_ref().is_some_and(|b| *b.get_ref());
+            let allow_tofu = l.allow_tofu.as_ref().is_some_and(|b| *b.get_ref());
+            // With accept_unknown the trust list only names known connectors; it may be empty.
+            if peers.is_empty() && !accept_unknown {
+                let problem = match (&l.peers, &l.peers_file) {
+                    (None, None) => "no trusted peers: set `peers` or `peers_file`".to_string(),
+                    _ => {
+                        "no trusted peers: `peers` and `peers_file` list no fingerprint".to_string()
+                    }
+                };
+                return Err(self.error(header, format!("{ctx}: {problem}")));
+            }
+            let tuning = base.merged(&l.tuning(), self, &ctx)?;
+            listeners.push(ListenerConfig {
+                name,
+                listen,
+                forward,
+                allow_destinations,
+                proxy_protocol,
+                peers,
+                peers_file,
+                accept_unknown,
+                allow_tofu,
+                tuning,
+            });
+        }
+
+        let mut connectors = Vec::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        for (i, c) in raw.connectors.iter().enumerate() {
+            let c = c.get_ref();
+            let name = self.tunnel_name("connector", i, &c.name, &mut names)?;
+            let ctx = format!("connector {name:?}");
+            let listen = self.address(&ctx, "listen", &c.listen, Side::PlainListen, &dir)?;
+            self.check_bound(&ctx, &c.listen, &listen, &mut bound)?;
+            let connect = self.address(&ctx, "connect", &c.connect, Side::SealedConnect, &dir)?;
+            let socket = self.socket_permissions(&ctx, c, &listen)?;
+            let peer = self.peer_pin(&ctx, c, &dir)?;
+            let mode = self.keyword(
+                &ctx,
+                "mode",
+                &c.mode,
+                ConnectorMode::Forward,
+                &[
+                    ("forward", ConnectorMode::Forward),
+                    ("redirect", ConnectorMode::Redirect),
+                ],
+                ("mode", "\"forward\" or \"redirect\""),
+            )?;
+            // A Unix-socket client was not redirected by a NAT rule: it has no original
+            // destination to send, so every connection would be refused.
+            if let (ConnectorMode::Redirect, Some(path), Some(v)) =
+                (mode, listen.unix_path(), &c.mode)
+            {
+                return Err(self.key_error(
+                    &ctx,
+                    "mode",
+                    v.span(),
+                    format!(
+                        "`mode = \"redirect\"` needs a TCP `listen` (connections redirected by a NAT rule); \
+                         `listen = \"unix:{}\"` is a Unix socket, whose clients have no original destination",
+                        path.display()
+                    ),
+                ));
+            }
+            let tuning = base.merged(&c.tuning(), self, &ctx)?;
+            connectors.push(ConnectorConfig {
+                name,
+                listen,
+                connect,
+                peer,
+                socket,
+                mode,
+                tuning,
+            });
+        }
+
+        let metrics = match &raw.metrics {
+            Some(m) => {
+                let m = m.get_ref();
+                let ctx = "[metrics]";
+                let listen = self.address(ctx, "listen", &m.listen, Side::Metrics, &dir)?;
+                self.check_bound(ctx, &m.listen, &listen, &mut bound)?;
+                Some(MetricsConfig { listen })
+            }
+            None => None,
+        };
+
+        Ok(Config {
+            path: self.path.to_path_buf(),
+            identity,
+            listeners,
+            connectors,
+            metrics,
+        })
+    }
+
+    /// A listener's `peers` and `peers_file` (read here), and their union. One rule for both
+    /// sources and their union: see `crate::files::peers`.
+    fn trusted_peers(
+        &self,
+        ctx: &str,
+        l: &RawListener,
+        dir: &Path,
+    ) -> Result<(TrustedPeers, Option<PathBuf>), ConfigError> {
+        let mut inline = Vec::new();
+        if let Some(list) = &l.peers {
+            for entry in list.get_ref() {
+                let line = self.line_col(entry.span().start).0;
+                peers::push_entry(&mut inline, entry.get_ref(), line)
+                    .map_err(|problem| self.key_error(ctx, "peers", entry.span(), problem))?;
+            }
+        }
+        let mut peers_file = None;
+        let mut from_file = Vec::new();
+        if let Some(file) = &l.peers_file {
+            let file_path = self.path_value(ctx, "peers_file", file, dir)?;
+            let text = std::fs::read_to_string(&file_path).map_err(|e| {
+                self.key_error(
+                    ctx,
+                    "peers_file",
+                    file.span(),
+                    format!("cannot read {}: {e}", file_path.display()),
+                )
+            })?;
+            from_file =
+                peers::parse_peers(&text, &file_path).map_err(|e| ConfigError::PeersFile {
+                    path: e.path,
+                    line: e.line,
+                    message: format!("{ctx}: {}", e.problem),
+                })?;
+            peers_file = Some(file_path);
+        }
+        Ok((peers::union(inline.iter().chain(&from_file)), peers_file))
+    }
+
+    /// `socket_mode` and `socket_group` of a connector; only meaningful with a `unix:` listen.
+    fn socket_permissions(
+        &self,
+        ctx: &str,
+        c: &RawConnector,
+        listen: &Address,
+    ) -> Result<SocketPermissions, ConfigError> {
+        let mut perms = SocketPermissions::default();
+        for (key, value) in [
+            ("socket_mode", &c.socket_mode),
+            ("socket_group", &c.socket_group),
+        ] {
+            if let (Some(v), None) = (value, listen.unix_path()) {
+                return Err(self.key_error(
+                    ctx,
+                    key,
+                    v.span(),
+                    "only applies to a Unix socket (`listen = \"unix:/path\"`)",
+                ));
+            }
+        }
+        if let Some(v) = &c.socket_mode {
+            let s = v.get_ref().trim();
+            let digits = s.strip_prefix("0o").unwrap_or(s);
+            perms.mode = u32::from_str_radix(digits, 8)
+                .ok()
+                .filter(|m| !digits.is_empty() && *m <= 0o777)
+                .ok_or_else(|| {
+                    self.key_error(
+                        ctx,
+                        "socket_mode",
+                        v.span(),
+                        format!("invalid mode {s:?}: expected octal permission bits from \"0000\" to \"0777\", such as \"0660\""),
+                    )
+                })?;
+            if perms.mode & 0o600 != 0o600 {
+                return Err(self.key_error(
+                    ctx,
+                    "socket_mode",
+                    v.span(),
+                    format!("mode {s:?} does not let the owner read and write the socket (needs at least 0600)"),
+                ));
+            }
+        }
+        if let Some(v) = &c.socket_group {
+            let name = v.get_ref().trim();
+            let gid = lookup_group(name)
+                .map_err(|problem| self.key_error(ctx, "socket_group", v.span(), problem))?;
+            perms.group = Some((name.to_string(), gid));
+        }
+        Ok(perms)
+    }
+
+    /// A connector's `peer` and `known_peers`: a fingerprint without `known_peers`, or `"tofu"`
+    /// with it.
+    fn peer_pin(&self, ctx: &str, c: &RawConnector, dir: &Path) -> Result<PeerPin, ConfigError> {
+        let text = c.peer.get_ref().trim();
+        if text.eq_ignore_ascii_case("tofu") {
+            let Some(file) = &c.known_peers else {
+                return Err(self.key_error(
+                    ctx,
+                    "peer",
+                    c.peer.span(),
+                    "`peer = \"tofu\"` needs `known_peers = \"PATH\"`, the file where the listener's key is recorded",
+                ));
+            };
+            return Ok(PeerPin::Tofu {
+                known_peers: self.path_value(ctx, "known_peers", file, dir)?,
+            });
+        }
+        let fp = text.parse::<Fingerprint>().map_err(|e| {
+            self.key_error(
+                ctx,
+                "peer",
+                c.peer.span(),
+                format!("invalid fingerprint {:?}: {e}", c.peer.get_ref()),
+            )
+        })?;
+        if let Some(file) = &c.known_peers {
+            return Err(self.key_error(
+                ctx,
+                "known_peers",
+                file.span(),
+                "`known_peers` is only for `peer = \"tofu\"`; this connector pins its listener's key",
+            ));
+        }
+        Ok(PeerPin::Key(fp))
+    }
+
+    /// Checks a tunnel name for emptiness and duplicates; `seen` maps names to their line.
+    fn tunnel_name(
+        &self,
+        kind: &str,
+        index: usize,
+        name: &Spanned<String>,
+        seen: &mut HashMap<String, usize>,
+    ) -> Result<String, ConfigError> {
+        let ctx = format!("{kind} #{}", index + 1);
+        let n = name.get_ref();
+        if n.trim().is_empty() {
+            return Err(self.key_error(&ctx, "name", name.span(), "empty name"));
+        }
+        if n.chars().any(char::is_control) {
+            return Err(self.key_error(
+                &ctx,
+                "name",
+                name.span(),
+                format!("{n:?} contains control characters"),
+            ));
+        }
+        let line = self.line_col(name.span().start).0;
+        if let Some(first) = seen.insert(n.clone(), line) {
+            return Err(self.key_error(
+                &format!("{kind} {n:?}"),
+                "name",
+                name.span(),
+                format!("duplicate {kind} name {n:?} (first used on line {first})"),
+            ));
+        }
+        Ok(n.clone())
+    }
+
+    fn address(
+        &self,
+        ctx: &str,
+        key: &str,
+        value: &Spanned<String>,
+        side: Side,
+        dir: &Path,
+    ) -> Result<Address, ConfigError> {
+        let s = value.get_ref();
+        let addr = s.parse::<Address>().map_err(|e| {
+            self.key_error(
+                ctx,
+                key,
+                value.span(),
+                format!("invalid address {s:?}: {e}"),
+            )
+        })?;
+        if let Address::Unix(p) = addr {
+            let why = match side {
+                Side::PlainListen | Side::PlainConnect => None,
+                Side::SealedListen | Side::SealedConnect => Some(
+                    "the sealed side must be a TCP address (host:port); Unix sockets are for the plaintext side only (a connector's `listen`, a listener's `forward`)",
+                ),
+                Side::Metrics => Some("the metrics endpoint must be a TCP address (host:port)"),
+            };
+            if let Some(why) = why {
+                return Err(self.key_error(
+                    ctx,
+                    key,
+                    value.span(),
+                    format!("invalid address {s:?}: {why}"),
+                ));
+            }
+            let path = dir.join(p);
+            // sun_path holds 108 bytes with the terminating NUL.
+            let len = path.as_os_str().len();
+            if len > MAX_UNIX_PATH {
+                return Err(self.key_error(
+                    ctx,
+                    key,
+                    value.span(),
+                    format!(
+                        "invalid address {s:?}: Unix socket path {} is {len} bytes long, the limit is {MAX_UNIX_PATH}",
+                        path.display()
+                    ),
+                ));
+            }
+            if matches!(side, Side::PlainListen) {
+                use std::os::unix::fs::FileTypeExt;
+                if let Ok(m) = std::fs::symlink_metadata(&path) {
+                    if !m.file_type().is_socket() {
+                        return Err(self.key_error(
+                            ctx,
+                            key,
+                            value.span(),
+                            format!(
+                                "{} exists and is not a socket; sealpipe will not replace it",
+                                path.display()
+                            ),
+                        ));
+                    }
+                }
+            }
+            return Ok(Address::Unix(path));
+        }
+        let is_listen = matches!(side, Side::SealedListen | Side::PlainListen | Side::Metrics);
+        if !is_listen && addr.port() == 0 {
+            return Err(self.key_error(
+                ctx,
+                key,
+                value.span(),
+                format!("invalid address {s:?}: port 0 cannot be connected to"),
+            ));
+        }
+        Ok(addr)
+    }
+
+    /// Refuses a listen address another tunnel in this file already binds.
+    fn check_bound(
+        &self,
+        ctx: &str,
+        value: &Spanned<String>,
+        addr: &Address,
+        bound: &mut Vec<(Address, String, usize)>,
+    ) -> Result<(), ConfigError> {
+        if addr.port() != 0 || addr.unix_path().is_some() {
+            for (other, owner, line) in bound.iter() {
+                if listen_conflict(addr, other) {
+                    return Err(self.key_error(
+                        ctx,
+                        "listen",
+                        value.span(),
+                        format!("address {addr} is already used by {owner} (line {line})"),
+                    ));
+                }
+            }
+        }
+        let line = self.line_col(value.span().start).0;
+        bound.push((addr.clone(), ctx.to_string(), line));
+        Ok(())
+    }
+
+    /// An optional keyword-valued key: `default` when absent, else the value `choices` pairs
+    /// with the text; anything else is "invalid WHAT "TEXT": expected EXPECTED".
+    fn keyword<T: Copy>(
+        &self,
+        ctx: &str,
+        key: &str,
+        value: &Option<Spanned<String>>,
+        default: T,
+        choices: &[(&str, T)],
+        (what, expected): (&str, &str),
+    ) -> Result<T, ConfigError> {
+        let Some(v) = value else {
+            return Ok(default);
+        };
+        let text = v.get_ref().as_str();
+        match choices.iter().find(|(name, _)| *name == text) {
+            Some((_, chosen)) => Ok(*chosen),
+            None => Err(self.key_error(
+                ctx,
+                key,
+                v.span(),
+                format!("invalid {what} {text:?}: expected {expected}"),
+            )),
+        }
+    }
+
+    fn path_value(
+        &self,
+        ctx: &str,
+        key: &str,
+        value: &Spanned<String>,
+        dir: &Path,
+    ) -> Result<PathBuf, ConfigError> {
+        let s = value.get_ref();
+        if s.trim().is_empty() {
+            return Err(self.key_error(ctx, key, value.span(), "empty path"));
+        }
+        Ok(dir.join(s))
+    }
+}
+
+/// Which end of a tunnel an address is, for the Unix-socket rules.
+#[derive(Clone, Copy)]
+enum Side {
+    /// A listener's `listen`: sealed, TCP only.
+    SealedListen,
+    /// A connector's `connect`: sealed, TCP only.
+    SealedConnect,
+    /// A connector's `listen`: plaintext, TCP or Unix.
+    PlainListen,
+    /// A listener's `forward`: plaintext, TCP or Unix.
+    PlainConnect,
+    /// `[metrics] listen`: TCP only.
+    Metrics,
+}
+
+/// Resolves a `socket_group`: a group name (through the system's group database, NSS included)
+/// or a numeric gid.
+pub(crate) fn lookup_group(name: &str) -> Result<u32, String> {
+    if name.is_empty() {
+        return Err("empty group name".to_string());
+    }
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        Ok(None) => Err(format!("no group named {name:?} on this host")),
+        Err(e) => Err(format!("cannot look up group {name:?}: {e}")),
+    }
+}
+
+/// Whether two listen addresses would collide when bound on this host.
+fn listen_conflict(a: &Address, b: &Address) -> bool {
+    if a == b {
+        return true;
+    }
+    match (a, b) {
+        (Address::Ip(x), Address::Ip(y)) => {
+            x.port() == y.port()
+                && x.is_ipv4() == y.is_ipv4()
+                && (x.ip().is_unspecified() || y.ip().is_unspecified())
+        }
+        (Address::Host { host: h1, port: p1 }, Address::Host { host: h2, port: p2 }) => {
+            p1 == p2 && h1.eq_ignore_ascii_case(h2)
+        }
+        _ => false,
+    }
+}
