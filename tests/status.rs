@@ -8,6 +8,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use support::daemon::*;
+use support::pseudo_random;
 
 /// `sealpipe status --config CONFIG --json`, parsed.
 fn status_json(config: &std::path::Path) -> serde_json::Value {
@@ -103,12 +104,29 @@ fn status_shows_a_live_connection_and_its_bytes_moving() {
 #[test]
 fn status_without_a_daemon_says_so() {
     let site = Site::new();
-    let conf = site.write("nothing.toml", "");
+    let conf = site.write(
+        "listener.toml",
+        &listener_config(any_port(), dead_port().addr, &[connector_fp()], ""),
+    );
     let (code, _, err) = run_cli(&["status", "--config", conf.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(
         err.contains("cannot reach the sealpipe daemon for")
             && err.contains("no daemon runs there"),
+        "{err}"
+    );
+    // `control = false`: said plainly.
+    let off = site.write(
+        "off.toml",
+        &format!(
+            "control = false\n{}",
+            listener_config(any_port(), dead_port().addr, &[connector_fp()], "")
+        ),
+    );
+    let (code, _, err) = run_cli(&["status", "--config", off.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("`control = false`: this daemon serves no control socket"),
         "{err}"
     );
 }

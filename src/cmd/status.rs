@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
+use crate::config::Config;
 use crate::daemon::control;
 use crate::daemon::status::Status;
 
@@ -26,7 +27,13 @@ fn socket_path(which: &Which<'_>) -> anyhow::Result<PathBuf> {
         return Ok(s.to_path_buf());
     }
     if let Some(c) = which.config {
-        return Ok(control::default_path(c));
+        let config = Config::load(c)?;
+        return control::socket_of(&config).with_context(|| {
+            format!(
+                "{}: `control = false`: this daemon serves no control socket",
+                c.display()
+            )
+        });
     }
     let dir = control::default_dir();
     let live: Vec<PathBuf> = std::fs::read_dir(&dir)

@@ -18,6 +18,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{Config, Control};
 use crate::daemon::metrics::Registry;
 use crate::daemon::status::Status;
 use crate::tunnel::net::Bound;
@@ -71,6 +72,15 @@ pub(crate) fn default_path(config: &Path) -> PathBuf {
         format!("{stem}-{hex}.sock")
     };
     default_dir().join(name)
+}
+
+/// The control socket of the daemon that runs `config`; `None` with `control = false`.
+pub(crate) fn socket_of(config: &Config) -> Option<PathBuf> {
+    match &config.control {
+        Control::Default => Some(default_path(&config.path)),
+        Control::Off => None,
+        Control::Socket(p) => Some(p.clone()),
+    }
 }
 
 /// Creates the directory of `path` if it is missing (mode 0700).

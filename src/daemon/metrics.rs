@@ -79,7 +79,7 @@ impl Registry {
     pub(crate) fn render(&self) -> String {
         let mut out = render(&self.tunnels());
         let r = &self.reloads;
-        let _ = writeln!(out, "# HELP sealpipe_reloads_total Reloads (SIGHUP) by result: ok, incomplete (part of the config could not be applied), failed (the config did not load).");
+        let _ = writeln!(out, "# HELP sealpipe_reloads_total Reloads (SIGHUP) by outcome: ok, incomplete (part of the config could not be applied), failed (the config did not load).");
         let _ = writeln!(out, "# TYPE sealpipe_reloads_total counter");
         for (result, n) in [
             ("ok", &r.ok),
@@ -88,7 +88,7 @@ impl Registry {
         ] {
             let _ = writeln!(
                 out,
-                "sealpipe_reloads_total{{result=\"{result}\"}} {}",
+                "sealpipe_reloads_total{{outcome=\"{result}\"}} {}",
                 n.load(Ordering::Relaxed)
             );
         }

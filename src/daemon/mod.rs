@@ -178,7 +178,7 @@ impl<T: Tunnel> TunnelSet<T> {
     fn cut_revoked(&self) {
         for (name, r) in &self.running {
             let settings = r.settings.borrow().clone();
-            let cut = r.state.open.cut_unless(|fp| settings.accepts_key(fp));
+            let cut = r.state.open.cut_unless(|fp| settings.keeps_open(fp));
             if cut > 0 {
                 tracing::warn!(tunnel = %name, role = %settings.role(), connections = cut,
                     "reload: key no longer trusted, its open connections are cut (revoked at reload)");
@@ -376,11 +376,13 @@ fn warn_enrollment(t: &ListenerTunnel, was_unknown: bool, was_tofu: bool) {
 /// `sealpipe run`: runs until SIGTERM or SIGINT; SIGHUP reloads.
 pub(crate) async fn run(path: &Path) -> anyhow::Result<()> {
     let built = build(path)?;
-    let control = control::default_path(path);
+    let control = control::socket_of(&built.config);
     let mut daemon = Daemon::start(built).await?;
-    if let Err(e) = daemon.start_control(&control, path).await {
-        // The tunnels run all the same; only `sealpipe status` cannot reach this daemon.
-        tracing::error!(error = %format!("{e:#}"), "control socket not started: `sealpipe status` cannot reach this daemon");
+    if let Some(control) = control {
+        if let Err(e) = daemon.start_control(&control, path).await {
+            // The tunnels run all the same; only `sealpipe status` cannot reach this daemon.
+            tracing::error!(error = %format!("{e:#}"), "control socket not started: `sealpipe status` cannot reach this daemon");
+        }
     }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

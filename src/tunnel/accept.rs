@@ -26,9 +26,10 @@ pub trait Tunnel: Send + Sync + 'static {
     fn role(&self) -> Role;
     /// Timeouts and limits.
     fn tuning(&self) -> &Tuning;
-    /// Whether these settings still let in a peer with key `fp`: a reload cuts the open
-    /// connections of a key they no longer accept.
-    fn accepts_key(&self, fp: &Fingerprint) -> bool;
+    /// Whether open connections of a peer with key `fp` may go on under these settings: a
+    /// reload cuts those of a key they no longer accept (unless a listener has
+    /// `revoke = "new-only"`).
+    fn keeps_open(&self, fp: &Fingerprint) -> bool;
     /// A listener's trust list (names its peers in `status`).
     fn trust(&self) -> Option<Arc<TrustList>> {
         None

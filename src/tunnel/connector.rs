@@ -57,7 +57,7 @@ impl Tunnel for ConnectorTunnel {
         &self.tuning
     }
 
-    fn accepts_key(&self, fp: &Fingerprint) -> bool {
+    fn keeps_open(&self, fp: &Fingerprint) -> bool {
         match &self.params.listener {
             ListenerPin::Key(pinned) | ListenerPin::Probe(pinned) => pinned == fp,
             // TOFU: the recorded key is checked anew by every handshake.

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::{Address, DestinationRule, ProxyProtocol, Tuning};
+use crate::config::{Address, DestinationRule, ProxyProtocol, Revoke, Tuning};
 use crate::proto::handshake::Role;
 use crate::proto::handshake::{
     check_hello_mac1, Contact, Handshake, HandshakeError, ListenerParams, Resumption,
@@ -38,6 +38,8 @@ pub struct ListenerTunnel {
     pub allow_destinations: Vec<DestinationRule>,
     /// Header written to the target before any payload.
     pub proxy_protocol: ProxyProtocol,
+    /// What a reload does to open connections of a key it stops trusting.
+    pub revoke: Revoke,
     /// Identity, trusted connectors, PSK.
     pub params: ListenerParams,
     /// Timeouts and limits.
@@ -61,8 +63,10 @@ impl Tunnel for ListenerTunnel {
         Some(self.params.trust.clone())
     }
 
-    fn accepts_key(&self, fp: &Fingerprint) -> bool {
-        self.params.accept_unknown || self.params.trust.contains(fp)
+    fn keeps_open(&self, fp: &Fingerprint) -> bool {
+        self.revoke == Revoke::NewOnly
+            || self.params.accept_unknown
+            || self.params.trust.contains(fp)
     }
 
     async fn handle(self: Arc<Self>, sealed: Conn, peer: Peer, state: Arc<TunnelState>) {
