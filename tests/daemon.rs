@@ -4,7 +4,7 @@
 mod support;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -129,9 +129,10 @@ fn wrong_pinned_key_at_the_connector_resets_the_client() {
         try_exchange(t.entry, b"secret"),
         Err(ErrorKind::ConnectionReset)
     );
-    let log = t.connector.wait_log("handshake failed");
+    // What the connector says about it is checked in tests/misconfiguration.rs.
+    let log = t.connector.wait_log("did not answer a hello");
     assert!(
-        log.contains("peer closed the connection during the handshake"),
+        log.contains("the `peer` pin is probably not its key"),
         "{log}"
     );
     assert_eq!(service.accepted.load(Ordering::SeqCst), 0);
@@ -241,7 +242,7 @@ fn config_and_key_errors_are_exact_and_fail_check_and_run() {
 }
 
 #[test]
-fn sighup_removes_a_peer_for_new_connections_and_keeps_the_open_one() {
+fn sighup_with_revoke_new_only_refuses_a_removed_peer_and_keeps_its_open_connection() {
     let service = Service::start(Behaviour::Echo);
     let t = tunnel_to(service.addr, "");
     // An open connection, moving data.
@@ -249,11 +250,16 @@ fn sighup_removes_a_peer_for_new_connections_and_keeps_the_open_one() {
     open.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     echo_round(&mut open, b"before reload");
-    // Rewrite the listener's trust list without the connector, and reload.
+    // Rewrite the listener's trust list without the connector, keeping open connections of
+    // removed keys (`revoke = "new-only"`; the default cuts them), and reload.
     t.listener.edit_config(|text| {
         text.replace(
             &connector_fp().to_string(),
             &fingerprint_of("untrusted.pem").to_string(),
+        )
+        .replace(
+            "name = \"test\"\n",
+            "name = \"test\"\nrevoke = \"new-only\"\n",
         )
     });
     t.listener.reload();
@@ -426,4 +432,115 @@ fn version_completions_and_man_page() {
     let (code, _, err) = run_cli(&["completions", "nosuchshell"]);
     assert_ne!(code, 0);
     assert!(err.contains("nosuchshell"), "{err}");
+}
+
+#[test]
+fn a_reload_that_cannot_start_a_tunnel_says_reload_incomplete_and_counts_it() {
+    let service = Service::start(Behaviour::Echo);
+    let site = Site::new();
+    let metrics = "\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
+    let base = listener_config(any_port(), service.addr, &[connector_fp()], "");
+    let conf = site.write("listener.toml", &format!("{base}{metrics}"));
+    let listener = Daemon::start(&conf);
+    let metrics_at = metrics_addr(&listener);
+    // Keep the first tunnel as it is and add one whose port another socket holds.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let text = format!(
+        "{}{metrics}\n[[listener]]\nname = \"clash\"\nlisten = \"{}\"\nforward = \"{}\"\npeers = [\"{}\"]\n",
+        base,
+        taken.local_addr().unwrap(),
+        service.addr,
+        connector_fp()
+    );
+    std::fs::write(&conf, text).unwrap();
+    listener.signal("HUP");
+    let log = listener.wait_log("reload incomplete");
+    assert!(
+        log.contains("reload incomplete: tunnel clash not started"),
+        "{log}"
+    );
+    assert!(!log.contains("configuration reloaded"), "{log}");
+    let m = scrape(metrics_at);
+    assert!(
+        m.contains("sealpipe_reloads_total{outcome=\"incomplete\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("sealpipe_reloads_total{outcome=\"ok\"} 0"),
+        "{m}"
+    );
+
+    // Once the port is free, the same config reloads whole.
+    drop(taken);
+    listener.signal("HUP");
+    listener.wait_log("configuration reloaded");
+    let m = scrape(metrics_at);
+    assert!(
+        m.contains("sealpipe_reloads_total{outcome=\"ok\"} 1"),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_reload_that_removes_a_key_cuts_its_open_connections() {
+    let service = Service::start(Behaviour::Echo);
+    let t = tunnel_to(service.addr, "");
+    let mut open = TcpStream::connect(t.entry).unwrap();
+    open.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    open.write_all(b"before").unwrap();
+    let mut back = [0u8; 6];
+    open.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"before");
+
+    let lconf = t.site.path("listener.toml");
+    let text = std::fs::read_to_string(&lconf).unwrap().replace(
+        &connector_fp().to_string(),
+        &fingerprint_of("untrusted.pem").to_string(),
+    );
+    std::fs::write(&lconf, text).unwrap();
+    t.listener.signal("HUP");
+    let log = t.listener.wait_log("reason=revoked at reload");
+    assert!(
+        log.contains("key no longer trusted, its open connections are cut"),
+        "{log}"
+    );
+    // The client's connection is reset, not closed as if the stream had ended.
+    let mut rest = Vec::new();
+    let r = open.read_to_end(&mut rest);
+    assert_eq!(
+        r.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "{rest:?}"
+    );
+    // And a new connection of that key is refused.
+    assert_eq!(
+        try_exchange(t.entry, b"new"),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+}
+
+#[test]
+fn shutdown_counts_real_connections_and_says_stopped() {
+    let service = Service::start(Behaviour::Echo);
+    let mut t = tunnel_to(service.addr, "drain_timeout = \"1s\"");
+    // Nothing open: no drain line, a final line.
+    t.connector.signal("TERM");
+    let status = t.connector.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let log = t.connector.log_text();
+    assert!(!log.contains("draining open connections"), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+
+    // One connection open through the listener: it counts one.
+    let connector = start_connector(&t.site, t.listener.addr(), "");
+    let mut open = TcpStream::connect(connector.addr()).unwrap();
+    open.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    open.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    open.read_exact(&mut b).unwrap();
+    t.listener.signal("TERM");
+    let log = t.listener.wait_log("stopped");
+    assert!(log.contains("draining open connections open=1"), "{log}");
 }

@@ -11,7 +11,7 @@ use sealpipe::proto::handshake::Handshake;
 use sealpipe::proto::identity::Signer;
 use sealpipe::testing::{
     echo_service, round_trip, spawn_tunnel, Address, ConnectorMode, ConnectorTunnel,
-    ListenerTunnel, ProxyProtocol, Tuning,
+    ListenerTunnel, ProxyProtocol, Revoke, Tuning,
 };
 use std::sync::atomic::Ordering;
 use support::*;
@@ -46,6 +46,7 @@ async fn a_thousand_abusive_connections_cost_no_signature_and_do_not_block_a_leg
             forward: Some(Address::Ip(target_addr)),
             allow_destinations: Vec::new(),
             proxy_protocol: ProxyProtocol::Off,
+            revoke: Revoke::Cut,
             params: listener_params(signer.clone(), &[connector_id.fingerprint()]),
             tuning: tuning.clone(),
         },

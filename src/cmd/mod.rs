@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tracing_subscriber::EnvFilter;
 
 use crate::proto::identity::DEFAULT_RSA_BITS;
 mod bench;
@@ -16,8 +15,10 @@ mod completions;
 mod demo;
 mod fingerprint;
 mod keygen;
+mod logging;
 pub(crate) mod pair;
 mod run;
+mod status;
 mod trust;
 
 /// The version line: crate version and protocol version. `concat!` takes literals only, so the
@@ -32,8 +33,9 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
     pub log_format: LogFormat,
-    /// Log level or filter (e.g. `debug`, `sealpipe=trace`); overrides RUST_LOG.
-    #[arg(long, global = true)]
+    /// Log level or filter: off, error, warn, info, debug, trace, or directives such as
+    /// `info,sealpipe=debug`; overrides RUST_LOG.
+    #[arg(long, global = true, value_parser = logging::check_filter)]
     pub log_level: Option<String>,
     /// What to do.
     #[command(subcommand)]
@@ -78,6 +80,18 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Show the tunnels and open connections of a running daemon (read from its control socket).
+    Status {
+        /// The daemon's config file (its control socket is found from it).
+        #[arg(long, conflicts_with = "socket")]
+        config: Option<PathBuf>,
+        /// The control socket itself.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// One JSON object instead of the human table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Listener, connector and an echo service in one process on loopback, with in-memory keys.
     Demo {
         /// Exit after the first round trip: status 0 if it worked, 1 if not.
@@ -102,25 +116,6 @@ pub enum Command {
     Man,
 }
 
-fn init_logging(cli: &Cli) {
-    let filter = match &cli.log_level {
-        Some(level) => EnvFilter::new(level),
-        // The bench opens thousands of connections: only warnings unless asked.
-        None if matches!(cli.command, Command::Bench(_)) => {
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"))
-        }
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match cli.log_format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -129,7 +124,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Runs a parsed command line; errors are printed with their context and give exit status 1.
 pub fn main(cli: Cli) -> ExitCode {
-    init_logging(&cli);
+    // The bench opens thousands of connections: only warnings unless asked.
+    let default = if matches!(cli.command, Command::Bench(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    if let Err(e) = logging::init(cli.log_format, cli.log_level.as_deref(), default) {
+        eprintln!("sealpipe: error: {e}");
+        return ExitCode::from(2);
+    }
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -146,6 +150,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { config } => check::run(&config)?,
         Command::Trust { command } => trust::run(command)?,
         Command::Run { config } => runtime()?.block_on(run::run(&config))?,
+        Command::Status {
+            config,
+            socket,
+            json,
+        } => status::run(
+            status::Which {
+                config: config.as_deref(),
+                socket: socket.as_deref(),
+            },
+            json,
+        )?,
         Command::Completions { shell } => completions::completions(shell),
         Command::Man => completions::man()?,
         Command::Bench(args) => runtime()?.block_on(bench::run(args))?,

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::addr::Address;
-use crate::config::{ConnectorMode, ProxyProtocol, Tuning};
+use crate::config::{ConnectorMode, ProxyProtocol, Revoke, Tuning};
 use crate::proto::handshake::{ConnectorParams, ListenerParams};
 use crate::proto::identity::{PrivateIdentity, Signer, TrustList};
 use crate::tunnel::accept::spawn;
@@ -105,6 +105,7 @@ pub async fn spawn_pair(
             forward: Some(Address::Ip(target)),
             allow_destinations: Vec::new(),
             proxy_protocol: ProxyProtocol::Off,
+            revoke: Revoke::Cut,
             params: ListenerParams {
                 identity: l_id.clone() as Arc<dyn Signer>,
                 trust: Arc::new(trust),

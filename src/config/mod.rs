@@ -62,6 +62,30 @@ pub struct Config {
     pub connectors: Vec<ConnectorConfig>,
     /// `[metrics]`: the Prometheus endpoint, if enabled.
     pub metrics: Option<MetricsConfig>,
+    /// The top-level `control` key: where `sealpipe status` reads this daemon.
+    pub control: Control,
+}
+
+/// The control socket that `sealpipe status` reads (top-level key `control`).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum Control {
+    /// `control = true` or no key: a path derived from the config file's path (see the README).
+    #[default]
+    Default,
+    /// `control = false`: no control socket.
+    Off,
+    /// `control = "PATH"`.
+    Socket(PathBuf),
+}
+
+/// What a reload does to the open connections of a key a listener no longer trusts (`revoke`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Revoke {
+    /// `revoke = "cut"` (the default): they are reset at the reload.
+    #[default]
+    Cut,
+    /// `revoke = "new-only"`: they run until they end; only new connections are refused.
+    NewOnly,
 }
 
 /// The `[metrics]` section: where `GET /metrics` is served (TCP only).
@@ -120,6 +144,8 @@ pub struct ListenerConfig {
     pub allow_destinations: Vec<DestinationRule>,
     /// Write a PROXY protocol header to the target before any payload.
     pub proxy_protocol: ProxyProtocol,
+    /// What a reload does to open connections of a key it stops trusting (`revoke`).
+    pub revoke: Revoke,
     /// Trusted connector keys with optional names: the union of `peers` and `peers_file`,
     /// each key once (a key listed twice in one of them is refused; `crate::files::peers` has
     /// the rule); empty only with `accept_unknown`.
@@ -469,7 +495,7 @@ record_size = "64KiB"
             ))),
             "/etc/sealpipe/b.toml:6:1: unknown key `forwad` in listener \"redis\" (expected one of \
              `name`, `listen`, `forward`, `peers`, `peers_file`, `accept_unknown`, `allow_tofu`, \
-             `allow_destinations`, `proxy_protocol`, `rekey_bytes`, `rekey_interval`, \
+             `allow_destinations`, `proxy_protocol`, `revoke`, `rekey_bytes`, `rekey_interval`, \
              `handshake_timeout`, `connect_timeout`, `drain_timeout`, `max_connections`, \
              `max_handshakes`, `source_rate_limit`, `record_size`, `resumption`, \
              `resumption_lifetime`, `resumption_uses`)"
@@ -477,7 +503,7 @@ record_size = "64KiB"
         assert_eq!(
             err(&format!("tunnel = 1\n{}", with_identity(""))),
             "/etc/sealpipe/b.toml:1:1: unknown key `tunnel` at the top level (expected one of \
-             `identity`, `defaults`, `listener`, `connector`, `metrics`)"
+             `identity`, `defaults`, `listener`, `connector`, `metrics`, `control`)"
         );
         assert_eq!(
             err("[identity]\nprivate_key = \"b.pem\"\nprivatekey = \"c.pem\"\n"),

@@ -56,6 +56,15 @@ pub(crate) struct RawConfig {
     #[serde(default, rename = "connector")]
     pub(crate) connectors: Vec<Spanned<RawConnector>>,
     pub(crate) metrics: Option<Spanned<RawMetrics>>,
+    pub(crate) control: Option<Spanned<RawControl>>,
+}
+
+/// The top-level `control` key: `false`, `true` or a socket path.
+#[derive(Deserialize)]
+#[serde(untagged, expecting = "false, true or the path of the control socket")]
+pub(crate) enum RawControl {
+    On(bool),
+    Socket(String),
 }
 
 /// `[metrics]`.
@@ -94,6 +103,7 @@ tuning_fields!(with_tuning! {
         allow_tofu: Option<Spanned<bool>>,
         allow_destinations: Option<Spanned<Vec<Spanned<String>>>>,
         proxy_protocol: Option<Spanned<String>>,
+        revoke: Option<Spanned<String>>,
     }
 });
 

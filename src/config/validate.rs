@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 use super::error::{ConfigError, Source};
-use super::raw::{RawConfig, RawConnector, RawListener};
+use super::raw::{RawConfig, RawConnector, RawControl, RawListener};
 use super::{
-    Address, Config, ConnectorConfig, ConnectorMode, DestinationRule, IdentityConfig,
-    ListenerConfig, MetricsConfig, PeerPin, ProxyProtocol, SocketPermissions, Tuning,
+    Address, Config, ConnectorConfig, ConnectorMode, Control, DestinationRule, IdentityConfig,
+    ListenerConfig, MetricsConfig, PeerPin, ProxyProtocol, Revoke, SocketPermissions, Tuning,
     MAX_UNIX_PATH,
 };
 use crate::files::peers;
@@ -120,6 +120,14 @@ impl Source<'_> {
                 &[("off", ProxyProtocol::Off), ("v2", ProxyProtocol::V2)],
                 ("value", "\"v2\" or \"off\""),
             )?;
+            let revoke = self.keyword(
+                &ctx,
+                "revoke",
+                &l.revoke,
+                Revoke::Cut,
+                &[("cut", Revoke::Cut), ("new-only", Revoke::NewOnly)],
+                ("value", "\"cut\" or \"new-only\""),
+            )?;
             let (peers, peers_file) = self.trusted_peers(&ctx, l, &dir)?;
             let accept_unknown = l.accept_unknown.as_ref().is_some_and(|b| *b.get_ref());
             let allow_tofu = l.allow_tofu.as_ref().is_some_and(|b| *b.get_ref());
@@ -140,6 +148,7 @@ impl Source<'_> {
                 forward,
                 allow_destinations,
                 proxy_protocol,
+                revoke,
                 peers,
                 peers_file,
                 accept_unknown,
@@ -209,12 +218,27 @@ impl Source<'_> {
             None => None,
         };
 
+        let control = match &raw.control {
+            None => Control::Default,
+            Some(c) => match c.get_ref() {
+                RawControl::On(true) => Control::Default,
+                RawControl::On(false) => Control::Off,
+                RawControl::Socket(s) => Control::Socket(self.path_value(
+                    "top level",
+                    "control",
+                    &Spanned::new(c.span(), s.clone()),
+                    &dir,
+                )?),
+            },
+        };
+
         Ok(Config {
             path: self.path.to_path_buf(),
             identity,
             listeners,
             connectors,
             metrics,
+            control,
         })
     }
 

@@ -60,6 +60,7 @@ pub(crate) fn build(path: &Path) -> anyhow::Result<Built> {
                 forward: l.forward.clone(),
                 allow_destinations: l.allow_destinations.clone(),
                 proxy_protocol: l.proxy_protocol,
+                revoke: l.revoke,
                 params: ListenerParams {
                     identity: identity.clone(),
                     trust: Arc::new(trust),

@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::proto::handshake::Role;
+use crate::proto::identity::TrustList;
 use crate::tunnel::state::{TunnelState, HANDSHAKE_BUCKETS};
 
 /// Largest request head read (request line and headers).
@@ -36,12 +37,28 @@ pub(crate) struct TunnelEntry {
     pub name: String,
     /// Its counters.
     pub state: Arc<TunnelState>,
+    /// Its `listen` address as configured, and the address bound.
+    pub listen: String,
+    pub local: String,
+    /// A listener's trust list, for the names of its peers.
+    pub trust: Option<Arc<TrustList>>,
 }
 
 /// The tunnels to report, replaced by the daemon after its start and each reload.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     tunnels: RwLock<Vec<TunnelEntry>>,
+    /// Reloads (SIGHUP) by outcome.
+    pub(crate) reloads: Reloads,
+}
+
+/// Reloads by outcome: applied whole, applied in part (a tunnel could not be started or moved),
+/// or refused (the new config did not load; the running one stays).
+#[derive(Debug, Default)]
+pub(crate) struct Reloads {
+    pub(crate) ok: AtomicU64,
+    pub(crate) incomplete: AtomicU64,
+    pub(crate) failed: AtomicU64,
 }
 
 impl Registry {
@@ -50,14 +67,32 @@ impl Registry {
         *self.tunnels.write().unwrap_or_else(|e| e.into_inner()) = tunnels;
     }
 
-    /// The exposition text of every tunnel.
-    pub(crate) fn render(&self) -> String {
-        let tunnels = self
-            .tunnels
+    /// The tunnels now.
+    pub(crate) fn tunnels(&self) -> Vec<TunnelEntry> {
+        self.tunnels
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        render(&tunnels)
+            .clone()
+    }
+
+    /// The exposition text of every tunnel, and of the daemon's reloads.
+    pub(crate) fn render(&self) -> String {
+        let mut out = render(&self.tunnels());
+        let r = &self.reloads;
+        let _ = writeln!(out, "# HELP sealpipe_reloads_total Reloads (SIGHUP) by outcome: ok, incomplete (part of the config could not be applied), failed (the config did not load).");
+        let _ = writeln!(out, "# TYPE sealpipe_reloads_total counter");
+        for (result, n) in [
+            ("ok", &r.ok),
+            ("incomplete", &r.incomplete),
+            ("failed", &r.failed),
+        ] {
+            let _ = writeln!(
+                out,
+                "sealpipe_reloads_total{{outcome=\"{result}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        out
     }
 }
 
@@ -309,6 +344,9 @@ mod tests {
             role: Role::Listener,
             name: "a\"b\\c".into(),
             state,
+            listen: String::new(),
+            local: String::new(),
+            trust: None,
         }]);
         let l = r#"tunnel="a\"b\\c",role="listener""#;
         for (le, n) in [

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,22 +16,27 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub(crate) mod build;
+pub(crate) mod control;
 pub(crate) mod metrics;
+pub(crate) mod status;
 
 pub(crate) use build::{bind, bind_listen, build, Built};
 
 use crate::addr::Address;
+use crate::config::SocketPermissions;
 use crate::daemon::metrics::{Registry, TunnelEntry};
 use crate::proto::handshake::Role;
 use crate::tunnel::accept::spawn;
 use crate::tunnel::connector::ConnectorTunnel;
 use crate::tunnel::listener::ListenerTunnel;
-use crate::tunnel::net::{set_socket_permissions, Bound};
+use crate::tunnel::net::{bind_unix, set_socket_permissions, Bound};
 use crate::tunnel::state::TunnelState;
 use crate::tunnel::Tunnel;
 
 struct Running<T> {
     listen: Address,
+    /// The address bound, for logs and `status`.
+    local: String,
     settings: watch::Sender<Arc<T>>,
     stop: CancellationToken,
     state: Arc<TunnelState>,
@@ -54,6 +60,9 @@ impl<T: Tunnel> TunnelSet<T> {
             role: r.settings.borrow().role(),
             name: name.clone(),
             state: r.state.clone(),
+            listen: r.listen.to_string(),
+            local: r.local.clone(),
+            trust: r.settings.borrow().trust(),
         })
     }
 
@@ -88,6 +97,7 @@ impl<T: Tunnel> TunnelSet<T> {
             name,
             Running {
                 listen,
+                local,
                 settings: tx,
                 stop,
                 state,
@@ -98,8 +108,15 @@ impl<T: Tunnel> TunnelSet<T> {
     /// Moves to the tunnels of a new config: same name and address, new settings for new
     /// connections (and a Unix socket's mode and group set anew); new address, a new socket
     /// (the old one closes only once the new one is bound; counters carry over; if it cannot be
-    /// bound, the old socket stays with the new settings); gone, stop accepting. Established connections are never touched.
-    async fn apply(&mut self, wanted: Vec<(Address, Arc<T>)>, tracker: &TaskTracker) {
+    /// bound, the old socket stays with the new settings); gone, stop accepting. Established
+    /// connections stay, except those of a key the new settings no longer accept
+    /// ([`Self::cut_revoked`]). Returns what could not be applied, one line each.
+    async fn apply(
+        &mut self,
+        wanted: Vec<(Address, Arc<T>)>,
+        tracker: &TaskTracker,
+    ) -> Vec<String> {
+        let mut problems = Vec::new();
         let names: Vec<String> = wanted.iter().map(|(_, t)| t.name().to_string()).collect();
         for (listen, tunnel) in wanted {
             let name = tunnel.name().to_string();
@@ -110,6 +127,9 @@ impl<T: Tunnel> TunnelSet<T> {
                     {
                         if let Err(e) = set_socket_permissions(path, perms) {
                             tracing::error!(tunnel = %name, error = %e, "reload: cannot change the socket's permissions");
+                            problems.push(format!(
+                                "tunnel {name} kept its socket's previous permissions"
+                            ));
                         }
                     }
                     r.settings.send_replace(tunnel);
@@ -130,9 +150,13 @@ impl<T: Tunnel> TunnelSet<T> {
                             tracing::error!(tunnel = %name, error = %format!("{e:#}"), previous = %r.listen,
                                 "reload: cannot listen on the new address; the previous socket stays, with the new settings");
                             r.settings.send_replace(tunnel);
+                            problems.push(format!("tunnel {name} still listens on {}", r.listen));
                         }
-                        None => tracing::error!(tunnel = %name, error = %format!("{e:#}"),
-                            "reload: cannot listen, tunnel not started"),
+                        None => {
+                            tracing::error!(tunnel = %name, error = %format!("{e:#}"),
+                                "reload: cannot listen, tunnel not started");
+                            problems.push(format!("tunnel {name} not started"));
+                        }
                     },
                 },
             }
@@ -145,6 +169,21 @@ impl<T: Tunnel> TunnelSet<T> {
             }
             keep
         });
+        self.cut_revoked();
+        problems
+    }
+
+    /// Cuts the open connections of every key that a tunnel's new settings no longer accept
+    /// (each connection logs its own reset, "revoked at reload").
+    fn cut_revoked(&self) {
+        for (name, r) in &self.running {
+            let settings = r.settings.borrow().clone();
+            let cut = r.state.open.cut_unless(|fp| settings.keeps_open(fp));
+            if cut > 0 {
+                tracing::warn!(tunnel = %name, role = %settings.role(), connections = cut,
+                    "reload: key no longer trusted, its open connections are cut (revoked at reload)");
+            }
+        }
     }
 
     fn stop_all(&self) {
@@ -165,6 +204,7 @@ pub(crate) struct Daemon {
     /// What the metrics endpoint reports.
     pub registry: Arc<Registry>,
     metrics: Option<(Address, CancellationToken)>,
+    control: Option<CancellationToken>,
 }
 
 impl Daemon {
@@ -177,6 +217,7 @@ impl Daemon {
             drain_timeout: built.drain_timeout(),
             registry: Arc::default(),
             metrics: None,
+            control: None,
         };
         if let Some(m) = &built.config.metrics {
             let l = bind(&m.listen).await.context("[metrics]")?;
@@ -191,6 +232,34 @@ impl Daemon {
         }
         d.publish();
         Ok(d)
+    }
+
+    /// Serves `status` on the control socket at `path` (for the daemon of `config`).
+    async fn start_control(&mut self, path: &Path, config: &Path) -> anyhow::Result<()> {
+        control::ensure_dir(path).with_context(|| {
+            format!(
+                "control socket: cannot create the directory of {}",
+                path.display()
+            )
+        })?;
+        let perms = SocketPermissions {
+            mode: control::CONTROL_MODE,
+            group: None,
+        };
+        let bound = bind_unix(path, &perms)
+            .await
+            .with_context(|| format!("control socket {}", path.display()))?;
+        tracing::info!(path = %path.display(), "control socket listening (sealpipe status)");
+        let stop = CancellationToken::new();
+        tokio::spawn(control::serve(
+            bound,
+            self.registry.clone(),
+            config.display().to_string(),
+            std::time::Instant::now(),
+            stop.clone(),
+        ));
+        self.control = Some(stop);
+        Ok(())
     }
 
     fn start_metrics(&mut self, listener: TcpListener, listen: Address) {
@@ -233,8 +302,9 @@ impl Daemon {
         }
     }
 
-    /// Applies a new configuration; the caller keeps the old one when building it failed.
-    pub(crate) async fn reload(&mut self, built: Built) {
+    /// Applies a new configuration (the caller keeps the old one when building it failed).
+    /// Returns what could not be applied, one line each: empty when all of it was.
+    pub(crate) async fn reload(&mut self, built: Built) -> Vec<String> {
         self.drain_timeout = built.drain_timeout();
         self.apply_metrics(built.config.metrics.map(|m| m.listen))
             .await;
@@ -249,9 +319,18 @@ impl Daemon {
                 });
             warn_enrollment(t, unknown, tofu);
         }
-        self.listeners.apply(built.listeners, &self.tracker).await;
-        self.connectors.apply(built.connectors, &self.tracker).await;
+        let mut problems = self.listeners.apply(built.listeners, &self.tracker).await;
+        problems.extend(self.connectors.apply(built.connectors, &self.tracker).await);
         self.publish();
+        problems
+    }
+
+    /// Connections open now (handshaking or established), over every tunnel.
+    fn open_connections(&self) -> usize {
+        let l = self.listeners.running.values();
+        let c = self.connectors.running.values();
+        let states = l.map(|r| &r.state).chain(c.map(|r| &r.state));
+        states.map(|s| s.connections.current()).sum()
     }
 
     /// Stops accepting, then waits up to the drain timeout for open connections.
@@ -259,10 +338,13 @@ impl Daemon {
         if let Some((_, stop)) = &self.metrics {
             stop.cancel();
         }
+        if let Some(stop) = &self.control {
+            stop.cancel();
+        }
         self.listeners.stop_all();
         self.connectors.stop_all();
         self.tracker.close();
-        let open = self.tracker.len();
+        let open = self.open_connections();
         if open > 0 {
             tracing::info!(open, timeout = ?self.drain_timeout, "draining open connections");
         }
@@ -271,7 +353,7 @@ impl Daemon {
             .is_err()
         {
             tracing::warn!(
-                open = self.tracker.len(),
+                open = self.open_connections(),
                 "drain timeout reached, closing the rest"
             );
         }
@@ -294,7 +376,14 @@ fn warn_enrollment(t: &ListenerTunnel, was_unknown: bool, was_tofu: bool) {
 /// `sealpipe run`: runs until SIGTERM or SIGINT; SIGHUP reloads.
 pub(crate) async fn run(path: &Path) -> anyhow::Result<()> {
     let built = build(path)?;
+    let control = control::socket_of(&built.config);
     let mut daemon = Daemon::start(built).await?;
+    if let Some(control) = control {
+        if let Err(e) = daemon.start_control(&control, path).await {
+            // The tunnels run all the same; only `sealpipe status` cannot reach this daemon.
+            tracing::error!(error = %format!("{e:#}"), "control socket not started: `sealpipe status` cannot reach this daemon");
+        }
+    }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -310,20 +399,35 @@ pub(crate) async fn run(path: &Path) -> anyhow::Result<()> {
                     states.push(now);
                 }
                 let _ = sd_notify::notify(&states);
-                match build(path) {
+                let status = match build(path) {
                     Ok(built) => {
-                        daemon.reload(built).await;
-                        tracing::info!(config = %path.display(), "configuration reloaded");
+                        let problems = daemon.reload(built).await;
+                        if problems.is_empty() {
+                            daemon.registry.reloads.ok.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(config = %path.display(), "configuration reloaded");
+                            "running; configuration reloaded".to_string()
+                        } else {
+                            daemon.registry.reloads.incomplete.fetch_add(1, Ordering::Relaxed);
+                            let what = problems.join("; ");
+                            tracing::error!(config = %path.display(), problems = %what,
+                                "reload incomplete: {what}");
+                            format!("running; reload incomplete: {what}")
+                        }
                     }
-                    Err(e) => tracing::error!(config = %path.display(), error = %format!("{e:#}"),
-                        "reload failed, keeping the running configuration"),
-                }
-                let _ = sd_notify::notify(&[NotifyState::Ready]);
+                    Err(e) => {
+                        daemon.registry.reloads.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(config = %path.display(), error = %format!("{e:#}"),
+                            "reload failed, keeping the running configuration");
+                        format!("running; reload failed, previous configuration kept: {e:#}")
+                    }
+                };
+                let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
             }
         }
     }
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
     tracing::info!("stopping: no new connections");
     daemon.shutdown().await;
+    tracing::info!(config = %path.display(), "stopped");
     Ok(())
 }

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{SocketPermissions, Tuning};
 use crate::proto::handshake::{HandshakeError, HandshakeRandomness, Role};
+use crate::proto::identity::{Fingerprint, TrustList};
 use crate::tunnel::net::{configure, Bound, Conn, Peer};
 use crate::tunnel::session::SessionError;
 use crate::tunnel::state::TunnelState;
@@ -25,6 +26,14 @@ pub trait Tunnel: Send + Sync + 'static {
     fn role(&self) -> Role;
     /// Timeouts and limits.
     fn tuning(&self) -> &Tuning;
+    /// Whether open connections of a peer with key `fp` may go on under these settings: a
+    /// reload cuts those of a key they no longer accept (unless a listener has
+    /// `revoke = "new-only"`).
+    fn keeps_open(&self, fp: &Fingerprint) -> bool;
+    /// A listener's trust list (names its peers in `status`).
+    fn trust(&self) -> Option<Arc<TrustList>> {
+        None
+    }
     /// Mode and group of the listening socket when it is a Unix socket.
     fn socket_permissions(&self) -> Option<&SocketPermissions> {
         None
@@ -146,6 +155,7 @@ pub(crate) fn log_refusal(tunnel: &str, role: Role, peer: impl Display, err: &Se
         // flood of them must not flood the log (they are counted instead).
         SessionError::Handshake(H::BadMac1 | H::Message(_))
         | SessionError::Eof
+        | SessionError::Unanswered
         | SessionError::Timeout(_)
         | SessionError::Io(_)
             if role == Role::Listener =>

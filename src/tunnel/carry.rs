@@ -1,6 +1,7 @@
 //! After the handshake: carry one established session through the pump and log its close.
 
 use std::fmt::Display;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::TcpStream;
@@ -11,12 +12,14 @@ use crate::tunnel::accept::Tunnel;
 use crate::tunnel::net::{reset_on_close, Conn};
 use crate::tunnel::pump::{pump, PumpError, PumpOptions, PumpStats};
 use crate::tunnel::session::Records;
-use crate::tunnel::state::TunnelState;
+use crate::tunnel::state::{OpenConn, TunnelState};
 
 /// Carries an established session between `plain` and `sealed` until both directions have
 /// ended, resets both sockets if it fails (a Unix socket is just closed), and logs the close
 /// line. What both roles do after their handshake and the StreamInfo record (sent by the
-/// connector, read by the listener). Bytes and rekeys are added to `state` live.
+/// connector, read by the listener). Bytes and rekeys are added to `state` live, and the
+/// connection is listed in `state.open` while it runs; a reload that revokes its key cuts it
+/// there (reset, logged as "revoked at reload").
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn carry<T: Tunnel>(
     tunnel: &T,
@@ -26,6 +29,7 @@ pub(crate) async fn carry<T: Tunnel>(
     leftover: Vec<u8>,
     peer: impl Display,
     started: Instant,
+    resumed: bool,
     state: &TunnelState,
 ) {
     let Records {
@@ -34,33 +38,42 @@ pub(crate) async fn carry<T: Tunnel>(
         opener,
     } = records;
     let tuning = tunnel.tuning();
-    let stats = PumpStats {
+    let stats = Arc::new(PumpStats {
         tunnel: Some(state.traffic.clone()),
         ..PumpStats::default()
-    };
+    });
+    let entry = state.open.register(OpenConn::new(
+        peer.to_string(),
+        fingerprint,
+        started,
+        resumed,
+        stats.clone(),
+    ));
     let opts = PumpOptions {
         record_size: tuning.record_size,
         rekey_interval: tuning.rekey_interval,
     };
     let result = {
         let (sr, mut sw) = sealed.split();
+        let cut = entry.conn.cut();
         match &mut plain {
             Conn::Tcp(p) => {
                 let (pr, mut pw) = p.split();
-                pump(
-                    &pr, &mut pw, &sr, &mut sw, sealer, opener, leftover, opts, &stats,
-                )
-                .await
+                tokio::select! {
+                    r = pump(&pr, &mut pw, &sr, &mut sw, sealer, opener, leftover, opts, &stats) => r,
+                    () = cut => Err(PumpError::Revoked),
+                }
             }
             Conn::Unix(p) => {
                 let (pr, mut pw) = p.split();
-                pump(
-                    &pr, &mut pw, &sr, &mut sw, sealer, opener, leftover, opts, &stats,
-                )
-                .await
+                tokio::select! {
+                    r = pump(&pr, &mut pw, &sr, &mut sw, sealer, opener, leftover, opts, &stats) => r,
+                    () = cut => Err(PumpError::Revoked),
+                }
             }
         }
     };
+    drop(entry);
     if result.is_err() {
         plain.reset_on_close();
         reset_on_close(&sealed);

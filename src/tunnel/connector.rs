@@ -57,6 +57,14 @@ impl Tunnel for ConnectorTunnel {
         &self.tuning
     }
 
+    fn keeps_open(&self, fp: &Fingerprint) -> bool {
+        match &self.params.listener {
+            ListenerPin::Key(pinned) | ListenerPin::Probe(pinned) => pinned == fp,
+            // TOFU: the recorded key is checked anew by every handshake.
+            ListenerPin::FirstContact => true,
+        }
+    }
+
     fn socket_permissions(&self) -> Option<&SocketPermissions> {
         Some(&self.socket)
     }
@@ -99,7 +107,7 @@ impl Tunnel for ConnectorTunnel {
         let first_contact = params.listener == ListenerPin::FirstContact;
         let pin = params.listener;
         let mut result = self.attempt(params.clone(), &state, deadline).await;
-        if let (Some(_), ListenerPin::Key(recorded), Err(SessionError::Eof)) =
+        if let (Some(_), ListenerPin::Key(recorded), Err(SessionError::Unanswered)) =
             (&self.tofu, pin, &result)
         {
             // TOFU, key recorded, and the listener did not answer the pinned hello: if its key
@@ -115,7 +123,9 @@ impl Tunnel for ConnectorTunnel {
             Ok(x) => x,
             Err(e) => {
                 state.handshake_failed(&e);
-                if !self.log_tofu_failure(&client, first_contact, &e) {
+                if !self.log_tofu_failure(&client, first_contact, &e)
+                    && !self.log_unanswered(&client, pin, &e)
+                {
                     log_refusal(&self.name, self.role(), &client, &e);
                 }
                 // The local client learns that its connection failed, not that it ended (a
@@ -162,6 +172,7 @@ impl Tunnel for ConnectorTunnel {
             leftover,
             client,
             started,
+            resumed,
             &state,
         )
         .await;
@@ -218,6 +229,24 @@ impl ConnectorTunnel {
         Ok(params)
     }
 
+    /// Explains a hello the listener closed without answering (a pinned key, not TOFU): what a
+    /// listener does when the pin is not its key. Returns false for the other failures.
+    fn log_unanswered(&self, client: &Peer, pin: ListenerPin, e: &SessionError) -> bool {
+        let (SessionError::Unanswered, ListenerPin::Key(fp)) = (e, pin) else {
+            return false;
+        };
+        let psk = if self.params.psk.is_some() {
+            ", or its psk_file differs from this connector's"
+        } else {
+            ""
+        };
+        tracing::error!(tunnel = %self.name, role = %Role::Connector, peer = %client,
+            connect = %self.connect, pin = %fp, reason = "unanswered",
+            "the listener at {} did not answer a hello for key {fp}: the `peer` pin is probably not its key{psk} \
+             (compare with `sealpipe fingerprint` on the listener's private_key)", self.connect);
+        true
+    }
+
     /// Logs the TOFU-specific failures loudly; returns false for the others.
     fn log_tofu_failure(&self, client: &Peer, first_contact: bool, e: &SessionError) -> bool {
         let Some(store) = &self.tofu else {
@@ -234,7 +263,7 @@ impl ConnectorTunnel {
                     store.address, store.path.display());
                 true
             }
-            SessionError::Eof if !first_contact => {
+            SessionError::Unanswered if !first_contact => {
                 let known = store.known().ok().flatten();
                 let (fp, line) =
                     known.map_or((String::new(), 0), |k| (k.fingerprint.to_string(), k.line));
@@ -246,7 +275,12 @@ impl ConnectorTunnel {
                     store.address, store.path.display());
                 true
             }
-            SessionError::Eof | SessionError::Timeout(_) | SessionError::Io(_) if first_contact => {
+            SessionError::Unanswered
+            | SessionError::Eof
+            | SessionError::Timeout(_)
+            | SessionError::Io(_)
+                if first_contact =>
+            {
                 tracing::error!(tunnel = %self.name, role = %Role::Connector, peer = %client,
                     connect = %self.connect, reason = %e,
                     "first contact (peer = \"tofu\", no key recorded yet in {}) got no answer: \

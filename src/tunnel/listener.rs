@@ -12,12 +12,12 @@ use std::sync::atomic::Ordering;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::{Address, DestinationRule, ProxyProtocol, Tuning};
+use crate::config::{Address, DestinationRule, ProxyProtocol, Revoke, Tuning};
 use crate::proto::handshake::Role;
 use crate::proto::handshake::{
     check_hello_mac1, Contact, Handshake, HandshakeError, ListenerParams, Resumption,
 };
-use crate::proto::identity::Fingerprint;
+use crate::proto::identity::{Fingerprint, TrustList};
 use crate::proto::messages::{check_first_header, MAX_FIRST_MESSAGE_LEN, MSG_HEADER_LEN};
 use crate::proto::stream::{proxy_v2_header, StreamInfo};
 use crate::tunnel::accept::{log_refusal, os_randomness};
@@ -38,6 +38,8 @@ pub struct ListenerTunnel {
     pub allow_destinations: Vec<DestinationRule>,
     /// Header written to the target before any payload.
     pub proxy_protocol: ProxyProtocol,
+    /// What a reload does to open connections of a key it stops trusting.
+    pub revoke: Revoke,
     /// Identity, trusted connectors, PSK.
     pub params: ListenerParams,
     /// Timeouts and limits.
@@ -55,6 +57,16 @@ impl Tunnel for ListenerTunnel {
 
     fn tuning(&self) -> &Tuning {
         &self.tuning
+    }
+
+    fn trust(&self) -> Option<Arc<TrustList>> {
+        Some(self.params.trust.clone())
+    }
+
+    fn keeps_open(&self, fp: &Fingerprint) -> bool {
+        self.revoke == Revoke::NewOnly
+            || self.params.accept_unknown
+            || self.params.trust.contains(fp)
     }
 
     async fn handle(self: Arc<Self>, sealed: Conn, peer: Peer, state: Arc<TunnelState>) {
@@ -100,7 +112,20 @@ impl Tunnel for ListenerTunnel {
         let contact = match check_hello_mac1(&self.params, hello) {
             Ok(c) => c,
             Err(e) => {
-                state.counters.mac1_rejected.fetch_add(1, Ordering::Relaxed);
+                let total = state.counters.mac1_rejected.fetch_add(1, Ordering::Relaxed) + 1;
+                if matches!(e, HandshakeError::BadMac1) {
+                    if let Some(held_back) = state.mac1_log.check(Instant::now()) {
+                        let own = self.params.identity.public().fingerprint();
+                        let psk = if self.params.psk.is_some() {
+                            " (or whose psk_file differs)"
+                        } else {
+                            ""
+                        };
+                        tracing::info!(tunnel = %self.name, role = %Role::Listener, %peer,
+                            fingerprint = %own, held_back, total,
+                            "hello without a valid mac1 from {peer}, not answered: a scanner, or a connector whose `peer` pin is not this listener's key {own}{psk}");
+                    }
+                }
                 return refused(e.into());
             }
         };
@@ -211,6 +236,7 @@ impl Tunnel for ListenerTunnel {
             leftover,
             peer,
             started,
+            resumed,
             &state,
         )
         .await;

@@ -122,6 +122,9 @@ pub(crate) enum PumpError {
     /// A record was refused, or the stream was truncated.
     #[error("{0}")]
     Record(#[from] RecordError),
+    /// Cut from outside: a reload stopped trusting the peer's key.
+    #[error("revoked at reload")]
+    Revoked,
 }
 
 /// Runs both directions until both have ended cleanly, or one fails.

@@ -42,6 +42,10 @@ pub enum SessionError {
     /// The peer closed the connection during the handshake (a refusal looks like this).
     #[error("peer closed the connection during the handshake")]
     Eof,
+    /// The peer closed the connection without sending a byte in answer to our first message: a
+    /// listener does this to a hello whose mac1 is not keyed by its own key (or PSK).
+    #[error("peer closed the connection without answering the hello")]
+    Unanswered,
     /// The socket failed.
     #[error("i/o error during the handshake: {0}")]
     Io(#[from] std::io::Error),
@@ -56,7 +60,7 @@ impl SessionError {
     pub fn reason(&self) -> &'static str {
         match self {
             SessionError::Timeout(_) => "timeout",
-            SessionError::Eof => "eof",
+            SessionError::Eof | SessionError::Unanswered => "eof",
             SessionError::Io(_) => "io",
             SessionError::Handshake(h) => h.reason(),
         }
@@ -98,6 +102,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     // Never more than one handshake message is buffered: the state machine reads exactly up to
     // the end of each message, and bounds each by its header.
     let mut buf = vec![0u8; MAX_MESSAGE_LEN];
+    let mut answered = !already_read.is_empty();
     loop {
         let out = hs.take_output();
         if !out.is_empty() {
@@ -108,8 +113,13 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let n = stream.read(&mut buf).await?;
         if n == 0 {
-            return Err(SessionError::Eof);
+            return Err(if answered {
+                SessionError::Eof
+            } else {
+                SessionError::Unanswered
+            });
         }
+        answered = true;
         let used = hs.read(&buf[..n])?;
         if hs.is_done() {
             let unsent = hs.take_output();

@@ -1,16 +1,19 @@
 //! What the accept loop, the connections and the metrics of one tunnel share: gauges,
 //! counters, the handshake histogram and the resumption ticket stores. Survives reloads.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Tuning;
 use crate::proto::handshake::Established;
+use crate::proto::identity::Fingerprint;
 use crate::proto::resume::{ConnectorTickets, TicketPolicy, TicketStore};
 use crate::tunnel::limits::{Gauge, LogLimiter, Slot, SourceLimiter};
-use crate::tunnel::pump::Traffic;
+use crate::tunnel::pump::{PumpStats, Traffic};
 use crate::tunnel::session::SessionError;
 
 /// Upper bounds of the handshake duration histogram, in seconds (0.1 ms to 10 s).
@@ -86,10 +89,13 @@ pub struct TunnelState {
     pub handshake_seconds: Histogram,
     /// Listener: the resumption tickets issued (kept across reloads, memory only).
     pub tickets: Arc<Mutex<TicketStore>>,
+    /// Established connections, for `status` and for cuts at reload.
+    pub(crate) open: OpenConns,
     /// Connector: the current resumption ticket (kept across reloads, memory only).
     pub connector_tickets: Arc<Mutex<ConnectorTickets>>,
     pub(crate) limit_log: LogLimiter,
     pub(crate) rate_log: LogLimiter,
+    pub(crate) mac1_log: LogLimiter,
 }
 
 impl TunnelState {
@@ -134,8 +140,10 @@ impl Default for TunnelState {
             handshake_seconds: Histogram::default(),
             tickets: Arc::default(),
             connector_tickets: Arc::default(),
+            open: OpenConns::default(),
             limit_log: LogLimiter::new(Duration::from_secs(10)),
             rate_log: LogLimiter::new(Duration::from_secs(10)),
+            mac1_log: LogLimiter::new(Duration::from_secs(10)),
         }
     }
 }
@@ -158,5 +166,107 @@ pub(crate) fn count_resumption(state: &TunnelState, est: &Established) {
             .counters
             .resumption_fallbacks
             .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One established connection: what `status` shows of it, and the handle a reload cuts it by.
+#[derive(Debug)]
+pub(crate) struct OpenConn {
+    /// The peer, as logged (an address, or a Unix client).
+    pub(crate) peer: String,
+    /// The other side's key.
+    pub(crate) fingerprint: Fingerprint,
+    /// When the connection was accepted.
+    pub(crate) opened: Instant,
+    /// Whether its handshake was a resumption.
+    pub(crate) resumed: bool,
+    /// Bytes and rekeys so far, updated live by the pump.
+    pub(crate) stats: Arc<PumpStats>,
+    cut: CancellationToken,
+}
+
+impl OpenConn {
+    /// A connection to register with [`OpenConns::register`].
+    pub(crate) fn new(
+        peer: String,
+        fingerprint: Fingerprint,
+        opened: Instant,
+        resumed: bool,
+        stats: Arc<PumpStats>,
+    ) -> Self {
+        OpenConn {
+            peer,
+            fingerprint,
+            opened,
+            resumed,
+            stats,
+            cut: CancellationToken::new(),
+        }
+    }
+
+    /// Resolves once the connection has been cut ([`OpenConns::cut_unless`]).
+    pub(crate) async fn cut(&self) {
+        self.cut.cancelled().await
+    }
+}
+
+/// The established connections of one tunnel, by an id of their own.
+#[derive(Debug, Default)]
+pub(crate) struct OpenConns {
+    next: AtomicU64,
+    map: Mutex<HashMap<u64, Arc<OpenConn>>>,
+}
+
+/// A connection's entry in [`OpenConns`], removed when this is dropped.
+#[derive(Debug)]
+pub(crate) struct Registered<'a> {
+    table: &'a OpenConns,
+    id: u64,
+    /// The entry.
+    pub(crate) conn: Arc<OpenConn>,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.table.lock().remove(&self.id);
+    }
+}
+
+impl OpenConns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<OpenConn>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds `conn` for as long as the returned entry lives.
+    pub(crate) fn register(&self, conn: OpenConn) -> Registered<'_> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(conn);
+        self.lock().insert(id, conn.clone());
+        Registered {
+            table: self,
+            id,
+            conn,
+        }
+    }
+
+    /// The connections open now, oldest first.
+    pub(crate) fn list(&self) -> Vec<Arc<OpenConn>> {
+        let mut v: Vec<_> = self.lock().iter().map(|(id, c)| (*id, c.clone())).collect();
+        v.sort_by_key(|(id, _)| *id);
+        v.into_iter().map(|(_, c)| c).collect()
+    }
+
+    /// Cuts every open connection whose key `keep` refuses (each is then reset and logged by
+    /// its own task); returns how many were cut.
+    pub(crate) fn cut_unless(&self, keep: impl Fn(&Fingerprint) -> bool) -> usize {
+        let map = self.lock();
+        let mut n = 0;
+        for c in map.values().filter(|c| !keep(&c.fingerprint)) {
+            if !c.cut.is_cancelled() {
+                c.cut.cancel();
+                n += 1;
+            }
+        }
+        n
     }
 }
