@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Control};
 use crate::daemon::metrics::Registry;
+use crate::daemon::responder;
 use crate::daemon::status::Status;
 use crate::tunnel::net::Bound;
 
@@ -103,32 +104,23 @@ pub(crate) async fn serve(
     started: Instant,
     stop: CancellationToken,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     let Bound::Unix(listener, _file) = listener else {
         return;
     };
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        let stream = match accepted {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "control socket: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+    responder::serve(
+        listener,
+        "control socket",
+        MAX_CLIENTS,
+        ANSWER_TIMEOUT,
+        stop,
+        move |stream| {
+            let status = Status::of(&registry.tunnels(), config.clone(), started, Instant::now());
+            async move {
+                let _ = answer(stream, &status).await;
             }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            continue;
-        };
-        let status = Status::of(&registry.tunnels(), config.clone(), started, Instant::now());
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(ANSWER_TIMEOUT, answer(stream, &status)).await;
-            drop(slot);
-        });
-    }
+        },
+    )
+    .await
 }
 
 async fn answer(mut stream: UnixStream, status: &Status) -> std::io::Result<()> {

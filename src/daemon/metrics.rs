@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::daemon::responder;
 use crate::proto::handshake::Role;
 use crate::proto::identity::TrustList;
 use crate::tunnel::state::{TunnelState, HANDSHAKE_BUCKETS};
@@ -235,29 +236,20 @@ pub(crate) fn render(tunnels: &[TunnelEntry]) -> String {
 
 /// Serves `registry` on `listener` until `stop`.
 pub(crate) async fn serve(listener: TcpListener, registry: Arc<Registry>, stop: CancellationToken) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPERS));
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        let stream = match accepted {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+    responder::serve(
+        listener,
+        "metrics",
+        MAX_SCRAPERS,
+        REQUEST_TIMEOUT,
+        stop,
+        move |stream| {
+            let registry = registry.clone();
+            async move {
+                let _ = answer(stream, &registry).await;
             }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            continue;
-        };
-        let registry = registry.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &registry)).await;
-            drop(slot);
-        });
-    }
+        },
+    )
+    .await
 }
 
 /// Reads one request head and answers it.

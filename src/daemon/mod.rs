@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 pub(crate) mod build;
 pub(crate) mod control;
 pub(crate) mod metrics;
+pub(crate) mod responder;
 pub(crate) mod status;
 
 pub(crate) use build::{bind, bind_listen, build, Built};

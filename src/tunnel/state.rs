@@ -83,7 +83,7 @@ pub struct TunnelState {
     pub sources: SourceLimiter,
     /// Plaintext bytes and rekeys of all connections, added to as records go.
     pub traffic: Arc<Traffic>,
-    /// Failed handshakes by reason ([`SessionError::reason`]).
+    /// Failed handshakes by reason (the `reason` of each `SessionError`).
     pub failures: Mutex<BTreeMap<&'static str, u64>>,
     /// Time from accept to an established session, of successful handshakes.
     pub handshake_seconds: Histogram,
