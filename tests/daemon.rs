@@ -544,3 +544,40 @@ fn shutdown_counts_real_connections_and_says_stopped() {
     let log = t.listener.wait_log("stopped");
     assert!(log.contains("draining open connections open=1"), "{log}");
 }
+
+#[test]
+fn idle_timeout_resets_an_idle_connection_and_spares_a_busy_one() {
+    let service = Service::start(Behaviour::Echo);
+    let t = tunnel_to(service.addr, "idle_timeout = \"400ms\"");
+    let mut busy = TcpStream::connect(t.entry).unwrap();
+    busy.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut idle = TcpStream::connect(t.entry).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    echo_round(&mut idle, b"once");
+    // The busy one talks every 100 ms for well past the timeout.
+    for i in 0..15u8 {
+        echo_round(&mut busy, &[i; 10]);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut rest = Vec::new();
+    assert_eq!(
+        idle.read_to_end(&mut rest).map_err(|e| e.kind()),
+        Err(ErrorKind::ConnectionReset)
+    );
+    // Whichever side's timer fires first resets the connection and says why; the other may
+    // see the reset first.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let said_idle = |d: &Daemon| {
+        d.log_text()
+            .lines()
+            .any(|l| l.contains("connection reset") && l.contains("idle for 400ms (idle_timeout)"))
+    };
+    while !said_idle(&t.listener) && !said_idle(&t.connector) {
+        assert!(Instant::now() < deadline, "{}", t.connector.log_text());
+        echo_round(&mut busy, b"meanwhile");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    echo_round(&mut busy, b"still here");
+}

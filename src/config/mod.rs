@@ -487,7 +487,7 @@ record_size = "64KiB"
             "/etc/sealpipe/b.toml:5:1: unknown key `rekey_byts` in [defaults] (expected one of \
              `rekey_bytes`, `rekey_interval`, `handshake_timeout`, `connect_timeout`, \
              `drain_timeout`, `max_connections`, `max_handshakes`, `source_rate_limit`, `record_size`, \
-             `resumption`, `resumption_lifetime`, `resumption_uses`)"
+             `resumption`, `resumption_lifetime`, `resumption_uses`, `idle_timeout`)"
         );
         assert_eq!(
             err(&with_identity(&format!(
@@ -498,7 +498,7 @@ record_size = "64KiB"
              `allow_destinations`, `proxy_protocol`, `revoke`, `rekey_bytes`, `rekey_interval`, \
              `handshake_timeout`, `connect_timeout`, `drain_timeout`, `max_connections`, \
              `max_handshakes`, `source_rate_limit`, `record_size`, `resumption`, \
-             `resumption_lifetime`, `resumption_uses`)"
+             `resumption_lifetime`, `resumption_uses`, `idle_timeout`)"
         );
         assert_eq!(
             err(&format!("tunnel = 1\n{}", with_identity(""))),

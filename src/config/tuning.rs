@@ -35,7 +35,7 @@ macro_rules! tuning_fields {
             rekey_bytes: u64 = 1 << 30, parsed from SizeText by rekey_bytes;
             /// Also rekey after this much time; `None` means by bytes only.
             rekey_interval: Option<Duration> = None,
-                parsed from DurationText by rekey_interval;
+                parsed from DurationText by duration_or_off;
             /// A handshake not complete after this long is dropped.
             handshake_timeout: Duration = Duration::from_secs(10),
                 parsed from DurationText by duration;
@@ -63,6 +63,9 @@ macro_rules! tuning_fields {
                 parsed from DurationText by resumption_lifetime;
             /// How many resumptions one ticket serves (1 ..= 1,000,000).
             resumption_uses: u32 = 1000, parsed from i64 by resumption_uses;
+            /// An established connection that moves no byte either way for this long is reset
+            /// (logged `idle for …`); `None` (the default, `"off"`) keeps idle connections.
+            idle_timeout: Option<Duration> = None, parsed from DurationText by duration_or_off;
         }
     };
 }
@@ -173,8 +176,8 @@ fn rekey_bytes(v: &SizeText) -> Result<u64, String> {
     }
 }
 
-/// A duration, or `"off"` / `"none"`: no rekey by time.
-fn rekey_interval(v: &DurationText) -> Result<Option<Duration>, String> {
+/// A duration, or `"off"` / `"none"`: not at all.
+fn duration_or_off(v: &DurationText) -> Result<Option<Duration>, String> {
     let s = v.0.trim();
     if s.eq_ignore_ascii_case("off") || s.eq_ignore_ascii_case("none") {
         Ok(None)
@@ -242,6 +245,7 @@ mod tests {
                 resumption: true,
                 resumption_lifetime: Duration::from_secs(3600),
                 resumption_uses: 1000,
+                idle_timeout: None,
             }
         );
     }
@@ -249,10 +253,10 @@ mod tests {
     #[test]
     fn checks_take_what_the_file_says() {
         let text = |s: &str| DurationText(s.to_string());
-        assert_eq!(rekey_interval(&text(" Off ")), Ok(None));
-        assert_eq!(rekey_interval(&text("none")), Ok(None));
+        assert_eq!(duration_or_off(&text(" Off ")), Ok(None));
+        assert_eq!(duration_or_off(&text("none")), Ok(None));
         assert_eq!(
-            rekey_interval(&text("1h 30m")),
+            duration_or_off(&text("1h 30m")),
             Ok(Some(Duration::from_secs(90 * 60)))
         );
         assert_eq!(size(&SizeText::Text(" 16KiB ".into())), Ok(16 * 1024));

@@ -52,6 +52,7 @@ pub(crate) async fn carry<T: Tunnel>(
     let opts = PumpOptions {
         record_size: tuning.record_size,
         rekey_interval: tuning.rekey_interval,
+        idle_timeout: tuning.idle_timeout,
     };
     let result = {
         let (sr, mut sw) = sealed.split();

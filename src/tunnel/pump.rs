@@ -32,7 +32,14 @@ pub(crate) struct PumpOptions {
     pub record_size: usize,
     /// Rekey at least this often while data flows.
     pub rekey_interval: Option<Duration>,
+    /// End the connection (an error: both sockets reset) after this long without a byte
+    /// moving either way.
+    pub idle_timeout: Option<Duration>,
 }
+
+/// How long the peer's TCP end of stream may lag behind its close record (it sends both at
+/// once): past it the connection is reset rather than held open by a peer that never closes.
+pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 /// The read side of a plaintext socket, TCP or Unix: waiting for readability without a buffer,
 /// then reading what is there without blocking. Implemented for the streams and their halves.
@@ -125,6 +132,12 @@ pub(crate) enum PumpError {
     /// Cut from outside: a reload stopped trusting the peer's key.
     #[error("revoked at reload")]
     Revoked,
+    /// No byte moved either way for `idle_timeout`.
+    #[error("idle for {0:?} (idle_timeout)")]
+    Idle(Duration),
+    /// The peer sent its close record but not its TCP end of stream within [`CLOSE_WAIT`].
+    #[error("no end of stream within {0:?} of the peer's close record")]
+    CloseWait(Duration),
 }
 
 /// Runs both directions until both have ended cleanly, or one fails.
@@ -148,7 +161,35 @@ where
 {
     let up = plain_to_sealed(plain_r, sealed_w, &mut sealer, opts, stats);
     let down = sealed_to_plain(sealed_r, plain_w, &mut opener, leftover, stats);
-    tokio::try_join!(up, down).map(|_| ())
+    tokio::select! {
+        r = async { tokio::try_join!(up, down).map(|_| ()) } => r,
+        e = idle_watch(opts.idle_timeout, stats) => Err(e),
+    }
+}
+
+/// Resolves once no byte has moved either way (per `stats`) for `timeout`; never without one.
+async fn idle_watch(timeout: Option<Duration>, stats: &PumpStats) -> PumpError {
+    let Some(timeout) = timeout else {
+        return std::future::pending().await;
+    };
+    let moved = || stats.sent.load(Ordering::Relaxed) + stats.received.load(Ordering::Relaxed);
+    // Checked four times per timeout: an idle connection ends between 1 and 1.25 timeouts.
+    let step = (timeout / 4).max(Duration::from_millis(1));
+    let mut last = moved();
+    let mut quiet = Duration::ZERO;
+    loop {
+        tokio::time::sleep(step).await;
+        let now = moved();
+        if now == last {
+            quiet += step;
+            if quiet >= timeout {
+                return PumpError::Idle(timeout);
+            }
+        } else {
+            last = now;
+            quiet = Duration::ZERO;
+        }
+    }
 }
 
 async fn tick(interval: &mut Option<tokio::time::Interval>) {
@@ -255,11 +296,18 @@ fn tick_ready(i: &mut tokio::time::Interval) -> bool {
     i.poll_tick(&mut cx).is_ready()
 }
 
-/// After a close record: anything but EOF is an error (a record after close).
+/// After a close record: anything but EOF is an error (a record after close), and so is no EOF
+/// within [`CLOSE_WAIT`].
 async fn expect_eof(sealed: &TcpStream, already_buffered: usize) -> Result<(), PumpError> {
     if already_buffered > 0 {
         return Err(RecordError::AfterClose.into());
     }
+    tokio::time::timeout(CLOSE_WAIT, wait_eof(sealed))
+        .await
+        .unwrap_or(Err(PumpError::CloseWait(CLOSE_WAIT)))
+}
+
+async fn wait_eof(sealed: &TcpStream) -> Result<(), PumpError> {
     let mut probe = [0u8; 1];
     loop {
         sealed.readable().await.map_err(PumpError::Sealed)?;
@@ -403,5 +451,116 @@ where
             opener.end_of_stream()?;
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::keys::Secret;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// A connected loopback TCP pair.
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    /// Runs a pump between a local "plain" pair and a "sealed" pair whose far end the test
+    /// drives as the peer, and returns the pump's result.
+    async fn run_pump(
+        opts: PumpOptions,
+        peer: impl FnOnce(TcpStream, TcpStream, Sealer) -> tokio::task::JoinHandle<()>,
+    ) -> Result<(), PumpError> {
+        let (plain_local, plain_app) = tcp_pair().await;
+        let (sealed_local, sealed_peer) = tcp_pair().await;
+        let ours = Secret::from_bytes([1; 32]);
+        let theirs = Secret::from_bytes([2; 32]);
+        let peer_task = peer(sealed_peer, plain_app, Sealer::new(theirs.clone(), 1 << 30));
+        let stats = PumpStats::default();
+        let (pr, mut pw) = plain_local.into_split();
+        let (sr, mut sw) = sealed_local.into_split();
+        let r = pump(
+            &pr,
+            &mut pw,
+            &sr,
+            &mut sw,
+            Sealer::new(ours, 1 << 30),
+            Opener::new(theirs),
+            Vec::new(),
+            opts,
+            &stats,
+        )
+        .await;
+        peer_task.abort();
+        r
+    }
+
+    const OPTS: PumpOptions = PumpOptions {
+        record_size: 1024,
+        rekey_interval: None,
+        idle_timeout: None,
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_record_without_end_of_stream_is_waited_for_a_bounded_time() {
+        let r = run_pump(OPTS, |mut sealed, app, mut sealer| {
+            tokio::spawn(async move {
+                let mut close = [0u8; OVERHEAD];
+                sealer.seal_close(&mut close).unwrap();
+                sealed.write_all(&close).await.unwrap();
+                // Never a FIN; keep both sockets open.
+                let _keep = app;
+                std::future::pending::<()>().await;
+            })
+        })
+        .await;
+        assert!(
+            matches!(r, Err(PumpError::CloseWait(d)) if d == CLOSE_WAIT),
+            "{r:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_ends_after_idle_timeout_and_a_busy_one_does_not() {
+        let opts = PumpOptions {
+            idle_timeout: Some(Duration::from_secs(60)),
+            ..OPTS
+        };
+        // Idle from the start: ended.
+        let r = run_pump(opts, |sealed, app, _| {
+            tokio::spawn(async move {
+                let _keep = (sealed, app);
+                std::future::pending::<()>().await;
+            })
+        })
+        .await;
+        assert!(
+            matches!(r, Err(PumpError::Idle(d)) if d == Duration::from_secs(60)),
+            "{r:?}"
+        );
+
+        // A byte from the application every 30 s for 5 minutes, then both ends close: not idle.
+        let r = run_pump(opts, |mut sealed, mut app, mut sealer| {
+            tokio::spawn(async move {
+                for _ in 0..10 {
+                    app.write_all(b"x").await.unwrap();
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+                app.shutdown().await.unwrap();
+                let mut close = [0u8; OVERHEAD];
+                sealer.seal_close(&mut close).unwrap();
+                sealed.write_all(&close).await.unwrap();
+                sealed.shutdown().await.unwrap();
+                let mut sink = Vec::new();
+                let _ = sealed.read_to_end(&mut sink).await;
+                let _ = app.read_to_end(&mut sink).await;
+            })
+        })
+        .await;
+        assert!(r.is_ok(), "{r:?}");
     }
 }
