@@ -30,6 +30,20 @@ pub mod config;
 pub(crate) mod daemon;
 pub(crate) mod files;
 pub mod proto;
+/// What the integration tests (`tests/`) and the fuzz targets (`fuzz/`) drive from outside the
+/// crate, beyond the public [`proto`] core and [`config::Config`]: a listener and a connector in
+/// one process, the tunnel types and their shared state. Not a stable API.
 #[doc(hidden)]
-pub mod testing;
+pub mod testing {
+    pub use crate::cmd::pair::{echo_service, loopback, round_trip, spawn_pair, spawn_tunnel};
+    pub use crate::config::{Address, ConnectorMode, ProxyProtocol, Revoke, Tuning};
+    pub use crate::tunnel::connector::ConnectorTunnel;
+    pub use crate::tunnel::listener::ListenerTunnel;
+    pub use crate::tunnel::state::TunnelState;
+}
 pub(crate) mod tunnel;
+
+/// The version line: crate version and protocol version. `concat!` takes literals only, so the
+/// protocol version is written out here; a unit test checks it is
+/// [`PROTOCOL_VERSION`](proto::messages::PROTOCOL_VERSION), the one on the wire.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 1)");

@@ -21,14 +21,10 @@ mod run;
 mod status;
 mod trust;
 
-/// The version line: crate version and protocol version. `concat!` takes literals only, so the
-/// protocol version is written out here; a unit test checks it is
-/// [`PROTOCOL_VERSION`](crate::proto::messages::PROTOCOL_VERSION), the one on the wire.
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 1)");
 
 /// sealpipe: a transparent encrypting tunnel proxy.
 #[derive(Debug, Parser)]
-#[command(name = "sealpipe", version = VERSION, about, long_about = None)]
+#[command(name = "sealpipe", version = crate::VERSION, about, long_about = None)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
@@ -175,7 +171,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
-    use super::VERSION;
+    use crate::VERSION;
     use crate::proto::messages::PROTOCOL_VERSION;
 
     #[test]

@@ -76,7 +76,7 @@ impl Status {
         let mut tunnels: Vec<TunnelStatus> = tunnels.iter().map(|t| tunnel(t, now)).collect();
         tunnels.sort_by(|a, b| (b.role.as_str(), &a.name).cmp(&(a.role.as_str(), &b.name)));
         Status {
-            version: crate::cmd::VERSION.to_string(),
+            version: crate::VERSION.to_string(),
             pid: std::process::id(),
             config,
             uptime_secs: now.saturating_duration_since(started).as_secs(),
