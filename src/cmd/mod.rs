@@ -21,7 +21,6 @@ mod run;
 mod status;
 mod trust;
 
-
 /// sealpipe: a transparent encrypting tunnel proxy.
 #[derive(Debug, Parser)]
 #[command(name = "sealpipe", version = crate::VERSION, about, long_about = None)]
@@ -171,8 +170,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
-    use crate::VERSION;
     use crate::proto::messages::PROTOCOL_VERSION;
+    use crate::VERSION;
 
     #[test]
     fn version_names_the_wire_protocol_version() {
