@@ -2,7 +2,7 @@
 //! limiter. The clock is a parameter (`now`), so their tests step time instead of sleeping.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -90,36 +90,83 @@ impl LogLimiter {
     }
 }
 
-/// Per-source-address token buckets: at most `rate` new connections per second from one IP
-/// address, with bursts of up to `rate`. Memory is bounded: idle sources are forgotten.
+/// Per-source token buckets: at most `rate` new connections per second from one source, with
+/// bursts of up to `rate`. A source is an IPv4 address or an IPv6 /64 (a host usually holds a
+/// whole /64, so counting single IPv6 addresses would let one host be a million sources).
+/// Memory is bounded: idle sources are forgotten, and while the table is full of busy sources,
+/// every source not in it shares one overflow bucket, so that a flood from very many addresses
+/// neither grows the table nor flushes the buckets of the sources already limited.
 #[derive(Debug, Default)]
 pub struct SourceLimiter {
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    table: Mutex<Table>,
 }
 
-/// Sources remembered before idle ones are pruned.
+#[derive(Debug, Default)]
+struct Table {
+    buckets: HashMap<Source, (f64, Instant)>,
+    /// When idle sources were last pruned: at most once per [`PRUNE_INTERVAL`], so that a
+    /// flood into a full table costs one lookup per connection, not a scan.
+    pruned: Option<Instant>,
+}
+
+/// Least time between two prunings of a full table.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What one bucket counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Source {
+    V4(Ipv4Addr),
+    /// The first 64 bits of an IPv6 address.
+    V6Net([u8; 8]),
+    /// Every source that finds the table full.
+    Overflow,
+}
+
+impl Source {
+    fn of(ip: IpAddr) -> Source {
+        match ip.to_canonical() {
+            IpAddr::V4(a) => Source::V4(a),
+            IpAddr::V6(a) => {
+                let mut net = [0u8; 8];
+                net.copy_from_slice(&a.octets()[..8]);
+                Source::V6Net(net)
+            }
+        }
+    }
+}
+
+/// Sources remembered (besides the overflow bucket) before idle ones are pruned.
 const SOURCE_TABLE_SOFT_LIMIT: usize = 16_384;
 
 impl SourceLimiter {
-    /// Takes one token for `ip` at `now`; false when `ip` is over `rate` (0: no limit).
+    /// Takes one token for `ip`'s source at `now`; false when it is over `rate` (0: no limit).
     pub fn allow(&self, ip: IpAddr, rate: u32, now: Instant) -> bool {
         if rate == 0 {
             return true;
         }
         let rate = f64::from(rate);
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() >= SOURCE_TABLE_SOFT_LIMIT && !buckets.contains_key(&ip) {
-            // Forget every source whose bucket has refilled; if that is not enough (a flood
-            // from very many addresses), start afresh rather than grow.
-            buckets.retain(|_, (tokens, last)| {
-                *tokens + now.duration_since(*last).as_secs_f64() * rate < rate
-            });
+        let refill = |tokens: f64, last: Instant| {
+            (tokens + now.saturating_duration_since(last).as_secs_f64() * rate).min(rate)
+        };
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let Table { buckets, pruned } = &mut *table;
+        let mut source = Source::of(ip);
+        if !buckets.contains_key(&source) && buckets.len() >= SOURCE_TABLE_SOFT_LIMIT {
+            // Forget every source whose bucket has refilled (at most once per interval); if
+            // that frees no room (a flood from very many addresses), this one shares the
+            // overflow bucket.
+            if pruned.is_none_or(|t| now.saturating_duration_since(t) >= PRUNE_INTERVAL) {
+                *pruned = Some(now);
+                buckets.retain(|s, (tokens, last)| {
+                    *s == Source::Overflow || refill(*tokens, *last) < rate
+                });
+            }
             if buckets.len() >= SOURCE_TABLE_SOFT_LIMIT {
-                buckets.clear();
+                source = Source::Overflow;
             }
         }
-        let (tokens, last) = buckets.entry(ip).or_insert((rate, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(rate);
+        let (tokens, last) = buckets.entry(source).or_insert((rate, now));
+        *tokens = refill(*tokens, *last);
         *last = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
@@ -170,7 +217,50 @@ mod tests {
         for i in 0..(SOURCE_TABLE_SOFT_LIMIT as u32 * 2) {
             l.allow(IpAddr::from(i.to_be_bytes()), 1, now);
         }
-        assert!(l.buckets.lock().unwrap().len() <= SOURCE_TABLE_SOFT_LIMIT);
+        // The sources and the overflow bucket.
+        assert!(l.table.lock().unwrap().buckets.len() <= SOURCE_TABLE_SOFT_LIMIT + 1);
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_is_one_source() {
+        let l = SourceLimiter::default();
+        let t0 = Instant::now();
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!((0..3).filter(|_| l.allow(a, 3, t0)).count(), 3);
+        assert!(!l.allow(same_64, 3, t0), "the same /64 shares the bucket");
+        assert!(l.allow(other_64, 3, t0), "another /64 has its own");
+        // An IPv4-mapped address counts as the IPv4 address.
+        let v4: IpAddr = "192.0.2.9".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.9".parse().unwrap();
+        assert!(l.allow(v4, 1, t0));
+        assert!(!l.allow(mapped, 1, t0));
+    }
+
+    #[test]
+    fn a_flood_of_new_sources_neither_flushes_limited_ones_nor_gets_past_the_rate() {
+        let l = SourceLimiter::default();
+        let t0 = Instant::now();
+        let abuser: IpAddr = "198.51.100.7".parse().unwrap();
+        assert!(l.allow(abuser, 1, t0));
+        assert!(!l.allow(abuser, 1, t0), "limited");
+        // Other sources, each using its one token: the table fills with busy buckets.
+        for i in 0..SOURCE_TABLE_SOFT_LIMIT as u32 - 1 {
+            l.allow(IpAddr::from((0x0a00_0000 + i).to_be_bytes()), 1, t0);
+        }
+        // Twice as many new ones at the same instant: together they get one burst of `rate`.
+        let new_allowed = (0..2 * SOURCE_TABLE_SOFT_LIMIT as u32)
+            .filter(|i| l.allow(IpAddr::from((0x2000_0000 + i).to_be_bytes()), 1, t0))
+            .count();
+        assert_eq!(new_allowed, 1, "new sources share the overflow bucket");
+        assert!(
+            !l.allow(abuser, 1, t0),
+            "the abuser's bucket was not flushed"
+        );
+        // Once buckets have refilled, new sources get their own again.
+        let later = t0 + Duration::from_secs(2);
+        assert!(l.allow("203.0.113.1".parse().unwrap(), 1, later));
     }
 
     #[test]
