@@ -514,7 +514,7 @@ record_size = "64KiB"
         assert_eq!(
             err("[identity]\nprivate_key = \"b.pem\"\nprivatekey = \"c.pem\"\n"),
             "/etc/sealpipe/b.toml:3:1: unknown key `privatekey` in [identity] (expected one of \
-             `private_key` or `psk_file`)"
+             `private_key`, `psk_file`, `next_private_key`)"
         );
     }
 

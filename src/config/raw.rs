@@ -79,8 +79,8 @@ pub(crate) struct RawMetrics {
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub(crate) struct RawIdentity {
     pub(crate) private_key: Spanned<String>,
-    pub(crate) next_private_key: Option<Spanned<String>>,
     pub(crate) psk_file: Option<Spanned<String>>,
+    pub(crate) next_private_key: Option<Spanned<String>>,
 }
 
 tuning_fields!(with_tuning! {
