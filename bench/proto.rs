@@ -62,6 +62,7 @@ fn params() -> (ConnectorParams, ListenerParams) {
         },
         ListenerParams {
             identity: Arc::new(listener),
+            next_identity: None,
             trust: Arc::new(trust),
             psk: None,
             accept_unknown: false,

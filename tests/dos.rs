@@ -61,6 +61,7 @@ async fn a_thousand_abusive_connections_cost_no_signature_and_do_not_block_a_leg
             name: "dos".into(),
             connect: Address::Ip(sealed_addr),
             params: connector_params(connector_id.clone(), signer.public().fingerprint()),
+            fallback_pins: Vec::new(),
             socket: Default::default(),
             tofu: None,
             mode: ConnectorMode::Forward,

@@ -1,8 +1,9 @@
 //! A listener handshake fed arbitrary bytes, cut into several reads.
 //!
 //! Never panics, never completes, and stays silent unless the first 85 bytes are a connector
-//! hello carrying a valid mac1 for the listener's key: a peer that does not know the listener's
-//! fingerprint gets no answer (PROTOCOL.md §2).
+//! hello carrying a valid mac1 for one of the listener's two keys (a listener in the middle of a
+//! key rotation): a peer that does not know a listener fingerprint gets no answer (PROTOCOL.md
+//! §2).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -24,10 +25,13 @@ fuzz_target!(|data: &[u8]| {
     if !out.is_empty() {
         let p = input.payload;
         assert!(p.len() >= HELLO_LEN, "answer to a short input");
-        let expected = mac1(&listener_fingerprint(), &p[..UNMACCED]);
-        assert_eq!(
-            &p[UNMACCED..HELLO_LEN],
-            &expected[..],
+        let keys = [
+            listener_fingerprint(),
+            next_listener_identity().fingerprint(),
+        ];
+        assert!(
+            keys.iter()
+                .any(|fp| p[UNMACCED..HELLO_LEN] == mac1(fp, &p[..UNMACCED])[..]),
             "answer without a valid mac1"
         );
         assert_eq!(out[0], MessageType::ListenerHello as u8);

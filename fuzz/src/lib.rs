@@ -18,6 +18,8 @@ use sealpipe::proto::record::{parse_header, Opened, Opener, RecordError, HEADER_
 pub const LISTENER_PEM: &str = include_str!("../../tests/data/openssl-rsa2048.pem");
 /// The connector's test key (PROTOCOL.md §8).
 pub const CONNECTOR_PEM: &str = include_str!("../../tests/data/peer-b.pem");
+/// A second listener key, held as `next_identity` by [`listener_params`] (a key rotation).
+pub const NEXT_LISTENER_PEM: &str = include_str!("../../tests/data/untrusted.pem");
 
 /// `c_ap_traffic_0` of PROTOCOL.md §8: the records of the vectors open under it.
 pub const VECTOR_C_AP_TRAFFIC_0: &str =
@@ -28,6 +30,15 @@ pub fn listener_identity() -> Arc<PrivateIdentity> {
     static KEY: OnceLock<Arc<PrivateIdentity>> = OnceLock::new();
     KEY.get_or_init(|| Arc::new(PrivateIdentity::from_pem(LISTENER_PEM).expect("listener key")))
         .clone()
+}
+
+/// The listener's second key ([`NEXT_LISTENER_PEM`]), parsed once per process.
+pub fn next_listener_identity() -> Arc<PrivateIdentity> {
+    static KEY: OnceLock<Arc<PrivateIdentity>> = OnceLock::new();
+    KEY.get_or_init(|| {
+        Arc::new(PrivateIdentity::from_pem(NEXT_LISTENER_PEM).expect("next listener key"))
+    })
+    .clone()
 }
 
 /// The connector's identity, parsed once per process.
@@ -87,11 +98,13 @@ fn trust_connector() -> Arc<TrustList> {
     Arc::new(trust)
 }
 
-/// Listener parameters with the real signer (an RSA signature per accepted hello).
+/// Listener parameters with the real signers (an RSA signature per accepted hello), holding two
+/// keys as during a rotation: hellos keyed for either are answered.
 pub fn listener_params() -> ListenerParams {
     static P: OnceLock<ListenerParams> = OnceLock::new();
     P.get_or_init(|| ListenerParams {
         identity: listener_identity(),
+        next_identity: Some(next_listener_identity()),
         trust: trust_connector(),
         psk: None,
         accept_unknown: false,
@@ -108,6 +121,7 @@ pub fn listener_params_cached() -> ListenerParams {
             inner: listener_identity(),
             signature: OnceLock::new(),
         }),
+        next_identity: None,
         trust: trust_connector(),
         psk: None,
         accept_unknown: false,

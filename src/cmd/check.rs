@@ -13,18 +13,24 @@ pub(crate) fn run(config: &Path) -> anyhow::Result<()> {
         config.display(),
         built.listeners.len(),
         built.connectors.len(),
-        built
-            .listeners
-            .first()
-            .map(|(_, t)| t.params.identity.public().fingerprint())
-            .or_else(|| {
-                built
-                    .connectors
-                    .first()
-                    .map(|(_, t)| t.params.identity.public().fingerprint())
-            })
-            .map(|f| f.to_string())
-            .unwrap_or_default()
+        identity(&built)
     );
     Ok(())
+}
+
+/// The fingerprint of `private_key` and, on a listener that also holds a `next_private_key`,
+/// that one's too.
+fn identity(built: &daemon::Built) -> String {
+    if let Some((_, t)) = built.listeners.first() {
+        let own = t.params.identity.public().fingerprint();
+        return match &t.params.next_identity {
+            Some(next) => format!("{own}; next_private_key {}", next.public().fingerprint()),
+            None => own.to_string(),
+        };
+    }
+    built
+        .connectors
+        .first()
+        .map(|(_, t)| t.params.identity.public().fingerprint().to_string())
+        .unwrap_or_default()
 }

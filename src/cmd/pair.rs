@@ -108,6 +108,7 @@ pub async fn spawn_pair(
             revoke: Revoke::Cut,
             params: ListenerParams {
                 identity: l_id.clone() as Arc<dyn Signer>,
+                next_identity: None,
                 trust: Arc::new(trust),
                 psk: None,
                 accept_unknown: false,
@@ -128,6 +129,7 @@ pub async fn spawn_pair(
                 listener: l_id.fingerprint().into(),
                 psk: None,
             },
+            fallback_pins: Vec::new(),
             socket: Default::default(),
             tofu: None,
             mode: ConnectorMode::Forward,

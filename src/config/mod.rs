@@ -122,6 +122,9 @@ impl Default for SocketPermissions {
 pub struct IdentityConfig {
     /// The PKCS#8 PEM private key of this host.
     pub private_key: PathBuf,
+    /// `next_private_key`: a second key a listener answers for while its key is rotated (the
+    /// README's "Rotating a listener key"); refused in a file without listeners.
+    pub next_private_key: Option<PathBuf>,
     /// An optional pre-shared key file, mixed into the key schedule.
     pub psk_file: Option<PathBuf>,
 }
@@ -171,7 +174,7 @@ pub struct ConnectorConfig {
     pub connect: Address,
     /// Mode and group of the socket file when `listen` is a Unix socket.
     pub socket: SocketPermissions,
-    /// The remote listener's key: pinned, or trust on first use.
+    /// The remote listener's key: pinned (one or two keys), or trust on first use.
     pub peer: PeerPin,
     /// `forward` (default) or `redirect` (transparent, original destination sent to the listener).
     pub mode: ConnectorMode,
@@ -182,8 +185,10 @@ pub struct ConnectorConfig {
 /// How a connector knows the listener's key (`peer`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerPin {
-    /// `peer = "SHA256:…"`: only this key.
-    Key(Fingerprint),
+    /// `peer = "SHA256:…"` or `peer = ["SHA256:…", "SHA256:…"]`: only these keys (one or two,
+    /// distinct). Hellos are keyed for the first; a hello the listener does not answer is tried
+    /// again for the next, within the same `handshake_timeout`.
+    Keys(Vec<Fingerprint>),
     /// `peer = "tofu"` with `known_peers`: the first key seen for the `connect` address is
     /// recorded in this file, later ones must match it.
     Tofu {
@@ -306,6 +311,7 @@ peer = "{FP_B}"            # pinned listener key
             c.identity,
             IdentityConfig {
                 private_key: PathBuf::from("/etc/sealpipe/host-b.pem"),
+                next_private_key: None,
                 psk_file: None
             }
         );
@@ -334,7 +340,7 @@ peer = "{FP_B}"            # pinned listener key
                 port: 7443
             }
         );
-        assert_eq!(k.peer, PeerPin::Key(fp(FP_B)));
+        assert_eq!(k.peer, PeerPin::Keys(vec![fp(FP_B)]));
         assert_eq!(k.mode, ConnectorMode::Forward);
     }
 
@@ -508,7 +514,7 @@ record_size = "64KiB"
         assert_eq!(
             err("[identity]\nprivate_key = \"b.pem\"\nprivatekey = \"c.pem\"\n"),
             "/etc/sealpipe/b.toml:3:1: unknown key `privatekey` in [identity] (expected one of \
-             `private_key` or `psk_file`)"
+             `private_key`, `psk_file`, `next_private_key`)"
         );
     }
 

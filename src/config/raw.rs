@@ -80,6 +80,7 @@ pub(crate) struct RawMetrics {
 pub(crate) struct RawIdentity {
     pub(crate) private_key: Spanned<String>,
     pub(crate) psk_file: Option<Spanned<String>>,
+    pub(crate) next_private_key: Option<Spanned<String>>,
 }
 
 tuning_fields!(with_tuning! {
@@ -115,13 +116,43 @@ tuning_fields!(with_tuning! {
         name: Spanned<String>,
         listen: Spanned<String>,
         connect: Spanned<String>,
-        peer: Spanned<String>,
+        peer: Spanned<RawPeer>,
         socket_mode: Option<Spanned<String>>,
         socket_group: Option<Spanned<String>>,
         known_peers: Option<Spanned<String>>,
         mode: Option<Spanned<String>>,
     }
 });
+
+/// A connector's `peer`: one string (a fingerprint or `"tofu"`) or a list of fingerprints, each
+/// entry spanned (an untagged enum would lose the spans inside the list).
+pub(crate) enum RawPeer {
+    One(String),
+    List(Vec<Spanned<String>>),
+}
+
+impl<'de> Deserialize<'de> for RawPeer {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawPeer;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a fingerprint \"SHA256:...\", a list of fingerprints, or \"tofu\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawPeer, E> {
+                Ok(RawPeer::One(v.to_string()))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<RawPeer, A::Error> {
+                let mut list = Vec::new();
+                while let Some(entry) = seq.next_element::<Spanned<String>>()? {
+                    list.push(entry);
+                }
+                Ok(RawPeer::List(list))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
 
 /// A size: a string for `bytesize` or a bare integer (bytes). Kept as written until validated.
 #[derive(Clone)]

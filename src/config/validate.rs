@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 use super::error::{ConfigError, Source};
-use super::raw::{RawConfig, RawConnector, RawControl, RawListener};
+use super::raw::{RawConfig, RawConnector, RawControl, RawIdentity, RawListener, RawPeer};
 use super::{
     Address, Config, ConnectorConfig, ConnectorMode, Control, DestinationRule, IdentityConfig,
     ListenerConfig, MetricsConfig, PeerPin, ProxyProtocol, Revoke, SocketPermissions, Tuning,
@@ -17,6 +17,11 @@ use crate::proto::identity::Fingerprint;
 
 /// A listener's trusted keys and their names, as in [`ListenerConfig::peers`].
 type TrustedPeers = Vec<(Fingerprint, Option<String>)>;
+
+/// Most keys a connector's `peer` list pins: a listener holds at most two
+/// (`private_key` and `next_private_key`), and each pin may cost the connector one more
+/// connection attempt.
+const MAX_PINS: usize = 2;
 
 impl Source<'_> {
     /// Validates `raw` and turns it into the model.
@@ -35,6 +40,7 @@ impl Source<'_> {
                 &identity.private_key,
                 &dir,
             )?,
+            next_private_key: self.next_private_key(&identity, raw.listeners.is_empty(), &dir)?,
             psk_file: identity
                 .psk_file
                 .as_ref()
@@ -334,31 +340,98 @@ impl Source<'_> {
         Ok(perms)
     }
 
-    /// A connector's `peer` and `known_peers`: a fingerprint without `known_peers`, or `"tofu"`
-    /// with it.
+    /// `[identity] next_private_key`: a listener's second key during a rotation. A connector
+    /// presents one key, so a file without listeners refuses it.
+    fn next_private_key(
+        &self,
+        identity: &RawIdentity,
+        no_listeners: bool,
+        dir: &Path,
+    ) -> Result<Option<PathBuf>, ConfigError> {
+        let Some(next) = &identity.next_private_key else {
+            return Ok(None);
+        };
+        if no_listeners {
+            return Err(self.key_error(
+                "[identity]",
+                "next_private_key",
+                next.span(),
+                "is for listeners: a connector presents one key (`private_key`), and this file has no [[listener]]",
+            ));
+        }
+        let path = self.path_value("[identity]", "next_private_key", next, dir)?;
+        let own = self.path_value("[identity]", "private_key", &identity.private_key, dir)?;
+        if path == own {
+            return Err(self.key_error(
+                "[identity]",
+                "next_private_key",
+                next.span(),
+                "is the same file as `private_key`: the next key is a second, new key",
+            ));
+        }
+        Ok(Some(path))
+    }
+
+    /// A connector's `peer` and `known_peers`: one or two fingerprints without `known_peers`,
+    /// or `"tofu"` with it.
     fn peer_pin(&self, ctx: &str, c: &RawConnector, dir: &Path) -> Result<PeerPin, ConfigError> {
-        let text = c.peer.get_ref().trim();
-        if text.eq_ignore_ascii_case("tofu") {
-            let Some(file) = &c.known_peers else {
+        let entries: Vec<Spanned<String>> = match c.peer.get_ref() {
+            RawPeer::One(text) if text.trim().eq_ignore_ascii_case("tofu") => {
+                let Some(file) = &c.known_peers else {
+                    return Err(self.key_error(
+                        ctx,
+                        "peer",
+                        c.peer.span(),
+                        "`peer = \"tofu\"` needs `known_peers = \"PATH\"`, the file where the listener's key is recorded",
+                    ));
+                };
+                return Ok(PeerPin::Tofu {
+                    known_peers: self.path_value(ctx, "known_peers", file, dir)?,
+                });
+            }
+            RawPeer::One(text) => vec![Spanned::new(c.peer.span(), text.clone())],
+            RawPeer::List(list) if list.is_empty() => {
                 return Err(self.key_error(
                     ctx,
                     "peer",
                     c.peer.span(),
-                    "`peer = \"tofu\"` needs `known_peers = \"PATH\"`, the file where the listener's key is recorded",
-                ));
+                    "empty list: pin the listener's key, `peer = \"SHA256:...\"`",
+                ))
+            }
+            RawPeer::List(list) => list.clone(),
+        };
+        let mut pins: Vec<(Fingerprint, usize)> = Vec::new();
+        for entry in &entries {
+            let text = entry.get_ref().trim();
+            let problem = if text.eq_ignore_ascii_case("tofu") {
+                Some("\"tofu\" is a value of its own (`peer = \"tofu\"`), not an entry of a list of pins".to_string())
+            } else if pins.len() == MAX_PINS {
+                Some(format!("more than {MAX_PINS} keys: a listener holds at most two (`private_key` and `next_private_key`), so pin at most the new key and the old one"))
+            } else {
+                None
             };
-            return Ok(PeerPin::Tofu {
-                known_peers: self.path_value(ctx, "known_peers", file, dir)?,
-            });
+            if let Some(problem) = problem {
+                return Err(self.key_error(ctx, "peer", entry.span(), problem));
+            }
+            let fp = text.parse::<Fingerprint>().map_err(|e| {
+                self.key_error(
+                    ctx,
+                    "peer",
+                    entry.span(),
+                    format!("invalid fingerprint {:?}: {e}", entry.get_ref()),
+                )
+            })?;
+            let line = self.line_col(entry.span().start).0;
+            if let Some((_, first)) = pins.iter().find(|(p, _)| *p == fp) {
+                return Err(self.key_error(
+                    ctx,
+                    "peer",
+                    entry.span(),
+                    format!("{fp} is listed twice (first on line {first}); remove one of the two"),
+                ));
+            }
+            pins.push((fp, line));
         }
-        let fp = text.parse::<Fingerprint>().map_err(|e| {
-            self.key_error(
-                ctx,
-                "peer",
-                c.peer.span(),
-                format!("invalid fingerprint {:?}: {e}", c.peer.get_ref()),
-            )
-        })?;
         if let Some(file) = &c.known_peers {
             return Err(self.key_error(
                 ctx,
@@ -367,7 +440,7 @@ impl Source<'_> {
                 "`known_peers` is only for `peer = \"tofu\"`; this connector pins its listener's key",
             ));
         }
-        Ok(PeerPin::Key(fp))
+        Ok(PeerPin::Keys(pins.into_iter().map(|(fp, _)| fp).collect()))
     }
 
     /// Checks a tunnel name for emptiness and duplicates; `seen` maps names to their line.

@@ -43,6 +43,7 @@ pub(crate) fn build(path: &Path) -> anyhow::Result<Built> {
     let config = Config::load(path)?;
     let identity: Arc<dyn Signer> =
         Arc::new(keyfile::load_private_key(&config.identity.private_key)?);
+    let next_identity = next_identity(&config, identity.as_ref())?;
     let psk: Option<Arc<Psk>> = match &config.identity.psk_file {
         Some(p) => Some(Arc::new(Psk::from_bytes(*keyfile::load_psk(p)?))),
         None => None,
@@ -63,6 +64,7 @@ pub(crate) fn build(path: &Path) -> anyhow::Result<Built> {
                 revoke: l.revoke,
                 params: ListenerParams {
                     identity: identity.clone(),
+                    next_identity: next_identity.clone(),
                     trust: Arc::new(trust),
                     psk: psk.clone(),
                     accept_unknown: l.accept_unknown,
@@ -78,12 +80,15 @@ pub(crate) fn build(path: &Path) -> anyhow::Result<Built> {
         .iter()
         .map(|c| {
             // TOFU: the recorded key, if any, is looked up for each connection.
-            let (listener, tofu) = match &c.peer {
-                PeerPin::Key(fp) => (ListenerPin::Key(*fp), None),
+            let (listener, fallback_pins, tofu) = match &c.peer {
+                PeerPin::Keys(pins) => match pins.split_first() {
+                    Some((first, rest)) => (ListenerPin::Key(*first), rest.to_vec(), None),
+                    None => anyhow::bail!("connector {:?}: `peer` pins no key", c.name),
+                },
                 PeerPin::Tofu { known_peers } => {
                     let store = TofuStore::open(known_peers.clone(), c.connect.to_string())
                         .with_context(|| format!("connector {:?}: known_peers", c.name))?;
-                    (ListenerPin::FirstContact, Some(Arc::new(store)))
+                    (ListenerPin::FirstContact, Vec::new(), Some(Arc::new(store)))
                 }
             };
             let tunnel = ConnectorTunnel {
@@ -94,6 +99,7 @@ pub(crate) fn build(path: &Path) -> anyhow::Result<Built> {
                     listener,
                     psk: psk.clone(),
                 },
+                fallback_pins,
                 socket: c.socket.clone(),
                 tofu,
                 mode: c.mode,
@@ -107,6 +113,27 @@ pub(crate) fn build(path: &Path) -> anyhow::Result<Built> {
         listeners,
         connectors,
     })
+}
+
+/// `[identity] next_private_key`, loaded like `private_key`; refused if it holds the same key.
+fn next_identity(
+    config: &Config,
+    identity: &dyn Signer,
+) -> anyhow::Result<Option<Arc<dyn Signer>>> {
+    let Some(path) = &config.identity.next_private_key else {
+        return Ok(None);
+    };
+    let next = keyfile::load_private_key(path)?;
+    let fp = next.fingerprint();
+    if fp == identity.public().fingerprint() {
+        anyhow::bail!(
+            "{}: [identity]: `next_private_key` {} holds the same key as `private_key` ({fp}): \
+             the next key is a new one (`sealpipe keygen --out FILE`)",
+            config.path.display(),
+            path.display()
+        );
+    }
+    Ok(Some(Arc::new(next)))
 }
 
 /// Binds a tunnel's listening socket: TCP as [`bind`], or a Unix socket with `perms` (the

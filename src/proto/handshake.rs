@@ -31,6 +31,11 @@
 //! unless the listener opts in to `allow_tofu`, in which case a hello whose mac1 is keyed by the
 //! all-zero [`FIRST_CONTACT`] fingerprint is answered too (a TOFU connector's first contact,
 //! [`ListenerPin::FirstContact`]). `accept_unknown` lets in connectors outside the trust list.
+//!
+//! A listener may hold two keys while its key is rotated ([`ListenerParams::next_identity`]):
+//! mac1 is checked against each (at most two HMACs), and the handshake runs with the key whose
+//! mac1 matched — it signs, its SPKI is in the transcript, and the tickets it files are bound to
+//! it (PROTOCOL.md §2, §9).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -155,11 +160,16 @@ pub struct ConnectorParams {
     pub psk: Option<Arc<Psk>>,
 }
 
-/// What a listener needs: its identity, the trusted connector keys and the optional PSK.
+/// What a listener needs: its identity (one key, or two during a rotation), the trusted
+/// connector keys and the optional PSK.
 #[derive(Clone)]
 pub struct ListenerParams {
-    /// The listener's long-term key.
+    /// The listener's long-term key (`private_key`): it answers hellos keyed for it and, with
+    /// `allow_tofu`, first contacts.
     pub identity: Arc<dyn Signer>,
+    /// A second key held while the listener's key is rotated (`next_private_key`): hellos keyed
+    /// for it are answered with it. Two keys at most, so that the mac1 check stays two HMACs.
+    pub next_identity: Option<Arc<dyn Signer>>,
     /// Connector keys allowed in.
     pub trust: Arc<TrustList>,
     /// Pre-shared key, if configured.
@@ -170,6 +180,13 @@ pub struct ListenerParams {
     /// Also answer hellos whose mac1 is keyed by [`FIRST_CONTACT`] (`allow_tofu`): connectors
     /// that do not know this listener's key yet.
     pub allow_tofu: bool,
+}
+
+impl ListenerParams {
+    /// The listener's keys, in the order mac1 is checked: `identity`, then `next_identity`.
+    pub fn identities(&self) -> impl Iterator<Item = &Arc<dyn Signer>> {
+        std::iter::once(&self.identity).chain(self.next_identity.as_ref())
+    }
 }
 
 /// Resumption for one handshake: the tunnel's ticket store (shared by its connections and kept
@@ -205,7 +222,7 @@ pub enum HandshakeError {
     #[error("bad handshake message: {0}")]
     Message(#[from] MessageError),
     /// The connector hello's mac1 is wrong: the peer does not know this listener's key.
-    #[error("hello without a valid mac1 for this listener's key (a scanner, or a connector pinned to another key)")]
+    #[error("hello without a valid mac1 for this listener's key or keys (a scanner, or a connector pinned to another key)")]
     BadMac1,
     /// The peer speaks another protocol version.
     #[error("unsupported protocol version {0}")]
@@ -276,6 +293,8 @@ impl HandshakeError {
 pub struct Established {
     /// The peer's verified long-term key.
     pub peer: PublicIdentity,
+    /// Our key in this session: a listener's is the one the connector's hello was keyed for.
+    pub own: Fingerprint,
     /// Our sending traffic secret (generation 0).
     pub send: Secret,
     /// The peer's sending traffic secret (generation 0).
@@ -348,6 +367,9 @@ enum ResumeCtx {
 /// One handshake, for either role.
 pub struct Handshake {
     params: Params,
+    /// The key this side presents and signs with: a connector's own; a listener's
+    /// `params.identity` until the hello's mac1 picks one of its keys.
+    identity: Arc<dyn Signer>,
     resume: Option<Box<ResumeCtx>>,
     ticket_refused: Option<TicketRefusal>,
     state: State,
@@ -370,30 +392,56 @@ pub fn mac1(listener: &Fingerprint, hello_unmacced: &[u8]) -> [u8; MAC1_LEN] {
 /// How a connector hello's mac1 was keyed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Contact {
-    /// By the listener's own fingerprint: the connector knows the key.
+    /// By the fingerprint of one of the listener's keys: the connector knows that key.
     Pinned,
     /// By [`FIRST_CONTACT`]: a TOFU connector that has not recorded the key yet.
     FirstContact,
 }
 
-/// Checks a connector hello's mac1 as a listener with `params` does: keyed by its own
-/// fingerprint, or, with `allow_tofu` only and for a ConnectorHello only, by [`FIRST_CONTACT`]
+/// Checks a connector hello's mac1 as a listener with `params` does: keyed by one of its keys'
+/// fingerprints, or, with `allow_tofu` only and for a ConnectorHello only, by [`FIRST_CONTACT`]
 /// (a connector that does not know the listener's key has no ticket for it: a ResumeHello keyed
 /// by [`FIRST_CONTACT`] is junk, dropped here before any work like any other bad mac1).
 pub fn check_hello_mac1(params: &ListenerParams, hello: &[u8]) -> Result<Contact, HandshakeError> {
-    let resume = hello.first() == Some(&(MessageType::ResumeHello as u8));
-    match check_connector_hello(&params.identity.public().fingerprint(), hello) {
-        Err(HandshakeError::BadMac1) if params.allow_tofu && !resume => {
-            check_connector_hello(&FIRST_CONTACT, hello).map(|()| Contact::FirstContact)
-        }
-        other => other.map(|()| Contact::Pinned),
+    answering_identity(params, hello).map(|(contact, _)| contact)
+}
+
+/// [`check_hello_mac1`], and the key that answers the hello: the one its mac1 is keyed for, or
+/// `identity` for a first contact. At most two HMACs for the listener's keys (and one more for
+/// a first contact), before any other work.
+fn answering_identity<'p>(
+    params: &'p ListenerParams,
+    hello: &[u8],
+) -> Result<(Contact, &'p Arc<dyn Signer>), HandshakeError> {
+    let (unmacced, tag) = split_mac1(hello)?;
+    let matches = |fp: &Fingerprint| ct_eq(&mac1(fp, unmacced), tag);
+    if let Some(id) = params
+        .identities()
+        .find(|id| matches(&id.public().fingerprint()))
+    {
+        return Ok((Contact::Pinned, id));
     }
+    let resume = hello.first() == Some(&(MessageType::ResumeHello as u8));
+    if params.allow_tofu && !resume && matches(&FIRST_CONTACT) {
+        return Ok((Contact::FirstContact, &params.identity));
+    }
+    Err(HandshakeError::BadMac1)
 }
 
 /// Checks a whole connector hello's (ConnectorHello or ResumeHello) header and mac1 for the
 /// listener `listener`, without any other work: what a listener can afford to do for anybody.
 /// The state machine checks again.
 pub fn check_connector_hello(listener: &Fingerprint, hello: &[u8]) -> Result<(), HandshakeError> {
+    let (unmacced, tag) = split_mac1(hello)?;
+    if ct_eq(&mac1(listener, unmacced), tag) {
+        Ok(())
+    } else {
+        Err(HandshakeError::BadMac1)
+    }
+}
+
+/// A whole connector hello, its header checked, split into the bytes mac1 covers and mac1.
+fn split_mac1(hello: &[u8]) -> Result<(&[u8], &[u8]), HandshakeError> {
     let header = hello
         .first_chunk::<MSG_HEADER_LEN>()
         .ok_or(MessageError::Malformed)?;
@@ -401,12 +449,7 @@ pub fn check_connector_hello(listener: &Fingerprint, hello: &[u8]) -> Result<(),
     if hello.len() != MSG_HEADER_LEN + len {
         return Err(MessageError::Malformed.into());
     }
-    let (unmacced, tag) = hello.split_at(hello.len() - MAC1_LEN);
-    if ct_eq(&mac1(listener, unmacced), tag) {
-        Ok(())
-    } else {
-        Err(HandshakeError::BadMac1)
-    }
+    Ok(hello.split_at(hello.len() - MAC1_LEN))
 }
 
 fn signature_input(context: &[u8], transcript_hash: &[u8; HASH_LEN]) -> Vec<u8> {
@@ -490,6 +533,7 @@ impl Handshake {
         let mut transcript = Sha256::new();
         transcript.update(&out);
         Handshake {
+            identity: params.identity.clone(),
             params: Params::Connector(params),
             resume,
             ticket_refused: None,
@@ -525,6 +569,7 @@ impl Handshake {
     ) -> Self {
         let options = if params.psk.is_some() { OPTION_PSK } else { 0 };
         Handshake {
+            identity: params.identity.clone(),
             params: Params::Listener(params),
             resume: resumption.map(|r| Box::new(ResumeCtx::Listener(r))),
             ticket_refused: None,
@@ -654,10 +699,7 @@ impl Handshake {
     }
 
     fn identity(&self) -> &dyn Signer {
-        match &self.params {
-            Params::Connector(p) => p.identity.as_ref(),
-            Params::Listener(p) => p.identity.as_ref(),
-        }
+        self.identity.as_ref()
     }
 
     fn transcript_hash(&self) -> [u8; HASH_LEN] {
@@ -793,6 +835,7 @@ impl Handshake {
         self.rand.zeroize();
         self.state = State::Done(Box::new(Established {
             peer,
+            own: self.identity.public().fingerprint(),
             send,
             recv,
             resumption,
@@ -816,10 +859,12 @@ impl Handshake {
                 lock(&r.store).insert(t.clone(), Arc::new(peer.clone()), context, r.policy, r.now);
             }
             (Some(ResumeCtx::Listener(r)), Params::Listener(p)) => {
+                // Bound to the listener key this handshake ran with: a hello keyed for the
+                // other key cannot resume it.
                 lock(&r.store).insert(
                     t.clone(),
                     Arc::new(peer.clone()),
-                    listener_context(p),
+                    listener_context(self.identity.as_ref(), p),
                     r.policy,
                     r.now,
                 );
@@ -884,7 +929,8 @@ impl Handshake {
         let Params::Listener(params) = &self.params else {
             return Err(HandshakeError::State);
         };
-        check_hello_mac1(params, msg)?;
+        let (_, identity) = answering_identity(params, msg)?;
+        self.identity = identity.clone();
         let hello = Hello::decode_fields(&msg[MSG_HEADER_LEN..])?;
         self.check_hello(&hello)?;
         let shared = x25519_shared(&self.rand.ephemeral, &hello.ephemeral)?;
@@ -945,8 +991,12 @@ fn connector_context(p: &ConnectorParams) -> crate::proto::resume::TicketContext
     )
 }
 
-fn listener_context(p: &ListenerParams) -> crate::proto::resume::TicketContext {
-    ticket_context(&[&p.identity.public().fingerprint()], p.psk.as_deref())
+/// A listener's ticket context under `identity`, the key of the handshake.
+fn listener_context(
+    identity: &dyn Signer,
+    p: &ListenerParams,
+) -> crate::proto::resume::TicketContext {
+    ticket_context(&[&identity.public().fingerprint()], p.psk.as_deref())
 }
 
 /// Offsets in a resume hello (header included).
@@ -959,8 +1009,10 @@ impl Handshake {
         let Params::Listener(params) = &self.params else {
             return Err(HandshakeError::State);
         };
-        // mac1 first, before any table lookup or X25519.
-        check_connector_hello(&params.identity.public().fingerprint(), msg)?;
+        // mac1 first, before any table lookup or X25519; it picks the key that answers (a
+        // ResumeHello is never a first contact: `answering_identity` refuses one).
+        let (_, identity) = answering_identity(params, msg)?;
+        self.identity = identity.clone();
         let hello = Hello::decode_fields(&msg[MSG_HEADER_LEN..])?;
         self.check_hello(&hello)?;
         let (Some(id), Some(binder_got)) = (
@@ -980,7 +1032,7 @@ impl Handshake {
                     binder: binder_got,
                 },
                 &|fp| params.accept_unknown || params.trust.contains(fp),
-                &listener_context(params),
+                &listener_context(self.identity.as_ref(), params),
                 r.policy,
                 r.now,
             ),

@@ -371,7 +371,8 @@ impl ConnectorTickets {
     }
 
     /// The ticket to offer, using one of its uses; none if it was made under another
-    /// `context` (keys, PSK), expired or used up (then it is dropped).
+    /// `context` (keys, PSK: kept, for a connector that pins two listener keys and tries the
+    /// other next), expired or used up (then it is dropped).
     pub fn offer(
         &mut self,
         context: &TicketContext,
@@ -379,10 +380,10 @@ impl ConnectorTickets {
         now: Instant,
     ) -> Option<Offer> {
         let t = self.current.as_mut()?;
-        if !ct_eq(&t.context, context)
-            || t.uses_left == 0
-            || expired(t.created, t.lifetime.min(policy.lifetime), now)
-        {
+        if !ct_eq(&t.context, context) {
+            return None;
+        }
+        if t.uses_left == 0 || expired(t.created, t.lifetime.min(policy.lifetime), now) {
             self.current = None;
             return None;
         }

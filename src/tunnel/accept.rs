@@ -30,7 +30,7 @@ pub trait Tunnel: Send + Sync + 'static {
     /// reload cuts those of a key they no longer accept (unless a listener has
     /// `revoke = "new-only"`).
     fn keeps_open(&self, fp: &Fingerprint) -> bool;
-    /// A listener's trust list (names its peers in `status`).
+    /// The names `status` gives peer keys: a listener's trust list, a connector's pins.
     fn trust(&self) -> Option<Arc<TrustList>> {
         None
     }

@@ -14,7 +14,7 @@ use crate::proto::handshake::Role;
 use crate::proto::handshake::{
     ConnectorParams, Established, Handshake, HandshakeError, ListenerPin, Resumption,
 };
-use crate::proto::identity::Fingerprint;
+use crate::proto::identity::{Fingerprint, TrustList};
 use crate::proto::stream::{canonical, StreamInfo};
 use crate::tunnel::accept::{log_refusal, os_randomness};
 use crate::tunnel::carry::carry;
@@ -31,8 +31,12 @@ pub struct ConnectorTunnel {
     pub name: String,
     /// The listener side to connect to; resolved for each connection.
     pub connect: Address,
-    /// Identity, pinned listener key, PSK.
+    /// Identity, pinned listener key (the first of `peer`), PSK.
     pub params: ConnectorParams,
+    /// The keys `peer` pins after the first (`peer = [new, old]`), in order: a hello the
+    /// listener leaves unanswered is sent again, keyed for the next one, within the same
+    /// `handshake_timeout` (PROTOCOL.md §2). Empty for one pin and for TOFU.
+    pub fallback_pins: Vec<Fingerprint>,
     /// Mode and group of a `unix:` listen socket.
     pub socket: SocketPermissions,
     /// `peer = "tofu"`: the `known_peers` entry that gives the pin (`params.listener` is then
@@ -59,10 +63,26 @@ impl Tunnel for ConnectorTunnel {
 
     fn keeps_open(&self, fp: &Fingerprint) -> bool {
         match &self.params.listener {
-            ListenerPin::Key(pinned) | ListenerPin::Probe(pinned) => pinned == fp,
+            ListenerPin::Key(pinned) | ListenerPin::Probe(pinned) => {
+                pinned == fp || self.fallback_pins.contains(fp)
+            }
             // TOFU: the recorded key is checked anew by every handshake.
             ListenerPin::FirstContact => true,
         }
+    }
+
+    /// With several pins, their names in `status`: `pin 1 of 2`, `pin 2 of 2`.
+    fn trust(&self) -> Option<Arc<TrustList>> {
+        let pins = self.pins();
+        (pins.len() > 1).then(|| {
+            let n = pins.len();
+            Arc::new(
+                pins.iter()
+                    .enumerate()
+                    .map(|(i, fp)| (*fp, Some(format!("pin {} of {n}", i + 1))))
+                    .collect(),
+            )
+        })
     }
 
     fn socket_permissions(&self) -> Option<&SocketPermissions> {
@@ -107,6 +127,23 @@ impl Tunnel for ConnectorTunnel {
         let first_contact = params.listener == ListenerPin::FirstContact;
         let pin = params.listener;
         let mut result = self.attempt(params.clone(), &state, deadline).await;
+        // `peer = [first, next]`: a hello the listener did not answer (closed without a byte:
+        // not its key) is sent again on a new connection, keyed for the next pin.
+        let mut tried = 1;
+        for next in &self.fallback_pins {
+            if !matches!(result, Err(SessionError::Unanswered)) {
+                break;
+            }
+            tracing::debug!(tunnel = %self.name, role = %Role::Connector, peer = %client,
+                connect = %self.connect, pin = tried, next = %next,
+                "the listener did not answer the hello for pin {tried}; trying pin {}", tried + 1);
+            tried += 1;
+            let next = ConnectorParams {
+                listener: ListenerPin::Key(*next),
+                ..params.clone()
+            };
+            result = self.attempt(next, &state, deadline).await;
+        }
         if let (Some(_), ListenerPin::Key(recorded), Err(SessionError::Unanswered)) =
             (&self.tofu, pin, &result)
         {
@@ -153,12 +190,14 @@ impl Tunnel for ConnectorTunnel {
             reset_on_close(&sealed);
             return;
         }
+        // Which of several pins matched (`fingerprint` is the key the listener proved).
+        let pin = (!self.fallback_pins.is_empty()).then_some(tried);
         match destination {
             Some(d) => tracing::info!(tunnel = %self.name, role = %Role::Connector, peer = %client,
-                fingerprint = %fp, connect = %self.connect, destination = %d, resumed,
+                fingerprint = %fp, pin, connect = %self.connect, destination = %d, resumed,
                 "connection open"),
             None => tracing::info!(tunnel = %self.name, role = %Role::Connector, peer = %client,
-                fingerprint = %fp, connect = %self.connect, resumed, "connection open"),
+                fingerprint = %fp, pin, connect = %self.connect, resumed, "connection open"),
         }
         if ticket_refused.is_some() {
             tracing::debug!(tunnel = %self.name, role = %Role::Connector, peer = %client,
@@ -229,11 +268,31 @@ impl ConnectorTunnel {
         Ok(params)
     }
 
+    /// The pinned listener keys, in the order hellos are keyed for them (empty for TOFU).
+    fn pins(&self) -> Vec<Fingerprint> {
+        match self.params.listener {
+            ListenerPin::Key(first) => std::iter::once(first)
+                .chain(self.fallback_pins.iter().copied())
+                .collect(),
+            ListenerPin::FirstContact | ListenerPin::Probe(_) => Vec::new(),
+        }
+    }
+
     /// Explains a hello the listener closed without answering (a pinned key, not TOFU): what a
     /// listener does when the pin is not its key. Returns false for the other failures.
     fn log_unanswered(&self, client: &Peer, pin: ListenerPin, e: &SessionError) -> bool {
-        let (SessionError::Unanswered, ListenerPin::Key(fp)) = (e, pin) else {
+        let (SessionError::Unanswered, ListenerPin::Key(_)) = (e, pin) else {
             return false;
+        };
+        let pins = self.pins();
+        let list = |sep: &str, each: &dyn Fn(&Fingerprint) -> String| {
+            pins.iter().map(each).collect::<Vec<_>>().join(sep)
+        };
+        let keys = list(" nor for ", &|p| format!("key {p}"));
+        let which = if pins.len() > 1 {
+            "probably none of the `peer` pins is its key"
+        } else {
+            "the `peer` pin is probably not its key"
         };
         let psk = if self.params.psk.is_some() {
             ", or its psk_file differs from this connector's"
@@ -241,8 +300,8 @@ impl ConnectorTunnel {
             ""
         };
         tracing::error!(tunnel = %self.name, role = %Role::Connector, peer = %client,
-            connect = %self.connect, pin = %fp, reason = "unanswered",
-            "the listener at {} did not answer a hello for key {fp}: the `peer` pin is probably not its key{psk} \
+            connect = %self.connect, pin = %list(",", &|p| p.to_string()), reason = "unanswered",
+            "the listener at {} did not answer a hello for {keys}: {which}{psk} \
              (compare with `sealpipe fingerprint` on the listener's private_key)", self.connect);
         true
     }

@@ -115,7 +115,14 @@ impl Tunnel for ListenerTunnel {
                 let total = state.counters.mac1_rejected.fetch_add(1, Ordering::Relaxed) + 1;
                 if matches!(e, HandshakeError::BadMac1) {
                     if let Some(held_back) = state.mac1_log.check(Instant::now()) {
-                        let own = self.params.identity.public().fingerprint();
+                        let own = match &self.params.next_identity {
+                            None => self.params.identity.public().fingerprint().to_string(),
+                            Some(next) => format!(
+                                "{} nor its next_private_key {}",
+                                self.params.identity.public().fingerprint(),
+                                next.public().fingerprint()
+                            ),
+                        };
                         let psk = if self.params.psk.is_some() {
                             " (or whose psk_file differs)"
                         } else {
@@ -154,6 +161,8 @@ impl Tunnel for ListenerTunnel {
         state.handshake_ok(started.elapsed());
         count_resumption(&state, &est);
         let (resumed, ticket_refused) = (est.resumed, est.ticket_refused);
+        // With two keys (a rotation), which one this connector's hello was for.
+        let key = (self.params.next_identity.is_some()).then(|| tracing::field::display(est.own));
         let mut records = Records::new(est, self.tuning.rekey_bytes);
         let fp = records.fingerprint;
         if contact == Contact::FirstContact {
@@ -222,7 +231,7 @@ impl Tunnel for ListenerTunnel {
             }
         }
         tracing::info!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
-            peer_name = self.params.trust.name_of(&fp).unwrap_or(""), forward = %target_addr,
+            peer_name = self.params.trust.name_of(&fp).unwrap_or(""), key, forward = %target_addr,
             client = %OptAddr(info.client), resumed, "connection open");
         if let Some(why) = ticket_refused {
             tracing::debug!(tunnel = %self.name, role = %Role::Listener, %peer, reason = %why,

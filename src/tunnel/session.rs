@@ -43,7 +43,8 @@ pub enum SessionError {
     #[error("peer closed the connection during the handshake")]
     Eof,
     /// The peer closed the connection without sending a byte in answer to our first message: a
-    /// listener does this to a hello whose mac1 is not keyed by its own key (or PSK).
+    /// listener does this to a hello whose mac1 is keyed for none of its keys (or whose PSK
+    /// option differs). A connector with another pin tries it next.
     #[error("peer closed the connection without answering the hello")]
     Unanswered,
     /// The socket failed.

@@ -275,6 +275,7 @@ pub fn listener_params(identity: Arc<dyn Signer>, trusted: &[Fingerprint]) -> Li
     }
     ListenerParams {
         identity,
+        next_identity: None,
         trust: Arc::new(trust),
         psk: None,
         accept_unknown: false,
@@ -312,6 +313,7 @@ pub fn pair(psk: Option<[u8; 32]>) -> Pair {
         },
         listener: ListenerParams {
             identity: lkey.clone(),
+            next_identity: None,
             trust: Arc::new(trust),
             psk,
             accept_unknown: false,
