@@ -39,12 +39,17 @@ impl Built {
 }
 
 /// Reads the config, the private key, the PSK and the peers files. What `check` validates.
+/// Every error about the config or a file it names is a [`crate::config::ConfigError`] that names where the
+/// config names the file (on which `sealpipe run` exits 78, `EX_CONFIG`).
 pub(crate) fn build(path: &Path) -> anyhow::Result<Built> {
     let config = Config::load(path)?;
+    let key = &config.identity.private_key;
     let identity: Arc<dyn Signer> =
-        Arc::new(keyfile::load_private_key(&config.identity.private_key)?);
+        Arc::new(keyfile::load_private_key(key).map_err(|e| key.at.error(e))?);
     let psk: Option<Arc<Psk>> = match &config.identity.psk_file {
-        Some(p) => Some(Arc::new(Psk::from_bytes(*keyfile::load_psk(p)?))),
+        Some(p) => Some(Arc::new(Psk::from_bytes(
+            *keyfile::load_psk(p).map_err(|e| p.at.error(e))?,
+        ))),
         None => None,
     };
     let listeners = config
@@ -81,8 +86,8 @@ pub(crate) fn build(path: &Path) -> anyhow::Result<Built> {
             let (listener, tofu) = match &c.peer {
                 PeerPin::Key(fp) => (ListenerPin::Key(*fp), None),
                 PeerPin::Tofu { known_peers } => {
-                    let store = TofuStore::open(known_peers.clone(), c.connect.to_string())
-                        .with_context(|| format!("connector {:?}: known_peers", c.name))?;
+                    let store = TofuStore::open(known_peers.value.clone(), c.connect.to_string())
+                        .map_err(|e| known_peers.at.error(e))?;
                     (ListenerPin::FirstContact, Some(Arc::new(store)))
                 }
             };
