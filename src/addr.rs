@@ -164,7 +164,17 @@ impl Address {
             )),
             Address::Host { host, port } => {
                 let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), *port))
-                    .await?
+                    .await
+                    .map_err(|e| {
+                        let text = e.to_string();
+                        // std's words for a failed getaddrinfo; the resolver's follow them.
+                        let why = text.strip_prefix("failed to lookup address information: ");
+                        let why = why.unwrap_or(&text);
+                        std::io::Error::new(
+                            e.kind(),
+                            format!("cannot resolve host name {host}: {why}"),
+                        )
+                    })?
                     .collect();
                 if addrs.is_empty() {
                     Err(std::io::Error::new(

@@ -189,12 +189,10 @@ fn enrollment_options_are_validated() {
         Path::new("/etc/sealpipe/e.toml"),
     )
     .unwrap();
-    assert_eq!(
-        c.connectors[0].peer,
-        PeerPin::Tofu {
-            known_peers: "/etc/sealpipe/known_peers".into()
-        }
-    );
+    let PeerPin::Tofu { known_peers } = &c.connectors[0].peer else {
+        panic!("{:?}", c.connectors[0].peer)
+    };
+    assert_eq!(**known_peers, Path::new("/etc/sealpipe/known_peers"));
     assert_eq!(
         config_err(&conn("tofu", "")),
         "/etc/sealpipe/e.toml:8:8: connector \"db\": key `peer`: `peer = \"tofu\"` needs `known_peers = \"PATH\"`, the file where the listener's key is recorded"
@@ -416,6 +414,81 @@ fn trust_refuses_bad_input_and_malformed_files_and_leaves_them_unchanged() {
     let (code, out, err) = run_cli(&["trust", "list", "--config", c2, "--listener", "second"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&connector_fp().to_string()), "{out}");
+}
+
+#[test]
+fn trust_add_enrolls_the_first_key_into_an_empty_or_missing_peers_file() {
+    let service = Service::start(Behaviour::Echo);
+    let pub_pem = test_data_dir().join("peer-b.pub.pem");
+    let fp = connector_fp();
+    for initial in [None, Some("# connectors allowed in\n")] {
+        let site = Site::new();
+        let peers = site.path("peers");
+        if let Some(text) = initial {
+            site.write("peers", text);
+        }
+        // A listener that trusts only its peers file, which lists nobody yet.
+        let config = site.write(
+            "listener.toml",
+            &listener_toml(
+                any_port(),
+                service.addr,
+                "listener.pem",
+                "peers_file = \"peers\"\n",
+            ),
+        );
+        let c = config.to_str().unwrap();
+        let (code, _, _) = run_cli(&["check", "--config", c]);
+        assert_eq!(code, 1, "the daemon refuses a listener that trusts nobody");
+        let (code, out, err) = run_cli(&["trust", "list", "--config", c]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains(&format!("{}: no trusted keys", peers.display())),
+            "{out}"
+        );
+        let add = ["trust", "add", "--config", c, pub_pem.to_str().unwrap()];
+        let (code, out, err) = run_cli(&[&add[..], &["--name", "host-a"]].concat());
+        assert_eq!(code, 0, "{initial:?}: {err}");
+        assert_eq!(
+            out,
+            format!(
+                "added {fp}  host-a to {} (line {}); to apply it, send SIGHUP to the daemon running {c}\n",
+                peers.display(),
+                if initial.is_some() { 2 } else { 1 }
+            )
+        );
+        assert_eq!(
+            std::fs::read_to_string(&peers).unwrap(),
+            format!("{}{fp}  host-a\n", initial.unwrap_or(""))
+        );
+        // The config is whole now: the daemon starts and lets the connector in.
+        let (code, _, err) = run_cli(&["check", "--config", c]);
+        assert_eq!(code, 0, "{err}");
+        let listener = Daemon::start(&config);
+        let connector = start_connector(&site, listener.addr(), "");
+        echo_ok(connector.addr(), b"first key enrolled");
+    }
+}
+
+#[test]
+fn trust_add_still_refuses_a_config_broken_otherwise() {
+    let site = Site::new();
+    let config = site.write(
+        "listener.toml",
+        &listener_toml(
+            any_port(),
+            "127.0.0.1",
+            "listener.pem",
+            "peers_file = \"peers\"\n",
+        ),
+    );
+    let c = config.to_str().unwrap();
+    assert_cli_error(
+        &["trust", "add", "--config", c, &connector_fp().to_string()],
+        1,
+        &format!("{c}:7:11: listener \"test\": key `forward`: invalid address \"127.0.0.1\": missing `:port`"),
+    );
+    assert!(!site.path("peers").exists());
 }
 
 #[test]

@@ -271,7 +271,7 @@ fn peer_lists_and_next_private_key_are_validated_with_their_location() {
     };
     let c = parse(&listener("keys/next.pem")).unwrap();
     assert_eq!(
-        c.identity.next_private_key,
+        c.identity.next_private_key.map(|p| p.value),
         Some(PathBuf::from("/etc/sealpipe/keys/next.pem"))
     );
     assert_eq!(

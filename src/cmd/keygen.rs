@@ -6,6 +6,13 @@ use std::path::Path;
 use crate::files::keyfile;
 
 pub(crate) fn run(out: &Path, bits: usize) -> anyhow::Result<()> {
+    if out.is_dir() {
+        anyhow::bail!(
+            "{}: is a directory; --out names the key file to write, such as {}",
+            out.display(),
+            out.join("host.pem").display()
+        );
+    }
     let id = keyfile::write_keypair(out, bits)?;
     println!(
         "wrote {} (private, mode 0600) and {}.pub",

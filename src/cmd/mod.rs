@@ -1,14 +1,16 @@
 //! The command line: clap definitions, logging setup and dispatch; one file per subcommand.
 //!
 //! Exit status: 0 on success, 1 when a command fails (its error printed with its context), 2 for
-//! a usage error (clap's own).
+//! a usage error (clap's own), and for `run`, [`EXIT_CONFIG`] when the config file or a file it
+//! names is wrong (`check` exits 1 for the same errors).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::proto::identity::DEFAULT_RSA_BITS;
+use crate::config::ConfigError;
+use crate::proto::identity::{DEFAULT_RSA_BITS, MAX_RSA_BITS, MIN_RSA_BITS};
 mod bench;
 mod check;
 mod completions;
@@ -20,6 +22,11 @@ pub(crate) mod pair;
 mod run;
 mod status;
 mod trust;
+
+/// `sealpipe run`'s exit status when the config file, or a key, PSK, peers or known_peers file
+/// it names, is wrong: 78, `EX_CONFIG` of sysexits.h. Starting again cannot help, so the
+/// systemd unit does not restart on it (`RestartPreventExitStatus=78`).
+pub const EXIT_CONFIG: u8 = 78;
 
 /// sealpipe: a transparent encrypting tunnel proxy.
 #[derive(Debug, Parser)]
@@ -55,7 +62,7 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
         /// Key size in bits (2048 to 8192).
-        #[arg(long, default_value_t = DEFAULT_RSA_BITS)]
+        #[arg(long, default_value_t = DEFAULT_RSA_BITS, value_parser = key_bits)]
         bits: usize,
     },
     /// Print the fingerprint of a private or public key PEM file.
@@ -111,6 +118,20 @@ pub enum Command {
     Man,
 }
 
+/// `--bits`: a key size sealpipe accepts.
+fn key_bits(s: &str) -> Result<usize, String> {
+    let bits = s
+        .parse::<usize>()
+        .map_err(|_| format!("a number of bits, such as {DEFAULT_RSA_BITS}"))?;
+    if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
+        return Err(format!(
+            "RSA keys must have from {MIN_RSA_BITS} to {MAX_RSA_BITS} bits \
+             ({DEFAULT_RSA_BITS} unless told otherwise)"
+        ));
+    }
+    Ok(bits)
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -129,11 +150,16 @@ pub fn main(cli: Cli) -> ExitCode {
         eprintln!("sealpipe: error: {e}");
         return ExitCode::from(2);
     }
+    let runs = matches!(cli.command, Command::Run { .. });
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("sealpipe: error: {e:#}");
-            ExitCode::FAILURE
+            if runs && e.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

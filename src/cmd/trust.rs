@@ -13,13 +13,41 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
 use crate::config::{Config, ListenerConfig};
-use crate::files::atomic::{atomic_write, DirLock};
-use crate::files::keyfile;
+use crate::files::atomic::{atomic_write, parent_dir, DirLock};
 use crate::files::peers::{check_peer_name, parse_peers, with_peer_added, without_lines};
-use crate::proto::identity::Fingerprint;
+use crate::files::{io_problem, keyfile, utf8};
+use crate::proto::identity::{Fingerprint, FingerprintError, FINGERPRINT_PREFIX};
 
-const RELOAD_HINT: &str =
-    "a running daemon reads it again on reload: `systemctl reload sealpipe` (or send it SIGHUP)";
+/// Where the systemd unit reads its configs: `sealpipe@NAME` runs `/etc/sealpipe/NAME.toml`.
+const UNIT_CONFIG_DIR: &str = "/etc/sealpipe";
+
+/// What to do after an edit so that the daemon reading the peers file applies it: for a config
+/// in [`UNIT_CONFIG_DIR`], reload its systemd unit by name; for another, signal its daemon.
+fn reload_hint(config: Option<&Path>) -> String {
+    let Some(config) = config else {
+        return "to apply it, reload the daemon that reads it (`systemctl reload sealpipe@NAME`, \
+                or send it SIGHUP)"
+            .to_string();
+    };
+    // As written (systemd names /etc/sealpipe/NAME.toml), else with links resolved.
+    let unit_name = |path: &Path| {
+        let in_dir = path.parent() == Some(Path::new(UNIT_CONFIG_DIR));
+        let toml = path.extension().is_some_and(|ext| ext == "toml");
+        let stem = path.file_stem().and_then(|stem| stem.to_str());
+        stem.filter(|_| in_dir && toml).map(str::to_string)
+    };
+    let unit = [std::path::absolute(config), std::fs::canonicalize(config)]
+        .into_iter()
+        .flatten()
+        .find_map(|path| unit_name(&path));
+    match unit {
+        Some(name) => format!("to apply it: `systemctl reload sealpipe@{name}`"),
+        None => format!(
+            "to apply it, send SIGHUP to the daemon running {}",
+            config.display()
+        ),
+    }
+}
 
 /// Which peers file to work on.
 #[derive(Debug, Args)]
@@ -92,7 +120,8 @@ fn resolve(target: &Target, choice: &ListenerChoice) -> anyhow::Result<Resolved>
     let Some(path) = &target.config else {
         bail!("give --config FILE or --peers-file FILE");
     };
-    let config = Config::load(path)?;
+    // The listener's peers file may be missing or empty: that is what `trust add` is for.
+    let config = Config::load_for_enrollment(path)?;
     let listener = match &choice.listener {
         Some(name) => config
             .listeners
@@ -141,28 +170,35 @@ fn names(config: &Config) -> String {
         .join(", ")
 }
 
-/// A KEY argument: a fingerprint or a key file.
+/// A KEY argument: a fingerprint or a key file; `None` if it is neither (for `remove`, it may
+/// be an entry's name). Something meant as a fingerprint but mistyped is an error, with the
+/// config's and the peers file's words for it.
 fn key_fingerprint(key: &str) -> anyhow::Result<Option<Fingerprint>> {
-    match key.parse::<Fingerprint>() {
+    let refused = match key.parse::<Fingerprint>() {
         Ok(fp) => return Ok(Some(fp)),
-        Err(e) if key.starts_with("SHA256:") || key.starts_with("sha256:") => {
-            bail!("invalid fingerprint {key:?}: {e}")
-        }
-        Err(_) => {}
-    }
+        Err(e) => e,
+    };
     if Path::new(key).exists() {
         return Ok(Some(
             keyfile::load_any_public(Path::new(key))?.fingerprint(),
         ));
     }
-    Ok(None)
+    let prefixed = key
+        .get(..FINGERPRINT_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(FINGERPRINT_PREFIX));
+    match refused {
+        FingerprintError::MissingPrefix => Ok(None),
+        FingerprintError::Placeholder if !prefixed => Ok(None),
+        e => bail!("{}", e.explain(key, "a connector's key")),
+    }
 }
 
 fn read(file: &Path, create: bool) -> anyhow::Result<String> {
-    match std::fs::read_to_string(file) {
-        Ok(t) => Ok(t),
+    match std::fs::read(file) {
+        Ok(bytes) => utf8(bytes)
+            .map_err(|e| anyhow::anyhow!("{}:{}:{}: {e}", file.display(), e.line, e.column)),
         Err(e) if create && e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", file.display())),
+        Err(e) => bail!("{}: {}", file.display(), io_problem(&e, "a peers file")),
     }
 }
 
@@ -171,7 +207,8 @@ pub(super) fn run(cmd: TrustCommand) -> anyhow::Result<()> {
     match cmd {
         TrustCommand::List { target, listener } => {
             let r = resolve(&target, &listener)?;
-            let text = read(&r.file, false)?;
+            // A config's peers file that does not exist yet lists nobody.
+            let text = read(&r.file, r.config.is_some())?;
             let entries = parse_peers(&text, &r.file)?;
             for e in &entries {
                 println!(
@@ -198,6 +235,11 @@ pub(super) fn run(cmd: TrustCommand) -> anyhow::Result<()> {
             }
             if entries.is_empty() {
                 println!("{}: no trusted keys", r.file.display());
+                if let Some(l) = r.listener.as_ref().filter(|l| l.peers.is_empty()) {
+                    if !l.accept_unknown {
+                        println!("note: listener {:?} trusts no key, which the daemon refuses: add one with `sealpipe trust add`", l.name);
+                    }
+                }
             }
         }
         TrustCommand::Add {
@@ -213,9 +255,17 @@ pub(super) fn run(cmd: TrustCommand) -> anyhow::Result<()> {
             if let Some(n) = &name {
                 check_peer_name(n).map_err(|p| anyhow::anyhow!("invalid --name: {p}"))?;
             }
+            let dir = parent_dir(&r.file);
+            if !dir.is_dir() {
+                bail!(
+                    "{}: the directory {} does not exist",
+                    r.file.display(),
+                    dir.display()
+                );
+            }
             let _lock = DirLock::acquire(&r.file)?;
-            // A missing file is created only when named directly.
-            let text = read(&r.file, r.config.is_none())?;
+            // A missing file is created: it is how the first key gets in.
+            let text = read(&r.file, true)?;
             let entries = parse_peers(&text, &r.file)?;
             if let Some(e) = entries.iter().find(|e| e.fingerprint == fp) {
                 println!(
@@ -231,10 +281,20 @@ pub(super) fn run(cmd: TrustCommand) -> anyhow::Result<()> {
             atomic_write(&r.file, new.as_bytes(), 0o644)?;
             let line = after.last().map_or(0, |e| e.line);
             println!(
-                "added {fp}{} to {} (line {line}); {RELOAD_HINT}",
+                "added {fp}{} to {} (line {line}); {}",
                 name.map(|n| format!("  {}", n.trim())).unwrap_or_default(),
-                r.file.display()
+                r.file.display(),
+                reload_hint(r.config.as_deref())
             );
+            // Another listener of the config may still trust nobody.
+            if let Some(config) = &r.config {
+                if let Err(e) = Config::load(config) {
+                    println!(
+                        "warning: the daemon still refuses {}: {e}",
+                        config.display()
+                    );
+                }
+            }
         }
         TrustCommand::Remove {
             target,
@@ -292,11 +352,12 @@ pub(super) fn run(cmd: TrustCommand) -> anyhow::Result<()> {
             atomic_write(&r.file, new.as_bytes(), 0o644)?;
             for e in &matching {
                 println!(
-                    "removed {}  {}  ({}:{}); {RELOAD_HINT}",
+                    "removed {}  {}  ({}:{}); {}",
                     e.fingerprint,
                     e.name.as_deref().unwrap_or("-"),
                     r.file.display(),
-                    e.line
+                    e.line,
+                    reload_hint(r.config.as_deref())
                 );
             }
             if let Some(l) = &r.listener {
@@ -319,4 +380,27 @@ pub(super) fn run(cmd: TrustCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reload_hint_names_the_unit_of_a_config_in_etc_sealpipe() {
+        assert_eq!(
+            reload_hint(Some(Path::new("/etc/sealpipe/redis.toml"))),
+            "to apply it: `systemctl reload sealpipe@redis`"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("redis.toml");
+        assert_eq!(
+            reload_hint(Some(&other)),
+            format!(
+                "to apply it, send SIGHUP to the daemon running {}",
+                other.display()
+            )
+        );
+        assert!(reload_hint(None).contains("systemctl reload sealpipe@NAME"));
+    }
 }

@@ -16,7 +16,11 @@ use toml::Spanned;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The config file could not be read.
-    #[error("cannot read config file {}: {error}", path.display())]
+    #[error(
+        "cannot read config file {}: {}",
+        path.display(),
+        crate::files::io_problem(error, "a config file")
+    )]
     Read {
         /// The config file.
         path: PathBuf,
@@ -55,10 +59,58 @@ pub enum ConfigError {
     },
 }
 
+/// Where a value was written in a config file: errors about the file it names (a key, a
+/// pre-shared key, a `known_peers` file) start there, `FILE:LINE:COLUMN: SECTION: key `KEY`: `.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    /// The config file.
+    pub path: PathBuf,
+    /// 1-based line of the value.
+    pub line: usize,
+    /// 1-based column of the value, in characters.
+    pub column: usize,
+    /// The section: `[identity]`, `listener "NAME"`, `connector "NAME"`.
+    pub context: String,
+    /// The key.
+    pub key: String,
+}
+
+impl Location {
+    /// `problem`, about the value written here.
+    pub fn error(&self, problem: impl fmt::Display) -> ConfigError {
+        ConfigError::At {
+            path: self.path.clone(),
+            line: self.line,
+            column: self.column,
+            message: format!("{}: key `{}`: {problem}", self.context, self.key),
+        }
+    }
+}
+
+/// A value of the model with the [`Location`] it was written at; it derefs to the value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Located<T> {
+    /// The value.
+    pub value: T,
+    /// Where it was written.
+    pub at: Location,
+}
+
+impl<T> std::ops::Deref for Located<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
 /// The text being loaded and where it came from.
 pub(crate) struct Source<'a> {
     pub(crate) text: &'a str,
     pub(crate) path: &'a Path,
+    /// For `sealpipe trust`: a listener's `peers_file` may be missing and list no key, so
+    /// that the first one can be added to it.
+    pub(crate) enrolling: bool,
 }
 
 /// Collapses a possibly multi-line message into one line.
@@ -105,15 +157,7 @@ fn find_in_value<'t>(value: &'t Spanned<DeValue<'_>>, at: usize, path: &mut Vec<
 impl Source<'_> {
     /// 1-based line and column (in characters) of byte `offset`.
     pub(crate) fn line_col(&self, offset: usize) -> (usize, usize) {
-        let mut offset = offset.min(self.text.len());
-        while !self.text.is_char_boundary(offset) {
-            offset -= 1;
-        }
-        let before = &self.text[..offset];
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let column = before[line_start..].chars().count() + 1;
-        (line, column)
+        crate::files::line_col(self.text, offset)
     }
 
     pub(crate) fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
@@ -141,7 +185,19 @@ impl Source<'_> {
         span: Range<usize>,
         problem: impl fmt::Display,
     ) -> ConfigError {
-        self.error(span, format!("{ctx}: key `{key}`: {problem}"))
+        self.location(ctx, key, span).error(problem)
+    }
+
+    /// Where `key` of the section `ctx` is written, at `span`.
+    pub(crate) fn location(&self, ctx: &str, key: &str, span: Range<usize>) -> Location {
+        let (line, column) = self.line_col(span.start);
+        Location {
+            path: self.path.to_path_buf(),
+            line,
+            column,
+            context: ctx.to_string(),
+            key: key.to_string(),
+        }
     }
 
     /// Turns a serde error into a one-line message naming the section, tunnel and key.

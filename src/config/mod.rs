@@ -24,6 +24,14 @@
 //! /etc/sealpipe/b.toml:12:11: listener "redis": key `forward`: invalid address "127.0.0.1": missing `:port`
 //! ```
 //!
+//! The files a config names and loading does not read (the private key, the PSK, a
+//! `known_peers` file) are read later; their paths are kept [`Located`], so that an error about
+//! one starts at the config line that names it, then says what is wrong with the file:
+//!
+//! ```text
+//! /etc/sealpipe/b.toml:2:15: [identity]: key `private_key`: /etc/sealpipe/b.pem: no such file
+//! ```
+//!
 //! Sizes are parsed by [`bytesize`] (`"16KiB"`, `"64 MiB"`, `"1048576"`; a bare number is bytes)
 //! and durations by [`humantime`] (`"10s"`, `"1h 30m"`, `"500ms"`). Addresses are not resolved
 //! while loading: a host name is looked up anew for each connection ([`Address::resolve`]).
@@ -39,8 +47,8 @@ use toml::de::DeTable;
 
 pub use crate::addr::{Address, AddressError, DestinationRule};
 use crate::proto::identity::Fingerprint;
-pub use error::ConfigError;
 use error::{one_line, Source};
+pub use error::{ConfigError, Located, Location};
 use raw::RawConfig;
 pub use tuning::Tuning;
 
@@ -120,13 +128,13 @@ impl Default for SocketPermissions {
 /// The `[identity]` section. Relative paths are resolved against the config file's directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdentityConfig {
-    /// The PKCS#8 PEM private key of this host.
-    pub private_key: PathBuf,
+    /// The PKCS#8 or PKCS#1 PEM private key of this host.
+    pub private_key: Located<PathBuf>,
     /// `next_private_key`: a second key a listener answers for while its key is rotated (the
     /// README's "Rotating a listener key"); refused in a file without listeners.
-    pub next_private_key: Option<PathBuf>,
+    pub next_private_key: Option<Located<PathBuf>>,
     /// An optional pre-shared key file, mixed into the key schedule.
-    pub psk_file: Option<PathBuf>,
+    pub psk_file: Option<Located<PathBuf>>,
 }
 
 /// Longest Unix socket path (`sun_path` is 108 bytes, with the terminating NUL).
@@ -194,7 +202,7 @@ pub enum PeerPin {
     Tofu {
         /// The known-peers file (resolved against the config file's directory; may not exist
         /// yet).
-        known_peers: PathBuf,
+        known_peers: Located<PathBuf>,
     },
 }
 
@@ -223,18 +231,49 @@ pub enum ProxyProtocol {
 impl Config {
     /// Reads and validates the config file at `path`, and any `peers_file` it names.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        Config::read(path, false)
+    }
+
+    /// [`Config::load`] for `sealpipe trust`: a listener's `peers_file` may be missing or list
+    /// no key (the daemon refuses both), so that its first key can be added; every other
+    /// error is still one.
+    pub(crate) fn load_for_enrollment(path: &Path) -> Result<Config, ConfigError> {
+        Config::read(path, true)
+    }
+
+    fn read(path: &Path, enrolling: bool) -> Result<Config, ConfigError> {
+        let bytes = std::fs::read(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
             error,
         })?;
-        Config::parse(&text, path)
+        let text = crate::files::utf8(bytes).map_err(|e| ConfigError::At {
+            path: path.to_path_buf(),
+            line: e.line,
+            column: e.column,
+            message: e.to_string(),
+        })?;
+        Config::parse_as(&text, path, enrolling)
     }
 
     /// Validates config `text` as if read from `path`: `path` is used in messages and to
     /// resolve relative paths. Any `peers_file` is read from disk.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let src = Source { text, path };
+        Config::parse_as(text, path, false)
+    }
+
+    fn parse_as(text: &str, path: &Path, enrolling: bool) -> Result<Config, ConfigError> {
+        let src = Source {
+            text,
+            path,
+            enrolling,
+        };
         let tree = DeTable::parse(text).map_err(|e| {
+            if text.trim_start().starts_with("-----BEGIN ") {
+                return src.file_error(
+                    "this is a PEM file (a key?), not a config file: give the TOML config, \
+                     whose `[identity] private_key` names the key file",
+                );
+            }
             let span = e.span().unwrap_or(0..0);
             src.error(
                 span,
@@ -310,7 +349,17 @@ peer = "{FP_B}"            # pinned listener key
         assert_eq!(
             c.identity,
             IdentityConfig {
-                private_key: PathBuf::from("/etc/sealpipe/host-b.pem"),
+                private_key: Located {
+                    value: PathBuf::from("/etc/sealpipe/host-b.pem"),
+                    // Where errors about the key file will point.
+                    at: Location {
+                        path: PathBuf::from("/etc/sealpipe/b.toml"),
+                        line: 2,
+                        column: 15,
+                        context: "[identity]".into(),
+                        key: "private_key".into(),
+                    },
+                },
                 next_private_key: None,
                 psk_file: None
             }
@@ -375,10 +424,17 @@ record_size = "64KiB"
         )))
         .unwrap();
         assert_eq!(
-            c.identity.psk_file,
-            Some(PathBuf::from("/etc/sealpipe/keys/link.psk"))
+            c.identity.psk_file.as_deref(),
+            Some(&PathBuf::from("/etc/sealpipe/keys/link.psk"))
         );
-        assert_eq!(c.identity.private_key, PathBuf::from("/etc/sealpipe/b.pem"));
+        assert_eq!(
+            c.identity.psk_file.unwrap().at.error("problem").to_string(),
+            "/etc/sealpipe/b.toml:3:12: [identity]: key `psk_file`: problem"
+        );
+        assert_eq!(
+            *c.identity.private_key,
+            PathBuf::from("/etc/sealpipe/b.pem")
+        );
         let base = Tuning {
             rekey_bytes: 64 << 20,
             rekey_interval: Some(Duration::from_secs(90 * 60)),
@@ -455,16 +511,13 @@ record_size = "64KiB"
     }
 
     #[test]
-    fn missing_config_file_names_path_and_os_error() {
+    fn missing_config_file_names_path_and_problem() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nope.toml");
         let e = Config::load(&path).unwrap_err().to_string();
         assert_eq!(
             e,
-            format!(
-                "cannot read config file {}: No such file or directory (os error 2)",
-                path.display()
-            )
+            format!("cannot read config file {}: no such file", path.display())
         );
     }
 
@@ -868,7 +921,7 @@ record_size = "64KiB"
         )
         .unwrap();
         let c = Config::load(&path).unwrap();
-        assert_eq!(c.identity.private_key, dir.path().join("b.pem"));
+        assert_eq!(*c.identity.private_key, dir.path().join("b.pem"));
         assert_eq!(
             c.listeners[0].peers,
             vec![
@@ -889,12 +942,12 @@ record_size = "64KiB"
             )
         );
 
-        // A missing peers file names the config line, the key and the OS error.
+        // A missing peers file names the config line, the key and the problem.
         std::fs::remove_file(&peers_path).unwrap();
         assert_eq!(
             Config::load(&path).unwrap_err().to_string(),
             format!(
-                "{}:8:14: listener \"redis\": key `peers_file`: cannot read {}: No such file or directory (os error 2)",
+                "{}:8:14: listener \"redis\": key `peers_file`: {}: no such file",
                 path.display(),
                 peers_path.display()
             )
@@ -948,12 +1001,34 @@ record_size = "64KiB"
     }
 
     #[test]
-    fn example_configs_parse() {
+    fn example_configs_parse_once_their_placeholders_are_replaced() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        for name in ["etc/listener.toml", "etc/connector.toml"] {
+        for (name, placeholder, whose) in [
+            (
+                "etc/listener.toml",
+                "SHA256:<host A's fingerprint>",
+                "a connector's key",
+            ),
+            (
+                "etc/connector.toml",
+                "SHA256:<host B's fingerprint>",
+                "the listener's key",
+            ),
+        ] {
             let path = root.join(name);
             let text = std::fs::read_to_string(&path).unwrap();
-            let c = Config::parse(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+            // As shipped, the placeholder is refused by name.
+            let e = Config::parse(&text, &path).unwrap_err().to_string();
+            assert!(
+                e.ends_with(&format!(
+                    "replace the placeholder with the fingerprint of {whose} \
+                     (`sealpipe fingerprint KEYFILE` on its host prints it)"
+                )),
+                "{name}: {e}"
+            );
+            assert!(text.contains(placeholder), "{name}");
+            let c = Config::parse(&text.replace(placeholder, FP_A), &path)
+                .unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(c.listeners.len() + c.connectors.len(), 1, "{name}");
         }
     }

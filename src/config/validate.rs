@@ -9,10 +9,10 @@ use super::error::{ConfigError, Source};
 use super::raw::{RawConfig, RawConnector, RawControl, RawIdentity, RawListener, RawPeer};
 use super::{
     Address, Config, ConnectorConfig, ConnectorMode, Control, DestinationRule, IdentityConfig,
-    ListenerConfig, MetricsConfig, PeerPin, ProxyProtocol, Revoke, SocketPermissions, Tuning,
-    MAX_UNIX_PATH,
+    ListenerConfig, Located, MetricsConfig, PeerPin, ProxyProtocol, Revoke, SocketPermissions,
+    Tuning, MAX_UNIX_PATH,
 };
-use crate::files::peers;
+use crate::files::{io_problem, peers, utf8};
 use crate::proto::identity::Fingerprint;
 
 /// A listener's trusted keys and their names, as in [`ListenerConfig::peers`].
@@ -34,7 +34,7 @@ impl Source<'_> {
         })?;
         let identity = identity.into_inner();
         let identity = IdentityConfig {
-            private_key: self.path_value(
+            private_key: self.located_path(
                 "[identity]",
                 "private_key",
                 &identity.private_key,
@@ -44,7 +44,7 @@ impl Source<'_> {
             psk_file: identity
                 .psk_file
                 .as_ref()
-                .map(|p| self.path_value("[identity]", "psk_file", p, &dir))
+                .map(|p| self.located_path("[identity]", "psk_file", p, &dir))
                 .transpose()?,
         };
 
@@ -76,6 +76,9 @@ impl Source<'_> {
                 .as_ref()
                 .map(|f| self.address(&ctx, "forward", f, Side::PlainConnect, &dir))
                 .transpose()?;
+            if let (Some(f), Some(text)) = (&forward, &l.forward) {
+                self.check_no_loop(&ctx, ("forward", text, f), (&l.listen, &listen))?;
+            }
             let mut allow_destinations = Vec::new();
             if let Some(list) = &l.allow_destinations {
                 if list.get_ref().is_empty() {
@@ -138,7 +141,9 @@ impl Source<'_> {
             let accept_unknown = l.accept_unknown.as_ref().is_some_and(|b| *b.get_ref());
             let allow_tofu = l.allow_tofu.as_ref().is_some_and(|b| *b.get_ref());
             // With accept_unknown the trust list only names known connectors; it may be empty.
-            if peers.is_empty() && !accept_unknown {
+            // While enrolling, a peers file is about to get its first key.
+            let enrolling = self.enrolling && l.peers_file.is_some();
+            if peers.is_empty() && !accept_unknown && !enrolling {
                 let problem = match (&l.peers, &l.peers_file) {
                     (None, None) => "no trusted peers: set `peers` or `peers_file`".to_string(),
                     _ => {
@@ -172,6 +177,11 @@ impl Source<'_> {
             let listen = self.address(&ctx, "listen", &c.listen, Side::PlainListen, &dir)?;
             self.check_bound(&ctx, &c.listen, &listen, &mut bound)?;
             let connect = self.address(&ctx, "connect", &c.connect, Side::SealedConnect, &dir)?;
+            self.check_no_loop(
+                &ctx,
+                ("connect", &c.connect, &connect),
+                (&c.listen, &listen),
+            )?;
             let socket = self.socket_permissions(&ctx, c, &listen)?;
             let peer = self.peer_pin(&ctx, c, &dir)?;
             let mode = self.keyword(
@@ -268,13 +278,27 @@ impl Source<'_> {
         let mut from_file = Vec::new();
         if let Some(file) = &l.peers_file {
             let file_path = self.path_value(ctx, "peers_file", file, dir)?;
-            let text = std::fs::read_to_string(&file_path).map_err(|e| {
-                self.key_error(
-                    ctx,
-                    "peers_file",
-                    file.span(),
-                    format!("cannot read {}: {e}", file_path.display()),
-                )
+            let bytes = match std::fs::read(&file_path) {
+                Ok(bytes) => bytes,
+                Err(e) if self.enrolling && e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => {
+                    return Err(self.key_error(
+                        ctx,
+                        "peers_file",
+                        file.span(),
+                        format!(
+                            "{}: {}",
+                            file_path.display(),
+                            io_problem(&e, "a peers file")
+                        ),
+                    ))
+                }
+            };
+            let text = utf8(bytes).map_err(|e| ConfigError::At {
+                path: file_path.clone(),
+                line: e.line,
+                column: e.column,
+                message: format!("{ctx}: {e}"),
             })?;
             from_file =
                 peers::parse_peers(&text, &file_path).map_err(|e| ConfigError::PeersFile {
@@ -347,7 +371,7 @@ impl Source<'_> {
         identity: &RawIdentity,
         no_listeners: bool,
         dir: &Path,
-    ) -> Result<Option<PathBuf>, ConfigError> {
+    ) -> Result<Option<Located<PathBuf>>, ConfigError> {
         let Some(next) = &identity.next_private_key else {
             return Ok(None);
         };
@@ -359,9 +383,9 @@ impl Source<'_> {
                 "is for listeners: a connector presents one key (`private_key`), and this file has no [[listener]]",
             ));
         }
-        let path = self.path_value("[identity]", "next_private_key", next, dir)?;
+        let path = self.located_path("[identity]", "next_private_key", next, dir)?;
         let own = self.path_value("[identity]", "private_key", &identity.private_key, dir)?;
-        if path == own {
+        if path.value == own {
             return Err(self.key_error(
                 "[identity]",
                 "next_private_key",
@@ -386,7 +410,7 @@ impl Source<'_> {
                     ));
                 };
                 return Ok(PeerPin::Tofu {
-                    known_peers: self.path_value(ctx, "known_peers", file, dir)?,
+                    known_peers: self.located_path(ctx, "known_peers", file, dir)?,
                 });
             }
             RawPeer::One(text) => vec![Spanned::new(c.peer.span(), text.clone())],
@@ -418,7 +442,7 @@ impl Source<'_> {
                     ctx,
                     "peer",
                     entry.span(),
-                    format!("invalid fingerprint {:?}: {e}", entry.get_ref()),
+                    e.explain(entry.get_ref(), "the listener's key"),
                 )
             })?;
             let line = self.line_col(entry.span().start).0;
@@ -553,6 +577,29 @@ impl Source<'_> {
         Ok(addr)
     }
 
+    /// Refuses a tunnel whose target (`forward`, `connect`) is its own `listen` address: each
+    /// connection would open another one to itself, until `max_connections`.
+    fn check_no_loop(
+        &self,
+        ctx: &str,
+        (key, text, target): (&str, &Spanned<String>, &Address),
+        (listen_text, listen): (&Spanned<String>, &Address),
+    ) -> Result<(), ConfigError> {
+        if !loops_back(listen, target) {
+            return Ok(());
+        }
+        Err(self.key_error(
+            ctx,
+            key,
+            text.span(),
+            format!(
+                "{target} is this tunnel's own `listen` address (line {}): every connection \
+                 would come back to it",
+                self.line_col(listen_text.span().start).0
+            ),
+        ))
+    }
+
     /// Refuses a listen address another tunnel in this file already binds.
     fn check_bound(
         &self,
@@ -617,6 +664,20 @@ impl Source<'_> {
         }
         Ok(dir.join(s))
     }
+
+    /// [`Self::path_value`] with where it was written, for errors about the file it names.
+    fn located_path(
+        &self,
+        ctx: &str,
+        key: &str,
+        value: &Spanned<String>,
+        dir: &Path,
+    ) -> Result<Located<PathBuf>, ConfigError> {
+        Ok(Located {
+            value: self.path_value(ctx, key, value, dir)?,
+            at: self.location(ctx, key, value.span()),
+        })
+    }
 }
 
 /// Which end of a tunnel an address is, for the Unix-socket rules.
@@ -647,6 +708,28 @@ pub(crate) fn lookup_group(name: &str) -> Result<u32, String> {
         Ok(Some(group)) => Ok(group.gid.as_raw()),
         Ok(None) => Err(format!("no group named {name:?} on this host")),
         Err(e) => Err(format!("cannot look up group {name:?}: {e}")),
+    }
+}
+
+/// Whether connecting to `target` reaches the socket bound at `listen` on this host: the same
+/// address, or a loopback (or unspecified) one on the port of a wildcard `listen` of its family,
+/// or `localhost` on the port of a loopback or wildcard `listen`.
+fn loops_back(listen: &Address, target: &Address) -> bool {
+    match (listen, target) {
+        (Address::Ip(l), Address::Ip(t)) => {
+            let local = t.ip().is_loopback() || t.ip().is_unspecified();
+            l.port() == t.port()
+                && l.port() != 0
+                && (l.ip() == t.ip()
+                    || (l.ip().is_unspecified() && l.is_ipv4() == t.is_ipv4() && local))
+        }
+        (Address::Ip(l), Address::Host { host, port }) => {
+            *port == l.port()
+                && host.eq_ignore_ascii_case("localhost")
+                && (l.ip().is_loopback() || l.ip().is_unspecified())
+        }
+        (Address::Host { .. }, Address::Host { .. }) => listen == target,
+        _ => false,
     }
 }
 

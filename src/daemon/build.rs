@@ -39,13 +39,18 @@ impl Built {
 }
 
 /// Reads the config, the private key, the PSK and the peers files. What `check` validates.
+/// Every error about the config or a file it names is a [`crate::config::ConfigError`] that names where the
+/// config names the file (on which `sealpipe run` exits 78, `EX_CONFIG`).
 pub(crate) fn build(path: &Path) -> anyhow::Result<Built> {
     let config = Config::load(path)?;
+    let key = &config.identity.private_key;
     let identity: Arc<dyn Signer> =
-        Arc::new(keyfile::load_private_key(&config.identity.private_key)?);
+        Arc::new(keyfile::load_private_key(key).map_err(|e| key.at.error(e))?);
     let next_identity = next_identity(&config, identity.as_ref())?;
     let psk: Option<Arc<Psk>> = match &config.identity.psk_file {
-        Some(p) => Some(Arc::new(Psk::from_bytes(*keyfile::load_psk(p)?))),
+        Some(p) => Some(Arc::new(Psk::from_bytes(
+            *keyfile::load_psk(p).map_err(|e| p.at.error(e))?,
+        ))),
         None => None,
     };
     let listeners = config
@@ -86,8 +91,8 @@ pub(crate) fn build(path: &Path) -> anyhow::Result<Built> {
                     None => anyhow::bail!("connector {:?}: `peer` pins no key", c.name),
                 },
                 PeerPin::Tofu { known_peers } => {
-                    let store = TofuStore::open(known_peers.clone(), c.connect.to_string())
-                        .with_context(|| format!("connector {:?}: known_peers", c.name))?;
+                    let store = TofuStore::open(known_peers.value.clone(), c.connect.to_string())
+                        .map_err(|e| known_peers.at.error(e))?;
                     (ListenerPin::FirstContact, Vec::new(), Some(Arc::new(store)))
                 }
             };
@@ -123,14 +128,14 @@ fn next_identity(
     let Some(path) = &config.identity.next_private_key else {
         return Ok(None);
     };
-    let next = keyfile::load_private_key(path)?;
+    let next = keyfile::load_private_key(path).map_err(|e| path.at.error(e))?;
     let fp = next.fingerprint();
     if fp == identity.public().fingerprint() {
         anyhow::bail!(
             "{}: [identity]: `next_private_key` {} holds the same key as `private_key` ({fp}): \
              the next key is a new one (`sealpipe keygen --out FILE`)",
             config.path.display(),
-            path.display()
+            path.value.display()
         );
     }
     Ok(Some(Arc::new(next)))

@@ -42,15 +42,6 @@ pub(crate) fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-/// Reads a text file; `Ok(None)` if it does not exist.
-pub(crate) fn read_optional(path: &Path) -> Result<Option<String>, IoError> {
-    match std::fs::read_to_string(path) {
-        Ok(t) => Ok(Some(t)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err(path, "cannot read")(e)),
-    }
-}
-
 /// An exclusive advisory lock (`flock`) on the directory of a file, released on drop. Taken by
 /// every writer of a `known_peers` or peers file, around the read-check-write of one file.
 pub(crate) struct DirLock {

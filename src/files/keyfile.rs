@@ -10,6 +10,8 @@
 //!
 //! Every error names the file. Buffers that held secret file contents are zeroized.
 
+use crate::files::atomic::parent_dir;
+use crate::files::io_problem;
 use crate::proto::identity::{IdentityError, PrivateIdentity, PublicIdentity};
 use base64::engine::general_purpose::STANDARD_PAD_INDIFFERENT;
 use base64::Engine;
@@ -25,12 +27,31 @@ const MAX_KEY_FILE_LEN: usize = 64 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum KeyFileError {
     /// The file could not be opened, read or written.
-    #[error("{}: {source}", .path.display())]
+    #[error("{}: {}", .path.display(), io_problem(.error, "a key file"))]
     Io {
         /// The file.
         path: PathBuf,
-        /// The operating system's error.
-        source: io::Error,
+        /// The operating system's error (not a `source`: the message says it once).
+        error: io::Error,
+    },
+    /// Not a regular file (a FIFO, a device, a socket).
+    #[error("{}: not a regular file", .path.display())]
+    NotAFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// `keygen` into a directory that does not exist.
+    #[error(
+        "{}: the directory {} {}",
+        .path.display(),
+        .dir.display(),
+        if .dir.exists() { "is not a directory" } else { "does not exist; create it first" }
+    )]
+    NoDirectory {
+        /// The file to write.
+        path: PathBuf,
+        /// Its directory.
+        dir: PathBuf,
     },
     /// A private key (or PSK) file that other users may access.
     #[error(
@@ -57,12 +78,12 @@ pub(crate) enum KeyFileError {
         path: PathBuf,
     },
     /// The key in the file was refused.
-    #[error("{}: {source}", .path.display())]
+    #[error("{}: {error}", .path.display())]
     Key {
         /// The file.
         path: PathBuf,
-        /// Why the key was refused.
-        source: IdentityError,
+        /// Why the key was refused (not a `source`: the message says it once).
+        error: IdentityError,
     },
     /// Neither a public nor a private key PEM.
     #[error(
@@ -98,15 +119,25 @@ pub(crate) enum KeyFileError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> KeyFileError + '_ {
-    move |source| KeyFileError::Io {
+    move |error| KeyFileError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 
 /// Reads a whole (small, text) file into a zeroizing string, optionally refusing it if group
 /// or others have any permission on it. The permission check is made on the opened file.
 fn read_text(path: &Path, private: bool) -> Result<Zeroizing<String>, KeyFileError> {
+    // Before opening: a FIFO would block the open, and a directory opens fine.
+    let kind = std::fs::metadata(path).map_err(io_err(path))?.file_type();
+    if kind.is_dir() {
+        return Err(io_err(path)(io::ErrorKind::IsADirectory.into()));
+    }
+    if !kind.is_file() {
+        return Err(KeyFileError::NotAFile {
+            path: path.to_owned(),
+        });
+    }
     let file = File::open(path).map_err(io_err(path))?;
     let metadata = file.metadata().map_err(io_err(path))?;
     if private {
@@ -159,9 +190,9 @@ fn check_private_mode(_path: &Path, _metadata: &std::fs::Metadata) -> Result<(),
 }
 
 fn key_err(path: &Path) -> impl FnOnce(IdentityError) -> KeyFileError + '_ {
-    move |source| KeyFileError::Key {
+    move |error| KeyFileError::Key {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 
@@ -240,6 +271,13 @@ fn create_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), KeyFileErro
 /// umask). Refuses to overwrite either file; checks that before the (slow) generation. Returns
 /// the identity.
 pub(crate) fn write_keypair(out: &Path, bits: usize) -> Result<PrivateIdentity, KeyFileError> {
+    let dir = parent_dir(out);
+    if !dir.is_dir() {
+        return Err(KeyFileError::NoDirectory {
+            path: out.to_owned(),
+            dir: dir.to_owned(),
+        });
+    }
     let pub_out = pub_path(out);
     for path in [out, pub_out.as_path()] {
         // symlink_metadata: a dangling symlink also counts as existing.
@@ -264,11 +302,15 @@ pub(crate) fn write_keypair(out: &Path, bits: usize) -> Result<PrivateIdentity, 
 /// exactly 32 bytes, surrounding whitespace ignored. The same permission rule as
 /// [`load_private_key`] applies.
 pub(crate) fn load_psk(path: &Path) -> Result<Zeroizing<[u8; 32]>, KeyFileError> {
-    let text = read_text(path, true)?;
-    decode_psk(text.trim()).map_err(|problem| KeyFileError::BadPsk {
+    let bad = |problem: String| KeyFileError::BadPsk {
         path: path.to_owned(),
         problem,
-    })
+    };
+    let text = match read_text(path, true) {
+        Err(KeyFileError::NotText { .. }) => return Err(bad("the file is not text".into())),
+        other => other?,
+    };
+    decode_psk(text.trim()).map_err(bad)
 }
 
 /// Decodes a PSK; the error never contains the input.

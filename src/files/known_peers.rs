@@ -9,8 +9,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::files::atomic::{atomic_write, parent_dir, read_optional, DirLock, IoError};
-use crate::files::{content, with_line_appended};
+use crate::files::atomic::{atomic_write, parent_dir, DirLock, IoError};
+use crate::files::{content, io_problem, utf8, with_line_appended, NotUtf8};
 use crate::proto::identity::Fingerprint;
 
 /// Why a `known_peers` file could not be read or written.
@@ -29,6 +29,52 @@ pub enum KnownPeersError {
         /// What is wrong.
         problem: String,
     },
+    /// The file could not be read (it is a directory, or not readable).
+    #[error("{}: {problem}", path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The file is not UTF-8.
+    #[error("{}:{}:{}: {at}", path.display(), at.line, at.column)]
+    NotUtf8 {
+        /// The file.
+        path: PathBuf,
+        /// Where the first bad byte is.
+        at: NotUtf8,
+    },
+    /// The directory the file is to be written in does not exist.
+    #[error(
+        "{}: the directory {} does not exist (the listener's key is recorded in this file at the \
+         first contact)",
+        path.display(),
+        dir.display()
+    )]
+    NoDirectory {
+        /// The file.
+        path: PathBuf,
+        /// Its directory.
+        dir: PathBuf,
+    },
+}
+
+/// Reads `path`; `Ok(None)` if it does not exist.
+fn read_optional(path: &Path) -> Result<Option<String>, KnownPeersError> {
+    match std::fs::read(path) {
+        Ok(bytes) => utf8(bytes)
+            .map(Some)
+            .map_err(|at| KnownPeersError::NotUtf8 {
+                path: path.to_path_buf(),
+                at,
+            }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(KnownPeersError::Unreadable {
+            path: path.to_path_buf(),
+            problem: io_problem(&e, "a known_peers file"),
+        }),
+    }
 }
 
 /// One `known_peers` entry.
@@ -67,7 +113,7 @@ pub(crate) fn parse_known_peers(
         };
         let fingerprint = fp
             .parse::<Fingerprint>()
-            .map_err(|e| syntax(format!("invalid fingerprint {fp:?}: {e}")))?;
+            .map_err(|e| syntax(e.explain(fp, "the listener's key")))?;
         if let Some(first) = out.iter().find(|k| k.address == address) {
             return Err(syntax(format!(
                 "{address} is listed twice (first on line {}); keep one line",
@@ -157,12 +203,10 @@ impl TofuStore {
         let found = lookup_known_peer(&path, &address)?;
         let dir = parent_dir(&path);
         if !dir.is_dir() {
-            return Err(IoError {
-                path: dir.to_path_buf(),
-                what: "the directory of known_peers must exist (the key is recorded there)",
-                error: io::Error::from(io::ErrorKind::NotFound),
-            }
-            .into());
+            return Err(KnownPeersError::NoDirectory {
+                dir: dir.to_path_buf(),
+                path,
+            });
         }
         Ok(TofuStore {
             path,

@@ -48,7 +48,7 @@ pub(crate) struct PeerLine {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum PeerProblem {
     /// The first word is not a fingerprint.
-    #[error("invalid fingerprint {text:?}: {reason}")]
+    #[error("{}", .reason.explain(.text, "a connector's key"))]
     Fingerprint {
         /// The first word, as written.
         text: String,

@@ -81,29 +81,93 @@ pub enum FingerprintError {
     /// The `SHA256:` prefix is missing.
     #[error("a fingerprint starts with `SHA256:` (as printed by `sealpipe fingerprint`)")]
     MissingPrefix,
+    /// A digest without its prefix, as the OpenSSL pipeline prints it (`…| base64`).
+    #[error("missing the `SHA256:` prefix: write \"{0}\"")]
+    BareDigest(Fingerprint),
+    /// The prefix in the wrong case (`sha256:`).
+    #[error("the prefix is `SHA256:`, in capitals: write \"{0}\"")]
+    PrefixCase(Fingerprint),
     /// The rest is not base64 of 32 bytes.
     #[error("a fingerprint is `SHA256:` followed by the base64 of 32 bytes (43 characters)")]
     BadDigest,
+    /// An example's placeholder (`SHA256:<host A's fingerprint>`), not a fingerprint.
+    #[error("a placeholder, not a fingerprint")]
+    Placeholder,
+}
+
+impl FingerprintError {
+    /// The message for `text`, refused where the fingerprint of `whose` ("the listener's key",
+    /// "a connector's key") was expected: a placeholder is told what replaces it.
+    pub fn explain(&self, text: &str, whose: &str) -> String {
+        match self {
+            FingerprintError::Placeholder => format!(
+                "replace the placeholder with the fingerprint of {whose} \
+                 (`sealpipe fingerprint KEYFILE` on its host prints it)"
+            ),
+            e => format!("invalid fingerprint {text:?}: {e}"),
+        }
+    }
+}
+
+/// The placeholder that the example configs once shipped: valid base64 of 32 bytes, and so
+/// refused by name.
+const OLD_PLACEHOLDER: &str = "REPLACE+ME";
+
+/// Whether `s`, which is not a fingerprint, looks like a placeholder left in a config: `<…>`,
+/// an ellipsis, or a word such as REPLACE, XXX or TODO (checked only on what does not parse, so
+/// that no real fingerprint is ever refused for containing one).
+fn looks_like_placeholder(s: &str) -> bool {
+    let lower = s.to_ascii_lowercase();
+    s.contains(['<', '>', '{', '}', '…'])
+        || s.contains("...")
+        || ["replace", "xxx", "todo", "fixme", "fingerprint", "changeme"]
+            .iter()
+            .any(|word| lower.contains(word))
+}
+
+/// The 32 bytes of an unpadded (or `=`-padded) base64 digest.
+fn decode_digest(b64: &str) -> Option<[u8; 32]> {
+    let b64 = b64.trim_end_matches('=');
+    if b64.len() != 43 {
+        return None;
+    }
+    STANDARD_NO_PAD.decode(b64).ok()?.try_into().ok()
 }
 
 impl FromStr for Fingerprint {
     type Err = FingerprintError;
 
-    /// Parses `SHA256:<base64>`; trailing `=` padding is accepted, as OpenSSL prints it.
+    /// Parses `SHA256:<base64>`; trailing `=` padding is accepted, as OpenSSL prints it. A
+    /// digest without the prefix, or with it in lower case, is refused with the spelling to use.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let b64 = s
-            .trim()
-            .strip_prefix(FINGERPRINT_PREFIX)
-            .ok_or(FingerprintError::MissingPrefix)?;
-        let b64 = b64.trim_end_matches('=');
-        if b64.len() != 43 {
-            return Err(FingerprintError::BadDigest);
+        let s = s.trim();
+        if s.contains(OLD_PLACEHOLDER) {
+            return Err(FingerprintError::Placeholder);
         }
-        let bytes = STANDARD_NO_PAD
-            .decode(b64)
-            .map_err(|_| FingerprintError::BadDigest)?;
-        let digest: [u8; 32] = bytes.try_into().map_err(|_| FingerprintError::BadDigest)?;
-        Ok(Fingerprint(digest))
+        let refused = |otherwise| {
+            if looks_like_placeholder(s) {
+                FingerprintError::Placeholder
+            } else {
+                otherwise
+            }
+        };
+        let Some(b64) = s.strip_prefix(FINGERPRINT_PREFIX) else {
+            let prefix_len = FINGERPRINT_PREFIX.len();
+            let lowered = s
+                .get(..prefix_len)
+                .filter(|p| p.eq_ignore_ascii_case(FINGERPRINT_PREFIX));
+            return Err(match (lowered, decode_digest(s)) {
+                (Some(_), _) => match decode_digest(&s[prefix_len..]) {
+                    Some(d) => FingerprintError::PrefixCase(Fingerprint(d)),
+                    None => refused(FingerprintError::MissingPrefix),
+                },
+                (None, Some(d)) => FingerprintError::BareDigest(Fingerprint(d)),
+                (None, None) => refused(FingerprintError::MissingPrefix),
+            });
+        };
+        decode_digest(b64)
+            .map(Fingerprint)
+            .ok_or_else(|| refused(FingerprintError::BadDigest))
     }
 }
 
@@ -636,6 +700,64 @@ mod tests {
             "SHA256:abc".parse::<Fingerprint>(),
             Err(FingerprintError::BadDigest)
         );
+    }
+
+    #[test]
+    fn a_fingerprint_pasted_without_its_prefix_is_told_how_to_write_it() {
+        let fp = Fingerprint::of_spki(b"spki");
+        let s = fp.to_string();
+        let bare = s.strip_prefix("SHA256:").unwrap();
+        for text in [bare.to_string(), format!("{bare}="), format!(" {bare}\n")] {
+            let e = text.parse::<Fingerprint>().unwrap_err();
+            assert_eq!(e, FingerprintError::BareDigest(fp), "{text:?}");
+            assert_eq!(
+                e.to_string(),
+                format!("missing the `SHA256:` prefix: write \"{s}\"")
+            );
+        }
+        for prefix in ["sha256:", "Sha256:"] {
+            assert_eq!(
+                format!("{prefix}{bare}").parse::<Fingerprint>(),
+                Err(FingerprintError::PrefixCase(fp))
+            );
+        }
+        assert_eq!(
+            "c2hh".parse::<Fingerprint>(),
+            Err(FingerprintError::MissingPrefix)
+        );
+    }
+
+    #[test]
+    fn placeholders_are_named_as_such() {
+        for text in [
+            "SHA256:<host A's fingerprint>",
+            "SHA256:<fingerprint",
+            "<fingerprint of host B>",
+            "SHA256:...",
+            "SHA256:…",
+            "SHA256:XXXXXXXX",
+            "SHA256:REPLACE_ME",
+            "SHA256:TODO",
+            // What the example configs once shipped: valid base64 of 32 bytes.
+            "SHA256:REPLACE+ME+with+the+fingerprint+of+host+B00",
+        ] {
+            let e = text.parse::<Fingerprint>().unwrap_err();
+            assert_eq!(e, FingerprintError::Placeholder, "{text}");
+            assert_eq!(
+                e.explain(text, "the listener's key"),
+                "replace the placeholder with the fingerprint of the listener's key \
+                 (`sealpipe fingerprint KEYFILE` on its host prints it)"
+            );
+        }
+        assert_eq!(
+            FingerprintError::BadDigest.explain("SHA256:abc", "a connector's key"),
+            "invalid fingerprint \"SHA256:abc\": a fingerprint is `SHA256:` followed by the \
+             base64 of 32 bytes (43 characters)"
+        );
+        // A real fingerprint that happens to contain such a word still parses.
+        let real = "SHA256:TODOxxxREPLACE/fingerprint+AAAAAAAAAAAAAAAA";
+        assert_eq!(real.len(), 50);
+        assert!(real.parse::<Fingerprint>().is_ok());
     }
 
     const OPENSSL_PKCS8: &str = include_str!("../../tests/data/openssl-rsa2048.pem");

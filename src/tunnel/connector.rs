@@ -234,7 +234,10 @@ impl ConnectorTunnel {
             .ok_or(SessionError::Timeout(timeout))?;
         let mut sealed = connect(&self.connect, self.tuning.connect_timeout)
             .await
-            .map_err(SessionError::Io)?;
+            .map_err(|error| SessionError::Connect {
+                address: self.connect.to_string(),
+                error,
+            })?;
         let hs = if self.tuning.resumption {
             let resumption = Resumption {
                 store: state.connector_tickets.clone(),
@@ -338,6 +341,7 @@ impl ConnectorTunnel {
             | SessionError::Eof
             | SessionError::Timeout(_)
             | SessionError::Io(_)
+            | SessionError::Connect { .. }
                 if first_contact =>
             {
                 tracing::error!(tunnel = %self.name, role = %Role::Connector, peer = %client,

@@ -50,6 +50,15 @@ pub enum SessionError {
     /// The socket failed.
     #[error("i/o error during the handshake: {0}")]
     Io(#[from] std::io::Error),
+    /// A connector could not reach its listener (no answer, or a `connect` host name that does
+    /// not resolve).
+    #[error("cannot connect to the listener at {address}: {error}")]
+    Connect {
+        /// The `connect` address, as configured.
+        address: String,
+        /// Why.
+        error: std::io::Error,
+    },
     /// The protocol refused the peer.
     #[error("{0}")]
     Handshake(#[from] HandshakeError),
@@ -62,7 +71,7 @@ impl SessionError {
         match self {
             SessionError::Timeout(_) => "timeout",
             SessionError::Eof | SessionError::Unanswered => "eof",
-            SessionError::Io(_) => "io",
+            SessionError::Io(_) | SessionError::Connect { .. } => "io",
             SessionError::Handshake(h) => h.reason(),
         }
     }

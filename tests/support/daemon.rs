@@ -31,6 +31,14 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Runs `sealpipe ARGS`, which must exit with `code` and print exactly `sealpipe: error:
+/// MESSAGE` on stderr (said once, nothing after it).
+pub fn assert_cli_error(args: &[&str], code: i32, message: &str) {
+    let (got, out, err) = run_cli(args);
+    assert_eq!(got, code, "{args:?}: {out}{err}");
+    assert_eq!(err, format!("sealpipe: error: {message}\n"), "{args:?}");
+}
+
 /// A child process (other than a [`Daemon`]), killed on drop.
 pub struct KillOnDrop(pub Child);
 
