@@ -6,8 +6,8 @@
 # 1. `cargo build --release --locked` (a no-op when the release binary is up to date);
 # 2. generates into target/packaging/ what the package ships but the repository does not hold:
 #    the man page and the bash/zsh/fish completions (from the binary itself, so they match its
-#    command line) and the systemd unit with the package's paths (/usr/bin/sealpipe instead of
-#    the /usr/local/bin/sealpipe of a hand install);
+#    command line) and the systemd units (sealpipe@.service, sealpipe@.socket) with the
+#    package's paths (/usr/bin/sealpipe instead of the /usr/local/bin/sealpipe of a hand install);
 # 3. `cargo deb --no-build`, which takes everything else from [package.metadata.deb] in
 #    Cargo.toml (assets, maintainer scripts in packaging/debian/).
 #
@@ -42,9 +42,10 @@ for f in "$gen/sealpipe.1" "$gen"/completions/*; do
     [[ -s $f ]] || { echo "generated $f is empty" >&2; exit 1; }
 done
 
-# The unit, with the package's paths and a note that the package did the one-time setup.
-sed -e 's|/usr/local/bin/sealpipe|/usr/bin/sealpipe|g' \
-    -e 's|/usr/local/share/doc/sealpipe|/usr/share/doc/sealpipe|g' \
+# The units, with the package's paths and a note that the package did the one-time setup.
+package_paths=(-e 's|/usr/local/bin/sealpipe|/usr/bin/sealpipe|g'
+    -e 's|/usr/local/share/doc/sealpipe|/usr/share/doc/sealpipe|g')
+sed "${package_paths[@]}" \
     -e '1a\
 #\
 # Installed by the sealpipe Debian package: the binary is /usr/bin/sealpipe, this unit is in\
@@ -53,10 +54,18 @@ sed -e 's|/usr/local/bin/sealpipe|/usr/bin/sealpipe|g' \
 # (/usr/lib/tmpfiles.d/sealpipe.conf). Skip the cp, useradd and install -d steps below.\
 # Example configs: /usr/share/doc/sealpipe/examples/.' \
     systemd/sealpipe@.service >"$gen/sealpipe@.service"
-if grep -n '/usr/local' "$gen/sealpipe@.service" | grep -v '^[0-9]*:#'; then
-    echo "packaged unit still names /usr/local outside comments" >&2
-    exit 1
-fi
+sed "${package_paths[@]}" \
+    -e '1a\
+#\
+# Installed by the sealpipe Debian package in /usr/lib/systemd/system/, beside\
+# sealpipe@.service: skip the cp step below.' \
+    systemd/sealpipe@.socket >"$gen/sealpipe@.socket"
+for unit in "$gen/sealpipe@.service" "$gen/sealpipe@.socket"; do
+    if grep -n '/usr/local' "$unit" | grep -v '^[0-9]*:#'; then
+        echo "packaged $unit still names /usr/local outside comments" >&2
+        exit 1
+    fi
+done
 
 cargo deb --no-build --locked "$@"
 ls -t "$target_dir"/debian/sealpipe_*.deb | head -n 1

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Packaging test: builds the Debian package, installs it on this machine, checks what it put
-# where, verifies the systemd unit, then removes and purges it. Run by .ci/run.
+# where, verifies the systemd units, then removes and purges it. Run by .ci/run.
 #
 #   bash packaging/test-deb.sh
 #
@@ -82,6 +82,16 @@ verify=$(systemd-analyze verify sealpipe@example.service 2>&1) || fail "systemd-
 [[ -z $verify ]] || fail "systemd-analyze verify printed: $verify"
 echo "ok"
 
+echo "==> systemd-analyze verify sealpipe@example.socket"
+# The socket activation unit (listen = "systemd:sealed"), checked with the service it starts.
+socket=/usr/lib/systemd/system/sealpipe@.socket
+[[ -f $socket ]] || fail "no $socket"
+grep -q '^FileDescriptorName=sealed$' "$socket" || fail "$socket names no FileDescriptorName=sealed"
+grep -q '^Service=sealpipe@%i.service$' "$socket" || fail "$socket does not start sealpipe@%i.service"
+verify=$(systemd-analyze verify sealpipe@example.socket 2>&1) || fail "systemd-analyze verify: $verify"
+[[ -z $verify ]] || fail "systemd-analyze verify printed: $verify"
+echo "ok"
+
 echo "==> systemd-analyze security (exposure at most 2.0)"
 # The hardening in the unit scores 1.2 today; a change that weakens it notably fails here.
 security=$(systemd-analyze security --offline=yes --threshold=20 sealpipe@example.service 2>&1) \
@@ -90,7 +100,7 @@ tail -n 1 <<<"$security"
 
 echo "==> dpkg -r"
 dpkg -r sealpipe
-[[ ! -e /usr/bin/sealpipe && ! -e $unit ]] || fail "dpkg -r left the binary or the unit"
+[[ ! -e /usr/bin/sealpipe && ! -e $unit && ! -e $socket ]] || fail "dpkg -r left the binary or a unit"
 echo "==> dpkg --purge"
 dpkg --purge sealpipe
 trap - EXIT

@@ -1,6 +1,6 @@
 //! Addresses and destination rules, as written in the config and used by the tunnels:
-//! `host:port`, `[v6]:port`, `unix:PATH` ([`Address`], resolved anew for each connection) and
-//! redirect mode's `allow_destinations` entries ([`DestinationRule`]).
+//! `host:port`, `[v6]:port`, `unix:PATH`, `systemd:NAME` ([`Address`], resolved anew for each
+//! connection) and redirect mode's `allow_destinations` entries ([`DestinationRule`]).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -118,9 +118,13 @@ impl FromStr for DestinationRule {
 }
 
 /// host:port; IPv4 `1.2.3.4:80`, IPv6 `[::1]:80`, or a host name `db.example.net:7443`; or
-/// `unix:PATH`, a Unix domain socket (plaintext side only). Not resolved here.
+/// `unix:PATH`, a Unix domain socket (plaintext side only); or `systemd:NAME`, a listening
+/// socket passed by systemd (listen addresses only). Not resolved here.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Address {
+    /// The listening socket systemd passed under this name (`FileDescriptorName=` in the
+    /// `.socket` unit; socket activation, README "Socket activation").
+    Systemd(String),
     /// A Unix domain socket path (`unix:/run/app.sock`); in a config file a relative path is
     /// resolved against the file's directory.
     Unix(PathBuf),
@@ -141,7 +145,15 @@ impl Address {
         match self {
             Address::Ip(sa) => sa.port(),
             Address::Host { port, .. } => *port,
-            Address::Unix(_) => 0,
+            Address::Unix(_) | Address::Systemd(_) => 0,
+        }
+    }
+
+    /// The name of a socket passed by systemd (`systemd:NAME`).
+    pub fn systemd_name(&self) -> Option<&str> {
+        match self {
+            Address::Systemd(name) => Some(name),
+            _ => None,
         }
     }
 
@@ -161,6 +173,10 @@ impl Address {
             Address::Unix(p) => Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 format!("unix:{} is a Unix socket, not a TCP address", p.display()),
+            )),
+            Address::Systemd(name) => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("systemd:{name} is a socket passed by systemd, not a TCP address"),
             )),
             Address::Host { host, port } => {
                 let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), *port))
@@ -195,6 +211,7 @@ impl fmt::Display for Address {
             Address::Ip(sa) => write!(f, "{sa}"),
             Address::Host { host, port } => write!(f, "{host}:{port}"),
             Address::Unix(p) => write!(f, "unix:{}", p.display()),
+            Address::Systemd(name) => write!(f, "systemd:{name}"),
         }
     }
 }
@@ -223,6 +240,30 @@ pub enum AddressError {
     /// `unix:` with nothing after it.
     #[error("empty Unix socket path after `unix:`")]
     EmptyUnixPath,
+    /// `systemd:` with nothing after it.
+    #[error("empty socket name after `systemd:` (the `FileDescriptorName=` of the .socket unit)")]
+    EmptySystemdName,
+    /// A name systemd cannot pass in `LISTEN_FDNAMES`.
+    #[error("`{0}` is not a valid systemd socket name: {1}")]
+    BadSystemdName(String, &'static str),
+}
+
+/// The longest name `FileDescriptorName=` takes (sd_listen_fds(3)).
+const MAX_FDNAME: usize = 255;
+
+/// Why `name` cannot be a `FileDescriptorName=` as systemd passes it in `LISTEN_FDNAMES`
+/// (sd_listen_fds(3)): ASCII without control characters and `:` (the separator), at most 255
+/// characters. Empty names are checked by the caller.
+fn systemd_name_problem(name: &str) -> Option<&'static str> {
+    if name.len() > MAX_FDNAME {
+        Some("longer than 255 characters")
+    } else if name.contains(':') {
+        Some("`:` separates the names in LISTEN_FDNAMES")
+    } else if !name.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        Some("only printable ASCII characters are allowed")
+    } else {
+        None
+    }
 }
 
 impl FromStr for Address {
@@ -235,6 +276,15 @@ impl FromStr for Address {
                 return Err(AddressError::EmptyUnixPath);
             }
             return Ok(Address::Unix(PathBuf::from(path)));
+        }
+        if let Some(name) = s.strip_prefix("systemd:") {
+            if name.is_empty() {
+                return Err(AddressError::EmptySystemdName);
+            }
+            if let Some(problem) = systemd_name_problem(name) {
+                return Err(AddressError::BadSystemdName(name.to_string(), problem));
+            }
+            return Ok(Address::Systemd(name.to_string()));
         }
         let parse_port = |p: &str| -> Result<u16, AddressError> {
             if p.is_empty() {
@@ -285,5 +335,44 @@ impl FromStr for Address {
             host: host.to_string(),
             port,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn systemd_names_parse_as_sd_listen_fds_passes_them() {
+        let ok = |s: &str| s.parse::<Address>().unwrap();
+        assert_eq!(ok("systemd:sealed"), Address::Systemd("sealed".into()));
+        assert_eq!(ok(" systemd:sealed ").to_string(), "systemd:sealed");
+        assert_eq!(ok("systemd:sealpipe@redis.socket").port(), 0);
+        let longest = format!("systemd:{}", "n".repeat(MAX_FDNAME));
+        assert_eq!(ok(&longest).systemd_name().map(str::len), Some(255));
+        let bad = |s: &str| s.parse::<Address>().unwrap_err().to_string();
+        assert_eq!(
+            bad("systemd:"),
+            "empty socket name after `systemd:` (the `FileDescriptorName=` of the .socket unit)"
+        );
+        assert_eq!(
+            bad("systemd:a:b"),
+            "`a:b` is not a valid systemd socket name: `:` separates the names in LISTEN_FDNAMES"
+        );
+        assert!(bad("systemd:sé").ends_with("only printable ASCII characters are allowed"));
+        assert!(bad("systemd:a\tb").ends_with("only printable ASCII characters are allowed"));
+        assert!(bad(&format!("{longest}n")).ends_with("longer than 255 characters"));
+    }
+
+    #[tokio::test]
+    async fn a_systemd_socket_is_not_resolved() {
+        let e = Address::Systemd("sealed".into())
+            .resolve()
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "systemd:sealed is a socket passed by systemd, not a TCP address"
+        );
     }
 }

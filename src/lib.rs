@@ -8,12 +8,12 @@
 //! * [`proto`] — the sans-IO protocol core (PROTOCOL.md): identities, messages, the handshake
 //!   state machine of both roles, the key schedule, the record layer, resumption and the
 //!   StreamInfo record. No I/O, no clock, nothing else from this crate.
-//! * `addr` — addresses (`host:port`, `unix:PATH`) and redirect destination rules, shared by
-//!   config and tunnel.
+//! * `addr` — addresses (`host:port`, `unix:PATH`, `systemd:NAME`) and redirect destination
+//!   rules, shared by config and tunnel.
 //! * [`config`] — the TOML model, its serde layer, tuning fields, validation, error locations.
 //! * `files` — key files, atomic writes, the `known_peers` store, the peers-file format.
 //! * `tunnel` — the async shell on tokio: accept loop, limits, each role, the handshake driver,
-//!   the pump.
+//!   the pump, the sockets systemd passes.
 //! * `daemon` — runs the tunnels of a config file: build, reload, drain, metrics.
 //! * `cmd` — the command line: clap definitions and one file per subcommand.
 //!

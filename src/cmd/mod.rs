@@ -170,7 +170,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fingerprint { file } => fingerprint::run(&file)?,
         Command::Check { config } => check::run(&config)?,
         Command::Trust { command } => trust::run(command)?,
-        Command::Run { config } => runtime()?.block_on(run::run(&config))?,
+        Command::Run { config } => {
+            // While the process has one thread: it unsets LISTEN_FDS and its companions.
+            run::take_systemd_sockets();
+            runtime()?.block_on(run::run(&config))?
+        }
         Command::Status {
             config,
             socket,

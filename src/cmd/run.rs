@@ -3,6 +3,13 @@
 
 use std::path::Path;
 
+/// Takes the listening sockets systemd passed, for `listen = "systemd:NAME"` (socket
+/// activation), and unsets `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES`. Before any thread
+/// starts: it changes the environment.
+pub(crate) fn take_systemd_sockets() {
+    crate::tunnel::activation::take_from_env();
+}
+
 pub(crate) async fn run(config: &Path) -> anyhow::Result<()> {
     crate::daemon::run(config).await
 }

@@ -517,6 +517,21 @@ impl Source<'_> {
                 format!("invalid address {s:?}: {e}"),
             )
         })?;
+        if addr.systemd_name().is_some() {
+            // Socket activation: systemd binds the socket, so only a tunnel's `listen` can be one.
+            let needs = match side {
+                Side::SealedListen | Side::PlainListen => return Ok(addr),
+                Side::SealedConnect => "`connect` needs host:port",
+                Side::PlainConnect => "`forward` needs host:port or unix:PATH",
+                Side::Metrics => "the metrics endpoint needs host:port",
+            };
+            return Err(self.key_error(
+                ctx,
+                key,
+                value.span(),
+                format!("invalid address {s:?}: a socket passed by systemd is for a tunnel's `listen` only; {needs}"),
+            ));
+        }
         if let Address::Unix(p) = addr {
             let why = match side {
                 Side::PlainListen | Side::PlainConnect => None,
@@ -608,7 +623,7 @@ impl Source<'_> {
         addr: &Address,
         bound: &mut Vec<(Address, String, usize)>,
     ) -> Result<(), ConfigError> {
-        if addr.port() != 0 || addr.unix_path().is_some() {
+        if addr.port() != 0 || addr.unix_path().is_some() || addr.systemd_name().is_some() {
             for (other, owner, line) in bound.iter() {
                 if listen_conflict(addr, other) {
                     return Err(self.key_error(

@@ -15,6 +15,7 @@ use crate::files::known_peers::TofuStore;
 use crate::proto::handshake::{ConnectorParams, ListenerParams, ListenerPin};
 use crate::proto::identity::{Signer, TrustList};
 use crate::proto::keys::Psk;
+use crate::tunnel::activation::{self, Want};
 use crate::tunnel::connector::ConnectorTunnel;
 use crate::tunnel::listener::ListenerTunnel;
 use crate::tunnel::net::{bind_unix, Bound};
@@ -141,8 +142,9 @@ fn next_identity(
     Ok(Some(Arc::new(next)))
 }
 
-/// Binds a tunnel's listening socket: TCP as [`bind`], or a Unix socket with `perms` (the
-/// default ones if `None`).
+/// Binds a tunnel's listening socket: TCP as [`bind`], a Unix socket with `perms` (the default
+/// ones if `None`), or takes the socket systemd passed for `systemd:NAME` (`perms` is `Some`
+/// for the tunnels that may listen on a Unix socket, so only then may that socket be one).
 pub(crate) async fn bind_listen(
     addr: &Address,
     perms: Option<&SocketPermissions>,
@@ -151,6 +153,13 @@ pub(crate) async fn bind_listen(
         Address::Unix(path) => {
             let perms = perms.cloned().unwrap_or_default();
             Ok(bind_unix(path, &perms).await?)
+        }
+        Address::Systemd(name) => {
+            let want = match perms {
+                Some(_) => Want::TcpOrUnix,
+                None => Want::Tcp,
+            };
+            activation::take(name, want).with_context(|| format!("cannot take the socket {addr}"))
         }
         _ => Ok(Bound::Tcp(bind(addr).await?)),
     }

@@ -107,9 +107,10 @@ impl<T: Tunnel> TunnelSet<T> {
     }
 
     /// Moves to the tunnels of a new config: same name and address, new settings for new
-    /// connections (and a Unix socket's mode and group set anew); new address, a new socket
-    /// (the old one closes only once the new one is bound; counters carry over; if it cannot be
-    /// bound, the old socket stays with the new settings); gone, stop accepting. Established
+    /// connections (and a Unix socket's mode and group set anew; a `systemd:NAME` socket kept
+    /// as it is); new address, a new socket (the old one closes only once the new one is bound;
+    /// counters carry over; if it cannot be bound, or is a socket systemd did not pass at start,
+    /// the old socket stays with the new settings); gone, stop accepting. Established
     /// connections stay, except those of a key the new settings no longer accept
     /// ([`Self::cut_revoked`]). Returns what could not be applied, one line each.
     async fn apply(
@@ -132,6 +133,10 @@ impl<T: Tunnel> TunnelSet<T> {
                                 "tunnel {name} kept its socket's previous permissions"
                             ));
                         }
+                    }
+                    if listen.systemd_name().is_some() {
+                        tracing::info!(tunnel = %name, role = %tunnel.role(), listen = %listen, local = %r.local,
+                            "reload: kept the socket systemd passed");
                     }
                     r.settings.send_replace(tunnel);
                 }
@@ -379,6 +384,7 @@ pub(crate) async fn run(path: &Path) -> anyhow::Result<()> {
     let built = build(path)?;
     let control = control::socket_of(&built.config);
     let mut daemon = Daemon::start(built).await?;
+    crate::tunnel::activation::close_unused();
     if let Some(control) = control {
         if let Err(e) = daemon.start_control(&control, path).await {
             // The tunnels run all the same; only `sealpipe status` cannot reach this daemon.

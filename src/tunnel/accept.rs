@@ -34,7 +34,8 @@ pub trait Tunnel: Send + Sync + 'static {
     fn trust(&self) -> Option<Arc<TrustList>> {
         None
     }
-    /// Mode and group of the listening socket when it is a Unix socket.
+    /// Mode and group of the listening socket when it is a Unix socket; `None` for a tunnel
+    /// that listens on TCP only.
     fn socket_permissions(&self) -> Option<&SocketPermissions> {
         None
     }

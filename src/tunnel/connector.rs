@@ -85,8 +85,13 @@ impl Tunnel for ConnectorTunnel {
         })
     }
 
+    /// None in redirect mode, which listens on TCP only (a socket systemd passes is checked
+    /// against that).
     fn socket_permissions(&self) -> Option<&SocketPermissions> {
-        Some(&self.socket)
+        match self.mode {
+            ConnectorMode::Forward => Some(&self.socket),
+            ConnectorMode::Redirect => None,
+        }
     }
 
     async fn handle(self: Arc<Self>, plain: Conn, client: Peer, state: Arc<TunnelState>) {

@@ -14,8 +14,10 @@
 //! * [`carry`] — an established session through the pump, and its close line.
 //! * [`pump`] — full-duplex copy with sealing, half-close and resets.
 //! * [`net`] — socket options, outgoing connects, Unix sockets, accepted peers.
+//! * [`activation`] — the listening sockets systemd passes (`listen = "systemd:NAME"`).
 
 pub(crate) mod accept;
+pub(crate) mod activation;
 pub(crate) mod carry;
 pub(crate) mod connector;
 pub(crate) mod limits;

@@ -196,19 +196,34 @@ impl Bound {
 }
 
 /// The file of a Unix socket we bound; removed on drop if it is still the same file (not one
-/// another process put there since).
+/// another process put there since). A socket systemd bound has its file left alone.
 #[derive(Debug)]
 pub(crate) struct SocketFile {
     path: PathBuf,
     peer: Arc<Path>,
-    dev: u64,
-    ino: u64,
+    /// Device and inode of the file we made; `None` for a file that is not ours to remove.
+    ours: Option<(u64, u64)>,
+}
+
+impl SocketFile {
+    /// The path of a socket that another process bound (systemd, socket activation): named in
+    /// logs, never removed.
+    pub(crate) fn not_ours(path: PathBuf) -> SocketFile {
+        SocketFile {
+            peer: Arc::from(path.as_path()),
+            path,
+            ours: None,
+        }
+    }
 }
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
+        let Some((dev, ino)) = self.ours else {
+            return;
+        };
         if let Ok(m) = std::fs::symlink_metadata(&self.path) {
-            if m.dev() == self.dev && m.ino() == self.ino {
+            if m.dev() == dev && m.ino() == ino {
                 let _ = std::fs::remove_file(&self.path);
             }
         }
@@ -266,8 +281,7 @@ pub(crate) async fn bind_unix(
     let file = SocketFile {
         path: path.to_path_buf(),
         peer: Arc::from(path),
-        dev: meta.dev(),
-        ino: meta.ino(),
+        ours: Some((meta.dev(), meta.ino())),
     };
     // From here on, `file` removes the socket file on any error.
     set_socket_permissions(path, perms)?;

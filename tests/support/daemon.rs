@@ -246,12 +246,20 @@ impl Daemon {
 
     /// [`Daemon::start`] with extra global options (e.g. `--log-format json`).
     pub fn start_with(config: &Path, options: &[&str]) -> Daemon {
-        let log = config.with_extension("log");
-        let child = Command::new(bin())
+        let mut command = Command::new(bin());
+        command
             .args(options)
             .args(["--log-level", "debug", "run", "--config"])
             .arg(config)
-            .stdout(Stdio::null())
+            .stdout(Stdio::null());
+        Self::start_command(config, command)
+    }
+
+    /// [`Daemon::start`] of `command`, a `sealpipe run` on `config` (perhaps behind a wrapper)
+    /// whose stderr goes to the log here.
+    pub fn start_command(config: &Path, mut command: Command) -> Daemon {
+        let log = config.with_extension("log");
+        let child = command
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
