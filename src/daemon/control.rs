@@ -123,7 +123,13 @@ pub(crate) async fn serve(
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             continue;
         };
-        let status = Status::of(&registry.tunnels(), config.clone(), started, Instant::now());
+        let status = Status::of(
+            &registry.tunnels(),
+            registry.metrics_local(),
+            config.clone(),
+            started,
+            Instant::now(),
+        );
         tokio::spawn(async move {
             let _ = tokio::time::timeout(ANSWER_TIMEOUT, answer(stream, &status)).await;
             drop(slot);
