@@ -5,8 +5,9 @@
 #
 # 1. `cargo build --release --locked` (a no-op when the release binary is up to date);
 # 2. generates into target/packaging/ what the package ships but the repository does not hold:
-#    the man page and the bash/zsh/fish completions (from the binary itself, so they match its
-#    command line) and the systemd units (sealpipe@.service, sealpipe@.socket) with the
+#    the man pages (`sealpipe man --out`: sealpipe(1), one per subcommand, sealpipe.toml(5)),
+#    the bash/zsh/fish completions (from the binary itself, so they match its command line and
+#    config keys) and the systemd units (sealpipe@.service, sealpipe@.socket) with the
 #    package's paths (/usr/bin/sealpipe instead of the /usr/local/bin/sealpipe of a hand install);
 # 3. `cargo deb --no-build`, which takes everything else from [package.metadata.deb] in
 #    Cargo.toml (assets, maintainer scripts in packaging/debian/).
@@ -34,11 +35,11 @@ bin="$target_dir/release/sealpipe"
 gen=target/packaging
 rm -rf "$gen"
 mkdir -p "$gen/completions"
-"$bin" man >"$gen/sealpipe.1"
+"$bin" man --out "$gen/man" >/dev/null
 "$bin" completions bash >"$gen/completions/sealpipe.bash"
 "$bin" completions zsh >"$gen/completions/_sealpipe"
 "$bin" completions fish >"$gen/completions/sealpipe.fish"
-for f in "$gen/sealpipe.1" "$gen"/completions/*; do
+for f in "$gen/man/sealpipe.1" "$gen/man/sealpipe.toml.5" "$gen"/man/* "$gen"/completions/*; do
     [[ -s $f ]] || { echo "generated $f is empty" >&2; exit 1; }
 done
 

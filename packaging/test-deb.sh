@@ -60,8 +60,14 @@ perms=$(stat -c '%a %U:%G' /etc/sealpipe) || fail "no /etc/sealpipe (tmpfiles.d/
 echo "/etc/sealpipe $perms"
 [[ $perms == "750 root:sealpipe" ]] || fail "/etc/sealpipe is $perms, expected 750 root:sealpipe"
 
-echo "==> man page, completions, examples"
-zcat /usr/share/man/man1/sealpipe.1.gz | grep -q '^\.TH sealpipe' || fail "man page has no .TH sealpipe"
+echo "==> man pages, completions, examples"
+zcat /usr/share/man/man1/sealpipe.1.gz | grep -q '^\.TH sealpipe 1 ' || fail "man page has no .TH sealpipe"
+zcat /usr/share/man/man1/sealpipe-check.1.gz | grep -q '^\.TH sealpipe-check 1 ' \
+    || fail "no subcommand page sealpipe-check(1)"
+zcat /usr/share/man/man5/sealpipe.toml.5.gz | grep -q '^\.TH sealpipe.toml 5 ' \
+    || fail "no config page sealpipe.toml(5)"
+zcat /usr/share/man/man5/sealpipe.toml.5.gz | grep -q 'rekey_bytes' \
+    || fail "sealpipe.toml(5) does not document rekey_bytes"
 bash -n /usr/share/bash-completion/completions/sealpipe || fail "bash completion does not parse"
 grep -q '^#compdef sealpipe' /usr/share/zsh/vendor-completions/_sealpipe || fail "zsh completion"
 grep -q '^complete -c sealpipe' /usr/share/fish/vendor_completions.d/sealpipe.fish || fail "fish completion"

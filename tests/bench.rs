@@ -1,5 +1,6 @@
 //! Smoke tests of `sealpipe bench` (tiny sizes, no timing assertions): every mode runs, the
-//! JSON has its fields, and the bytes the sink confirmed equal what was asked.
+//! JSON has its fields, the bytes the sink confirmed equal what was asked, and runs this tiny
+//! are warned about (on stderr and in the notes).
 
 mod support;
 
@@ -14,6 +15,11 @@ fn sealpipe() -> Command {
 }
 
 fn bench_json(args: &[&str]) -> Value {
+    bench_json_stderr(args).0
+}
+
+/// [`bench_json`] and what it printed on stderr.
+fn bench_json_stderr(args: &[&str]) -> (Value, String) {
     let out = sealpipe()
         .arg("bench")
         .arg("--json")
@@ -28,7 +34,34 @@ fn bench_json(args: &[&str]) -> Value {
     let stdout = String::from_utf8(out.stdout).expect("utf-8");
     let lines: Vec<_> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "one JSON object on one line: {stdout}");
-    serde_json::from_str(lines[0]).expect("valid JSON")
+    let v = serde_json::from_str(lines[0]).expect("valid JSON");
+    (v, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// The notes of the report that are warnings.
+fn warnings(v: &Value) -> Vec<String> {
+    v["notes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no notes in {v}"))
+        .iter()
+        .filter_map(|n| n.as_str())
+        .filter(|n| n.starts_with("warning: "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Asserts that a warning starting with `what` (`throughput`) is in the notes and on stderr.
+fn assert_warned(v: &Value, stderr: &str, what: &str) {
+    let w = warnings(v);
+    let found = w
+        .iter()
+        .find(|n| n.starts_with(&format!("warning: {what}")))
+        .unwrap_or_else(|| panic!("no warning about {what} in {w:?}"));
+    assert!(found.contains("too "), "{found}");
+    assert!(
+        stderr.contains(&format!("sealpipe bench: {found}")),
+        "{found:?} not on stderr:\n{stderr}"
+    );
 }
 
 fn num(v: &Value, path: &[&str]) -> f64 {
@@ -57,6 +90,18 @@ fn check_throughput(v: &Value, bytes: u64, streams: u64) {
 
 fn check_rate(v: &Value, connections: u64) {
     check_rates(v, connections, &["rate_sequential", "rate_concurrent"]);
+    // The first-echo reference: the same client over raw TCP, as many clients.
+    check_rates(
+        v,
+        connections,
+        &["raw_tcp_rate_sequential", "raw_tcp_rate_concurrent"],
+    );
+    for (raw, tunnel) in [
+        ("raw_tcp_rate_sequential", "rate_sequential"),
+        ("raw_tcp_rate_concurrent", "rate_concurrent"),
+    ] {
+        assert_eq!(v[raw]["concurrency"], v[tunnel]["concurrency"], "{v}");
+    }
 }
 
 fn check_rates(v: &Value, connections: u64, keys: &[&str]) {
@@ -71,7 +116,7 @@ fn check_rates(v: &Value, connections: u64, keys: &[&str]) {
 
 #[test]
 fn in_process_bench_reports_every_figure_as_json() {
-    let v = bench_json(&[
+    let (v, stderr) = bench_json_stderr(&[
         "--bytes",
         "3MiB",
         "--streams",
@@ -99,6 +144,61 @@ fn in_process_bench_reports_every_figure_as_json() {
     num(&v, &["rsa_sign_ms"]);
     assert_eq!(v["idle"]["connections"].as_u64(), Some(5));
     num(&v, &["idle", "kib_per_connection"]);
+    // A run this small means little, and says so: too few connections whatever the time, and
+    // throughput under 1 s (as 3 MiB on loopback takes, unless the machine is very slow).
+    if num(&v, &["throughput", "seconds"]) < 1.0 {
+        assert_warned(&v, &stderr, "throughput");
+    } else {
+        assert!(!stderr.contains("warning: throughput"), "{stderr}");
+    }
+    for what in [
+        "connection rate, sequential",
+        "connection rate, concurrent",
+        "connection rate, sequential, full handshakes",
+        "memory per idle connection",
+    ] {
+        assert_warned(&v, &stderr, what);
+    }
+}
+
+#[test]
+fn the_table_ends_with_the_warnings_about_a_tiny_run() {
+    let out = sealpipe()
+        .args([
+            "bench",
+            "--only",
+            "rate",
+            "--connections",
+            "5",
+            "--concurrency",
+            "2",
+        ])
+        .output()
+        .expect("run sealpipe bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("\nwarning: connection rate, sequential: 5 connections in "),
+        "{table}"
+    );
+    assert!(
+        table.contains("| first echo p50 / p99, 1 client(s), resumed |"),
+        "{table}"
+    );
+    assert!(table.contains("raw TCP"), "{table}");
+    assert!(
+        !table.contains("warning: throughput"),
+        "no throughput run: {table}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("sealpipe bench: warning: connection rate, sequential: 5 connections"),
+        "{stderr}"
+    );
 }
 
 /// A `sealpipe bench --serve` target (killed on drop) and its address.

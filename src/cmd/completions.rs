@@ -1,5 +1,5 @@
-//! `sealpipe completions SHELL` and `sealpipe man`: generated from the clap definitions, so
-//! they cannot drift from the command line.
+//! `sealpipe completions SHELL`: generated from the clap definitions, so it cannot drift from
+//! the command line (the manual pages are `super::man`).
 
 use clap::CommandFactory;
 
@@ -9,10 +9,4 @@ use crate::cmd::Cli;
 pub(crate) fn completions(shell: clap_complete::Shell) {
     let mut cmd = Cli::command();
     clap_complete::generate(shell, &mut cmd, "sealpipe", &mut std::io::stdout());
-}
-
-/// Prints the manual page, in roff.
-pub(crate) fn man() -> anyhow::Result<()> {
-    clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
-    Ok(())
 }

@@ -18,6 +18,7 @@ mod demo;
 mod fingerprint;
 mod keygen;
 mod logging;
+mod man;
 pub(crate) mod pair;
 mod run;
 mod status;
@@ -71,10 +72,22 @@ pub enum Command {
         file: PathBuf,
     },
     /// Validate a config file and the keys it names; exit non-zero with a clear message if not.
+    ///
+    /// Loads the config and every key, PSK and peers file it names, as sealpipe run would.
+    /// Then it tries what it can without side effects: each listen address (the tunnels' and
+    /// the metrics endpoint's) is resolved and bound for a moment, as the daemon binds it, so
+    /// that a port in use or a port below 1024 without the capability shows now; the addresses
+    /// that the daemon running this config holds (asked on its control socket) are not tried.
+    /// A unix: listen socket's directory must exist and be writable. forward and connect host
+    /// names that do not resolve, and unix: forward targets that do not exist, are warnings:
+    /// they are looked up again for every connection. Exit status 0 if all is well, 1 if not.
     Check {
         /// The config file.
         #[arg(long)]
         config: PathBuf,
+        /// Do not bind the listen addresses (names are still resolved).
+        #[arg(long)]
+        no_bind: bool,
     },
     /// Run every tunnel in the config file, in the foreground.
     Run {
@@ -114,8 +127,14 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print the manual page, in roff (e.g. `sealpipe man | man -l -`).
-    Man,
+    /// Print the manual page sealpipe(1), in roff (e.g. `sealpipe man | man -l -`), or write
+    /// every page to a directory.
+    Man {
+        /// Write all pages here instead (sealpipe.1, sealpipe-*.1, sealpipe.toml.5), creating
+        /// it if need be; their paths are printed.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 /// `--bits`: a key size sealpipe accepts.
@@ -168,7 +187,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Keygen { out, bits } => keygen::run(&out, bits)?,
         Command::Fingerprint { file } => fingerprint::run(&file)?,
-        Command::Check { config } => check::run(&config)?,
+        Command::Check { config, no_bind } => {
+            if !check::run(&config, no_bind)? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::Trust { command } => trust::run(command)?,
         Command::Run { config } => {
             // While the process has one thread: it unsets LISTEN_FDS and its companions.
@@ -187,7 +210,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         )?,
         Command::Completions { shell } => completions::completions(shell),
-        Command::Man => completions::man()?,
+        Command::Man { out } => man::run(out.as_deref())?,
         Command::Bench(args) => runtime()?.block_on(bench::run(args))?,
         Command::Demo { once } => {
             if !runtime()?.block_on(demo::run(once))? {

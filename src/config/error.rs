@@ -160,6 +160,22 @@ impl Source<'_> {
         crate::files::line_col(self.text, offset)
     }
 
+    /// The span of the value of `key` in `table` (its `index`-th entry, for an array of
+    /// tables), if the text parses and has it.
+    pub(crate) fn value_span(
+        &self,
+        table: &str,
+        index: Option<usize>,
+        key: &str,
+    ) -> Option<Range<usize>> {
+        let tree = DeTable::parse(self.text).ok()?;
+        let mut value = tree.get_ref().get(table)?;
+        if let Some(i) = index {
+            value = value.get_ref().get(i)?;
+        }
+        Some(value.get_ref().get(key)?.span())
+    }
+
     pub(crate) fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
         let (line, column) = self.line_col(span.start);
         ConfigError::At {

@@ -37,6 +37,7 @@
 //! while loading: a host name is looked up anew for each connection ([`Address::resolve`]).
 
 mod error;
+pub(crate) mod keys;
 mod raw;
 mod tuning;
 mod validate;
@@ -253,6 +254,26 @@ impl Config {
             message: e.to_string(),
         })?;
         Config::parse_as(&text, path, enrolling)
+    }
+
+    /// `FILE:LINE:COLUMN` of the value of `key` in the table `table` (`"metrics"`), or in its
+    /// `index`-th entry for an array of tables (`"listener"`, `"connector"`), as the file is on
+    /// disk now: for messages about a value made after loading (`sealpipe check`'s binds).
+    /// Just `FILE` if it is not found.
+    pub(crate) fn location_of(&self, table: &str, index: Option<usize>, key: &str) -> String {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let src = Source {
+            text: &text,
+            path: &self.path,
+            enrolling: false,
+        };
+        match src.value_span(table, index, key) {
+            Some(span) => {
+                let (line, column) = src.line_col(span.start);
+                format!("{}:{line}:{column}", self.path.display())
+            }
+            None => self.path.display().to_string(),
+        }
     }
 
     /// Validates config `text` as if read from `path`: `path` is used in messages and to

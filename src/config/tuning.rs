@@ -33,7 +33,7 @@ macro_rules! tuning_fields {
             { $($args)* }
             /// Rekey each direction after this many bytes of plaintext (never zero).
             rekey_bytes: u64 = 1 << 30, parsed from SizeText by rekey_bytes;
-            /// Also rekey after this much time; `None` means by bytes only.
+            /// Also rekey each direction after this much time; `"off"`: by bytes only.
             rekey_interval: Option<Duration> = None,
                 parsed from DurationText by duration_or_off;
             /// A handshake not complete after this long is dropped.
@@ -42,26 +42,29 @@ macro_rules! tuning_fields {
             /// Timeout of each outgoing TCP connect.
             connect_timeout: Duration = Duration::from_secs(10),
                 parsed from DurationText by duration;
-            /// On SIGTERM, how long open connections may drain before they are cut.
+            /// On SIGTERM or SIGINT, how long open connections may drain before they are cut.
             drain_timeout: Duration = Duration::from_secs(30),
                 parsed from DurationText by duration;
-            /// Most established connections per tunnel.
+            /// Most connections per tunnel at once (handshaking or established); past it new ones
+            /// are dropped.
             max_connections: usize = 1024, parsed from i64 by count;
-            /// Most concurrent handshakes in progress per tunnel.
+            /// Most handshakes in progress at once per tunnel; more wait their turn (within
+            /// `handshake_timeout`).
             max_handshakes: usize = 128, parsed from i64 by count;
             /// New connections accepted per second from one source IP address (0: no limit). Past
             /// it, connections are dropped at accept and a warning is logged once per interval.
             source_rate_limit: u32 = 0, parsed from i64 by source_rate_limit;
-            /// Largest plaintext per sealed record, in bytes
-            /// ([`MIN_RECORD_SIZE`]..=[`MAX_RECORD_SIZE`]).
+            /// Largest plaintext per sealed record, from 1 KiB to 64 KiB; a record is only as
+            /// large as the data at hand.
             record_size: usize = 64 * 1024, parsed from SizeText by record_size;
-            /// Session resumption: later connections between the same two peers skip the RSA
-            /// work.
+            /// Session resumption (PROTOCOL.md §9): later connections between the same two peers
+            /// skip the RSA work; `false`: a full handshake every time.
             resumption: bool = true, parsed from bool by flag;
-            /// How long a resumption ticket lives (1 s ..= 24 h).
+            /// How long a resumption ticket serves, from 1 s to 24 h.
             resumption_lifetime: Duration = Duration::from_secs(3600),
                 parsed from DurationText by resumption_lifetime;
-            /// How many resumptions one ticket serves (1 ..= 1,000,000).
+            /// How many connections one ticket serves, from 1 to 1000000; then a full handshake
+            /// makes a new one.
             resumption_uses: u32 = 1000, parsed from i64 by resumption_uses;
             /// An established connection that moves no byte either way for this long is reset
             /// (logged `idle for …`); `None` (the default, `"off"`) keeps idle connections.

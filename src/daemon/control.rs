@@ -114,7 +114,13 @@ pub(crate) async fn serve(
         ANSWER_TIMEOUT,
         stop,
         move |stream| {
-            let status = Status::of(&registry.tunnels(), config.clone(), started, Instant::now());
+            let status = Status::of(
+                &registry.tunnels(),
+                registry.metrics_local(),
+                config.clone(),
+                started,
+                Instant::now(),
+            );
             async move {
                 let _ = answer(stream, &status).await;
             }

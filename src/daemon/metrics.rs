@@ -49,6 +49,8 @@ pub(crate) struct TunnelEntry {
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     tunnels: RwLock<Vec<TunnelEntry>>,
+    /// The address the metrics endpoint is bound to, if it runs (for `status`).
+    metrics_local: RwLock<Option<String>>,
     /// Reloads (SIGHUP) by outcome.
     pub(crate) reloads: Reloads,
 }
@@ -66,6 +68,22 @@ impl Registry {
     /// Replaces the list of tunnels.
     pub(crate) fn set(&self, tunnels: Vec<TunnelEntry>) {
         *self.tunnels.write().unwrap_or_else(|e| e.into_inner()) = tunnels;
+    }
+
+    /// Records where the metrics endpoint listens now (`None`: it does not run).
+    pub(crate) fn set_metrics_local(&self, local: Option<String>) {
+        *self
+            .metrics_local
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = local;
+    }
+
+    /// Where the metrics endpoint listens now.
+    pub(crate) fn metrics_local(&self) -> Option<String> {
+        self.metrics_local
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The tunnels now.

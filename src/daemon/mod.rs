@@ -273,6 +273,7 @@ impl Daemon {
             .local_addr()
             .map_or_else(|e| e.to_string(), |a| a.to_string());
         tracing::info!(listen = %listen, local = %local, "metrics listening");
+        self.registry.set_metrics_local(Some(local));
         let stop = CancellationToken::new();
         tokio::spawn(crate::daemon::metrics::serve(
             listener,
@@ -303,6 +304,7 @@ impl Daemon {
                 if let Some((_, stop)) = self.metrics.take() {
                     tracing::info!("reload: metrics endpoint removed");
                     stop.cancel();
+                    self.registry.set_metrics_local(None);
                 }
             }
         }

@@ -22,6 +22,9 @@ pub(crate) struct Status {
     pub(crate) uptime_secs: u64,
     /// Every running tunnel, listeners first.
     pub(crate) tunnels: Vec<TunnelStatus>,
+    /// The address the metrics endpoint is bound to, if it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) metrics: Option<String>,
 }
 
 /// One tunnel.
@@ -66,9 +69,10 @@ pub(crate) struct ConnStatus {
 }
 
 impl Status {
-    /// The snapshot of `tunnels` at `now`.
+    /// The snapshot of `tunnels` and the metrics endpoint's address at `now`.
     pub(crate) fn of(
         tunnels: &[TunnelEntry],
+        metrics: Option<String>,
         config: String,
         started: Instant,
         now: Instant,
@@ -81,6 +85,7 @@ impl Status {
             config,
             uptime_secs: now.saturating_duration_since(started).as_secs(),
             tunnels,
+            metrics,
         }
     }
 }
@@ -171,6 +176,9 @@ impl std::fmt::Display for Status {
             self.config,
             age(self.uptime_secs as f64)
         )?;
+        if let Some(m) = &self.metrics {
+            writeln!(f, "metrics on {m}")?;
+        }
         for t in &self.tunnels {
             writeln!(f)?;
             writeln!(

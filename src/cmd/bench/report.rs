@@ -1,8 +1,20 @@
 //! What `sealpipe bench` reports: the measurement types (serialized as the `--json` output,
-//! field names as they are), the table printed otherwise, and the progress bars on stderr.
+//! field names as they are), the warnings about measurements too short to mean much, the table
+//! printed otherwise, and the progress bars on stderr.
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use serde::Serialize;
+
+/// A throughput run through the tunnel shorter than this is warned about.
+const MIN_THROUGHPUT_SECONDS: f64 = 1.0;
+/// A connection-rate run through the tunnel with fewer connections, or shorter, is warned
+/// about.
+const MIN_RATE_CONNECTIONS: usize = 100;
+const MIN_RATE_SECONDS: f64 = 0.5;
+/// An idle-memory run with fewer connections is warned about (the RSS is counted in pages).
+const MIN_IDLE_CONNECTIONS: usize = 100;
+/// How a warning starts among the notes.
+const WARNING: &str = "warning: ";
 
 /// One throughput run.
 #[derive(Debug, Clone, Serialize)]
@@ -94,10 +106,71 @@ pub(crate) struct Report {
     pub(crate) rate_full_sequential: Option<Rate>,
     /// In process: `--concurrency` clients through the pair with resumption off.
     pub(crate) rate_full_concurrent: Option<Rate>,
+    /// The reference of the sequential connection rate and first echo: the same client over
+    /// raw loopback TCP to a bench target.
+    pub(crate) raw_tcp_rate_sequential: Option<Rate>,
+    /// The same with `--concurrency` clients.
+    pub(crate) raw_tcp_rate_concurrent: Option<Rate>,
     /// Whole-process memory per idle connection.
     pub(crate) idle: Option<Idle>,
-    /// What the figures include, for readers of the JSON.
+    /// What the figures include, for readers of the JSON; warnings (measurements too short
+    /// or too small to mean much) start with `warning: `.
     pub(crate) notes: Vec<String>,
+}
+
+impl Report {
+    /// Adds a warning to the notes for each measurement through the tunnel that is too short or
+    /// too small to mean much (the references are not judged: they are meant to be quick).
+    pub(crate) fn warn_short_runs(&mut self) {
+        let mut warnings = Vec::new();
+        if let Some(t) = &self.throughput {
+            if t.seconds < MIN_THROUGHPUT_SECONDS {
+                warnings.push(format!(
+                    "throughput: {} bytes took {:.3} s, under {MIN_THROUGHPUT_SECONDS} s: too short to mean much (raise --bytes)",
+                    t.bytes, t.seconds
+                ));
+            }
+        }
+        for (what, rate) in [
+            ("connection rate, sequential", &self.rate_sequential),
+            ("connection rate, concurrent", &self.rate_concurrent),
+            (
+                "connection rate, sequential, full handshakes",
+                &self.rate_full_sequential,
+            ),
+            (
+                "connection rate, concurrent, full handshakes",
+                &self.rate_full_concurrent,
+            ),
+        ] {
+            let Some(r) = rate else { continue };
+            let tried = r.connections + r.failures;
+            if tried < MIN_RATE_CONNECTIONS || r.seconds < MIN_RATE_SECONDS {
+                warnings.push(format!(
+                    "{what}: {tried} connections in {:.3} s, under {MIN_RATE_CONNECTIONS} connections or {MIN_RATE_SECONDS} s: too few to mean much (raise --connections)",
+                    r.seconds
+                ));
+            }
+        }
+        if let Some(i) = &self.idle {
+            if i.connections < MIN_IDLE_CONNECTIONS {
+                warnings.push(format!(
+                    "memory per idle connection: {} connections, under {MIN_IDLE_CONNECTIONS}: too few to mean much (raise --idle)",
+                    i.connections
+                ));
+            }
+        }
+        self.notes
+            .extend(warnings.into_iter().map(|w| format!("{WARNING}{w}")));
+    }
+
+    /// The warnings among the notes.
+    pub(crate) fn warnings(&self) -> impl Iterator<Item = &str> {
+        self.notes
+            .iter()
+            .map(String::as_str)
+            .filter(|n| n.starts_with(WARNING))
+    }
 }
 
 /// The report as a table (markdown, readable as plain text).
@@ -142,6 +215,12 @@ pub(crate) fn table(r: &Report) -> String {
             a.record_size, a.gbit_per_s
         );
     }
+    if let Some(ms) = r.rsa_sign_ms {
+        let _ = writeln!(
+            o,
+            "| RSA-2048 PSS signature, 1 core (a full handshake makes two) | {ms:.2} ms | | |"
+        );
+    }
     let resumed = match r.resumption {
         Some(true) => ", resumed",
         _ => "",
@@ -155,22 +234,28 @@ pub(crate) fn table(r: &Report) -> String {
     .into_iter()
     .filter_map(|(rt, how)| rt.as_ref().map(|rt| (rt, how)))
     {
+        // The reference with as many clients: the same client over raw TCP.
+        let raw = [&r.raw_tcp_rate_sequential, &r.raw_tcp_rate_concurrent]
+            .into_iter()
+            .flatten()
+            .find(|raw| raw.concurrency == rt.concurrency);
+        let (rate_ref, rate_ratio, echo_ref, echo_ratio) = match raw {
+            Some(raw) => (
+                format!("raw TCP {:.0}", raw.per_second),
+                format!("{:.2}", rt.per_second / raw.per_second),
+                format!("raw TCP {:.2} / {:.2} ms", raw.ttfb_p50_ms, raw.ttfb_p99_ms),
+                format!("{:.1}", rt.ttfb_p50_ms / raw.ttfb_p50_ms),
+            ),
+            None => Default::default(),
+        };
         let _ = writeln!(
             o,
-            "| new connections/s, {} client(s){how} | {:.0} ({} failed) | | |",
+            "| new connections/s, {} client(s){how} | {:.0} ({} failed) | {rate_ref} | {rate_ratio} |",
             rt.concurrency, rt.per_second, rt.failures
         );
-        let sign = r
-            .rsa_sign_ms
-            .map(|s| format!("RSA-2048 sign {s:.2} ms"))
-            .unwrap_or_default();
-        let ratio = r
-            .rsa_sign_ms
-            .map(|s| format!("{:.2}", rt.ttfb_p50_ms / s))
-            .unwrap_or_default();
         let _ = writeln!(
             o,
-            "| first echo p50 / p99, {} client(s){how} | {:.2} / {:.2} ms | {sign} | {ratio} |",
+            "| first echo p50 / p99, {} client(s){how} | {:.2} / {:.2} ms | {echo_ref} | {echo_ratio} |",
             rt.concurrency, rt.ttfb_p50_ms, rt.ttfb_p99_ms
         );
     }
@@ -182,7 +267,11 @@ pub(crate) fn table(r: &Report) -> String {
         );
     }
     for n in &r.notes {
-        let _ = writeln!(o, "\nnote: {n}");
+        if n.starts_with(WARNING) {
+            let _ = writeln!(o, "\n{n}");
+        } else {
+            let _ = writeln!(o, "\nnote: {n}");
+        }
     }
     o
 }
@@ -194,13 +283,40 @@ pub(crate) fn progress(enabled: bool, len: u64, what: &str, bytes: bool) -> Prog
     }
     let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
     let template = if bytes {
-        "{prefix:>24} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}"
+        "{prefix:>24} [{bar:30}] {bytes}/{total_bytes} {bits_per_sec}"
     } else {
         "{prefix:>24} [{bar:30}] {pos}/{len} {per_sec}"
     };
     if let Ok(style) = ProgressStyle::with_template(template) {
+        // Bits per second, as the table has them (indicatif's own key is bytes per second).
+        let style = style.with_key(
+            "bits_per_sec",
+            |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = w.write_str(&bits_per_second(state.per_sec() * 8.0));
+            },
+        );
         pb.set_style(style.progress_chars("=> "));
     }
     pb.set_prefix(what.to_string());
     pb
+}
+
+/// A rate in bits per second for the progress bar: `3.21 Gb/s`, `45.6 Mb/s` (10⁹, 10⁶).
+fn bits_per_second(bits: f64) -> String {
+    if bits >= 1e9 {
+        format!("{:.2} Gb/s", bits / 1e9)
+    } else {
+        format!("{:.1} Mb/s", bits / 1e6)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_read_in_bits_per_second() {
+        assert_eq!(bits_per_second(3.214e9), "3.21 Gb/s");
+        assert_eq!(bits_per_second(45.64e6), "45.6 Mb/s");
+    }
 }
