@@ -260,7 +260,10 @@ impl Daemon {
         tokio::spawn(control::serve(
             bound,
             self.registry.clone(),
-            config.display().to_string(),
+            std::path::absolute(config)
+                .unwrap_or_else(|_| config.to_path_buf())
+                .display()
+                .to_string(),
             std::time::Instant::now(),
             stop.clone(),
         ));

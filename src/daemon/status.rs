@@ -181,11 +181,11 @@ impl std::fmt::Display for Status {
         }
         for t in &self.tunnels {
             writeln!(f)?;
-            writeln!(
-                f,
-                "{} {:?}: listening on {} ({})",
-                t.role, t.name, t.local, t.listen
-            )?;
+            write!(f, "{} {:?}: listening on {}", t.role, t.name, t.local)?;
+            if t.local != t.listen {
+                write!(f, " (listen = {})", t.listen)?;
+            }
+            writeln!(f)?;
             writeln!(
                 f,
                 "  accepted {}, handshakes ok {} (resumed {}), failed {}",

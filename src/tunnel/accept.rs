@@ -161,15 +161,17 @@ pub(crate) fn log_refusal(tunnel: &str, role: Role, peer: impl Display, err: &Se
         | SessionError::Io(_)
             if role == Role::Listener =>
         {
-            tracing::debug!(tunnel, role = %role, %peer, reason = %err, "handshake refused")
+            tracing::debug!(tunnel = %tunnel, role = %role, %peer, reason = %err, "handshake refused")
         }
         SessionError::Handshake(H::UntrustedConnector(fp)) => tracing::warn!(
-            tunnel,
+            tunnel = %tunnel,
             role = %role,
             %peer,
             fingerprint = %fp,
             "handshake refused: connector key {fp} is not trusted (add it to `peers` to let it in)"
         ),
-        _ => tracing::warn!(tunnel, role = %role, %peer, reason = %err, "handshake failed"),
+        _ => {
+            tracing::warn!(tunnel = %tunnel, role = %role, %peer, reason = %err, "handshake failed")
+        }
     }
 }

@@ -104,11 +104,11 @@ fn log_close(
     let duration_ms = started.elapsed().as_millis() as u64;
     match result {
         Ok(()) => tracing::info!(
-            tunnel, role = %role, %peer, fingerprint = %fingerprint, sent, received, rekeys, duration_ms,
+            tunnel = %tunnel, role = %role, %peer, fingerprint = %fingerprint, sent, received, rekeys, duration_ms,
             reason = "closed by both ends", "connection closed"
         ),
         Err(e) => tracing::warn!(
-            tunnel, role = %role, %peer, fingerprint = %fingerprint, sent, received, rekeys, duration_ms,
+            tunnel = %tunnel, role = %role, %peer, fingerprint = %fingerprint, sent, received, rekeys, duration_ms,
             reason = %e, "connection reset"
         ),
     }

@@ -276,10 +276,10 @@ fn log_unknown_connector(tunnel: &str, peer: &Peer, fp: &Fingerprint) {
         }
     };
     if first {
-        tracing::warn!(tunnel, role = %Role::Listener, %peer, fingerprint = %fp,
+        tracing::warn!(tunnel = %tunnel, role = %Role::Listener, %peer, fingerprint = %fp,
             "new connector key {fp} (not in peers; accepted because accept_unknown = true)");
     } else {
-        tracing::info!(tunnel, role = %Role::Listener, %peer, fingerprint = %fp,
+        tracing::info!(tunnel = %tunnel, role = %Role::Listener, %peer, fingerprint = %fp,
             "connector key not in peers, accepted because accept_unknown = true");
     }
 }
