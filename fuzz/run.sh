@@ -3,7 +3,7 @@
 #
 #   bash fuzz/run.sh [SECONDS]
 #
-# * Installs cargo-fuzz (crates.io, --locked) if it is missing. Uses the installed toolchain;
+# * Installs cargo-fuzz (cargo install --locked) if it is missing. Uses the installed toolchain;
 #   on stable, RUSTC_BOOTSTRAP=1 lets cargo-fuzz use the nightly-only sanitizer flags.
 # * Seeds fuzz/corpus/<target>/ with fuzz/seed.sh (the PROTOCOL.md vectors), then runs each
 #   target with one job, these libFuzzer limits:

@@ -5,7 +5,7 @@
 #   bash packaging/test-deb.sh
 #
 # Needs root and dpkg/apt-get; otherwise prints "skipped: ..." and exits 0. Installs cargo-deb
-# (crates.io) and the systemd package (for systemd-analyze and systemd-sysusers) only if missing.
+# (cargo install) and the systemd package (for systemd-analyze and systemd-sysusers) only if missing.
 # Reuses an up-to-date release build (`cargo build --release`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
