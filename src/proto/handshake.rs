@@ -337,6 +337,9 @@ enum State {
     ConnectorWaitHello,
     ConnectorWaitAuth(Box<HsKeys>),
     ListenerWaitHello,
+    /// A hello that needs a full handshake was read; the costly answer (the RSA signature) is
+    /// made by [`Handshake::make_reply`], wherever the caller chooses to run it.
+    ListenerReplyPending(Box<SharedSecret>),
     ListenerWaitAuth(Box<HsKeys>),
     ListenerWaitResumeFinished(Box<ResKeys>),
     Done(Box<Established>),
@@ -378,6 +381,9 @@ pub struct Handshake {
     transcript: Sha256,
     inbuf: Vec<u8>,
     out: Vec<u8>,
+    /// Leave a listener's full-handshake answer to [`Handshake::make_reply`] instead of making
+    /// it inside [`Handshake::read`] ([`Handshake::defer_replies`]).
+    defer_reply: bool,
 }
 
 /// mac1 = HMAC-SHA256(SHA-256("sealpipe1 mac1" || fingerprint), hello without mac1)[..16].
@@ -543,6 +549,7 @@ impl Handshake {
             transcript,
             inbuf: Vec::new(),
             out,
+            defer_reply: false,
         }
     }
 
@@ -579,7 +586,16 @@ impl Handshake {
             transcript: Sha256::new(),
             inbuf: Vec::new(),
             out: Vec::new(),
+            defer_reply: false,
         }
+    }
+
+    /// A listener whose [`Handshake::read`] of a hello that needs a full handshake stops before
+    /// the answer ([`Handshake::reply_pending`]), for the caller to run [`Handshake::make_reply`]
+    /// where it chooses. Without it, `read` makes the answer itself.
+    pub fn defer_replies(mut self) -> Self {
+        self.defer_reply = true;
+        self
     }
 
     /// This handshake's role.
@@ -639,7 +655,9 @@ impl Handshake {
             State::ListenerWaitHello => Some(&[M::ConnectorHello, M::ResumeHello]),
             State::ListenerWaitAuth(_) => Some(&[M::ConnectorAuth]),
             State::ListenerWaitResumeFinished(_) => Some(&[M::ResumeFinished]),
-            State::Done(_) | State::Finished | State::Failed => None,
+            State::ListenerReplyPending(_) | State::Done(_) | State::Finished | State::Failed => {
+                None
+            }
         }
     }
 
@@ -682,8 +700,18 @@ impl Handshake {
                 Some(MessageType::ListenerHello) => self.connector_on_hello(&msg)?,
                 Some(MessageType::ListenerAuth) => self.connector_on_auth(&mut msg)?,
                 Some(MessageType::ResumeAccept) => self.connector_on_resume_accept(&msg)?,
-                Some(MessageType::ConnectorHello) => self.listener_on_hello(&msg)?,
-                Some(MessageType::ResumeHello) => self.listener_on_resume_hello(&msg)?,
+                Some(MessageType::ConnectorHello) => {
+                    self.listener_on_hello(&msg)?;
+                    if !self.defer_reply {
+                        self.make_reply()?;
+                    }
+                }
+                Some(MessageType::ResumeHello) => {
+                    self.listener_on_resume_hello(&msg)?;
+                    if self.reply_pending() && !self.defer_reply {
+                        self.make_reply()?;
+                    }
+                }
                 Some(MessageType::ConnectorAuth) => self.listener_on_auth(&mut msg)?,
                 Some(MessageType::ResumeFinished) => self.listener_on_resume_finished(&msg)?,
                 None => return Err(HandshakeError::State),
@@ -935,7 +963,29 @@ impl Handshake {
         self.check_hello(&hello)?;
         let shared = x25519_shared(&self.rand.ephemeral, &hello.ephemeral)?;
         self.transcript.update(msg);
-        self.listener_full_reply(&shared)
+        self.state = State::ListenerReplyPending(Box::new(shared));
+        Ok(())
+    }
+
+    /// True when a listener has read a hello that needs a full handshake and waits for
+    /// [`Handshake::make_reply`] to make its answer.
+    pub fn reply_pending(&self) -> bool {
+        matches!(self.state, State::ListenerReplyPending(_))
+    }
+
+    /// Makes a listener's full-handshake answer (ListenerHello and the signed ListenerAuth): the
+    /// one costly step before the connector is authenticated, split out of [`Handshake::read`]
+    /// so that the caller can schedule it (off the async workers, under a budget). An error if
+    /// no answer is pending.
+    pub fn make_reply(&mut self) -> Result<(), HandshakeError> {
+        let result = match std::mem::replace(&mut self.state, State::Failed) {
+            State::ListenerReplyPending(shared) => self.listener_full_reply(&shared),
+            _ => Err(HandshakeError::State),
+        };
+        if result.is_err() {
+            self.state = State::Failed;
+        }
+        result
     }
 
     /// The listener's answer of a full handshake, once the connector's hello is in the
@@ -1045,7 +1095,8 @@ impl Handshake {
                 // Fall back to a full handshake on the same transcript: it authenticates the
                 // resume hello as it would a connector hello.
                 self.ticket_refused = Some(refusal);
-                self.listener_full_reply(&shared)
+                self.state = State::ListenerReplyPending(Box::new(shared));
+                Ok(())
             }
         }
     }

@@ -147,8 +147,9 @@ impl Tunnel for ListenerTunnel {
                 now: Instant::now(),
             };
             Handshake::listener_resuming(self.params.clone(), os_randomness(), resumption)
+                .defer_replies()
         } else {
-            Handshake::listener(self.params.clone(), os_randomness())
+            Handshake::listener(self.params.clone(), os_randomness()).defer_replies()
         };
         // A listener's last handshake message is never pending at the end (it reads last).
         let (est, leftover) =

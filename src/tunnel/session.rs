@@ -103,6 +103,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(Established, Vec<u8>, Vec<u8>), SessionError> {
     if !already_read.is_empty() {
         let used = hs.read(already_read)?;
+        if hs.reply_pending() {
+            hs.make_reply()?;
+        }
         if used != already_read.len() {
             return Err(SessionError::Handshake(
                 crate::proto::handshake::HandshakeError::State,
