@@ -477,9 +477,10 @@ fn replayed_sessions_are_refused_by_both_sides() {
             continue;
         };
         let frames = frames_of(&got);
-        // The listener answers the replayed hello with a fresh flight, and nothing else.
+        // The listener does not answer a replayed hello (its ephemeral key was seen before:
+        // SECURITY.md, "Flooding the listener"); were it answered, only with a fresh flight.
         let fresh = frames.first() != Some(&rec.down[0].bytes);
-        if frames.len() <= 2 && fresh && lab.service.count() == n0 {
+        if (frames.is_empty() || (frames.len() <= 2 && fresh)) && lab.service.count() == n0 {
             lab.detected += 1;
         } else {
             lab.failures.push(format!(
@@ -490,8 +491,6 @@ fn replayed_sessions_are_refused_by_both_sides() {
         }
         lab.clean.as_mut().unwrap().round();
     }
-    let log = lab.listener.wait_log("handshake failed");
-    assert!(log.contains("handshake failed"), "{log}");
     // To the connector: the listener side of the session, in answer to a fresh hello.
     lab.attack(
         "replay to connector",

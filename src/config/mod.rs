@@ -566,7 +566,8 @@ record_size = "64KiB"
             err(&with_identity("\n[defaults]\nrekey_byts = \"1GiB\"\n")),
             "/etc/sealpipe/b.toml:5:1: unknown key `rekey_byts` in [defaults] (expected one of \
              `rekey_bytes`, `rekey_interval`, `handshake_timeout`, `connect_timeout`, \
-             `drain_timeout`, `max_connections`, `max_handshakes`, `source_rate_limit`, `record_size`, \
+             `drain_timeout`, `max_connections`, `max_handshakes`, `source_rate_limit`, \
+             `source_handshake_rate`, `signature_rate`, `record_size`, \
              `resumption`, `resumption_lifetime`, `resumption_uses`, `idle_timeout`)"
         );
         assert_eq!(
@@ -577,8 +578,8 @@ record_size = "64KiB"
              `name`, `listen`, `forward`, `peers`, `peers_file`, `accept_unknown`, `allow_tofu`, \
              `allow_destinations`, `proxy_protocol`, `revoke`, `rekey_bytes`, `rekey_interval`, \
              `handshake_timeout`, `connect_timeout`, `drain_timeout`, `max_connections`, \
-             `max_handshakes`, `source_rate_limit`, `record_size`, `resumption`, \
-             `resumption_lifetime`, `resumption_uses`, `idle_timeout`)"
+             `max_handshakes`, `source_rate_limit`, `source_handshake_rate`, `signature_rate`, \
+             `record_size`, `resumption`, `resumption_lifetime`, `resumption_uses`, `idle_timeout`)"
         );
         assert_eq!(
             err(&format!("tunnel = 1\n{}", with_identity(""))),

@@ -54,6 +54,15 @@ macro_rules! tuning_fields {
             /// New connections accepted per second from one source IP address (0: no limit). Past
             /// it, connections are dropped at accept and a warning is logged once per interval.
             source_rate_limit: u32 = 0, parsed from i64 by source_rate_limit;
+            /// Listener: full handshakes (those that need an RSA signature; resumptions do not
+            /// count) started per second from one source, an IPv4 address or an IPv6 /64, with
+            /// bursts of as many, and at most 16 of its hellos queued for a signature at once
+            /// (0: neither limit). Past it, hellos get no answer.
+            source_handshake_rate: u32 = 100, parsed from i64 by source_handshake_rate;
+            /// Listener: RSA signatures made per second for full handshakes, all sources together,
+            /// with bursts of as many (0: no budget). Hellos wait their turn in a queue that is
+            /// fair between sources; the default keeps a flood of hellos to about half a core.
+            signature_rate: u32 = 700, parsed from i64 by signature_rate;
             /// Largest plaintext per sealed record, from 1 KiB to 64 KiB; a record is only as
             /// large as the data at hand.
             record_size: usize = 64 * 1024, parsed from SizeText by record_size;
@@ -91,7 +100,8 @@ macro_rules! define_tuning {
 
         impl Default for Tuning {
             /// 1 GiB rekey, no rekey interval, 10 s handshake and connect timeouts, 30 s drain,
-            /// 1024 connections, 128 handshakes, 64 KiB records (fewest system calls per byte; a
+            /// 1024 connections, 128 handshakes, 100 full handshakes per second per source, 700
+            /// listener signatures per second, 64 KiB records (fewest system calls per byte; a
             /// record is only as large as the data at hand), resumption on with 1 h and 1000-use
             /// tickets.
             fn default() -> Self {
@@ -205,6 +215,22 @@ fn source_rate_limit(v: &i64) -> Result<u32, String> {
     )
 }
 
+fn source_handshake_rate(v: &i64) -> Result<u32, String> {
+    within(
+        *v,
+        0..=1_000_000,
+        "full handshakes per second per source, 0 (no limit) to 1000000",
+    )
+}
+
+fn signature_rate(v: &i64) -> Result<u32, String> {
+    within(
+        *v,
+        0..=1_000_000,
+        "signatures per second, 0 (no budget) to 1000000",
+    )
+}
+
 fn record_size(v: &SizeText) -> Result<usize, String> {
     let n = size(v)?;
     if !(MIN_RECORD_SIZE as u64..=MAX_RECORD_SIZE as u64).contains(&n) {
@@ -244,6 +270,8 @@ mod tests {
                 max_connections: 1024,
                 max_handshakes: 128,
                 source_rate_limit: 0,
+                source_handshake_rate: 100,
+                signature_rate: 700,
                 record_size: 64 * 1024,
                 resumption: true,
                 resumption_lifetime: Duration::from_secs(3600),

@@ -135,7 +135,7 @@ pub(crate) fn render(tunnels: &[TunnelEntry]) -> String {
     let labels = |t: &TunnelEntry| format!("tunnel=\"{}\",role=\"{}\"", escape(&t.name), t.role);
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     type Get = fn(&TunnelState) -> u64;
-    let simple: [(&str, &str, &str, Get); 8] = [
+    let simple: [(&str, &str, &str, Get); 11] = [
         (
             "sealpipe_connections_open",
             "gauge",
@@ -147,6 +147,24 @@ pub(crate) fn render(tunnels: &[TunnelEntry]) -> String {
             "gauge",
             "Handshakes holding a handshake slot.",
             |s| s.handshakes.current() as u64,
+        ),
+        (
+            "sealpipe_handshakes_awaiting_auth",
+            "gauge",
+            "Listener: connections whose handshake answer is sent, waiting for the connector's last message (no handshake slot held).",
+            |s| s.awaiting_auth.current() as u64,
+        ),
+        (
+            "sealpipe_signing_queued",
+            "gauge",
+            "Listener: hellos waiting for a signature in the signing queue.",
+            |s| s.signing.queued() as u64,
+        ),
+        (
+            "sealpipe_signatures_total",
+            "counter",
+            "Listener: RSA signatures made for full handshakes.",
+            |s| s.counters.signatures.load(Ordering::Relaxed),
         ),
         (
             "sealpipe_connections_total",

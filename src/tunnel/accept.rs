@@ -155,6 +155,9 @@ pub(crate) fn log_refusal(tunnel: &str, role: Role, peer: impl Display, err: &Se
         // Scanners, junk and slow senders before mac1: nothing an operator must act on, and a
         // flood of them must not flood the log (they are counted instead).
         SessionError::Handshake(H::BadMac1 | H::Message(_))
+        | SessionError::Replay
+        | SessionError::SourceLimited
+        | SessionError::Overloaded
         | SessionError::Eof
         | SessionError::Unanswered
         | SessionError::Timeout(_)

@@ -1,7 +1,7 @@
 //! Limits of the accept loop: gauges with a ceiling, per-source token buckets and a log-line
 //! limiter. The clock is a parameter (`now`), so their tests step time instead of sleeping.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -112,9 +112,10 @@ struct Table {
 /// Least time between two prunings of a full table.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// What one bucket counts.
+/// What one bucket counts, and what the signing queue is fair between: an IPv4 address or an
+/// IPv6 /64.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Source {
+pub(crate) enum Source {
     V4(Ipv4Addr),
     /// The first 64 bits of an IPv6 address.
     V6Net([u8; 8]),
@@ -123,7 +124,8 @@ enum Source {
 }
 
 impl Source {
-    fn of(ip: IpAddr) -> Source {
+    /// The source `ip` belongs to.
+    pub(crate) fn of(ip: IpAddr) -> Source {
         match ip.to_canonical() {
             IpAddr::V4(a) => Source::V4(a),
             IpAddr::V6(a) => {
@@ -174,6 +176,232 @@ impl SourceLimiter {
         } else {
             false
         }
+    }
+}
+
+/// A token bucket: `rate` tokens per second, holding at most `burst`. Starts full.
+#[derive(Debug)]
+pub(crate) struct TokenBucket {
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl TokenBucket {
+    /// An empty-history bucket; the first call finds it full.
+    pub(crate) const fn new() -> Self {
+        TokenBucket {
+            tokens: 0.0,
+            last: None,
+        }
+    }
+
+    /// Takes one token at `now` under `rate` per second and `burst` (0 rate: no limit, always
+    /// `Ok`). `Err(wait)`: none left, the next one comes after `wait`.
+    pub(crate) fn take(&mut self, rate: u32, burst: u32, now: Instant) -> Result<(), Duration> {
+        if rate == 0 {
+            return Ok(());
+        }
+        let (rate, burst) = (f64::from(rate), f64::from(burst.max(1)));
+        self.tokens = match self.last {
+            None => burst,
+            Some(t) => {
+                (self.tokens + now.saturating_duration_since(t).as_secs_f64() * rate).min(burst)
+            }
+        };
+        self.last = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
+        }
+    }
+}
+
+/// The hello ephemerals (`e_c`) a listener tunnel has answered or is answering, so that a
+/// captured hello replayed gets no answer (SECURITY.md, "Flooding the listener"). Bounded: past
+/// `capacity` the oldest is forgotten, and so is any older than `max_age`; a replay of a
+/// forgotten one costs the attacker as much as a fresh hello, which is what it must cost.
+#[derive(Debug)]
+pub(crate) struct ReplayCache {
+    capacity: usize,
+    max_age: Duration,
+    inner: Mutex<ReplayInner>,
+}
+
+#[derive(Debug, Default)]
+struct ReplayInner {
+    seen: HashSet<[u8; 32]>,
+    order: VecDeque<([u8; 32], Instant)>,
+}
+
+/// Ephemerals remembered per listener tunnel: 65,536 × about 80 bytes (the set's and the
+/// queue's entries) ≈ 5 MiB at most.
+pub(crate) const REPLAY_CAPACITY: usize = 65_536;
+/// How long an ephemeral is remembered at most.
+pub(crate) const REPLAY_MAX_AGE: Duration = Duration::from_secs(3600);
+
+impl ReplayCache {
+    /// A cache of at most `capacity` ephemerals, each for at most `max_age`.
+    pub(crate) fn new(capacity: usize, max_age: Duration) -> Self {
+        ReplayCache {
+            capacity: capacity.max(1),
+            max_age,
+            inner: Mutex::default(),
+        }
+    }
+
+    /// Records `e` at `now`; false if it was already there (a replay).
+    pub(crate) fn first_sight(&self, e: [u8; 32], now: Instant) -> bool {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let ReplayInner { seen, order } = &mut *inner;
+        while let Some((old, at)) = order.front() {
+            if order.len() < self.capacity && now.saturating_duration_since(*at) < self.max_age {
+                break;
+            }
+            seen.remove(old);
+            order.pop_front();
+        }
+        if !seen.insert(e) {
+            return false;
+        }
+        order.push_back((e, now));
+        true
+    }
+
+    /// Ephemerals remembered now.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .order
+            .len()
+    }
+}
+
+/// A bounded queue that is fair between sources: [`FairQueue::pop`] serves the sources in turn
+/// (round robin, each source's own items in order), and while the queue is full a newcomer
+/// from a source with fewer items pushes out the newest item of the longest queue, so that
+/// however many items one source (or many) sends, every other source keeps a place.
+#[derive(Debug)]
+pub(crate) struct FairQueue<T> {
+    queues: HashMap<Source, VecDeque<T>>,
+    /// Sources with items, in serving order.
+    ring: VecDeque<Source>,
+    len: usize,
+    capacity: usize,
+}
+
+/// What [`FairQueue::push`] did.
+#[derive(Debug)]
+pub(crate) enum Pushed<T> {
+    /// Queued.
+    Queued,
+    /// Queued, pushing out this item of a longer queue.
+    Evicted(T),
+    /// Not queued: the source holds its share already.
+    Refused(T),
+}
+
+impl<T> FairQueue<T> {
+    /// An empty queue of at most `capacity` items.
+    pub(crate) fn new(capacity: usize) -> Self {
+        FairQueue {
+            queues: HashMap::new(),
+            ring: VecDeque::new(),
+            len: 0,
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Items queued.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Queues `item` from `source`, unless that source has `per_source` items already
+    /// (`None`: no per-source cap) or the queue is full of sources no longer than it.
+    pub(crate) fn push(&mut self, source: Source, item: T, per_source: Option<usize>) -> Pushed<T> {
+        let own = self.queues.get(&source).map_or(0, VecDeque::len);
+        if per_source.is_some_and(|cap| own >= cap) {
+            return Pushed::Refused(item);
+        }
+        let mut evicted = None;
+        if self.len >= self.capacity {
+            let longest = self
+                .queues
+                .iter()
+                .max_by_key(|(_, q)| q.len())
+                .map(|(s, q)| (*s, q.len()));
+            match longest {
+                Some((victim, n)) if n > own + 1 => {
+                    evicted = self.remove_newest(victim);
+                }
+                _ => return Pushed::Refused(item),
+            }
+        }
+        let q = self.queues.entry(source).or_default();
+        if q.is_empty() {
+            self.ring.push_back(source);
+        }
+        q.push_back(item);
+        self.len += 1;
+        match evicted {
+            Some(e) => Pushed::Evicted(e),
+            None => Pushed::Queued,
+        }
+    }
+
+    fn remove_newest(&mut self, source: Source) -> Option<T> {
+        let q = self.queues.get_mut(&source)?;
+        let item = q.pop_back()?;
+        self.len -= 1;
+        if q.is_empty() {
+            self.queues.remove(&source);
+            self.ring.retain(|s| *s != source);
+        }
+        Some(item)
+    }
+
+    /// The next item: the oldest of the source whose turn it is.
+    pub(crate) fn pop(&mut self) -> Option<T> {
+        let source = self.ring.pop_front()?;
+        let q = self.queues.get_mut(&source)?;
+        let item = q.pop_front();
+        if q.is_empty() {
+            self.queues.remove(&source);
+        } else {
+            self.ring.push_back(source);
+        }
+        if item.is_some() {
+            self.len -= 1;
+        }
+        item
+    }
+
+    /// Puts `item` (just popped from `source`) back where it was: first in line.
+    pub(crate) fn push_front(&mut self, source: Source, item: T) {
+        let q = self.queues.entry(source).or_default();
+        if !q.is_empty() {
+            self.ring.retain(|s| *s != source);
+        }
+        q.push_front(item);
+        self.ring.push_front(source);
+        self.len += 1;
+    }
+
+    /// Drops every item `keep` refuses (connections given up while queued).
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        let mut len = 0;
+        self.queues.retain(|_, q| {
+            q.retain(&mut keep);
+            len += q.len();
+            !q.is_empty()
+        });
+        let queues = &self.queues;
+        self.ring.retain(|s| queues.contains_key(s));
+        self.len = len;
     }
 }
 
@@ -288,5 +516,66 @@ mod tests {
         drop(a);
         assert_eq!(g.current(), 1);
         assert!(g.try_acquire(2).is_some());
+    }
+
+    #[test]
+    fn token_bucket_gives_a_burst_then_the_rate() {
+        let mut b = TokenBucket::new();
+        let t0 = Instant::now();
+        assert_eq!((0..10).filter(|_| b.take(4, 4, t0).is_ok()).count(), 4);
+        let wait = b.take(4, 4, t0).unwrap_err();
+        assert!(wait <= Duration::from_millis(250) && wait > Duration::ZERO);
+        assert!(b.take(4, 4, t0 + Duration::from_millis(250)).is_ok());
+        assert!((0..100).all(|_| b.take(0, 0, t0).is_ok()), "0: no limit");
+    }
+
+    #[test]
+    fn replay_cache_refuses_a_second_sight_and_stays_bounded() {
+        let c = ReplayCache::new(4, Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert!(c.first_sight([1; 32], t0));
+        assert!(!c.first_sight([1; 32], t0), "a replay");
+        for i in 2..10u8 {
+            assert!(c.first_sight([i; 32], t0));
+        }
+        assert_eq!(c.len(), 4);
+        assert!(c.first_sight([1; 32], t0), "the oldest was forgotten");
+        assert!(!c.first_sight([9; 32], t0));
+        let later = t0 + Duration::from_secs(61);
+        assert!(c.first_sight([9; 32], later), "too old to remember");
+        assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn fair_queue_serves_sources_in_turn_and_a_flood_cannot_take_every_place() {
+        let a = Source::of("192.0.2.1".parse().unwrap());
+        let b = Source::of("192.0.2.2".parse().unwrap());
+        let c = Source::of("2001:db8::1".parse().unwrap());
+        let mut q = FairQueue::new(4);
+        for i in 0..4 {
+            assert!(matches!(q.push(a, ("a", i), None), Pushed::Queued));
+        }
+        // Full of a's: b pushes out a's newest, and so does c.
+        assert!(matches!(
+            q.push(b, ("b", 0), None),
+            Pushed::Evicted(("a", 3))
+        ));
+        assert!(matches!(
+            q.push(c, ("c", 0), None),
+            Pushed::Evicted(("a", 2))
+        ));
+        // Now a and b... b (1 item) cannot push out a (2 items): not longer by two.
+        assert!(matches!(q.push(b, ("b", 1), None), Pushed::Refused(_)));
+        assert!(matches!(q.push(a, ("a", 9), None), Pushed::Refused(_)));
+        assert_eq!(q.len(), 4);
+        // In turn: a, b, c, then a again.
+        let order: Vec<_> = std::iter::from_fn(|| q.pop()).collect();
+        assert_eq!(order, [("a", 0), ("b", 0), ("c", 0), ("a", 1)]);
+        // A per-source cap.
+        assert!(matches!(q.push(a, ("a", 0), Some(1)), Pushed::Queued));
+        assert!(matches!(q.push(a, ("a", 1), Some(1)), Pushed::Refused(_)));
+        q.retain(|_| false);
+        assert_eq!(q.len(), 0);
+        assert!(q.pop().is_none());
     }
 }

@@ -22,8 +22,10 @@ use crate::proto::messages::{check_first_header, MAX_FIRST_MESSAGE_LEN, MSG_HEAD
 use crate::proto::stream::{proxy_v2_header, StreamInfo};
 use crate::tunnel::accept::{log_refusal, os_randomness};
 use crate::tunnel::carry::carry;
+use crate::tunnel::limits::Source;
 use crate::tunnel::net::{connect_local, reset_on_close, Conn, Peer};
 use crate::tunnel::session::{self, Records, SessionError};
+use crate::tunnel::signing::{self, NotSigned};
 use crate::tunnel::state::{count_resumption, ticket_policy, TunnelState};
 use crate::tunnel::stream_info::read_stream_info;
 use crate::tunnel::Tunnel;
@@ -44,6 +46,125 @@ pub struct ListenerTunnel {
     pub params: ListenerParams,
     /// Timeouts and limits.
     pub tuning: Tuning,
+}
+
+impl ListenerTunnel {
+    /// From a hello with a valid mac1 to an established session (SECURITY.md, "Flooding the
+    /// listener"): a replayed hello is refused before any work; a resumption with a valid
+    /// ticket is answered inline; a full handshake waits for its signed answer in the signing
+    /// queue, fair between sources and under `signature_rate`, holding no handshake slot. A
+    /// handshake slot (`max_handshakes`) is held only while a hello is worked on here and its
+    /// answer written; then the connection waits for the connector's last message under the
+    /// `awaiting_auth` gauge (at most `max_connections`).
+    async fn admit(
+        &self,
+        sealed: &mut tokio::net::TcpStream,
+        peer: &Peer,
+        hello: &[u8],
+        state: &Arc<TunnelState>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(crate::proto::handshake::Established, Vec<u8>), SessionError> {
+        let timeout = self.tuning.handshake_timeout;
+        let source = peer.ip().map(Source::of);
+        // A captured hello sent again: no answer, whatever its ticket or source.
+        if let Some(e_c) = hello_ephemeral(hello) {
+            if !state.replays.first_sight(e_c, Instant::now()) {
+                return Err(SessionError::Replay);
+            }
+        }
+        let Some(slot) = state.handshake_slot(&self.tuning, deadline).await else {
+            return Err(SessionError::Timeout(timeout));
+        };
+        let mut hs = if self.tuning.resumption {
+            let resumption = Resumption {
+                store: state.tickets.clone(),
+                policy: ticket_policy(&self.tuning),
+                now: Instant::now(),
+            };
+            Handshake::listener_resuming(self.params.clone(), os_randomness(), resumption)
+                .defer_replies()
+        } else {
+            Handshake::listener(self.params.clone(), os_randomness()).defer_replies()
+        };
+        if hs.read(hello)? != hello.len() {
+            return Err(SessionError::Handshake(HandshakeError::State));
+        }
+        let slot = if hs.reply_pending() {
+            // A full handshake: its answer costs a signature. No slot while it waits.
+            drop(slot);
+            if let Some(ip) = peer.ip() {
+                let rate = self.tuning.source_handshake_rate;
+                if !state.handshake_sources.allow(ip, rate, Instant::now()) {
+                    self.log_overload(state, "source_handshake_rate", Some(ip));
+                    return Err(SessionError::SourceLimited);
+                }
+            }
+            // Unix peers do not come here (the sealed side is TCP); one source for all of them.
+            let source = source.unwrap_or(Source::Overflow);
+            let signed =
+                tokio::time::timeout_at(deadline, signing::sign(state, source, hs, &self.tuning))
+                    .await;
+            hs = match signed {
+                Err(_) => return Err(SessionError::Timeout(timeout)),
+                Ok(Ok(hs)) => hs,
+                Ok(Err(NotSigned::Failed(e))) => return Err(e.into()),
+                Ok(Err(NotSigned::Overloaded)) => {
+                    self.log_overload(state, "signing queue", None);
+                    return Err(SessionError::Overloaded);
+                }
+            };
+            let Some(slot) = state.handshake_slot(&self.tuning, deadline).await else {
+                return Err(SessionError::Timeout(timeout));
+            };
+            slot
+        } else {
+            slot
+        };
+        session::send_output(sealed, &mut hs, deadline, timeout).await?;
+        drop(slot);
+        // Our flight is out: what is left costs one verification, when the connector answers.
+        let Some(_waiting) = state.awaiting_auth.try_acquire(self.tuning.max_connections) else {
+            return Err(SessionError::Overloaded);
+        };
+        // A listener's last handshake message is never pending at the end (it reads last).
+        match session::handshake(sealed, hs, &[], deadline, timeout).await? {
+            (est, leftover, unsent) if unsent.is_empty() => Ok((est, leftover)),
+            _ => Err(SessionError::Handshake(HandshakeError::State)),
+        }
+    }
+
+    /// Warns, at most once per interval, that hellos go unanswered for `why`.
+    fn log_overload(&self, state: &TunnelState, why: &str, source: Option<std::net::IpAddr>) {
+        if let Some(held_back) = state.overload_log.check(Instant::now()) {
+            let c = &state.counters;
+            tracing::warn!(tunnel = %self.name, role = %Role::Listener,
+                source = %OptIp(source), limit = why, held_back,
+                signatures = c.signatures.load(Ordering::Relaxed),
+                signature_rate = self.tuning.signature_rate,
+                source_handshake_rate = self.tuning.source_handshake_rate,
+                "hellos not answered: {why} reached (a flood of hellos, or a load past the limits)");
+        }
+    }
+}
+
+/// The `e_c` of a ConnectorHello or ResumeHello: after the header, version, options and
+/// random. `None` for anything shorter.
+// TODO(integrator): use proto::messages::hello_ephemeral
+fn hello_ephemeral(hello: &[u8]) -> Option<[u8; 32]> {
+    let at = MSG_HEADER_LEN + 2 + 32;
+    hello.get(at..at + 32)?.try_into().ok()
+}
+
+/// An optional IP address for logs: `-` for none.
+struct OptIp(Option<std::net::IpAddr>);
+
+impl std::fmt::Display for OptIp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(a) => write!(f, "{a}"),
+            None => write!(f, "-"),
+        }
+    }
 }
 
 impl Tunnel for ListenerTunnel {
@@ -136,29 +257,13 @@ impl Tunnel for ListenerTunnel {
                 return refused(e.into());
             }
         };
-        // The costly part (X25519, an RSA signature and a verification) under the cap.
-        let Some(handshake) = state.handshake_slot(&self.tuning, deadline).await else {
-            return refused(SessionError::Timeout(timeout));
+        let (est, leftover) = match self
+            .admit(&mut sealed, &peer, hello, &state, deadline)
+            .await
+        {
+            Ok(x) => x,
+            Err(e) => return refused(e),
         };
-        let hs = if self.tuning.resumption {
-            let resumption = Resumption {
-                store: state.tickets.clone(),
-                policy: ticket_policy(&self.tuning),
-                now: Instant::now(),
-            };
-            Handshake::listener_resuming(self.params.clone(), os_randomness(), resumption)
-                .defer_replies()
-        } else {
-            Handshake::listener(self.params.clone(), os_randomness()).defer_replies()
-        };
-        // A listener's last handshake message is never pending at the end (it reads last).
-        let (est, leftover) =
-            match session::handshake(&mut sealed, hs, hello, deadline, timeout).await {
-                Ok((est, leftover, unsent)) if unsent.is_empty() => (est, leftover),
-                Ok(_) => return refused(SessionError::Handshake(HandshakeError::State)),
-                Err(e) => return refused(e),
-            };
-        drop(handshake);
         state.handshake_ok(started.elapsed());
         count_resumption(&state, &est);
         let (resumed, ticket_refused) = (est.resumed, est.ticket_refused);

@@ -9,6 +9,8 @@
 //! * [`accept`] — the [`Tunnel`] trait and the accept loop both roles share.
 //! * [`listener`] / [`connector`] — what each role does with one accepted socket.
 //! * [`session`] — drives the sans-IO handshake over a socket under a deadline.
+//! * [`signing`] — the listener's signed answers, off the async workers, fair between sources
+//!   and under a budget.
 //! * [`stream_info`] — the StreamInfo record sent and read first, and redirect's original
 //!   destination.
 //! * [`carry`] — an established session through the pump, and its close line.
@@ -25,6 +27,7 @@ pub(crate) mod listener;
 pub(crate) mod net;
 pub(crate) mod pump;
 pub(crate) mod session;
+pub(crate) mod signing;
 pub(crate) mod state;
 pub(crate) mod stream_info;
 

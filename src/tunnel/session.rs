@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::proto::handshake::{Established, Handshake, HandshakeError};
+use crate::proto::handshake::{Established, Handshake, HandshakeError, Role};
 use crate::proto::identity::Fingerprint;
 use crate::proto::messages::MAX_MESSAGE_LEN;
 use crate::proto::record::{Opener, Sealer};
@@ -62,6 +62,18 @@ pub enum SessionError {
     /// The protocol refused the peer.
     #[error("{0}")]
     Handshake(#[from] HandshakeError),
+    /// Listener: a hello whose ephemeral key was seen before (a captured hello sent again); not
+    /// answered.
+    #[error("replayed hello (its ephemeral key was seen before), not answered")]
+    Replay,
+    /// Listener: a hello from a source past `source_handshake_rate` full handshakes per second;
+    /// not answered.
+    #[error("source over its full-handshake rate (source_handshake_rate), hello not answered")]
+    SourceLimited,
+    /// Listener: a hello that found no place in the signing queue (or was pushed out of it by
+    /// hellos of less busy sources); not answered.
+    #[error("too many hellos waiting for a signature, hello not answered")]
+    Overloaded,
 }
 
 impl SessionError {
@@ -73,6 +85,9 @@ impl SessionError {
             SessionError::Eof | SessionError::Unanswered => "eof",
             SessionError::Io(_) | SessionError::Connect { .. } => "io",
             SessionError::Handshake(h) => h.reason(),
+            SessionError::Replay => "replay",
+            SessionError::SourceLimited => "source_limit",
+            SessionError::Overloaded => "overloaded",
         }
     }
 }
@@ -96,6 +111,23 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Writes what `hs` has to send now (a listener's answer) within `deadline`.
+pub(crate) async fn send_output<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    hs: &mut Handshake,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<(), SessionError> {
+    let out = hs.take_output();
+    if out.is_empty() {
+        return Ok(());
+    }
+    match tokio::time::timeout_at(deadline, stream.write_all(&out)).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(SessionError::Timeout(timeout)),
+    }
+}
+
 async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     mut hs: Handshake,
@@ -103,19 +135,17 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(Established, Vec<u8>, Vec<u8>), SessionError> {
     if !already_read.is_empty() {
         let used = hs.read(already_read)?;
-        if hs.reply_pending() {
-            hs.make_reply()?;
-        }
-        if used != already_read.len() {
-            return Err(SessionError::Handshake(
-                crate::proto::handshake::HandshakeError::State,
-            ));
+        // A listener's deferred answer is made by its caller (the signing threads); none is
+        // made here.
+        if hs.reply_pending() || used != already_read.len() {
+            return Err(SessionError::Handshake(HandshakeError::State));
         }
     }
     // Never more than one handshake message is buffered: the state machine reads exactly up to
     // the end of each message, and bounds each by its header.
     let mut buf = vec![0u8; MAX_MESSAGE_LEN];
-    let mut answered = !already_read.is_empty();
+    // A listener has read the hello before it gets here.
+    let mut answered = !already_read.is_empty() || hs.role() == Role::Listener;
     loop {
         let out = hs.take_output();
         if !out.is_empty() {

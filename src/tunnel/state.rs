@@ -12,9 +12,12 @@ use crate::config::Tuning;
 use crate::proto::handshake::Established;
 use crate::proto::identity::Fingerprint;
 use crate::proto::resume::{ConnectorTickets, TicketPolicy, TicketStore};
-use crate::tunnel::limits::{Gauge, LogLimiter, Slot, SourceLimiter};
+use crate::tunnel::limits::{
+    Gauge, LogLimiter, ReplayCache, Slot, SourceLimiter, REPLAY_CAPACITY, REPLAY_MAX_AGE,
+};
 use crate::tunnel::pump::{PumpStats, Traffic};
 use crate::tunnel::session::SessionError;
+use crate::tunnel::signing::SigningPool;
 
 /// Upper bounds of the handshake duration histogram, in seconds (0.1 ms to 10 s).
 pub(crate) const HANDSHAKE_BUCKETS: [f64; 16] = [
@@ -68,6 +71,8 @@ pub struct Counters {
     /// Resumption tickets offered (connector) or presented (listener) but refused, so that a
     /// full handshake ran instead.
     pub resumption_fallbacks: AtomicU64,
+    /// Listener: RSA signatures made for full handshakes (answers made by the signing threads).
+    pub signatures: AtomicU64,
 }
 
 /// What the accept loop and the connections of one tunnel share.
@@ -77,6 +82,15 @@ pub struct TunnelState {
     pub handshakes: Arc<Gauge>,
     /// Connections open (handshaking or established).
     pub connections: Arc<Gauge>,
+    /// Listener: connections whose handshake answer is sent and that wait for the connector's
+    /// ConnectorAuth or ResumeFinished (holding no handshake slot; at most `max_connections`).
+    pub awaiting_auth: Arc<Gauge>,
+    /// Listener: hello ephemerals seen, so that a replayed hello gets no answer.
+    pub(crate) replays: ReplayCache,
+    /// Listener: hellos waiting for a signature, the signature budget and the signing threads.
+    pub(crate) signing: SigningPool,
+    /// Listener: full handshakes per source (`source_handshake_rate`).
+    pub handshake_sources: SourceLimiter,
     /// Counters.
     pub counters: Counters,
     /// New connections per source address.
@@ -96,6 +110,7 @@ pub struct TunnelState {
     pub(crate) limit_log: LogLimiter,
     pub(crate) rate_log: LogLimiter,
     pub(crate) mac1_log: LogLimiter,
+    pub(crate) overload_log: LogLimiter,
 }
 
 impl TunnelState {
@@ -133,6 +148,10 @@ impl Default for TunnelState {
         TunnelState {
             handshakes: Arc::default(),
             connections: Arc::default(),
+            awaiting_auth: Arc::default(),
+            replays: ReplayCache::new(REPLAY_CAPACITY, REPLAY_MAX_AGE),
+            signing: SigningPool::default(),
+            handshake_sources: SourceLimiter::default(),
             counters: Counters::default(),
             sources: SourceLimiter::default(),
             traffic: Arc::default(),
@@ -144,6 +163,7 @@ impl Default for TunnelState {
             limit_log: LogLimiter::new(Duration::from_secs(10)),
             rate_log: LogLimiter::new(Duration::from_secs(10)),
             mac1_log: LogLimiter::new(Duration::from_secs(10)),
+            overload_log: LogLimiter::new(Duration::from_secs(10)),
         }
     }
 }

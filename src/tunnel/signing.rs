@@ -1,0 +1,179 @@
+//! The listener's full-handshake answers (ListenerHello and the signed ListenerAuth, made by
+//! [`Handshake::make_reply`]) off the async workers: a few blocking threads take them from a
+//! queue that is fair between sources ([`FairQueue`]), under a global signature budget
+//! (`signature_rate`, a [`TokenBucket`]). Resumptions never come here (their answer is made
+//! inline, cheaply), so they never wait behind a flood of hellos. SECURITY.md, "Flooding the
+//! listener", has the reasoning and the defaults.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::config::Tuning;
+use crate::proto::handshake::{Handshake, HandshakeError};
+use crate::tunnel::limits::{FairQueue, Pushed, Source, TokenBucket};
+use crate::tunnel::state::TunnelState;
+
+/// Hellos waiting for a signature per listener tunnel, all sources together. Each holds its
+/// handshake state (a few KiB) and its socket; while the queue is full a hello from a source
+/// with fewer queued pushes out the newest hello of the source with most.
+pub(crate) const SIGNING_QUEUE: usize = 1024;
+/// Hellos one source may have waiting at once (with `source_handshake_rate` on).
+pub(crate) const PER_SOURCE_QUEUE: usize = 16;
+/// Longest a signing thread sleeps at once while the budget is empty.
+const MAX_NAP: Duration = Duration::from_millis(50);
+
+/// Threads that make signatures per listener tunnel: half the cores, at least one.
+pub(crate) fn signing_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+/// Why a hello got no signed answer.
+#[derive(Debug)]
+pub(crate) enum NotSigned {
+    /// No place in the queue, or pushed out of it by hellos of less busy sources.
+    Overloaded,
+    /// The answer could not be made (the handshake is dead).
+    Failed(HandshakeError),
+}
+
+type Done = oneshot::Sender<Result<Handshake, HandshakeError>>;
+
+/// One hello waiting for its answer.
+struct Job {
+    source: Source,
+    hs: Handshake,
+    done: Done,
+}
+
+/// The queue, the budget and the threads of one listener tunnel (in its [`TunnelState`]).
+#[derive(Debug)]
+pub(crate) struct SigningPool {
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    queue: FairQueue<Job>,
+    budget: TokenBucket,
+    /// `signature_rate` of the latest hello queued (a reload may change it).
+    rate: u32,
+    /// Signing threads running now.
+    running: usize,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("queued", &self.queue.len())
+            .field("rate", &self.rate)
+            .field("running", &self.running)
+            .finish()
+    }
+}
+
+impl Default for SigningPool {
+    fn default() -> Self {
+        SigningPool {
+            inner: Mutex::new(Inner {
+                queue: FairQueue::new(SIGNING_QUEUE),
+                budget: TokenBucket::new(),
+                rate: 0,
+                running: 0,
+            }),
+        }
+    }
+}
+
+impl SigningPool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hellos waiting for a signature now.
+    pub(crate) fn queued(&self) -> usize {
+        self.lock().queue.len()
+    }
+}
+
+/// Queues `hs` (a listener handshake whose reply is pending, from `source`) for its answer and
+/// waits for it. The caller bounds the wait (`handshake_timeout`); a hello given up is skipped
+/// by the threads without a signature.
+pub(crate) async fn sign(
+    state: &Arc<TunnelState>,
+    source: Source,
+    hs: Handshake,
+    tuning: &Tuning,
+) -> Result<Handshake, NotSigned> {
+    let (done, answer) = oneshot::channel();
+    let per_source = (tuning.source_handshake_rate > 0).then_some(PER_SOURCE_QUEUE);
+    let spawn = {
+        let mut inner = state.signing.lock();
+        inner.rate = tuning.signature_rate;
+        let job = Job { source, hs, done };
+        let pushed = match inner.queue.push(source, job, per_source) {
+            Pushed::Refused(job) => {
+                // Connections given up while queued may hold the places: drop them and retry.
+                inner.queue.retain(|j| !j.done.is_closed());
+                inner.queue.push(source, job, per_source)
+            }
+            p => p,
+        };
+        match pushed {
+            Pushed::Refused(_) => return Err(NotSigned::Overloaded),
+            // The pushed-out hello's waiter sees its sender dropped: `Overloaded`.
+            Pushed::Evicted(_) | Pushed::Queued => {}
+        }
+        let spawn = inner.running < signing_threads();
+        if spawn {
+            inner.running += 1;
+        }
+        spawn
+    };
+    if spawn {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || drain(&state));
+    }
+    match answer.await {
+        Ok(Ok(hs)) => Ok(hs),
+        Ok(Err(e)) => Err(NotSigned::Failed(e)),
+        Err(_) => Err(NotSigned::Overloaded),
+    }
+}
+
+/// A signing thread: answers queued hellos in turn while the budget allows, sleeping while it
+/// is empty; returns once the queue is empty.
+fn drain(state: &TunnelState) {
+    loop {
+        let job = {
+            let mut inner = state.signing.lock();
+            loop {
+                let Some(job) = inner.queue.pop() else {
+                    inner.running -= 1;
+                    return;
+                };
+                if job.done.is_closed() {
+                    continue;
+                }
+                let rate = inner.rate;
+                match inner.budget.take(rate, rate, Instant::now()) {
+                    Ok(()) => break Some(job),
+                    Err(wait) => {
+                        // Put it back at its source's turn: it is served first after the nap.
+                        inner.queue.push_front(job.source, job);
+                        drop(inner);
+                        std::thread::sleep(wait.min(MAX_NAP));
+                        break None;
+                    }
+                }
+            }
+        };
+        let Some(Job { mut hs, done, .. }) = job else {
+            continue;
+        };
+        state.counters.signatures.fetch_add(1, Ordering::Relaxed);
+        let result = hs.make_reply().map(|()| hs);
+        let _ = done.send(result);
+    }
+}
