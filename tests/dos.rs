@@ -146,3 +146,218 @@ async fn futures_join_all<F: std::future::Future<Output = bool> + Send + 'static
     }
     out
 }
+
+// ---------------------------------------------------------------------------------------------
+// Floods of hellos with a valid mac1 against real daemons (SECURITY.md, "Flooding the
+// listener"): one captured hello replayed, or fresh hellos (they need only the listener's
+// public key fingerprint), from one source or from 256 (the flood clients bind to 127.0.1.1
+// and up before they connect). Meanwhile a connector with a ticket and one
+// without (`resumption = false`) still get through, bytes hashed end to end, and the listener's
+// signatures stay within its budget.
+
+/// The budget the flooded listener runs with: small, so that the bound means something.
+const FLOOD_SIGNATURE_RATE: u64 = 100;
+/// Legitimate round trips per connector during a flood.
+const LEGIT_ROUNDS: usize = 3;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Flood {
+    /// One captured hello, sent again and again.
+    Replay,
+    /// A new hello every time.
+    Fresh,
+}
+
+#[test]
+fn a_replayed_hello_from_one_source_costs_one_signature_and_locks_nobody_out() {
+    flood_case(Flood::Replay, 1);
+}
+
+#[test]
+fn a_replayed_hello_from_256_sources_costs_one_signature_and_locks_nobody_out() {
+    flood_case(Flood::Replay, 256);
+}
+
+#[test]
+fn fresh_hellos_from_one_source_stay_within_the_budget_and_lock_nobody_out() {
+    flood_case(Flood::Fresh, 1);
+}
+
+#[test]
+fn fresh_hellos_from_256_sources_stay_within_the_budget_and_lock_nobody_out() {
+    flood_case(Flood::Fresh, 256);
+}
+
+/// The listener's `sealpipe_signatures_total`.
+fn signatures(metrics: std::net::SocketAddr) -> u64 {
+    let text = support::daemon::scrape(metrics);
+    support::daemon::value(
+        &text,
+        &support::daemon::series("sealpipe_signatures_total", "listener", ""),
+    )
+    .unwrap_or_else(|| panic!("no sealpipe_signatures_total in\n{text}"))
+}
+
+fn resumptions(metrics: std::net::SocketAddr) -> u64 {
+    let text = support::daemon::scrape(metrics);
+    support::daemon::value(
+        &text,
+        &support::daemon::series("sealpipe_resumptions_total", "listener", ""),
+    )
+    .unwrap_or(0)
+}
+
+/// Sends `seed`'s 64 KiB through the connector entry `entry` and checks the echo by hash;
+/// retried (a new connection) until `deadline`. Returns the attempts it took.
+async fn echo_through(
+    entry: std::net::SocketAddr,
+    seed: u64,
+    deadline: std::time::Instant,
+) -> usize {
+    use sha2::{Digest, Sha256};
+    let data = pseudo_random(seed, 64 * 1024);
+    let want: [u8; 32] = Sha256::digest(&data).into();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let once = async {
+            let mut s = TcpStream::connect(entry).await?;
+            let (mut r, mut w) = s.split();
+            let send = async {
+                w.write_all(&data).await?;
+                w.shutdown().await
+            };
+            let mut back = Vec::new();
+            let (sent, got) = tokio::join!(send, r.read_to_end(&mut back));
+            sent?;
+            got?;
+            Ok::<_, std::io::Error>(<[u8; 32]>::from(Sha256::digest(&back)))
+        };
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match tokio::time::timeout(left, once).await {
+            Ok(Ok(h)) if h == want => return attempts,
+            Ok(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            _ => panic!("no echo through {entry} within the deadline ({attempts} attempts)"),
+        }
+    }
+}
+
+fn flood_case(kind: Flood, sources: u32) {
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    use std::time::Instant;
+    use support::daemon::*;
+
+    raise_nofile(16384);
+    let service = Service::start(Behaviour::Echo);
+    let site = Site::new();
+    let extra = format!(
+        "signature_rate = {FLOOD_SIGNATURE_RATE}\nhandshake_timeout = \"5s\"\nmax_connections = 4096"
+    );
+    let listener = site.start(
+        "listener.toml",
+        &(listener_for(service.addr, &extra) + METRICS),
+    );
+    let metrics = metrics_addr(&listener);
+    let sealed = listener.addr();
+    let with_ticket = site.start("a.toml", &connector_for(sealed, ""));
+    let without = site.start("b.toml", &connector_for(sealed, "resumption = false"));
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let generous = || Instant::now() + Duration::from_secs(60);
+        // The connector with a ticket gets it before the flood.
+        echo_through(with_ticket.addr(), 1, generous()).await;
+        let before = signatures(metrics);
+        let resumed_before = resumptions(metrics);
+
+        let connector = Arc::new(connector_key());
+        let params = connector_params(connector.clone(), listener_fp());
+        let captured = Arc::new(Handshake::connector(params.clone(), det_randomness("captured")).take_output());
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let answered = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let mut flooders = Vec::new();
+        for worker in 0..64u64 {
+            let (stop, sent, answered) = (stop.clone(), sent.clone(), answered.clone());
+            let (params, captured) = (params.clone(), captured.clone());
+            flooders.push(tokio::spawn(async move {
+                let mut i = worker;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 64;
+                    let hello = match kind {
+                        Flood::Replay => captured.as_ref().clone(),
+                        Flood::Fresh => Handshake::connector(
+                            params.clone(),
+                            det_randomness(&format!("flood {i}")),
+                        )
+                        .take_output(),
+                    };
+                    // 127.0.1.1 onwards (the 256th is 127.0.2.0).
+                    let n = (i % u64::from(sources)) as u32;
+                    let from = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(127, 0, 1, 1)) + n);
+                    let Ok(socket) = tokio::net::TcpSocket::new_v4() else { continue };
+                    if socket.bind((from, 0).into()).is_err() {
+                        continue;
+                    }
+                    let Ok(mut s) = socket.connect(sealed).await else { continue };
+                    if s.write_all(&hello).await.is_err() {
+                        continue;
+                    }
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    // Hold the connection a little (an answer, if any, is read); then go.
+                    let mut buf = [0u8; 4096];
+                    if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+                        if n > 0 {
+                            answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }));
+        }
+        // Let the flood build up, then the legitimate connections, one after the other.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut attempts = Vec::new();
+        for round in 0..LEGIT_ROUNDS {
+            attempts.push(echo_through(with_ticket.addr(), 10 + round as u64, generous()).await);
+            attempts.push(echo_through(without.addr(), 20 + round as u64, generous()).await);
+        }
+        let signed = signatures(metrics) - before;
+        let elapsed = started.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        for f in flooders {
+            let _ = f.await;
+        }
+        let resumed = resumptions(metrics) - resumed_before;
+        let legit_attempts: usize = attempts.iter().sum();
+        eprintln!(
+            "{kind:?} flood from {sources} source(s): {} hellos sent in {elapsed:.1?}, {} answered; {signed} signatures; legitimate attempts {attempts:?}; {resumed} resumptions",
+            sent.load(Ordering::Relaxed),
+            answered.load(Ordering::Relaxed)
+        );
+        assert!(sent.load(Ordering::Relaxed) > 100, "the flood did not run");
+        assert!(resumed >= LEGIT_ROUNDS as u64, "the connector with a ticket resumed");
+        // Every legitimate attempt may have needed a signature (the one without a ticket's
+        // always do).
+        let legit = legit_attempts as u64;
+        let allowed = match kind {
+            // The captured hello is answered once; its replays never.
+            Flood::Replay => 1 + legit,
+            Flood::Fresh => {
+                FLOOD_SIGNATURE_RATE * (elapsed.as_millis() as u64 + 999) / 1000
+                    + FLOOD_SIGNATURE_RATE
+                    + legit
+            }
+        };
+        assert!(
+            signed <= allowed,
+            "{signed} signatures in {elapsed:?}, more than the {allowed} the budget allows"
+        );
+    });
+}
