@@ -27,6 +27,7 @@
 //! which entry point); `loads` the bench target, the loads and the references; `report` the
 //! report (the `--json` output), its table and the progress bars.
 
+mod flood;
 mod loads;
 mod report;
 
@@ -63,6 +64,8 @@ pub enum Phase {
     Rate,
     /// Resident memory per idle established connection.
     Idle,
+    /// A listener under floods of hellos (only when asked for: `--only flood`).
+    Flood,
 }
 
 /// `sealpipe bench` options.
@@ -191,6 +194,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         eprintln!("bench target listening on {}", l.local_addr()?);
         serve_target(l).await;
         return Ok(());
+    }
+    if args.only.contains(&Phase::Flood) {
+        flood::run(args.json).await?;
+        if args.only.iter().all(|p| *p == Phase::Flood) {
+            return Ok(());
+        }
     }
     let report = measure(&args).await?;
     for w in report.warnings() {

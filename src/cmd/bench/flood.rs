@@ -1,0 +1,371 @@
+//! `sealpipe bench --only flood`: what a flood of hellos with a valid mac1 does to a listener
+//! with the default limits (SECURITY.md, "Flooding the listener").
+//!
+//! In this process: an echo target, a listener with default tuning, a connector that holds a
+//! ticket and one without (`resumption = false`). Each flood (one captured hello replayed, or
+//! fresh hellos; from 1 source or from 256, the flood clients binding to 127.0.1.1 and up) runs
+//! at [`FLOOD_RATE`] connections per second for [`FLOOD_SECONDS`], each flood connection held
+//! open up to [`HOLD`]. Meanwhile: connect-to-first-echo of each connector, sequentially
+//! (p50/p99), the throughput of a bulk echo stream established before the flood (as a ratio of
+//! the same stream without a flood), and the listener's signatures per second. A first round
+//! without a flood is the reference. The flood clients run in this process too, so every
+//! figure includes their cost: the listener is not flooded any harder than it would be from
+//! elsewhere, but it shares the cores.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::addr::Address;
+use crate::cmd::pair::{echo_service, identities, loopback, spawn_tunnel};
+use crate::config::{ConnectorMode, ProxyProtocol, Revoke, Tuning};
+use crate::proto::handshake::{ConnectorParams, Handshake, ListenerParams};
+use crate::proto::identity::{PrivateIdentity, Signer, TrustList};
+use crate::tunnel::accept::os_randomness;
+use crate::tunnel::connector::ConnectorTunnel;
+use crate::tunnel::listener::ListenerTunnel;
+use crate::tunnel::state::TunnelState;
+
+/// New flood connections per second.
+pub(crate) const FLOOD_RATE: u64 = 2000;
+/// How long each flood (and the reference round) runs.
+pub(crate) const FLOOD_SECONDS: u64 = 4;
+/// Longest a flood connection stays open (waiting for an answer, or for the listener to close).
+const HOLD: Duration = Duration::from_secs(1);
+
+/// One round's figures.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct FloodRound {
+    /// `none`, `replay` or `fresh`.
+    pub flood: &'static str,
+    /// Flood sources (0 for none).
+    pub sources: u32,
+    /// Flood connections opened, per second.
+    pub flood_per_second: f64,
+    /// Connect-to-first-echo of the connector with a ticket, p50 and p99, ms.
+    pub resumed_p50_ms: f64,
+    pub resumed_p99_ms: f64,
+    /// The same for the connector without one (`resumption = false`).
+    pub full_p50_ms: f64,
+    pub full_p99_ms: f64,
+    /// Connections of either connector that failed (no echo).
+    pub failed: u64,
+    /// Bulk echo stream, MiB/s, and as a ratio of the reference round.
+    pub bulk_mib_s: f64,
+    pub bulk_ratio: f64,
+    /// Listener signatures per second.
+    pub signatures_per_second: f64,
+}
+
+/// Runs every round and prints the table (or, with `json`, one JSON array).
+pub(crate) async fn run(json: bool) -> anyhow::Result<()> {
+    let rounds = measure().await?;
+    if json {
+        println!("{}", serde_json::to_string(&rounds)?);
+        return Ok(());
+    }
+    println!(
+        "flood ({FLOOD_RATE} conn/s, {FLOOD_SECONDS} s each; default listener tuning: signature_rate {}, source_handshake_rate {})",
+        Tuning::default().signature_rate,
+        Tuning::default().source_handshake_rate
+    );
+    println!(
+        "{:<8} {:>7} {:>9} {:>22} {:>22} {:>6} {:>15} {:>8}",
+        "flood",
+        "sources",
+        "conn/s",
+        "ticket p50/p99 ms",
+        "no ticket p50/p99 ms",
+        "failed",
+        "bulk MiB/s",
+        "sigs/s"
+    );
+    for r in &rounds {
+        println!(
+            "{:<8} {:>7} {:>9.0} {:>22} {:>22} {:>6} {:>15} {:>8.0}",
+            r.flood,
+            r.sources,
+            r.flood_per_second,
+            format!("{:.2} / {:.2}", r.resumed_p50_ms, r.resumed_p99_ms),
+            format!("{:.2} / {:.2}", r.full_p50_ms, r.full_p99_ms),
+            r.failed,
+            format!("{:.0} ({:.2}×)", r.bulk_mib_s, r.bulk_ratio),
+            r.signatures_per_second
+        );
+    }
+    Ok(())
+}
+
+struct Setup {
+    listener: Arc<TunnelState>,
+    sealed: SocketAddr,
+    with_ticket: SocketAddr,
+    without: SocketAddr,
+    flood_params: ConnectorParams,
+}
+
+async fn setup(tracker: &TaskTracker, stop: &CancellationToken) -> anyhow::Result<Setup> {
+    let (l_id, c_id) = identities(super::BENCH_BITS).await?;
+    let (target, target_addr) = loopback().await?;
+    tokio::spawn(echo_service(target));
+    let tuning = Tuning {
+        max_connections: 16 * 1024,
+        ..Tuning::default()
+    };
+    let mut trust = TrustList::new();
+    trust.insert(c_id.fingerprint(), Some("bench connector".into()));
+    let (sealed_l, sealed) = loopback().await?;
+    let listener = spawn_tunnel(
+        sealed_l,
+        ListenerTunnel {
+            name: "flood".into(),
+            forward: Some(Address::Ip(target_addr)),
+            allow_destinations: Vec::new(),
+            proxy_protocol: ProxyProtocol::Off,
+            revoke: Revoke::Cut,
+            params: ListenerParams {
+                identity: l_id.clone() as Arc<dyn Signer>,
+                next_identity: None,
+                trust: Arc::new(trust),
+                psk: None,
+                accept_unknown: false,
+                allow_tofu: false,
+            },
+            tuning: tuning.clone(),
+        },
+        tracker,
+        stop,
+    );
+    let connector = |resumption: bool| ConnectorTunnel {
+        name: "flood".into(),
+        connect: Address::Ip(sealed),
+        params: connector_params(&c_id, &l_id),
+        fallback_pins: Vec::new(),
+        socket: Default::default(),
+        tofu: None,
+        mode: ConnectorMode::Forward,
+        tuning: Tuning {
+            resumption,
+            ..tuning.clone()
+        },
+    };
+    let (a, with_ticket) = loopback().await?;
+    spawn_tunnel(a, connector(true), tracker, stop);
+    let (b, without) = loopback().await?;
+    spawn_tunnel(b, connector(false), tracker, stop);
+    Ok(Setup {
+        listener,
+        sealed,
+        with_ticket,
+        without,
+        flood_params: connector_params(&c_id, &l_id),
+    })
+}
+
+fn connector_params(c_id: &Arc<PrivateIdentity>, l_id: &Arc<PrivateIdentity>) -> ConnectorParams {
+    ConnectorParams {
+        identity: c_id.clone() as Arc<dyn Signer>,
+        listener: l_id.fingerprint().into(),
+        psk: None,
+    }
+}
+
+async fn measure() -> anyhow::Result<Vec<FloodRound>> {
+    super::loads::raise_nofile();
+    let tracker = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let s = setup(&tracker, &stop).await?;
+    // The connector with a ticket gets one; the bulk stream is established.
+    first_echo(s.with_ticket).await?;
+    let bulk = Bulk::start(s.with_ticket).await?;
+    let mut rounds = Vec::new();
+    let mut reference = None;
+    for (flood, sources) in [
+        (None, 0),
+        (Some(false), 1),
+        (Some(false), 256),
+        (Some(true), 1),
+        (Some(true), 256),
+    ] {
+        let mut r = round(&s, &bulk, flood, sources).await;
+        let base = *reference.get_or_insert(r.bulk_mib_s);
+        r.bulk_ratio = if base > 0.0 { r.bulk_mib_s / base } else { 0.0 };
+        eprintln!("sealpipe bench: flood {} from {sources}: done", r.flood);
+        rounds.push(r);
+        // Let the held flood connections go before the next round.
+        tokio::time::sleep(HOLD + Duration::from_millis(500)).await;
+    }
+    stop.cancel();
+    Ok(rounds)
+}
+
+/// One round: `flood` `None` (reference), `Some(fresh)`.
+async fn round(s: &Setup, bulk: &Bulk, flood: Option<bool>, sources: u32) -> FloodRound {
+    let period = Duration::from_secs(FLOOD_SECONDS);
+    let done = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicU64::new(0));
+    let flooder = flood.map(|fresh| {
+        let (done, opened) = (done.clone(), opened.clone());
+        let params = s.flood_params.clone();
+        let sealed = s.sealed;
+        tokio::spawn(run_flood(sealed, params, fresh, sources, done, opened))
+    });
+    let sigs0 = s.listener.counters.signatures.load(Ordering::Relaxed);
+    let bytes0 = bulk.received.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let until = started + period;
+    let (ticket, full) = tokio::join!(latencies(s.with_ticket, until), latencies(s.without, until));
+    let elapsed = started.elapsed().as_secs_f64();
+    let bytes = bulk.received.load(Ordering::Relaxed) - bytes0;
+    let sigs = s.listener.counters.signatures.load(Ordering::Relaxed) - sigs0;
+    done.store(true, Ordering::Relaxed);
+    if let Some(f) = flooder {
+        let _ = f.await;
+    }
+    let (ticket, t_failed) = ticket;
+    let (full, f_failed) = full;
+    FloodRound {
+        flood: match flood {
+            None => "none",
+            Some(false) => "replay",
+            Some(true) => "fresh",
+        },
+        sources,
+        flood_per_second: opened.load(Ordering::Relaxed) as f64 / elapsed,
+        resumed_p50_ms: percentile(&ticket, 0.50),
+        resumed_p99_ms: percentile(&ticket, 0.99),
+        full_p50_ms: percentile(&full, 0.50),
+        full_p99_ms: percentile(&full, 0.99),
+        failed: t_failed + f_failed,
+        bulk_mib_s: bytes as f64 / elapsed / (1024.0 * 1024.0),
+        bulk_ratio: 1.0,
+        signatures_per_second: sigs as f64 / elapsed,
+    }
+}
+
+fn percentile(sorted_ms: &[f64], q: f64) -> f64 {
+    if sorted_ms.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted_ms.len() as f64 - 1.0) * q).round() as usize;
+    sorted_ms[i.min(sorted_ms.len() - 1)]
+}
+
+/// Sequential connect-to-first-echo through `entry` until `until`: sorted times in ms, and
+/// how many failed.
+async fn latencies(entry: SocketAddr, until: Instant) -> (Vec<f64>, u64) {
+    let mut times = Vec::new();
+    let mut failed = 0;
+    while Instant::now() < until {
+        let t = Instant::now();
+        match tokio::time::timeout(Duration::from_secs(15), first_echo(entry)).await {
+            Ok(Ok(())) => times.push(t.elapsed().as_secs_f64() * 1000.0),
+            _ => failed += 1,
+        }
+        // A modest pace: this measures latency, not rate.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    times.sort_by(f64::total_cmp);
+    (times, failed)
+}
+
+/// Connect, one byte, its echo back.
+async fn first_echo(entry: SocketAddr) -> anyhow::Result<()> {
+    let mut s = TcpStream::connect(entry).await?;
+    s.set_nodelay(true)?;
+    s.write_all(b"e").await?;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await?;
+    anyhow::ensure!(&b == b"e", "wrong echo");
+    Ok(())
+}
+
+/// The flood: `FLOOD_RATE` connections per second from `sources` addresses, each sending one
+/// hello (the same captured one, or a fresh one) and held up to [`HOLD`].
+async fn run_flood(
+    sealed: SocketAddr,
+    params: ConnectorParams,
+    fresh: bool,
+    sources: u32,
+    done: Arc<AtomicBool>,
+    opened: Arc<AtomicU64>,
+) {
+    let captured = Arc::new(Handshake::connector(params.clone(), os_randomness()).take_output());
+    let tick = Duration::from_millis(10);
+    let per_tick = FLOOD_RATE / 100;
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut n: u32 = 0;
+    while !done.load(Ordering::Relaxed) {
+        interval.tick().await;
+        for _ in 0..per_tick {
+            n = n.wrapping_add(1);
+            let from = Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 1, 1)) + n % sources);
+            let hello = if fresh {
+                Arc::new(Handshake::connector(params.clone(), os_randomness()).take_output())
+            } else {
+                captured.clone()
+            };
+            let opened = opened.clone();
+            tokio::spawn(async move {
+                let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
+                    return;
+                };
+                if socket.bind((from, 0).into()).is_err() {
+                    return;
+                }
+                let Ok(mut s) = socket.connect(sealed).await else {
+                    return;
+                };
+                opened.fetch_add(1, Ordering::Relaxed);
+                if s.write_all(&hello).await.is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                let _ = tokio::time::timeout(HOLD, async {
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            });
+        }
+    }
+}
+
+/// A bulk echo stream through the tunnel: a writer sending as fast as it can and a reader
+/// counting what comes back.
+struct Bulk {
+    received: Arc<AtomicU64>,
+}
+
+impl Bulk {
+    async fn start(entry: SocketAddr) -> anyhow::Result<Bulk> {
+        let s = TcpStream::connect(entry).await?;
+        let (mut r, mut w) = s.into_split();
+        let received = Arc::new(AtomicU64::new(0));
+        tokio::spawn(async move {
+            let chunk = vec![0x5a; 64 * 1024];
+            while w.write_all(&chunk).await.is_ok() {}
+        });
+        let counted = received.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = r.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                counted.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        });
+        Ok(Bulk { received })
+    }
+}
