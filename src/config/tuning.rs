@@ -48,8 +48,9 @@ macro_rules! tuning_fields {
             /// Most connections per tunnel at once (handshaking or established); past it new ones
             /// are dropped.
             max_connections: usize = 1024, parsed from i64 by count;
-            /// Most handshakes in progress at once per tunnel; more wait their turn (within
-            /// `handshake_timeout`).
+            /// Most handshakes worked on at once per tunnel; more wait their turn (within
+            /// `handshake_timeout`). A listener's hello holds one only while it is read and
+            /// answered, not while it waits for a signature or for the connector's answer.
             max_handshakes: usize = 128, parsed from i64 by count;
             /// New connections accepted per second from one source IP address (0: no limit). Past
             /// it, connections are dropped at accept and a warning is logged once per interval.

@@ -232,6 +232,10 @@ pub(crate) async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
     tuning.max_connections = tuning
         .max_connections
         .max(args.idle + args.concurrency + args.streams + 64);
+    // The connection-rate loads measure what a full handshake costs, not the flood limits
+    // (SECURITY.md, "Flooding the listener"; `--only flood` measures those).
+    tuning.signature_rate = 0;
+    tuning.source_handshake_rate = 0;
     let mut stops = Vec::new();
     let mut signer = None;
     let mut in_process_target = None;
