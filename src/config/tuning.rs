@@ -57,9 +57,9 @@ macro_rules! tuning_fields {
             source_rate_limit: u32 = 0, parsed from i64 by source_rate_limit;
             /// Listener: full handshakes (those that need an RSA signature; resumptions do not
             /// count) started per second from one source, an IPv4 address or an IPv6 /64, with
-            /// bursts of as many, and at most 16 of its hellos queued for a signature at once
+            /// bursts of as many, and at most 128 of its hellos queued for a signature at once
             /// (0: neither limit). Past it, hellos get no answer.
-            source_handshake_rate: u32 = 100, parsed from i64 by source_handshake_rate;
+            source_handshake_rate: u32 = 256, parsed from i64 by source_handshake_rate;
             /// Listener: RSA signatures made per second for full handshakes, all sources together,
             /// with bursts of as many (0: no budget). Hellos wait their turn in a queue that is
             /// fair between sources; the default keeps a flood of hellos to about half a core.
@@ -101,7 +101,7 @@ macro_rules! define_tuning {
 
         impl Default for Tuning {
             /// 1 GiB rekey, no rekey interval, 10 s handshake and connect timeouts, 30 s drain,
-            /// 1024 connections, 128 handshakes, 100 full handshakes per second per source, 700
+            /// 1024 connections, 128 handshakes, 256 full handshakes per second per source, 700
             /// listener signatures per second, 64 KiB records (fewest system calls per byte; a
             /// record is only as large as the data at hand), resumption on with 1 h and 1000-use
             /// tickets.
@@ -271,7 +271,7 @@ mod tests {
                 max_connections: 1024,
                 max_handshakes: 128,
                 source_rate_limit: 0,
-                source_handshake_rate: 100,
+                source_handshake_rate: 256,
                 signature_rate: 700,
                 record_size: 64 * 1024,
                 resumption: true,

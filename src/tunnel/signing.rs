@@ -20,8 +20,11 @@ use crate::tunnel::state::TunnelState;
 /// handshake state (a few KiB) and its socket; while the queue is full a hello from a source
 /// with fewer queued pushes out the newest hello of the source with most.
 pub(crate) const SIGNING_QUEUE: usize = 1024;
-/// Hellos one source may have waiting at once (with `source_handshake_rate` on).
-pub(crate) const PER_SOURCE_QUEUE: usize = 16;
+/// Hellos one source may have waiting at once (with `source_handshake_rate` on): a connector's
+/// default `max_handshakes`, so that a connector starting cold with many clients at once is
+/// never refused by it. Fairness does not rest on it: while the queue is full, the longest
+/// source queue gives way to the others.
+pub(crate) const PER_SOURCE_QUEUE: usize = 128;
 /// Longest a signing thread sleeps at once while the budget is empty.
 const MAX_NAP: Duration = Duration::from_millis(50);
 
