@@ -5,13 +5,21 @@
 # connection-rate / time-to-first-echo load (sequential and concurrent) of `sealpipe bench
 # --target`, and the memory (PSS) per idle established connection. Loopback only; every
 # process is started here and stopped by its own pid; the temp dir is removed at exit.
+# With --rtt D (e.g. 20ms), a WAN relay (`sealpipe bench --relay`, bench/README.md) of that
+# round-trip time sits between each tunnel's two ends (raw: between the client and the target)
+# and only the connection-rate and small-exchange loads run.
 # See bench/README.md. Not part of CI (minutes long).
 #
 # Usage: bench/compare.sh [--duration S] [--repeats N] [--streams "1 4 16"]
-#                         [--connections N] [--concurrency N] [--idle N]
+#                         [--connections N] [--concurrency N] [--idle N] [--exchanges N]
+#                         [--rtt D]
 #                         [--tunnels "raw socat stunnel-aes stunnel-chacha ssh-aes ssh-chacha spiped sealpipe sealpipe-full"]
 # (sealpipe-full: sealpipe with `resumption = false`, every connection a full RSA handshake;
-#  only its connection-rate load is run)
+#  sealpipe-nopool: its connector with `pool_min = 0`, `pool_max = 0` (no warm sessions);
+#  sealpipe-noreuse: its connector with `session_reuse = false`; for these three only the
+#  connection-rate and small-exchange loads run, and the last two are skipped by a sealpipe
+#  whose `check` refuses those keys. Default with --rtt: raw stunnel-chacha ssh-chacha sealpipe
+#  sealpipe-full sealpipe-nopool sealpipe-noreuse)
 #                         [--port-base P] [--out DIR] [--no-install] [--no-build]
 set -euo pipefail
 
@@ -21,7 +29,9 @@ STREAMS="1 4 16"
 CONNECTIONS=500
 CONCURRENCY=50
 IDLE=1000
-TUNNELS="raw socat stunnel-aes stunnel-chacha ssh-aes ssh-chacha spiped sealpipe sealpipe-full"
+EXCHANGES=5000
+RTT=""
+TUNNELS=""
 PORT_BASE=29100
 OUT=""
 INSTALL=1
@@ -35,24 +45,36 @@ while [ $# -gt 0 ]; do
         --connections) CONNECTIONS=$2; shift 2 ;;
         --concurrency) CONCURRENCY=$2; shift 2 ;;
         --idle) IDLE=$2; shift 2 ;;
+        --exchanges) EXCHANGES=$2; shift 2 ;;
+        --rtt) RTT=$2; shift 2 ;;
         --tunnels) TUNNELS=$2; shift 2 ;;
         --port-base) PORT_BASE=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --no-install) INSTALL=0; shift ;;
         --no-build) BUILD=0; shift ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 
+if [ -z "$TUNNELS" ]; then
+    if [ -n "$RTT" ]; then
+        TUNNELS="raw stunnel-chacha ssh-chacha sealpipe sealpipe-full sealpipe-nopool sealpipe-noreuse"
+    else
+        TUNNELS="raw socat stunnel-aes stunnel-chacha ssh-aes ssh-chacha spiped sealpipe sealpipe-full"
+    fi
+fi
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 log() { echo "compare.sh: $*" >&2; }
 
 # --- peers from Debian packages -------------------------------------------------------------
 need_install=()
-for pair in stunnel4:stunnel4 spiped:spiped sshd:openssh-server ssh:openssh-client \
-            socat:socat iperf3:iperf3 python3:python3 openssl:openssl; do
-    cmd=${pair%%:*}; pkg=${pair#*:}
+for pair in stunnel4:stunnel4:stunnel spiped:spiped:spiped sshd:openssh-server:ssh \
+            ssh:openssh-client:ssh socat:socat:socat iperf3:iperf3: python3:python3: \
+            openssl:openssl:stunnel; do
+    cmd=${pair%%:*}; rest=${pair#*:}; pkg=${rest%%:*}; for_tunnel=${rest#*:}
+    # Only what the tunnels asked for need be there.
+    if [ -n "$for_tunnel" ] && [ "${TUNNELS#*"$for_tunnel"}" = "$TUNNELS" ]; then continue; fi
     if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ]; then
         need_install+=("$pkg")
     fi
@@ -150,6 +172,17 @@ pss() {
     echo "$total"
 }
 
+# via PORT: sets VIA to the port a tunnel's client end connects to for the echo path: PORT
+# itself, or with --rtt a WAN relay in front of it (stopped at teardown).
+RELAY_PIDS=""
+via() {
+    if [ -z "$RTT" ]; then VIA=$1; return; fi
+    port; VIA=$PORT
+    start "relay-$VIA" "$SEALPIPE" bench --relay "127.0.0.1:$VIA" --relay-to "127.0.0.1:$1" --rtt "$RTT"
+    RELAY_PIDS="$RELAY_PIDS $LAST_PID"
+    wait_port "$VIA"
+}
+
 RESULTS=$TMP/results.tsv
 : >"$RESULTS"
 record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RESULTS"; }
@@ -163,7 +196,8 @@ wait_port "$IPERF_PORT"; wait_port "$ECHO_PORT"
 
 # --- the tunnels: each sets ENTRY_IPERF, ENTRY_ECHO and TUNNEL_PIDS (both ends) ---------------
 setup_raw() {
-    ENTRY_IPERF=$IPERF_PORT; ENTRY_ECHO=$ECHO_PORT; TUNNEL_PIDS=""
+    via "$ECHO_PORT"
+    ENTRY_IPERF=$IPERF_PORT; ENTRY_ECHO=$VIA; TUNNEL_PIDS=""
 }
 
 setup_socat() {
@@ -188,6 +222,7 @@ setup_stunnel() {
     stunnel_cert
     port; ENTRY_IPERF=$PORT; port; ENTRY_ECHO=$PORT
     local s_iperf s_echo; port; s_iperf=$PORT; port; s_echo=$PORT
+    via "$s_echo"; local s_echo_via=$VIA
     local common="foreground = yes
 pid =
 debug = 4
@@ -217,7 +252,7 @@ accept = 127.0.0.1:$ENTRY_IPERF
 connect = 127.0.0.1:$s_iperf
 [echo]
 accept = 127.0.0.1:$ENTRY_ECHO
-connect = 127.0.0.1:$s_echo
+connect = 127.0.0.1:$s_echo_via
 EOF
     start "$name-server" stunnel4 "$TMP/$name-server.conf"
     local a=$LAST_PID
@@ -237,7 +272,8 @@ setup_spiped() {
     pids="$pids $LAST_PID"
     start spiped-d-echo spiped -d -F -n "$n" -s "[127.0.0.1]:$s_echo" -t "[127.0.0.1]:$ECHO_PORT" -k "$TMP/spiped.key"
     pids="$pids $LAST_PID"
-    start spiped-e-echo spiped -e -F -n "$n" -s "[127.0.0.1]:$ENTRY_ECHO" -t "[127.0.0.1]:$s_echo" -k "$TMP/spiped.key"
+    via "$s_echo"
+    start spiped-e-echo spiped -e -F -n "$n" -s "[127.0.0.1]:$ENTRY_ECHO" -t "[127.0.0.1]:$VIA" -k "$TMP/spiped.key"
     TUNNEL_PIDS="$pids $LAST_PID"
     wait_port "$ENTRY_IPERF"; wait_port "$ENTRY_ECHO"
 }
@@ -277,7 +313,9 @@ setup_ssh() {
     local name=$1 cipher=$2
     start_sshd
     port; ENTRY_IPERF=$PORT; port; ENTRY_ECHO=$PORT
-    start "$name" ssh -N -F /dev/null -c "$cipher" -i "$TMP/ssh_user_key" -p "$SSHD_PORT" \
+    # With --rtt the whole ssh session (both forwards) crosses the relay.
+    via "$SSHD_PORT"
+    start "$name" ssh -N -F /dev/null -c "$cipher" -i "$TMP/ssh_user_key" -p "$VIA" \
         -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
         -o ExitOnForwardFailure=yes -o LogLevel=ERROR \
         -L "127.0.0.1:$ENTRY_IPERF:127.0.0.1:$IPERF_PORT" \
@@ -289,14 +327,37 @@ setup_ssh() {
 }
 
 SEALPIPE_KEYS_DONE=0
-setup_sealpipe() {
+sealpipe_keys() {
     if [ "$SEALPIPE_KEYS_DONE" = 0 ]; then
         L_FP=$("$SEALPIPE" keygen --bits 2048 --out "$TMP/listener.pem" | tail -n 1)
         C_FP=$("$SEALPIPE" keygen --bits 2048 --out "$TMP/connector.pem" | tail -n 1)
         SEALPIPE_KEYS_DONE=1
     fi
+}
+# sealpipe_accepts LINES: whether this sealpipe's `check` takes LINES in a [[connector]]
+# (keys a later sealpipe has and an earlier one refuses).
+sealpipe_accepts() {
+    sealpipe_keys
+    cat >"$TMP/probe.toml" <<EOF
+[identity]
+private_key = "$TMP/connector.pem"
+
+[[connector]]
+name = "probe"
+listen = "127.0.0.1:1"
+connect = "127.0.0.1:1"
+peer = "$L_FP"
+$1
+EOF
+    "$SEALPIPE" check --no-bind --config "$TMP/probe.toml" >/dev/null 2>&1
+}
+# SEALPIPE_EXTRA_DEFAULTS: lines for both configs' [defaults]; SEALPIPE_EXTRA_CONNECTOR: lines
+# for the connectors' [[connector]] sections.
+setup_sealpipe() {
+    sealpipe_keys
     port; ENTRY_IPERF=$PORT; port; ENTRY_ECHO=$PORT
     local s_iperf s_echo; port; s_iperf=$PORT; port; s_echo=$PORT
+    via "$s_echo"
     local defaults="max_connections = $((IDLE + CONCURRENCY + 1000))
 drain_timeout = \"1s\"
 ${SEALPIPE_EXTRA_DEFAULTS:-}"
@@ -331,12 +392,14 @@ name = "iperf"
 listen = "127.0.0.1:$ENTRY_IPERF"
 connect = "127.0.0.1:$s_iperf"
 peer = "$L_FP"
+${SEALPIPE_EXTRA_CONNECTOR:-}
 
 [[connector]]
 name = "echo"
 listen = "127.0.0.1:$ENTRY_ECHO"
-connect = "127.0.0.1:$s_echo"
+connect = "127.0.0.1:$VIA"
 peer = "$L_FP"
+${SEALPIPE_EXTRA_CONNECTOR:-}
 EOF
     "$SEALPIPE" check --config "$TMP/listener.toml" >/dev/null
     "$SEALPIPE" check --config "$TMP/connector.toml" >/dev/null
@@ -349,11 +412,12 @@ EOF
 
 teardown() {
     local p
-    for p in $TUNNEL_PIDS; do
+    for p in $TUNNEL_PIDS $RELAY_PIDS; do
         [ "$p" = "$SSHD_PID" ] && continue
         kill "$p" 2>/dev/null || true
         wait "$p" 2>/dev/null || true
     done
+    RELAY_PIDS=""
 }
 
 # --- the loads -------------------------------------------------------------------------------
@@ -380,8 +444,9 @@ EOF
 
 rate_run() {
     local name=$1 json
-    "$SEALPIPE" bench --target "127.0.0.1:$ENTRY_ECHO" --only rate --json \
-        --connections "$CONNECTIONS" --concurrency "$CONCURRENCY" >"$TMP/rate.json" || {
+    "$SEALPIPE" bench --target "127.0.0.1:$ENTRY_ECHO" --only rate,small --json \
+        --connections "$CONNECTIONS" --concurrency "$CONCURRENCY" --exchanges "$EXCHANGES" \
+        >"$TMP/rate.json" || {
         log "$name: connection-rate load failed"; return 1; }
     python3 - "$name" "$RESULTS" "$TMP/rate.json" <<'EOF'
 import json, sys
@@ -394,6 +459,8 @@ with open(out, "a") as f:
         f.write(f"{name}\tp50_{tag}\t{x['ttfb_p50_ms']}\n")
         f.write(f"{name}\tp99_{tag}\t{x['ttfb_p99_ms']}\n")
         f.write(f"{name}\tfail_{tag}\t{x['failures']}\n")
+    for x in r.get("small", []):
+        f.write(f"{name}\txps_{x['size']}\t{x['per_second']}\n")
 EOF
 }
 
@@ -441,11 +508,25 @@ for t in $TUNNELS; do
         sealpipe-full)
             SEALPIPE_EXTRA_DEFAULTS="resumption = false
 ${SEALPIPE_EXTRA_DEFAULTS:-}" setup_sealpipe ;;
+        sealpipe-nopool|sealpipe-noreuse)
+            if [ "$t" = sealpipe-nopool ]; then
+                extra="pool_min = 0
+pool_max = 0"
+            else
+                extra="session_reuse = false"
+            fi
+            if ! sealpipe_accepts "$extra"; then
+                log "$t: skipped: this sealpipe's check refuses $(echo "$extra" | cut -d' ' -f1 | xargs)"
+                continue
+            fi
+            SEALPIPE_EXTRA_CONNECTOR="$extra
+${SEALPIPE_EXTRA_CONNECTOR:-}" setup_sealpipe ;;
         *) log "unknown tunnel $t"; exit 2 ;;
     esac
-    if [ "$t" = sealpipe-full ]; then
-        # Only the handshake differs from `sealpipe`: only the connection-rate load.
-        log "$t: connection rate"
+    if [ -n "$RTT" ] || [ "${t#sealpipe-}" != "$t" ]; then
+        # Across the WAN, and for the sealpipe variants (only the handshake and the session
+        # handling differ from `sealpipe`): only the connection-rate and small-exchange loads.
+        log "$t: connection rate, small exchanges"
         rate_run "$t"
         teardown
         continue
@@ -453,7 +534,7 @@ ${SEALPIPE_EXTRA_DEFAULTS:-}" setup_sealpipe ;;
     # Idle memory first, while the tunnel processes have not yet grown buffers for bulk data.
     log "$t: idle connections"
     idle_run "$t"
-    log "$t: connection rate"
+    log "$t: connection rate, small exchanges"
     rate_run "$t"
     log "$t: throughput"
     for n in $STREAMS; do
@@ -463,13 +544,13 @@ ${SEALPIPE_EXTRA_DEFAULTS:-}" setup_sealpipe ;;
 done
 
 echo "compare.sh, $(date -u '+%Y-%m-%d %H:%M UTC'): $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), Linux $(uname -r)"
-echo "sealpipe $("$SEALPIPE" --version | cut -d' ' -f2-) at $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo '?'); iperf3 ${DURATION}s x $REPEATS (median); $CONNECTIONS connections per rate load; load average before: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "$(stunnel4 -version 2>&1 | grep -m1 '^stunnel'); $(ssh -V 2>&1); $(spiped -v 2>&1 | head -n1); $(socat -V | sed -n 2p | cut -d' ' -f1-3); $(iperf3 --version | head -n1 | cut -d' ' -f1-2)"
+echo "sealpipe $("$SEALPIPE" --version | cut -d' ' -f2-) at $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo '?'); iperf3 ${DURATION}s x $REPEATS (median); $CONNECTIONS connections per rate load; $EXCHANGES exchanges per small load; ${RTT:+WAN relay RTT $RTT between the tunnel ends;} load average before: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "$(stunnel4 -version 2>&1 | grep -m1 '^stunnel'); $(ssh -V 2>&1); $(command -v spiped >/dev/null && spiped -v 2>&1 | head -n1); $(socat -V | sed -n 2p | cut -d' ' -f1-3); $(iperf3 --version | head -n1 | cut -d' ' -f1-2)"
 echo
-python3 - "$RESULTS" "$STREAMS" "$CONCURRENCY" "$IDLE" <<'EOF'
+python3 - "$RESULTS" "$STREAMS" "$CONCURRENCY" "$IDLE" "$RTT" <<'EOF'
 import statistics, sys
 from collections import defaultdict
-path, streams, conc, idle = sys.argv[1], sys.argv[2].split(), sys.argv[3], sys.argv[4]
+path, streams, conc, idle, rtt = sys.argv[1], sys.argv[2].split(), sys.argv[3], sys.argv[4], sys.argv[5]
 vals = defaultdict(lambda: defaultdict(list))
 order = []
 for line in open(path):
@@ -482,18 +563,25 @@ def med(name, key):
     return statistics.median(v) if v else None
 def f(x, d=2):
     return "–" if x is None else f"{x:,.{d}f}"
-cols = [("gbps_" + s, f"{s} stream{'s' if s != '1' else ''} Gb/s", 2) for s in streams]
-cols += [("cpu_" + s, f"CPU s/GB {s}", 2) for s in streams]
+cols = []
+if not rtt:
+    cols += [("gbps_" + s, f"{s} stream{'s' if s != '1' else ''} Gb/s", 2) for s in streams]
+    cols += [("cpu_" + s, f"CPU s/GB {s}", 2) for s in streams]
 cols += [("cps_seq", "conns/s seq", 0), ("p50_seq", "p50 ms", 2), ("p99_seq", "p99 ms", 2),
          (f"cps_conc", f"conns/s {conc} conc", 0), ("p50_conc", "p50 ms", 2), ("p99_conc", "p99 ms", 2),
-         ("idle_kib", f"KiB/idle conn ({idle})", 1)]
+         ("xps_1", "1 B exch/s", 0), ("xps_100", "100 B exch/s", 0)]
+if not rtt:
+    cols += [("idle_kib", f"KiB/idle conn ({idle})", 1)]
+else:
+    print(f"WAN relay, RTT {rtt}, between each tunnel's two ends (raw: client and target)")
+    print()
 print("| tunnel | " + " | ".join(c[1] for c in cols) + " |")
 print("|---|" + "---|" * len(cols))
 for n in order:
     print(f"| {n} | " + " | ".join(f(med(n, k), d) for k, _, d in cols) + " |")
 if "sealpipe" in order:
     print()
-    print("sealpipe's ratio to each (throughput and conns/s: higher is better for sealpipe; "
+    print("sealpipe's ratio to each (throughput, conns/s and exch/s: higher is better for sealpipe; "
           "CPU, p50 and memory: lower is better for sealpipe)")
     print()
     rcols = [c for c in cols if not c[0].startswith("p99")]

@@ -129,6 +129,8 @@ fn in_process_bench_reports_every_figure_as_json() {
         "5",
         "--record-size",
         "32KiB",
+        "--exchanges",
+        "100",
     ]);
     assert_eq!(v["mode"], "in-process");
     assert_eq!(v["record_size"].as_u64(), Some(32 * 1024));
@@ -144,6 +146,7 @@ fn in_process_bench_reports_every_figure_as_json() {
     num(&v, &["rsa_sign_ms"]);
     assert_eq!(v["idle"]["connections"].as_u64(), Some(5));
     num(&v, &["idle", "kib_per_connection"]);
+    check_small(&v, 100);
     // A run this small means little, and says so: too few connections whatever the time, and
     // throughput under 1 s (as 3 MiB on loopback takes, unless the machine is very slow).
     if num(&v, &["throughput", "seconds"]) < 1.0 {
@@ -282,4 +285,102 @@ fn config_mode_runs_the_named_connector_against_a_real_listener() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no [[connector]] named \"nope\""), "{err}");
     assert!(err.contains("connectors: test"), "{err}");
+}
+
+#[test]
+fn across_a_wan_relay_the_rate_and_small_loads_run_against_raw_tcp_through_it() {
+    let (v, _) = bench_json_stderr(&[
+        "--rtt",
+        "20ms",
+        "--connections",
+        "3",
+        "--concurrency",
+        "2",
+        "--exchanges",
+        "5",
+    ]);
+    assert_eq!(v["mode"], "in-process");
+    assert_eq!(v["rtt_ms"].as_f64(), Some(20.0), "{v}");
+    assert!(v["entry"].as_str().unwrap().contains("WAN relay"), "{v}");
+    check_rate(&v, 3);
+    // Across a WAN only the loads a round trip changes run, unless --only asks.
+    assert!(v["throughput"].is_null() && v["idle"].is_null(), "{v}");
+    check_small(&v, 5);
+    // Connect to first echo over raw TCP through the relay costs two round trips at least.
+    assert!(
+        num(&v, &["raw_tcp_rate_sequential", "ttfb_p50_ms"]) >= 40.0,
+        "{v}"
+    );
+}
+
+#[test]
+fn small_exchanges_run_over_one_connection_against_raw_tcp() {
+    let (v, stderr) = bench_json_stderr(&["--only", "small", "--exchanges", "200"]);
+    assert!(v["rate_sequential"].is_null(), "{v}");
+    check_small(&v, 200);
+    assert_warned(&v, &stderr, "1-byte exchanges");
+}
+
+fn check_small(v: &Value, exchanges: u64) {
+    let small = v["small"].as_array().unwrap_or_else(|| panic!("{v}"));
+    let sizes: Vec<_> = small.iter().map(|x| x["size"].as_u64()).collect();
+    assert_eq!(sizes, [Some(1), Some(100)], "{v}");
+    for x in small {
+        assert_eq!(x["exchanges"].as_u64(), Some(exchanges), "{v}");
+        for f in [
+            "seconds",
+            "per_second",
+            "raw_tcp_seconds",
+            "raw_tcp_per_second",
+            "ratio_to_raw_tcp",
+        ] {
+            num(x, &[f]);
+        }
+    }
+}
+
+#[test]
+fn the_relay_runs_alone_in_front_of_a_target() {
+    let (_target, addr) = target();
+    let mut child = sealpipe()
+        .args([
+            "bench",
+            "--relay",
+            "127.0.0.1:0",
+            "--relay-to",
+            &addr,
+            "--rtt",
+            "10ms",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the relay");
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().expect("stderr"))
+        .read_line(&mut line)
+        .expect("read the relay's first line");
+    let _relay = KillOnDrop(child);
+    let relay = line
+        .trim()
+        .strip_prefix("bench relay listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    let v = bench_json(&[
+        "--target",
+        &relay,
+        "--bytes",
+        "300000",
+        "--connections",
+        "3",
+        "--concurrency",
+        "1",
+        "--exchanges",
+        "3",
+        "--only",
+        "throughput,rate,small",
+    ]);
+    check_throughput(&v, 300_000, 1);
+    check_rates(&v, 3, &["rate_sequential"]);
+    check_small(&v, 3);
+    assert!(num(&v, &["rate_sequential", "ttfb_p50_ms"]) >= 20.0, "{v}");
 }

@@ -94,7 +94,27 @@ pub async fn spawn_pair(
     tracker: &TaskTracker,
     stop: &CancellationToken,
 ) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+    spawn_pair_via(name, target, l_id, c_id, tuning, None, tracker, stop).await
+}
+
+/// [`spawn_pair`], with the connector connecting through a WAN relay of round-trip time `rtt`
+/// (`sealpipe bench --rtt`) in front of the listener when given.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn spawn_pair_via(
+    name: &str,
+    target: SocketAddr,
+    l_id: Arc<PrivateIdentity>,
+    c_id: Arc<PrivateIdentity>,
+    tuning: Tuning,
+    rtt: Option<std::time::Duration>,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) -> anyhow::Result<(SocketAddr, SocketAddr)> {
     let (sealed, sealed_addr) = loopback().await?;
+    let connect_addr = match rtt {
+        Some(rtt) => super::bench::wan::spawn_relay(sealed_addr, rtt, stop).await?,
+        None => sealed_addr,
+    };
     let (plain, plain_addr) = loopback().await?;
     let mut trust = TrustList::new();
     trust.insert(c_id.fingerprint(), Some(format!("{name} connector")));
@@ -123,7 +143,7 @@ pub async fn spawn_pair(
         plain,
         ConnectorTunnel {
             name: name.into(),
-            connect: Address::Ip(sealed_addr),
+            connect: Address::Ip(connect_addr),
             params: ConnectorParams {
                 identity: c_id as Arc<dyn Signer>,
                 listener: l_id.fingerprint().into(),

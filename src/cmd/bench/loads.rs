@@ -265,6 +265,44 @@ pub(crate) async fn rate(
     }
 }
 
+/// `n` exchanges of `size` bytes out and their echo back, one after another, over one
+/// connection to a bench target at `addr` (established first with one echo, untimed); returns
+/// the seconds the exchanges took.
+pub(crate) async fn exchanges(
+    addr: SocketAddr,
+    n: usize,
+    size: usize,
+    pb: ProgressBar,
+) -> anyhow::Result<f64> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    s.write_all(&[PING]).await?;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await?;
+    let out: Vec<u8> = (0..size).map(|i| i as u8 ^ PING).collect();
+    let mut back = vec![0u8; size];
+    let t0 = Instant::now();
+    for i in 0..n {
+        s.write_all(&out).await?;
+        s.read_exact(&mut back)
+            .await
+            .with_context(|| format!("the echo of exchange {i}"))?;
+        if back != out {
+            bail!("exchange {i}: the echo differs from what was sent");
+        }
+        if i % 256 == 0 {
+            pb.set_position(i as u64);
+        }
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    // A clean end (our EOF, the target's back), so the tunnel closes it as a finished stream.
+    s.shutdown().await?;
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await?;
+    pb.finish_and_clear();
+    Ok(seconds)
+}
+
 /// Opens `n` established (one echo each) connections to `addr` and returns them.
 pub(crate) async fn open_idle(
     addr: SocketAddr,

@@ -30,6 +30,7 @@
 mod flood;
 mod loads;
 mod report;
+pub(crate) mod wan;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,10 +43,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::loads::{
-    aead_speed, open_idle, raise_nofile, rate, rsa_sign_ms, rss_kib, serve_target, throughput,
+    aead_speed, exchanges, open_idle, raise_nofile, rate, rsa_sign_ms, rss_kib, serve_target,
+    throughput,
 };
-use self::report::{progress, table, Idle, Rate, Report};
-use crate::cmd::pair::{identities, loopback, spawn_pair};
+use self::report::{progress, table, Idle, Rate, Report, Small};
+use crate::cmd::pair::{identities, loopback, spawn_pair_via};
 use crate::config::Tuning;
 use crate::proto::identity::PrivateIdentity;
 
@@ -66,7 +68,13 @@ pub enum Phase {
     Idle,
     /// A listener under floods of hellos (only when asked for: `--only flood`).
     Flood,
+    /// Sequential 1-byte and 100-byte request/response exchanges over one established
+    /// connection: exchanges per second (the per-record cost of the pump).
+    Small,
 }
+
+/// Sizes of the `small` phase's requests (each answered by as many bytes).
+const SMALL_SIZES: [usize; 2] = [1, 100];
 
 /// `sealpipe bench` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -83,6 +91,21 @@ pub struct BenchArgs {
     /// Clients of the concurrent connection-rate load.
     #[arg(long, default_value_t = 50)]
     pub concurrency: usize,
+    /// Request/response exchanges of each `small` load (one connection, one after another).
+    #[arg(long, default_value_t = 10_000)]
+    pub exchanges: usize,
+    /// In process: put a WAN relay of this round-trip time between the connector and the
+    /// listener, and in front of the raw TCP references (e.g. 20ms; see bench/README.md);
+    /// without --only, runs only `rate` and `small`. With --relay: the relay's round-trip time.
+    #[arg(long, value_parser = parse_duration, conflicts_with_all = ["target", "config"])]
+    pub rtt: Option<Duration>,
+    /// Run only a WAN relay (bench/README.md) on ADDR to --relay-to with round-trip time --rtt,
+    /// until killed. Port 0 picks a free port; the bound address is printed on stderr.
+    #[arg(long, requires_all = ["relay_to", "rtt"], conflicts_with = "serve")]
+    pub relay: Option<SocketAddr>,
+    /// The address the --relay forwards to.
+    #[arg(long, requires = "relay")]
+    pub relay_to: Option<String>,
     /// Idle established connections held open to measure memory per connection.
     #[arg(long, default_value_t = 1000)]
     pub idle: usize,
@@ -114,6 +137,11 @@ pub struct BenchArgs {
     pub serve: Option<SocketAddr>,
 }
 
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration (e.g. 20ms): {e}"))
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     s.trim()
         .parse::<bytesize::ByteSize>()
@@ -128,12 +156,25 @@ struct Pair {
     stop: CancellationToken,
 }
 
-async fn in_process_pair(target: SocketAddr, tuning: Tuning) -> anyhow::Result<Pair> {
+async fn in_process_pair(
+    target: SocketAddr,
+    tuning: Tuning,
+    rtt: Option<Duration>,
+) -> anyhow::Result<Pair> {
     let (l_id, c_id) = identities(BENCH_BITS).await?;
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
-    let (plain_addr, _) =
-        spawn_pair("bench", target, l_id.clone(), c_id, tuning, &tracker, &stop).await?;
+    let (plain_addr, _) = spawn_pair_via(
+        "bench",
+        target,
+        l_id.clone(),
+        c_id,
+        tuning,
+        rtt,
+        &tracker,
+        &stop,
+    )
+    .await?;
     Ok(Pair {
         entry: plain_addr,
         signer: l_id,
@@ -201,6 +242,15 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+    if let (Some(addr), Some(to), Some(rtt)) = (args.relay, &args.relay_to, args.rtt) {
+        let to = resolve(to).await?;
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        eprintln!("bench relay listening on {}", l.local_addr()?);
+        wan::relay(l, to, rtt, CancellationToken::new()).await;
+        return Ok(());
+    }
     let report = measure(&args).await?;
     for w in report.warnings() {
         eprintln!("sealpipe bench: {w}");
@@ -215,7 +265,15 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 /// Runs the measurements `args` ask for and returns them.
 pub(crate) async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
-    let want = |p: Phase| args.only.is_empty() || args.only.contains(&p);
+    // Across a WAN, the loads that a round-trip time changes (throughput and memory are the
+    // loopback figures' business).
+    let want = |p: Phase| {
+        if args.only.is_empty() {
+            args.rtt.is_none() || matches!(p, Phase::Rate | Phase::Small)
+        } else {
+            args.only.contains(&p)
+        }
+    };
     let show = !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let nofile = raise_nofile();
 
@@ -256,11 +314,18 @@ pub(crate) async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
         let (target, target_addr) = loopback().await?;
         tokio::spawn(serve_target(target));
         in_process_target = Some(target_addr);
-        let pair = in_process_pair(target_addr, tuning.clone()).await?;
+        let pair = in_process_pair(target_addr, tuning.clone(), args.rtt).await?;
         stops.push(pair.stop.clone());
         signer = Some(pair.signer);
         report.mode = "in-process".into();
-        report.entry = "connector → listener → bench target, loopback, this process".into();
+        report.entry = match args.rtt {
+            None => "connector → listener → bench target, loopback, this process".into(),
+            Some(rtt) => format!(
+                "connector → WAN relay (RTT {rtt:?}) → listener → bench target, loopback, \
+                 this process"
+            ),
+        };
+        report.rtt_ms = args.rtt.map(|d| d.as_secs_f64() * 1e3);
         report.record_size = Some(tuning.record_size);
         report.notes.push(
             "CPU and memory are of the whole process: load client, connector, listener and target"
@@ -271,7 +336,20 @@ pub(crate) async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
     let in_process = report.mode == "in-process";
     // The raw TCP references: the tunnel's own bench target in process, else one here.
     let ref_addr = match in_process_target {
-        Some(t) => t,
+        Some(t) => match args.rtt {
+            Some(rtt) => {
+                let relay_stop = CancellationToken::new();
+                let addr = wan::spawn_relay(t, rtt, &relay_stop).await?;
+                stops.push(relay_stop);
+                report.notes.push(format!(
+                    "WAN: a user-space relay of round-trip time {rtt:?} between the connector \
+                     and the listener, and between the raw TCP client and the bench target \
+                     (no loss, no bandwidth cap; see bench/README.md)"
+                ));
+                addr
+            }
+            None => t,
+        },
         None => {
             let (reference, addr) = loopback().await?;
             tokio::spawn(serve_target(reference));
@@ -348,7 +426,7 @@ pub(crate) async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
                 resumption: false,
                 ..tuning.clone()
             };
-            let pair = in_process_pair(target_addr, full).await?;
+            let pair = in_process_pair(target_addr, full, args.rtt).await?;
             report.rate_full_sequential =
                 Some(rate_pass(pair.entry, args, 1, show, ", full handshakes").await);
             report.rate_full_concurrent = Some(
@@ -371,6 +449,34 @@ pub(crate) async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
         }
     }
 
+    if want(Phase::Small) && args.exchanges > 0 {
+        for size in SMALL_SIZES {
+            let pb = progress(
+                show,
+                args.exchanges as u64,
+                &format!("{size}-byte exchanges, raw TCP"),
+                false,
+            );
+            let raw = exchanges(ref_addr, args.exchanges, size, pb).await?;
+            let pb = progress(
+                show,
+                args.exchanges as u64,
+                &format!("{size}-byte exchanges"),
+                false,
+            );
+            let tun = exchanges(entry, args.exchanges, size, pb).await?;
+            report.small.push(Small {
+                size,
+                exchanges: args.exchanges,
+                seconds: tun,
+                per_second: args.exchanges as f64 / tun,
+                raw_tcp_seconds: raw,
+                raw_tcp_per_second: args.exchanges as f64 / raw,
+                ratio_to_raw_tcp: raw / tun,
+            });
+        }
+    }
+
     if want(Phase::Throughput) && args.bytes > 0 {
         let pb = progress(show, args.bytes, "raw loopback TCP", true);
         let raw = throughput(ref_addr, args.bytes, args.streams, pb).await?;
@@ -382,6 +488,10 @@ pub(crate) async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
         }
         report.raw_tcp = Some(raw);
         report.throughput = Some(tun);
+    }
+    if let Some(rtt) = args.rtt {
+        // Closes still crossing the relay reach the tunnel ends before the relay stops.
+        tokio::time::sleep(rtt * 2).await;
     }
     for s in stops {
         s.cancel();

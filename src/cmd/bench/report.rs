@@ -11,6 +11,8 @@ const MIN_THROUGHPUT_SECONDS: f64 = 1.0;
 /// about.
 const MIN_RATE_CONNECTIONS: usize = 100;
 const MIN_RATE_SECONDS: f64 = 0.5;
+/// A small-exchange run with fewer exchanges is warned about.
+const MIN_EXCHANGES: usize = 1000;
 /// An idle-memory run with fewer connections is warned about (the RSS is counted in pages).
 const MIN_IDLE_CONNECTIONS: usize = 100;
 /// How a warning starts among the notes.
@@ -61,6 +63,26 @@ pub(crate) struct Rate {
     pub(crate) ttfb_p99_ms: f64,
 }
 
+/// One small-exchange run: sequential request/response exchanges of `size` bytes each way over
+/// one established connection, through the tunnel and over raw TCP.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Small {
+    /// Bytes of each request (and of its echo).
+    pub(crate) size: usize,
+    /// Exchanges, one after another.
+    pub(crate) exchanges: usize,
+    /// Wall time through the tunnel.
+    pub(crate) seconds: f64,
+    /// Exchanges per second through the tunnel.
+    pub(crate) per_second: f64,
+    /// Wall time over raw TCP (through the relay too with `--rtt`).
+    pub(crate) raw_tcp_seconds: f64,
+    /// Exchanges per second over raw TCP.
+    pub(crate) raw_tcp_per_second: f64,
+    /// per_second / raw_tcp_per_second.
+    pub(crate) ratio_to_raw_tcp: f64,
+}
+
 /// The idle-memory run.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Idle {
@@ -83,6 +105,9 @@ pub(crate) struct Report {
     pub(crate) entry: String,
     /// Record size of the in-process pair (`null` otherwise).
     pub(crate) record_size: Option<usize>,
+    /// Round-trip time of the WAN relay between the tunnel ends and in front of the raw TCP
+    /// references (`--rtt`), milliseconds; `null`: loopback only.
+    pub(crate) rtt_ms: Option<f64>,
     /// Whether resumption was on for the rate loads (`null`: not known, the tunnel is elsewhere).
     pub(crate) resumption: Option<bool>,
     /// Through the tunnel.
@@ -113,6 +138,8 @@ pub(crate) struct Report {
     pub(crate) raw_tcp_rate_concurrent: Option<Rate>,
     /// Whole-process memory per idle connection.
     pub(crate) idle: Option<Idle>,
+    /// Small request/response exchanges, one entry per size (1 and 100 bytes).
+    pub(crate) small: Vec<Small>,
     /// What the figures include, for readers of the JSON; warnings (measurements too short
     /// or too small to mean much) start with `warning: `.
     pub(crate) notes: Vec<String>,
@@ -152,6 +179,14 @@ impl Report {
                 ));
             }
         }
+        for x in &self.small {
+            if x.exchanges < MIN_EXCHANGES {
+                warnings.push(format!(
+                    "{}-byte exchanges: {} exchanges, under {MIN_EXCHANGES}: too few to mean much (raise --exchanges)",
+                    x.size, x.exchanges
+                ));
+            }
+        }
         if let Some(i) = &self.idle {
             if i.connections < MIN_IDLE_CONNECTIONS {
                 warnings.push(format!(
@@ -180,6 +215,12 @@ pub(crate) fn table(r: &Report) -> String {
     let _ = writeln!(o, "sealpipe bench ({}): {}", r.mode, r.entry);
     if let Some(rs) = r.record_size {
         let _ = writeln!(o, "record size {rs} bytes");
+    }
+    if let Some(rtt) = r.rtt_ms {
+        let _ = writeln!(
+            o,
+            "WAN relay, RTT {rtt} ms, between the tunnel ends and in front of the raw TCP references"
+        );
     }
     let _ = writeln!(o);
     let _ = writeln!(o, "| measurement | value | reference | ratio |");
@@ -257,6 +298,19 @@ pub(crate) fn table(r: &Report) -> String {
             o,
             "| first echo p50 / p99, {} client(s){how} | {:.2} / {:.2} ms | {echo_ref} | {echo_ratio} |",
             rt.concurrency, rt.ttfb_p50_ms, rt.ttfb_p99_ms
+        );
+    }
+    for x in &r.small {
+        let _ = writeln!(
+            o,
+            "| {}-byte exchanges/s, one connection, {} in a row | {:.0} ({:.1} µs each) | raw TCP {:.0} ({:.1} µs) | {:.2} |",
+            x.size,
+            x.exchanges,
+            x.per_second,
+            x.seconds * 1e6 / x.exchanges.max(1) as f64,
+            x.raw_tcp_per_second,
+            x.raw_tcp_seconds * 1e6 / x.exchanges.max(1) as f64,
+            x.ratio_to_raw_tcp
         );
     }
     if let Some(i) = &r.idle {
