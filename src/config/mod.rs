@@ -567,7 +567,8 @@ record_size = "64KiB"
             "/etc/sealpipe/b.toml:5:1: unknown key `rekey_byts` in [defaults] (expected one of \
              `rekey_bytes`, `rekey_interval`, `handshake_timeout`, `connect_timeout`, \
              `drain_timeout`, `max_connections`, `max_handshakes`, `source_rate_limit`, `record_size`, \
-             `resumption`, `resumption_lifetime`, `resumption_uses`, `idle_timeout`)"
+             `resumption`, `resumption_lifetime`, `resumption_uses`, `idle_timeout`, \
+             `session_reuse`, `session_reuse_streams`, `session_reuse_age`, `pool_min`, `pool_max`)"
         );
         assert_eq!(
             err(&with_identity(&format!(
@@ -578,7 +579,8 @@ record_size = "64KiB"
              `allow_destinations`, `proxy_protocol`, `revoke`, `rekey_bytes`, `rekey_interval`, \
              `handshake_timeout`, `connect_timeout`, `drain_timeout`, `max_connections`, \
              `max_handshakes`, `source_rate_limit`, `record_size`, `resumption`, \
-             `resumption_lifetime`, `resumption_uses`, `idle_timeout`)"
+             `resumption_lifetime`, `resumption_uses`, `idle_timeout`, `session_reuse`, \
+             `session_reuse_streams`, `session_reuse_age`, `pool_min`, `pool_max`)"
         );
         assert_eq!(
             err(&format!("tunnel = 1\n{}", with_identity(""))),
