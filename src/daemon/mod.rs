@@ -206,6 +206,9 @@ impl<T: Tunnel> TunnelSet<T> {
     fn stop_all(&self) {
         for r in self.running.values() {
             r.stop.cancel();
+            // Sessions between streams and warm sessions carry nothing to drain: closed now.
+            r.state.sessions.refuse_next_unless(|_| false);
+            r.state.pool.retain(|_| false);
         }
     }
 }

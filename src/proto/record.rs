@@ -289,6 +289,17 @@ impl Sealer {
         self.seal(RecordType::StreamInfo, buf)
     }
 
+    /// The listener's side of a stream start: the connector's StreamInfo record for the next
+    /// stream has been opened, so this direction (closed at the end of the last stream, or fresh)
+    /// carries the new stream too, under its next stream key. Refused in the middle of a stream.
+    pub fn begin_stream(&mut self) -> Result<(), RecordError> {
+        if !self.dir.stream_start {
+            return Err(RecordError::Unexpected(RecordType::StreamInfo));
+        }
+        self.closed = false;
+        Ok(())
+    }
+
     /// Seals the close record into `buf` (exactly [`OVERHEAD`] bytes), then ratchets to the next
     /// stream's key; nothing but a StreamInfo record (the next stream) may follow it.
     pub fn seal_close(&mut self, buf: &mut [u8; OVERHEAD]) -> Result<(), RecordError> {
@@ -411,6 +422,17 @@ impl Opener {
             return Err(RecordError::Malformed(RecordType::StreamInfo));
         }
         Ok(body)
+    }
+
+    /// The connector's side of a stream start: its StreamInfo record for the next stream is
+    /// sealed, so the listener's direction (closed at the end of the last stream, or fresh) opens
+    /// the new stream's records, under its next stream key. Refused in the middle of a stream.
+    pub fn begin_stream(&mut self) -> Result<(), RecordError> {
+        if !self.dir.stream_start {
+            return Err(RecordError::Unexpected(RecordType::StreamInfo));
+        }
+        self.closed = false;
+        Ok(())
     }
 
     /// Opens one whole record (header included, as sized by [`parse_header`]) in place.

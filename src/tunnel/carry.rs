@@ -32,6 +32,8 @@ pub(crate) enum StreamEnd {
 /// (sent by the connector, read by the listener). Bytes and rekeys are added to `state` live,
 /// and the stream is listed in `state.open` while it runs (one connection per client stream);
 /// a reload that revokes its key cuts it there (reset, logged as "revoked at reload").
+/// `last_stream`: the session will carry no other stream (a connector that will not reuse it),
+/// so our close record is followed by a TCP half-close.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn carry<T: Tunnel>(
     tunnel: &T,
@@ -42,6 +44,7 @@ pub(crate) async fn carry<T: Tunnel>(
     peer: impl Display,
     started: Instant,
     resumed: bool,
+    last_stream: bool,
     state: &TunnelState,
 ) -> StreamEnd {
     let Records {
@@ -66,6 +69,7 @@ pub(crate) async fn carry<T: Tunnel>(
         record_size: tuning.record_size,
         rekey_interval: tuning.rekey_interval,
         idle_timeout: tuning.idle_timeout,
+        fin_after_close: last_stream,
     };
     let result = {
         let (sr, mut sw) = sealed.split();

@@ -156,7 +156,8 @@ impl Tunnel for ConnectorTunnel {
                 &info,
                 unsent,
             )
-            .await;
+            .await
+            .and_then(|()| Ok(session.records.opener.begin_stream()?));
             match sent {
                 Ok(()) => break (session, from_pool),
                 Err(e) if from_pool => {
@@ -181,16 +182,20 @@ impl Tunnel for ConnectorTunnel {
                 .fetch_add(1, Ordering::Relaxed);
         }
         let fp = session.records.fingerprint;
-        let (resumed, stream) = (session.resumed, session.streams + 1);
+        let (resumed, stream, pin) = (session.resumed, session.streams + 1, session.pin);
         match destination {
             Some(d) => tracing::info!(tunnel = %self.name, role = %Role::Connector, peer = %client,
-                fingerprint = %fp, connect = %self.connect, destination = %d, resumed,
+                fingerprint = %fp, pin, connect = %self.connect, destination = %d, resumed,
                 pooled = from_pool, stream, "connection open"),
             None => tracing::info!(tunnel = %self.name, role = %Role::Connector, peer = %client,
-                fingerprint = %fp, connect = %self.connect, resumed, pooled = from_pool, stream,
+                fingerprint = %fp, pin, connect = %self.connect, resumed, pooled = from_pool, stream,
                 "connection open"),
         }
         let leftover = std::mem::take(&mut session.leftover);
+        // Known to be the session's last stream: a FIN follows our close record at once.
+        let last = !self.tuning.session_reuse
+            || self.tuning.pool_max == 0
+            || session.streams + 1 >= u64::from(self.tuning.session_reuse_streams);
         let end = carry(
             self.as_ref(),
             plain,
@@ -200,6 +205,7 @@ impl Tunnel for ConnectorTunnel {
             client,
             started,
             resumed,
+            last,
             &state,
         )
         .await;
@@ -210,7 +216,7 @@ impl Tunnel for ConnectorTunnel {
             StreamEnd::Clean(rest) if rest.is_empty() => {
                 // Otherwise (or with the pool full) the drop closes it: a FIN after both close
                 // records, a clean end of the session.
-                if self.tuning.session_reuse && self.reusable(&session) {
+                if !last && self.reusable(&session) {
                     state.pool.put(session, self.tuning.pool_max);
                 }
             }
@@ -355,11 +361,6 @@ impl ConnectorTunnel {
             tracing::debug!(tunnel = %self.name, role = %Role::Connector, peer = %client,
                 "the listener refused the resumption ticket, full handshake done");
         }
-        // Which of several pins matched (`fingerprint` is the key the listener proved).
-        if !self.fallback_pins.is_empty() {
-            tracing::debug!(tunnel = %self.name, role = %Role::Connector, peer = %client,
-                fingerprint = %fp, pin = tried, resumed, "session established");
-        }
         let session = Session {
             sealed,
             records,
@@ -368,6 +369,8 @@ impl ConnectorTunnel {
             born: Instant::now(),
             streams: 0,
             connect: self.connect.to_string(),
+            // Which of several pins matched (`fingerprint` is the key the listener proved).
+            pin: (!self.fallback_pins.is_empty()).then_some(tried),
         };
         Some((session, unsent))
     }

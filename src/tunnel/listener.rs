@@ -228,13 +228,20 @@ impl Tunnel for ListenerTunnel {
                     return;
                 }
                 None => {
-                    tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
+                    tracing::info!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
                         streams = stream - 1,
-                        "connector key no longer trusted: session closed between streams (revoked at reload)");
+                        "session closed between streams (its key is no longer trusted after a reload, or shutdown)");
                     reset_on_close(&sealed);
                     return;
                 }
             };
+            // The listener's direction carries the new stream too (closed at the last one's end).
+            if let Err(e) = records.sealer.begin_stream() {
+                tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
+                    reason = %e, "StreamInfo record out of place, connection reset");
+                reset_on_close(&sealed);
+                return;
+            }
             if entry.conn.no_next() || !self.accepts_new(&fp) {
                 tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
                     client = %OptAddr(info.client),
@@ -263,6 +270,7 @@ impl Tunnel for ListenerTunnel {
                 &peer,
                 Instant::now(),
                 resumed,
+                false,
                 &state,
             )
             .await;

@@ -51,6 +51,8 @@ pub(crate) struct Session {
     pub(crate) streams: u64,
     /// The `connect` address it was made for (a reload may change it).
     pub(crate) connect: String,
+    /// With several `peer` pins, which one the listener's key matched (1-based).
+    pub(crate) pin: Option<usize>,
 }
 
 struct Idle {

@@ -38,6 +38,9 @@ pub(crate) struct PumpOptions {
     /// End the connection (an error: both sockets reset) after this long without a byte
     /// moving either way.
     pub idle_timeout: Option<Duration>,
+    /// A TCP half-close right behind our close record: the session carries no other stream
+    /// (a connector that will not reuse it), so that a dropped close record is truncation.
+    pub fin_after_close: bool,
 }
 
 /// The read side of a plaintext socket, TCP or Unix: waiting for readability without a buffer,
@@ -260,7 +263,11 @@ where
             let mut close = [0u8; OVERHEAD];
             sealer.seal_close(&mut close)?;
             sealed.write_all(&close).await.map_err(PumpError::Sealed)?;
-            sealed.flush().await.map_err(PumpError::Sealed)?;
+            if opts.fin_after_close {
+                sealed.shutdown().await.map_err(PumpError::Sealed)?;
+            } else {
+                sealed.flush().await.map_err(PumpError::Sealed)?;
+            }
             return Ok(());
         }
         let mut start = OVERHEAD;
@@ -478,6 +485,7 @@ mod tests {
         record_size: 1024,
         rekey_interval: None,
         idle_timeout: None,
+        fin_after_close: false,
     };
 
     #[tokio::test]

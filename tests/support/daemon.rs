@@ -458,7 +458,8 @@ pub fn metrics_tunnel(target: SocketAddr) -> Tunnel {
     Tunnel::start(
         Site::new(),
         &(listener_for(target, "") + METRICS),
-        |listener| connector_for(listener, "") + METRICS,
+        // One session per client: the metrics tests count connections on both sides.
+        |listener| connector_for(listener, "pool_max = 0") + METRICS,
     )
 }
 
