@@ -31,6 +31,8 @@ fn a_second_client_is_served_by_a_warm_session() {
     assert_eq!(streams(&log), [1, 2], "{log}");
     // No handshake on the second client's path: the listener saw one session carry both.
     assert!(!t.connector.log_text().contains("connection reset"));
+    let status = t.connector.log_text();
+    assert!(status.contains("pooled=true stream=2"), "{status}");
 }
 
 #[test]
