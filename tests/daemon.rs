@@ -532,8 +532,8 @@ fn shutdown_counts_real_connections_and_says_stopped() {
     assert!(!log.contains("draining open connections"), "{log}");
     assert!(log.contains("stopped"), "{log}");
 
-    // One connection open through the listener: it counts one.
-    let connector = start_connector(&t.site, t.listener.addr(), "");
+    // One connection open through the listener: it counts one (no warm session beside it).
+    let connector = start_connector(&t.site, t.listener.addr(), "pool_max = 0");
     let mut open = TcpStream::connect(connector.addr()).unwrap();
     open.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();

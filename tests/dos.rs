@@ -65,7 +65,11 @@ async fn a_thousand_abusive_connections_cost_no_signature_and_do_not_block_a_leg
             socket: Default::default(),
             tofu: None,
             mode: ConnectorMode::Forward,
-            tuning: tuning.clone(),
+            // One session per client: the handshakes are counted below.
+            tuning: Tuning {
+                pool_max: 0,
+                ..tuning.clone()
+            },
         },
         &tracker,
         &stop,

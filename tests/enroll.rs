@@ -226,7 +226,7 @@ fn accept_unknown_daemon_lets_any_connector_in_and_announces_each_new_key_once()
             any_port(),
             listener.addr(),
             &listener_fp(),
-            "",
+            NO_POOL,
         ),
     );
     echo_ok(connector.addr(), b"one");
@@ -256,7 +256,7 @@ fn trust_add_then_remove_take_effect_on_sighup() {
     );
     set_mode(&peers, 0o640);
     let listener = start_listener(&site, service.addr, "peers_file = \"peers\"\n");
-    let connector = start_connector(&site, listener.addr(), "");
+    let connector = start_connector(&site, listener.addr(), NO_POOL);
     assert_eq!(
         try_exchange(connector.addr(), b"x"),
         Err(ErrorKind::ConnectionReset)
@@ -465,7 +465,7 @@ fn trust_add_enrolls_the_first_key_into_an_empty_or_missing_peers_file() {
         let (code, _, err) = run_cli(&["check", "--config", c]);
         assert_eq!(code, 0, "{err}");
         let listener = Daemon::start(&config);
-        let connector = start_connector(&site, listener.addr(), "");
+        let connector = start_connector(&site, listener.addr(), NO_POOL);
         echo_ok(connector.addr(), b"first key enrolled");
     }
 }

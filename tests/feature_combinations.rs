@@ -87,7 +87,15 @@ fn accept_unknown_tunnel(target: SocketAddr) -> Tunnel {
             "listener.pem",
             &format!("{}accept_unknown = true\n", trusted_peers()),
         ),
-        |listener| connector_config("untrusted.pem", any_port(), listener, &listener_fp(), ""),
+        |listener| {
+            connector_config(
+                "untrusted.pem",
+                any_port(),
+                listener,
+                &listener_fp(),
+                NO_POOL,
+            )
+        },
     )
 }
 
@@ -271,7 +279,7 @@ fn echo_through(mut s: impl Duplex, msg: &[u8]) {
 fn a_resumed_connection_carries_its_own_client_in_the_proxy_header() {
     let (target, headers) = proxy_target();
     let t = Tunnel::start(Site::new(), &proxy_v2_listener(target), |listener| {
-        connector_for(listener, "")
+        connector_for(listener, NO_POOL)
     });
     for i in 0..3u8 {
         let s = TcpStream::connect(t.entry).unwrap();
@@ -292,7 +300,7 @@ fn a_unix_socket_client_gets_a_local_proxy_header_full_and_resumed() {
     let sock = site.path("app.sock");
     let _connector = site.start(
         "connector.toml",
-        &connector_toml(format!("unix:{}", sock.display()), listener.addr(), ""),
+        &connector_toml(format!("unix:{}", sock.display()), listener.addr(), NO_POOL),
     );
     // LOCAL command, UNSPEC family, no address block: a Unix client has no IP address to give.
     let mut local = PROXY_SIGNATURE.to_vec();

@@ -111,7 +111,7 @@ fn counters_move_by_the_right_amounts_during_and_after_a_transfer() {
             any_port(),
             t.listener.addr(),
             &listener_fp(),
-            "",
+            "pool_max = 0",
         ) + METRICS),
     );
     assert!(try_exchange(untrusted.addr(), b"let me in").is_err());

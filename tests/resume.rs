@@ -7,6 +7,10 @@ mod support;
 use support::daemon::*;
 
 /// A 300 KB exchange (a little more for each seed) through `t`, both sides hashed.
+/// One session per client: these tests count handshakes (warm sessions are tested in
+/// `tests/reuse.rs`).
+const NO_POOL: &str = "pool_max = 0";
+
 fn exchange(t: &Tunnel, seed: u64) {
     assert_echoes(t.entry, seed, 300_000 + seed as usize);
 }
@@ -14,7 +18,7 @@ fn exchange(t: &Tunnel, seed: u64) {
 #[test]
 fn later_connections_resume_and_survive_a_reload() {
     let service = Service::start(Behaviour::Echo);
-    let t = tunnel_to(service.addr, "");
+    let t = tunnel_to(service.addr, NO_POOL);
     for seed in 0..3 {
         exchange(&t, seed);
     }
@@ -33,7 +37,7 @@ fn later_connections_resume_and_survive_a_reload() {
 #[test]
 fn tickets_are_used_up_then_renewed_by_a_full_handshake() {
     let service = Service::start(Behaviour::Echo);
-    let t = tunnel_to(service.addr, "resumption_uses = 2");
+    let t = tunnel_to(service.addr, "resumption_uses = 2\npool_max = 0");
     for seed in 0..5 {
         exchange(&t, seed);
     }
@@ -45,7 +49,7 @@ fn tickets_are_used_up_then_renewed_by_a_full_handshake() {
 #[test]
 fn resumption_off_means_full_handshakes_only() {
     let service = Service::start(Behaviour::Echo);
-    let t = tunnel_to(service.addr, "resumption = false");
+    let t = tunnel_to(service.addr, "resumption = false\npool_max = 0");
     for seed in 0..3 {
         exchange(&t, seed);
     }
@@ -57,7 +61,7 @@ fn resumption_off_means_full_handshakes_only() {
 #[test]
 fn a_listener_without_resumption_answers_a_resuming_connector_in_full() {
     let service = Service::start(Behaviour::Echo);
-    let mut t = tunnel_to(service.addr, "");
+    let mut t = tunnel_to(service.addr, NO_POOL);
     exchange(&t, 0);
     t.wait_opens(1);
     // The listener turns resumption off: the connector's ticket is refused and a full handshake

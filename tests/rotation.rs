@@ -344,6 +344,9 @@ fn listener_conf(forward: SocketAddr, key: &str, next: Option<&str>) -> String {
 }
 
 /// A connector's config pinning `pins` (a list when there are several).
+/// One session per client: these tests follow which key each handshake proved.
+const NO_POOL: &str = "pool_max = 0\n";
+
 fn connector_conf(connect: SocketAddr, pins: &[Fingerprint]) -> String {
     let peer = match pins {
         [one] => format!("\"{one}\""),
@@ -356,7 +359,7 @@ fn connector_conf(connect: SocketAddr, pins: &[Fingerprint]) -> String {
         ),
     };
     format!(
-        "[identity]\nprivate_key = \"connector.pem\"\n\n[[connector]]\nname = \"test\"\nlisten = \"127.0.0.1:0\"\nconnect = \"{connect}\"\npeer = {peer}\n"
+        "[identity]\nprivate_key = \"connector.pem\"\n\n[[connector]]\nname = \"test\"\nlisten = \"127.0.0.1:0\"\nconnect = \"{connect}\"\npeer = {peer}\n{NO_POOL}"
     )
 }
 

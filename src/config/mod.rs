@@ -566,9 +566,10 @@ record_size = "64KiB"
             err(&with_identity("\n[defaults]\nrekey_byts = \"1GiB\"\n")),
             "/etc/sealpipe/b.toml:5:1: unknown key `rekey_byts` in [defaults] (expected one of \
              `rekey_bytes`, `rekey_interval`, `handshake_timeout`, `connect_timeout`, \
-             `drain_timeout`, `max_connections`, `max_handshakes`, `source_rate_limit`, \
-             `source_handshake_rate`, `signature_rate`, `record_size`, \
-             `resumption`, `resumption_lifetime`, `resumption_uses`, `idle_timeout`)"
+              `drain_timeout`, `max_connections`, `max_handshakes`, `source_rate_limit`, \
+              `source_handshake_rate`, `signature_rate`, `record_size`, \
+              `resumption`, `resumption_lifetime`, `resumption_uses`, `idle_timeout`, \
+              `session_reuse`, `session_reuse_streams`, `session_reuse_age`, `pool_min`, `pool_max`)"
         );
         assert_eq!(
             err(&with_identity(&format!(
@@ -578,8 +579,9 @@ record_size = "64KiB"
              `name`, `listen`, `forward`, `peers`, `peers_file`, `accept_unknown`, `allow_tofu`, \
              `allow_destinations`, `proxy_protocol`, `revoke`, `rekey_bytes`, `rekey_interval`, \
              `handshake_timeout`, `connect_timeout`, `drain_timeout`, `max_connections`, \
-             `max_handshakes`, `source_rate_limit`, `source_handshake_rate`, `signature_rate`, \
-             `record_size`, `resumption`, `resumption_lifetime`, `resumption_uses`, `idle_timeout`)"
+              `max_handshakes`, `source_rate_limit`, `source_handshake_rate`, `signature_rate`, \
+              `record_size`, `resumption`, `resumption_lifetime`, `resumption_uses`, `idle_timeout`, \
+              `session_reuse`, `session_reuse_streams`, `session_reuse_age`, `pool_min`, `pool_max`)"
         );
         assert_eq!(
             err(&format!("tunnel = 1\n{}", with_identity(""))),

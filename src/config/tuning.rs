@@ -79,6 +79,21 @@ macro_rules! tuning_fields {
             /// An established connection that moves no byte either way for this long is reset
             /// (logged `idle for …`); `None` (the default, `"off"`) keeps idle connections.
             idle_timeout: Option<Duration> = None, parsed from DurationText by duration_or_off;
+            /// Connector: a session whose stream ended cleanly both ways may carry the next client
+            /// (PROTOCOL.md §4.3); `false`: one session per client. A listener ignores it.
+            session_reuse: bool = true, parsed from bool by flag;
+            /// Connector: most streams (clients) one session carries, 1 to 1000000.
+            session_reuse_streams: u32 = 1000, parsed from i64 by session_reuse_streams;
+            /// Connector: a session this old carries no new client (it is closed after its
+            /// stream).
+            session_reuse_age: Duration = Duration::from_secs(600),
+                parsed from DurationText by duration;
+            /// Connector: warm sessions kept ready for new clients, at least (0 to 4096; at most
+            /// `pool_max`), while clients came within the last 10 minutes.
+            pool_min: usize = 1, parsed from i64 by pool_size;
+            /// Connector: warm sessions kept ready, at most (0 to 4096); `0` turns warm sessions
+            /// (and so reuse) off. Between the two the pool follows the recent demand.
+            pool_max: usize = 64, parsed from i64 by pool_size;
         }
     };
 }
@@ -250,6 +265,14 @@ fn resumption_lifetime(v: &DurationText) -> Result<Duration, String> {
     Ok(d)
 }
 
+fn session_reuse_streams(v: &i64) -> Result<u32, String> {
+    within(*v, 1..=1_000_000, "streams per session, 1 to 1000000")
+}
+
+fn pool_size(v: &i64) -> Result<usize, String> {
+    within(*v, 0..=4096, "sessions, 0 to 4096").map(|n| n as usize)
+}
+
 fn resumption_uses(v: &i64) -> Result<u32, String> {
     within(*v, 1..=1_000_000, "resumptions per ticket, 1 to 1000000")
 }
@@ -278,6 +301,11 @@ mod tests {
                 resumption_lifetime: Duration::from_secs(3600),
                 resumption_uses: 1000,
                 idle_timeout: None,
+                session_reuse: true,
+                session_reuse_streams: 1000,
+                session_reuse_age: Duration::from_secs(600),
+                pool_min: 1,
+                pool_max: 64,
             }
         );
     }

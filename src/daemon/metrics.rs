@@ -135,7 +135,7 @@ pub(crate) fn render(tunnels: &[TunnelEntry]) -> String {
     let labels = |t: &TunnelEntry| format!("tunnel=\"{}\",role=\"{}\"", escape(&t.name), t.role);
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     type Get = fn(&TunnelState) -> u64;
-    let simple: [(&str, &str, &str, Get); 11] = [
+    let simple: [(&str, &str, &str, Get); 16] = [
         (
             "sealpipe_connections_open",
             "gauge",
@@ -201,6 +201,36 @@ pub(crate) fn render(tunnels: &[TunnelEntry]) -> String {
             "counter",
             "Connector hellos without a valid mac1, dropped before any work (listener).",
             |s| s.counters.mac1_rejected.load(Ordering::Relaxed),
+        ),
+        (
+            "sealpipe_streams_total",
+            "counter",
+            "Client streams carried (one per client connection; with session reuse, several per session: streams per session = this / sealpipe_handshakes_total ok).",
+            |s| s.counters.streams.load(Ordering::Relaxed),
+        ),
+        (
+            "sealpipe_streams_reused_total",
+            "counter",
+            "Streams carried by a session that had carried another before (session reuse).",
+            |s| s.counters.streams_reused.load(Ordering::Relaxed),
+        ),
+        (
+            "sealpipe_pool_hits_total",
+            "counter",
+            "Clients served by a warm session from the pool, with no handshake on their path (connector).",
+            |s| s.counters.pool_hits.load(Ordering::Relaxed),
+        ),
+        (
+            "sealpipe_pool_misses_total",
+            "counter",
+            "Clients that found the pool empty and waited for a handshake of their own (connector).",
+            |s| s.counters.pool_misses.load(Ordering::Relaxed),
+        ),
+        (
+            "sealpipe_pool_sessions",
+            "gauge",
+            "Warm sessions waiting in the pool (connector).",
+            |s| s.pool.len() as u64,
         ),
     ];
     for (name, kind, help, get) in simple {

@@ -189,12 +189,26 @@ impl<T: Tunnel> TunnelSet<T> {
                 tracing::warn!(tunnel = %name, role = %settings.role(), connections = cut,
                     "reload: key no longer trusted, its open connections are cut (revoked at reload)");
             }
+            // Sessions between streams, and warm sessions in a connector's pool, carry no new
+            // client of a key the new settings refuse (whatever `revoke` says of open streams).
+            let sessions = r
+                .state
+                .sessions
+                .refuse_next_unless(|fp| settings.accepts_new(fp));
+            let pooled = r.state.pool.retain(|fp| settings.accepts_new(fp));
+            if sessions + pooled > 0 {
+                tracing::warn!(tunnel = %name, role = %settings.role(), sessions, pooled,
+                    "reload: key no longer trusted, its sessions carry no new stream (revoked at reload)");
+            }
         }
     }
 
     fn stop_all(&self) {
         for r in self.running.values() {
             r.stop.cancel();
+            // Sessions between streams and warm sessions carry nothing to drain: closed now.
+            r.state.sessions.refuse_next_unless(|_| false);
+            r.state.pool.retain(|_| false);
         }
     }
 }

@@ -5,10 +5,18 @@
 //! and length are authenticated. The nonce is the traffic IV XOR the per-direction record counter,
 //! which is implicit (never sent): a dropped, repeated, reordered or reflected record fails to
 //! open. A rekey record moves its direction to the next generation of the traffic secret (a
-//! one-way ratchet) and restarts the counter under the new key; a close record ends its direction.
+//! one-way ratchet) and restarts the counter under the new key; a close record ends its direction's
+//! stream.
+//!
+//! Streams (PROTOCOL.md §4.3): one session may carry several streams, one after the other. At its
+//! close record each direction ratchets to the next **stream key** (`s = ExpandLabel(s, "next
+//! stream", "", 32)`, counter back to 0), so no two streams share a key and a later key opens no
+//! earlier stream. After a close record the only record a direction may carry is the StreamInfo
+//! record that starts the next stream (the connector's) — or nothing: the TCP end of stream then
+//! ends the session cleanly.
 
 use crate::proto::aead::TAG_LEN;
-use crate::proto::keys::{next_generation, Secret, TrafficKey};
+use crate::proto::keys::{derive_secret, next_generation, Secret, TrafficKey};
 use crate::proto::stream::MAX_STREAM_INFO_LEN;
 
 /// Bytes of the record header.
@@ -37,7 +45,8 @@ pub enum RecordType {
     /// The sender moves to the next key generation after this record; empty.
     Rekey = 3,
     /// What the connector knows about the connection (`proto::stream`): the connector's first
-    /// record of every session, and only that.
+    /// record of every stream, and only that (the first of the session, or the first after both
+    /// directions' close records).
     StreamInfo = 4,
 }
 
@@ -71,7 +80,8 @@ pub enum RecordError {
     /// The transport ended without a close record.
     #[error("stream ended without a close record (truncated)")]
     Truncated,
-    /// A record after this direction was closed.
+    /// A record after this direction was closed, other than the StreamInfo record that starts
+    /// the next stream.
     #[error("record after close")]
     AfterClose,
     /// A counter or generation limit would be passed; the connection must end.
@@ -84,9 +94,18 @@ pub enum RecordError {
     #[error("buffer of {0} bytes does not fit the record")]
     Buffer(usize),
     /// A record of a type that is not allowed here: a StreamInfo record other than the first
-    /// record of a session, or a first record that should have been StreamInfo and is not.
+    /// record of a stream, or a first record that should have been StreamInfo and is not.
     #[error("unexpected {0:?} record")]
     Unexpected(RecordType),
+}
+
+/// The label of the ratchet to the next stream's key, at a close record.
+pub const NEXT_STREAM_LABEL: &str = "next stream";
+
+/// The secret of the next stream, from the current secret of a direction at its close record:
+/// `ExpandLabel(s, "next stream", "", 32)`.
+pub fn next_stream_secret(secret: &Secret) -> Secret {
+    derive_secret(secret, NEXT_STREAM_LABEL, b"")
 }
 
 /// The keys of one direction: current secret, AEAD key, counter and generation.
@@ -94,7 +113,12 @@ struct DirectionState {
     secret: Secret,
     key: TrafficKey,
     seq: u64,
+    /// Ratchets so far, rekeys and stream boundaries alike (bounded by [`MAX_GENERATIONS`]).
     generation: u64,
+    /// No record yet under this stream: the next may be a StreamInfo record.
+    stream_start: bool,
+    /// Streams begun after the first (stream boundaries crossed).
+    streams: u64,
 }
 
 impl DirectionState {
@@ -104,7 +128,23 @@ impl DirectionState {
             secret,
             seq: 0,
             generation: 0,
+            stream_start: true,
+            streams: 0,
         }
+    }
+
+    /// The ratchet at a close record: the next stream's secret and key, the counter back to 0.
+    fn next_stream(&mut self) -> Result<(), RecordError> {
+        if self.generation + 1 >= MAX_GENERATIONS {
+            return Err(RecordError::KeyExhausted);
+        }
+        self.secret = next_stream_secret(&self.secret);
+        self.key = TrafficKey::new(&self.secret);
+        self.seq = 0;
+        self.generation += 1;
+        self.streams += 1;
+        self.stream_start = true;
+        Ok(())
     }
 
     /// The nonce for the next record, and the counter moved on; refuses at the hard limit.
@@ -114,6 +154,7 @@ impl DirectionState {
         }
         let nonce = self.key.nonce(self.seq);
         self.seq += 1;
+        self.stream_start = false;
         Ok(nonce)
     }
 
@@ -195,9 +236,14 @@ impl Sealer {
         self.rekeys
     }
 
-    /// True once the close record is sealed.
+    /// True once the close record is sealed (until a StreamInfo record starts the next stream).
     pub fn is_closed(&self) -> bool {
         self.closed
+    }
+
+    /// Streams begun after the session's first.
+    pub fn streams(&self) -> u64 {
+        self.dir.streams
     }
 
     /// Seals a data record in place.
@@ -230,21 +276,38 @@ impl Sealer {
 
     /// Seals a StreamInfo record in place (`buf` laid out as for [`Sealer::seal_data`], with a
     /// non-empty body of at most [`crate::proto::stream::MAX_STREAM_INFO_LEN`] bytes). Only as the
-    /// very first record of the session.
+    /// first record of a stream: the very first of the session, or the first after a close
+    /// record (under the next stream's key; the caller makes sure the peer closed too).
     pub fn seal_stream_info(&mut self, buf: &mut [u8]) -> Result<(), RecordError> {
-        if self.dir.seq != 0 || self.dir.generation != 0 || self.closed {
+        if !self.dir.stream_start {
             return Err(RecordError::Unexpected(RecordType::StreamInfo));
         }
         if buf.len() <= OVERHEAD || buf.len() > OVERHEAD + MAX_STREAM_INFO_LEN {
             return Err(RecordError::Malformed(RecordType::StreamInfo));
         }
+        self.closed = false;
         self.seal(RecordType::StreamInfo, buf)
     }
 
-    /// Seals the close record into `buf` (exactly [`OVERHEAD`] bytes); nothing may follow it.
+    /// The listener's side of a stream start: the connector's StreamInfo record for the next
+    /// stream has been opened, so this direction (closed at the end of the last stream, or fresh)
+    /// carries the new stream too, under its next stream key. Refused in the middle of a stream.
+    pub fn begin_stream(&mut self) -> Result<(), RecordError> {
+        if !self.dir.stream_start {
+            return Err(RecordError::Unexpected(RecordType::StreamInfo));
+        }
+        self.closed = false;
+        Ok(())
+    }
+
+    /// Seals the close record into `buf` (exactly [`OVERHEAD`] bytes), then ratchets to the next
+    /// stream's key; nothing but a StreamInfo record (the next stream) may follow it.
     pub fn seal_close(&mut self, buf: &mut [u8; OVERHEAD]) -> Result<(), RecordError> {
         self.seal(RecordType::Close, buf)?;
         self.closed = true;
+        self.dir.next_stream()?;
+        self.bytes_this_key = 0;
+        self.rekey_requested = false;
         Ok(())
     }
 
@@ -302,9 +365,15 @@ impl Opener {
         }
     }
 
-    /// True once the peer's close record has been opened.
+    /// True once the peer's close record has been opened (until a StreamInfo record starts the
+    /// next stream).
     pub fn is_closed(&self) -> bool {
         self.closed
+    }
+
+    /// Streams begun after the session's first.
+    pub fn streams(&self) -> u64 {
+        self.dir.streams
     }
 
     /// Plaintext bytes opened so far.
@@ -326,23 +395,44 @@ impl Opener {
         }
     }
 
-    /// Opens the first record of the session, which must be a StreamInfo record, and returns its
-    /// body (decrypted in place; decode it with [`crate::proto::stream::StreamInfo::decode`]).
-    /// Anything else, or any later call, is [`RecordError::Unexpected`].
+    /// Opens the first record of a stream (of the session, or after the peer's close record),
+    /// which must be a StreamInfo record, and returns its body (decrypted in place; decode it
+    /// with [`crate::proto::stream::StreamInfo::decode`]). Anything else, or a call in the middle
+    /// of a stream, is [`RecordError::Unexpected`].
     pub fn open_stream_info<'a>(&mut self, record: &'a mut [u8]) -> Result<&'a [u8], RecordError> {
         let hdr: [u8; HEADER_LEN] = record
             .get(..HEADER_LEN)
             .and_then(|h| h.try_into().ok())
             .ok_or(RecordError::Buffer(record.len()))?;
         let (kind, _) = parse_header(&hdr)?;
-        if kind != RecordType::StreamInfo || self.dir.seq != 0 || self.dir.generation != 0 {
+        if kind != RecordType::StreamInfo || !self.dir.stream_start {
             return Err(RecordError::Unexpected(kind));
         }
-        let body = self.open_record(record)?.1;
+        // The stream is open again once the record authenticates under the next stream's key.
+        let was_closed = self.closed;
+        self.closed = false;
+        let body = match self.open_record(record) {
+            Ok((_, body)) => body,
+            Err(e) => {
+                self.closed = was_closed;
+                return Err(e);
+            }
+        };
         if body.is_empty() || body.len() > MAX_STREAM_INFO_LEN {
             return Err(RecordError::Malformed(RecordType::StreamInfo));
         }
         Ok(body)
+    }
+
+    /// The connector's side of a stream start: its StreamInfo record for the next stream is
+    /// sealed, so the listener's direction (closed at the end of the last stream, or fresh) opens
+    /// the new stream's records, under its next stream key. Refused in the middle of a stream.
+    pub fn begin_stream(&mut self) -> Result<(), RecordError> {
+        if !self.dir.stream_start {
+            return Err(RecordError::Unexpected(RecordType::StreamInfo));
+        }
+        self.closed = false;
+        Ok(())
     }
 
     /// Opens one whole record (header included, as sized by [`parse_header`]) in place.
@@ -361,6 +451,7 @@ impl Opener {
             }
             RecordType::Close => {
                 self.closed = true;
+                self.dir.next_stream()?;
                 Ok(Opened::Close)
             }
             RecordType::Rekey => {
@@ -508,6 +599,104 @@ mod tests {
         assert_eq!(o.open(&mut c).unwrap(), Opened::Close);
         let mut again = c;
         assert_eq!(o.open(&mut again), Err(RecordError::AfterClose));
+    }
+
+    fn close_record(sealer: &mut Sealer) -> Vec<u8> {
+        let mut c = [0u8; OVERHEAD];
+        sealer.seal_close(&mut c).unwrap();
+        c.to_vec()
+    }
+
+    #[test]
+    fn streams_follow_one_another_under_new_keys() {
+        let (mut s, mut o) = pair();
+        let mut info = stream_info_record(&mut s, b"one").unwrap();
+        assert_eq!(o.open_stream_info(&mut info).unwrap(), b"one");
+        let old_data = data_record(&mut s, b"first stream");
+        let mut d = old_data.clone();
+        assert_eq!(o.open(&mut d).unwrap(), Opened::Data(b"first stream"));
+        let key_before = *s.dir.secret.expose();
+        let mut c = close_record(&mut s);
+        assert_eq!(o.open(&mut c).unwrap(), Opened::Close);
+        assert!(s.is_closed() && o.is_closed());
+        // The next stream's key is the one-way ratchet of the last one, counter at 0.
+        assert_eq!(
+            *s.dir.secret.expose(),
+            *next_stream_secret(&Secret::from_bytes(key_before)).expose()
+        );
+        assert_eq!(
+            (s.dir.seq, o.dir.seq, s.streams(), o.streams()),
+            (0, 0, 1, 1)
+        );
+        // A record of the last stream, replayed after the close: refused unopened.
+        let mut replay = old_data.clone();
+        assert_eq!(o.open(&mut replay), Err(RecordError::AfterClose));
+        // The next stream starts with StreamInfo, under the new key.
+        let mut info = stream_info_record(&mut s, b"two").unwrap();
+        assert_eq!(o.open_stream_info(&mut info).unwrap(), b"two");
+        assert!(!s.is_closed() && !o.is_closed());
+        let mut d = data_record(&mut s, b"second stream");
+        assert_eq!(o.open(&mut d).unwrap(), Opened::Data(b"second stream"));
+        // A record of the first stream spliced into the second: it does not authenticate.
+        let mut replay = old_data;
+        assert_eq!(o.open(&mut replay), Err(RecordError::BadRecord));
+    }
+
+    #[test]
+    fn after_close_only_stream_info() {
+        // Data after a close record: neither sealed nor opened.
+        let (mut s, mut o) = pair();
+        let mut c = close_record(&mut s);
+        assert_eq!(o.open(&mut c).unwrap(), Opened::Close);
+        let mut buf = vec![0u8; 1 + OVERHEAD];
+        assert_eq!(s.seal_data(&mut buf), Err(RecordError::AfterClose));
+        let mut rk = [0u8; OVERHEAD];
+        assert_eq!(s.seal_rekey(&mut rk), Err(RecordError::AfterClose));
+        // A data record sealed (by a misbehaving peer) under the next stream's key right after
+        // the close: the opener refuses it before decrypting.
+        let mut evil = Sealer::new(s.dir.secret.clone(), 1 << 30);
+        let mut d = data_record(&mut evil, b"x");
+        assert_eq!(o.open(&mut d), Err(RecordError::AfterClose));
+        assert_eq!(
+            o.open_stream_info(&mut d),
+            Err(RecordError::Unexpected(RecordType::Data))
+        );
+        // A second close: refused too.
+        let (mut s, mut o) = pair();
+        let mut c = close_record(&mut s);
+        assert_eq!(o.open(&mut c).unwrap(), Opened::Close);
+        let mut evil = Sealer::new(s.dir.secret.clone(), 1 << 30);
+        let mut c2 = close_record(&mut evil);
+        assert_eq!(o.open(&mut c2), Err(RecordError::AfterClose));
+        // The old close record replayed as the start of the next stream: wrong type, and it
+        // would not authenticate under the new key either.
+        let mut again = c;
+        assert_eq!(
+            o.open_stream_info(&mut again),
+            Err(RecordError::Unexpected(RecordType::Close))
+        );
+        // A StreamInfo in the middle of a stream, or after a rekey: refused.
+        let (mut s, mut o) = pair();
+        let mut rk = [0u8; OVERHEAD];
+        s.seal_rekey(&mut rk).unwrap();
+        assert_eq!(o.open(&mut rk).unwrap(), Opened::Rekey);
+        assert_eq!(
+            stream_info_record(&mut s, b"late"),
+            Err(RecordError::Unexpected(RecordType::StreamInfo))
+        );
+        // Rekeying inside a later stream works, and the end of the transport after a close is
+        // a clean end of the session.
+        let (mut s, mut o) = pair();
+        let mut c = close_record(&mut s);
+        assert_eq!(o.open(&mut c).unwrap(), Opened::Close);
+        assert_eq!(o.end_of_stream(), Ok(()));
+        let mut info = stream_info_record(&mut s, b"2").unwrap();
+        o.open_stream_info(&mut info).unwrap();
+        assert_eq!(o.end_of_stream(), Err(RecordError::Truncated));
+        s.seal_rekey(&mut rk).unwrap();
+        assert_eq!(o.open(&mut rk).unwrap(), Opened::Rekey);
+        let mut d = data_record(&mut s, b"after rekey");
+        assert_eq!(o.open(&mut d).unwrap(), Opened::Data(b"after rekey"));
     }
 
     #[test]

@@ -30,6 +30,11 @@ pub trait Tunnel: Send + Sync + 'static {
     /// reload cuts those of a key they no longer accept (unless a listener has
     /// `revoke = "new-only"`).
     fn keeps_open(&self, fp: &Fingerprint) -> bool;
+    /// Whether a new stream (a new client) of a peer with key `fp` is allowed under these
+    /// settings: what a reload checks an idle or reused session against, whatever `revoke` says.
+    fn accepts_new(&self, fp: &Fingerprint) -> bool {
+        self.keeps_open(fp)
+    }
     /// The names `status` gives peer keys: a listener's trust list, a connector's pins.
     fn trust(&self) -> Option<Arc<TrustList>> {
         None

@@ -1,6 +1,8 @@
-//! After the handshake: carry one established session through the pump and log its close.
+//! After the handshake: carry one stream of an established session through the pump and log
+//! its close.
 
 use std::fmt::Display;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,29 +16,43 @@ use crate::tunnel::pump::{pump, PumpError, PumpOptions, PumpStats};
 use crate::tunnel::session::Records;
 use crate::tunnel::state::{OpenConn, TunnelState};
 
-/// Carries an established session between `plain` and `sealed` until both directions have
-/// ended, resets both sockets if it fails (a Unix socket is just closed), and logs the close
-/// line. What both roles do after their handshake and the StreamInfo record (sent by the
-/// connector, read by the listener). Bytes and rekeys are added to `state` live, and the
-/// connection is listed in `state.open` while it runs; a reload that revokes its key cuts it
-/// there (reset, logged as "revoked at reload").
+/// How one stream ended, for the session that carried it.
+#[derive(Debug)]
+pub(crate) enum StreamEnd {
+    /// Both close records passed: the session may carry the next stream. The bytes read after
+    /// the peer's close record (the start of the next stream, if any).
+    Clean(Vec<u8>),
+    /// Failed (both sockets are set to reset when dropped); the session is over.
+    Failed,
+}
+
+/// Carries one stream of an established session between `plain` and `sealed` until both
+/// directions have ended, resets both sockets if it fails (a Unix socket is just closed), and
+/// logs the close line. What both roles do after the StreamInfo record that starts each stream
+/// (sent by the connector, read by the listener). Bytes and rekeys are added to `state` live,
+/// and the stream is listed in `state.open` while it runs (one connection per client stream);
+/// a reload that revokes its key cuts it there (reset, logged as "revoked at reload").
+/// `last_stream`: the session will carry no other stream (a connector that will not reuse it),
+/// so our close record is followed by a TCP half-close.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn carry<T: Tunnel>(
     tunnel: &T,
     mut plain: Conn,
-    mut sealed: TcpStream,
-    records: Records,
+    sealed: &mut TcpStream,
+    records: &mut Records,
     leftover: Vec<u8>,
     peer: impl Display,
     started: Instant,
     resumed: bool,
+    last_stream: bool,
     state: &TunnelState,
-) {
+) -> StreamEnd {
     let Records {
         fingerprint,
         sealer,
         opener,
     } = records;
+    let fingerprint = *fingerprint;
     let tuning = tunnel.tuning();
     let stats = Arc::new(PumpStats {
         tunnel: Some(state.traffic.clone()),
@@ -53,6 +69,7 @@ pub(crate) async fn carry<T: Tunnel>(
         record_size: tuning.record_size,
         rekey_interval: tuning.rekey_interval,
         idle_timeout: tuning.idle_timeout,
+        fin_after_close: last_stream,
     };
     let result = {
         let (sr, mut sw) = sealed.split();
@@ -75,9 +92,10 @@ pub(crate) async fn carry<T: Tunnel>(
         }
     };
     drop(entry);
+    state.counters.streams.fetch_add(1, Ordering::Relaxed);
     if result.is_err() {
         plain.reset_on_close();
-        reset_on_close(&sealed);
+        reset_on_close(sealed);
     }
     log_close(
         tunnel.name(),
@@ -88,6 +106,10 @@ pub(crate) async fn carry<T: Tunnel>(
         started,
         &result,
     );
+    match result {
+        Ok(rest) => StreamEnd::Clean(rest),
+        Err(_) => StreamEnd::Failed,
+    }
 }
 
 /// The line logged when an established connection ends.
@@ -98,12 +120,12 @@ fn log_close(
     fingerprint: &Fingerprint,
     stats: &PumpStats,
     started: Instant,
-    result: &Result<(), PumpError>,
+    result: &Result<Vec<u8>, PumpError>,
 ) {
     let (sent, received, rekeys) = stats.snapshot();
     let duration_ms = started.elapsed().as_millis() as u64;
     match result {
-        Ok(()) => tracing::info!(
+        Ok(_) => tracing::info!(
             tunnel = %tunnel, role = %role, %peer, fingerprint = %fingerprint, sent, received, rekeys, duration_ms,
             reason = "closed by both ends", "connection closed"
         ),

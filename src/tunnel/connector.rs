@@ -1,8 +1,11 @@
 //! The connector side: plaintext connections in, each carried sealed to the listener.
 //!
-//! Every session starts with a StreamInfo record (the client's address, the address it connected
-//! to and, in redirect mode, its original destination), sent right after the handshake.
+//! Every stream starts with a StreamInfo record (the client's address, the address it connected
+//! to and, in redirect mode, its original destination), sent right after the handshake or, on a
+//! warm session from the pool (`tunnel::pool`), at once. A stream that ends cleanly both ways
+//! gives its session back to the pool for the next client (PROTOCOL.md §4.3).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,11 +18,13 @@ use crate::proto::handshake::{
     ConnectorParams, Established, Handshake, HandshakeError, ListenerPin, Resumption,
 };
 use crate::proto::identity::{Fingerprint, TrustList};
+use crate::proto::record::RecordError;
 use crate::proto::stream::{canonical, StreamInfo};
 use crate::tunnel::accept::{log_refusal, os_randomness};
-use crate::tunnel::carry::carry;
+use crate::tunnel::carry::{carry, StreamEnd};
 use crate::tunnel::limits::Slot;
 use crate::tunnel::net::{connect, reset_on_close, Conn, Peer};
+use crate::tunnel::pool::{Session, SWEEP};
 use crate::tunnel::session::{self, Records, SessionError};
 use crate::tunnel::state::{count_resumption, ticket_policy, TunnelState};
 use crate::tunnel::stream_info::{original_destination, send_stream_info};
@@ -118,6 +123,176 @@ impl Tunnel for ConnectorTunnel {
             local: plain_tcp.and_then(|t| t.local_addr().ok()).map(canonical),
             destination,
         };
+        let connect = self.connect.to_string();
+        let pool_on = self.tuning.pool_max > 0;
+        let mut pooled = None;
+        if pool_on {
+            pooled = state.pool.take(&connect, |s| self.reusable(s));
+            let counter = if pooled.is_some() {
+                &state.counters.pool_hits
+            } else {
+                &state.counters.pool_misses
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            self.clone().refill(&state);
+        }
+        // A warm session first; a fresh handshake if there is none, or if the warm one fails
+        // before any byte of this client went out (PROTOCOL.md §4.3: the listener cannot have
+        // forwarded anything of this client then).
+        let (mut session, from_pool) = loop {
+            let (mut session, unsent, from_pool) = match pooled.take() {
+                Some(s) => (s, Vec::new(), true),
+                None => match self.establish(&client, &state).await {
+                    Some((s, unsent)) => (s, unsent, false),
+                    None => {
+                        plain.reset_on_close();
+                        return;
+                    }
+                },
+            };
+            let sent = send_stream_info(
+                &mut session.sealed,
+                &mut session.records.sealer,
+                &info,
+                unsent,
+            )
+            .await
+            .and_then(|()| Ok(session.records.opener.begin_stream()?));
+            match sent {
+                Ok(()) => break (session, from_pool),
+                Err(e) if from_pool => {
+                    tracing::debug!(tunnel = %self.name, role = %Role::Connector, peer = %client,
+                        reason = %e, "a warm session failed before use; a fresh one is made");
+                    reset_on_close(&session.sealed);
+                }
+                Err(e) => {
+                    tracing::warn!(tunnel = %self.name, role = %Role::Connector, peer = %client,
+                        fingerprint = %session.records.fingerprint,
+                        reason = %e, "cannot send the StreamInfo record, connection reset");
+                    plain.reset_on_close();
+                    reset_on_close(&session.sealed);
+                    return;
+                }
+            }
+        };
+        if session.streams > 0 {
+            state
+                .counters
+                .streams_reused
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let fp = session.records.fingerprint;
+        let (resumed, stream, pin) = (session.resumed, session.streams + 1, session.pin);
+        match destination {
+            Some(d) => tracing::info!(tunnel = %self.name, role = %Role::Connector, peer = %client,
+                fingerprint = %fp, pin, connect = %self.connect, destination = %d, resumed,
+                pooled = from_pool, stream, "connection open"),
+            None => tracing::info!(tunnel = %self.name, role = %Role::Connector, peer = %client,
+                fingerprint = %fp, pin, connect = %self.connect, resumed, pooled = from_pool, stream,
+                "connection open"),
+        }
+        let leftover = std::mem::take(&mut session.leftover);
+        // Known to be the session's last stream: a FIN follows our close record at once.
+        let last = !self.tuning.session_reuse
+            || self.tuning.pool_max == 0
+            || session.streams + 1 >= u64::from(self.tuning.session_reuse_streams);
+        let end = carry(
+            self.as_ref(),
+            plain,
+            &mut session.sealed,
+            &mut session.records,
+            leftover,
+            client,
+            started,
+            resumed,
+            last,
+            &state,
+        )
+        .await;
+        session.streams += 1;
+        match end {
+            // Both close records passed and nothing followed: back to the pool, if the session
+            // may carry another client and there is room; else the session ends (TCP FIN).
+            StreamEnd::Clean(rest) if rest.is_empty() => {
+                // Otherwise (or with the pool full) the drop closes it: a FIN after both close
+                // records, a clean end of the session.
+                if !last && self.reusable(&session) {
+                    state.pool.put(session, self.tuning.pool_max);
+                }
+            }
+            // The listener sent something after its close record: a protocol error.
+            StreamEnd::Clean(_) => {
+                tracing::warn!(tunnel = %self.name, role = %Role::Connector, fingerprint = %fp,
+                    reason = %RecordError::AfterClose, "session reset after a clean stream");
+                reset_on_close(&session.sealed);
+            }
+            StreamEnd::Failed => {}
+        }
+    }
+}
+
+impl ConnectorTunnel {
+    /// Whether `session` may carry a new client under these settings: its key still pinned,
+    /// under `session_reuse_streams` streams and younger than `session_reuse_age`.
+    fn reusable(&self, session: &Session) -> bool {
+        self.keeps_open(&session.records.fingerprint)
+            && session.streams < u64::from(self.tuning.session_reuse_streams)
+            && session.born.elapsed() < self.tuning.session_reuse_age
+    }
+
+    /// Starts the background refills the pool wants now, and its sweeper if none runs.
+    fn refill(self: Arc<Self>, state: &Arc<TunnelState>) {
+        let (min, max) = (self.tuning.pool_min, self.tuning.pool_max);
+        if max == 0 {
+            return;
+        }
+        for _ in 0..state.pool.refills_due(min, max) {
+            let (tunnel, state) = (self.clone(), state.clone());
+            tokio::spawn(async move {
+                let ok = match tunnel.establish(&"warm session", &state).await {
+                    Some((mut s, unsent)) => {
+                        // The handshake's last message goes now, so that the listener holds an
+                        // established session rather than a handshake in progress.
+                        let sent = tokio::io::AsyncWriteExt::write_all(&mut s.sealed, &unsent)
+                            .await
+                            .is_ok();
+                        sent && state.pool.put(s, tunnel.tuning.pool_max)
+                    }
+                    None => false,
+                };
+                state.pool.refilled(ok);
+            });
+        }
+        if state.pool.start_sweeping() {
+            let weak = Arc::downgrade(&self);
+            let state = state.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(SWEEP).await;
+                    let Some(tunnel) = weak.upgrade() else {
+                        // Settings replaced by a reload: the next client starts a new sweeper.
+                        state.pool.stop_sweeping();
+                        return;
+                    };
+                    if !state.pool.sweep(tunnel.tuning.pool_min) {
+                        return;
+                    }
+                    tunnel.refill(&state);
+                }
+            });
+        }
+    }
+
+    /// A new session with the listener: the handshake (with `peer` pin fallback, the TOFU probe
+    /// and first-contact recording), every failure logged and counted. `client` names what the
+    /// session is for in logs (a client, or a warm session). Returns the session and the
+    /// handshake's last message, not yet sent.
+    async fn establish(
+        &self,
+        client: &(dyn std::fmt::Display + Sync),
+        state: &TunnelState,
+    ) -> Option<(Session, Vec<u8>)> {
+        let started = Instant::now();
         let timeout = self.tuning.handshake_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let params = match self.tofu_params().await {
@@ -125,13 +300,12 @@ impl Tunnel for ConnectorTunnel {
             Err(e) => {
                 tracing::error!(tunnel = %self.name, role = %Role::Connector, peer = %client,
                     error = %e, "cannot read known_peers: connection refused");
-                plain.reset_on_close();
-                return;
+                return None;
             }
         };
         let first_contact = params.listener == ListenerPin::FirstContact;
         let pin = params.listener;
-        let mut result = self.attempt(params.clone(), &state, deadline).await;
+        let mut result = self.attempt(params.clone(), state, deadline).await;
         // `peer = [first, next]`: a hello the listener did not answer (closed without a byte:
         // not its key) is sent again on a new connection, keyed for the next pin.
         let mut tried = 1;
@@ -147,7 +321,7 @@ impl Tunnel for ConnectorTunnel {
                 listener: ListenerPin::Key(*next),
                 ..params.clone()
             };
-            result = self.attempt(next, &state, deadline).await;
+            result = self.attempt(next, state, deadline).await;
         }
         if let (Some(_), ListenerPin::Key(recorded), Err(SessionError::Unanswered)) =
             (&self.tofu, pin, &result)
@@ -159,71 +333,47 @@ impl Tunnel for ConnectorTunnel {
                 listener: ListenerPin::Probe(recorded),
                 ..params
             };
-            result = self.attempt(probe, &state, deadline).await;
+            result = self.attempt(probe, state, deadline).await;
         }
         let (sealed, est, leftover, unsent, handshake) = match result {
             Ok(x) => x,
             Err(e) => {
                 state.handshake_failed(&e);
-                if !self.log_tofu_failure(&client, first_contact, &e)
-                    && !self.log_unanswered(&client, pin, &e)
+                if !self.log_tofu_failure(client, first_contact, &e)
+                    && !self.log_unanswered(client, pin, &e)
                 {
-                    log_refusal(&self.name, self.role(), &client, &e);
+                    log_refusal(&self.name, self.role(), client, &e);
                 }
-                // The local client learns that its connection failed, not that it ended (a
-                // Unix socket client just sees it closed: Unix streams have no reset).
-                plain.reset_on_close();
-                return;
+                return None;
             }
         };
         drop(handshake);
         state.handshake_ok(started.elapsed());
-        count_resumption(&state, &est);
+        count_resumption(state, &est);
         let (resumed, ticket_refused) = (est.resumed, est.ticket_refused);
-        let mut records = Records::new(est, self.tuning.rekey_bytes);
+        let records = Records::new(est, self.tuning.rekey_bytes);
         let fp = records.fingerprint;
-        if first_contact && !self.record_first_contact(&client, fp).await {
-            plain.reset_on_close();
+        if first_contact && !self.record_first_contact(client, fp).await {
             reset_on_close(&sealed);
-            return;
-        }
-        let mut sealed = sealed;
-        if let Err(e) = send_stream_info(&mut sealed, &mut records.sealer, &info, unsent).await {
-            tracing::warn!(tunnel = %self.name, role = %Role::Connector, peer = %client, fingerprint = %fp,
-                reason = %e, "cannot send the StreamInfo record, connection reset");
-            plain.reset_on_close();
-            reset_on_close(&sealed);
-            return;
-        }
-        // Which of several pins matched (`fingerprint` is the key the listener proved).
-        let pin = (!self.fallback_pins.is_empty()).then_some(tried);
-        match destination {
-            Some(d) => tracing::info!(tunnel = %self.name, role = %Role::Connector, peer = %client,
-                fingerprint = %fp, pin, connect = %self.connect, destination = %d, resumed,
-                "connection open"),
-            None => tracing::info!(tunnel = %self.name, role = %Role::Connector, peer = %client,
-                fingerprint = %fp, pin, connect = %self.connect, resumed, "connection open"),
+            return None;
         }
         if ticket_refused.is_some() {
             tracing::debug!(tunnel = %self.name, role = %Role::Connector, peer = %client,
                 "the listener refused the resumption ticket, full handshake done");
         }
-        carry(
-            self.as_ref(),
-            plain,
+        let session = Session {
             sealed,
             records,
             leftover,
-            client,
-            started,
             resumed,
-            &state,
-        )
-        .await;
+            born: Instant::now(),
+            streams: 0,
+            connect: self.connect.to_string(),
+            // Which of several pins matched (`fingerprint` is the key the listener proved).
+            pin: (!self.fallback_pins.is_empty()).then_some(tried),
+        };
+        Some((session, unsent))
     }
-}
-
-impl ConnectorTunnel {
     /// Connects to the listener and runs one handshake, holding a handshake slot.
     async fn attempt(
         &self,
@@ -288,7 +438,12 @@ impl ConnectorTunnel {
 
     /// Explains a hello the listener closed without answering (a pinned key, not TOFU): what a
     /// listener does when the pin is not its key. Returns false for the other failures.
-    fn log_unanswered(&self, client: &Peer, pin: ListenerPin, e: &SessionError) -> bool {
+    fn log_unanswered(
+        &self,
+        client: &(dyn std::fmt::Display + Sync),
+        pin: ListenerPin,
+        e: &SessionError,
+    ) -> bool {
         let (SessionError::Unanswered, ListenerPin::Key(_)) = (e, pin) else {
             return false;
         };
@@ -315,7 +470,12 @@ impl ConnectorTunnel {
     }
 
     /// Logs the TOFU-specific failures loudly; returns false for the others.
-    fn log_tofu_failure(&self, client: &Peer, first_contact: bool, e: &SessionError) -> bool {
+    fn log_tofu_failure(
+        &self,
+        client: &(dyn std::fmt::Display + Sync),
+        first_contact: bool,
+        e: &SessionError,
+    ) -> bool {
         let Some(store) = &self.tofu else {
             return false;
         };
@@ -363,7 +523,11 @@ impl ConnectorTunnel {
 
     /// Records the listener key of a first contact in `known_peers`; false (after an error log)
     /// if the connection must be refused.
-    async fn record_first_contact(&self, client: &Peer, fp: Fingerprint) -> bool {
+    async fn record_first_contact(
+        &self,
+        client: &(dyn std::fmt::Display + Sync),
+        fp: Fingerprint,
+    ) -> bool {
         let Some(store) = self.tofu.clone() else {
             return false;
         };

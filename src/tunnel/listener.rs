@@ -1,12 +1,13 @@
 //! The listener side: sealed connections in, plaintext to the forward target out.
 //!
-//! After the handshake, and before any target is contacted, the connector's first record
-//! (StreamInfo) is read: it names the client and, from a redirect-mode connector, the original
+//! After the handshake, and before any target is contacted, the connector's first record of each
+//! stream (StreamInfo; a session may carry several streams one after the other, PROTOCOL.md §4.3)
+//! is read: it names the client and, from a redirect-mode connector, the original
 //! destination, which is connected to only if `allow_destinations` allows it. With
 //! `proxy_protocol = "v2"` a PROXY header with the client's address goes to the target first.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use std::sync::atomic::Ordering;
 
@@ -21,13 +22,13 @@ use crate::proto::identity::{Fingerprint, TrustList};
 use crate::proto::messages::{check_first_header, MAX_FIRST_MESSAGE_LEN, MSG_HEADER_LEN};
 use crate::proto::stream::{proxy_v2_header, StreamInfo};
 use crate::tunnel::accept::{log_refusal, os_randomness};
-use crate::tunnel::carry::carry;
+use crate::tunnel::carry::{carry, StreamEnd};
 use crate::tunnel::limits::Source;
 use crate::tunnel::net::{connect_local, reset_on_close, Conn, Peer};
 use crate::tunnel::session::{self, Records, SessionError};
 use crate::tunnel::signing::{self, NotSigned};
-use crate::tunnel::state::{count_resumption, ticket_policy, TunnelState};
-use crate::tunnel::stream_info::read_stream_info;
+use crate::tunnel::state::{count_resumption, ticket_policy, OpenConn, TunnelState};
+use crate::tunnel::stream_info::{read_stream_info, StreamError};
 use crate::tunnel::Tunnel;
 
 /// Everything a listener tunnel needs; replaced as a whole on reload.
@@ -185,9 +186,11 @@ impl Tunnel for ListenerTunnel {
     }
 
     fn keeps_open(&self, fp: &Fingerprint) -> bool {
-        self.revoke == Revoke::NewOnly
-            || self.params.accept_unknown
-            || self.params.trust.contains(fp)
+        self.revoke == Revoke::NewOnly || self.accepts_new(fp)
+    }
+
+    fn accepts_new(&self, fp: &Fingerprint) -> bool {
+        self.params.accept_unknown || self.params.trust.contains(fp)
     }
 
     async fn handle(self: Arc<Self>, sealed: Conn, peer: Peer, state: Arc<TunnelState>) {
@@ -278,38 +281,152 @@ impl Tunnel for ListenerTunnel {
         if !self.params.trust.contains(&fp) {
             log_unknown_connector(&self.name, &peer, &fp);
         }
-        // The connector's first record, within the same deadline, before any target is touched.
-        let (info, leftover) = match read_stream_info(
-            &mut sealed,
-            &mut records.opener,
-            leftover,
-            deadline,
-            timeout,
-        )
-        .await
-        {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
+        // The streams of the session, one after the other (PROTOCOL.md §4.3). The session is
+        // listed for reloads as long as it lives: one that stops trusting its key refuses the
+        // next stream (and ends the session at once if it is between streams).
+        let entry = state.sessions.register(OpenConn::new(
+            peer.to_string(),
+            fp,
+            started,
+            resumed,
+            Arc::default(),
+        ));
+        if let Some(why) = ticket_refused {
+            tracing::debug!(tunnel = %self.name, role = %Role::Listener, %peer, reason = %why,
+                "resumption ticket refused, full handshake done");
+        }
+        let mut leftover = leftover;
+        let mut stream: u64 = 0;
+        loop {
+            stream += 1;
+            let bound = session_idle(&self.tuning);
+            let next = read_stream_info(
+                &mut sealed,
+                &mut records.opener,
+                std::mem::take(&mut leftover),
+                tokio::time::Instant::now() + bound,
+                bound,
+            );
+            let read = tokio::select! {
+                r = next => Some(r),
+                () = entry.conn.next_refused() => None,
+            };
+            let (info, rest) = match read {
+                Some(Ok(x)) => x,
+                // The connector ended the session between streams (or retired a warm session
+                // before its first): a clean end.
+                Some(Err(StreamError::Eof)) => {
+                    tracing::debug!(tunnel = %self.name, role = %Role::Listener, %peer,
+                        fingerprint = %fp, streams = stream - 1, "session ended by the connector");
+                    return;
+                }
+                Some(Err(StreamError::Timeout(d))) => {
+                    tracing::debug!(tunnel = %self.name, role = %Role::Listener, %peer,
+                        fingerprint = %fp, streams = stream - 1,
+                        "no stream for {d:?}, session closed");
+                    return;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
                         reason = %e, "no valid StreamInfo record from the connector, connection reset");
+                    reset_on_close(&sealed);
+                    return;
+                }
+                None => {
+                    tracing::info!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
+                        streams = stream - 1,
+                        "session closed between streams (its key is no longer trusted after a reload, or shutdown)");
+                    reset_on_close(&sealed);
+                    return;
+                }
+            };
+            // The listener's direction carries the new stream too (closed at the last one's end).
+            if let Err(e) = records.sealer.begin_stream() {
+                tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
+                    reason = %e, "StreamInfo record out of place, connection reset");
                 reset_on_close(&sealed);
                 return;
             }
-        };
+            if entry.conn.no_next() || !self.accepts_new(&fp) {
+                tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
+                    client = %OptAddr(info.client),
+                    "connector key no longer trusted: new stream refused, connection reset (revoked at reload)");
+                reset_on_close(&sealed);
+                return;
+            }
+            if stream > 1 {
+                state
+                    .counters
+                    .streams_reused
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            let Some(target) = self.open_target(&peer, &fp, &info, &sealed).await else {
+                return;
+            };
+            tracing::info!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
+                peer_name = self.params.trust.name_of(&fp).unwrap_or(""), key, forward = %target.1,
+                client = %OptAddr(info.client), resumed, stream, "connection open");
+            let end = carry(
+                self.as_ref(),
+                target.0,
+                &mut sealed,
+                &mut records,
+                rest,
+                &peer,
+                Instant::now(),
+                resumed,
+                false,
+                &state,
+            )
+            .await;
+            match end {
+                StreamEnd::Clean(rest) => leftover = rest,
+                StreamEnd::Failed => return,
+            }
+            if entry.conn.no_next() {
+                tracing::info!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
+                    "connector key no longer trusted: session closed after its stream (revoked at reload)");
+                return;
+            }
+        }
+    }
+}
+
+/// How long a listener waits for the next stream of a session (and for the first one, which a
+/// warm session sends only when a client comes): 120 s, or `idle_timeout` if shorter. Past it
+/// the session is closed (a TCP FIN: the connector retires its warm sessions well before).
+pub(crate) const SESSION_IDLE: Duration = Duration::from_secs(120);
+
+fn session_idle(tuning: &Tuning) -> Duration {
+    tuning
+        .idle_timeout
+        .map_or(SESSION_IDLE, |t| t.min(SESSION_IDLE))
+}
+
+impl ListenerTunnel {
+    /// The target of one stream: the destination chosen for `info`, connected, with the PROXY
+    /// header written. `None` (after a log line, the session set to reset) if it cannot be.
+    async fn open_target(
+        &self,
+        peer: &Peer,
+        fp: &Fingerprint,
+        info: &StreamInfo,
+        sealed: &tokio::net::TcpStream,
+    ) -> Option<(Conn, Address)> {
         let target_addr = match choose_destination(
             self.forward.as_ref(),
             &self.allow_destinations,
-            &info,
+            info,
         ) {
             Ok(a) => a,
             Err(why) => {
                 tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
-                    peer_name = self.params.trust.name_of(&fp).unwrap_or(""),
+                    peer_name = self.params.trust.name_of(fp).unwrap_or(""),
                     client = %OptAddr(info.client),
                     destination = %OptAddr(info.destination), reason = why,
                     "destination refused, connection reset");
-                reset_on_close(&sealed);
-                return;
+                reset_on_close(sealed);
+                return None;
             }
         };
         // Only now, with the peer verified and the destination allowed, is the target contacted.
@@ -318,12 +435,12 @@ impl Tunnel for ListenerTunnel {
             Err(e) => {
                 tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
                     forward = %target_addr, reason = %e, "forward target unreachable, connection reset");
-                reset_on_close(&sealed);
-                return;
+                reset_on_close(sealed);
+                return None;
             }
         };
         if self.proxy_protocol == ProxyProtocol::V2 {
-            let header = proxy_v2_header(&info);
+            let header = proxy_v2_header(info);
             let written = match &mut target {
                 Conn::Tcp(t) => t.write_all(&header).await,
                 Conn::Unix(u) => u.write_all(&header).await,
@@ -331,30 +448,12 @@ impl Tunnel for ListenerTunnel {
             if let Err(e) = written {
                 tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
                     forward = %target_addr, reason = %e, "cannot write the PROXY header, connection reset");
-                reset_on_close(&sealed);
+                reset_on_close(sealed);
                 target.reset_on_close();
-                return;
+                return None;
             }
         }
-        tracing::info!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
-            peer_name = self.params.trust.name_of(&fp).unwrap_or(""), key, forward = %target_addr,
-            client = %OptAddr(info.client), resumed, "connection open");
-        if let Some(why) = ticket_refused {
-            tracing::debug!(tunnel = %self.name, role = %Role::Listener, %peer, reason = %why,
-                "resumption ticket refused, full handshake done");
-        }
-        carry(
-            self.as_ref(),
-            target,
-            sealed,
-            records,
-            leftover,
-            peer,
-            started,
-            resumed,
-            &state,
-        )
-        .await;
+        Some((target, target_addr))
     }
 }
 

@@ -25,6 +25,7 @@ pub(crate) mod connector;
 pub(crate) mod limits;
 pub(crate) mod listener;
 pub(crate) mod net;
+pub(crate) mod pool;
 pub(crate) mod pump;
 pub(crate) mod session;
 pub(crate) mod signing;

@@ -1,15 +1,18 @@
-//! The full-duplex pump between a plaintext socket and a sealed one, with half-close.
+//! The full-duplex pump between a plaintext socket and a sealed one, with half-close, for one
+//! stream of a session.
 //!
 //! Two futures run in one task, one per direction. Plain → sealed: read up to `record_size`,
 //! seal in place (with a rekey record in front when one is due), one write. Sealed → plain:
 //! read up to one largest record at a time, open every complete record in place, and write
 //! their plaintexts with one vectored write (at most one partial record stays buffered). A
-//! plaintext EOF becomes a close record and a TCP half-close; a close record becomes
-//! `shutdown(Write)` on the plaintext socket. Any error, or a sealed EOF without a close record, fails the pump; the caller then
-//! resets the plaintext socket. Buffers are bounded, so a slow reader slows the sender, and they
-//! exist only while data moves: each direction waits for readability with no buffer, takes one
-//! when bytes arrive and gives it back once the socket is drained, so an idle connection holds
-//! no record buffer at all.
+//! plaintext EOF becomes a close record; a close record becomes `shutdown(Write)` on the
+//! plaintext socket right away. The sealed socket stays open: once both directions' close
+//! records have passed, the stream is over and the session may carry the next one (PROTOCOL.md
+//! §4.3) or end with a TCP end of stream. Any error, or a sealed EOF without a close record,
+//! fails the pump; the caller then resets the plaintext socket. Buffers are bounded, so a slow
+//! reader slows the sender, and they exist only while data moves: each direction waits for
+//! readability with no buffer, takes one when bytes arrive and gives it back once the socket is
+//! drained, so an idle connection holds no record buffer at all.
 
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,11 +38,10 @@ pub(crate) struct PumpOptions {
     /// End the connection (an error: both sockets reset) after this long without a byte
     /// moving either way.
     pub idle_timeout: Option<Duration>,
+    /// A TCP half-close right behind our close record: the session carries no other stream
+    /// (a connector that will not reuse it), so that a dropped close record is truncation.
+    pub fin_after_close: bool,
 }
-
-/// How long the peer's TCP end of stream may lag behind its close record (it sends both at
-/// once): past it the connection is reset rather than held open by a peer that never closes.
-pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 /// The read side of a plaintext socket, TCP or Unix: waiting for readability without a buffer,
 /// then reading what is there without blocking. Implemented for the streams and their halves.
@@ -135,34 +137,33 @@ pub(crate) enum PumpError {
     /// No byte moved either way for `idle_timeout`.
     #[error("idle for {0:?} (idle_timeout)")]
     Idle(Duration),
-    /// The peer sent its close record but not its TCP end of stream within [`CLOSE_WAIT`].
-    #[error("no end of stream within {0:?} of the peer's close record")]
-    CloseWait(Duration),
 }
 
-/// Runs both directions until both have ended cleanly, or one fails.
+/// Runs both directions of one stream until both have ended cleanly (both close records passed),
+/// or one fails. On success, returns the bytes read from the sealed socket after the peer's close
+/// record (the start of the next stream, if any).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn pump<PR, PW, SR, SW>(
     plain_r: &PR,
     plain_w: &mut PW,
     sealed_r: &SR,
     sealed_w: &mut SW,
-    mut sealer: Sealer,
-    mut opener: Opener,
+    sealer: &mut Sealer,
+    opener: &mut Opener,
     leftover: Vec<u8>,
     opts: PumpOptions,
     stats: &PumpStats,
-) -> Result<(), PumpError>
+) -> Result<Vec<u8>, PumpError>
 where
     PR: PlainRead,
     PW: AsyncWrite + Unpin,
     SR: AsRef<TcpStream>,
     SW: AsyncWrite + Unpin,
 {
-    let up = plain_to_sealed(plain_r, sealed_w, &mut sealer, opts, stats);
-    let down = sealed_to_plain(sealed_r, plain_w, &mut opener, leftover, stats);
+    let up = plain_to_sealed(plain_r, sealed_w, sealer, opts, stats);
+    let down = sealed_to_plain(sealed_r, plain_w, opener, leftover, stats);
     tokio::select! {
-        r = async { tokio::try_join!(up, down).map(|_| ()) } => r,
+        r = async { tokio::try_join!(up, down).map(|((), rest)| rest) } => r,
         e = idle_watch(opts.idle_timeout, stats) => Err(e),
     }
 }
@@ -274,10 +275,15 @@ where
         burst_max = burst_max.max(n);
         let Some(b) = buf.as_mut() else { continue };
         if n == 0 {
+            // The end of this stream in our direction; the session stays open (no TCP FIN).
             let mut close = [0u8; OVERHEAD];
             sealer.seal_close(&mut close)?;
             sealed.write_all(&close).await.map_err(PumpError::Sealed)?;
-            sealed.shutdown().await.map_err(PumpError::Sealed)?;
+            if opts.fin_after_close {
+                sealed.shutdown().await.map_err(PumpError::Sealed)?;
+            } else {
+                sealed.flush().await.map_err(PumpError::Sealed)?;
+            }
             return Ok(());
         }
         let mut start = OVERHEAD;
@@ -320,30 +326,6 @@ fn tick_ready(i: &mut tokio::time::Interval) -> bool {
     i.poll_tick(&mut cx).is_ready()
 }
 
-/// After a close record: anything but EOF is an error (a record after close), and so is no EOF
-/// within [`CLOSE_WAIT`].
-async fn expect_eof(sealed: &TcpStream, already_buffered: usize) -> Result<(), PumpError> {
-    if already_buffered > 0 {
-        return Err(RecordError::AfterClose.into());
-    }
-    tokio::time::timeout(CLOSE_WAIT, wait_eof(sealed))
-        .await
-        .unwrap_or(Err(PumpError::CloseWait(CLOSE_WAIT)))
-}
-
-async fn wait_eof(sealed: &TcpStream) -> Result<(), PumpError> {
-    let mut probe = [0u8; 1];
-    loop {
-        sealed.readable().await.map_err(PumpError::Sealed)?;
-        match sealed.try_read(&mut probe) {
-            Ok(0) => return Ok(()),
-            Ok(_) => return Err(RecordError::AfterClose.into()),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(PumpError::Sealed(e)),
-        }
-    }
-}
-
 /// Room for new bytes from the sealed socket at each read: one largest record, so that one
 /// read usually brings several small records or a whole large one.
 const READ_CHUNK: usize = MAX_RECORD_LEN;
@@ -378,7 +360,7 @@ async fn sealed_to_plain<R, W>(
     opener: &mut Opener,
     leftover: Vec<u8>,
     stats: &PumpStats,
-) -> Result<(), PumpError>
+) -> Result<Vec<u8>, PumpError>
 where
     R: AsRef<TcpStream>,
     W: AsyncWrite + Unpin,
@@ -442,12 +424,11 @@ where
             return Err(e.into());
         }
         if closed {
-            // Nothing may follow a close record: the peer's EOF (sent right after it) must
-            // come first, so that a record after close resets the local socket instead of
-            // ending it cleanly.
-            expect_eof(sealed, buf.len() - start).await?;
+            // The end of this stream from the peer: passed on at once. What follows the close
+            // record belongs to the next stream (or is refused there by the record layer).
             plain.shutdown().await.map_err(PumpError::Plain)?;
-            return Ok(());
+            buf.drain(..start);
+            return Ok(buf);
         }
         if count == MAX_IOV {
             continue;
@@ -472,8 +453,8 @@ where
             Err(e) => return Err(PumpError::Sealed(e)),
         };
         if n == 0 {
-            opener.end_of_stream()?;
-            return Ok(());
+            // No close record: truncation.
+            return Err(RecordError::Truncated.into());
         }
     }
 }
@@ -498,7 +479,7 @@ mod tests {
     async fn run_pump(
         opts: PumpOptions,
         peer: impl FnOnce(TcpStream, TcpStream, Sealer) -> tokio::task::JoinHandle<()>,
-    ) -> Result<(), PumpError> {
+    ) -> Result<Vec<u8>, PumpError> {
         let (plain_local, plain_app) = tcp_pair().await;
         let (sealed_local, sealed_peer) = tcp_pair().await;
         let ours = Secret::from_bytes([1; 32]);
@@ -507,13 +488,14 @@ mod tests {
         let stats = PumpStats::default();
         let (pr, mut pw) = plain_local.into_split();
         let (sr, mut sw) = sealed_local.into_split();
+        let (mut sealer, mut opener) = (Sealer::new(ours, 1 << 30), Opener::new(theirs));
         let r = pump(
             &pr,
             &mut pw,
             &sr,
             &mut sw,
-            Sealer::new(ours, 1 << 30),
-            Opener::new(theirs),
+            &mut sealer,
+            &mut opener,
             Vec::new(),
             opts,
             &stats,
@@ -527,23 +509,77 @@ mod tests {
         record_size: 1024,
         rekey_interval: None,
         idle_timeout: None,
+        fin_after_close: false,
     };
 
-    #[tokio::test(start_paused = true)]
-    async fn a_close_record_without_end_of_stream_is_waited_for_a_bounded_time() {
-        let r = run_pump(OPTS, |mut sealed, app, mut sealer| {
+    #[tokio::test]
+    async fn a_close_record_is_passed_on_at_once_and_the_session_stays_open() {
+        let (plain_local, mut plain_app) = tcp_pair().await;
+        let (sealed_local, mut sealed_peer) = tcp_pair().await;
+        let ours = Secret::from_bytes([1; 32]);
+        let theirs = Secret::from_bytes([2; 32]);
+        let mut peer_sealer = Sealer::new(theirs.clone(), 1 << 30);
+        let mut peer_opener = Opener::new(ours.clone());
+        let (mut sealer, mut opener) = (Sealer::new(ours, 1 << 30), Opener::new(theirs));
+        let stats = PumpStats::default();
+        let (pr, mut pw) = plain_local.into_split();
+        let (sr, mut sw) = sealed_local.into_split();
+        let peer = tokio::spawn(async move {
+            // The peer's close record, and right behind it (same write) a byte of what follows.
+            let mut close = [0u8; OVERHEAD];
+            peer_sealer.seal_close(&mut close).unwrap();
+            let mut w = close.to_vec();
+            w.push(0xAB);
+            sealed_peer.write_all(&w).await.unwrap();
+            // The application sees the end of stream without any TCP FIN on the sealed side...
+            let mut sink = Vec::new();
+            plain_app.read_to_end(&mut sink).await.unwrap();
+            assert!(sink.is_empty());
+            // ...and its own end becomes our close record, again without a FIN.
+            plain_app.shutdown().await.unwrap();
+            let mut rec = [0u8; OVERHEAD];
+            sealed_peer.read_exact(&mut rec).await.unwrap();
+            assert_eq!(peer_opener.open(&mut rec).unwrap(), Opened::Close);
+            (sealed_peer, plain_app)
+        });
+        let rest = pump(
+            &pr,
+            &mut pw,
+            &sr,
+            &mut sw,
+            &mut sealer,
+            &mut opener,
+            Vec::new(),
+            OPTS,
+            &stats,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            rest,
+            vec![0xAB],
+            "the bytes after the close record are kept"
+        );
+        assert!(sealer.is_closed() && opener.is_closed());
+        let (mut sealed_peer, _app) = peer.await.unwrap();
+        // The session is still open: nothing more, and no end of stream, has arrived.
+        let mut probe = [0u8; 1];
+        let r = tokio::time::timeout(Duration::from_millis(50), sealed_peer.read(&mut probe)).await;
+        assert!(r.is_err(), "the sealed socket stays open: {r:?}");
+    }
+
+    #[tokio::test]
+    async fn an_end_of_stream_without_a_close_record_is_truncation() {
+        let r = run_pump(OPTS, |sealed, app, _| {
             tokio::spawn(async move {
-                let mut close = [0u8; OVERHEAD];
-                sealer.seal_close(&mut close).unwrap();
-                sealed.write_all(&close).await.unwrap();
-                // Never a FIN; keep both sockets open.
+                drop(sealed);
                 let _keep = app;
                 std::future::pending::<()>().await;
             })
         })
         .await;
         assert!(
-            matches!(r, Err(PumpError::CloseWait(d)) if d == CLOSE_WAIT),
+            matches!(r, Err(PumpError::Record(RecordError::Truncated))),
             "{r:?}"
         );
     }

@@ -73,6 +73,14 @@ pub struct Counters {
     pub resumption_fallbacks: AtomicU64,
     /// Listener: RSA signatures made for full handshakes (answers made by the signing threads).
     pub signatures: AtomicU64,
+    /// Client streams carried (one per client connection; several per session with reuse).
+    pub streams: AtomicU64,
+    /// Streams carried by a session that had carried another stream before (reuse).
+    pub streams_reused: AtomicU64,
+    /// Connector: clients served by a warm session from the pool (no handshake on their path).
+    pub pool_hits: AtomicU64,
+    /// Connector: clients that found the pool empty and waited for a handshake of their own.
+    pub pool_misses: AtomicU64,
 }
 
 /// What the accept loop and the connections of one tunnel share.
@@ -103,8 +111,14 @@ pub struct TunnelState {
     pub handshake_seconds: Histogram,
     /// Listener: the resumption tickets issued (kept across reloads, memory only).
     pub tickets: Arc<Mutex<TicketStore>>,
-    /// Established connections, for `status` and for cuts at reload.
+    /// Established connections (client streams), for `status` and for cuts at reload.
     pub(crate) open: OpenConns,
+    /// Listener: established sessions, for the whole of their life (streams and the idle time
+    /// between them): a reload that stops trusting a key refuses their next stream
+    /// ([`OpenConns::refuse_next_unless`]). Not shown by `status`.
+    pub(crate) sessions: OpenConns,
+    /// Connector: warm sessions waiting for a client (PROTOCOL.md §4.3).
+    pub(crate) pool: crate::tunnel::pool::Pool,
     /// Connector: the current resumption ticket (kept across reloads, memory only).
     pub connector_tickets: Arc<Mutex<ConnectorTickets>>,
     pub(crate) limit_log: LogLimiter,
@@ -160,6 +174,8 @@ impl Default for TunnelState {
             tickets: Arc::default(),
             connector_tickets: Arc::default(),
             open: OpenConns::default(),
+            sessions: OpenConns::default(),
+            pool: crate::tunnel::pool::Pool::default(),
             limit_log: LogLimiter::new(Duration::from_secs(10)),
             rate_log: LogLimiter::new(Duration::from_secs(10)),
             mac1_log: LogLimiter::new(Duration::from_secs(10)),
@@ -203,6 +219,7 @@ pub(crate) struct OpenConn {
     /// Bytes and rekeys so far, updated live by the pump.
     pub(crate) stats: Arc<PumpStats>,
     cut: CancellationToken,
+    no_next: CancellationToken,
 }
 
 impl OpenConn {
@@ -221,12 +238,24 @@ impl OpenConn {
             resumed,
             stats,
             cut: CancellationToken::new(),
+            no_next: CancellationToken::new(),
         }
     }
 
     /// Resolves once the connection has been cut ([`OpenConns::cut_unless`]).
     pub(crate) async fn cut(&self) {
         self.cut.cancelled().await
+    }
+
+    /// Resolves once a reload has refused this session's next stream
+    /// ([`OpenConns::refuse_next_unless`]).
+    pub(crate) async fn next_refused(&self) {
+        self.no_next.cancelled().await
+    }
+
+    /// True once a reload has refused this session's next stream.
+    pub(crate) fn no_next(&self) -> bool {
+        self.no_next.is_cancelled()
     }
 }
 
@@ -274,6 +303,20 @@ impl OpenConns {
         let mut v: Vec<_> = self.lock().iter().map(|(id, c)| (*id, c.clone())).collect();
         v.sort_by_key(|(id, _)| *id);
         v.into_iter().map(|(_, c)| c).collect()
+    }
+
+    /// Refuses the next stream of every session whose key `keep` refuses (an idle one ends at
+    /// once, a busy one after its stream); returns how many.
+    pub(crate) fn refuse_next_unless(&self, keep: impl Fn(&Fingerprint) -> bool) -> usize {
+        let map = self.lock();
+        let mut n = 0;
+        for c in map.values().filter(|c| !keep(&c.fingerprint)) {
+            if !c.no_next.is_cancelled() {
+                c.no_next.cancel();
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Cuts every open connection whose key `keep` refuses (each is then reset and logged by

@@ -210,9 +210,13 @@ pub fn proxy_v2_listener(forward: SocketAddr) -> String {
 /// `connect`.
 pub fn tofu_connector_toml(connect: SocketAddr) -> String {
     format!(
-        "[identity]\nprivate_key = \"connector.pem\"\n\n[[connector]]\nname = \"tofu\"\nlisten = \"127.0.0.1:0\"\nconnect = \"{connect}\"\npeer = \"tofu\"\nknown_peers = \"known_peers\"\n"
+        "[identity]\nprivate_key = \"connector.pem\"\n\n[[connector]]\nname = \"tofu\"\nlisten = \"127.0.0.1:0\"\nconnect = \"{connect}\"\npeer = \"tofu\"\nknown_peers = \"known_peers\"\n{NO_POOL}"
     )
 }
+
+/// One session per client, for tests that count handshakes, resumptions or connections (warm
+/// and reused sessions are tested in `tests/reuse.rs`).
+pub const NO_POOL: &str = "pool_max = 0\n";
 
 /// Writes [`tofu_connector_toml`] as `connector.toml` in `site`.
 pub fn tofu_connector(site: &Site, connect: SocketAddr) -> PathBuf {
@@ -458,7 +462,8 @@ pub fn metrics_tunnel(target: SocketAddr) -> Tunnel {
     Tunnel::start(
         Site::new(),
         &(listener_for(target, "") + METRICS),
-        |listener| connector_for(listener, "") + METRICS,
+        // One session per client: the metrics tests count connections on both sides.
+        |listener| connector_for(listener, "pool_max = 0") + METRICS,
     )
 }
 

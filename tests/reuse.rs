@@ -1,0 +1,93 @@
+//! Reused and warm sessions (PROTOCOL.md §4.3): a client served by a pooled session, a thousand
+//! sequential clients carried by one session with every byte hashed, and a reload that stops
+//! trusting the connector's key: its pooled sessions carry no new client.
+//!
+//! A listener restart under a running connector with the pool on is covered by
+//! `tests/faults.rs` (`listener_restarted_on_the_same_port_serves_the_running_connector`).
+
+mod support;
+
+use support::daemon::*;
+
+/// The `stream=` value of every "connection open" line of `log`.
+fn streams(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains("connection open"))
+        .filter_map(|l| l.split(" stream=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_second_client_is_served_by_a_warm_session() {
+    let service = Service::start(Behaviour::Echo);
+    let t = tunnel_to(service.addr, "");
+    assert_echoes(t.entry, 1, 100_000);
+    // The first client's session went back to the pool once both close records passed.
+    assert_echoes(t.entry, 2, 100_000);
+    let line = t.connector.wait_line("stream=2");
+    assert!(line.contains("pooled=true"), "{line}");
+    let log = t.listener.wait_log_count("connection open", 2);
+    assert_eq!(streams(&log), [1, 2], "{log}");
+    // No handshake on the second client's path: the listener saw one session carry both.
+    assert!(!t.connector.log_text().contains("connection reset"));
+    let status = t.connector.log_text();
+    assert!(status.contains("pooled=true stream=2"), "{status}");
+}
+
+#[test]
+fn one_session_carries_a_thousand_sequential_clients_every_byte_hashed() {
+    let service = Service::start(Behaviour::Echo);
+    let t = tunnel_to(service.addr, "");
+    for seed in 0..1000u64 {
+        // assert_echoes hashes both ways: what the client sent and what came back.
+        assert_echoes(t.entry, seed, 1000 + seed as usize);
+        // Sequential for the connector too: the last stream has ended there as well.
+        t.connector
+            .wait_log_count("connection closed", seed as usize + 1);
+    }
+    let log = t.listener.wait_log_count("connection open", 1000);
+    let s = streams(&log);
+    assert_eq!(s.len(), 1000);
+    // About one session: a client that comes before the last one's session is back in the
+    // pool (its stream ends for the client a moment before it ends for the connector) makes a
+    // handshake of its own, so a few may begin; every other client rides a pooled session.
+    let firsts = s.iter().filter(|&&n| n == 1).count();
+    assert!(firsts <= 10, "sessions that began: {firsts}");
+    assert!(s.iter().max() >= Some(&100), "{s:?}");
+    let c = t.connector.log_text();
+    assert!(!c.contains("connection reset"), "{c}");
+    assert_eq!(c.matches("pooled=true").count(), 1000 - firsts);
+}
+
+#[test]
+fn a_reload_that_removes_the_key_leaves_pooled_sessions_unused() {
+    let service = Service::start(Behaviour::Echo);
+    // `revoke = "new-only"` keeps open streams; a new client is a new stream and is refused.
+    let t = tunnel_to(service.addr, "");
+    t.listener.edit_config(|text| {
+        text.replace("[[listener]]\n", "[[listener]]\nrevoke = \"new-only\"\n")
+    });
+    t.listener.reload();
+    assert_echoes(t.entry, 1, 10_000);
+    assert_echoes(t.entry, 2, 10_000);
+    t.connector.wait_line("pooled=true");
+
+    t.listener.edit_config(|text| {
+        text.replace(
+            &connector_fp().to_string(),
+            &fingerprint_of("untrusted.pem").to_string(),
+        )
+    });
+    t.listener.reload();
+    // The pooled session is closed by the listener; the next client is refused, never served
+    // and never silently dropped.
+    let r = try_exchange(t.entry, b"after the reload");
+    assert!(r.is_err(), "{r:?}");
+    let log = t.listener.log_text();
+    assert!(
+        log.contains("sessions carry no new stream (revoked at reload)"),
+        "{log}"
+    );
+    assert_eq!(streams(&log).len(), 2, "no stream after the reload:\n{log}");
+}
