@@ -265,8 +265,13 @@ fn flood_case(kind: Flood, sources: u32) {
     );
     let metrics = metrics_addr(&listener);
     let sealed = listener.addr();
-    let with_ticket = site.start("a.toml", &connector_for(sealed, ""));
-    let without = site.start("b.toml", &connector_for(sealed, "resumption = false"));
+    // No warm sessions: every legitimate client must make its own handshake through the flood
+    // (resumed, or full without a ticket).
+    let with_ticket = site.start("a.toml", &connector_for(sealed, NO_POOL));
+    let without = site.start(
+        "b.toml",
+        &connector_for(sealed, &format!("resumption = false\n{NO_POOL}")),
+    );
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
