@@ -139,6 +139,19 @@ pub fn check_first_header(
 /// The largest first message of a connector (a resume hello), header included.
 pub const MAX_FIRST_MESSAGE_LEN: usize = MSG_HEADER_LEN + RESUME_HELLO_BODY;
 
+/// The connector's ephemeral X25519 key `e_c` of a whole ConnectorHello or ResumeHello (header
+/// included): what a listener's replay cache keys on. `None` if `hello` is not one of the two
+/// with its exact length. No cryptographic check: call it on a hello whose mac1 verified.
+pub fn hello_ephemeral(hello: &[u8]) -> Option<[u8; 32]> {
+    let header = hello.first_chunk::<MSG_HEADER_LEN>()?;
+    let (_, len) = check_first_header(header).ok()?;
+    if hello.len() != MSG_HEADER_LEN + len {
+        return None;
+    }
+    let at = MSG_HEADER_LEN + 1 + 1 + 32;
+    hello.get(at..at + 32)?.try_into().ok()
+}
+
 /// The header of a message of `kind` with a body of `len` bytes.
 pub fn header(kind: MessageType, len: usize) -> [u8; MSG_HEADER_LEN] {
     let l = (len as u16).to_be_bytes();
@@ -268,6 +281,27 @@ mod tests {
         let mut empty = m;
         empty[0..2].copy_from_slice(&[0, 0]);
         assert_eq!(Auth::decode(&empty), Err(MessageError::BadLength(0)));
+    }
+
+    #[test]
+    fn hello_ephemeral_is_the_connector_key() {
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            options: 0,
+            random: [1; 32],
+            ephemeral: [2; 32],
+        };
+        let mut m = hello.encode_connector_unmacced();
+        assert_eq!(
+            hello_ephemeral(&m),
+            None,
+            "without mac1 the length is wrong"
+        );
+        m.extend_from_slice(&[0; MAC1_LEN]);
+        assert_eq!(hello_ephemeral(&m), Some([2; 32]));
+        m[0] = MessageType::ListenerHello as u8;
+        assert_eq!(hello_ephemeral(&m), None);
+        assert_eq!(hello_ephemeral(&[]), None);
     }
 
     #[test]
