@@ -50,6 +50,7 @@ fn open_stream(o: &mut Opener, mut stream: &[u8]) -> Result<Vec<u8>, RecordError
         match o.open(&mut rec)? {
             Opened::Data(d) => data.extend_from_slice(d),
             Opened::Close | Opened::Rekey => {}
+            Opened::Alert(a) => return Err(RecordError::Refused(a)),
         }
     }
     Ok(data)

@@ -282,6 +282,7 @@ pub fn read_records(opener: &mut Opener, stream: &mut [u8]) -> (Vec<Seen>, Optio
                 seen.push(Seen::Close);
                 return (seen, None);
             }
+            Ok(Opened::Alert(a)) => return (seen, Some(RecordError::Refused(a))),
             Err(e) => return (seen, Some(e)),
         }
         start += total;
