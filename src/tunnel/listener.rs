@@ -156,7 +156,14 @@ impl Tunnel for ListenerTunnel {
             match session::handshake(&mut sealed, hs, hello, deadline, timeout).await {
                 Ok((est, leftover, unsent)) if unsent.is_empty() => (est, leftover),
                 Ok(_) => return refused(SessionError::Handshake(HandshakeError::State)),
-                Err(e) => return refused(e),
+                Err(e) => {
+                    if let SessionError::Handshake(h) = &e {
+                        if let Some(alert) = h.alert() {
+                            send_alert(&mut sealed, alert, deadline).await;
+                        }
+                    }
+                    return refused(e);
+                }
             };
         drop(handshake);
         state.handshake_ok(started.elapsed());
@@ -321,6 +328,26 @@ impl std::fmt::Display for OptAddr {
             None => write!(f, "-"),
         }
     }
+}
+
+/// Sends the Alert record of a refusal to the authenticated connector, then ends our direction
+/// and reads (and drops) what the connector had sent until its end of stream, within the
+/// handshake deadline: closing with unread bytes would send a reset, which can make the
+/// connector's kernel drop the alert before it is read.
+async fn send_alert(
+    sealed: &mut tokio::net::TcpStream,
+    alert: &[u8],
+    deadline: tokio::time::Instant,
+) {
+    let send = async {
+        sealed.write_all(alert).await?;
+        sealed.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        // Bounded by the deadline; the connector closes on reading the alert.
+        while sealed.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout_at(deadline, send).await;
 }
 
 #[cfg(test)]
