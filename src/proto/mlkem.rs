@@ -65,9 +65,10 @@ impl DecapsulationKey {
 
     /// The key of a fixed encoding (`DK_LEN` bytes: dk_pke ‖ ek ‖ H(ek) ‖ z), for vectors.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        kem::DecapsulationKey::new(&ML_KEM_768, bytes)
-            .ok()
-            .and_then(Self::wrap)
+        let key = kem::DecapsulationKey::new(&ML_KEM_768, bytes).ok()?;
+        // FIPS 203: dk = dk_pke (384·k = 1152 bytes) ‖ ek ‖ H(ek) ‖ z.
+        let ek: Box<[u8; EK_LEN]> = Box::new(bytes.get(1152..1152 + EK_LEN)?.try_into().ok()?);
+        Some(DecapsulationKey { key, ek })
     }
 
     fn wrap(key: kem::DecapsulationKey) -> Option<Self> {
