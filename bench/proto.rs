@@ -59,6 +59,7 @@ fn params() -> (ConnectorParams, ListenerParams) {
             listener: listener.fingerprint().into(),
             identity: Arc::new(connector),
             psk: None,
+            service: "bench".into(),
         },
         ListenerParams {
             identity: Arc::new(listener),
@@ -67,6 +68,7 @@ fn params() -> (ConnectorParams, ListenerParams) {
             psk: None,
             accept_unknown: false,
             allow_tofu: false,
+            service: "bench".into(),
         },
     )
 }
@@ -379,7 +381,7 @@ fn bench_references(c: &mut Criterion) {
     let transcript = hash(b"transcript");
     group.bench_function("key_schedule", |b| {
         b.iter(|| {
-            let hs = HandshakeSecrets::new(None, black_box(&shared));
+            let hs = HandshakeSecrets::new(None, black_box(&shared), black_box(&shared));
             let c_hs = hs.traffic(Direction::ConnectorToListener, &hellos);
             let l_hs = hs.traffic(Direction::ListenerToConnector, &hellos);
             let master = hs.master();

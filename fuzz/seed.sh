@@ -31,8 +31,11 @@ seed() { # seed TARGET NAME HEX
     printf '%s' "$3" | hex2bin >"$corpus/$1/seed-$2"
 }
 
-CH=$(vector connector_hello)
-LH=$(vector listener_hello)
+# Protocol 2's hellos carry ML-KEM-768 values drawn by aws-lc-rs (no byte-exact vector): the
+# seeds are hellos of the right shape, version 2, no options, fixed field bytes (their mac1 is
+# wrong: the fuzz targets re-mac what they need).
+CH="1104f20200$(rep 42 32)$(rep 09 32)$(rep 5a 1184)$(rep 00 16)"
+LH="1204820200$(rep 43 32)$(rep 09 32)$(rep 6b 1088)"
 PING=$(vector first_record_ping)
 REKEY=$(vector second_record_rekey)
 PONG=$(vector third_record_pong_generation_1)
@@ -61,10 +64,10 @@ seed $t sealed-listener-key "01$(vec16 "$SPKI_L")$(vec16 "$SIG")$FIN"
 seed $t sealed-tiny "01000100000100$FIN"
 
 t=handshake_listener_resume
-RH=$(vector resume_hello)
-RF=$(vector resume_finished)
+RH="15052202007b$(rep 44 31)$(rep 09 32)$(rep 5a 1184)$(rep 17 48)$(rep 00 16)"
+RF="170020$(rep c5 32)"
 RH_FIELDS=${RH:6:132}    # version, options, random, e_c
-RH_TICKET=${RH:138:96}   # the vector's ticket id and binder (unknown to the fuzz listener)
+RH_TICKET=${RH:2506:96}  # a ticket id and binder (unknown to the fuzz listener)
 seed $t real-ticket "01$RH_FIELDS"
 seed $t real-ticket-finished "01${RH_FIELDS}00$RF"
 seed $t real-ticket-finished-split "01${RH_FIELDS}010002$RF"

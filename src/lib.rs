@@ -46,4 +46,4 @@ pub(crate) mod tunnel;
 /// The version line: crate version and protocol version. `concat!` takes literals only, so the
 /// protocol version is written out here; a unit test checks it is
 /// [`PROTOCOL_VERSION`](proto::messages::PROTOCOL_VERSION), the one on the wire.
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 1)");
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 2)");

@@ -52,7 +52,7 @@ fn a_listen_port_held_by_another_socket_fails_unless_no_bind() {
     // --no-bind: the same file is fine; the forward name that does not resolve is a warning.
     let (code, out, err) = check(&conf, &["--no-bind"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains(": OK (protocol 1)"), "{out}");
+    assert!(out.contains(": OK (protocol 2)"), "{out}");
     assert!(
         err.contains(
             "warning: listener \"test\": forward nosuchhost.invalid:6379: does not resolve now"
@@ -80,7 +80,7 @@ fn the_ports_of_the_daemon_running_the_config_are_not_tried() {
 
     let (code, out, err) = check(&daemon.config, &[]);
     assert_eq!(code, 0, "the daemon's own ports failed the check: {err}");
-    assert!(out.contains(": OK (protocol 1)"), "{out}");
+    assert!(out.contains(": OK (protocol 2)"), "{out}");
     let pid = daemon.child.id();
     assert!(
         out.contains(&format!("held by the running daemon (pid {pid}), not tried: listener \"test\" {tunnel_port}, [metrics] {metrics_port}")),

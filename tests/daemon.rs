@@ -413,7 +413,7 @@ fn ipv6_host_names_and_json_logs_work() {
 fn version_completions_and_man_page() {
     let (code, out, _) = run_cli(&["--version"]);
     assert_eq!(code, 0);
-    assert!(out.contains("protocol 1"), "{out}");
+    assert!(out.contains("protocol 2"), "{out}");
     for shell in ["bash", "zsh", "fish"] {
         let (code, out, err) = run_cli(&["completions", shell]);
         assert_eq!(code, 0, "{err}");

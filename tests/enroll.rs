@@ -31,7 +31,7 @@ fn accept_unknown_lets_an_unlisted_connector_in_only_when_set() {
     assert_refused!(
         out,
         "listener",
-        HandshakeError::UntrustedConnector(fp) if fp == untrusted_key().fingerprint()
+        HandshakeError::UntrustedConnector(fp, _) if fp == untrusted_key().fingerprint()
     );
     // On, with an empty trust list: in, and the listener knows exactly which key it was.
     let open = ListenerParams {
@@ -98,7 +98,7 @@ fn first_contact_mac1_is_answered_only_with_allow_tofu() {
     let mut stranger = tofu_c.clone();
     stranger.identity = Arc::new(untrusted_key());
     let out = handshake(stranger, tofu_l.clone(), "fc 2");
-    assert_refused!(out, "listener", HandshakeError::UntrustedConnector(_));
+    assert_refused!(out, "listener", HandshakeError::UntrustedConnector(..));
 
     // Recorded: pinned from now on. Another listener key (with allow_tofu) is refused...
     let recorded = ConnectorParams {

@@ -222,6 +222,7 @@ fn a_first_contact_resume_hello_is_dropped_at_mac1_by_an_allow_tofu_listener() {
     let mut e = [0u8; 32];
     e[0] = 9;
     hello.extend_from_slice(&e);
+    hello.extend_from_slice(&[0x5a; sealpipe::proto::mlkem::EK_LEN]);
     hello.extend_from_slice(&[0x17; 16 + 32]);
     let tag = mac1(&FIRST_CONTACT, &hello);
     hello.extend_from_slice(&tag);

@@ -6,9 +6,12 @@ mod support;
 
 use std::sync::Arc;
 
-use sealpipe::proto::handshake::{mac1, Handshake, HandshakeError, HandshakeRandomness};
+use sealpipe::proto::handshake::{
+    mac1, mac1_keyed, Handshake, HandshakeError, HandshakeRandomness,
+};
 use sealpipe::proto::identity::{Fingerprint, TrustList};
-use sealpipe::proto::messages::{MAC1_LEN, MSG_HEADER_LEN};
+use sealpipe::proto::messages::{LISTENER_HELLO_BODY, MAC1_LEN, MSG_HEADER_LEN};
+use sealpipe::proto::mlkem::EK_LEN;
 use sealpipe::proto::record::{Opened, OVERHEAD};
 use support::*;
 
@@ -80,7 +83,15 @@ fn psk_on_one_side_only_is_refused() {
     let mut p = pair(Some([1u8; 32]));
     p.listener.psk = None;
     let out = p.handshake("psk");
-    assert_refused!(out, "listener", HandshakeError::PskMismatch);
+    // The PSK keys mac1: a listener without it does not even answer.
+    assert_refused!(out, "listener", HandshakeError::BadMac1);
+    assert_eq!(p.listener_signer.signatures(), 0);
+    // Nor does a listener with one answer a connector without it.
+    let mut p = pair(Some([1u8; 32]));
+    p.connector.psk = None;
+    let out = p.handshake("psk0");
+    assert_refused!(out, "listener", HandshakeError::BadMac1);
+    assert_eq!(p.listener_signer.signatures(), 0);
 }
 
 #[test]
@@ -88,7 +99,8 @@ fn different_psks_are_refused() {
     let mut p = pair(Some([1u8; 32]));
     p.listener.psk = Some(Arc::new(sealpipe::proto::keys::Psk::from_bytes([2u8; 32])));
     let out = p.handshake("psk2");
-    assert_refused!(out, "connector", HandshakeError::Decrypt);
+    assert_refused!(out, "listener", HandshakeError::BadMac1);
+    assert_eq!(p.listener_signer.signatures(), 0);
 }
 
 #[test]
@@ -152,7 +164,7 @@ fn untrusted_connector_is_refused_with_its_fingerprint() {
     let mut p = pair(None);
     p.listener.trust = Arc::new(TrustList::new());
     match p.handshake("untrusted") {
-        Outcome::Refused("listener", HandshakeError::UntrustedConnector(fp)) => {
+        Outcome::Refused("listener", HandshakeError::UntrustedConnector(fp, _)) => {
             assert_eq!(fp, p.connector.identity.public().fingerprint())
         }
         other => panic!("{other:?}"),
@@ -245,7 +257,7 @@ fn reflected_messages_are_refused() {
     // The listener's auth message, retyped as a connector auth and sent back to the listener:
     // the role labels in the keys make it fail.
     c.read(&flight).unwrap();
-    let mut lauth = flight[MSG_HEADER_LEN + 66..].to_vec();
+    let mut lauth = flight[MSG_HEADER_LEN + LISTENER_HELLO_BODY..].to_vec();
     lauth[0] = 0x14;
     assert!(matches!(l.read(&lauth), Err(HandshakeError::Decrypt)));
 }
@@ -254,7 +266,7 @@ fn reflected_messages_are_refused() {
 fn downgraded_or_unknown_versions_and_options_are_refused() {
     let p = pair(None);
     let lfp = p.listener.identity.public().fingerprint();
-    for version in [0u8, 2, 0xff] {
+    for version in [0u8, 1, 3, 0xff] {
         let (c, l) = p.handshakes("ver");
         let out = drive(c, l, |f, b| {
             if f == 0 {
@@ -286,7 +298,11 @@ fn downgraded_or_unknown_versions_and_options_are_refused() {
     let out = drive(c, l, |f, b| {
         if f == 0 {
             b[MSG_HEADER_LEN + 1] = 0;
-            remac(b, &lfp);
+            // Even re-keyed with the PSK (an attacker does not have it), the bit is checked.
+            let n = b.len() - MAC1_LEN;
+            let psk = sealpipe::proto::keys::Psk::from_bytes([9u8; 32]);
+            let tag = mac1_keyed(&lfp, Some(&psk), &b[..n]);
+            b[n..].copy_from_slice(&tag);
         }
     });
     assert_refused!(out, "listener", HandshakeError::PskMismatch);
@@ -344,7 +360,7 @@ fn oversized_and_truncated_lengths_are_refused_before_allocation() {
     let (c, l) = p.handshakes("len");
     let out = drive(c, l, |f, b| {
         if f == 1 {
-            let at = MSG_HEADER_LEN + 66;
+            let at = MSG_HEADER_LEN + LISTENER_HELLO_BODY;
             b[at + 1] = 0xff;
             b[at + 2] = 0xff;
         }
@@ -595,7 +611,7 @@ mod resumption {
     #[test]
     fn a_flipped_bit_anywhere_in_a_resumed_handshake_never_gives_a_session() {
         let lens = flight_lengths();
-        assert_eq!(lens, [133, 101, 35]);
+        assert_eq!(lens, [3 + 1314, 3 + 98, 3 + 32]);
         for (flight, len) in lens.into_iter().enumerate() {
             for byte in 0..len {
                 for bit in [0x01] {
@@ -625,7 +641,7 @@ mod resumption {
         let lfp = r.p.listener.identity.public().fingerprint();
         let out = drive(c, l, |flight, b| {
             if flight == 0 {
-                b[MSG_HEADER_LEN + 66] ^= 1;
+                b[MSG_HEADER_LEN + 66 + EK_LEN] ^= 1;
                 remac(b, &lfp);
             }
         });
@@ -673,7 +689,7 @@ mod resumption {
         let (full, _) = r.connect_ok("full", Duration::ZERO);
         let (mut c, mut l) = r.handshakes("binder", S);
         let mut hello = c.take_output();
-        hello[MSG_HEADER_LEN + 66 + 16] ^= 1;
+        hello[MSG_HEADER_LEN + 66 + EK_LEN + 16] ^= 1;
         remac(&mut hello, &r.p.listener.identity.public().fingerprint());
         l.read(&hello).unwrap();
         assert_eq!(
@@ -746,7 +762,7 @@ mod resumption {
         r.connect_ok("full", Duration::ZERO);
         r.p.listener.trust = Arc::new(TrustList::new());
         let out = r.connect("untrusted", S);
-        assert_refused!(out, "listener", HandshakeError::UntrustedConnector(_));
+        assert_refused!(out, "listener", HandshakeError::UntrustedConnector(..));
         assert!(r.lstore.lock().unwrap().is_empty(), "the ticket is dropped");
     }
 
@@ -792,9 +808,9 @@ mod resumption {
         let mut trust = TrustList::new();
         trust.insert(peer.fingerprint(), None);
         let lfp = listener_key().fingerprint();
-        let old = ticket_context(&[&lfp], None);
+        let old = ticket_context(&[&lfp], None, SERVICE.as_bytes());
         let psk = sealpipe::proto::keys::Psk::from_bytes([3; 32]);
-        let new = ticket_context(&[&lfp], Some(&psk));
+        let new = ticket_context(&[&lfp], Some(&psk), SERVICE.as_bytes());
         assert_ne!(old, new);
         let t0 = Instant::now();
         let secret = Secret::from_bytes([7; 32]);
@@ -838,7 +854,7 @@ mod resumption {
             uses: 10,
         };
         let peer = Arc::new(connector_key().public().clone());
-        let ctx = ticket_context(&[&listener_key().fingerprint()], None);
+        let ctx = ticket_context(&[&listener_key().fingerprint()], None, SERVICE.as_bytes());
         let mut trust = TrustList::new();
         trust.insert(peer.fingerprint(), None);
         let t0 = Instant::now();

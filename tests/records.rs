@@ -3,21 +3,27 @@
 mod support;
 
 use sealpipe::proto::handshake::Established;
+use sealpipe::proto::keys::Secret;
 use sealpipe::proto::record::{
     parse_header, Opened, Opener, RecordError, Sealer, HEADER_LEN, OVERHEAD,
 };
 use support::*;
 
-/// A session whose keys are the same at every call (deterministic signatures and randomness).
+/// A session whose keys are the same at every call: the traffic secrets of one real handshake
+/// (ML-KEM draws its own randomness, so every handshake has other keys), kept for the process.
 fn session(rekey_bytes: u64) -> ((Sealer, Opener), (Sealer, Opener)) {
-    let (cp, lp) = det_pair();
-    let Outcome::Done(done) = handshake(cp, lp, "rec") else {
-        panic!("handshake")
-    };
-    let (ce, le): (Established, Established) = *done;
+    static KEYS: std::sync::OnceLock<(Secret, Secret)> = std::sync::OnceLock::new();
+    let (c, l) = KEYS.get_or_init(|| {
+        let (cp, lp) = det_pair();
+        let Outcome::Done(done) = handshake(cp, lp, "rec") else {
+            panic!("handshake")
+        };
+        let (ce, _): (Established, Established) = *done;
+        (ce.send.clone(), ce.recv.clone())
+    });
     (
-        ce.into_record_layer(rekey_bytes),
-        le.into_record_layer(rekey_bytes),
+        (Sealer::new(c.clone(), rekey_bytes), Opener::new(l.clone())),
+        (Sealer::new(l.clone(), rekey_bytes), Opener::new(c.clone())),
     )
 }
 
@@ -50,6 +56,7 @@ fn open_stream(o: &mut Opener, mut stream: &[u8]) -> Result<Vec<u8>, RecordError
         match o.open(&mut rec)? {
             Opened::Data(d) => data.extend_from_slice(d),
             Opened::Close | Opened::Rekey => {}
+            Opened::Alert(a) => return Err(RecordError::Refused(a)),
         }
     }
     Ok(data)

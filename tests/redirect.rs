@@ -100,8 +100,8 @@ fn inside_the_namespace() {
         "connector.toml",
         &format!(
             "[identity]\nprivate_key = \"connector.pem\"\n\n\
-             [[connector]]\nname = \"v4\"\nlisten = \"127.0.0.1:0\"\nconnect = \"{l}\"\npeer = \"{p}\"\nmode = \"redirect\"\n\n\
-             [[connector]]\nname = \"v6\"\nlisten = \"[::1]:0\"\nconnect = \"{l}\"\npeer = \"{p}\"\nmode = \"redirect\"\n",
+             [[connector]]\nname = \"v4\"\nservice = \"redirect\"\nlisten = \"127.0.0.1:0\"\nconnect = \"{l}\"\npeer = \"{p}\"\nmode = \"redirect\"\n\n\
+             [[connector]]\nname = \"v6\"\nservice = \"redirect\"\nlisten = \"[::1]:0\"\nconnect = \"{l}\"\npeer = \"{p}\"\nmode = \"redirect\"\n",
             l = listener.addr(),
             p = listener_fp()
         ),

@@ -170,7 +170,7 @@ fn a_ticket_resumes_only_under_the_listener_key_it_was_made_under() {
     moved.lock().unwrap().insert(
         full.resumption.clone(),
         Arc::new(listener_key().public().clone()),
-        ticket_context(&[&cfp, &old], None),
+        ticket_context(&[&cfp, &old], None, support::SERVICE.as_bytes()),
         policy,
         now,
     );

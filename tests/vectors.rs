@@ -5,70 +5,62 @@
 
 mod support;
 
-use std::sync::Arc;
-
-use std::sync::Mutex;
-use std::time::Instant;
-
-use sealpipe::proto::handshake::{ConnectorParams, Handshake, ListenerParams, Resumption};
-use sealpipe::proto::keys::hash;
-use sealpipe::proto::record::{HEADER_LEN, OVERHEAD};
-use sealpipe::proto::resume::{ticket_id, ConnectorTickets, TicketPolicy, TicketStore};
+use sealpipe::proto::keys::{hash, Direction, HandshakeSecrets, Psk};
+use sealpipe::proto::messages::{put_vec16, put_vec8};
+use sealpipe::proto::mlkem;
+use sealpipe::proto::record::{Alert, AlertCode, Sealer, HEADER_LEN, OVERHEAD};
+use sealpipe::proto::resume::{ticket_id, ResumeSecrets};
 use support::*;
 
+/// The vectors. ML-KEM-768 in aws-lc-rs draws its own randomness, so a whole handshake is not
+/// reproducible: the key schedule is pinned from fixed shared secrets and transcript hashes,
+/// ML-KEM by a decapsulation with a fixed key (tests/data/mlkem768-*.bin), the records under the
+/// fixed schedule's keys.
 fn computed() -> Vec<(&'static str, String)> {
-    let (cparams, lparams) = det_pair_with("vector listener pss", "vector connector pss");
-    let (l, c) = (lparams.identity.clone(), cparams.identity.clone());
-    // Ticket stores: the full handshake files its ticket, the resumed one below uses it.
-    let now = Instant::now();
-    let cstore = Arc::new(Mutex::new(ConnectorTickets::default()));
-    let lstore = Arc::new(Mutex::new(TicketStore::default()));
-    let cres = Resumption {
-        store: cstore,
-        policy: TicketPolicy::default(),
-        now,
-    };
-    let lres = Resumption {
-        store: lstore,
-        policy: TicketPolicy::default(),
-        now,
-    };
-    let ch = Handshake::connector_resuming(
-        cparams.clone(),
-        det_randomness("vector connector"),
-        cres.clone(),
-    );
-    let lh = Handshake::listener_resuming(
-        lparams.clone(),
-        det_randomness("vector listener"),
-        lres.clone(),
-    );
-    let mut flights = Vec::new();
-    let Outcome::Done(done) = drive(ch, lh, |_, b| flights.push(b.clone())) else {
-        panic!("vector handshake failed")
-    };
-    let (ce, le) = *done;
-    assert_eq!(ce.transcript_hash, le.transcript_hash);
+    let ss_mlkem = [0x11u8; 32];
+    let dh = [0x22u8; 32];
+    let hellos = hash(b"sealpipe2 vector hellos");
+    let transcript = hash(b"sealpipe2 vector transcript");
+    let hs = HandshakeSecrets::new(None, &ss_mlkem, &dh);
+    let c_hs = hs.traffic(Direction::ConnectorToListener, &hellos);
+    let l_hs = hs.traffic(Direction::ListenerToConnector, &hellos);
+    let master = hs.master();
+    let c_ap = master.traffic(Direction::ConnectorToListener, &transcript);
+    let l_ap = master.traffic(Direction::ListenerToConnector, &transcript);
+    let res = master.resumption(&transcript);
+    let psk = Psk::from_bytes([0x33; 32]);
+    let c_hs_psk = HandshakeSecrets::new(Some(&psk), &ss_mlkem, &dh)
+        .traffic(Direction::ConnectorToListener, &hellos);
     let mut out = vec![
-        ("listener_fingerprint", l.public().fingerprint().to_string()),
-        (
-            "connector_fingerprint",
-            c.public().fingerprint().to_string(),
-        ),
-        ("connector_hello", hex(&flights[0])),
-        ("listener_hello", hex(&flights[1][..69])),
-        ("listener_auth_sha256", hex(&hash(&flights[1][69..]))),
-        ("listener_auth_len", (flights[1].len() - 69).to_string()),
-        ("connector_auth_sha256", hex(&hash(&flights[2]))),
-        ("connector_auth_len", flights[2].len().to_string()),
-        ("transcript_sha256", hex(&ce.transcript_hash)),
-        ("c_ap_traffic_0", hex(ce.send.expose())),
-        ("l_ap_traffic_0", hex(ce.recv.expose())),
+        ("c_hs_traffic", hex(c_hs.expose())),
+        ("l_hs_traffic", hex(l_hs.expose())),
+        ("c_hs_traffic_with_psk", hex(c_hs_psk.expose())),
+        ("c_ap_traffic_0", hex(c_ap.expose())),
+        ("l_ap_traffic_0", hex(l_ap.expose())),
+        ("resumption_secret", hex(res.expose())),
+        ("ticket_id", hex(&ticket_id(&res))),
     ];
-    out.push(("resumption_secret", hex(ce.resumption.expose())));
-    out.push(("ticket_id", hex(&ticket_id(&ce.resumption))));
-    out.extend(resumed(cparams, lparams, cres, lres));
-    let (mut sealer, _) = ce.into_record_layer(4);
+
+    let dk = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/mlkem768-dk.bin"
+    ))
+    .unwrap();
+    let ct = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/mlkem768-ct.bin"
+    ))
+    .unwrap();
+    let dk = mlkem::DecapsulationKey::from_bytes(&dk).expect("fixed ML-KEM key");
+    out.push(("mlkem_ek_sha256", hex(&hash(dk.encapsulation_key()))));
+    out.push(("mlkem_ct_sha256", hex(&hash(&ct))));
+    let ct: [u8; mlkem::CT_LEN] = ct.try_into().unwrap();
+    out.push((
+        "mlkem_shared_secret",
+        hex(dk.decapsulate(&ct).unwrap().as_bytes()),
+    ));
+
+    let mut sealer = Sealer::new(c_ap.clone(), 4);
     let mut rec = vec![0u8; 4 + OVERHEAD];
     rec[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(b"ping");
     sealer.seal_data(&mut rec).unwrap();
@@ -80,40 +72,50 @@ fn computed() -> Vec<(&'static str, String)> {
     rec[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(b"pong");
     sealer.seal_data(&mut rec).unwrap();
     out.push(("third_record_pong_generation_1", hex(&rec)));
+    let alert = Alert::new(AlertCode::ServiceMismatch, b"postgres");
+    out.push(("alert_body_service_mismatch", hex(&alert.encode())));
+    let rec = Sealer::new(l_ap.clone(), 1 << 30)
+        .seal_alert(&alert)
+        .unwrap();
+    out.push(("alert_record_service_mismatch", hex(&rec)));
+    let rec = Sealer::new(l_ap, 1 << 30)
+        .seal_alert(&Alert::new(AlertCode::Untrusted, b""))
+        .unwrap();
+    out.push(("alert_record_untrusted", hex(&rec)));
+    // ConnectorAuth plaintext fields with a service (before the signature and finished).
+    let mut auth = Vec::new();
+    put_vec16(&mut auth, b"spki");
+    put_vec8(&mut auth, b"redis");
+    out.push(("connector_auth_spki_service_fields", hex(&auth)));
     let info = sealpipe::proto::stream::StreamInfo {
         client: Some("192.0.2.1:40000".parse().unwrap()),
         local: Some("[2001:db8::2]:5432".parse().unwrap()),
         destination: Some("10.0.0.7:5432".parse().unwrap()),
     };
     out.push(("stream_info_body", hex(&info.encode())));
+    let rs = ResumeSecrets::new(&res, &dh);
+    let (c_rhs, l_rhs) = rs.handshake_traffic(&hellos);
+    let (c_rap, l_rap, res2) = rs.application_traffic(&transcript);
+    out.push(("c_res_hs_traffic", hex(c_rhs.expose())));
+    out.push(("l_res_hs_traffic", hex(l_rhs.expose())));
+    out.push(("c_res_ap_traffic_0", hex(c_rap.expose())));
+    out.push(("l_res_ap_traffic_0", hex(l_rap.expose())));
+    out.push(("resumed_resumption_secret", hex(res2.expose())));
     out
 }
 
-/// The resumed handshake that follows the full one, with the ticket it made.
-fn resumed(
-    cparams: ConnectorParams,
-    lparams: ListenerParams,
-    cres: Resumption<ConnectorTickets>,
-    lres: Resumption<TicketStore>,
-) -> Vec<(&'static str, String)> {
-    let ch =
-        Handshake::connector_resuming(cparams, det_randomness("vector resume connector"), cres);
-    let lh = Handshake::listener_resuming(lparams, det_randomness("vector resume listener"), lres);
-    let mut flights = Vec::new();
-    let Outcome::Done(done) = drive(ch, lh, |_, b| flights.push(b.clone())) else {
-        panic!("vector resumption failed")
-    };
-    let (ce, le) = *done;
-    assert!(ce.resumed && le.resumed);
-    assert_eq!(ce.transcript_hash, le.transcript_hash);
-    vec![
-        ("resume_hello", hex(&flights[0])),
-        ("resume_accept", hex(&flights[1])),
-        ("resume_finished", hex(&flights[2])),
-        ("resumed_transcript_sha256", hex(&ce.transcript_hash)),
-        ("c_res_ap_traffic_0", hex(ce.send.expose())),
-        ("l_res_ap_traffic_0", hex(ce.recv.expose())),
-    ]
+/// Writes the fixed ML-KEM key and ciphertext (run once, by hand, to make new ones).
+#[test]
+#[ignore]
+fn make_fixed_mlkem_files() {
+    // aws-lc-rs gives a key's encoding through `key_bytes`.
+    let dk = aws_lc_rs::kem::DecapsulationKey::generate(&aws_lc_rs::kem::ML_KEM_768).unwrap();
+    let bytes = dk.key_bytes().unwrap();
+    let ek = dk.encapsulation_key().unwrap();
+    let (ct, _) = ek.encapsulate().unwrap();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/");
+    std::fs::write(format!("{dir}mlkem768-dk.bin"), bytes.as_ref()).unwrap();
+    std::fs::write(format!("{dir}mlkem768-ct.bin"), ct.as_ref()).unwrap();
 }
 
 #[test]

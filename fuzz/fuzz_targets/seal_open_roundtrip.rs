@@ -61,7 +61,9 @@ fuzz_target!(|data: &[u8]| {
                 sealer.seal_close(buf)
             }
             // Only ever the first record of a session; the `stream_info` target covers it.
-            RecordType::StreamInfo => unreachable!("no op seals a StreamInfo record"),
+            RecordType::StreamInfo | RecordType::Alert => {
+                unreachable!("no op seals a StreamInfo or Alert record")
+            }
         };
         if closed {
             // Nothing seals after close. (A data record whose rekey is also due reports
@@ -83,7 +85,9 @@ fuzz_target!(|data: &[u8]| {
             RecordType::Data => Seen::Data(plain),
             RecordType::Rekey => Seen::Rekey,
             RecordType::Close => Seen::Close,
-            RecordType::StreamInfo => unreachable!("no op seals a StreamInfo record"),
+            RecordType::StreamInfo | RecordType::Alert => {
+                unreachable!("no op seals a StreamInfo or Alert record")
+            }
         };
         assert_eq!(seen, vec![expected]);
         true

@@ -23,7 +23,7 @@ pub const NEXT_LISTENER_PEM: &str = include_str!("../../tests/data/untrusted.pem
 
 /// `c_ap_traffic_0` of PROTOCOL.md §8: the records of the vectors open under it.
 pub const VECTOR_C_AP_TRAFFIC_0: &str =
-    "402715820a18b38f22d642ca4e868aa1e911274bd6525386b80c24312f7349b6";
+    "06a3dbbab18f69ac1dc9ee68931d64f572350f7e423ee3bad452f55dbe9672bd";
 
 /// The listener's identity, parsed once per process.
 pub fn listener_identity() -> Arc<PrivateIdentity> {
@@ -282,6 +282,7 @@ pub fn read_records(opener: &mut Opener, stream: &mut [u8]) -> (Vec<Seen>, Optio
                 seen.push(Seen::Close);
                 return (seen, None);
             }
+            Ok(Opened::Alert(a)) => return (seen, Some(RecordError::Refused(a))),
             Err(e) => return (seen, Some(e)),
         }
         start += total;

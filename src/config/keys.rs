@@ -172,6 +172,16 @@ fn own_keys(section: Section) -> Vec<Key> {
                  listeners of the file.",
             ),
             key(
+                "service",
+                "string",
+                "the tunnel's `name`",
+                "The service this listener serves: a connector must ask for the same one (its \
+                 `service`), or it is refused after the handshake with an alert naming this \
+                 service, and the refusal is logged with both names. Keeps a connection meant \
+                 for one listener from reaching another that trusts the same key (a swapped \
+                 port). 1 to 64 bytes of printable ASCII, no spaces.",
+            ),
+            key(
                 "listen",
                 "address",
                 REQUIRED,
@@ -249,6 +259,14 @@ fn own_keys(section: Section) -> Vec<Key> {
                 REQUIRED,
                 "The tunnel's name in logs, metrics and `sealpipe status`; unique among the \
                  connectors of the file (a listener may have the same name).",
+            ),
+            key(
+                "service",
+                "string",
+                "the tunnel's `name`",
+                "The service this connector asks the listener for, signed in the handshake; the \
+                 listener's `service` must be the same. 1 to 64 bytes of printable ASCII, no \
+                 spaces.",
             ),
             key(
                 "listen",

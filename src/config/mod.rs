@@ -146,6 +146,9 @@ pub const MAX_UNIX_PATH: usize = 107;
 pub struct ListenerConfig {
     /// Unique among listeners; used in logs.
     pub name: String,
+    /// The service this listener serves (`service`, default `name`): a connector asking for
+    /// another is refused (PROTOCOL.md §6).
+    pub service: String,
     /// Where sealed connections arrive.
     pub listen: Address,
     /// Where plaintext goes (resolved for each connection); `None` when the listener serves
@@ -177,6 +180,8 @@ pub struct ListenerConfig {
 pub struct ConnectorConfig {
     /// Unique among connectors; used in logs.
     pub name: String,
+    /// The service this connector asks the listener for (`service`, default `name`).
+    pub service: String,
     /// Where local applications connect in plaintext.
     pub listen: Address,
     /// The remote listener (resolved for each connection).
@@ -576,8 +581,8 @@ record_size = "64KiB"
                 "[[listener]]\nname = \"redis\"\nlisten = \"0.0.0.0:1\"\nforwad = \"x:1\"\npeers = [\"{FP_A}\"]\n"
             ))),
             "/etc/sealpipe/b.toml:6:1: unknown key `forwad` in listener \"redis\" (expected one of \
-             `name`, `listen`, `forward`, `peers`, `peers_file`, `accept_unknown`, `allow_tofu`, \
-             `allow_destinations`, `proxy_protocol`, `revoke`, `rekey_bytes`, `rekey_interval`, \
+             `name`, `service`, `listen`, `forward`, `peers`, `peers_file`, `accept_unknown`, \
+             `allow_tofu`, `allow_destinations`, `proxy_protocol`, `revoke`, `rekey_bytes`, `rekey_interval`, \
              `handshake_timeout`, `connect_timeout`, `drain_timeout`, `max_connections`, \
               `max_handshakes`, `source_rate_limit`, `source_handshake_rate`, `signature_rate`, \
               `record_size`, `resumption`, `resumption_lifetime`, `resumption_uses`, `idle_timeout`, \

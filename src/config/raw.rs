@@ -96,6 +96,7 @@ tuning_fields!(with_tuning! {
     #[serde(deny_unknown_fields, expecting = "a table")]
     struct RawListener {
         name: Spanned<String>,
+        service: Option<Spanned<String>>,
         listen: Spanned<String>,
         forward: Option<Spanned<String>>,
         peers: Option<Spanned<Vec<Spanned<String>>>>,
@@ -114,6 +115,7 @@ tuning_fields!(with_tuning! {
     #[serde(deny_unknown_fields, expecting = "a table")]
     struct RawConnector {
         name: Spanned<String>,
+        service: Option<Spanned<String>>,
         listen: Spanned<String>,
         connect: Spanned<String>,
         peer: Spanned<RawPeer>,

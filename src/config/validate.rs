@@ -153,8 +153,10 @@ impl Source<'_> {
                 return Err(self.error(header, format!("{ctx}: {problem}")));
             }
             let tuning = base.merged(&l.tuning(), self, &ctx)?;
+            let service = self.service(&ctx, &l.name, &l.service)?;
             listeners.push(ListenerConfig {
                 name,
+                service,
                 listen,
                 forward,
                 allow_destinations,
@@ -212,8 +214,10 @@ impl Source<'_> {
                 ));
             }
             let tuning = base.merged(&c.tuning(), self, &ctx)?;
+            let service = self.service(&ctx, &c.name, &c.service)?;
             connectors.push(ConnectorConfig {
                 name,
+                service,
                 listen,
                 connect,
                 peer,
@@ -465,6 +469,31 @@ impl Source<'_> {
             ));
         }
         Ok(PeerPin::Keys(pins.into_iter().map(|(fp, _)| fp).collect()))
+    }
+
+    /// A tunnel's `service`: as written, or the tunnel's name; 1 to 64 bytes of printable ASCII
+    /// either way (it goes on the wire in ConnectorAuth).
+    fn service(
+        &self,
+        ctx: &str,
+        name: &Spanned<String>,
+        service: &Option<Spanned<String>>,
+    ) -> Result<String, ConfigError> {
+        let (value, key, span) = match service {
+            Some(s) => (s.get_ref(), "service", s.span()),
+            None => (name.get_ref(), "name", name.span()),
+        };
+        if crate::proto::messages::valid_service(value.as_bytes()) {
+            return Ok(value.clone());
+        }
+        let mut problem = format!(
+            "{value:?} is not a valid service name (1 to {} bytes of printable ASCII, no spaces)",
+            crate::proto::messages::MAX_SERVICE_LEN
+        );
+        if service.is_none() {
+            problem.push_str("; the name is the default `service`: set `service`");
+        }
+        Err(self.key_error(ctx, key, span, problem))
     }
 
     /// Checks a tunnel name for emptiness and duplicates; `seen` maps names to their line.

@@ -75,6 +75,7 @@ pub(crate) fn build(path: &Path) -> anyhow::Result<Built> {
                     psk: psk.clone(),
                     accept_unknown: l.accept_unknown,
                     allow_tofu: l.allow_tofu,
+                    service: l.service.as_str().into(),
                 },
                 tuning: l.tuning.clone(),
             };
@@ -104,6 +105,7 @@ pub(crate) fn build(path: &Path) -> anyhow::Result<Built> {
                     identity: identity.clone(),
                     listener,
                     psk: psk.clone(),
+                    service: c.service.as_str().into(),
                 },
                 fallback_pins,
                 socket: c.socket.clone(),

@@ -2,13 +2,18 @@
 //!
 //! ```text
 //! connector                                              listener
-//! ConnectorHello {ver, opts, random, e_c, mac1} ───────▶  check mac1 (keyed by own fingerprint)
-//!                 ◀─────── ListenerHello {ver, opts, random, e_l}
+//! ConnectorHello {ver, opts, random, e_c, ek, mac1} ───▶  check mac1 (own fingerprint, PSK)
+//!                 ◀─────── ListenerHello {ver, opts, random, e_l, ct = Encaps(ek)}
 //!                 ◀─────── ListenerAuth  AEAD_l_hs{spki_l, sig_l, fin_l}
 //! check pin, sig_l, fin_l
-//! ConnectorAuth AEAD_c_hs{spki_c, sig_c, fin_c} ───────▶  check trust list, sig_c, fin_c
-//! [records may follow at once]                            [records]
+//! ConnectorAuth AEAD_c_hs{spki_c, service, sig_c, fin_c} ─▶  check sig_c, fin_c, then the
+//! [records may follow at once]                  trust list and the service ([records], or
+//!                                               one Alert record under l_ap: refused)
 //! ```
+//!
+//! The handshake secret is hybrid: `hs = Extract(.., ss_mlkem ‖ X25519(e_c, e_l))`
+//! (PROTOCOL.md §3), so a full handshake's keys stay secret unless both ML-KEM-768 and X25519
+//! fall.
 //!
 //! A connector holding a ticket from an earlier full handshake ([`crate::proto::resume`]) sends
 //! a ResumeHello instead; a listener that accepts the ticket answers ResumeAccept (a fresh
@@ -16,7 +21,7 @@
 //! that refuses the ticket answers with a full handshake on the same transcript:
 //!
 //! ```text
-//! ResumeHello {ver, opts, random, e_c, ticket_id, binder, mac1} ──▶  mac1, ticket, binder
+//! ResumeHello {ver, opts, random, e_c, ek, ticket_id, binder, mac1} ─▶  mac1, ticket, binder
 //!                 ◀─────── ResumeAccept {ver, opts, random, e_l, fin_l}
 //!                          (or ListenerHello + ListenerAuth: full handshake)
 //! ResumeFinished {fin_c} ──────────────────────────────────────────▶  check fin_c
@@ -47,14 +52,16 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 use crate::proto::aead::TAG_LEN;
 use crate::proto::identity::{Fingerprint, IdentityError, PublicIdentity, Signer, TrustList};
 use crate::proto::keys::{
-    ct_eq, finished_key, hash, hmac, Direction, HandshakeSecrets, Psk, Secret, TrafficKey, HASH_LEN,
+    ct_eq, finished_key, hmac, Direction, HandshakeSecrets, Psk, Secret, TrafficKey, HASH_LEN,
 };
 use crate::proto::messages::{
-    check_first_header, check_header_any, header, put_vec16, Auth, Hello, MessageError,
-    MessageType, KNOWN_OPTIONS, LISTENER_HELLO_BODY, MAC1_LEN, MSG_HEADER_LEN, OPTION_PSK,
-    PROTOCOL_VERSION, RESUME_ACCEPT_BODY, RESUME_FINISHED_BODY, RESUME_HELLO_BODY, TICKET_ID_LEN,
+    check_first_header, check_header_any, header, hello_ct, hello_ek, put_vec16, put_vec8, Auth,
+    Hello, MessageError, MessageType, HELLO_FIELDS, KNOWN_OPTIONS, MAC1_LEN, MSG_HEADER_LEN,
+    OPTION_PSK, PROTOCOL_VERSION, RESUME_ACCEPT_BODY, RESUME_FINISHED_BODY, RESUME_HELLO_BODY,
+    TICKET_ID_LEN,
 };
-use crate::proto::record::{Opener, Sealer};
+use crate::proto::mlkem::{self, EK_LEN};
+use crate::proto::record::{Alert, AlertCode, Opener, Sealer};
 use crate::proto::resume::{
     binder, ticket_context, ConnectorTickets, Offer, PresentedBinder, Redeemed, ResumeSecrets,
     TicketPolicy, TicketRefusal, TicketStore,
@@ -62,11 +69,11 @@ use crate::proto::resume::{
 use crate::proto::x25519::{self, SharedSecret};
 
 /// Context strings of the two signatures: the role label keeps a signature from being reflected.
-pub const LISTENER_SIGNATURE_CONTEXT: &[u8] = b"sealpipe1 listener signature\0";
+pub const LISTENER_SIGNATURE_CONTEXT: &[u8] = b"sealpipe2 listener signature\0";
 /// See [`LISTENER_SIGNATURE_CONTEXT`].
-pub const CONNECTOR_SIGNATURE_CONTEXT: &[u8] = b"sealpipe1 connector signature\0";
+pub const CONNECTOR_SIGNATURE_CONTEXT: &[u8] = b"sealpipe2 connector signature\0";
 /// Prefix of the mac1 key derivation.
-pub const MAC1_KEY_LABEL: &[u8] = b"sealpipe1 mac1";
+pub const MAC1_KEY_LABEL: &[u8] = b"sealpipe2 mac1";
 
 /// Which side of the tunnel this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +165,9 @@ pub struct ConnectorParams {
     pub listener: ListenerPin,
     /// Pre-shared key, if configured.
     pub psk: Option<Arc<Psk>>,
+    /// The service this connector asks for (`service`, by default the tunnel's name; 1 to 64
+    /// bytes of printable ASCII): sent in ConnectorAuth, signed, compared by the listener.
+    pub service: Arc<str>,
 }
 
 /// What a listener needs: its identity (one key, or two during a rotation), the trusted
@@ -180,6 +190,9 @@ pub struct ListenerParams {
     /// Also answer hellos whose mac1 is keyed by [`FIRST_CONTACT`] (`allow_tofu`): connectors
     /// that do not know this listener's key yet.
     pub allow_tofu: bool,
+    /// The service this listener serves (`service`, by default the tunnel's name): a connector
+    /// that asks for another is refused with an Alert (code 2).
+    pub service: Arc<str>,
 }
 
 impl ListenerParams {
@@ -247,9 +260,27 @@ pub enum HandshakeError {
         /// The fingerprint presented.
         got: Fingerprint,
     },
-    /// The connector's key is not in the trust list.
+    /// The connector's key is not in the trust list. It proved possession of the key first,
+    /// so the listener may tell it: `alert` is the Alert record to send.
     #[error("connector key {0} is not trusted")]
-    UntrustedConnector(Fingerprint),
+    UntrustedConnector(Fingerprint, RefusalAlert),
+    /// The connector, authenticated, asked for another service than this listener's.
+    #[error(
+        "connector key {fingerprint} asked for service {asked:?}, this listener serves {served:?}"
+    )]
+    ServiceMismatch {
+        /// The connector's fingerprint.
+        fingerprint: Fingerprint,
+        /// The service it asked for.
+        asked: String,
+        /// This listener's service.
+        served: String,
+        /// The Alert record to send.
+        alert: RefusalAlert,
+    },
+    /// The connector's ML-KEM-768 encapsulation key is not a valid one.
+    #[error("connector's ML-KEM-768 encapsulation key rejected")]
+    BadMlKemKey,
     /// The peer's key is not an acceptable RSA key.
     #[error("peer key rejected: {0}")]
     PeerKey(IdentityError),
@@ -279,12 +310,43 @@ impl HandshakeError {
             HandshakeError::LowOrderPoint => "low_order_point",
             HandshakeError::Decrypt => "decrypt",
             HandshakeError::WrongListenerKey { .. } => "wrong_key",
-            HandshakeError::UntrustedConnector(_) => "untrusted",
+            HandshakeError::UntrustedConnector(..) => "untrusted",
+            HandshakeError::ServiceMismatch { .. } => "service_mismatch",
+            HandshakeError::BadMlKemKey => "bad_mlkem_key",
             HandshakeError::PeerKey(_) => "bad_peer_key",
             HandshakeError::BadSignature => "bad_signature",
             HandshakeError::BadFinished => "bad_finished",
             HandshakeError::Sign(_) => "sign",
             HandshakeError::State => "state",
+        }
+    }
+}
+
+/// The Alert record a listener sends to an authenticated connector it refuses (PROTOCOL.md §6):
+/// sealed under the session's first listener traffic key, sequence 0.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RefusalAlert(Vec<u8>);
+
+impl std::fmt::Debug for RefusalAlert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RefusalAlert({} bytes)", self.0.len())
+    }
+}
+
+impl RefusalAlert {
+    /// The record to send, then close.
+    pub fn record(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl HandshakeError {
+    /// The Alert record to send before closing, for a refusal of an authenticated connector.
+    pub fn alert(&self) -> Option<&[u8]> {
+        match self {
+            HandshakeError::UntrustedConnector(_, a)
+            | HandshakeError::ServiceMismatch { alert: a, .. } => Some(a.record()),
+            _ => None,
         }
     }
 }
@@ -339,12 +401,19 @@ enum State {
     ListenerWaitHello,
     /// A hello that needs a full handshake was read; the costly answer (the RSA signature) is
     /// made by [`Handshake::make_reply`], wherever the caller chooses to run it.
-    ListenerReplyPending(Box<SharedSecret>),
+    ListenerReplyPending(Box<Pending>),
     ListenerWaitAuth(Box<HsKeys>),
     ListenerWaitResumeFinished(Box<ResKeys>),
     Done(Box<Established>),
     Finished,
     Failed,
+}
+
+/// What a listener's deferred answer needs: the X25519 shared secret and the connector's ML-KEM
+/// encapsulation key (encapsulated to in [`Handshake::make_reply`], not in `read`).
+struct Pending {
+    dh: SharedSecret,
+    ek: Box<[u8; EK_LEN]>,
 }
 
 struct HsKeys {
@@ -377,6 +446,8 @@ pub struct Handshake {
     ticket_refused: Option<TicketRefusal>,
     state: State,
     rand: HandshakeRandomness,
+    /// A connector's ML-KEM-768 key of this hello, until the listener's answer (dropped then).
+    mlkem: Option<mlkem::DecapsulationKey>,
     options: u8,
     transcript: Sha256,
     inbuf: Vec<u8>,
@@ -386,10 +457,26 @@ pub struct Handshake {
     defer_reply: bool,
 }
 
-/// mac1 = HMAC-SHA256(SHA-256("sealpipe1 mac1" || fingerprint), hello without mac1)[..16].
+/// mac1 without a PSK: [`mac1_keyed`] with `psk = None`.
 pub fn mac1(listener: &Fingerprint, hello_unmacced: &[u8]) -> [u8; MAC1_LEN] {
-    let key = hash(&[MAC1_KEY_LABEL, listener.as_bytes()].concat());
-    let full = hmac(&key, &[hello_unmacced]);
+    mac1_keyed(listener, None, hello_unmacced)
+}
+
+/// mac1 = HMAC-SHA256(SHA-256("sealpipe2 mac1" || fingerprint [|| psk]), hello without
+/// mac1)[..16]: with a PSK, only a connector that holds it makes a mac1 the listener answers.
+pub fn mac1_keyed(
+    listener: &Fingerprint,
+    psk: Option<&Psk>,
+    hello_unmacced: &[u8],
+) -> [u8; MAC1_LEN] {
+    let mut h = Sha256::new();
+    h.update(MAC1_KEY_LABEL);
+    h.update(listener.as_bytes());
+    if let Some(p) = psk {
+        h.update(p.expose());
+    }
+    let key = zeroize::Zeroizing::new(<[u8; HASH_LEN]>::from(h.finalize()));
+    let full = hmac(&key[..], &[hello_unmacced]);
     let mut out = [0u8; MAC1_LEN];
     out.copy_from_slice(&full[..MAC1_LEN]);
     out
@@ -420,7 +507,8 @@ fn answering_identity<'p>(
     hello: &[u8],
 ) -> Result<(Contact, &'p Arc<dyn Signer>), HandshakeError> {
     let (unmacced, tag) = split_mac1(hello)?;
-    let matches = |fp: &Fingerprint| ct_eq(&mac1(fp, unmacced), tag);
+    let psk = params.psk.as_deref();
+    let matches = |fp: &Fingerprint| ct_eq(&mac1_keyed(fp, psk, unmacced), tag);
     if let Some(id) = params
         .identities()
         .find(|id| matches(&id.public().fingerprint()))
@@ -437,9 +525,13 @@ fn answering_identity<'p>(
 /// Checks a whole connector hello's (ConnectorHello or ResumeHello) header and mac1 for the
 /// listener `listener`, without any other work: what a listener can afford to do for anybody.
 /// The state machine checks again.
-pub fn check_connector_hello(listener: &Fingerprint, hello: &[u8]) -> Result<(), HandshakeError> {
+pub fn check_connector_hello(
+    listener: &Fingerprint,
+    psk: Option<&Psk>,
+    hello: &[u8],
+) -> Result<(), HandshakeError> {
     let (unmacced, tag) = split_mac1(hello)?;
-    if ct_eq(&mac1(listener, unmacced), tag) {
+    if ct_eq(&mac1_keyed(listener, psk, unmacced), tag) {
         Ok(())
     } else {
         Err(HandshakeError::BadMac1)
@@ -509,6 +601,7 @@ impl Handshake {
         // probe). A first contact still keeps the ticket of its full handshake, filed under the
         // key the listener proved (see `file_ticket`): the next connection, pinned to that
         // recorded key, resumes.
+        let dk = mlkem::DecapsulationKey::generate();
         let pinned = matches!(params.listener, ListenerPin::Key(_));
         let resume = resumption.map(|r| {
             let offer = if pinned {
@@ -523,18 +616,19 @@ impl Handshake {
             _ => None,
         };
         let mut out = match offer {
-            None => hello.encode_connector_unmacced(),
+            None => hello.encode_connector_unmacced(dk.encapsulation_key()),
             Some(offer) => {
                 let mut out = Vec::with_capacity(MSG_HEADER_LEN + RESUME_HELLO_BODY);
                 out.extend_from_slice(&header(MessageType::ResumeHello, RESUME_HELLO_BODY));
-                out.extend_from_slice(&hello.encode_listener()[MSG_HEADER_LEN..]);
+                hello.encode_fields(&mut out);
+                out.extend_from_slice(dk.encapsulation_key());
                 out.extend_from_slice(&offer.id);
                 let b = binder(&offer.secret, &out);
                 out.extend_from_slice(&b);
                 out
             }
         };
-        let tag = mac1(&params.listener.mac1_key(), &out);
+        let tag = mac1_keyed(&params.listener.mac1_key(), params.psk.as_deref(), &out);
         out.extend_from_slice(&tag);
         let mut transcript = Sha256::new();
         transcript.update(&out);
@@ -545,6 +639,7 @@ impl Handshake {
             ticket_refused: None,
             state: State::ConnectorWaitHello,
             rand,
+            mlkem: Some(dk),
             options,
             transcript,
             inbuf: Vec::new(),
@@ -582,6 +677,7 @@ impl Handshake {
             ticket_refused: None,
             state: State::ListenerWaitHello,
             rand,
+            mlkem: None,
             options,
             transcript: Sha256::new(),
             inbuf: Vec::new(),
@@ -748,10 +844,11 @@ impl Handshake {
         Ok(())
     }
 
-    /// Derives the handshake secrets once both hellos are in the transcript.
-    fn handshake_keys(&self, shared: &SharedSecret) -> HsKeys {
+    /// Derives the handshake secrets once both hellos are in the transcript, from the ML-KEM
+    /// and the X25519 shared secrets.
+    fn handshake_keys(&self, kem: &mlkem::SharedSecret, dh: &SharedSecret) -> HsKeys {
         let th = self.transcript_hash();
-        let hs = HandshakeSecrets::new(self.psk(), shared.as_bytes());
+        let hs = HandshakeSecrets::new(self.psk(), kem.as_bytes(), dh.as_bytes());
         HsKeys {
             c_hs: hs.traffic(Direction::ConnectorToListener, &th),
             l_hs: hs.traffic(Direction::ListenerToConnector, &th),
@@ -768,6 +865,10 @@ impl Handshake {
         hs_traffic: &Secret,
     ) -> Result<Vec<u8>, HandshakeError> {
         let mut plain = vec16(self.identity().public().spki_der());
+        if let Params::Connector(p) = &self.params {
+            // The service is signed with the key: the listener refuses another service's.
+            put_vec8(&mut plain, p.service.as_bytes());
+        }
         self.transcript.update(&plain);
         let to_sign = signature_input(context, &self.transcript_hash());
         let sig = self
@@ -798,14 +899,15 @@ impl Handshake {
     }
 
     /// Decrypts a peer's auth message in place and checks its signature and finished MAC
-    /// (the identity check, pin or trust list, comes first through `accept`).
+    /// (the pin check comes first through `accept`); the peer and, in a ConnectorAuth, the
+    /// service it asks for.
     fn check_auth(
         &mut self,
         msg: &mut [u8],
         context: &[u8],
         hs_traffic: &Secret,
         accept: impl FnOnce(&Fingerprint) -> Result<(), HandshakeError>,
-    ) -> Result<PublicIdentity, HandshakeError> {
+    ) -> Result<(PublicIdentity, Option<String>), HandshakeError> {
         let (hdr, body) = msg.split_at_mut(MSG_HEADER_LEN);
         let split = body
             .len()
@@ -817,11 +919,18 @@ impl Handshake {
         key.aead()
             .open_in_place(&key.nonce(0), hdr, plain, &tag)
             .map_err(|_| HandshakeError::Decrypt)?;
-        let auth = Auth::decode(plain)?;
+        let auth = Auth::decode(plain, self.role() == Role::Listener)?;
         accept(&Fingerprint::of_spki(auth.spki))?;
         let peer = PublicIdentity::from_spki_der(auth.spki).map_err(HandshakeError::PeerKey)?;
 
         self.transcript.update(vec16(auth.spki));
+        let service = auth.service.map(|s| {
+            let mut v = Vec::with_capacity(1 + s.len());
+            put_vec8(&mut v, s);
+            self.transcript.update(&v);
+            // `Auth::decode` checked it is printable ASCII.
+            String::from_utf8_lossy(s).into_owned()
+        });
         let signed = signature_input(context, &self.transcript_hash());
         peer.verify(&signed, auth.signature)
             .map_err(|_| HandshakeError::BadSignature)?;
@@ -834,15 +943,21 @@ impl Handshake {
             return Err(HandshakeError::BadFinished);
         }
         self.transcript.update(auth.finished);
-        Ok(peer)
+        Ok((peer, service))
     }
 
-    fn establish(&mut self, keys: &HsKeys, peer: PublicIdentity) {
+    /// The application secrets of a full handshake: (c_ap, l_ap, res).
+    fn application_secrets(&self, keys: &HsKeys) -> (Secret, Secret, Secret, [u8; HASH_LEN]) {
         let th = self.transcript_hash();
         let master = keys.hs.master();
         let c = master.traffic(Direction::ConnectorToListener, &th);
         let l = master.traffic(Direction::ListenerToConnector, &th);
         let resumption = master.resumption(&th);
+        (c, l, resumption, th)
+    }
+
+    fn establish(&mut self, keys: &HsKeys, peer: PublicIdentity) {
+        let (c, l, resumption, th) = self.application_secrets(keys);
         self.file_ticket(&resumption, &peer);
         self.done(peer, c, l, resumption, th, false);
     }
@@ -883,6 +998,7 @@ impl Handshake {
                 let context = ticket_context(
                     &[&p.identity.public().fingerprint(), &peer.fingerprint()],
                     p.psk.as_deref(),
+                    p.service.as_bytes(),
                 );
                 lock(&r.store).insert(t.clone(), Arc::new(peer.clone()), context, r.policy, r.now);
             }
@@ -912,9 +1028,17 @@ impl Handshake {
                 self.ticket_refused = Some(TicketRefusal::RefusedByListener);
             }
         }
-        let shared = x25519_shared(&self.rand.ephemeral, &hello.ephemeral)?;
+        let dh = x25519_shared(&self.rand.ephemeral, &hello.ephemeral)?;
+        let ct = hello_ct(&msg[MSG_HEADER_LEN..]).ok_or(MessageError::Malformed)?;
+        // Decapsulated once; the key is dropped here, whatever follows.
+        let kem = self
+            .mlkem
+            .take()
+            .ok_or(HandshakeError::State)?
+            .decapsulate(ct)
+            .map_err(|_| HandshakeError::BadMlKemKey)?;
         self.transcript.update(msg);
-        let keys = self.handshake_keys(&shared);
+        let keys = self.handshake_keys(&kem, &dh);
         self.state = State::ConnectorWaitAuth(Box::new(keys));
         Ok(())
     }
@@ -928,7 +1052,7 @@ impl Handshake {
             return Err(HandshakeError::State);
         };
         let pin = params.listener;
-        let peer = self.check_auth(
+        let (peer, _) = self.check_auth(
             msg,
             LISTENER_SIGNATURE_CONTEXT,
             &keys.l_hs,
@@ -961,10 +1085,20 @@ impl Handshake {
         self.identity = identity.clone();
         let hello = Hello::decode_fields(&msg[MSG_HEADER_LEN..])?;
         self.check_hello(&hello)?;
-        let shared = x25519_shared(&self.rand.ephemeral, &hello.ephemeral)?;
+        let pending = self.pending(&hello, msg)?;
         self.transcript.update(msg);
-        self.state = State::ListenerReplyPending(Box::new(shared));
+        self.state = State::ListenerReplyPending(pending);
         Ok(())
+    }
+
+    /// The X25519 (cheap) and the connector's encapsulation key, kept for `make_reply`.
+    fn pending(&self, hello: &Hello, msg: &[u8]) -> Result<Box<Pending>, HandshakeError> {
+        let dh = x25519_shared(&self.rand.ephemeral, &hello.ephemeral)?;
+        let ek = hello_ek(&msg[MSG_HEADER_LEN..]).ok_or(MessageError::Malformed)?;
+        Ok(Box::new(Pending {
+            dh,
+            ek: Box::new(*ek),
+        }))
     }
 
     /// True when a listener has read a hello that needs a full handshake and waits for
@@ -979,7 +1113,7 @@ impl Handshake {
     /// no answer is pending.
     pub fn make_reply(&mut self) -> Result<(), HandshakeError> {
         let result = match std::mem::replace(&mut self.state, State::Failed) {
-            State::ListenerReplyPending(shared) => self.listener_full_reply(&shared),
+            State::ListenerReplyPending(pending) => self.listener_full_reply(&pending),
             _ => Err(HandshakeError::State),
         };
         if result.is_err() {
@@ -990,17 +1124,18 @@ impl Handshake {
 
     /// The listener's answer of a full handshake, once the connector's hello is in the
     /// transcript.
-    fn listener_full_reply(&mut self, shared: &SharedSecret) -> Result<(), HandshakeError> {
+    fn listener_full_reply(&mut self, pending: &Pending) -> Result<(), HandshakeError> {
+        let (ct, kem) = mlkem::encapsulate(&pending.ek).map_err(|_| HandshakeError::BadMlKemKey)?;
         let reply = Hello {
             version: PROTOCOL_VERSION,
             options: self.options,
             random: self.rand.random,
             ephemeral: x25519_public(&self.rand.ephemeral),
         }
-        .encode_listener();
+        .encode_listener(&ct);
         self.transcript.update(&reply);
         self.out.extend_from_slice(&reply);
-        let keys = self.handshake_keys(shared);
+        let keys = self.handshake_keys(&kem, &pending.dh);
         let auth = self.make_auth(
             MessageType::ListenerAuth,
             LISTENER_SIGNATURE_CONTEXT,
@@ -1021,14 +1156,38 @@ impl Handshake {
         };
         let trust = params.trust.clone();
         let accept_unknown = params.accept_unknown;
-        let peer = self.check_auth(msg, CONNECTOR_SIGNATURE_CONTEXT, &keys.c_hs, |fp| {
-            // accept_unknown: any key, once it proves possession (signature and finished below).
-            if accept_unknown || trust.contains(fp) {
-                Ok(())
-            } else {
-                Err(HandshakeError::UntrustedConnector(*fp))
-            }
-        })?;
+        let served = params.service.clone();
+        // Signature and finished first: only a connector that proved its key learns why it is
+        // refused (an Alert record), and a refusal is never of a key it does not hold.
+        let (peer, asked) =
+            self.check_auth(msg, CONNECTOR_SIGNATURE_CONTEXT, &keys.c_hs, |_| Ok(()))?;
+        let fp = peer.fingerprint();
+        let asked = asked.ok_or(HandshakeError::State)?;
+        let refusal = if !(accept_unknown || trust.contains(&fp)) {
+            Some(Alert::new(AlertCode::Untrusted, b""))
+        } else if asked.as_bytes() != served.as_bytes() {
+            Some(Alert::new(AlertCode::ServiceMismatch, served.as_bytes()))
+        } else {
+            None
+        };
+        if let Some(alert) = refusal {
+            let refused_code = alert.code();
+            let (_, l_ap, _, _) = self.application_secrets(&keys);
+            let record = Sealer::new(l_ap, u64::MAX)
+                .seal_alert(&alert)
+                .map_err(|_| HandshakeError::State)?;
+            let alert = RefusalAlert(record);
+            self.rand.zeroize();
+            return Err(match refused_code {
+                AlertCode::Untrusted => HandshakeError::UntrustedConnector(fp, alert),
+                AlertCode::ServiceMismatch => HandshakeError::ServiceMismatch {
+                    fingerprint: fp,
+                    asked,
+                    served: served.to_string(),
+                    alert,
+                },
+            });
+        }
         self.establish(&keys, peer);
         Ok(())
     }
@@ -1038,6 +1197,7 @@ fn connector_context(p: &ConnectorParams) -> crate::proto::resume::TicketContext
     ticket_context(
         &[&p.identity.public().fingerprint(), &p.listener.mac1_key()],
         p.psk.as_deref(),
+        p.service.as_bytes(),
     )
 }
 
@@ -1046,11 +1206,15 @@ fn listener_context(
     identity: &dyn Signer,
     p: &ListenerParams,
 ) -> crate::proto::resume::TicketContext {
-    ticket_context(&[&identity.public().fingerprint()], p.psk.as_deref())
+    ticket_context(
+        &[&identity.public().fingerprint()],
+        p.psk.as_deref(),
+        p.service.as_bytes(),
+    )
 }
 
 /// Offsets in a resume hello (header included).
-const RH_ID: usize = MSG_HEADER_LEN + LISTENER_HELLO_BODY;
+const RH_ID: usize = MSG_HEADER_LEN + HELLO_FIELDS + EK_LEN;
 const RH_BINDER: usize = RH_ID + TICKET_ID_LEN;
 const RH_MAC1: usize = RH_BINDER + HASH_LEN;
 
@@ -1073,7 +1237,7 @@ impl Handshake {
             return Err(MessageError::Malformed.into());
         };
         // The X25519 first: a low-order key ends the handshake before it can use up a ticket.
-        let shared = x25519_shared(&self.rand.ephemeral, &hello.ephemeral)?;
+        let pending = self.pending(&hello, msg)?;
         let redeemed = match self.resume.as_deref() {
             Some(ResumeCtx::Listener(r)) => lock(&r.store).redeem(
                 id,
@@ -1090,12 +1254,12 @@ impl Handshake {
         };
         self.transcript.update(msg);
         match redeemed {
-            Ok(ticket) => self.listener_resume_reply(&shared, ticket),
+            Ok(ticket) => self.listener_resume_reply(&pending.dh, ticket),
             Err(refusal) => {
                 // Fall back to a full handshake on the same transcript: it authenticates the
-                // resume hello as it would a connector hello.
+                // resume hello as it would a connector hello, with its encapsulation key.
                 self.ticket_refused = Some(refusal);
-                self.state = State::ListenerReplyPending(Box::new(shared));
+                self.state = State::ListenerReplyPending(pending);
                 Ok(())
             }
         }
@@ -1108,14 +1272,13 @@ impl Handshake {
     ) -> Result<(), HandshakeError> {
         let mut reply = Vec::with_capacity(MSG_HEADER_LEN + RESUME_ACCEPT_BODY);
         reply.extend_from_slice(&header(MessageType::ResumeAccept, RESUME_ACCEPT_BODY));
-        let fields = Hello {
+        Hello {
             version: PROTOCOL_VERSION,
             options: self.options,
             random: self.rand.random,
             ephemeral: x25519_public(&self.rand.ephemeral),
         }
-        .encode_listener();
-        reply.extend_from_slice(&fields[MSG_HEADER_LEN..]);
+        .encode_fields(&mut reply);
         self.transcript.update(&reply);
         let rs = ResumeSecrets::new(&ticket.secret, shared.as_bytes());
         let (c_hs, l_hs) = rs.handshake_traffic(&self.transcript_hash());
@@ -1156,6 +1319,8 @@ impl Handshake {
             return Err(HandshakeError::State);
         };
         let offer = offer.take().ok_or(HandshakeError::State)?;
+        // Resumed: no ML-KEM in this connection (PROTOCOL.md §5, the resumption rule).
+        self.mlkem = None;
         let shared = x25519_shared(&self.rand.ephemeral, &hello.ephemeral)?;
         let (fields, fin_l) = msg.split_at(msg.len() - HASH_LEN);
         self.transcript.update(fields);

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! early     = Extract(salt = 0^32, ikm = psk or 0^32)
-//! hs        = Extract(salt = ExpandLabel(early, "derived", H(""), 32), ikm = X25519(e_c, e_l))
+//! hs        = Extract(salt = ExpandLabel(early, "derived", H(""), 32),
+//!                     ikm = ss_mlkem || X25519(e_c, e_l))
 //! c_hs, l_hs= ExpandLabel(hs, "c hs traffic" | "l hs traffic", H(hellos), 32)
 //! master    = Extract(salt = ExpandLabel(hs, "derived", H(""), 32), ikm = 0^32)
 //! c_ap, l_ap= ExpandLabel(master, "c ap traffic" | "l ap traffic", H(transcript), 32)
@@ -13,7 +14,10 @@
 //! ```
 //!
 //! `ExpandLabel(secret, label, ctx, len)` is HKDF-Expand with info
-//! `u16(len) || u8(len("sealpipe1 " + label)) || "sealpipe1 " + label || u8(len(ctx)) || ctx`.
+//! `u16(len) || u8(len("sealpipe2 " + label)) || "sealpipe2 " + label || u8(len(ctx)) || ctx`.
+//!
+//! Extract's pseudorandom keys are returned as [`Secret`]s and HKDF's internal copies live in
+//! `Zeroizing` buffers or in `hmac`'s state, which wipes itself (its `zeroize` feature).
 
 use crate::proto::aead::{Aead, KEY_LEN, NONCE_LEN};
 use hkdf::Hkdf;
@@ -25,11 +29,19 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 /// Length of SHA-256 output, of every secret and of finished MACs.
 pub const HASH_LEN: usize = 32;
 /// The prefix of every HKDF label: it carries the protocol version.
-pub const LABEL_PREFIX: &[u8] = b"sealpipe1 ";
+pub const LABEL_PREFIX: &[u8] = b"sealpipe2 ";
 
-/// A 32-byte secret, zeroized on drop. Never printed.
-#[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
+/// A 32-byte secret, zeroized on drop. Never printed; compared in constant time only.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct Secret([u8; HASH_LEN]);
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        ct_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Secret {}
 
 impl Secret {
     /// Wraps raw bytes (for test vectors and the PSK).
@@ -59,10 +71,12 @@ pub fn hash(data: &[u8]) -> [u8; HASH_LEN] {
 
 /// HKDF-Extract.
 pub fn extract(salt: &[u8], ikm: &[u8]) -> Secret {
-    let (prk, _) = Hkdf::<Sha256>::extract(Some(salt), ikm);
-    let mut out = [0u8; HASH_LEN];
-    out.copy_from_slice(&prk);
-    Secret(out)
+    let (mut prk, hk) = Hkdf::<Sha256>::extract(Some(salt), ikm);
+    drop(hk);
+    let mut out = Secret([0u8; HASH_LEN]);
+    out.0.copy_from_slice(&prk);
+    prk.as_mut_slice().zeroize();
+    out
 }
 
 /// HKDF-Expand with a sealpipe label (see the module documentation for the exact info).
@@ -136,13 +150,17 @@ pub struct HandshakeSecrets {
 }
 
 impl HandshakeSecrets {
-    /// `early` from the PSK, then `hs` from the shared secret.
-    pub fn new(psk: Option<&Psk>, shared: &[u8; 32]) -> Self {
+    /// `early` from the PSK, then `hs` from the ML-KEM-768 and the X25519 shared secrets, in
+    /// that order (`ikm = ss_mlkem || dh`, as X25519MLKEM768 orders them).
+    pub fn new(psk: Option<&Psk>, ss_mlkem: &[u8; 32], dh: &[u8; 32]) -> Self {
         let zero = [0u8; HASH_LEN];
         let early = extract(&zero, psk.map_or(&zero, |p| p.expose()));
         let salt = derive_secret(&early, "derived", &hash(b""));
+        let mut ikm = Zeroizing::new([0u8; 64]);
+        ikm[..32].copy_from_slice(ss_mlkem);
+        ikm[32..].copy_from_slice(dh);
         HandshakeSecrets {
-            hs: extract(salt.expose(), shared),
+            hs: extract(salt.expose(), &ikm[..]),
         }
     }
 
@@ -223,7 +241,7 @@ mod tests {
 
     #[test]
     fn labels_separate_directions_and_generations() {
-        let hs = HandshakeSecrets::new(None, &[7u8; 32]);
+        let hs = HandshakeSecrets::new(None, &[6u8; 32], &[7u8; 32]);
         let h = hash(b"hellos");
         let c = hs.traffic(Direction::ConnectorToListener, &h);
         let l = hs.traffic(Direction::ListenerToConnector, &h);
@@ -241,12 +259,18 @@ mod tests {
     #[test]
     fn psk_changes_every_secret() {
         let h = hash(b"x");
-        let without =
-            HandshakeSecrets::new(None, &[7u8; 32]).traffic(Direction::ConnectorToListener, &h);
+        let without = HandshakeSecrets::new(None, &[6u8; 32], &[7u8; 32])
+            .traffic(Direction::ConnectorToListener, &h);
         let psk = Secret::from_bytes([1u8; 32]);
-        let with = HandshakeSecrets::new(Some(&psk), &[7u8; 32])
+        let with = HandshakeSecrets::new(Some(&psk), &[6u8; 32], &[7u8; 32])
             .traffic(Direction::ConnectorToListener, &h);
         assert_ne!(without, with);
+        // Either shared secret changes it too (the hybrid).
+        for (kem, dh) in [([5u8; 32], [7u8; 32]), ([6u8; 32], [8u8; 32])] {
+            let other =
+                HandshakeSecrets::new(None, &kem, &dh).traffic(Direction::ConnectorToListener, &h);
+            assert_ne!(without, other);
+        }
     }
 
     #[test]

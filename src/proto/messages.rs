@@ -1,16 +1,19 @@
 //! Handshake messages: encoding, decoding and the size limits of every field.
 //!
-//! Every handshake message is `type (1) || length (2, big endian) || body`. The two hellos have
-//! fixed sizes; the two auth messages are AEAD ciphertexts under handshake keys whose plaintext
-//! is `u16 len || SPKI DER || u16 len || signature || finished (32)`. Decoders never allocate
-//! from a length field before checking it against the limits here.
+//! Every handshake message is `type (1) || length (2, big endian) || body`. The hellos have
+//! fixed sizes (a connector's carries an ML-KEM-768 encapsulation key, the listener's the
+//! ciphertext); the two auth messages are AEAD ciphertexts under handshake keys whose plaintext
+//! is `u16 len || SPKI DER || [u8 len || service] || u16 len || signature || finished (32)`
+//! (the service in the connector's only). Decoders never allocate from a length field before
+//! checking it against the limits here.
 
 use crate::proto::aead::TAG_LEN;
 use crate::proto::identity::{MAX_SIGNATURE_LEN, MAX_SPKI_LEN};
 use crate::proto::keys::HASH_LEN;
+use crate::proto::mlkem::{CT_LEN, EK_LEN};
 
 /// The protocol version this build speaks (inside the signed transcript).
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Bytes of a handshake message header.
 pub const MSG_HEADER_LEN: usize = 3;
 /// Bytes of the pre-signature MAC in the connector hello.
@@ -20,24 +23,31 @@ pub const OPTION_PSK: u8 = 0x01;
 /// Every option bit this version knows.
 pub const KNOWN_OPTIONS: u8 = OPTION_PSK;
 
-/// Body of the connector hello: version, options, random, ephemeral, mac1.
-pub const CONNECTOR_HELLO_BODY: usize = 1 + 1 + 32 + 32 + MAC1_LEN;
-/// Body of the listener hello: version, options, random, ephemeral.
-pub const LISTENER_HELLO_BODY: usize = 1 + 1 + 32 + 32;
+/// The fields every hello starts with: version, options, random, X25519 ephemeral.
+pub const HELLO_FIELDS: usize = 1 + 1 + 32 + 32;
+/// Body of the connector hello: the fields, the ML-KEM-768 encapsulation key, mac1 (1266).
+pub const CONNECTOR_HELLO_BODY: usize = HELLO_FIELDS + EK_LEN + MAC1_LEN;
+/// Body of the listener hello: the fields, the ML-KEM-768 ciphertext (1154).
+pub const LISTENER_HELLO_BODY: usize = HELLO_FIELDS + CT_LEN;
 /// Bytes of a resumption ticket id.
 pub const TICKET_ID_LEN: usize = 16;
-/// Body of the resume hello: version, options, random, ephemeral, ticket id, binder, mac1.
-pub const RESUME_HELLO_BODY: usize = 1 + 1 + 32 + 32 + TICKET_ID_LEN + HASH_LEN + MAC1_LEN;
-/// Body of the resume accept: version, options, random, ephemeral, finished.
-pub const RESUME_ACCEPT_BODY: usize = 1 + 1 + 32 + 32 + HASH_LEN;
+/// Body of the resume hello: the fields, the encapsulation key (for a full handshake if the
+/// ticket is refused), ticket id, binder, mac1 (1314).
+pub const RESUME_HELLO_BODY: usize = HELLO_FIELDS + EK_LEN + TICKET_ID_LEN + HASH_LEN + MAC1_LEN;
+/// Body of the resume accept: the fields, finished (98).
+pub const RESUME_ACCEPT_BODY: usize = HELLO_FIELDS + HASH_LEN;
+/// Longest service name in a ConnectorAuth.
+pub const MAX_SERVICE_LEN: usize = 64;
 /// Body of the resume finished: the connector's finished MAC.
 pub const RESUME_FINISHED_BODY: usize = HASH_LEN;
 /// Largest plaintext of an auth message.
-pub const MAX_AUTH_PLAINTEXT: usize = 2 + MAX_SPKI_LEN + 2 + MAX_SIGNATURE_LEN + HASH_LEN;
+pub const MAX_AUTH_PLAINTEXT: usize =
+    2 + MAX_SPKI_LEN + 1 + MAX_SERVICE_LEN + 2 + MAX_SIGNATURE_LEN + HASH_LEN;
 /// Largest body of an auth message (ciphertext and tag).
 pub const MAX_AUTH_BODY: usize = MAX_AUTH_PLAINTEXT + TAG_LEN;
-/// Largest handshake message on the wire.
+/// Largest handshake message on the wire (an auth message: a hello is shorter, checked below).
 pub const MAX_MESSAGE_LEN: usize = MSG_HEADER_LEN + MAX_AUTH_BODY;
+const _: () = assert!(MAX_AUTH_BODY >= RESUME_HELLO_BODY && MAX_AUTH_BODY >= CONNECTOR_HELLO_BODY);
 
 /// Handshake message types; each flows in one direction only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +149,19 @@ pub fn check_first_header(
 /// The largest first message of a connector (a resume hello), header included.
 pub const MAX_FIRST_MESSAGE_LEN: usize = MSG_HEADER_LEN + RESUME_HELLO_BODY;
 
+/// The connector's ephemeral X25519 key `e_c` of a whole ConnectorHello or ResumeHello (header
+/// included): what a listener's replay cache keys on. `None` if `hello` is not one of the two
+/// with its exact length. No cryptographic check: call it on a hello whose mac1 verified.
+pub fn hello_ephemeral(hello: &[u8]) -> Option<[u8; 32]> {
+    let header = hello.first_chunk::<MSG_HEADER_LEN>()?;
+    let (_, len) = check_first_header(header).ok()?;
+    if hello.len() != MSG_HEADER_LEN + len {
+        return None;
+    }
+    let at = MSG_HEADER_LEN + 1 + 1 + 32;
+    hello.get(at..at + 32)?.try_into().ok()
+}
+
 /// The header of a message of `kind` with a body of `len` bytes.
 pub fn header(kind: MessageType, len: usize) -> [u8; MSG_HEADER_LEN] {
     let l = (len as u16).to_be_bytes();
@@ -158,35 +181,52 @@ pub struct Hello {
     pub ephemeral: [u8; 32],
 }
 
+/// The ML-KEM field of a hello body: a connector hello's encapsulation key (also in a resume
+/// hello), a listener hello's ciphertext.
+pub fn hello_ek(body: &[u8]) -> Option<&[u8; EK_LEN]> {
+    body.get(HELLO_FIELDS..HELLO_FIELDS + EK_LEN)?
+        .try_into()
+        .ok()
+}
+
+/// See [`hello_ek`]: the ciphertext of a listener hello body.
+pub fn hello_ct(body: &[u8]) -> Option<&[u8; CT_LEN]> {
+    body.get(HELLO_FIELDS..HELLO_FIELDS + CT_LEN)?
+        .try_into()
+        .ok()
+}
+
 impl Hello {
     /// The whole connector hello without its mac1 (the bytes that mac1 covers).
-    pub fn encode_connector_unmacced(&self) -> Vec<u8> {
+    pub fn encode_connector_unmacced(&self, ek: &[u8; EK_LEN]) -> Vec<u8> {
         let mut out = Vec::with_capacity(MSG_HEADER_LEN + CONNECTOR_HELLO_BODY);
         out.extend_from_slice(&header(MessageType::ConnectorHello, CONNECTOR_HELLO_BODY));
         self.encode_fields(&mut out);
+        out.extend_from_slice(ek);
         out
     }
 
     /// The whole listener hello.
-    pub fn encode_listener(&self) -> Vec<u8> {
+    pub fn encode_listener(&self, ct: &[u8; CT_LEN]) -> Vec<u8> {
         let mut out = Vec::with_capacity(MSG_HEADER_LEN + LISTENER_HELLO_BODY);
         out.extend_from_slice(&header(MessageType::ListenerHello, LISTENER_HELLO_BODY));
         self.encode_fields(&mut out);
+        out.extend_from_slice(ct);
         out
     }
 
-    fn encode_fields(&self, out: &mut Vec<u8>) {
+    /// The four fields only (version, options, random, ephemeral), as the start of a resume
+    /// hello or a resume accept.
+    pub fn encode_fields(&self, out: &mut Vec<u8>) {
         out.push(self.version);
         out.push(self.options);
         out.extend_from_slice(&self.random);
         out.extend_from_slice(&self.ephemeral);
     }
 
-    /// Decodes the first 66 bytes of a hello body (either kind).
+    /// Decodes the first 66 bytes of a hello body (any kind).
     pub fn decode_fields(body: &[u8]) -> Result<Hello, MessageError> {
-        let f = body
-            .get(..LISTENER_HELLO_BODY)
-            .ok_or(MessageError::Malformed)?;
+        let f = body.get(..HELLO_FIELDS).ok_or(MessageError::Malformed)?;
         let mut random = [0u8; 32];
         random.copy_from_slice(&f[2..34]);
         let mut ephemeral = [0u8; 32];
@@ -205,7 +245,9 @@ impl Hello {
 pub struct Auth<'a> {
     /// The sender's RSA public key, DER SubjectPublicKeyInfo.
     pub spki: &'a [u8],
-    /// RSA-PSS-SHA256 over the transcript up to and including `spki`.
+    /// The service the connector asks for (a ConnectorAuth's; `None` in a ListenerAuth).
+    pub service: Option<&'a [u8]>,
+    /// RSA-PSS-SHA256 over the transcript up to and including `spki` (and `service`).
     pub signature: &'a [u8],
     /// HMAC over the transcript up to and including `signature`.
     pub finished: &'a [u8; HASH_LEN],
@@ -228,15 +270,49 @@ fn take_vec16<'a>(input: &mut &'a [u8], max: usize) -> Result<&'a [u8], MessageE
     Ok(field)
 }
 
+/// Appends a `u8 len || bytes` field.
+pub fn put_vec8(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.push(bytes.len() as u8);
+    out.extend_from_slice(bytes);
+}
+
+fn take_vec8<'a>(input: &mut &'a [u8], max: usize) -> Result<&'a [u8], MessageError> {
+    let (len, rest) = input.split_first().ok_or(MessageError::Malformed)?;
+    let len = *len as usize;
+    if len == 0 || len > max {
+        return Err(MessageError::BadLength(len));
+    }
+    let (field, rest) = rest.split_at_checked(len).ok_or(MessageError::Malformed)?;
+    *input = rest;
+    Ok(field)
+}
+
+/// A service name as a config or a ConnectorAuth may carry it: 1 to [`MAX_SERVICE_LEN`] bytes
+/// of printable ASCII (no spaces or control bytes).
+pub fn valid_service(name: &[u8]) -> bool {
+    (1..=MAX_SERVICE_LEN).contains(&name.len()) && name.iter().all(|b| b.is_ascii_graphic())
+}
+
 impl<'a> Auth<'a> {
-    /// Splits a decrypted auth plaintext into its fields, checking every length.
-    pub fn decode(plaintext: &'a [u8]) -> Result<Auth<'a>, MessageError> {
+    /// Splits a decrypted auth plaintext into its fields, checking every length; a
+    /// ConnectorAuth (`with_service`) carries a service name after its SPKI.
+    pub fn decode(plaintext: &'a [u8], with_service: bool) -> Result<Auth<'a>, MessageError> {
         let mut rest = plaintext;
         let spki = take_vec16(&mut rest, MAX_SPKI_LEN)?;
+        let service = if with_service {
+            let s = take_vec8(&mut rest, MAX_SERVICE_LEN)?;
+            if !valid_service(s) {
+                return Err(MessageError::Malformed);
+            }
+            Some(s)
+        } else {
+            None
+        };
         let signature = take_vec16(&mut rest, MAX_SIGNATURE_LEN)?;
         let finished: &[u8; HASH_LEN] = rest.try_into().map_err(|_| MessageError::Malformed)?;
         Ok(Auth {
             spki,
+            service,
             signature,
             finished,
         })
@@ -253,21 +329,76 @@ mod tests {
         put_vec16(&mut m, b"spki");
         put_vec16(&mut m, b"sig");
         m.extend_from_slice(&[7u8; 32]);
-        let a = Auth::decode(&m).unwrap();
+        let a = Auth::decode(&m, false).unwrap();
         assert_eq!((a.spki, a.signature), (&b"spki"[..], &b"sig"[..]));
+        assert_eq!(a.service, None);
         assert_eq!(
-            Auth::decode(&m[..m.len() - 1]),
+            Auth::decode(&m[..m.len() - 1], false),
             Err(MessageError::Malformed)
         );
         let mut longer = m.clone();
         longer.push(0);
-        assert_eq!(Auth::decode(&longer), Err(MessageError::Malformed));
+        assert_eq!(Auth::decode(&longer, false), Err(MessageError::Malformed));
         let mut huge = m.clone();
         huge[0..2].copy_from_slice(&u16::MAX.to_be_bytes());
-        assert_eq!(Auth::decode(&huge), Err(MessageError::BadLength(65535)));
+        assert_eq!(
+            Auth::decode(&huge, false),
+            Err(MessageError::BadLength(65535))
+        );
         let mut empty = m;
         empty[0..2].copy_from_slice(&[0, 0]);
-        assert_eq!(Auth::decode(&empty), Err(MessageError::BadLength(0)));
+        assert_eq!(Auth::decode(&empty, false), Err(MessageError::BadLength(0)));
+    }
+
+    #[test]
+    fn connector_auth_carries_a_service() {
+        let auth = |service: &[u8]| {
+            let mut m = Vec::new();
+            put_vec16(&mut m, b"spki");
+            put_vec8(&mut m, service);
+            put_vec16(&mut m, b"sig");
+            m.extend_from_slice(&[7u8; 32]);
+            m
+        };
+        let m = auth(b"redis");
+        let a = Auth::decode(&m, true).unwrap();
+        assert_eq!(a.service, Some(&b"redis"[..]));
+        assert_eq!(a.signature, b"sig");
+        assert_eq!(
+            Auth::decode(&auth(b""), true),
+            Err(MessageError::BadLength(0))
+        );
+        assert_eq!(
+            Auth::decode(&auth(&[b'a'; 65]), true),
+            Err(MessageError::BadLength(65))
+        );
+        assert!(Auth::decode(&auth(&[b'a'; 64]), true).is_ok());
+        assert_eq!(
+            Auth::decode(&auth(b"re dis"), true),
+            Err(MessageError::Malformed)
+        );
+        assert!(valid_service(b"postgres") && !valid_service(b"caf\xc3\xa9"));
+    }
+
+    #[test]
+    fn hello_ephemeral_is_the_connector_key() {
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            options: 0,
+            random: [1; 32],
+            ephemeral: [2; 32],
+        };
+        let mut m = hello.encode_connector_unmacced(&[3; EK_LEN]);
+        assert_eq!(
+            hello_ephemeral(&m),
+            None,
+            "without mac1 the length is wrong"
+        );
+        m.extend_from_slice(&[0; MAC1_LEN]);
+        assert_eq!(hello_ephemeral(&m), Some([2; 32]));
+        m[0] = MessageType::ListenerHello as u8;
+        assert_eq!(hello_ephemeral(&m), None);
+        assert_eq!(hello_ephemeral(&[]), None);
     }
 
     #[test]

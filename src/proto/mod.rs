@@ -7,6 +7,7 @@ pub mod handshake;
 pub mod identity;
 pub mod keys;
 pub mod messages;
+pub mod mlkem;
 pub mod record;
 pub mod resume;
 pub mod stream;

@@ -48,6 +48,9 @@ pub enum RecordType {
     /// record of every stream, and only that (the first of the session, or the first after both
     /// directions' close records).
     StreamInfo = 4,
+    /// The listener's authenticated refusal of an authenticated connector ([`Alert`]): only as
+    /// the listener's first record, and the last.
+    Alert = 5,
 }
 
 impl RecordType {
@@ -57,6 +60,7 @@ impl RecordType {
             2 => Some(RecordType::Close),
             3 => Some(RecordType::Rekey),
             4 => Some(RecordType::StreamInfo),
+            5 => Some(RecordType::Alert),
             _ => None,
         }
     }
@@ -97,6 +101,111 @@ pub enum RecordError {
     /// record of a stream, or a first record that should have been StreamInfo and is not.
     #[error("unexpected {0:?} record")]
     Unexpected(RecordType),
+    /// The listener refused this connector after authenticating it (an [`Alert`] record).
+    #[error("{0}")]
+    Refused(Alert),
+}
+
+/// Largest detail of an [`Alert`] (the longest service name).
+pub const MAX_ALERT_DETAIL: usize = 64;
+
+/// Why a listener refused an authenticated connector: the code of an [`Alert`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AlertCode {
+    /// The connector's key is not in the listener's trust list (detail empty).
+    Untrusted = 1,
+    /// The connector asked for another service (detail: the listener's service name).
+    ServiceMismatch = 2,
+}
+
+/// The body of an Alert record: `code (1) || u8 len || detail`. Sent by a listener only to a
+/// connector that proved its key (PROTOCOL.md §4, §6).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Alert {
+    code: AlertCode,
+    len: u8,
+    detail: [u8; MAX_ALERT_DETAIL],
+}
+
+impl std::fmt::Debug for Alert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Alert")
+            .field("code", &self.code)
+            .field("detail", &String::from_utf8_lossy(self.detail()))
+            .finish()
+    }
+}
+
+impl std::fmt::Display for Alert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.code {
+            AlertCode::Untrusted => {
+                f.write_str("the listener refused this connector's key (not in its peers)")
+            }
+            AlertCode::ServiceMismatch => write!(
+                f,
+                "the listener refused this connector: it serves {:?}",
+                String::from_utf8_lossy(self.detail())
+            ),
+        }
+    }
+}
+
+impl Alert {
+    /// An alert with `code` and `detail` (at most [`MAX_ALERT_DETAIL`] bytes: longer is cut).
+    pub fn new(code: AlertCode, detail: &[u8]) -> Self {
+        let len = detail.len().min(MAX_ALERT_DETAIL);
+        let mut d = [0u8; MAX_ALERT_DETAIL];
+        d[..len].copy_from_slice(&detail[..len]);
+        Alert {
+            code,
+            len: len as u8,
+            detail: d,
+        }
+    }
+
+    /// The code.
+    pub fn code(&self) -> AlertCode {
+        self.code
+    }
+
+    /// The detail (the listener's service name for [`AlertCode::ServiceMismatch`]).
+    pub fn detail(&self) -> &[u8] {
+        &self.detail[..self.len as usize]
+    }
+
+    /// The record body.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(2 + self.len as usize);
+        out.push(self.code as u8);
+        out.push(self.len);
+        out.extend_from_slice(self.detail());
+        out
+    }
+
+    /// Decodes a record body: a known code, a detail that fits exactly (empty for code 1, 1 to
+    /// [`MAX_ALERT_DETAIL`] bytes for code 2).
+    pub fn decode(body: &[u8]) -> Result<Alert, RecordError> {
+        let bad = RecordError::Malformed(RecordType::Alert);
+        let [code, len, detail @ ..] = body else {
+            return Err(bad);
+        };
+        let code = match code {
+            1 => AlertCode::Untrusted,
+            2 => AlertCode::ServiceMismatch,
+            _ => return Err(bad),
+        };
+        let ok = *len as usize == detail.len()
+            && match code {
+                AlertCode::Untrusted => detail.is_empty(),
+                AlertCode::ServiceMismatch => (1..=MAX_ALERT_DETAIL).contains(&detail.len()),
+            };
+        if !ok {
+            return Err(bad);
+        }
+        Ok(Alert::new(code, detail))
+    }
 }
 
 /// The label of the ratchet to the next stream's key, at a close record.
@@ -300,6 +409,20 @@ impl Sealer {
         Ok(())
     }
 
+    /// Seals an [`Alert`] record, the first and last record of this direction (a listener's
+    /// refusal of an authenticated connector); returns the record to send.
+    pub fn seal_alert(&mut self, alert: &Alert) -> Result<Vec<u8>, RecordError> {
+        if self.dir.seq != 0 || self.dir.generation != 0 || self.dir.streams != 0 || self.closed {
+            return Err(RecordError::Unexpected(RecordType::Alert));
+        }
+        let body = alert.encode();
+        let mut buf = vec![0u8; body.len() + OVERHEAD];
+        buf[HEADER_LEN..HEADER_LEN + body.len()].copy_from_slice(&body);
+        self.seal(RecordType::Alert, &mut buf)?;
+        self.closed = true;
+        Ok(buf)
+    }
+
     /// Seals the close record into `buf` (exactly [`OVERHEAD`] bytes), then ratchets to the next
     /// stream's key; nothing but a StreamInfo record (the next stream) may follow it.
     pub fn seal_close(&mut self, buf: &mut [u8; OVERHEAD]) -> Result<(), RecordError> {
@@ -344,6 +467,9 @@ pub enum Opened<'a> {
     Close,
     /// The peer moved to the next key generation (already followed).
     Rekey,
+    /// The listener refused this connector (its first record, and its last: the direction is
+    /// closed after it).
+    Alert(Alert),
 }
 
 /// The receiving half of a session.
@@ -439,6 +565,7 @@ impl Opener {
     /// A StreamInfo record is refused here: it is only valid first, through
     /// [`Opener::open_stream_info`].
     pub fn open<'a>(&mut self, record: &'a mut [u8]) -> Result<Opened<'a>, RecordError> {
+        let first = self.dir.seq == 0 && self.dir.generation == 0 && self.dir.streams == 0;
         let (kind, plain) = self.open_record(record)?;
         match kind {
             RecordType::Data if plain.is_empty() => Err(RecordError::Malformed(kind)),
@@ -460,6 +587,12 @@ impl Opener {
                 Ok(Opened::Rekey)
             }
             RecordType::StreamInfo => Err(RecordError::Unexpected(kind)),
+            RecordType::Alert if !first => Err(RecordError::Unexpected(kind)),
+            RecordType::Alert => {
+                let alert = Alert::decode(plain)?;
+                self.closed = true;
+                Ok(Opened::Alert(alert))
+            }
         }
     }
 
@@ -587,6 +720,53 @@ mod tests {
             stream_info_record(&mut s4, &[]),
             Err(RecordError::Malformed(RecordType::StreamInfo))
         );
+    }
+
+    #[test]
+    fn alert_only_first_and_last() {
+        let (mut s, mut o) = pair();
+        let alert = Alert::new(AlertCode::ServiceMismatch, b"postgres");
+        let mut rec = s.seal_alert(&alert).unwrap();
+        assert_eq!(rec[0], 5);
+        assert!(s.is_closed());
+        assert_eq!(o.open(&mut rec), Ok(Opened::Alert(alert)));
+        assert!(o.is_closed());
+        assert_eq!(alert.detail(), b"postgres");
+        assert_eq!(Alert::decode(&alert.encode()), Ok(alert));
+
+        // Not after another record.
+        let (mut s, mut o) = pair();
+        let mut d = data_record(&mut s, b"x");
+        o.open(&mut d).unwrap();
+        assert_eq!(
+            s.seal_alert(&alert),
+            Err(RecordError::Unexpected(RecordType::Alert))
+        );
+        let (mut s2, _) = pair();
+        let mut a = s2.seal_alert(&alert).unwrap();
+        // (A fresh sealer's alert is seq 0: the opener at seq 1 fails it before the type.)
+        assert!(o.open(&mut a).is_err());
+
+        // Bodies: known codes, exact lengths.
+        for bad in [
+            &[][..],
+            &[1],
+            &[1, 1, b'x'],
+            &[2, 0],
+            &[2, 2, b'x'],
+            &[3, 0],
+        ] {
+            assert_eq!(
+                Alert::decode(bad),
+                Err(RecordError::Malformed(RecordType::Alert))
+            );
+        }
+        let long = [b'a'; MAX_ALERT_DETAIL + 1];
+        let mut body = vec![2, long.len() as u8];
+        body.extend_from_slice(&long);
+        assert!(Alert::decode(&body).is_err());
+        let untrusted = Alert::new(AlertCode::Untrusted, b"");
+        assert_eq!(Alert::decode(&[1, 0]), Ok(untrusted));
     }
 
     #[test]

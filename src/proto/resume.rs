@@ -60,9 +60,11 @@ impl Default for TicketPolicy {
 pub type TicketContext = [u8; HASH_LEN];
 
 /// The [`TicketContext`] of a side with these keys (own, then the peer's pinned one for a
-/// connector) and this PSK.
-pub fn ticket_context(keys: &[&Fingerprint], psk: Option<&Psk>) -> TicketContext {
-    let mut input = b"sealpipe1 ticket context".to_vec();
+/// connector), this PSK and this service.
+pub fn ticket_context(keys: &[&Fingerprint], psk: Option<&Psk>, service: &[u8]) -> TicketContext {
+    let mut input = b"sealpipe2 ticket context".to_vec();
+    input.push(service.len() as u8);
+    input.extend_from_slice(service);
     for k in keys {
         input.extend_from_slice(k.as_bytes());
     }

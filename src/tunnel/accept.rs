@@ -35,6 +35,10 @@ pub trait Tunnel: Send + Sync + 'static {
     fn accepts_new(&self, fp: &Fingerprint) -> bool {
         self.keeps_open(fp)
     }
+    /// The log line of a listener's refusal (an Alert record) of this connector.
+    fn describe_refusal(&self, alert: &crate::proto::record::Alert) -> String {
+        alert.to_string()
+    }
     /// The names `status` gives peer keys: a listener's trust list, a connector's pins.
     fn trust(&self) -> Option<Arc<TrustList>> {
         None
@@ -171,12 +175,27 @@ pub(crate) fn log_refusal(tunnel: &str, role: Role, peer: impl Display, err: &Se
         {
             tracing::debug!(tunnel = %tunnel, role = %role, %peer, reason = %err, "handshake refused")
         }
-        SessionError::Handshake(H::UntrustedConnector(fp)) => tracing::warn!(
+        SessionError::Handshake(H::UntrustedConnector(fp, _)) => tracing::warn!(
             tunnel = %tunnel,
             role = %role,
             %peer,
             fingerprint = %fp,
-            "handshake refused: connector key {fp} is not trusted (add it to `peers` to let it in)"
+            "handshake refused: connector key {fp} is not trusted (add it to `peers` to let it in); \
+             the connector was told"
+        ),
+        SessionError::Handshake(H::ServiceMismatch {
+            fingerprint,
+            asked,
+            served,
+            ..
+        }) => tracing::warn!(
+            tunnel = %tunnel,
+            role = %role,
+            %peer,
+            fingerprint = %fingerprint,
+            "handshake refused: connector key {fingerprint} asked for service {asked:?}, this \
+             listener serves {served:?} (a connection meant for another listener?); the connector \
+             was told"
         ),
         _ => {
             tracing::warn!(tunnel = %tunnel, role = %role, %peer, reason = %err, "handshake failed")

@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 
 use crate::proto::handshake::Role;
 use crate::proto::identity::Fingerprint;
+use crate::proto::record::RecordError;
 use crate::tunnel::accept::Tunnel;
 use crate::tunnel::net::{reset_on_close, Conn};
 use crate::tunnel::pump::{pump, PumpError, PumpOptions, PumpStats};
@@ -96,6 +97,12 @@ pub(crate) async fn carry<T: Tunnel>(
     if result.is_err() {
         plain.reset_on_close();
         reset_on_close(sealed);
+    }
+    if let Err(PumpError::Record(RecordError::Refused(alert))) = &result {
+        // The listener authenticated this connector and refused it: its reason, not a reset.
+        tracing::error!(tunnel = %tunnel.name(), role = %tunnel.role(), %peer,
+            fingerprint = %fingerprint, "{}", tunnel.describe_refusal(alert));
+        return StreamEnd::Failed;
     }
     log_close(
         tunnel.name(),

@@ -18,7 +18,7 @@ use crate::proto::handshake::{
     ConnectorParams, Established, Handshake, HandshakeError, ListenerPin, Resumption,
 };
 use crate::proto::identity::{Fingerprint, TrustList};
-use crate::proto::record::RecordError;
+use crate::proto::record::{Alert, AlertCode, RecordError};
 use crate::proto::stream::{canonical, StreamInfo};
 use crate::tunnel::accept::{log_refusal, os_randomness};
 use crate::tunnel::carry::{carry, StreamEnd};
@@ -73,6 +73,21 @@ impl Tunnel for ConnectorTunnel {
             }
             // TOFU: the recorded key is checked anew by every handshake.
             ListenerPin::FirstContact => true,
+        }
+    }
+
+    /// The listener proved its key and refused ours after authenticating it (PROTOCOL.md §6).
+    fn describe_refusal(&self, alert: &Alert) -> String {
+        match alert.code() {
+            AlertCode::Untrusted => format!(
+                "the listener refused this connector's key {} (not in its peers)",
+                self.params.identity.public().fingerprint()
+            ),
+            AlertCode::ServiceMismatch => format!(
+                "the listener serves {:?}, this connector asked for {:?} (`service`)",
+                String::from_utf8_lossy(alert.detail()),
+                &*self.params.service
+            ),
         }
     }
 

@@ -19,7 +19,9 @@ use crate::proto::handshake::{
     check_hello_mac1, Contact, Handshake, HandshakeError, ListenerParams, Resumption,
 };
 use crate::proto::identity::{Fingerprint, TrustList};
-use crate::proto::messages::{check_first_header, MAX_FIRST_MESSAGE_LEN, MSG_HEADER_LEN};
+use crate::proto::messages::{
+    check_first_header, hello_ephemeral, MAX_FIRST_MESSAGE_LEN, MSG_HEADER_LEN,
+};
 use crate::proto::stream::{proxy_v2_header, StreamInfo};
 use crate::tunnel::accept::{log_refusal, os_randomness};
 use crate::tunnel::carry::{carry, StreamEnd};
@@ -148,14 +150,6 @@ impl ListenerTunnel {
     }
 }
 
-/// The `e_c` of a ConnectorHello or ResumeHello: after the header, version, options and
-/// random. `None` for anything shorter.
-// TODO(integrator): use proto::messages::hello_ephemeral
-fn hello_ephemeral(hello: &[u8]) -> Option<[u8; 32]> {
-    let at = MSG_HEADER_LEN + 2 + 32;
-    hello.get(at..at + 32)?.try_into().ok()
-}
-
 /// An optional IP address for logs: `-` for none.
 struct OptIp(Option<std::net::IpAddr>);
 
@@ -265,7 +259,16 @@ impl Tunnel for ListenerTunnel {
             .await
         {
             Ok(x) => x,
-            Err(e) => return refused(e),
+            Err(e) => {
+                // A connector that proved its key but is refused (key not trusted, another
+                // service) is told why, in an Alert only it can open (PROTOCOL.md §6).
+                if let SessionError::Handshake(h) = &e {
+                    if let Some(alert) = h.alert() {
+                        send_alert(&mut sealed, alert, deadline).await;
+                    }
+                }
+                return refused(e);
+            }
         };
         state.handshake_ok(started.elapsed());
         count_resumption(&state, &est);
@@ -525,6 +528,26 @@ impl std::fmt::Display for OptAddr {
             None => write!(f, "-"),
         }
     }
+}
+
+/// Sends the Alert record of a refusal to the authenticated connector, then ends our direction
+/// and reads (and drops) what the connector had sent until its end of stream, within the
+/// handshake deadline: closing with unread bytes would send a reset, which can make the
+/// connector's kernel drop the alert before it is read.
+async fn send_alert(
+    sealed: &mut tokio::net::TcpStream,
+    alert: &[u8],
+    deadline: tokio::time::Instant,
+) {
+    let send = async {
+        sealed.write_all(alert).await?;
+        sealed.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        // Bounded by the deadline; the connector closes on reading the alert.
+        while sealed.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout_at(deadline, send).await;
 }
 
 #[cfg(test)]

@@ -402,6 +402,7 @@ where
                     stats.add(&stats.rekeys_received, 1, |t| &t.rekeys);
                 }
                 Ok(Opened::Close) => closed = true,
+                Ok(Opened::Alert(a)) => failed = Some(RecordError::Refused(a)),
                 Err(e) => failed = Some(e),
             }
             if failed.is_some() {

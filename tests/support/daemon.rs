@@ -210,7 +210,7 @@ pub fn proxy_v2_listener(forward: SocketAddr) -> String {
 /// `connect`.
 pub fn tofu_connector_toml(connect: SocketAddr) -> String {
     format!(
-        "[identity]\nprivate_key = \"connector.pem\"\n\n[[connector]]\nname = \"tofu\"\nlisten = \"127.0.0.1:0\"\nconnect = \"{connect}\"\npeer = \"tofu\"\nknown_peers = \"known_peers\"\n{NO_POOL}"
+        "[identity]\nprivate_key = \"connector.pem\"\n\n[[connector]]\nname = \"tofu\"\nlisten = \"127.0.0.1:0\"\nconnect = \"{connect}\"\npeer = \"tofu\"\nknown_peers = \"known_peers\"\nservice = \"test\"\n{NO_POOL}"
     )
 }
 

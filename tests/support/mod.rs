@@ -280,8 +280,12 @@ pub fn listener_params(identity: Arc<dyn Signer>, trusted: &[Fingerprint]) -> Li
         psk: None,
         accept_unknown: false,
         allow_tofu: false,
+        service: SERVICE.into(),
     }
 }
+
+/// The service of the test parameters' tunnels.
+pub const SERVICE: &str = "test";
 
 /// Connector parameters for `identity`, pinned to `listener`, without a PSK.
 pub fn connector_params(identity: Arc<dyn Signer>, listener: Fingerprint) -> ConnectorParams {
@@ -289,6 +293,7 @@ pub fn connector_params(identity: Arc<dyn Signer>, listener: Fingerprint) -> Con
         identity,
         listener: listener.into(),
         psk: None,
+        service: SERVICE.into(),
     }
 }
 
@@ -310,6 +315,7 @@ pub fn pair(psk: Option<[u8; 32]>) -> Pair {
             listener: lkey.public().fingerprint().into(),
             identity: Arc::new(ckey),
             psk: psk.clone(),
+            service: SERVICE.into(),
         },
         listener: ListenerParams {
             identity: lkey.clone(),
@@ -318,6 +324,7 @@ pub fn pair(psk: Option<[u8; 32]>) -> Pair {
             psk,
             accept_unknown: false,
             allow_tofu: false,
+            service: SERVICE.into(),
         },
         listener_signer: lkey,
     }

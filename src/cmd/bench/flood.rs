@@ -136,6 +136,7 @@ async fn setup(tracker: &TaskTracker, stop: &CancellationToken) -> anyhow::Resul
                 psk: None,
                 accept_unknown: false,
                 allow_tofu: false,
+                service: "flood".into(),
             },
             tuning: tuning.clone(),
         },
@@ -173,6 +174,7 @@ fn connector_params(c_id: &Arc<PrivateIdentity>, l_id: &Arc<PrivateIdentity>) ->
         identity: c_id.clone() as Arc<dyn Signer>,
         listener: l_id.fingerprint().into(),
         psk: None,
+        service: "flood".into(),
     }
 }
 
