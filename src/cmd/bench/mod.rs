@@ -99,6 +99,10 @@ pub struct BenchArgs {
     /// without --only, runs only `rate` and `small`. With --relay: the relay's round-trip time.
     #[arg(long, value_parser = parse_duration, conflicts_with_all = ["target", "config"])]
     pub rtt: Option<Duration>,
+    /// In process: no warm sessions and no session reuse, so that every client connection
+    /// makes its own (resumed) handshake: the handshake rate rather than the tunnel's.
+    #[arg(long, conflicts_with_all = ["target", "config"])]
+    pub no_pool: bool,
     /// Run only a WAN relay (bench/README.md) on ADDR to --relay-to with round-trip time --rtt,
     /// until killed. Port 0 picks a free port; the bound address is printed on stderr.
     #[arg(long, requires_all = ["relay_to", "rtt"], conflicts_with = "serve")]
@@ -294,6 +298,11 @@ pub(crate) async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
     // (SECURITY.md, "Flooding the listener"; `--only flood` measures those).
     tuning.signature_rate = 0;
     tuning.source_handshake_rate = 0;
+    if args.no_pool {
+        tuning.pool_min = 0;
+        tuning.pool_max = 0;
+        tuning.session_reuse = false;
+    }
     let mut stops = Vec::new();
     let mut signer = None;
     let mut in_process_target = None;
@@ -422,8 +431,12 @@ pub(crate) async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
         if let Some(target_addr) = in_process_target {
             report.resumption = Some(tuning.resumption);
             // The same loads through a second pair that never resumes: full RSA handshakes.
+            // (No warm or reused sessions either: each client connection is one handshake.)
             let full = Tuning {
                 resumption: false,
+                pool_min: 0,
+                pool_max: 0,
+                session_reuse: false,
                 ..tuning.clone()
             };
             let pair = in_process_pair(target_addr, full, args.rtt).await?;
