@@ -345,7 +345,7 @@ private_key = "$TMP/connector.pem"
 [[connector]]
 name = "probe"
 listen = "127.0.0.1:1"
-connect = "127.0.0.1:1"
+connect = "127.0.0.1:2"
 peer = "$L_FP"
 $1
 EOF

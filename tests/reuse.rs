@@ -57,7 +57,15 @@ fn one_session_carries_a_thousand_sequential_clients_every_byte_hashed() {
     assert!(s.iter().max() >= Some(&100), "{s:?}");
     let c = t.connector.log_text();
     assert!(!c.contains("connection reset"), "{c}");
-    assert_eq!(c.matches("pooled=true").count(), 1000 - firsts);
+    // Every client is on a pooled session except those that made their own handshake; a
+    // warm session's first stream is `stream=1` and pooled, so the fresh ones are at most the
+    // sessions that began.
+    let fresh = c.matches("pooled=false").count();
+    assert_eq!(c.matches("pooled=true").count() + fresh, 1000, "{c}");
+    assert!(
+        fresh <= firsts,
+        "fresh {fresh}, sessions that began {firsts}"
+    );
 }
 
 #[test]
