@@ -451,8 +451,8 @@ mod resumption {
     use sealpipe::proto::handshake::{Established, Resumption};
     use sealpipe::proto::keys::Secret;
     use sealpipe::proto::resume::{
-        binder, ticket_context, ticket_id, ConnectorTickets, PresentedBinder, TicketPolicy,
-        TicketRefusal, TicketStore,
+        binder, successors, ticket_context, ticket_id, Chain, ConnectorTickets, PresentedBinder,
+        TicketId, TicketPolicy, TicketRefusal, TicketStore, TICKETS_PER_PEER,
     };
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
@@ -532,12 +532,27 @@ mod resumption {
             }
         }
 
-        fn listener_uses_left(&self, ce: &Established) -> Option<u32> {
-            self.lstore
-                .lock()
-                .unwrap()
-                .uses_left(&ticket_id(&ce.resumption))
+        /// The resumptions left in the chain of the listener's ticket `id`; none when it does
+        /// not hold the ticket.
+        fn listener_left(&self, id: &TicketId) -> Option<u32> {
+            self.lstore.lock().unwrap().resumptions_left(id)
         }
+
+        fn connector_ids(&self) -> Vec<TicketId> {
+            self.cstore.lock().unwrap().ids()
+        }
+    }
+
+    /// The ids of the tickets a session hands on.
+    fn successor_ids(e: &Established) -> Vec<TicketId> {
+        successors(&e.resumption).iter().map(ticket_id).collect()
+    }
+
+    /// The ticket id a resume hello offers.
+    fn offered(hello: &[u8]) -> TicketId {
+        assert_eq!(hello[0], 0x15, "a resume hello");
+        let at = MSG_HEADER_LEN + 66 + EK_LEN;
+        hello[at..at + 16].try_into().unwrap()
     }
 
     fn assert_keys_match(ce: &Established, le: &Established) {
@@ -555,11 +570,36 @@ mod resumption {
             let (full_c, full_l) = r.connect_ok("full", Duration::ZERO);
             assert!(!full_c.resumed && full_c.ticket_refused.is_none());
             assert_eq!(r.signatures(), (1, 1));
-            assert_eq!(r.listener_uses_left(&full_c), Some(1000));
+            let mut previous = successor_ids(&full_c);
+            for id in &previous {
+                assert_eq!(r.listener_left(id), Some(1000));
+            }
+            assert_eq!(r.connector_ids(), previous);
 
             let mut seen = vec![full_c.send.clone(), full_c.recv.clone()];
             for i in 0..3u32 {
-                let (ce, le) = r.connect_ok(&format!("res{i}"), S * (i + 1));
+                let (c, l) = r.handshakes(&format!("res{i}"), S * (i + 1));
+                let mut id = None;
+                let Outcome::Done(d) = drive(c, l, |f, b| {
+                    if f == 0 {
+                        id = Some(offered(b));
+                    }
+                }) else {
+                    panic!("connection {i} failed");
+                };
+                let (ce, le) = *d;
+                assert_keys_match(&ce, &le);
+                // The newest ticket was offered, and is used up on both sides.
+                let id = id.unwrap();
+                assert_eq!(Some(&id), previous.last());
+                assert_eq!(r.listener_left(&id), None, "the listener used it up");
+                assert!(!r.connector_ids().contains(&id), "the connector forgot it");
+                // Its session's successors are one resumption deeper in the chain.
+                previous = successor_ids(&ce);
+                assert_eq!(previous, successor_ids(&le));
+                for s in &previous {
+                    assert_eq!(r.listener_left(s), Some(999 - i));
+                }
                 assert!(ce.resumed && le.resumed, "connection {i} was not resumed");
                 assert_eq!(r.signatures(), (1, 1), "a resumption made an RSA signature");
                 // The peers are those of the full handshake.
@@ -571,7 +611,6 @@ mod resumption {
                     seen.push(k.clone());
                 }
                 assert_ne!(ce.transcript_hash, full_c.transcript_hash);
-                assert_eq!(r.listener_uses_left(&full_c), Some(999 - i));
                 // Records flow under the resumed keys.
                 let (mut seal, _) = ce.into_record_layer(1 << 20);
                 let (_, mut open) = le.into_record_layer(1 << 20);
@@ -650,15 +689,62 @@ mod resumption {
     }
 
     #[test]
-    fn a_replayed_resume_hello_gets_no_session_and_burns_a_use() {
+    fn no_ticket_id_goes_on_the_wire_twice() {
         let r = peers(None);
-        let (full, _) = r.connect_ok("full", Duration::ZERO);
-        let (c, l) = r.handshakes("orig", S);
-        let mut flights = Vec::new();
-        assert!(drive(c, l, |_, b| flights.push(b.clone())).is_done());
-        assert_eq!(r.listener_uses_left(&full), Some(999));
+        r.connect_ok("full", Duration::ZERO);
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..60u32 {
+            // Now and then several at once: each takes a ticket of its own.
+            let n = if i % 10 == 9 { 3 } else { 1 };
+            let hs: Vec<_> = (0..n)
+                .map(|k| r.handshakes(&format!("wire {i} {k}"), S * (i + 1)))
+                .collect();
+            for (k, (c, l)) in hs.into_iter().enumerate() {
+                let mut hello = Vec::new();
+                let Outcome::Done(d) = drive(c, l, |f, b| {
+                    if f == 0 {
+                        hello = b.clone();
+                    }
+                }) else {
+                    panic!("connection {i} {k} failed")
+                };
+                if hello[0] == 0x15 {
+                    assert!(d.0.resumed);
+                    assert!(seen.insert(offered(&hello)), "ticket id offered twice");
+                } else {
+                    // Out of tickets for the moment: a full handshake, no id on the wire.
+                    assert_eq!(hello[0], 0x11);
+                    assert!(!d.0.resumed && d.0.ticket_refused.is_none());
+                }
+            }
+            assert!(r.connector_ids().len() <= TICKETS_PER_PEER);
+        }
+        assert!(seen.len() >= 60, "most connections resumed: {}", seen.len());
+    }
 
-        // The replayer sends the recorded hello to the listener, then the recorded finished.
+    #[test]
+    fn a_replayed_or_injected_resume_hello_does_not_burn_the_ticket() {
+        // A connector whose chains end after one resumption: it holds the full handshake's two
+        // tickets and no successor, so the test can follow both.
+        let mut r = peers(None);
+        r.cpolicy.uses = 1;
+        let (full, _) = r.connect_ok("full", Duration::ZERO);
+        let ids = successor_ids(&full);
+        // The attacker holds back the connector's hello (the connection dies) and sends it to
+        // the listener itself.
+        let (mut c, _) = r.handshakes("held back", S);
+        let hello = c.take_output();
+        let held = offered(&hello);
+        assert_eq!(&held, &ids[1], "the newest ticket");
+        assert!(
+            !r.connector_ids().contains(&held),
+            "out of the store while in flight"
+        );
+        drop(c);
+        assert!(
+            r.connector_ids().contains(&held),
+            "an attempt that never reached the listener's proof gives the ticket back"
+        );
         let mut l = Handshake::listener_resuming(
             r.p.listener.clone(),
             fresh("replay l"),
@@ -668,18 +754,115 @@ mod resumption {
                 now: r.t0 + S * 2,
             },
         );
-        l.read(&flights[0]).unwrap();
-        let answer = l.take_output();
+        l.read(&hello).unwrap();
         assert_eq!(
-            answer[0], 0x16,
-            "the listener accepts the ticket: a resume accept"
+            l.take_output()[0],
+            0x16,
+            "the binder verifies: a resume accept"
         );
-        assert_ne!(answer, flights[1], "under a fresh ephemeral and random");
-        assert_eq!(r.listener_uses_left(&full), Some(998), "the use is counted");
-        let err = l.read(&flights[2]).unwrap_err();
+        // No finished from the attacker, who lacks the ticket secret.
+        let mut finished = vec![0x17, 0, 32];
+        finished.extend_from_slice(&[0xaa; 32]);
+        let err = l.read(&finished).unwrap_err();
         assert!(matches!(err, HandshakeError::BadFinished), "{err:?}");
-        assert!(!l.is_done());
         assert!(l.finish().is_err());
+        assert_eq!(
+            r.listener_left(&held),
+            Some(1000),
+            "the ticket is not burnt"
+        );
+        // Both tickets still resume, each once.
+        let mut used = Vec::new();
+        for tag in ["after 1", "after 2"] {
+            let (c, l) = r.handshakes(tag, S * 3);
+            let Outcome::Done(d) = drive(c, l, |f, b| {
+                if f == 0 {
+                    used.push(offered(b));
+                }
+            }) else {
+                panic!("{tag} failed")
+            };
+            assert!(d.0.resumed);
+        }
+        used.sort();
+        let mut want = ids.clone();
+        want.sort();
+        assert_eq!(used, want);
+
+        // The hello of a completed resumption, replayed: its ticket is used up, the listener
+        // answers in full (the tunnel's replay cache stops it before that) and the replayer
+        // can go no further.
+        let (c, l) = r.handshakes("orig", S * 4);
+        let mut flights = Vec::new();
+        assert!(drive(c, l, |_, b| flights.push(b.clone())).is_done());
+        let mut l = Handshake::listener_resuming(
+            r.p.listener.clone(),
+            fresh("replay 2 l"),
+            Resumption {
+                store: r.lstore.clone(),
+                policy: r.lpolicy,
+                now: r.t0 + S * 5,
+            },
+        );
+        l.read(&flights[0]).unwrap();
+        assert_eq!(
+            l.take_output()[0],
+            0x12,
+            "a full handshake: the ticket is gone"
+        );
+        assert!(l.read(&flights[2]).is_err());
+        assert!(l.finish().is_err());
+    }
+
+    #[test]
+    fn an_injected_answer_does_not_burn_the_connectors_ticket() {
+        let r = peers(None);
+        let (full, _) = r.connect_ok("full", Duration::ZERO);
+        let newest = successor_ids(&full)[1];
+        // A resume accept with a wrong finished MAC.
+        let (c, l) = r.handshakes("bad accept", S);
+        let out = drive(c, l, |f, b| {
+            if f == 1 {
+                let n = b.len();
+                b[n - 1] ^= 1;
+            }
+        });
+        assert_refused!(out, "connector", HandshakeError::BadFinished);
+        assert!(
+            r.connector_ids().contains(&newest),
+            "kept after a forged accept"
+        );
+
+        // A full-handshake answer from someone else (the ticket "refused"): its signature does
+        // not come from the pinned key, so the ticket stays.
+        let (c, _) = r.handshakes("forged full", S * 2);
+        let mut other = r.p.listener.clone();
+        let impostor = untrusted_key();
+        other.identity = Arc::new(impostor);
+        let fake = Handshake::listener(other, fresh("impostor"));
+        let out = drive(c, fake, |f, b| {
+            if f == 0 {
+                remac(b, &untrusted_key().fingerprint());
+            }
+        });
+        assert!(!out.is_done(), "{out:?}");
+        assert!(
+            r.connector_ids().contains(&newest),
+            "kept after a forged refusal"
+        );
+
+        // The real listener accepts it.
+        let (c, l) = r.handshakes("genuine", S * 3);
+        let mut id = None;
+        let Outcome::Done(d) = drive(c, l, |f, b| {
+            if f == 0 {
+                id = Some(offered(b));
+            }
+        }) else {
+            panic!("resumption failed")
+        };
+        assert!(d.0.resumed);
+        assert!(successor_ids(&full).contains(&id.unwrap()));
     }
 
     #[test]
@@ -697,7 +880,9 @@ mod resumption {
             0x12,
             "a full handshake, not a resume accept"
         );
-        assert_eq!(r.listener_uses_left(&full), Some(1000), "no use taken");
+        for id in successor_ids(&full) {
+            assert_eq!(r.listener_left(&id), Some(1000), "no ticket taken");
+        }
     }
 
     #[test]
@@ -734,26 +919,87 @@ mod resumption {
     }
 
     #[test]
-    fn used_up_tickets_are_not_used() {
-        // The listener's count bounds the ticket.
+    fn a_chain_goes_no_deeper_than_its_resumptions() {
+        // The listener's bound: with 2, the session of the second resumption in a row hands
+        // on no ticket the listener knows.
         let mut r = peers(None);
         r.lpolicy.uses = 2;
-        let (full, _) = r.connect_ok("full", Duration::ZERO);
-        assert!(r.connect_ok("1", S).0.resumed);
-        assert!(r.connect_ok("2", S * 2).0.resumed);
-        assert_eq!(r.listener_uses_left(&full), None);
+        r.connect_ok("full", Duration::ZERO);
+        let (r1, _) = r.connect_ok("1", S);
+        assert!(r1.resumed);
+        for id in successor_ids(&r1) {
+            assert_eq!(r.listener_left(&id), Some(1));
+        }
+        let (r2, _) = r.connect_ok("2", S * 2);
+        assert!(r2.resumed);
+        for id in successor_ids(&r2) {
+            assert_eq!(r.listener_left(&id), None, "the chain ends here");
+        }
         let (ce, le) = r.connect_ok("3", S * 3);
         assert!(!ce.resumed);
         assert_eq!(le.ticket_refused, Some(TicketRefusal::Unknown));
+        assert_eq!(r.signatures(), (2, 2));
 
-        // So does the connector's.
+        // So does the connector's: with 1, the full handshake's two tickets resume once each and
+        // hand on nothing.
         let mut r = peers(None);
         r.cpolicy.uses = 1;
         r.connect_ok("full", Duration::ZERO);
         assert!(r.connect_ok("1", S).0.resumed);
-        let (ce, le) = r.connect_ok("2", S * 2);
+        assert!(r.connect_ok("2", S * 2).0.resumed);
+        assert!(r.connector_ids().is_empty());
+        let (ce, le) = r.connect_ok("3", S * 3);
         assert!(!ce.resumed && ce.ticket_refused.is_none() && le.ticket_refused.is_none());
         assert_eq!(r.signatures(), (2, 2));
+    }
+
+    #[test]
+    fn a_ticket_used_by_another_connection_meanwhile_does_not_resume_twice() {
+        // Two connectors hold the same ticket (a copy: the tunnel never makes one) and resume
+        // at once; both hellos pass the listener's checks, the first finished uses the ticket
+        // up and the second fails.
+        let r = peers(None);
+        let (full, _) = r.connect_ok("full", Duration::ZERO);
+        let copy = Arc::new(Mutex::new(ConnectorTickets::default()));
+        let context = ticket_context(
+            &[
+                &connector_key().fingerprint(),
+                &r.p.listener.identity.public().fingerprint(),
+            ],
+            None,
+            SERVICE.as_bytes(),
+        );
+        copy.lock().unwrap().file(
+            &full.resumption,
+            Arc::new(full.peer.clone()),
+            context,
+            Some(Chain::new(r.cpolicy, r.t0)),
+        );
+        let resumption = |store: &Arc<Mutex<ConnectorTickets>>| Resumption {
+            store: store.clone(),
+            policy: r.cpolicy,
+            now: r.t0 + S,
+        };
+        let (c1, l1) = r.handshakes("first", S);
+        let c2 = Handshake::connector_resuming(
+            r.p.connector.clone(),
+            fresh("second c"),
+            resumption(&copy),
+        );
+        let (_, l2) = r.handshakes("second", S);
+        let (mut c1, mut l1, mut c2, mut l2) = (c1, l1, c2, l2);
+        let (h1, h2) = (c1.take_output(), c2.take_output());
+        assert_eq!(offered(&h1), offered(&h2));
+        l1.read(&h1).unwrap();
+        l2.read(&h2).unwrap();
+        c1.read(&l1.take_output()).unwrap();
+        c2.read(&l2.take_output()).unwrap();
+        l1.read(&c1.take_output()).unwrap();
+        assert!(l1.is_done());
+        let err = l2.read(&c2.take_output()).unwrap_err();
+        assert!(matches!(err, HandshakeError::TicketUsed), "{err:?}");
+        assert!(!l2.is_done());
+        assert_eq!(r.listener_left(&offered(&h1)), None);
     }
 
     #[test]
@@ -763,7 +1009,8 @@ mod resumption {
         r.p.listener.trust = Arc::new(TrustList::new());
         let out = r.connect("untrusted", S);
         assert_refused!(out, "listener", HandshakeError::UntrustedConnector(..));
-        assert!(r.lstore.lock().unwrap().is_empty(), "the ticket is dropped");
+        let store = r.lstore.lock().unwrap();
+        assert_eq!(store.len(), 1, "the ticket presented is dropped");
     }
 
     #[test]
@@ -801,6 +1048,14 @@ mod resumption {
         assert_eq!(d.1.ticket_refused, Some(TicketRefusal::Disabled));
     }
 
+    /// The ids a session with resumption secret `[i; 32]` hands on.
+    fn ids_of(i: u8) -> Vec<TicketId> {
+        successors(&Secret::from_bytes([i; 32]))
+            .iter()
+            .map(ticket_id)
+            .collect()
+    }
+
     #[test]
     fn the_listener_store_refuses_a_ticket_made_under_another_context() {
         // A reload that changes the listener's key or PSK: its old tickets are not used.
@@ -813,38 +1068,34 @@ mod resumption {
         let new = ticket_context(&[&lfp], Some(&psk), SERVICE.as_bytes());
         assert_ne!(old, new);
         let t0 = Instant::now();
-        let secret = Secret::from_bytes([7; 32]);
-        let id = ticket_id(&secret);
+        let res = Secret::from_bytes([7; 32]);
+        let ticket = successors(&res)[0].clone();
+        let id = ticket_id(&ticket);
         let prefix = b"resume hello up to the binder";
-        let b = binder(&secret, prefix);
+        let b = binder(&ticket, prefix);
         let presented = PresentedBinder {
             hello_before_binder: prefix,
             binder: &b,
         };
         let policy = TicketPolicy::default();
+        let chain = Some(Chain::new(policy, t0));
+        let trusted = |fp: &sealpipe::proto::identity::Fingerprint| trust.contains(fp);
         let mut store = TicketStore::default();
-        store.insert(secret.clone(), peer.clone(), old, policy, t0);
-        let r = store.redeem(
-            &id,
-            presented,
-            &|fp| trust.contains(fp),
-            &new,
-            policy,
-            t0 + S,
-        );
+        store.file(&res, peer.clone(), true, old, chain, policy, t0);
+        assert_eq!(store.len(), 2);
+        let r = store.check(&id, presented, &trusted, &new, policy, t0 + S);
         assert_eq!(r.err(), Some(TicketRefusal::Untrusted));
-        assert!(store.is_empty());
-        store.insert(secret, peer, old, policy, t0);
+        assert!(!store.contains(&id) && store.len() == 1);
+        store.file(&res, peer, true, old, chain, policy, t0);
         assert!(store
-            .redeem(
-                &id,
-                presented,
-                &|fp| trust.contains(fp),
-                &old,
-                policy,
-                t0 + S
-            )
+            .check(&id, presented, &trusted, &old, policy, t0 + S)
             .is_ok());
+        // A check leaves the ticket; only a completed resumption uses it up, once.
+        assert!(store.contains(&id));
+        assert!(store.consume(&id));
+        assert!(!store.consume(&id));
+        let r = store.check(&id, presented, &trusted, &old, policy, t0 + S);
+        assert_eq!(r.err(), Some(TicketRefusal::Unknown));
     }
 
     #[test]
@@ -853,35 +1104,148 @@ mod resumption {
             lifetime: S * secs,
             uses: 10,
         };
-        let peer = Arc::new(connector_key().public().clone());
+        let (a, b, c) = (
+            Arc::new(listener_key().public().clone()),
+            Arc::new(untrusted_key().public().clone()),
+            Arc::new(connector_key().public().clone()),
+        );
         let ctx = ticket_context(&[&listener_key().fingerprint()], None, SERVICE.as_bytes());
-        let mut trust = TrustList::new();
-        trust.insert(peer.fingerprint(), None);
         let t0 = Instant::now();
-        let secret = |i: u8| Secret::from_bytes([i; 32]);
-        let mut store = TicketStore::with_capacity(3);
-        store.insert(secret(1), peer.clone(), ctx, policy(3600), t0);
-        store.insert(secret(2), peer.clone(), ctx, policy(5), t0 + S);
-        store.insert(secret(3), peer.clone(), ctx, policy(3600), t0 + S * 2);
-        store.insert(secret(4), peer.clone(), ctx, policy(3600), t0 + S * 10);
-        assert_eq!(store.len(), 3);
+        let res = |i: u8| Secret::from_bytes([i; 32]);
+        let file = |store: &mut TicketStore, i: u8, peer: &Arc<_>, secs, at| {
+            let chain = Some(Chain::new(policy(secs), t0 + at));
+            store.file(
+                &res(i),
+                Arc::clone(peer),
+                true,
+                ctx,
+                chain,
+                policy(3600),
+                t0 + at,
+            );
+        };
+        let holds = |store: &TicketStore, i: u8| ids_of(i).iter().all(|id| store.contains(id));
+        let mut store = TicketStore::with_capacities(4, 4);
+        file(&mut store, 1, &a, 5, S * 0);
+        file(&mut store, 2, &b, 3600, S);
+        file(&mut store, 3, &c, 3600, S * 10);
+        assert_eq!(store.len(), 4);
         assert!(
-            store.uses_left(&ticket_id(&secret(2))).is_none(),
+            !ids_of(1).iter().any(|id| store.contains(id)),
             "expired first"
         );
-        assert!(store.uses_left(&ticket_id(&secret(1))).is_some());
-        store.insert(secret(5), peer.clone(), ctx, policy(3600), t0 + S * 11);
-        assert_eq!(store.len(), 3);
+        assert!(holds(&store, 2) && holds(&store, 3));
+        file(&mut store, 4, &c, 3600, S * 11);
+        assert_eq!(store.len(), 4);
         assert!(
-            store.uses_left(&ticket_id(&secret(1))).is_none(),
+            !ids_of(2).iter().any(|id| store.contains(id)),
             "then the oldest"
         );
-        for i in [3, 4, 5] {
-            assert_eq!(store.uses_left(&ticket_id(&secret(i))), Some(10));
-        }
+        assert!(holds(&store, 3) && holds(&store, 4));
         for i in 6..200u8 {
-            store.insert(secret(i), peer.clone(), ctx, policy(3600), t0 + S * 12);
-            assert!(store.len() <= 3);
+            file(&mut store, i, &a, 3600, S * 12);
+            assert!(store.len() <= 4);
         }
+    }
+
+    #[test]
+    fn one_connector_holds_at_most_its_quota_of_listener_tickets() {
+        let peer = Arc::new(connector_key().public().clone());
+        let ctx = ticket_context(&[&listener_key().fingerprint()], None, SERVICE.as_bytes());
+        let t0 = Instant::now();
+        let policy = TicketPolicy::default();
+        let mut store = TicketStore::default();
+        for i in 1..=5u8 {
+            let chain = Some(Chain::new(policy, t0 + S * i as u32));
+            store.file(
+                &Secret::from_bytes([i; 32]),
+                peer.clone(),
+                true,
+                ctx,
+                chain,
+                policy,
+                t0,
+            );
+        }
+        assert_eq!(store.count_for(&peer.fingerprint()), TICKETS_PER_PEER);
+        assert!(
+            !ids_of(1).iter().any(|id| store.contains(id)),
+            "its oldest go"
+        );
+        for i in 2..=5 {
+            assert!(ids_of(i).iter().all(|id| store.contains(id)));
+        }
+    }
+
+    #[test]
+    fn an_accept_unknown_crowd_cannot_evict_a_configured_peers_tickets() {
+        let trusted = Arc::new(connector_key().public().clone());
+        let crowd = [
+            Arc::new(listener_key().public().clone()),
+            Arc::new(untrusted_key().public().clone()),
+        ];
+        let ctx = ticket_context(&[&listener_key().fingerprint()], None, SERVICE.as_bytes());
+        let t0 = Instant::now();
+        let policy = TicketPolicy::default();
+        let chain = Some(Chain::new(policy, t0));
+        let mut store = TicketStore::with_capacities(100, 4);
+        store.file(
+            &Secret::from_bytes([1; 32]),
+            trusted.clone(),
+            true,
+            ctx,
+            chain,
+            policy,
+            t0,
+        );
+        for i in 2..250u8 {
+            let who = &crowd[i as usize % 2];
+            let res = Secret::from_bytes([i; 32]);
+            store.file(&res, who.clone(), false, ctx, chain, policy, t0 + S);
+            assert!(store.len() <= 2 + 4, "{}", store.len());
+        }
+        assert!(ids_of(1).iter().all(|id| store.contains(id)));
+        // The crowd's newest are held, its own older ones evicted.
+        assert!(ids_of(249).iter().all(|id| store.contains(id)));
+        assert!(!ids_of(2).iter().any(|id| store.contains(id)));
+    }
+
+    #[test]
+    fn the_connector_offers_its_newest_ticket_once_and_keeps_at_most_its_quota() {
+        let peer = Arc::new(listener_key().public().clone());
+        let ctx = ticket_context(&[&listener_key().fingerprint()], None, SERVICE.as_bytes());
+        let other = ticket_context(&[&untrusted_key().fingerprint()], None, SERVICE.as_bytes());
+        let t0 = Instant::now();
+        let policy = TicketPolicy::default();
+        let chain = Some(Chain::new(policy, t0));
+        let mut tickets = ConnectorTickets::default();
+        for i in 1..=5u8 {
+            tickets.file(&Secret::from_bytes([i; 32]), peer.clone(), ctx, chain);
+        }
+        assert_eq!(tickets.len(), TICKETS_PER_PEER);
+        assert_eq!(
+            tickets.ids()[..],
+            [ids_of(2), ids_of(3), ids_of(4), ids_of(5)].concat()[..]
+        );
+        let o = tickets.offer(&ctx, policy, t0 + S).unwrap();
+        assert_eq!(o.id, ids_of(5)[1], "the newest");
+        assert!(!tickets.ids().contains(&o.id), "taken out while in flight");
+        assert!(
+            tickets.offer(&other, policy, t0 + S).is_none(),
+            "another context"
+        );
+        // Given back (the attempt failed before the listener's proof): offered last.
+        tickets.give_back(o);
+        assert_eq!(tickets.ids()[0], ids_of(5)[1]);
+        let mut order = Vec::new();
+        while let Some(o) = tickets.offer(&ctx, policy, t0 + S) {
+            order.push(o.id);
+        }
+        assert_eq!(order.len(), TICKETS_PER_PEER);
+        assert_eq!(order.last(), Some(&ids_of(5)[1]));
+        // Expired tickets are dropped, not offered.
+        tickets.file(&Secret::from_bytes([9; 32]), peer, ctx, chain);
+        assert!(tickets.offer(&ctx, policy, t0 + policy.lifetime).is_none());
+        assert!(tickets.is_empty());
     }
 }

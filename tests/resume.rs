@@ -36,13 +36,20 @@ fn later_connections_resume_and_survive_a_reload() {
 
 #[test]
 fn tickets_are_used_up_then_renewed_by_a_full_handshake() {
+    // Each session hands on two single-use tickets; `resumption_uses = 2` lets a chain go two
+    // resumptions deep: the full handshake's two tickets, then their sessions' two each (whose
+    // own successors are not filed), six resumptions in all before the next full handshake.
     let service = Service::start(Behaviour::Echo);
     let t = tunnel_to(service.addr, "resumption_uses = 2\npool_max = 0");
-    for seed in 0..5 {
+    for seed in 0..9 {
         exchange(&t, seed);
     }
-    let (c, l) = t.wait_opens(5);
-    assert_eq!(c, [false, true, true, false, true], "connector");
+    let (c, l) = t.wait_opens(9);
+    assert_eq!(
+        c,
+        [false, true, true, true, true, true, true, false, true],
+        "connector"
+    );
     assert_eq!(l, c, "listener");
 }
 

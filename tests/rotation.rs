@@ -20,7 +20,7 @@ use sealpipe::proto::handshake::{
 };
 use sealpipe::proto::identity::Fingerprint;
 use sealpipe::proto::resume::{
-    ticket_context, ConnectorTickets, TicketPolicy, TicketRefusal, TicketStore,
+    ticket_context, Chain, ConnectorTickets, TicketPolicy, TicketRefusal, TicketStore,
 };
 use support::daemon::*;
 use support::*;
@@ -167,12 +167,11 @@ fn a_ticket_resumes_only_under_the_listener_key_it_was_made_under() {
     // the binder verifies, but the ticket is bound to the new key, so the listener refuses it,
     // deletes it, and runs a full handshake under the old key instead.
     let moved: Arc<Mutex<ConnectorTickets>> = Arc::default();
-    moved.lock().unwrap().insert(
-        full.resumption.clone(),
+    moved.lock().unwrap().file(
+        &c.resumption,
         Arc::new(listener_key().public().clone()),
         ticket_context(&[&cfp, &old], None, support::SERVICE.as_bytes()),
-        policy,
-        now,
+        Some(Chain::new(policy, now)),
     );
     let (c, lis) = connect(old, &moved, "moved");
     assert!(!c.resumed && !lis.resumed);

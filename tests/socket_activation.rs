@@ -151,9 +151,11 @@ fn a_connector_listens_on_a_unix_socket_systemd_bound_and_leaves_its_file() {
     let len = 1 << 20;
     let (sent, received, n) = unix_echo_exchange(&path, Arc::new(pseudo_random(2, len)));
     assert_eq!((n, sent), (len, received));
-    let line = d.wait_line("connection open");
+    // One daemon runs both ends: the connector's line is the one whose peer is the client.
+    let line = d.wait_line("role=connector peer=");
     assert!(
-        line.contains(&format!("peer=unix:{}[uid=", path.display())),
+        line.contains("connection open")
+            && line.contains(&format!("peer=unix:{}[uid=", path.display())),
         "{line}"
     );
     d.signal("TERM");

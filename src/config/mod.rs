@@ -840,11 +840,11 @@ record_size = "64KiB"
         );
         assert_eq!(
             one("resumption_uses = 0"),
-            "/etc/sealpipe/b.toml:4:19: [defaults]: key `resumption_uses`: 0 is out of range: resumptions per ticket, 1 to 1000000"
+            "/etc/sealpipe/b.toml:4:19: [defaults]: key `resumption_uses`: 0 is out of range: resumptions in a row after a full handshake, 1 to 1000000"
         );
         assert_eq!(
             one("resumption_uses = 1000001"),
-            "/etc/sealpipe/b.toml:4:19: [defaults]: key `resumption_uses`: 1000001 is out of range: resumptions per ticket, 1 to 1000000"
+            "/etc/sealpipe/b.toml:4:19: [defaults]: key `resumption_uses`: 1000001 is out of range: resumptions in a row after a full handshake, 1 to 1000000"
         );
         assert!(one("resumption = \"yes\"").starts_with("/etc/sealpipe/b.toml:4:14: "));
         let c = parse(&with_identity(&format!(

@@ -274,7 +274,11 @@ fn pool_size(v: &i64) -> Result<usize, String> {
 }
 
 fn resumption_uses(v: &i64) -> Result<u32, String> {
-    within(*v, 1..=1_000_000, "resumptions per ticket, 1 to 1000000")
+    within(
+        *v,
+        1..=1_000_000,
+        "resumptions in a row after a full handshake, 1 to 1000000",
+    )
 }
 
 #[cfg(test)]

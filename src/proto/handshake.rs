@@ -63,8 +63,8 @@ use crate::proto::messages::{
 use crate::proto::mlkem::{self, EK_LEN};
 use crate::proto::record::{Alert, AlertCode, Opener, Sealer};
 use crate::proto::resume::{
-    binder, ticket_context, ConnectorTickets, Offer, PresentedBinder, Redeemed, ResumeSecrets,
-    TicketPolicy, TicketRefusal, TicketStore,
+    binder, ticket_context, Chain, ConnectorTickets, Offer, PresentedBinder, Redeemed,
+    ResumeSecrets, TicketPolicy, TicketRefusal, TicketStore,
 };
 use crate::proto::x25519::{self, SharedSecret};
 
@@ -293,6 +293,10 @@ pub enum HandshakeError {
     /// Our own signature could not be made.
     #[error("signing failed: {0}")]
     Sign(IdentityError),
+    /// The resumption's ticket was used up by another connection meanwhile (each ticket serves
+    /// one resumption).
+    #[error("the resumption ticket was already used")]
+    TicketUsed,
     /// `read` after a failure, or `finish` before the end.
     #[error("handshake is not in a state for this call")]
     State,
@@ -317,6 +321,7 @@ impl HandshakeError {
             HandshakeError::BadSignature => "bad_signature",
             HandshakeError::BadFinished => "bad_finished",
             HandshakeError::Sign(_) => "sign",
+            HandshakeError::TicketUsed => "ticket_used",
             HandshakeError::State => "state",
         }
     }
@@ -425,15 +430,30 @@ struct HsKeys {
 struct ResKeys {
     rs: ResumeSecrets,
     c_hs: Secret,
-    peer: Arc<PublicIdentity>,
+    ticket: Redeemed,
 }
 
 enum ResumeCtx {
     Connector {
         r: Resumption<ConnectorTickets>,
+        /// The ticket offered, out of the store until the listener authenticates itself (then
+        /// it is used up), given back if the handshake ends before that (see `Drop`).
         offer: Option<Offer>,
     },
     Listener(Resumption<TicketStore>),
+}
+
+impl Drop for ResumeCtx {
+    fn drop(&mut self) {
+        // An attempt that ended before the listener proved itself (an injected or tampered
+        // answer, a reset, a timeout) leaves the ticket unused: the listener has not used it
+        // up either, since no connector finished verified.
+        if let ResumeCtx::Connector { r, offer } = self {
+            if let Some(o) = offer.take() {
+                lock(&r.store).give_back(o);
+            }
+        }
+    }
 }
 
 /// One handshake, for either role.
@@ -988,8 +1008,19 @@ impl Handshake {
         }));
     }
 
-    /// After a full handshake: the ticket secret goes to the store for later connections.
-    fn file_ticket(&mut self, t: &Secret, peer: &PublicIdentity) {
+    /// After a full handshake: the successor tickets of `res` start a chain in the store.
+    fn file_ticket(&mut self, res: &Secret, peer: &PublicIdentity) {
+        self.file_successors(res, peer, |policy, now| Some(Chain::new(policy, now)));
+    }
+
+    /// Files the successor tickets of `res` in this side's store, in the chain `chain` gives
+    /// (from the policy and the time; none when the chain is used up).
+    fn file_successors(
+        &mut self,
+        res: &Secret,
+        peer: &PublicIdentity,
+        chain: impl FnOnce(TicketPolicy, std::time::Instant) -> Option<Chain>,
+    ) {
         match (self.resume.as_deref(), &self.params) {
             (Some(ResumeCtx::Connector { r, .. }), Params::Connector(p)) => {
                 // Bound to the key the listener proved, which is the pinned one for
@@ -1000,15 +1031,18 @@ impl Handshake {
                     p.psk.as_deref(),
                     p.service.as_bytes(),
                 );
-                lock(&r.store).insert(t.clone(), Arc::new(peer.clone()), context, r.policy, r.now);
+                lock(&r.store).file(res, Arc::new(peer.clone()), context, chain(r.policy, r.now));
             }
             (Some(ResumeCtx::Listener(r)), Params::Listener(p)) => {
                 // Bound to the listener key this handshake ran with: a hello keyed for the
                 // other key cannot resume it.
-                lock(&r.store).insert(
-                    t.clone(),
+                let trusted = p.trust.contains(&peer.fingerprint());
+                lock(&r.store).file(
+                    res,
                     Arc::new(peer.clone()),
+                    trusted,
                     listener_context(self.identity.as_ref(), p),
+                    chain(r.policy, r.now),
                     r.policy,
                     r.now,
                 );
@@ -1020,13 +1054,11 @@ impl Handshake {
     fn connector_on_hello(&mut self, msg: &[u8]) -> Result<(), HandshakeError> {
         let hello = Hello::decode_fields(&msg[MSG_HEADER_LEN..])?;
         self.check_hello(&hello)?;
-        // A full handshake after a resume hello: the listener refused the ticket. Forget it
-        // (this handshake, if it succeeds, makes a fresh one).
-        if let Some(ResumeCtx::Connector { r, offer }) = self.resume.as_deref_mut() {
-            if let Some(o) = offer.take() {
-                lock(&r.store).forget(&o.id);
-                self.ticket_refused = Some(TicketRefusal::RefusedByListener);
-            }
+        // A full handshake after a resume hello: the listener refused the ticket. It is
+        // forgotten once the listener's signature verifies (`connector_on_auth`): an injected
+        // hello cannot burn it.
+        if self.offer().is_some() {
+            self.ticket_refused = Some(TicketRefusal::RefusedByListener);
         }
         let dh = x25519_shared(&self.rand.ephemeral, &hello.ephemeral)?;
         let ct = hello_ct(&msg[MSG_HEADER_LEN..]).ok_or(MessageError::Malformed)?;
@@ -1067,6 +1099,10 @@ impl Handshake {
                 ListenerPin::Key(_) | ListenerPin::Probe(_) | ListenerPin::FirstContact => Ok(()),
             },
         )?;
+        // The listener proved itself: the ticket it refused is gone for good.
+        if let Some(ResumeCtx::Connector { offer, .. }) = self.resume.as_deref_mut() {
+            *offer = None;
+        }
         let auth = self.make_auth(
             MessageType::ConnectorAuth,
             CONNECTOR_SIGNATURE_CONTEXT,
@@ -1239,7 +1275,7 @@ impl Handshake {
         // The X25519 first: a low-order key ends the handshake before it can use up a ticket.
         let pending = self.pending(&hello, msg)?;
         let redeemed = match self.resume.as_deref() {
-            Some(ResumeCtx::Listener(r)) => lock(&r.store).redeem(
+            Some(ResumeCtx::Listener(r)) => lock(&r.store).check(
                 id,
                 PresentedBinder {
                     hello_before_binder: &msg[..RH_BINDER],
@@ -1286,11 +1322,7 @@ impl Handshake {
         self.transcript.update(fin);
         reply.extend_from_slice(&fin);
         self.out.extend_from_slice(&reply);
-        self.state = State::ListenerWaitResumeFinished(Box::new(ResKeys {
-            rs,
-            c_hs,
-            peer: ticket.peer,
-        }));
+        self.state = State::ListenerWaitResumeFinished(Box::new(ResKeys { rs, c_hs, ticket }));
         Ok(())
     }
 
@@ -1307,43 +1339,57 @@ impl Handshake {
         if !ct_eq(&expected, &msg[MSG_HEADER_LEN..]) {
             return Err(HandshakeError::BadFinished);
         }
+        // The connector proved itself: the ticket is used up now, and only now (a replayed or
+        // injected hello never gets this far). Another connection that used it meanwhile wins.
+        if let Some(ResumeCtx::Listener(r)) = self.resume.as_deref() {
+            if !lock(&r.store).consume(&keys.ticket.id) {
+                return Err(HandshakeError::TicketUsed);
+            }
+        }
         self.transcript.update(msg);
-        self.resumed(&keys.rs, (*keys.peer).clone());
+        let chain = keys.ticket.chain;
+        self.resumed(&keys.rs, (*keys.ticket.peer).clone(), chain);
         Ok(())
     }
 
     fn connector_on_resume_accept(&mut self, msg: &[u8]) -> Result<(), HandshakeError> {
         let hello = Hello::decode_fields(&msg[MSG_HEADER_LEN..])?;
         self.check_hello(&hello)?;
-        let Some(ResumeCtx::Connector { offer, .. }) = self.resume.as_deref_mut() else {
-            return Err(HandshakeError::State);
+        let (secret, peer, chain) = match self.offer() {
+            Some(o) => (o.secret.clone(), o.peer.clone(), o.chain),
+            None => return Err(HandshakeError::State),
         };
-        let offer = offer.take().ok_or(HandshakeError::State)?;
         // Resumed: no ML-KEM in this connection (PROTOCOL.md §5, the resumption rule).
         self.mlkem = None;
         let shared = x25519_shared(&self.rand.ephemeral, &hello.ephemeral)?;
         let (fields, fin_l) = msg.split_at(msg.len() - HASH_LEN);
         self.transcript.update(fields);
-        let rs = ResumeSecrets::new(&offer.secret, shared.as_bytes());
+        let rs = ResumeSecrets::new(&secret, shared.as_bytes());
         let (c_hs, l_hs) = rs.handshake_traffic(&self.transcript_hash());
         let expected = hmac(finished_key(&l_hs).expose(), &[&self.transcript_hash()]);
         if !ct_eq(&expected, fin_l) {
             return Err(HandshakeError::BadFinished);
         }
         self.transcript.update(fin_l);
+        // The listener proved itself: the ticket is used up.
+        if let Some(ResumeCtx::Connector { offer, .. }) = self.resume.as_deref_mut() {
+            *offer = None;
+        }
         let fin_c = hmac(finished_key(&c_hs).expose(), &[&self.transcript_hash()]);
         let mut finished = Vec::with_capacity(MSG_HEADER_LEN + RESUME_FINISHED_BODY);
         finished.extend_from_slice(&header(MessageType::ResumeFinished, RESUME_FINISHED_BODY));
         finished.extend_from_slice(&fin_c);
         self.transcript.update(&finished);
         self.out.extend_from_slice(&finished);
-        self.resumed(&rs, (*offer.peer).clone());
+        self.resumed(&rs, (*peer).clone(), chain);
         Ok(())
     }
 
-    fn resumed(&mut self, rs: &ResumeSecrets, peer: PublicIdentity) {
+    /// A resumption completed with a ticket of `chain`: its successors go one level deeper.
+    fn resumed(&mut self, rs: &ResumeSecrets, peer: PublicIdentity, chain: Chain) {
         let th = self.transcript_hash();
         let (c, l, res) = rs.application_traffic(&th);
+        self.file_successors(&res, &peer, |policy, _| chain.next(policy));
         self.done(peer, c, l, res, th, true);
     }
 }

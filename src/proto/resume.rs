@@ -1,13 +1,14 @@
 //! Session resumption: tickets, their stores and the resumption key schedule (sans-IO).
 //!
-//! After a full handshake both sides hold the same resumption secret `T`
-//! ([`crate::proto::handshake::Established::resumption`]). Both derive the same ticket id from
-//! it, so no ticket message is sent: the listener files `T` in its [`TicketStore`] under that
-//! id, the connector keeps it as its current [`ConnectorTickets`] ticket. A later connection
-//! offers the id and proves knowledge of `T` (the binder); the two sides then run a fresh X25519
-//! exchange keyed by `T`, with no RSA operation:
+//! Every session, full or resumed, ends its handshake with a resumption secret `res`
+//! ([`crate::proto::handshake::Established::resumption`]) and hands on [`SUCCESSORS`] tickets
+//! derived from it. Both sides derive the same ones, so no ticket message is sent: the listener
+//! files them in its [`TicketStore`], the connector in its [`ConnectorTickets`]. A later
+//! connection offers one ticket's id and proves knowledge of its secret `T` (the binder); the two
+//! sides then run a fresh X25519 exchange keyed by `T`, with no RSA operation (PROTOCOL.md §9):
 //!
 //! ```text
+//! T_i         = ExpandLabel(res, "ticket", [i], 32)          i = 0, 1
 //! ticket_id   = ExpandLabel(T, "ticket id", "", 16)
 //! binder_key  = ExpandLabel(T, "res binder", "", 32)
 //! binder      = HMAC(binder_key, H(ResumeHello up to the binder, header included))
@@ -15,12 +16,17 @@
 //! c_rhs, l_rhs= ExpandLabel(es, "c res hs" | "l res hs", H(ResumeHello || ResumeAccept w/o fin), 32)
 //! master      = Extract(salt = ExpandLabel(es, "derived", H(""), 32), ikm = 0^32)
 //! c_ap, l_ap  = ExpandLabel(master, "c res ap" | "l res ap", H(whole transcript), 32)
+//! res         = ExpandLabel(master, "res master", H(whole transcript), 32)
 //! ```
 //!
-//! Tickets live in memory only, expire after a lifetime and serve a bounded number of uses. Time
-//! is passed in (`now: Instant`), so tests expire tickets without sleeping.
+//! A ticket serves one resumption, so no id goes on the wire twice in the normal course: the
+//! connector takes it out of its store to offer it and forgets it once the listener has
+//! authenticated itself; the listener uses it up once the connector's finished MAC verifies.
+//! Tickets are bound to the chain's full handshake: its lifetime counts from there and
+//! `resumption_uses` bounds how many resumptions deep a chain goes. Tickets live in memory only.
+//! Time is passed in (`now: Instant`), so tests expire tickets without sleeping.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,12 +43,12 @@ pub type TicketId = [u8; TICKET_ID_LEN];
 /// Default number of tickets a listener keeps per tunnel.
 pub const DEFAULT_STORE_CAPACITY: usize = 10_000;
 
-/// How long a ticket lives and how many resumptions it serves.
+/// How long a chain of tickets lives and how deep it goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TicketPolicy {
-    /// Lifetime from the full handshake that made the ticket.
+    /// Lifetime from the chain's full handshake.
     pub lifetime: Duration,
-    /// Resumptions one ticket serves.
+    /// Resumptions one after another from one full handshake (a chain's depth).
     pub uses: u32,
 }
 
@@ -155,13 +161,59 @@ pub enum TicketRefusal {
     RefusedByListener,
 }
 
-struct ListenerTicket {
-    secret: Secret,
-    peer: Arc<PublicIdentity>,
-    context: TicketContext,
-    created: Instant,
-    lifetime: Duration,
-    uses_left: u32,
+/// Tickets a connector keeps per tunnel, and a listener per connector key (the oldest go first).
+pub const TICKETS_PER_PEER: usize = 8;
+
+/// Tickets a listener keeps for connector keys that are not in its trust list (admitted by
+/// `accept_unknown`), all such keys together: they evict only one another.
+pub const DEFAULT_UNKNOWN_CAPACITY: usize = 4_096;
+
+/// Successor tickets every session hands on (module documentation).
+pub const SUCCESSORS: u8 = 2;
+
+/// The successor ticket secrets of a session with resumption secret `res`:
+/// `T_i = ExpandLabel(res, "ticket", [i], 32)`.
+pub fn successors(res: &Secret) -> [Secret; SUCCESSORS as usize] {
+    std::array::from_fn(|i| derive_secret(res, "ticket", &[i as u8]))
+}
+
+/// The chain a ticket belongs to: the full handshake it descends from (its lifetime counts from
+/// there) and how many more resumptions may descend from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chain {
+    /// When the chain's full handshake completed.
+    pub start: Instant,
+    /// Lifetime from `start`.
+    pub lifetime: Duration,
+    /// Resumptions this ticket's session and its descendants may still make (at least 1 for a
+    /// ticket that is filed).
+    pub resumptions_left: u32,
+}
+
+impl Chain {
+    /// The chain of a full handshake completed at `now`.
+    pub fn new(policy: TicketPolicy, now: Instant) -> Self {
+        Chain {
+            start: now,
+            lifetime: policy.lifetime,
+            resumptions_left: policy.uses,
+        }
+    }
+
+    /// The chain of the successors of a session resumed with a ticket of this chain: one
+    /// resumption fewer (and no more than `policy` now allows); none once it reaches 0.
+    pub fn next(self, policy: TicketPolicy) -> Option<Chain> {
+        let left = self.resumptions_left.min(policy.uses).saturating_sub(1);
+        (left > 0).then_some(Chain {
+            resumptions_left: left,
+            lifetime: self.lifetime.min(policy.lifetime),
+            ..self
+        })
+    }
+
+    fn expired(&self, policy: TicketPolicy, now: Instant) -> bool {
+        expired(self.start, self.lifetime.min(policy.lifetime), now)
+    }
 }
 
 /// The binder a resume hello presents, with the bytes it covers.
@@ -173,19 +225,52 @@ pub struct PresentedBinder<'a> {
     pub binder: &'a [u8],
 }
 
-/// A ticket the listener accepted: its secret and the peer it was issued to.
+/// A ticket the listener accepted for one resumption: still in the store until the connector's
+/// finished MAC verifies ([`TicketStore::consume`]).
 pub struct Redeemed {
+    /// Its id.
+    pub id: TicketId,
     /// The ticket secret `T`.
     pub secret: Secret,
-    /// The connector authenticated by the full handshake that made the ticket.
+    /// The connector authenticated by the chain's full handshake.
     pub peer: Arc<PublicIdentity>,
+    /// The chain it belongs to.
+    pub chain: Chain,
 }
 
-/// The listener's tickets of one tunnel, by id; bounded, in memory only. Secrets are zeroized
-/// when an entry is dropped.
+/// Which share of a listener's store a ticket counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Region {
+    /// Tickets of connector keys in the trust list.
+    Trusted = 0,
+    /// Tickets of any other key (`accept_unknown`).
+    Unknown = 1,
+}
+
+struct ListenerTicket {
+    secret: Secret,
+    peer: Arc<PublicIdentity>,
+    owner: Fingerprint,
+    region: Region,
+    context: TicketContext,
+    chain: Chain,
+    /// Insertion order, for eviction.
+    seq: u64,
+}
+
+/// The listener's tickets of one tunnel, by id; bounded, in memory only. Each serves one
+/// resumption. At most [`TICKETS_PER_PEER`] per connector key; the keys outside the trust list
+/// share a region of their own, so that a crowd of them cannot evict a configured peer's
+/// tickets. Secrets are zeroized when an entry is dropped.
 pub struct TicketStore {
     tickets: HashMap<TicketId, ListenerTicket>,
-    capacity: usize,
+    /// Per region, the ids in insertion order.
+    order: [BTreeMap<u64, TicketId>; 2],
+    /// Per connector key, its ids, oldest first (at most [`TICKETS_PER_PEER`]).
+    owners: HashMap<Fingerprint, Vec<TicketId>>,
+    /// Per region, the most tickets held.
+    capacity: [usize; 2],
+    seq: u64,
 }
 
 impl Default for TicketStore {
@@ -209,11 +294,21 @@ fn expired(created: Instant, lifetime: Duration, now: Instant) -> bool {
 }
 
 impl TicketStore {
-    /// An empty store holding at most `capacity` (at least 1) tickets.
+    /// An empty store holding at most `capacity` (at least 1) tickets of trusted keys and
+    /// [`DEFAULT_UNKNOWN_CAPACITY`] (no more than `capacity`) of other keys.
     pub fn with_capacity(capacity: usize) -> Self {
+        Self::with_capacities(capacity, DEFAULT_UNKNOWN_CAPACITY.min(capacity))
+    }
+
+    /// An empty store holding at most `trusted` tickets of keys in the trust list and `unknown`
+    /// of other keys (each at least 1).
+    pub fn with_capacities(trusted: usize, unknown: usize) -> Self {
         TicketStore {
             tickets: HashMap::new(),
-            capacity: capacity.max(1),
+            order: [BTreeMap::new(), BTreeMap::new()],
+            owners: HashMap::new(),
+            capacity: [trusted.max(1), unknown.max(1)],
+            seq: 0,
         }
     }
 
@@ -227,51 +322,119 @@ impl TicketStore {
         self.tickets.is_empty()
     }
 
-    /// Files the ticket of a full handshake with `peer` (under `context`). At capacity,
-    /// expired tickets go first, then the oldest.
-    pub fn insert(
+    /// True when ticket `id` is held.
+    pub fn contains(&self, id: &TicketId) -> bool {
+        self.tickets.contains_key(id)
+    }
+
+    /// Tickets held for connector key `owner`.
+    pub fn count_for(&self, owner: &Fingerprint) -> usize {
+        self.owners.get(owner).map_or(0, Vec::len)
+    }
+
+    fn remove(&mut self, id: &TicketId) -> Option<ListenerTicket> {
+        let t = self.tickets.remove(id)?;
+        self.order[t.region as usize].remove(&t.seq);
+        if let Some(ids) = self.owners.get_mut(&t.owner) {
+            ids.retain(|i| i != id);
+            if ids.is_empty() {
+                self.owners.remove(&t.owner);
+            }
+        }
+        Some(t)
+    }
+
+    /// Makes room for one ticket of `owner` in `region`: the owner's oldest beyond its quota,
+    /// then, at the region's capacity, its expired tickets, then its oldest.
+    fn make_room(
         &mut self,
-        secret: Secret,
-        peer: Arc<PublicIdentity>,
-        context: TicketContext,
+        owner: &Fingerprint,
+        region: Region,
         policy: TicketPolicy,
         now: Instant,
     ) {
-        if policy.uses == 0 {
-            return;
+        while self.count_for(owner) >= TICKETS_PER_PEER {
+            let Some(oldest) = self.owners.get(owner).and_then(|ids| ids.first().copied()) else {
+                break;
+            };
+            self.remove(&oldest);
         }
-        let id = ticket_id(&secret);
-        if self.tickets.len() >= self.capacity && !self.tickets.contains_key(&id) {
-            self.tickets
-                .retain(|_, t| !expired(t.created, t.lifetime, now));
-            if self.tickets.len() >= self.capacity {
-                let oldest = self
-                    .tickets
-                    .iter()
-                    .min_by_key(|(_, t)| t.created)
-                    .map(|(id, _)| *id);
-                if let Some(oldest) = oldest {
-                    self.tickets.remove(&oldest);
-                }
+        let r = region as usize;
+        if self.order[r].len() >= self.capacity[r] {
+            let dead: Vec<TicketId> = self.order[r]
+                .values()
+                .filter(|id| {
+                    self.tickets
+                        .get(*id)
+                        .is_none_or(|t| t.chain.expired(policy, now))
+                })
+                .copied()
+                .collect();
+            for id in dead {
+                self.remove(&id);
             }
         }
-        self.tickets.insert(
-            id,
-            ListenerTicket {
-                secret,
-                peer,
-                context,
-                created: now,
-                lifetime: policy.lifetime,
-                uses_left: policy.uses,
-            },
-        );
+        while self.order[r].len() >= self.capacity[r] {
+            let Some((_, oldest)) = self.order[r].first_key_value().map(|(s, id)| (*s, *id)) else {
+                break;
+            };
+            self.remove(&oldest);
+        }
     }
 
-    /// Redeems ticket `id` for one resumption, checking in order: known, binder, lifetime (the shorter of the ticket's and `policy`'s), the
-    /// peer's key still `trusted` (in the trust list, or any key with `accept_unknown`), the same `context` (keys, PSK). Uses one of its uses; an
-    /// expired, untrusted or used-up ticket is removed. A bad binder leaves the ticket alone.
-    pub fn redeem(
+    /// Files the [`SUCCESSORS`] tickets of a session with resumption secret `res`, made with
+    /// connector `peer` under `context`, in `chain` (none for `None`: the chain is used up).
+    /// `trusted`: the peer's key is in the trust list (not only admitted by `accept_unknown`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn file(
+        &mut self,
+        res: &Secret,
+        peer: Arc<PublicIdentity>,
+        trusted: bool,
+        context: TicketContext,
+        chain: Option<Chain>,
+        policy: TicketPolicy,
+        now: Instant,
+    ) {
+        let Some(chain) = chain.filter(|c| c.resumptions_left > 0) else {
+            return;
+        };
+        let owner = peer.fingerprint();
+        let region = if trusted {
+            Region::Trusted
+        } else {
+            Region::Unknown
+        };
+        for secret in successors(res) {
+            let id = ticket_id(&secret);
+            self.remove(&id);
+            self.make_room(&owner, region, policy, now);
+            self.seq += 1;
+            self.order[region as usize].insert(self.seq, id);
+            self.owners.entry(owner).or_default().push(id);
+            self.tickets.insert(
+                id,
+                ListenerTicket {
+                    secret,
+                    peer: peer.clone(),
+                    owner,
+                    region,
+                    context,
+                    chain,
+                    seq: self.seq,
+                },
+            );
+        }
+    }
+
+    /// Checks ticket `id` for one resumption, in order: known, binder, lifetime (from the
+    /// chain's start; the shorter of the ticket's and `policy`'s), the peer's key still
+    /// `trusted` (in the trust list, or any key with `accept_unknown`), the same `context`
+    /// (keys, PSK, service). An expired or untrusted ticket is removed; a bad binder leaves the
+    /// ticket alone, and so does a good one: it is used up only by [`TicketStore::consume`],
+    /// once the connector's finished MAC verifies, so that a hello an attacker replays or
+    /// injects cannot burn it.
+    pub fn check(
         &mut self,
         id: &TicketId,
         presented: PresentedBinder<'_>,
@@ -280,38 +443,41 @@ impl TicketStore {
         policy: TicketPolicy,
         now: Instant,
     ) -> Result<Redeemed, TicketRefusal> {
-        let t = self.tickets.get_mut(id).ok_or(TicketRefusal::Unknown)?;
+        let t = self.tickets.get(id).ok_or(TicketRefusal::Unknown)?;
         if !ct_eq(
             &binder(&t.secret, presented.hello_before_binder),
             presented.binder,
         ) {
             return Err(TicketRefusal::BadBinder);
         }
-        let refusal = if expired(t.created, t.lifetime.min(policy.lifetime), now) {
+        let refusal = if t.chain.expired(policy, now) {
             Some(TicketRefusal::Expired)
-        } else if !trusted(&t.peer.fingerprint()) || !ct_eq(&t.context, context) {
+        } else if !trusted(&t.owner) || !ct_eq(&t.context, context) {
             Some(TicketRefusal::Untrusted)
         } else {
             None
         };
         if let Some(r) = refusal {
-            self.tickets.remove(id);
+            self.remove(id);
             return Err(r);
         }
-        t.uses_left = t.uses_left.saturating_sub(1);
-        let redeemed = Redeemed {
+        Ok(Redeemed {
+            id: *id,
             secret: t.secret.clone(),
             peer: t.peer.clone(),
-        };
-        if t.uses_left == 0 {
-            self.tickets.remove(id);
-        }
-        Ok(redeemed)
+            chain: t.chain,
+        })
     }
 
-    /// Uses left on ticket `id` (for tests and diagnostics).
-    pub fn uses_left(&self, id: &TicketId) -> Option<u32> {
-        self.tickets.get(id).map(|t| t.uses_left)
+    /// Uses up ticket `id` (its resumption completed); false if it is no longer held (used by
+    /// another connection meanwhile, or evicted): that resumption must not complete.
+    pub fn consume(&mut self, id: &TicketId) -> bool {
+        self.remove(id).is_some()
+    }
+
+    /// The resumptions left in ticket `id`'s chain (for tests and diagnostics).
+    pub fn resumptions_left(&self, id: &TicketId) -> Option<u32> {
+        self.tickets.get(id).map(|t| t.chain.resumptions_left)
     }
 }
 
@@ -320,97 +486,124 @@ struct ConnectorTicket {
     id: TicketId,
     context: TicketContext,
     peer: Arc<PublicIdentity>,
-    created: Instant,
-    lifetime: Duration,
-    uses_left: u32,
+    chain: Chain,
 }
 
-/// A ticket the connector offers in one connection.
+/// A ticket the connector offers in one connection, out of its store meanwhile: it is given
+/// back ([`ConnectorTickets::give_back`]) if the attempt ends before the listener authenticated
+/// itself.
 pub struct Offer {
     /// The ticket secret `T`.
     pub secret: Secret,
     /// Its id.
     pub id: TicketId,
-    /// The listener authenticated by the full handshake that made it.
+    /// The listener authenticated by the chain's full handshake.
     pub peer: Arc<PublicIdentity>,
+    /// The chain it belongs to.
+    pub chain: Chain,
+    context: TicketContext,
 }
 
-/// The connector's current ticket for one tunnel (keyed by the pinned listener key); in
-/// memory only, zeroized when replaced or dropped.
+/// The connector's tickets for one tunnel (at most [`TICKETS_PER_PEER`], oldest first); in
+/// memory only, zeroized when dropped. Each is offered once.
 #[derive(Default)]
 pub struct ConnectorTickets {
-    current: Option<ConnectorTicket>,
+    tickets: VecDeque<ConnectorTicket>,
 }
 
 impl std::fmt::Debug for ConnectorTickets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectorTickets")
-            .field("has_ticket", &self.current.is_some())
+            .field("tickets", &self.tickets.len())
             .finish()
     }
 }
 
 impl ConnectorTickets {
-    /// Keeps the ticket of a full handshake with `peer` (under `context`: both keys and the
-    /// PSK), replacing any other.
-    pub fn insert(
+    /// Keeps the [`SUCCESSORS`] tickets of a session with resumption secret `res`, made with
+    /// listener `peer` under `context` (both keys, the PSK and the service), in `chain` (none
+    /// for `None`), as the newest; the oldest beyond [`TICKETS_PER_PEER`] go.
+    pub fn file(
         &mut self,
-        secret: Secret,
+        res: &Secret,
         peer: Arc<PublicIdentity>,
         context: TicketContext,
-        policy: TicketPolicy,
-        now: Instant,
+        chain: Option<Chain>,
     ) {
-        self.current = (policy.uses > 0).then(|| ConnectorTicket {
-            id: ticket_id(&secret),
-            secret,
-            context,
-            peer,
-            created: now,
-            lifetime: policy.lifetime,
-            uses_left: policy.uses,
-        });
+        let Some(chain) = chain.filter(|c| c.resumptions_left > 0) else {
+            return;
+        };
+        for secret in successors(res) {
+            self.tickets.push_back(ConnectorTicket {
+                id: ticket_id(&secret),
+                secret,
+                context,
+                peer: peer.clone(),
+                chain,
+            });
+        }
+        while self.tickets.len() > TICKETS_PER_PEER {
+            self.tickets.pop_front();
+        }
     }
 
-    /// The ticket to offer, using one of its uses; none if it was made under another
-    /// `context` (keys, PSK: kept, for a connector that pins two listener keys and tries the
-    /// other next), expired or used up (then it is dropped).
+    /// Takes the newest ticket made under `context` that is still within its lifetime, to
+    /// offer once; expired tickets are dropped, those of another context kept (a connector
+    /// that pins two listener keys tries the other next).
     pub fn offer(
         &mut self,
         context: &TicketContext,
         policy: TicketPolicy,
         now: Instant,
     ) -> Option<Offer> {
-        let t = self.current.as_mut()?;
-        if !ct_eq(&t.context, context) {
-            return None;
-        }
-        if t.uses_left == 0 || expired(t.created, t.lifetime.min(policy.lifetime), now) {
-            self.current = None;
-            return None;
-        }
-        t.uses_left -= 1;
-        let offer = Offer {
-            secret: t.secret.clone(),
+        self.tickets
+            .retain(|t| !t.chain.expired(policy, now) && t.chain.resumptions_left > 0);
+        let i = self
+            .tickets
+            .iter()
+            .rposition(|t| ct_eq(&t.context, context))?;
+        let t = self.tickets.remove(i)?;
+        Some(Offer {
+            secret: t.secret,
             id: t.id,
-            peer: t.peer.clone(),
-        };
-        if t.uses_left == 0 {
-            self.current = None;
-        }
-        Some(offer)
+            peer: t.peer,
+            chain: t.chain,
+            context: t.context,
+        })
     }
 
-    /// Drops ticket `id` (the listener refused it), unless another ticket replaced it already.
-    pub fn forget(&mut self, id: &TicketId) {
-        if self.current.as_ref().is_some_and(|t| &t.id == id) {
-            self.current = None;
+    /// Takes back an offer whose connection ended before the listener authenticated itself
+    /// (the listener has not used it), as the oldest ticket; dropped if the store is full.
+    pub fn give_back(&mut self, offer: Offer) {
+        if self.tickets.len() < TICKETS_PER_PEER && !self.tickets.iter().any(|t| t.id == offer.id) {
+            self.tickets.push_front(ConnectorTicket {
+                secret: offer.secret,
+                id: offer.id,
+                context: offer.context,
+                peer: offer.peer,
+                chain: offer.chain,
+            });
         }
+    }
+
+    /// Tickets held.
+    pub fn len(&self) -> usize {
+        self.tickets.len()
+    }
+
+    /// True when no ticket is held.
+    pub fn is_empty(&self) -> bool {
+        self.tickets.is_empty()
     }
 
     /// True when a ticket is held.
     pub fn has_ticket(&self) -> bool {
-        self.current.is_some()
+        !self.tickets.is_empty()
+    }
+
+    /// The ids held, oldest first (for tests and diagnostics).
+    pub fn ids(&self) -> Vec<TicketId> {
+        self.tickets.iter().map(|t| t.id).collect()
     }
 }
 
