@@ -1126,7 +1126,7 @@ mod resumption {
         };
         let holds = |store: &TicketStore, i: u8| ids_of(i).iter().all(|id| store.contains(id));
         let mut store = TicketStore::with_capacities(4, 4);
-        file(&mut store, 1, &a, 5, S * 0);
+        file(&mut store, 1, &a, 5, Duration::ZERO);
         file(&mut store, 2, &b, 3600, S);
         file(&mut store, 3, &c, 3600, S * 10);
         assert_eq!(store.len(), 4);
