@@ -32,58 +32,92 @@ seed() { # seed TARGET NAME HEX
 }
 
 # Protocol 2's hellos carry ML-KEM-768 values drawn by aws-lc-rs (no byte-exact vector): the
-# seeds are hellos of the right shape, version 2, no options, fixed field bytes (their mac1 is
-# wrong: the fuzz targets re-mac what they need).
+# seeds are hellos of the right shape (PROTOCOL.md §2, §9: 1269, 1157 and 1317 bytes), version
+# 2, no options, fixed field bytes (their mac1 is wrong: the fuzz targets re-mac what they need).
 CH="1104f20200$(rep 42 32)$(rep 09 32)$(rep 5a 1184)$(rep 00 16)"
 LH="1204820200$(rep 43 32)$(rep 09 32)$(rep 6b 1088)"
+RH="15052202007b$(rep 44 31)$(rep 09 32)$(rep 5a 1184)$(rep 17 48)$(rep 00 16)"
 PING=$(vector first_record_ping)
 REKEY=$(vector second_record_rekey)
 PONG=$(vector third_record_pong_generation_1)
+ALERT_SERVICE=$(vector alert_record_service_mismatch)
+ALERT_UNTRUSTED=$(vector alert_record_untrusted)
+AUTH_FIELDS=$(vector connector_auth_spki_service_fields)
 SPKI_L=$(tohex seeds/spki/listener.der)
 SPKI_C=$(tohex seeds/spki/connector.der)
 SPKI_U=$(tohex seeds/spki/untrusted.der)
 SIG=$(rep 41 256)
 FIN=$(rep 00 32)
-AUTH_RAW_BODY=$(rep 00 602) # the vectors' auth messages are 605 bytes: 3 + 0x025a
+SERVICE=$(printf fuzz | od -An -tx1 -v | tr -d ' \n') # the fuzz tunnels' service
+vec8() { printf '%02x%s' $((${#1} / 2)) "$1"; }     # vec8 HEX
+AUTH_RAW_BODY=$(rep 00 602)                         # an auth header 14025a / 13025a, then this
 
 t=handshake_listener
 seed $t hello "00$CH"
 seed $t hello-split "03000100020050$CH"
-seed $t hello-then-auth "00${CH}14025a$(rep 00 40)"
+seed $t hello-then-auth "00${CH}14025a$AUTH_RAW_BODY"
 seed $t hello-short "00${CH:0:120}"
 seed $t wrong-type "00$LH"
-seed $t bad-mac1 "00${CH:0:138}$(rep ff 16)"
+seed $t bad-mac1 "00${CH:0:2506}$(rep ff 16)"
+seed $t resume-hello "00$RH"
+seed $t resume-hello-split "0200100100$RH"
 
+# Mode targets: byte 0 is the mode, then (for raw modes) the Chunked framing of the rest.
 t=handshake_listener_after_hello
-seed $t raw-auth "0014025a$AUTH_RAW_BODY"
-seed $t raw-auth-split "02000200ff14025a$AUTH_RAW_BODY"
-seed $t raw-too-long "00140fff"
-seed $t sealed-trusted "01$(vec16 "$SPKI_C")$(vec16 "$SIG")$FIN"
-seed $t sealed-untrusted "01$(vec16 "$SPKI_U")$(vec16 "$SIG")$FIN"
-seed $t sealed-listener-key "01$(vec16 "$SPKI_L")$(vec16 "$SIG")$FIN"
-seed $t sealed-tiny "01000100000100$FIN"
+seed $t raw-auth "000014025a$AUTH_RAW_BODY"
+seed $t raw-auth-split "0002000200ff14025a$AUTH_RAW_BODY"
+seed $t raw-too-long "0000140fff"
+seed $t sealed-trusted "01$(vec16 "$SPKI_C")$(vec8 "$SERVICE")$(vec16 "$SIG")$FIN"
+seed $t sealed-untrusted "01$(vec16 "$SPKI_U")$(vec8 "$SERVICE")$(vec16 "$SIG")$FIN"
+seed $t sealed-listener-key "01$(vec16 "$SPKI_L")$(vec8 "$SERVICE")$(vec16 "$SIG")$FIN"
+seed $t sealed-no-service "01$(vec16 "$SPKI_C")$(vec16 "$SIG")$FIN"
+seed $t sealed-tiny "0100010001000100$FIN"
+seed $t signed-trusted "0200$SERVICE"
+seed $t signed-untrusted "0201$SERVICE"
+seed $t signed-other-service "0200706f737467726573"
+seed $t signed-bad-service "02007265206469"
+seed $t signed-long-service "0200$(rep 61 65)"
 
 t=handshake_listener_resume
-RH="15052202007b$(rep 44 31)$(rep 09 32)$(rep 5a 1184)$(rep 17 48)$(rep 00 16)"
 RF="170020$(rep c5 32)"
 RH_FIELDS=${RH:6:132}    # version, options, random, e_c
+RH_EK=${RH:138:2368}     # the encapsulation key
 RH_TICKET=${RH:2506:96}  # a ticket id and binder (unknown to the fuzz listener)
 seed $t real-ticket "01$RH_FIELDS"
 seed $t real-ticket-finished "01${RH_FIELDS}00$RF"
 seed $t real-ticket-finished-split "01${RH_FIELDS}010002$RF"
 seed $t real-ticket-bad-version "0102${RH_FIELDS:2}00$RF"
 seed $t real-ticket-low-order "01${RH_FIELDS:0:68}$(rep 00 32)00$RF"
+seed $t real-ticket-own-ek "03${RH_FIELDS}${RH_EK}00$RF"
 seed $t unknown-ticket "00$RH_FIELDS$RH_TICKET"
 seed $t unknown-ticket-then-auth "00$RH_FIELDS${RH_TICKET}0014025a$AUTH_RAW_BODY"
+seed $t unknown-ticket-bad-ek "02$RH_FIELDS$(rep ff 1184)$RH_TICKET"
 
 t=handshake_connector
-seed $t hello "00$LH"
-seed $t hello-split "0300010003003f$LH"
-seed $t hello-then-auth "00${LH}13025a$AUTH_RAW_BODY"
-seed $t sealed-pinned "01$LH$(vec16 "$SPKI_L")$(vec16 "$SIG")$FIN"
-seed $t sealed-wrong-key "01$LH$(vec16 "$SPKI_C")$(vec16 "$SIG")$FIN"
-seed $t sealed-psk-option "01${LH:0:8}01${LH:10}$(vec16 "$SPKI_L")$(vec16 "$SIG")$FIN"
-seed $t sealed-low-order "01${LH:0:74}$(rep 00 32)$(vec16 "$SPKI_L")$(vec16 "$SIG")$FIN"
+LH_BODY=${LH:6}
+seed $t hello "0000$LH"
+seed $t hello-split "000300010003003f$LH"
+seed $t hello-then-auth "0000${LH}13025a$AUTH_RAW_BODY"
+seed $t body-then-auth "01${LH_BODY}0013025a$AUTH_RAW_BODY"
+seed $t body-psk-option "01${LH_BODY:0:2}01${LH_BODY:4}0013025a$AUTH_RAW_BODY"
+seed $t body-low-order "01${LH_BODY:0:68}$(rep 00 32)${LH_BODY:132}0013025a$AUTH_RAW_BODY"
+seed $t body-bad-version "0101${LH_BODY:2}0013025a$AUTH_RAW_BODY"
+
+t=alert_first_record
+seed $t vector-service-mismatch "00$ALERT_SERVICE"
+seed $t vector-untrusted "00$ALERT_UNTRUSTED"
+seed $t vector-alert-then-alert "00$ALERT_UNTRUSTED$ALERT_SERVICE"
+seed $t body-service-mismatch "0105$(vector alert_body_service_mismatch)"
+seed $t body-untrusted "01050100"
+seed $t body-unknown-code "01050300"
+seed $t body-wrong-length "0105020470"
+seed $t data-record "010170696e67"
+
+t=auth_decode
+seed $t connector-auth "01$(vec16 "$SPKI_C")$(vec8 "$SERVICE")$(vec16 "$SIG")$FIN"
+seed $t listener-auth "00$(vec16 "$SPKI_L")$(vec16 "$SIG")$FIN"
+seed $t vector-fields "01${AUTH_FIELDS}$(vec16 "$SIG")$FIN"
+seed $t no-service "01$(vec16 "$SPKI_C")$(vec16 "$SIG")$FIN"
 
 t=record_open
 seed $t ping "$PING"

@@ -200,3 +200,41 @@ fn data_after_close_is_refused() {
     ];
     assert_eq!(lo.open(&mut more), Err(RecordError::AfterClose));
 }
+
+#[test]
+fn an_alert_opens_only_under_the_session_keys_and_only_first() {
+    use sealpipe::proto::record::{Alert, AlertCode};
+    let alert = Alert::new(AlertCode::ServiceMismatch, b"postgres");
+    // The genuine one: the listener's first record, opened by the connector.
+    let ((_, mut co), (mut ls, _)) = session(1 << 20);
+    let genuine = ls.seal_alert(&alert).unwrap();
+    assert_eq!(co.open(&mut genuine.clone()).unwrap(), Opened::Alert(alert));
+    // Forged: an attacker's alert (any bytes under an Alert header), or a flipped bit anywhere.
+    let mut forged = genuine.clone();
+    forged[HEADER_LEN..].fill(0);
+    let ((_, mut co), _) = session(1 << 20);
+    assert_eq!(co.open(&mut forged), Err(RecordError::BadRecord));
+    for bit in 0..genuine.len() * 8 {
+        let mut r = genuine.clone();
+        r[bit / 8] ^= 1 << (bit % 8);
+        let ((_, mut co), _) = session(1 << 20);
+        assert!(co.open(&mut r).is_err(), "bit {bit}: accepted");
+    }
+    // Under another session's keys.
+    let Outcome::Done(done) = pair(None).handshake("other alert") else {
+        panic!()
+    };
+    let (mut other, _) = done.1.into_record_layer(1 << 20);
+    let mut r = other.seal_alert(&alert).unwrap();
+    let ((_, mut co), _) = session(1 << 20);
+    assert_eq!(co.open(&mut r), Err(RecordError::BadRecord));
+    // Not after a record: a genuine first-position alert delivered after a data record.
+    let ((_, mut co), (mut ls, _)) = session(1 << 20);
+    let data = seal(&mut ls, b"x");
+    open_stream(&mut co, &data).unwrap();
+    assert!(co.open(&mut genuine.clone()).is_err());
+    // Not from the connector: the listener's first record must be a StreamInfo record.
+    let ((mut cs, _), (_, mut lo)) = session(1 << 20);
+    let mut r = cs.seal_alert(&alert).unwrap();
+    assert!(lo.open_stream_info(&mut r).is_err());
+}

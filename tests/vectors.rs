@@ -5,7 +5,7 @@
 
 mod support;
 
-use sealpipe::proto::keys::{hash, Direction, HandshakeSecrets, Psk};
+use sealpipe::proto::keys::{derive_secret, hash, Direction, HandshakeSecrets, Psk};
 use sealpipe::proto::messages::{put_vec16, put_vec8};
 use sealpipe::proto::mlkem;
 use sealpipe::proto::record::{Alert, AlertCode, Sealer, HEADER_LEN, OVERHEAD};
@@ -40,6 +40,15 @@ fn computed() -> Vec<(&'static str, String)> {
         ("resumption_secret", hex(res.expose())),
         ("ticket_id", hex(&ticket_id(&res))),
     ];
+    // The two successor tickets of §9: T_i = ExpandLabel(res, "ticket", [i], 32), their ids.
+    for i in 0..2u8 {
+        let t = derive_secret(&res, "ticket", &[i]);
+        out.push((["ticket_0", "ticket_1"][i as usize], hex(t.expose())));
+        out.push((
+            ["ticket_id_0", "ticket_id_1"][i as usize],
+            hex(&ticket_id(&t)),
+        ));
+    }
 
     let dk = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),

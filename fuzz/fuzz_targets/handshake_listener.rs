@@ -1,18 +1,18 @@
 //! A listener handshake fed arbitrary bytes, cut into several reads.
 //!
-//! Never panics, never completes, and stays silent unless the first 85 bytes are a connector
-//! hello carrying a valid mac1 for one of the listener's two keys (a listener in the middle of a
-//! key rotation): a peer that does not know a listener fingerprint gets no answer (PROTOCOL.md
-//! §2).
+//! Never panics, never completes, and stays silent unless the input starts with a whole
+//! connector hello (a ConnectorHello, 1269 bytes, or a ResumeHello, 1317, which a listener
+//! without resumption answers in full) carrying a valid mac1 for one of the listener's two keys
+//! (a listener in the middle of a key rotation): a peer that does not know a listener
+//! fingerprint gets no answer (PROTOCOL.md §2).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use sealpipe::proto::handshake::{mac1, Handshake};
-use sealpipe::proto::messages::{MessageType, MAC1_LEN};
+use sealpipe::proto::messages::{
+    MessageType, CONNECTOR_HELLO_BODY, MAC1_LEN, MSG_HEADER_LEN, RESUME_HELLO_BODY,
+};
 use sealpipe_fuzz::*;
-
-const HELLO_LEN: usize = 85;
-const UNMACCED: usize = HELLO_LEN - MAC1_LEN;
 
 fuzz_target!(|data: &[u8]| {
     let input = Chunked::new(data);
@@ -24,14 +24,21 @@ fuzz_target!(|data: &[u8]| {
     );
     if !out.is_empty() {
         let p = input.payload;
-        assert!(p.len() >= HELLO_LEN, "answer to a short input");
+        let hello_len = MSG_HEADER_LEN
+            + match p.first() {
+                Some(&t) if t == MessageType::ConnectorHello as u8 => CONNECTOR_HELLO_BODY,
+                Some(&t) if t == MessageType::ResumeHello as u8 => RESUME_HELLO_BODY,
+                _ => panic!("answer to an input that is no connector hello"),
+            };
+        assert!(p.len() >= hello_len, "answer to a short input");
+        let unmacced = hello_len - MAC1_LEN;
         let keys = [
             listener_fingerprint(),
             next_listener_identity().fingerprint(),
         ];
         assert!(
             keys.iter()
-                .any(|fp| p[UNMACCED..HELLO_LEN] == mac1(fp, &p[..UNMACCED])[..]),
+                .any(|fp| p[unmacced..hello_len] == mac1(fp, &p[..unmacced])[..]),
             "answer without a valid mac1"
         );
         assert_eq!(out[0], MessageType::ListenerHello as u8);

@@ -2,12 +2,19 @@
 //! ResumeHello built from fuzzer bytes, then fuzzer bytes after it. mac1 is recomputed by the
 //! harness (a fuzzer cannot forge it, and everything behind it is what matters here).
 //!
+//! The ResumeHello of protocol 2 (PROTOCOL.md §9, body 1314 bytes): `version ‖ options ‖
+//! random_c[32] ‖ e_c[32] ‖ ek[1184] ‖ ticket_id[16] ‖ binder[32] ‖ mac1[16]`.
+//!
 //! Input: byte 0 is the mode, then the hello fields (version, options, random, e_c: 66 bytes,
-//! zero-padded if the input is shorter), then
-//! * mode even: the ticket id (16) and binder (32) from the input, so the fuzzer explores
-//!   unknown tickets and wrong binders;
-//! * mode odd: the real ticket id and a correct binder (recomputed over the fuzzed fields), so
-//!   the listener accepts the ticket, answers ResumeAccept and waits for ResumeFinished;
+//! zero-padded if the input is shorter), then the encapsulation key: mode bit 1 clear, the
+//! encapsulation key of the fixed ML-KEM key of the vectors (valid: a fallback to a full
+//! handshake gets as far as the listener's signed answer); mode bit 1 set, 1184 bytes from the
+//! input (zero-padded; mostly invalid keys, which a fallback refuses), then
+//! * mode bit 0 clear: the ticket id (16) and binder (32) from the input, so the fuzzer
+//!   explores unknown tickets and wrong binders;
+//! * mode bit 0 set: the real ticket id and a correct binder (recomputed over the fuzzed
+//!   fields), so the listener accepts the ticket, answers ResumeAccept and waits for
+//!   ResumeFinished;
 //!
 //! and the rest, framed by [`Chunked`], is what the "connector" sends next (a ResumeFinished, or
 //! a ConnectorAuth after a fallback to a full handshake).
@@ -25,8 +32,9 @@ use libfuzzer_sys::fuzz_target;
 use sealpipe::proto::handshake::{mac1, Handshake, Resumption};
 use sealpipe::proto::keys::Secret;
 use sealpipe::proto::messages::{
-    header, MessageType, LISTENER_HELLO_BODY, MAC1_LEN, RESUME_HELLO_BODY, TICKET_ID_LEN,
+    header, MessageType, HELLO_FIELDS, MAC1_LEN, MSG_HEADER_LEN, RESUME_HELLO_BODY, TICKET_ID_LEN,
 };
+use sealpipe::proto::mlkem::EK_LEN;
 use sealpipe::proto::resume::{
     binder, ticket_context, ticket_id, ConnectorTickets, TicketPolicy, TicketStore,
 };
@@ -36,12 +44,23 @@ use sealpipe_fuzz::*;
 const TICKET_SECRET: [u8; 32] = [0x7a; 32];
 const BINDER_LEN: usize = 32;
 
-/// The ResumeHello the harness builds in mode odd from `fields`.
-fn real_ticket_hello(fields: &[u8]) -> Vec<u8> {
-    let secret = Secret::from_bytes(TICKET_SECRET);
+/// Offset of the ticket id in a whole ResumeHello (after the fields and the encapsulation key).
+const RH_ID: usize = MSG_HEADER_LEN + HELLO_FIELDS + EK_LEN;
+
+/// The start of a ResumeHello: header, `fields` (zero-padded to 66 bytes) and `ek` (to 1184).
+fn hello_start(fields: &[u8], ek: &[u8]) -> Vec<u8> {
     let mut hello = header(MessageType::ResumeHello, RESUME_HELLO_BODY).to_vec();
     hello.extend_from_slice(fields);
-    hello.resize(3 + LISTENER_HELLO_BODY, 0);
+    hello.resize(MSG_HEADER_LEN + HELLO_FIELDS, 0);
+    hello.extend_from_slice(ek);
+    hello.resize(RH_ID, 0);
+    hello
+}
+
+/// The ResumeHello the harness builds in mode odd from `fields` and `ek`.
+fn real_ticket_hello(fields: &[u8], ek: &[u8]) -> Vec<u8> {
+    let secret = Secret::from_bytes(TICKET_SECRET);
+    let mut hello = hello_start(fields, ek);
     hello.extend_from_slice(&ticket_id(&secret));
     let b = binder(&secret, &hello);
     hello.extend_from_slice(&b);
@@ -58,7 +77,7 @@ fn listener() -> (Handshake, Arc<Mutex<TicketStore>>) {
     store.insert(
         Secret::from_bytes(TICKET_SECRET),
         Arc::new(connector_identity().public().clone()),
-        ticket_context(&[&listener_fingerprint()], None),
+        ticket_context(&[&listener_fingerprint()], None, SERVICE.as_bytes()),
         policy,
         now,
     );
@@ -90,6 +109,7 @@ fn check_harness() {
             ticket_context(
                 &[&connector_identity().fingerprint(), &listener_fingerprint()],
                 None,
+                SERVICE.as_bytes(),
             ),
             policy,
             now,
@@ -105,7 +125,10 @@ fn check_harness() {
         );
         let hello = c.take_output();
         assert_eq!(
-            real_ticket_hello(&hello[3..3 + LISTENER_HELLO_BODY]),
+            real_ticket_hello(
+                &hello[MSG_HEADER_LEN..MSG_HEADER_LEN + HELLO_FIELDS],
+                &hello[MSG_HEADER_LEN + HELLO_FIELDS..RH_ID]
+            ),
             hello,
             "harness ResumeHello differs from a real connector's"
         );
@@ -127,21 +150,25 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    let (fields, rest) = rest.split_at(rest.len().min(LISTENER_HELLO_BODY));
+    let (fields, rest) = rest.split_at(rest.len().min(HELLO_FIELDS));
+    let fixed_ek = fixed_mlkem_ek();
+    let (ek, rest) = if mode & 2 == 0 {
+        (&fixed_ek[..], rest)
+    } else {
+        rest.split_at(rest.len().min(EK_LEN))
+    };
     let (hello, rest) = if mode & 1 == 0 {
-        let mut hello = header(MessageType::ResumeHello, RESUME_HELLO_BODY).to_vec();
-        hello.extend_from_slice(fields);
-        hello.resize(3 + LISTENER_HELLO_BODY, 0);
+        let mut hello = hello_start(fields, ek);
         let (ticket, rest) = rest.split_at(rest.len().min(TICKET_ID_LEN + BINDER_LEN));
         hello.extend_from_slice(ticket);
-        hello.resize(3 + RESUME_HELLO_BODY - MAC1_LEN, 0);
+        hello.resize(MSG_HEADER_LEN + RESUME_HELLO_BODY - MAC1_LEN, 0);
         let tag = mac1(&listener_fingerprint(), &hello);
         hello.extend_from_slice(&tag);
         (hello, rest)
     } else {
-        (real_ticket_hello(fields), rest)
+        (real_ticket_hello(fields, ek), rest)
     };
-    assert_eq!(hello.len(), 3 + RESUME_HELLO_BODY);
+    assert_eq!(hello.len(), MSG_HEADER_LEN + RESUME_HELLO_BODY);
     let (mut l, store) = listener();
     let mut chunks = vec![&hello[..]];
     chunks.extend(Chunked::new(rest).chunks);

@@ -21,9 +21,36 @@ pub const CONNECTOR_PEM: &str = include_str!("../../tests/data/peer-b.pem");
 /// A second listener key, held as `next_identity` by [`listener_params`] (a key rotation).
 pub const NEXT_LISTENER_PEM: &str = include_str!("../../tests/data/untrusted.pem");
 
+/// The service both fuzz tunnels name (PROTOCOL.md §6).
+pub const SERVICE: &str = "fuzz";
+
 /// `c_ap_traffic_0` of PROTOCOL.md §8: the records of the vectors open under it.
 pub const VECTOR_C_AP_TRAFFIC_0: &str =
     "06a3dbbab18f69ac1dc9ee68931d64f572350f7e423ee3bad452f55dbe9672bd";
+/// `l_ap_traffic_0` of PROTOCOL.md §8: the Alert records of the vectors open under it.
+pub const VECTOR_L_AP_TRAFFIC_0: &str =
+    "2e579f7be78d71d2a8f9d3eb058676d61478976b7b50ea26ca70317264b6fe39";
+
+/// The fixed ML-KEM-768 decapsulation key of the vectors (`tests/data/mlkem768-dk.bin`): a
+/// harness that puts its encapsulation key in a hello can decapsulate the listener's answer,
+/// and so derive the handshake keys and reach what lies behind the AEAD.
+pub const FIXED_MLKEM_DK: &[u8] = include_bytes!("../../tests/data/mlkem768-dk.bin");
+
+/// The encapsulation key of [`FIXED_MLKEM_DK`].
+pub fn fixed_mlkem_ek() -> [u8; sealpipe::proto::mlkem::EK_LEN] {
+    *sealpipe::proto::mlkem::DecapsulationKey::from_bytes(FIXED_MLKEM_DK)
+        .expect("fixed ML-KEM key")
+        .encapsulation_key()
+}
+
+/// Decapsulates a listener's ciphertext with [`FIXED_MLKEM_DK`].
+pub fn fixed_mlkem_decapsulate(ct: &[u8; sealpipe::proto::mlkem::CT_LEN]) -> [u8; 32] {
+    *sealpipe::proto::mlkem::DecapsulationKey::from_bytes(FIXED_MLKEM_DK)
+        .expect("fixed ML-KEM key")
+        .decapsulate(ct)
+        .expect("decapsulation")
+        .as_bytes()
+}
 
 /// The listener's identity, parsed once per process.
 pub fn listener_identity() -> Arc<PrivateIdentity> {
@@ -109,6 +136,7 @@ pub fn listener_params() -> ListenerParams {
         psk: None,
         accept_unknown: false,
         allow_tofu: false,
+        service: SERVICE.into(),
     })
     .clone()
 }
@@ -126,6 +154,7 @@ pub fn listener_params_cached() -> ListenerParams {
         psk: None,
         accept_unknown: false,
         allow_tofu: false,
+        service: SERVICE.into(),
     })
     .clone()
 }
@@ -137,6 +166,7 @@ pub fn connector_params() -> ConnectorParams {
         identity: connector_identity(),
         listener: listener_fingerprint().into(),
         psk: None,
+        service: SERVICE.into(),
     })
     .clone()
 }
@@ -171,6 +201,24 @@ pub fn seal_auth(kind: MessageType, hs_traffic: &Secret, plaintext: &[u8]) -> Ve
     msg.extend_from_slice(&body);
     msg.extend_from_slice(&tag);
     msg
+}
+
+/// A whole record of type `kind` (any byte) sealing `plaintext` under `secret` at sequence
+/// `seq` of generation 0: lets a target hand fuzzer-chosen record *bodies* (an Alert's, say) to
+/// the code behind the AEAD, at any position.
+pub fn seal_record(kind: u8, secret: &Secret, seq: u64, plaintext: &[u8]) -> Vec<u8> {
+    let len = ((plaintext.len() + 16) as u32).to_be_bytes();
+    let hdr = [kind, len[1], len[2], len[3]];
+    let mut body = plaintext.to_vec();
+    let key = TrafficKey::new(secret);
+    let tag = key
+        .aead()
+        .seal_in_place(&key.nonce(seq), &hdr, &mut body)
+        .expect("seal");
+    let mut rec = hdr.to_vec();
+    rec.extend_from_slice(&body);
+    rec.extend_from_slice(&tag);
+    rec
 }
 
 /// A fuzz input cut into the pieces given to successive `read` calls.
