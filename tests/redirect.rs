@@ -13,6 +13,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
 use support::daemon::*;
 use support::pseudo_random;
 
@@ -141,6 +142,45 @@ fn inside_the_namespace() {
         assert!(log.contains(&format!("destination={to}")), "{log}");
     }
 
+    // Per stream (PROTOCOL.md §4.3): one reused session carries clients for two destinations
+    // one after the other, and each stream goes to its own. Clients alternate between two
+    // targets until the listener shows one session whose consecutive streams went to both.
+    let target4b = Service::start_on(&format!("127.0.0.6:{}", target4.port()), Behaviour::Echo);
+    let mut mine: Vec<(SocketAddr, [u8; 32])> = Vec::new();
+    let closed0 = connector.log_text().matches("connection closed").count();
+    let opened0 = listener.log_text().matches("connection open").count();
+    let reused = (0..16u64).find_map(|i| {
+        let to = if i % 2 == 0 { target4 } else { target4b.addr };
+        let data = pseudo_random(1000 + i, 30_000);
+        let back = exchange("127.0.0.9:0", to, &data).expect("allowed destination");
+        assert!(back == data, "echo to {to} differs");
+        mine.push((to, Sha256::digest(&data).into()));
+        connector.wait_log_count("connection closed", closed0 + mine.len());
+        let log = listener.wait_log_count("connection open", opened0 + mine.len());
+        let opens: Vec<(String, String, String)> = log
+            .lines()
+            .filter(|l| l.contains("connection open"))
+            .map(|l| (field(l, "peer"), field(l, "stream"), field(l, "forward")))
+            .collect();
+        let (peer, stream, forward) = opens.last()?.clone();
+        let n: u64 = stream.parse().ok()?;
+        let before = opens
+            .iter()
+            .find(|(p, s, _)| *p == peer && s.parse::<u64>().ok() == Some(n - 1))?;
+        (before.2 != forward).then_some((before.2.clone(), forward))
+    });
+    let (one, two) = reused.expect("no session carried streams to both destinations");
+    assert_ne!(one, two);
+    // Each target got exactly its own clients' bytes.
+    let to_b = mine.iter().filter(|(to, _)| *to == target4b.addr).count();
+    support::wait_for("the second target's connections to end", || {
+        target4b.received.lock().unwrap().len() >= to_b
+    });
+    let b = target4b.received.lock().unwrap().clone();
+    for (to, digest) in &mine {
+        assert_eq!(b.contains(digest), *to == target4b.addr, "{to}");
+    }
+
     // Refused destinations: outside the networks, or another port. Reset, and the listener says
     // which destination and which connector.
     let other_port = if target4.port() == 65535 {
@@ -172,6 +212,14 @@ fn inside_the_namespace() {
     assert!(log.contains("has no original destination"), "{log}");
 
     println!("REDIRECT CHECKS PASSED");
+}
+
+/// The value of `name=` in a log line (empty if none).
+fn field(line: &str, name: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn run(cmd: &[&str]) {

@@ -134,3 +134,90 @@ fn a_listener_with_only_allow_destinations_refuses_a_connection_without_one() {
     assert!(line.contains(&connector_fp().to_string()), "{line}");
     assert_eq!(service.accepted.load(Ordering::SeqCst), 0);
 }
+
+/// The value of `field=` in a log line.
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+}
+
+/// One reused session, several clients one after the other (PROTOCOL.md §4.3): every stream is
+/// checked as a new connection, so each client gets its own StreamInfo and its own PROXY v2
+/// header, with its own source port, on the same sealed session.
+#[test]
+fn each_stream_of_a_reused_session_gets_its_own_proxy_v2_header() {
+    let (target, headers) = proxy_target();
+    let t = Tunnel::start(Site::new(), &proxy_v2_listener(target), |listener| {
+        connector_for(listener, "")
+    });
+    let mut clients = Vec::new();
+    // Clients until one session has carried two of them (a warm session made in the background
+    // may take a client's first stream; a second stream comes within a few clients).
+    let reused = 'found: {
+        for seed in 0..16u64 {
+            let data = Arc::new(pseudo_random(seed, 20_000 + seed as usize));
+            let s = TcpStream::connect(t.entry).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let me = s.local_addr().unwrap();
+            let (sent, echoed, n) = echo_hashed(s, data.clone());
+            assert_eq!((n, sent), (data.len(), echoed), "echo through the tunnel");
+            let (header, digest) = headers.recv_timeout(Duration::from_secs(30)).unwrap();
+            assert_eq!(
+                parse_proxy_v2(&header),
+                ProxyHeader {
+                    src: me,
+                    dst: t.entry
+                },
+                "client {seed}: its own PROXY header"
+            );
+            assert_eq!(digest, sent, "client {seed}: the target got its bytes");
+            clients.push(me);
+            // Sequential for the connector too: its stream has ended, the session is back.
+            t.connector
+                .wait_log_count("connection closed", clients.len());
+            let log = t.listener.wait_log_count("connection open", clients.len());
+            let opens: Vec<String> = log
+                .lines()
+                .filter(|l| l.contains("connection open"))
+                .map(str::to_string)
+                .collect();
+            let last = opens[clients.len() - 1].clone();
+            if field(&last, "stream") == Some("2") {
+                break 'found (opens, last);
+            }
+        }
+        panic!(
+            "no session carried a second client:\n{}",
+            t.listener.log_text()
+        );
+    };
+    let (opens, second) = reused;
+    // The same sealed session (its `peer` on the listener) carried the client before, as its
+    // first stream; the two StreamInfo records named each client, and the connector sent the
+    // second on a pooled session.
+    let peer = field(&second, "peer").unwrap();
+    let first = opens
+        .iter()
+        .find(|l| field(l, "peer") == Some(peer) && field(l, "stream") == Some("1"))
+        .unwrap_or_else(|| panic!("no first stream of {peer}: {opens:?}"));
+    let named = |l: &str| field(l, "client").unwrap().parse::<SocketAddr>().unwrap();
+    let (c1, c2) = (named(first), named(&second));
+    assert_ne!(c1, c2);
+    assert!(
+        clients.contains(&c1) && clients.contains(&c2),
+        "{clients:?}"
+    );
+    assert_eq!(c2, *clients.last().unwrap());
+    assert_ne!(c1.port(), c2.port());
+    let line = t
+        .connector
+        .log_text()
+        .lines()
+        .rfind(|l| l.contains("connection open"))
+        .unwrap()
+        .to_string();
+    assert!(
+        line.contains("pooled=true") && line.contains("stream=2"),
+        "{line}"
+    );
+}

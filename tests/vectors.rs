@@ -5,11 +5,13 @@
 
 mod support;
 
-use sealpipe::proto::keys::{derive_secret, hash, Direction, HandshakeSecrets, Psk};
+use sealpipe::proto::keys::{expand_label, hash, Direction, HandshakeSecrets, Psk, Secret};
 use sealpipe::proto::messages::{put_vec16, put_vec8};
 use sealpipe::proto::mlkem;
-use sealpipe::proto::record::{Alert, AlertCode, Sealer, HEADER_LEN, OVERHEAD};
-use sealpipe::proto::resume::{ticket_id, ResumeSecrets};
+use sealpipe::proto::record::{
+    next_stream_secret, Alert, AlertCode, Opened, Opener, Sealer, HEADER_LEN, OVERHEAD,
+};
+use sealpipe::proto::resume::{successors, ticket_id, ResumeSecrets};
 use support::*;
 
 /// The vectors. ML-KEM-768 in aws-lc-rs draws its own randomness, so a whole handshake is not
@@ -41,13 +43,9 @@ fn computed() -> Vec<(&'static str, String)> {
         ("ticket_id", hex(&ticket_id(&res))),
     ];
     // The two successor tickets of §9: T_i = ExpandLabel(res, "ticket", [i], 32), their ids.
-    for i in 0..2u8 {
-        let t = derive_secret(&res, "ticket", &[i]);
-        out.push((["ticket_0", "ticket_1"][i as usize], hex(t.expose())));
-        out.push((
-            ["ticket_id_0", "ticket_id_1"][i as usize],
-            hex(&ticket_id(&t)),
-        ));
+    for (i, t) in successors(&res).iter().enumerate() {
+        out.push((["ticket_0", "ticket_1"][i], hex(t.expose())));
+        out.push((["ticket_id_0", "ticket_id_1"][i], hex(&ticket_id(t))));
     }
 
     let dk = std::fs::read(concat!(
@@ -149,4 +147,176 @@ fn protocol_md_vectors_match_the_code() {
     }
     // And the run is deterministic.
     assert_eq!(got, computed());
+}
+
+/// The stream boundary of PROTOCOL.md §4.3 under the fixed `c_ap_traffic_0` and
+/// `l_ap_traffic_0` of §8: stream 1 (the connector's StreamInfo, `ping`, close; the listener's
+/// `pong`, close), the next stream keys, and the first records of stream 2.
+fn boundary_computed() -> Vec<(&'static str, String)> {
+    let transcript = hash(b"sealpipe2 vector transcript");
+    let master = HandshakeSecrets::new(None, &[0x11u8; 32], &[0x22u8; 32]).master();
+    let c_ap = master.traffic(Direction::ConnectorToListener, &transcript);
+    let l_ap = master.traffic(Direction::ListenerToConnector, &transcript);
+    let info = |port: u16| {
+        sealpipe::proto::stream::StreamInfo {
+            client: Some(std::net::SocketAddr::from(([192, 0, 2, 1], port))),
+            local: Some("192.0.2.2:5432".parse().unwrap()),
+            destination: None,
+        }
+        .encode()
+    };
+    let record = |body: &[u8]| {
+        let mut rec = vec![0u8; body.len() + OVERHEAD];
+        rec[HEADER_LEN..HEADER_LEN + body.len()].copy_from_slice(body);
+        rec
+    };
+    let close = |s: &mut Sealer| {
+        let mut c = [0u8; OVERHEAD];
+        s.seal_close(&mut c).unwrap();
+        hex(&c)
+    };
+    let keys = |s: &Secret| {
+        let (mut key, mut iv) = ([0u8; 32], [0u8; 12]);
+        expand_label(s, "key", b"", &mut key);
+        expand_label(s, "iv", b"", &mut iv);
+        (hex(&key), hex(&iv))
+    };
+    let mut out = Vec::new();
+    let mut c = Sealer::new(c_ap.clone(), 1 << 30);
+    let mut l = Sealer::new(l_ap.clone(), 1 << 30);
+    // Stream 1.
+    let mut r = record(&info(40000));
+    c.seal_stream_info(&mut r).unwrap();
+    out.push(("s1_c_stream_info", hex(&r)));
+    let mut r = record(b"ping");
+    c.seal_data(&mut r).unwrap();
+    out.push(("s1_c_data_ping", hex(&r)));
+    out.push(("s1_c_close", close(&mut c)));
+    let mut r = record(b"pong");
+    l.seal_data(&mut r).unwrap();
+    out.push(("s1_l_data_pong", hex(&r)));
+    out.push(("s1_l_close", close(&mut l)));
+    // The next stream keys.
+    let c2 = next_stream_secret(&c_ap);
+    let l2 = next_stream_secret(&l_ap);
+    let (c2_key, c2_iv) = keys(&c2);
+    let (l2_key, l2_iv) = keys(&l2);
+    out.push(("s2_c_secret", hex(c2.expose())));
+    out.push(("s2_c_key", c2_key));
+    out.push(("s2_c_iv", c2_iv));
+    out.push(("s2_l_secret", hex(l2.expose())));
+    out.push(("s2_l_key", l2_key));
+    out.push(("s2_l_iv", l2_iv));
+    // Stream 2: the connector's StreamInfo, then the listener's first record.
+    let mut r = record(&info(40001));
+    c.seal_stream_info(&mut r).unwrap();
+    out.push(("s2_c_stream_info", hex(&r)));
+    l.begin_stream().unwrap();
+    let mut r = record(b"pong");
+    l.seal_data(&mut r).unwrap();
+    out.push(("s2_l_data_pong", hex(&r)));
+    out
+}
+
+/// Computed once from the code (`SEALPIPE_PRINT_VECTORS=1`), then fixed.
+const BOUNDARY_VECTORS: &[(&str, &str)] = &[
+    (
+        "s1_c_stream_info",
+        "04000020cf6feedcbd2bc220077a7d7430a5f73e5b3e8ec0e7742ecad056ac1e23f67ca6",
+    ),
+    (
+        "s1_c_data_ping",
+        "0100001426f62db6d32b6cb478f4c0ba0769ed40eb1989d3",
+    ),
+    ("s1_c_close", "0200001004f25dfdb65a495b7d874c1500cde91b"),
+    (
+        "s1_l_data_pong",
+        "010000140a220102e72e6be6172df7ca9b240c610bf904ec",
+    ),
+    ("s1_l_close", "02000010822af343fc34f9c278ff0c8cc9520da9"),
+    (
+        "s2_c_secret",
+        "45725f281da39554072a6af4ba0b19fd5928f6caa6d1d7486bc6e01401a80abc",
+    ),
+    (
+        "s2_c_key",
+        "4e5aeebf1ec7a0ac839939d1226823f8dcbf17e3aeea4eef63aa7d24119ae8d3",
+    ),
+    ("s2_c_iv", "5e68e8f00331cb92a5b946e4"),
+    (
+        "s2_l_secret",
+        "4ef853c75533f943f322458d52cb9fa4d530b6e600f9e2956ec1479a25abbd2d",
+    ),
+    (
+        "s2_l_key",
+        "42fc0476a5c5707207ed017b2e8c2b2d02879d10c81d915ec24fdbb0161a2fda",
+    ),
+    ("s2_l_iv", "288eea8c59c142fa24f62dce"),
+    (
+        "s2_c_stream_info",
+        "0400002001cc1f46b09a1d0f03ed87b16eef0058a1bfde62f63bc9122af3ccd9b4542814",
+    ),
+    (
+        "s2_l_data_pong",
+        "01000014015a037f0879f7fd6240ec5c81485912b436c31a",
+    ),
+];
+
+#[test]
+fn stream_boundary_vectors_are_fixed_and_in_protocol_md() {
+    let got = boundary_computed();
+    if std::env::var_os("SEALPIPE_PRINT_VECTORS").is_some() {
+        for (k, v) in &got {
+            println!("    {k} = {v}");
+        }
+    }
+    let fixed: Vec<(&str, String)> = BOUNDARY_VECTORS
+        .iter()
+        .map(|(k, v)| (*k, v.to_string()))
+        .collect();
+    assert_eq!(got, fixed);
+    // The records open in order, through the boundary, with the readers' calls of §4.3.
+    let bytes = |k: &str| -> Vec<u8> {
+        let v = &got.iter().find(|(n, _)| *n == k).unwrap().1;
+        (0..v.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&v[i..i + 2], 16).unwrap())
+            .collect()
+    };
+    let transcript = hash(b"sealpipe2 vector transcript");
+    let master = HandshakeSecrets::new(None, &[0x11u8; 32], &[0x22u8; 32]).master();
+    let mut lo = Opener::new(master.traffic(Direction::ConnectorToListener, &transcript));
+    let mut co = Opener::new(master.traffic(Direction::ListenerToConnector, &transcript));
+    assert!(lo.open_stream_info(&mut bytes("s1_c_stream_info")).is_ok());
+    assert_eq!(
+        lo.open(&mut bytes("s1_c_data_ping")),
+        Ok(Opened::Data(&b"ping"[..]))
+    );
+    assert_eq!(lo.open(&mut bytes("s1_c_close")), Ok(Opened::Close));
+    co.begin_stream().unwrap();
+    assert_eq!(
+        co.open(&mut bytes("s1_l_data_pong")),
+        Ok(Opened::Data(&b"pong"[..]))
+    );
+    assert_eq!(co.open(&mut bytes("s1_l_close")), Ok(Opened::Close));
+    assert!(lo.open_stream_info(&mut bytes("s2_c_stream_info")).is_ok());
+    co.begin_stream().unwrap();
+    assert_eq!(
+        co.open(&mut bytes("s2_l_data_pong")),
+        Ok(Opened::Data(&b"pong"[..]))
+    );
+    // PROTOCOL.md §4.3 lists the same values.
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/PROTOCOL.md")).unwrap();
+    let section = doc
+        .split("### 4.3 ")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("PROTOCOL.md has §4.3");
+    for (k, v) in &got {
+        let line = format!("    {k} = {v}");
+        assert!(
+            section.lines().any(|l| l == line),
+            "PROTOCOL.md §4.3 lacks or differs on:\n{line}"
+        );
+    }
 }

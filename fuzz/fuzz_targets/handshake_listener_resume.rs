@@ -36,12 +36,18 @@ use sealpipe::proto::messages::{
 };
 use sealpipe::proto::mlkem::EK_LEN;
 use sealpipe::proto::resume::{
-    binder, ticket_context, ticket_id, ConnectorTickets, TicketPolicy, TicketStore,
+    binder, successors, ticket_context, ticket_id, Chain, ConnectorTickets, TicketPolicy,
+    TicketStore,
 };
 use sealpipe_fuzz::*;
 
-/// The ticket secret: fixed, so the fuzzer's inputs stay meaningful from run to run.
-const TICKET_SECRET: [u8; 32] = [0x7a; 32];
+/// The resumption secret of the session whose tickets both sides hold: fixed, so the fuzzer's
+/// inputs stay meaningful from run to run. The connector offers its newest ticket, the second.
+const RESUMPTION_SECRET: [u8; 32] = [0x7a; 32];
+
+fn offered_ticket() -> Secret {
+    successors(&Secret::from_bytes(RESUMPTION_SECRET))[1].clone()
+}
 const BINDER_LEN: usize = 32;
 
 /// Offset of the ticket id in a whole ResumeHello (after the fields and the encapsulation key).
@@ -59,7 +65,7 @@ fn hello_start(fields: &[u8], ek: &[u8]) -> Vec<u8> {
 
 /// The ResumeHello the harness builds in mode odd from `fields` and `ek`.
 fn real_ticket_hello(fields: &[u8], ek: &[u8]) -> Vec<u8> {
-    let secret = Secret::from_bytes(TICKET_SECRET);
+    let secret = offered_ticket();
     let mut hello = hello_start(fields, ek);
     hello.extend_from_slice(&ticket_id(&secret));
     let b = binder(&secret, &hello);
@@ -74,10 +80,12 @@ fn listener() -> (Handshake, Arc<Mutex<TicketStore>>) {
     let now = Instant::now();
     let policy = TicketPolicy::default();
     let mut store = TicketStore::with_capacity(4);
-    store.insert(
-        Secret::from_bytes(TICKET_SECRET),
+    store.file(
+        &Secret::from_bytes(RESUMPTION_SECRET),
         Arc::new(connector_identity().public().clone()),
+        true,
         ticket_context(&[&listener_fingerprint()], None, SERVICE.as_bytes()),
+        Some(Chain::new(policy, now)),
         policy,
         now,
     );
@@ -103,16 +111,15 @@ fn check_harness() {
         let now = Instant::now();
         let policy = TicketPolicy::default();
         let mut tickets = ConnectorTickets::default();
-        tickets.insert(
-            Secret::from_bytes(TICKET_SECRET),
+        tickets.file(
+            &Secret::from_bytes(RESUMPTION_SECRET),
             Arc::new(listener_identity().public().clone()),
             ticket_context(
                 &[&connector_identity().fingerprint(), &listener_fingerprint()],
                 None,
                 SERVICE.as_bytes(),
             ),
-            policy,
-            now,
+            Some(Chain::new(policy, now)),
         );
         let mut c = Handshake::connector_resuming(
             connector_params(),

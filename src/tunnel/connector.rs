@@ -157,7 +157,9 @@ impl Tunnel for ConnectorTunnel {
         let (mut session, from_pool) = loop {
             let (mut session, unsent, from_pool) = match pooled.take() {
                 Some(s) => (s, Vec::new(), true),
-                None => match self.establish(&client, &state).await {
+                // On the heap while it runs: the handshake's state is no part of the task that
+                // then carries the stream (memory per idle connection).
+                None => match Box::pin(self.establish(&client, &state)).await {
                     Some((s, unsent)) => (s, unsent, false),
                     None => {
                         plain.reset_on_close();

@@ -52,6 +52,93 @@ pub struct ListenerTunnel {
 }
 
 impl ListenerTunnel {
+    /// From accept to an established session: the hello read and checked, then [`Self::admit`];
+    /// every refusal logged and counted. Returns the session, the bytes read after the
+    /// handshake and how the connector knew our key.
+    async fn open_session(
+        &self,
+        sealed: &mut tokio::net::TcpStream,
+        peer: &Peer,
+        state: &Arc<TunnelState>,
+    ) -> Option<(crate::proto::handshake::Established, Vec<u8>, Contact)> {
+        let timeout = self.tuning.handshake_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let refused = |e: SessionError| {
+            state.handshake_failed(&e);
+            log_refusal(&self.name, self.role(), peer, &e);
+            None
+        };
+        // Before any work, and holding no handshake slot: the fixed-size hello (ConnectorHello,
+        // or ResumeHello, as its header says) and its mac1. A scanner, a slow sender or a peer
+        // without our fingerprint costs a socket and at most 133 bytes.
+        let mut buf = [0u8; MAX_FIRST_MESSAGE_LEN];
+        let read_hello = async {
+            sealed.read_exact(&mut buf[..MSG_HEADER_LEN]).await?;
+            let mut header = [0u8; MSG_HEADER_LEN];
+            header.copy_from_slice(&buf[..MSG_HEADER_LEN]);
+            let len = match check_first_header(&header) {
+                Ok((_, len)) => MSG_HEADER_LEN + len,
+                Err(e) => return Ok(Err(e)),
+            };
+            sealed.read_exact(&mut buf[MSG_HEADER_LEN..len]).await?;
+            Ok::<_, std::io::Error>(Ok(len))
+        };
+        let len = match tokio::time::timeout_at(deadline, read_hello).await {
+            Ok(Ok(Ok(len))) => len,
+            Ok(Ok(Err(e))) => {
+                state.counters.mac1_rejected.fetch_add(1, Ordering::Relaxed);
+                return refused(SessionError::Handshake(e.into()));
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return refused(SessionError::Eof)
+            }
+            Ok(Err(e)) => return refused(SessionError::Io(e)),
+            Err(_) => return refused(SessionError::Timeout(timeout)),
+        };
+        let hello = &buf[..len];
+        let contact = match check_hello_mac1(&self.params, hello) {
+            Ok(c) => c,
+            Err(e) => {
+                let total = state.counters.mac1_rejected.fetch_add(1, Ordering::Relaxed) + 1;
+                if matches!(e, HandshakeError::BadMac1) {
+                    if let Some(held_back) = state.mac1_log.check(Instant::now()) {
+                        let own = match &self.params.next_identity {
+                            None => self.params.identity.public().fingerprint().to_string(),
+                            Some(next) => format!(
+                                "{} nor its next_private_key {}",
+                                self.params.identity.public().fingerprint(),
+                                next.public().fingerprint()
+                            ),
+                        };
+                        let psk = if self.params.psk.is_some() {
+                            " (or whose psk_file differs)"
+                        } else {
+                            ""
+                        };
+                        tracing::info!(tunnel = %self.name, role = %Role::Listener, %peer,
+                            fingerprint = %own, held_back, total,
+                            "hello without a valid mac1 from {peer}, not answered: a scanner, or a connector whose `peer` pin is not this listener's key {own}{psk}");
+                    }
+                }
+                return refused(e.into());
+            }
+        };
+        let (est, leftover) = match self.admit(sealed, peer, hello, state, deadline).await {
+            Ok(x) => x,
+            Err(e) => {
+                // A connector that proved its key but is refused (key not trusted, another
+                // service) is told why, in an Alert only it can open (PROTOCOL.md §6).
+                if let SessionError::Handshake(h) = &e {
+                    if let Some(alert) = h.alert() {
+                        send_alert(sealed, alert, deadline).await;
+                    }
+                }
+                return refused(e);
+            }
+        };
+        Some((est, leftover, contact))
+    }
+
     /// From a hello with a valid mac1 to an established session (SECURITY.md, "Flooding the
     /// listener"): a replayed hello is refused before any work; a resumption with a valid
     /// ticket is answered inline; a full handshake waits for its signed answer in the signing
@@ -193,82 +280,13 @@ impl Tunnel for ListenerTunnel {
             return;
         };
         let started = Instant::now();
-        let timeout = self.tuning.handshake_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
-        let refused = |e: SessionError| {
-            state.handshake_failed(&e);
-            log_refusal(&self.name, self.role(), &peer, &e);
-        };
-        // Before any work, and holding no handshake slot: the fixed-size hello (ConnectorHello,
-        // or ResumeHello, as its header says) and its mac1. A scanner, a slow sender or a peer
-        // without our fingerprint costs a socket and at most 133 bytes.
-        let mut buf = [0u8; MAX_FIRST_MESSAGE_LEN];
-        let read_hello = async {
-            sealed.read_exact(&mut buf[..MSG_HEADER_LEN]).await?;
-            let mut header = [0u8; MSG_HEADER_LEN];
-            header.copy_from_slice(&buf[..MSG_HEADER_LEN]);
-            let len = match check_first_header(&header) {
-                Ok((_, len)) => MSG_HEADER_LEN + len,
-                Err(e) => return Ok(Err(e)),
-            };
-            sealed.read_exact(&mut buf[MSG_HEADER_LEN..len]).await?;
-            Ok::<_, std::io::Error>(Ok(len))
-        };
-        let len = match tokio::time::timeout_at(deadline, read_hello).await {
-            Ok(Ok(Ok(len))) => len,
-            Ok(Ok(Err(e))) => {
-                state.counters.mac1_rejected.fetch_add(1, Ordering::Relaxed);
-                return refused(SessionError::Handshake(e.into()));
-            }
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return refused(SessionError::Eof)
-            }
-            Ok(Err(e)) => return refused(SessionError::Io(e)),
-            Err(_) => return refused(SessionError::Timeout(timeout)),
-        };
-        let hello = &buf[..len];
-        let contact = match check_hello_mac1(&self.params, hello) {
-            Ok(c) => c,
-            Err(e) => {
-                let total = state.counters.mac1_rejected.fetch_add(1, Ordering::Relaxed) + 1;
-                if matches!(e, HandshakeError::BadMac1) {
-                    if let Some(held_back) = state.mac1_log.check(Instant::now()) {
-                        let own = match &self.params.next_identity {
-                            None => self.params.identity.public().fingerprint().to_string(),
-                            Some(next) => format!(
-                                "{} nor its next_private_key {}",
-                                self.params.identity.public().fingerprint(),
-                                next.public().fingerprint()
-                            ),
-                        };
-                        let psk = if self.params.psk.is_some() {
-                            " (or whose psk_file differs)"
-                        } else {
-                            ""
-                        };
-                        tracing::info!(tunnel = %self.name, role = %Role::Listener, %peer,
-                            fingerprint = %own, held_back, total,
-                            "hello without a valid mac1 from {peer}, not answered: a scanner, or a connector whose `peer` pin is not this listener's key {own}{psk}");
-                    }
-                }
-                return refused(e.into());
-            }
-        };
-        let (est, leftover) = match self
-            .admit(&mut sealed, &peer, hello, &state, deadline)
-            .await
-        {
-            Ok(x) => x,
-            Err(e) => {
-                // A connector that proved its key but is refused (key not trusted, another
-                // service) is told why, in an Alert only it can open (PROTOCOL.md §6).
-                if let SessionError::Handshake(h) = &e {
-                    if let Some(alert) = h.alert() {
-                        send_alert(&mut sealed, alert, deadline).await;
-                    }
-                }
-                return refused(e);
-            }
+        // The handshake runs in a future of its own, on the heap only while it runs: the hello
+        // buffer and the handshake's state are no part of the task that then carries the
+        // session's streams for as long as it lives (memory per idle connection).
+        let Some((est, leftover, contact)) =
+            Box::pin(self.open_session(&mut sealed, &peer, &state)).await
+        else {
+            return;
         };
         state.handshake_ok(started.elapsed());
         count_resumption(&state, &est);

@@ -52,14 +52,25 @@ pub enum Unit {
     Rec(usize),
     /// The first close record (type 2).
     Close,
+    /// Record `rec` (0-based) of stream `stream` (1-based) of a session that carries several
+    /// (PROTOCOL.md §4.3): a direction's stream ends with its close record, so up, `rec: 0` is
+    /// the stream's StreamInfo record; down, the listener's first record of the stream.
+    InStream { stream: usize, rec: usize },
+    /// The close record of stream `stream` (1-based).
+    CloseOf(usize),
 }
 
+/// Where a record sits in its session's streams: (stream, 1-based; record within it, 0-based).
+type StreamPos = Option<(usize, usize)>;
+
 impl Unit {
-    fn matches(self, index: usize, frame: &[u8]) -> bool {
+    fn matches(self, index: usize, frame: &[u8], pos: StreamPos) -> bool {
         match self {
             Unit::Hs(i) => index == i,
             Unit::Rec(i) => index == HANDSHAKE_MESSAGES + i,
             Unit::Close => index >= HANDSHAKE_MESSAGES && frame.first() == Some(&2),
+            Unit::InStream { stream, rec } => pos == Some((stream, rec)),
+            Unit::CloseOf(n) => pos.is_some_and(|(s, _)| s == n) && frame.first() == Some(&2),
         }
     }
 
@@ -99,6 +110,28 @@ pub enum Attack {
     Reflect { dir: Dir, unit: Unit },
     /// Never contact the listener: answer the connector with these recorded listener bytes.
     ReplayDown { bytes: Vec<u8> },
+    /// At frame `at`, send `with` (frames of another session) instead of it and the rest.
+    SpliceAt {
+        dir: Dir,
+        at: Unit,
+        with: Vec<Vec<u8>>,
+    },
+    /// At frame `at`, send a copy of the earlier frame `copy` of the same direction of this
+    /// session: before `at`, instead of it, or after it.
+    Replay {
+        dir: Dir,
+        at: Unit,
+        copy: Unit,
+        when: When,
+    },
+}
+
+/// Where [`Attack::Replay`] puts its copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    Before,
+    Instead,
+    After,
 }
 
 impl Attack {
@@ -110,8 +143,26 @@ impl Attack {
             | Attack::Swap { dir, .. }
             | Attack::Truncate { dir, .. }
             | Attack::Splice { dir, .. }
-            | Attack::Reflect { dir, .. } => Some(*dir),
+            | Attack::Reflect { dir, .. }
+            | Attack::SpliceAt { dir, .. }
+            | Attack::Replay { dir, .. } => Some(*dir),
             Attack::ReplayDown { .. } => None,
+        }
+    }
+
+    /// The frame that sets it off, for [`Mitm::arm_live`] (`Splice` counts frames from the
+    /// start of a connection and `ReplayDown` acts at accept: neither can be armed live).
+    fn trigger(&self) -> Option<Unit> {
+        match self {
+            Attack::Flip { unit, .. }
+            | Attack::Drop { unit, .. }
+            | Attack::Duplicate { unit, .. }
+            | Attack::Swap { unit, .. }
+            | Attack::Reflect { unit, .. } => Some(*unit),
+            Attack::Truncate { at, .. }
+            | Attack::SpliceAt { at, .. }
+            | Attack::Replay { at, .. } => Some(*at),
+            Attack::Splice { .. } | Attack::ReplayDown { .. } => None,
         }
     }
 }
@@ -155,7 +206,14 @@ pub struct Mitm {
     pub attacked: Arc<AtomicUsize>,
     /// How many manipulations actually fired (a frame was changed, dropped, moved or injected).
     pub fired: Arc<AtomicUsize>,
+    /// The attack of [`Mitm::arm_live`], until a connection takes it.
+    live: LiveSlot,
+    /// The connection (accept order) that took the last live attack.
+    pub live_taken_by: Arc<Mutex<Option<usize>>>,
 }
+
+/// The attack armed live, shared by every connection.
+type LiveSlot = Arc<Mutex<Option<Attack>>>;
 
 impl Mitm {
     /// A proxy on a fresh loopback port forwarding to `upstream`.
@@ -166,12 +224,15 @@ impl Mitm {
         let sessions: Arc<Mutex<Vec<Arc<Mutex<Session>>>>> = Arc::default();
         let attacked = Arc::new(AtomicUsize::new(0));
         let fired = Arc::new(AtomicUsize::new(0));
+        let live: LiveSlot = Arc::default();
+        let live_taken_by: Arc<Mutex<Option<usize>>> = Arc::default();
         let (a, s, n, f) = (
             armed.clone(),
             sessions.clone(),
             attacked.clone(),
             fired.clone(),
         );
+        let (lv, lt) = (live.clone(), live_taken_by.clone());
         std::thread::spawn(move || {
             for c in l.incoming() {
                 let Ok(c) = c else { continue };
@@ -180,9 +241,18 @@ impl Mitm {
                     n.fetch_add(1, Ordering::SeqCst);
                 }
                 let session = Arc::new(Mutex::new(Session::default()));
-                s.lock().unwrap().push(session.clone());
+                let index = {
+                    let mut all = s.lock().unwrap();
+                    all.push(session.clone());
+                    all.len() - 1
+                };
                 let f = f.clone();
-                std::thread::spawn(move || serve(c, upstream, attack, session, f));
+                let live = Live {
+                    slot: lv.clone(),
+                    taken_by: lt.clone(),
+                    index,
+                };
+                std::thread::spawn(move || serve(c, upstream, attack, session, f, live));
             }
         });
         Mitm {
@@ -191,7 +261,32 @@ impl Mitm {
             sessions,
             attacked,
             fired,
+            live,
+            live_taken_by,
         }
+    }
+
+    /// `attack` for whichever connection, open already or not, first meets its frame (any
+    /// connection without an attack of its own in that direction): for a pooled session, which
+    /// connection will carry a given stream is not known in advance. Only one live attack at a
+    /// time; it fires once.
+    pub fn arm_live(&self, attack: Attack) {
+        assert!(
+            attack.trigger().is_some(),
+            "{attack:?} cannot be armed live"
+        );
+        *self.live_taken_by.lock().unwrap() = None;
+        *self.live.lock().unwrap() = Some(attack);
+    }
+
+    /// True while the live attack waits for its frame.
+    pub fn is_live_armed(&self) -> bool {
+        self.live.lock().unwrap().is_some()
+    }
+
+    /// Withdraws a live attack that has not fired.
+    pub fn disarm_live(&self) {
+        *self.live.lock().unwrap() = None;
     }
 
     /// The next accepted connection (only that one) gets `attack`.
@@ -228,12 +323,22 @@ impl Mitm {
 /// Sockets a direction writes to; shared because reflection writes back to the sender.
 type Writer = Arc<Mutex<TcpStream>>;
 
+/// A connection's view of the live attack slot.
+#[derive(Clone)]
+struct Live {
+    slot: LiveSlot,
+    taken_by: Arc<Mutex<Option<usize>>>,
+    /// This connection, in accept order.
+    index: usize,
+}
+
 fn serve(
     down: TcpStream,
     upstream: SocketAddr,
     attack: Option<Attack>,
     session: Arc<Mutex<Session>>,
     fired: Arc<AtomicUsize>,
+    live: Live,
 ) {
     let _ = down.set_nodelay(true);
     let _ = down.set_read_timeout(Some(IDLE));
@@ -259,15 +364,25 @@ fn serve(
     let _ = up.set_read_timeout(Some(IDLE));
     let w_up: Writer = Arc::new(Mutex::new(up.try_clone().unwrap()));
     let w_down: Writer = Arc::new(Mutex::new(down.try_clone().unwrap()));
-    let (a1, s1, wu, wd, f1) = (
+    let (a1, s1, wu, wd, f1, l1) = (
         attack.clone(),
         session.clone(),
         w_up.clone(),
         w_down.clone(),
         fired.clone(),
+        live.clone(),
     );
-    let t_up = std::thread::spawn(move || direction(Dir::Up, down, wu, wd, a1, s1, f1));
-    direction(Dir::Down, up, w_down, w_up, attack, session.clone(), fired);
+    let t_up = std::thread::spawn(move || direction(Dir::Up, down, wu, wd, a1, s1, f1, l1));
+    direction(
+        Dir::Down,
+        up,
+        w_down,
+        w_up,
+        attack,
+        session.clone(),
+        fired,
+        live,
+    );
     let _ = t_up.join();
     session.lock().unwrap().finished = true;
 }
@@ -307,7 +422,9 @@ fn next_frame(src: &mut TcpStream, index: usize) -> Result<Vec<u8>, Vec<u8>> {
     Ok(frame)
 }
 
-/// Pumps one direction frame by frame, applying `attack` if it concerns this direction.
+/// Pumps one direction frame by frame, applying `attack` if it concerns this direction (or the
+/// live attack, if this connection is the first to meet its frame).
+#[allow(clippy::too_many_arguments)]
 fn direction(
     dir: Dir,
     mut src: TcpStream,
@@ -316,8 +433,9 @@ fn direction(
     attack: Option<Attack>,
     session: Arc<Mutex<Session>>,
     fired: Arc<AtomicUsize>,
+    live: Live,
 ) {
-    let attack = attack.filter(|a| a.dir() == Some(dir));
+    let mut attack = attack.filter(|a| a.dir() == Some(dir));
     let send = |w: &Writer, b: &[u8]| w.lock().unwrap().write_all(b).is_ok();
     let fire = || fired.fetch_add(1, Ordering::SeqCst);
     // Each manipulation fires once (the first matching frame).
@@ -325,6 +443,10 @@ fn direction(
     let mut held: Option<Vec<u8>> = None;
     let mut silenced = false;
     let mut index = 0;
+    // Stream bookkeeping (PROTOCOL.md §4.3): close records seen, records since the last one.
+    let (mut closes, mut in_stream) = (0usize, 0usize);
+    // This direction's frames so far with their places, for `Attack::Replay`.
+    let mut history: Vec<(usize, StreamPos, Vec<u8>)> = Vec::new();
     loop {
         let frame = match next_frame(&mut src, index) {
             Ok(f) => f,
@@ -353,8 +475,30 @@ fn direction(
         }
         let this = index;
         index += 1;
+        let pos: StreamPos = (this >= HANDSHAKE_MESSAGES).then_some((closes + 1, in_stream));
+        if this >= HANDSHAKE_MESSAGES {
+            if frame.first() == Some(&2) {
+                closes += 1;
+                in_stream = 0;
+            } else {
+                in_stream += 1;
+            }
+        }
+        if history.len() < 4096 {
+            history.push((this, pos, frame.clone()));
+        }
         if silenced {
             continue;
+        }
+        if attack.is_none() {
+            let mut slot = live.slot.lock().unwrap();
+            let mine = slot.as_ref().is_some_and(|a| {
+                a.dir() == Some(dir) && a.trigger().is_some_and(|u| u.matches(this, &frame, pos))
+            });
+            if mine {
+                attack = slot.take();
+                *live.taken_by.lock().unwrap() = Some(live.index);
+            }
         }
         if let Some(h) = held.take() {
             // The frame after a held one: reordered.
@@ -363,7 +507,7 @@ fn direction(
             }
             continue;
         }
-        let hit = |u: &Unit| !done && u.matches(this, &frame);
+        let hit = |u: &Unit| !done && u.matches(this, &frame, pos);
         let ok = match &attack {
             Some(Attack::Flip {
                 unit, offset, bit, ..
@@ -415,6 +559,35 @@ fn direction(
                 done = true;
                 fire();
                 send(&back, &frame)
+            }
+            Some(Attack::SpliceAt { at, with, .. }) if hit(at) => {
+                done = true;
+                fire();
+                for f in with {
+                    send(&dst, f);
+                }
+                silenced = true;
+                true
+            }
+            Some(Attack::Replay { at, copy, when, .. }) if hit(at) => {
+                done = true;
+                let earlier = history
+                    .iter()
+                    .find(|(i, p, f)| *i != this && copy.matches(*i, f, *p))
+                    .map(|h| h.2.clone());
+                match earlier {
+                    // Nothing to copy (yet): forwarded untouched, and the attack does not count
+                    // as fired.
+                    None => send(&dst, &frame),
+                    Some(c) => {
+                        fire();
+                        match when {
+                            When::Before => send(&dst, &c) && send(&dst, &frame),
+                            When::Instead => send(&dst, &c),
+                            When::After => send(&dst, &frame) && send(&dst, &c),
+                        }
+                    }
+                }
             }
             _ => send(&dst, &frame),
         };
