@@ -1086,7 +1086,7 @@ mod resumption {
         let r = store.check(&id, presented, &trusted, &new, policy, t0 + S);
         assert_eq!(r.err(), Some(TicketRefusal::Untrusted));
         assert!(!store.contains(&id) && store.len() == 1);
-        store.file(&res, peer, true, old, chain, policy, t0);
+        store.file(&res, peer.clone(), true, old, chain, policy, t0);
         assert!(store
             .check(&id, presented, &trusted, &old, policy, t0 + S)
             .is_ok());
@@ -1096,6 +1096,21 @@ mod resumption {
         assert!(!store.consume(&id));
         let r = store.check(&id, presented, &trusted, &old, policy, t0 + S);
         assert_eq!(r.err(), Some(TicketRefusal::Unknown));
+
+        // Evicted while its resumption was under way (the peer's newer tickets came in): that
+        // resumption still completes, once.
+        let mut store = TicketStore::default();
+        store.file(&res, peer.clone(), true, old, chain, policy, t0);
+        assert!(store
+            .check(&id, presented, &trusted, &old, policy, t0 + S)
+            .is_ok());
+        for i in 20..25u8 {
+            let newer = Secret::from_bytes([i; 32]);
+            store.file(&newer, peer.clone(), true, old, chain, policy, t0);
+        }
+        assert!(!store.contains(&id), "evicted");
+        assert!(store.consume(&id));
+        assert!(!store.consume(&id));
     }
 
     #[test]

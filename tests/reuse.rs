@@ -23,16 +23,20 @@ fn a_second_client_is_served_by_a_warm_session() {
     let service = Service::start(Behaviour::Echo);
     let t = tunnel_to(service.addr, "");
     assert_echoes(t.entry, 1, 100_000);
-    // The first client's session went back to the pool once both close records passed.
+    t.connector.wait_log_count("connection closed", 1);
+    // The second client rides a session that is ready: the first client's, back in the pool
+    // once both close records passed, or the warm one made meanwhile.
     assert_echoes(t.entry, 2, 100_000);
-    let line = t.connector.wait_line("stream=2");
-    assert!(line.contains("pooled=true"), "{line}");
+    let log = t.connector.wait_log_count("connection open", 2);
+    let opens: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("connection open"))
+        .collect();
+    assert!(opens[1].contains("pooled=true"), "{}", opens[1]);
     let log = t.listener.wait_log_count("connection open", 2);
-    assert_eq!(streams(&log), [1, 2], "{log}");
-    // No handshake on the second client's path: the listener saw one session carry both.
+    let s = streams(&log);
+    assert!(s == [1, 2] || s == [1, 1], "{log}");
     assert!(!t.connector.log_text().contains("connection reset"));
-    let status = t.connector.log_text();
-    assert!(status.contains("pooled=true stream=2"), "{status}");
 }
 
 #[test]

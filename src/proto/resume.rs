@@ -26,7 +26,7 @@
 //! `resumption_uses` bounds how many resumptions deep a chain goes. Tickets live in memory only.
 //! Time is passed in (`now: Instant`), so tests expire tickets without sleeping.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -271,7 +271,14 @@ pub struct TicketStore {
     /// Per region, the most tickets held.
     capacity: [usize; 2],
     seq: u64,
+    /// The ids of the last [`USED_MEMORY`] resumptions, so that a ticket evicted while its
+    /// resumption was under way still completes, once.
+    used: HashSet<TicketId>,
+    used_order: VecDeque<TicketId>,
 }
+
+/// Used ticket ids a listener remembers (16 bytes each).
+pub const USED_MEMORY: usize = 16_384;
 
 impl Default for TicketStore {
     fn default() -> Self {
@@ -309,6 +316,8 @@ impl TicketStore {
             owners: HashMap::new(),
             capacity: [trusted.max(1), unknown.max(1)],
             seq: 0,
+            used: HashSet::new(),
+            used_order: VecDeque::new(),
         }
     }
 
@@ -469,10 +478,21 @@ impl TicketStore {
         })
     }
 
-    /// Uses up ticket `id` (its resumption completed); false if it is no longer held (used by
-    /// another connection meanwhile, or evicted): that resumption must not complete.
+    /// Uses up ticket `id` (its resumption completed, after [`TicketStore::check`] accepted
+    /// it); false if another connection used it meanwhile: that resumption must not complete.
+    /// A ticket evicted meanwhile (by its peer's newer tickets) is still used up once.
     pub fn consume(&mut self, id: &TicketId) -> bool {
-        self.remove(id).is_some()
+        self.remove(id);
+        if !self.used.insert(*id) {
+            return false;
+        }
+        self.used_order.push_back(*id);
+        while self.used_order.len() > USED_MEMORY {
+            if let Some(old) = self.used_order.pop_front() {
+                self.used.remove(&old);
+            }
+        }
+        true
     }
 
     /// The resumptions left in ticket `id`'s chain (for tests and diagnostics).
