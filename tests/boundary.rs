@@ -13,8 +13,7 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -305,53 +304,6 @@ impl Lab {
                 tail(&self.listener)
             );
         }
-    }
-}
-
-fn tail(d: &Daemon) -> String {
-    let log = d.log_text();
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-/// A long-lived clean connection, echoing a little after every attack.
-struct Clean {
-    s: TcpStream,
-    sent: Vec<u8>,
-    seed: u64,
-}
-
-impl Clean {
-    fn open(entry: SocketAddr, seed: u64) -> Clean {
-        let s = TcpStream::connect(entry).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        Clean {
-            s,
-            sent: Vec::new(),
-            seed,
-        }
-    }
-
-    fn round(&mut self) {
-        self.seed += 1;
-        let chunk = pseudo_random(self.seed, 3000);
-        self.s.write_all(&chunk).expect("clean connection: write");
-        let mut back = vec![0u8; chunk.len()];
-        self.s
-            .read_exact(&mut back)
-            .expect("clean connection: read");
-        assert!(back == chunk, "clean connection: echo differs");
-        self.sent.extend_from_slice(&chunk);
-    }
-
-    fn finish(mut self) -> Vec<u8> {
-        self.s.shutdown(Shutdown::Write).unwrap();
-        let mut rest = Vec::new();
-        self.s
-            .read_to_end(&mut rest)
-            .expect("clean connection: clean end");
-        assert!(rest.is_empty());
-        self.sent
     }
 }
 

@@ -11,8 +11,7 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use support::daemon::*;
@@ -274,55 +273,6 @@ impl Lab {
             );
         }
         assert_eq!(self.tried, self.detected);
-    }
-}
-
-fn tail(d: &Daemon) -> String {
-    let log = d.log_text();
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
-}
-
-/// A long-lived clean connection through the adversary, echoing a little after every attack.
-struct Clean {
-    s: TcpStream,
-    sent: Vec<u8>,
-    seed: u64,
-}
-
-impl Clean {
-    fn open(entry: SocketAddr, seed: u64) -> Clean {
-        let s = TcpStream::connect(entry).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        Clean {
-            s,
-            sent: Vec::new(),
-            seed,
-        }
-    }
-
-    /// One echoed round trip of 3000 bytes.
-    fn round(&mut self) {
-        self.seed += 1;
-        let chunk = pseudo_random(self.seed, 3000);
-        self.s.write_all(&chunk).expect("clean connection: write");
-        let mut back = vec![0u8; chunk.len()];
-        self.s
-            .read_exact(&mut back)
-            .expect("clean connection: read");
-        assert!(back == chunk, "clean connection: echo differs");
-        self.sent.extend_from_slice(&chunk);
-    }
-
-    /// Half-closes and expects a clean end; returns everything sent.
-    fn finish(mut self) -> Vec<u8> {
-        self.s.shutdown(Shutdown::Write).unwrap();
-        let mut rest = Vec::new();
-        self.s
-            .read_to_end(&mut rest)
-            .expect("clean connection: clean end");
-        assert!(rest.is_empty());
-        self.sent
     }
 }
 
