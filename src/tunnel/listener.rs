@@ -70,7 +70,7 @@ impl ListenerTunnel {
         };
         // Before any work, and holding no handshake slot: the fixed-size hello (ConnectorHello,
         // or ResumeHello, as its header says) and its mac1. A scanner, a slow sender or a peer
-        // without our fingerprint costs a socket and at most 133 bytes.
+        // without our fingerprint costs a socket and at most 1,317 bytes (the largest first message).
         let mut buf = [0u8; MAX_FIRST_MESSAGE_LEN];
         let read_hello = async {
             sealed.read_exact(&mut buf[..MSG_HEADER_LEN]).await?;
