@@ -70,11 +70,12 @@ macro_rules! tuning_fields {
             /// Session resumption (PROTOCOL.md §9): later connections between the same two peers
             /// skip the RSA work; `false`: a full handshake every time.
             resumption: bool = true, parsed from bool by flag;
-            /// How long a resumption ticket serves, from 1 s to 24 h.
+            /// How long the tickets of one full handshake serve (through every resumption after
+            /// it), from 1 s to 24 h.
             resumption_lifetime: Duration = Duration::from_secs(3600),
                 parsed from DurationText by resumption_lifetime;
-            /// How many connections one ticket serves, from 1 to 1000000; then a full handshake
-            /// makes a new one.
+            /// How many resumptions in a row may follow one full handshake, from 1 to 1000000;
+            /// then a full handshake starts a new chain (each ticket serves one connection).
             resumption_uses: u32 = 1000, parsed from i64 by resumption_uses;
             /// An established connection that moves no byte either way for this long is reset
             /// (logged `idle for …`); `None` (the default, `"off"`) keeps idle connections.
