@@ -152,8 +152,8 @@ fn timed_resumption(
     l_params: &ListenerParams,
     stores: &Stores,
 ) -> RoleTimes {
-    let has_ticket = stores.connector.lock().expect("store").has_ticket();
-    if !has_ticket {
+    let no_ticket = stores.connector.lock().expect("store").is_empty();
+    if no_ticket {
         let mut c = Handshake::connector_resuming(
             c_params.clone(),
             fresh_randomness(),

@@ -65,15 +65,15 @@ struct Lab {
 
 impl Lab {
     fn start(name: &'static str) -> Lab {
-        let site = Site::new();
-        let service = RecordingEcho::start();
-        let listener = site.start("listener.toml", &listener_for(service.addr, TUNING));
-        let mitm = Mitm::start(listener.addr());
-        let connector = start_connector(&site, mitm.addr, TUNING);
-        let entry = connector.addr();
-        let mut clean = Clean::open(entry, 1000);
-        clean.round();
-        assert_eq!(service.count(), 1);
+        let MitmRig {
+            site,
+            service,
+            listener,
+            connector,
+            mitm,
+            entry,
+            clean,
+        } = MitmRig::start(TUNING);
         Lab {
             _site: site,
             service,

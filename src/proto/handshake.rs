@@ -619,7 +619,7 @@ impl Handshake {
         };
         // Only a connector pinned to a known key offers a ticket (never a TOFU first contact or
         // probe). A first contact still keeps the ticket of its full handshake, filed under the
-        // key the listener proved (see `file_ticket`): the next connection, pinned to that
+        // key the listener proved (see `file_successors`): the next connection, pinned to that
         // recorded key, resumes.
         let dk = mlkem::DecapsulationKey::generate();
         let pinned = matches!(params.listener, ListenerPin::Key(_));
@@ -781,6 +781,14 @@ impl Handshake {
         match self.resume.as_deref() {
             Some(ResumeCtx::Connector { offer, .. }) => offer.as_ref(),
             _ => None,
+        }
+    }
+
+    /// A connector whose listener has authenticated itself: the ticket it offered is never
+    /// given back (see `Drop for ResumeCtx`).
+    fn use_up_offer(&mut self) {
+        if let Some(ResumeCtx::Connector { offer, .. }) = self.resume.as_deref_mut() {
+            *offer = None;
         }
     }
 
@@ -978,7 +986,10 @@ impl Handshake {
 
     fn establish(&mut self, keys: &HsKeys, peer: PublicIdentity) {
         let (c, l, resumption, th) = self.application_secrets(keys);
-        self.file_ticket(&resumption, &peer);
+        // A full handshake: its successor tickets start a chain.
+        self.file_successors(&resumption, &peer, |policy, now| {
+            Some(Chain::new(policy, now))
+        });
         self.done(peer, c, l, resumption, th, false);
     }
 
@@ -1006,11 +1017,6 @@ impl Handshake {
             resumed,
             ticket_refused: self.ticket_refused,
         }));
-    }
-
-    /// After a full handshake: the successor tickets of `res` start a chain in the store.
-    fn file_ticket(&mut self, res: &Secret, peer: &PublicIdentity) {
-        self.file_successors(res, peer, |policy, now| Some(Chain::new(policy, now)));
     }
 
     /// Files the successor tickets of `res` in this side's store, in the chain `chain` gives
@@ -1100,9 +1106,7 @@ impl Handshake {
             },
         )?;
         // The listener proved itself: the ticket it refused is gone for good.
-        if let Some(ResumeCtx::Connector { offer, .. }) = self.resume.as_deref_mut() {
-            *offer = None;
-        }
+        self.use_up_offer();
         let auth = self.make_auth(
             MessageType::ConnectorAuth,
             CONNECTOR_SIGNATURE_CONTEXT,
@@ -1372,9 +1376,7 @@ impl Handshake {
         }
         self.transcript.update(fin_l);
         // The listener proved itself: the ticket is used up.
-        if let Some(ResumeCtx::Connector { offer, .. }) = self.resume.as_deref_mut() {
-            *offer = None;
-        }
+        self.use_up_offer();
         let fin_c = hmac(finished_key(&c_hs).expose(), &[&self.transcript_hash()]);
         let mut finished = Vec::with_capacity(MSG_HEADER_LEN + RESUME_FINISHED_BODY);
         finished.extend_from_slice(&header(MessageType::ResumeFinished, RESUME_FINISHED_BODY));

@@ -576,8 +576,7 @@ impl ConnectorTickets {
         policy: TicketPolicy,
         now: Instant,
     ) -> Option<Offer> {
-        self.tickets
-            .retain(|t| !t.chain.expired(policy, now) && t.chain.resumptions_left > 0);
+        self.tickets.retain(|t| !t.chain.expired(policy, now));
         let i = self
             .tickets
             .iter()
@@ -614,11 +613,6 @@ impl ConnectorTickets {
     /// True when no ticket is held.
     pub fn is_empty(&self) -> bool {
         self.tickets.is_empty()
-    }
-
-    /// True when a ticket is held.
-    pub fn has_ticket(&self) -> bool {
-        !self.tickets.is_empty()
     }
 
     /// The ids held, oldest first (for tests and diagnostics).

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use sealpipe::proto::identity::{Fingerprint, PrivateIdentity};
 use sha2::{Digest, Sha256};
 
+use super::mitm::{Mitm, RecordingEcho};
 use super::{data, hash_to_end, hex, pem, pseudo_random};
 
 pub fn bin() -> &'static str {
@@ -859,5 +860,42 @@ impl Clean {
             .expect("clean connection: clean end");
         assert!(rest.is_empty());
         self.sent
+    }
+}
+
+/// A tunnel whose connector reaches the listener through an on-path adversary ([`Mitm`]), to a
+/// service that records every connection, with one clean long-lived connection already echoing
+/// (proxy connection 0, service connection 0, never attacked).
+pub struct MitmRig {
+    pub site: Site,
+    pub service: RecordingEcho,
+    pub listener: Daemon,
+    pub connector: Daemon,
+    pub mitm: Mitm,
+    pub entry: SocketAddr,
+    pub clean: Clean,
+}
+
+impl MitmRig {
+    /// Both daemons with `tuning` in their tunnels.
+    pub fn start(tuning: &str) -> MitmRig {
+        let site = Site::new();
+        let service = RecordingEcho::start();
+        let listener = site.start("listener.toml", &listener_for(service.addr, tuning));
+        let mitm = Mitm::start(listener.addr());
+        let connector = start_connector(&site, mitm.addr, tuning);
+        let entry = connector.addr();
+        let mut clean = Clean::open(entry, 1000);
+        clean.round();
+        assert_eq!(service.count(), 1);
+        MitmRig {
+            site,
+            service,
+            listener,
+            connector,
+            mitm,
+            entry,
+            clean,
+        }
     }
 }
