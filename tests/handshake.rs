@@ -452,7 +452,8 @@ mod resumption {
     use sealpipe::proto::keys::Secret;
     use sealpipe::proto::resume::{
         binder, successors, ticket_context, ticket_id, Chain, ConnectorTickets, PresentedBinder,
-        TicketId, TicketPolicy, TicketRefusal, TicketStore, TICKETS_PER_PEER,
+        TicketId, TicketPolicy, TicketRefusal, TicketStore, CONNECTOR_TICKETS,
+        LISTENER_TICKETS_PER_PEER,
     };
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
@@ -717,7 +718,7 @@ mod resumption {
                     assert!(!d.0.resumed && d.0.ticket_refused.is_none());
                 }
             }
-            assert!(r.connector_ids().len() <= TICKETS_PER_PEER);
+            assert!(r.connector_ids().len() <= CONNECTOR_TICKETS);
         }
         assert!(seen.len() >= 60, "most connections resumed: {}", seen.len());
     }
@@ -1050,10 +1051,18 @@ mod resumption {
 
     /// The ids a session with resumption secret `[i; 32]` hands on.
     fn ids_of(i: u8) -> Vec<TicketId> {
-        successors(&Secret::from_bytes([i; 32]))
-            .iter()
-            .map(ticket_id)
-            .collect()
+        ids_of_secret(&Secret::from_bytes([i; 32]))
+    }
+
+    fn ids_of_secret(res: &Secret) -> Vec<TicketId> {
+        successors(res).iter().map(ticket_id).collect()
+    }
+
+    /// The resumption secret of session `i` of a long sequence.
+    fn nth(i: usize) -> Secret {
+        let mut b = [0xa5; 32];
+        b[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        Secret::from_bytes(b)
     }
 
     #[test]
@@ -1104,9 +1113,8 @@ mod resumption {
         assert!(store
             .check(&id, presented, &trusted, &old, policy, t0 + S)
             .is_ok());
-        for i in 20..25u8 {
-            let newer = Secret::from_bytes([i; 32]);
-            store.file(&newer, peer.clone(), true, old, chain, policy, t0);
+        for i in 0..LISTENER_TICKETS_PER_PEER / 2 {
+            store.file(&nth(i), peer.clone(), true, old, chain, policy, t0);
         }
         assert!(!store.contains(&id), "evicted");
         assert!(store.consume(&id));
@@ -1170,25 +1178,22 @@ mod resumption {
         let t0 = Instant::now();
         let policy = TicketPolicy::default();
         let mut store = TicketStore::default();
-        for i in 1..=5u8 {
+        // Two sessions more than the quota holds (each files two tickets).
+        let sessions = LISTENER_TICKETS_PER_PEER / 2 + 2;
+        for i in 0..sessions {
             let chain = Some(Chain::new(policy, t0 + S * i as u32));
-            store.file(
-                &Secret::from_bytes([i; 32]),
-                peer.clone(),
-                true,
-                ctx,
-                chain,
-                policy,
-                t0,
-            );
+            store.file(&nth(i), peer.clone(), true, ctx, chain, policy, t0);
         }
-        assert_eq!(store.count_for(&peer.fingerprint()), TICKETS_PER_PEER);
-        assert!(
-            !ids_of(1).iter().any(|id| store.contains(id)),
-            "its oldest go"
+        assert_eq!(
+            store.count_for(&peer.fingerprint()),
+            LISTENER_TICKETS_PER_PEER
         );
-        for i in 2..=5 {
-            assert!(ids_of(i).iter().all(|id| store.contains(id)));
+        for i in 0..2 {
+            let ids = ids_of_secret(&nth(i));
+            assert!(!ids.iter().any(|id| store.contains(id)), "its oldest go");
+        }
+        for i in 2..sessions {
+            assert!(ids_of_secret(&nth(i)).iter().all(|id| store.contains(id)));
         }
     }
 
@@ -1234,16 +1239,17 @@ mod resumption {
         let policy = TicketPolicy::default();
         let chain = Some(Chain::new(policy, t0));
         let mut tickets = ConnectorTickets::default();
-        for i in 1..=5u8 {
-            tickets.file(&Secret::from_bytes([i; 32]), peer.clone(), ctx, chain);
+        // Two sessions more than the quota holds (each files two tickets).
+        let sessions = CONNECTOR_TICKETS / 2 + 2;
+        for i in 0..sessions {
+            tickets.file(&nth(i), peer.clone(), ctx, chain);
         }
-        assert_eq!(tickets.len(), TICKETS_PER_PEER);
-        assert_eq!(
-            tickets.ids()[..],
-            [ids_of(2), ids_of(3), ids_of(4), ids_of(5)].concat()[..]
-        );
+        assert_eq!(tickets.len(), CONNECTOR_TICKETS);
+        let kept: Vec<TicketId> = (2..sessions).flat_map(|i| ids_of_secret(&nth(i))).collect();
+        assert_eq!(tickets.ids()[..], kept[..], "the oldest go, oldest first");
+        let newest = ids_of_secret(&nth(sessions - 1));
         let o = tickets.offer(&ctx, policy, t0 + S).unwrap();
-        assert_eq!(o.id, ids_of(5)[1], "the newest");
+        assert_eq!(o.id, newest[1], "the newest");
         assert!(!tickets.ids().contains(&o.id), "taken out while in flight");
         assert!(
             tickets.offer(&other, policy, t0 + S).is_none(),
@@ -1251,13 +1257,13 @@ mod resumption {
         );
         // Given back (the attempt failed before the listener's proof): offered last.
         tickets.give_back(o);
-        assert_eq!(tickets.ids()[0], ids_of(5)[1]);
+        assert_eq!(tickets.ids()[0], newest[1]);
         let mut order = Vec::new();
         while let Some(o) = tickets.offer(&ctx, policy, t0 + S) {
             order.push(o.id);
         }
-        assert_eq!(order.len(), TICKETS_PER_PEER);
-        assert_eq!(order.last(), Some(&ids_of(5)[1]));
+        assert_eq!(order.len(), CONNECTOR_TICKETS);
+        assert_eq!(order.last(), Some(&newest[1]));
         // Expired tickets are dropped, not offered.
         tickets.file(&Secret::from_bytes([9; 32]), peer, ctx, chain);
         assert!(tickets.offer(&ctx, policy, t0 + policy.lifetime).is_none());

@@ -161,8 +161,14 @@ pub enum TicketRefusal {
     RefusedByListener,
 }
 
-/// Tickets a connector keeps per tunnel, and a listener per connector key (the oldest go first).
-pub const TICKETS_PER_PEER: usize = 8;
+/// Tickets a connector keeps per tunnel (the oldest go first): enough for a burst of that many
+/// concurrent connections to resume.
+pub const CONNECTOR_TICKETS: usize = 64;
+
+/// Tickets a listener keeps per connector key (the oldest of that key go first). Four times
+/// [`CONNECTOR_TICKETS`]: a ticket offered while that key's other connections file theirs must
+/// not be evicted before its hello is read (two successors per session filed meanwhile).
+pub const LISTENER_TICKETS_PER_PEER: usize = 256;
 
 /// Tickets a listener keeps for connector keys that are not in its trust list (admitted by
 /// `accept_unknown`), all such keys together: they evict only one another.
@@ -259,14 +265,14 @@ struct ListenerTicket {
 }
 
 /// The listener's tickets of one tunnel, by id; bounded, in memory only. Each serves one
-/// resumption. At most [`TICKETS_PER_PEER`] per connector key; the keys outside the trust list
+/// resumption. At most [`LISTENER_TICKETS_PER_PEER`] per connector key; the keys outside the trust list
 /// share a region of their own, so that a crowd of them cannot evict a configured peer's
 /// tickets. Secrets are zeroized when an entry is dropped.
 pub struct TicketStore {
     tickets: HashMap<TicketId, ListenerTicket>,
     /// Per region, the ids in insertion order.
     order: [BTreeMap<u64, TicketId>; 2],
-    /// Per connector key, its ids, oldest first (at most [`TICKETS_PER_PEER`]).
+    /// Per connector key, its ids, oldest first (at most [`LISTENER_TICKETS_PER_PEER`]).
     owners: HashMap<Fingerprint, Vec<TicketId>>,
     /// Per region, the most tickets held.
     capacity: [usize; 2],
@@ -362,7 +368,7 @@ impl TicketStore {
         policy: TicketPolicy,
         now: Instant,
     ) {
-        while self.count_for(owner) >= TICKETS_PER_PEER {
+        while self.count_for(owner) >= LISTENER_TICKETS_PER_PEER {
             let Some(oldest) = self.owners.get(owner).and_then(|ids| ids.first().copied()) else {
                 break;
             };
@@ -524,7 +530,7 @@ pub struct Offer {
     context: TicketContext,
 }
 
-/// The connector's tickets for one tunnel (at most [`TICKETS_PER_PEER`], oldest first); in
+/// The connector's tickets for one tunnel (at most [`CONNECTOR_TICKETS`], oldest first); in
 /// memory only, zeroized when dropped. Each is offered once.
 #[derive(Default)]
 pub struct ConnectorTickets {
@@ -542,7 +548,7 @@ impl std::fmt::Debug for ConnectorTickets {
 impl ConnectorTickets {
     /// Keeps the [`SUCCESSORS`] tickets of a session with resumption secret `res`, made with
     /// listener `peer` under `context` (both keys, the PSK and the service), in `chain` (none
-    /// for `None`), as the newest; the oldest beyond [`TICKETS_PER_PEER`] go.
+    /// for `None`), as the newest; the oldest beyond [`CONNECTOR_TICKETS`] go.
     pub fn file(
         &mut self,
         res: &Secret,
@@ -562,7 +568,7 @@ impl ConnectorTickets {
                 chain,
             });
         }
-        while self.tickets.len() > TICKETS_PER_PEER {
+        while self.tickets.len() > CONNECTOR_TICKETS {
             self.tickets.pop_front();
         }
     }
@@ -594,7 +600,8 @@ impl ConnectorTickets {
     /// Takes back an offer whose connection ended before the listener authenticated itself
     /// (the listener has not used it), as the oldest ticket; dropped if the store is full.
     pub fn give_back(&mut self, offer: Offer) {
-        if self.tickets.len() < TICKETS_PER_PEER && !self.tickets.iter().any(|t| t.id == offer.id) {
+        if self.tickets.len() < CONNECTOR_TICKETS && !self.tickets.iter().any(|t| t.id == offer.id)
+        {
             self.tickets.push_front(ConnectorTicket {
                 secret: offer.secret,
                 id: offer.id,
