@@ -571,14 +571,18 @@ mod resumption {
             let (full_c, full_l) = r.connect_ok("full", Duration::ZERO);
             assert!(!full_c.resumed && full_c.ticket_refused.is_none());
             assert_eq!(r.signatures(), (1, 1));
-            let mut previous = successor_ids(&full_c);
-            for id in &previous {
+            let first = successor_ids(&full_c);
+            for id in &first {
                 assert_eq!(r.listener_left(id), Some(1000));
             }
-            assert_eq!(r.connector_ids(), previous);
+            assert_eq!(r.connector_ids(), first);
 
             let mut seen = vec![full_c.send.clone(), full_c.recv.clone()];
-            for i in 0..3u32 {
+            let mut offered_ids = Vec::new();
+            for i in 0..5u32 {
+                // The oldest ticket goes next, and how deep its chain is.
+                let oldest = r.connector_ids()[0];
+                let left = r.listener_left(&oldest).unwrap();
                 let (c, l) = r.handshakes(&format!("res{i}"), S * (i + 1));
                 let mut id = None;
                 let Outcome::Done(d) = drive(c, l, |f, b| {
@@ -590,16 +594,19 @@ mod resumption {
                 };
                 let (ce, le) = *d;
                 assert_keys_match(&ce, &le);
-                // The newest ticket was offered, and is used up on both sides.
+                // The oldest ticket was offered, and is used up on both sides.
                 let id = id.unwrap();
-                assert_eq!(Some(&id), previous.last());
+                assert_eq!(id, oldest);
+                offered_ids.push(id);
                 assert_eq!(r.listener_left(&id), None, "the listener used it up");
                 assert!(!r.connector_ids().contains(&id), "the connector forgot it");
-                // Its session's successors are one resumption deeper in the chain.
-                previous = successor_ids(&ce);
-                assert_eq!(previous, successor_ids(&le));
-                for s in &previous {
-                    assert_eq!(r.listener_left(s), Some(999 - i));
+                // Its session's successors are one resumption deeper in the chain, and the
+                // connector's newest.
+                let next = successor_ids(&ce);
+                assert_eq!(next, successor_ids(&le));
+                assert!(r.connector_ids().ends_with(&next));
+                for s in &next {
+                    assert_eq!(r.listener_left(s), Some(left - 1));
                 }
                 assert!(ce.resumed && le.resumed, "connection {i} was not resumed");
                 assert_eq!(r.signatures(), (1, 1), "a resumption made an RSA signature");
@@ -620,6 +627,9 @@ mod resumption {
                 seal.seal_data(&mut rec).unwrap();
                 assert_eq!(open.open(&mut rec).unwrap(), Opened::Data(&b"hello"[..]));
             }
+            // The full handshake's two tickets first, then their successors in filing order.
+            assert_eq!(offered_ids[..2], first[..]);
+            assert_eq!(r.connector_ids().len(), 2 + 5);
         }
     }
 
@@ -736,7 +746,7 @@ mod resumption {
         let (mut c, _) = r.handshakes("held back", S);
         let hello = c.take_output();
         let held = offered(&hello);
-        assert_eq!(&held, &ids[1], "the newest ticket");
+        assert_eq!(&held, &ids[0], "the oldest ticket");
         assert!(
             !r.connector_ids().contains(&held),
             "out of the store while in flight"
@@ -921,24 +931,33 @@ mod resumption {
 
     #[test]
     fn a_chain_goes_no_deeper_than_its_resumptions() {
-        // The listener's bound: with 2, the session of the second resumption in a row hands
-        // on no ticket the listener knows.
+        // The listener's bound: with 2, the sessions of the second resumption in a row hand on
+        // no ticket the listener knows. The full handshake's 2 tickets resume, so do their 4
+        // successors, and no more: 6 resumptions.
         let mut r = peers(None);
         r.lpolicy.uses = 2;
         r.connect_ok("full", Duration::ZERO);
-        let (r1, _) = r.connect_ok("1", S);
-        assert!(r1.resumed);
-        for id in successor_ids(&r1) {
-            assert_eq!(r.listener_left(&id), Some(1));
+        for i in 0..6u32 {
+            let depth = if i < 2 { 1 } else { 2 };
+            let (ri, _) = r.connect_ok(&format!("{i}"), S * (i + 1));
+            assert!(ri.resumed, "resumption {i}");
+            for id in successor_ids(&ri) {
+                let left = r.listener_left(&id);
+                if depth == 1 {
+                    assert_eq!(left, Some(1));
+                } else {
+                    assert_eq!(left, None, "the chain ends here");
+                }
+            }
         }
-        let (r2, _) = r.connect_ok("2", S * 2);
-        assert!(r2.resumed);
-        for id in successor_ids(&r2) {
-            assert_eq!(r.listener_left(&id), None, "the chain ends here");
-        }
-        let (ce, le) = r.connect_ok("3", S * 3);
+        let (ce, le) = r.connect_ok("7", S * 7);
         assert!(!ce.resumed);
         assert_eq!(le.ticket_refused, Some(TicketRefusal::Unknown));
+        assert_eq!(r.signatures(), (2, 2));
+        // The refused chain is forgotten: the fallback's own tickets are all the connector
+        // holds, and the next connection resumes.
+        assert_eq!(r.connector_ids(), successor_ids(&ce));
+        assert!(r.connect_ok("8", S * 8).0.resumed);
         assert_eq!(r.signatures(), (2, 2));
 
         // So does the connector's: with 1, the full handshake's two tickets resume once each and
@@ -1035,6 +1054,9 @@ mod resumption {
         assert!(!ce.resumed);
         assert_eq!(le.ticket_refused, Some(TicketRefusal::Unknown));
         assert_eq!(r.signatures(), (2, 2));
+        // The connector forgot the refused ticket's chain (its other ticket as well): the next
+        // connection offers a ticket of the fallback and resumes.
+        assert_eq!(r.connector_ids(), successor_ids(&ce));
         assert!(r.connect_ok("after", S * 2).0.resumed);
 
         // And a listener without resumption answers a resume hello with a full handshake.
@@ -1231,7 +1253,7 @@ mod resumption {
     }
 
     #[test]
-    fn the_connector_offers_its_newest_ticket_once_and_keeps_at_most_its_quota() {
+    fn the_connector_offers_its_oldest_ticket_once_and_keeps_at_most_its_quota() {
         let peer = Arc::new(listener_key().public().clone());
         let ctx = ticket_context(&[&listener_key().fingerprint()], None, SERVICE.as_bytes());
         let other = ticket_context(&[&untrusted_key().fingerprint()], None, SERVICE.as_bytes());
@@ -1247,9 +1269,8 @@ mod resumption {
         assert_eq!(tickets.len(), CONNECTOR_TICKETS);
         let kept: Vec<TicketId> = (2..sessions).flat_map(|i| ids_of_secret(&nth(i))).collect();
         assert_eq!(tickets.ids()[..], kept[..], "the oldest go, oldest first");
-        let newest = ids_of_secret(&nth(sessions - 1));
         let o = tickets.offer(&ctx, policy, t0 + S).unwrap();
-        assert_eq!(o.id, newest[1], "the newest");
+        assert_eq!(o.id, kept[0], "the oldest");
         assert!(!tickets.ids().contains(&o.id), "taken out while in flight");
         assert!(
             tickets.offer(&other, policy, t0 + S).is_none(),
@@ -1257,13 +1278,12 @@ mod resumption {
         );
         // Given back (the attempt failed before the listener's proof): offered last.
         tickets.give_back(o);
-        assert_eq!(tickets.ids()[0], newest[1]);
+        assert_eq!(tickets.ids().last(), Some(&kept[0]));
         let mut order = Vec::new();
         while let Some(o) = tickets.offer(&ctx, policy, t0 + S) {
             order.push(o.id);
         }
-        assert_eq!(order.len(), CONNECTOR_TICKETS);
-        assert_eq!(order.last(), Some(&newest[1]));
+        assert_eq!(order[..], [&kept[1..], &kept[..1]].concat()[..]);
         // Expired tickets are dropped, not offered.
         tickets.file(&Secret::from_bytes([9; 32]), peer, ctx, chain);
         assert!(tickets.offer(&ctx, policy, t0 + policy.lifetime).is_none());

@@ -166,20 +166,24 @@ fn a_ticket_resumes_only_under_the_listener_key_it_was_made_under() {
     // The same ticket in a hello keyed for the old key (a connector holding it under that pin):
     // the binder verifies, but the ticket is bound to the new key, so the listener refuses it,
     // deletes it, and runs a full handshake under the old key instead.
-    let moved: Arc<Mutex<ConnectorTickets>> = Arc::default();
-    moved.lock().unwrap().file(
-        &c.resumption,
-        Arc::new(listener_key().public().clone()),
-        ticket_context(&[&cfp, &old], None, support::SERVICE.as_bytes()),
-        Some(Chain::new(policy, now)),
-    );
+    let holding = |pin: &Fingerprint| {
+        let store: Arc<Mutex<ConnectorTickets>> = Arc::default();
+        store.lock().unwrap().file(
+            &c.resumption,
+            Arc::new(listener_key().public().clone()),
+            ticket_context(&[&cfp, pin], None, support::SERVICE.as_bytes()),
+            Some(Chain::new(policy, now)),
+        );
+        store
+    };
+    let (moved, kept) = (holding(&old), holding(&new));
     let (c, lis) = connect(old, &moved, "moved");
     assert!(!c.resumed && !lis.resumed);
     assert_eq!(lis.ticket_refused, Some(TicketRefusal::Untrusted));
     assert_eq!((c.peer.fingerprint(), lis.own), (old, old));
     assert_eq!(l.signatures(), (1, 1));
-    // Deleted: the connector that got it under the new key now gets a full handshake too.
-    let (c, lis) = connect(new, &cstore, "after");
+    // Deleted: a connector that holds it under the new key now gets a full handshake too.
+    let (c, lis) = connect(new, &kept, "after");
     assert!(!c.resumed);
     assert_eq!(lis.ticket_refused, Some(TicketRefusal::Unknown));
     assert_eq!(l.signatures(), (1, 2));

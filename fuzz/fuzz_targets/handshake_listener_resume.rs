@@ -42,11 +42,11 @@ use sealpipe::proto::resume::{
 use sealpipe_fuzz::*;
 
 /// The resumption secret of the session whose tickets both sides hold: fixed, so the fuzzer's
-/// inputs stay meaningful from run to run. The connector offers its newest ticket, the second.
+/// inputs stay meaningful from run to run. The connector offers its oldest ticket, the first.
 const RESUMPTION_SECRET: [u8; 32] = [0x7a; 32];
 
 fn offered_ticket() -> Secret {
-    successors(&Secret::from_bytes(RESUMPTION_SECRET))[1].clone()
+    successors(&Secret::from_bytes(RESUMPTION_SECRET))[0].clone()
 }
 const BINDER_LEN: usize = 32;
 

@@ -1105,7 +1105,11 @@ impl Handshake {
                 ListenerPin::Key(_) | ListenerPin::Probe(_) | ListenerPin::FirstContact => Ok(()),
             },
         )?;
-        // The listener proved itself: the ticket it refused is gone for good.
+        // The listener proved itself: the ticket it refused is gone for good, and so is the
+        // rest of its chain, which it would refuse too (PROTOCOL.md §9).
+        if let Some(ResumeCtx::Connector { r, offer: Some(o) }) = self.resume.as_deref() {
+            lock(&r.store).forget_chain(o);
+        }
         self.use_up_offer();
         let auth = self.make_auth(
             MessageType::ConnectorAuth,

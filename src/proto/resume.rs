@@ -530,8 +530,8 @@ pub struct Offer {
     context: TicketContext,
 }
 
-/// The connector's tickets for one tunnel (at most [`CONNECTOR_TICKETS`], oldest first); in
-/// memory only, zeroized when dropped. Each is offered once.
+/// The connector's tickets for one tunnel (at most [`CONNECTOR_TICKETS`], oldest first, offered
+/// oldest first); in memory only, zeroized when dropped. Each is offered once.
 #[derive(Default)]
 pub struct ConnectorTickets {
     tickets: VecDeque<ConnectorTicket>,
@@ -573,9 +573,12 @@ impl ConnectorTickets {
         }
     }
 
-    /// Takes the newest ticket made under `context` that is still within its lifetime, to
+    /// Takes the oldest ticket made under `context` that is still within its lifetime, to
     /// offer once; expired tickets are dropped, those of another context kept (a connector
-    /// that pins two listener keys tries the other next).
+    /// that pins two listener keys tries the other next). The oldest, not the newest: a
+    /// successor the connector filed a moment ago may not be filed by the listener yet (it
+    /// files when it reads that session's last message), so under concurrent connections the
+    /// newest would often be unknown to it.
     pub fn offer(
         &mut self,
         context: &TicketContext,
@@ -586,7 +589,7 @@ impl ConnectorTickets {
         let i = self
             .tickets
             .iter()
-            .rposition(|t| ct_eq(&t.context, context))?;
+            .position(|t| ct_eq(&t.context, context))?;
         let t = self.tickets.remove(i)?;
         Some(Offer {
             secret: t.secret,
@@ -598,11 +601,12 @@ impl ConnectorTickets {
     }
 
     /// Takes back an offer whose connection ended before the listener authenticated itself
-    /// (the listener has not used it), as the oldest ticket; dropped if the store is full.
+    /// (the listener has not used it), as the newest ticket (offered last); dropped if the
+    /// store is full.
     pub fn give_back(&mut self, offer: Offer) {
         if self.tickets.len() < CONNECTOR_TICKETS && !self.tickets.iter().any(|t| t.id == offer.id)
         {
-            self.tickets.push_front(ConnectorTicket {
+            self.tickets.push_back(ConnectorTicket {
                 secret: offer.secret,
                 id: offer.id,
                 context: offer.context,
@@ -610,6 +614,15 @@ impl ConnectorTickets {
                 chain: offer.chain,
             });
         }
+    }
+
+    /// Forgets the tickets of the chain of `refused`, an offer the listener answered with a full
+    /// handshake (it restarted, or the chain expired there): the rest of that chain would be
+    /// refused as well.
+    pub fn forget_chain(&mut self, refused: &Offer) {
+        self.tickets.retain(|t| {
+            !(t.chain.start == refused.chain.start && ct_eq(&t.context, &refused.context))
+        });
     }
 
     /// Tickets held.
