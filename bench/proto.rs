@@ -28,11 +28,11 @@ use sealpipe::proto::handshake::{
     ConnectorParams, Handshake, HandshakeRandomness, ListenerParams, Resumption,
     CONNECTOR_SIGNATURE_CONTEXT,
 };
-use sealpipe::proto::identity::{PrivateIdentity, TrustList};
+use sealpipe::proto::identity::{PrivateIdentity, PublicIdentity, TrustList};
 use sealpipe::proto::keys::{hash, Direction, HandshakeSecrets, Secret};
 use sealpipe::proto::record::{Opened, Opener, Sealer, HEADER_LEN, OVERHEAD};
 use sealpipe::proto::resume::{ConnectorTickets, TicketPolicy, TicketStore};
-use sealpipe::proto::x25519;
+use sealpipe::proto::{mlkem, x25519};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 const LISTENER_PEM: &str = include_str!("../tests/data/openssl-rsa2048.pem");
@@ -359,6 +359,21 @@ fn bench_references(c: &mut Criterion) {
                 .verify(black_box(&msg), black_box(&sig))
                 .expect("verify")
         })
+    });
+
+    // Parsing a peer's key as it arrives in an auth message (every full handshake, both sides).
+    let spki = public.spki_der().to_vec();
+    group.bench_function("rsa2048_spki_parse", |b| {
+        b.iter(|| PublicIdentity::from_spki_der(black_box(&spki)).expect("parse"))
+    });
+    // ML-KEM-768: the connector's key pair and decapsulation, the listener's encapsulation.
+    group.bench_function("mlkem768_keygen", |b| {
+        b.iter(mlkem::DecapsulationKey::generate)
+    });
+    let dk = mlkem::DecapsulationKey::generate();
+    let ek = *dk.encapsulation_key();
+    group.bench_function("mlkem768_encapsulate", |b| {
+        b.iter(|| mlkem::encapsulate(black_box(&ek)).expect("encapsulate"))
     });
 
     // What the handshake uses (aws-lc-rs behind `proto::x25519`), then x25519-dalek, the

@@ -61,6 +61,7 @@ use crate::proto::messages::{
     TICKET_ID_LEN,
 };
 use crate::proto::mlkem::{self, EK_LEN};
+use crate::proto::parsed_keys;
 use crate::proto::record::{Alert, AlertCode, Opener, Sealer};
 use crate::proto::resume::{
     binder, ticket_context, Chain, ConnectorTickets, Offer, PresentedBinder, Redeemed,
@@ -949,7 +950,7 @@ impl Handshake {
             .map_err(|_| HandshakeError::Decrypt)?;
         let auth = Auth::decode(plain, self.role() == Role::Listener)?;
         accept(&Fingerprint::of_spki(auth.spki))?;
-        let peer = PublicIdentity::from_spki_der(auth.spki).map_err(HandshakeError::PeerKey)?;
+        let peer = parsed_keys::parse(auth.spki).map_err(HandshakeError::PeerKey)?;
 
         self.transcript.update(vec16(auth.spki));
         let service = auth.service.map(|s| {
@@ -985,6 +986,7 @@ impl Handshake {
     }
 
     fn establish(&mut self, keys: &HsKeys, peer: PublicIdentity) {
+        parsed_keys::remember(&peer);
         let (c, l, resumption, th) = self.application_secrets(keys);
         // A full handshake: its successor tickets start a chain.
         self.file_successors(&resumption, &peer, |policy, now| {

@@ -9,8 +9,8 @@
 //! * [`accept`] — the [`Tunnel`] trait and the accept loop both roles share.
 //! * [`listener`] / [`connector`] — what each role does with one accepted socket.
 //! * [`session`] — drives the sans-IO handshake over a socket under a deadline.
-//! * [`signing`] — the listener's signed answers, off the async workers, fair between sources
-//!   and under a budget.
+//! * [`signing`] — the listener's signed answers under a budget: inline when idle, else off the
+//!   async workers, fair between sources.
 //! * [`stream_info`] — the StreamInfo record sent and read first, and redirect's original
 //!   destination.
 //! * [`carry`] — an established session through the pump, and its close line.

@@ -1,9 +1,11 @@
 //! The listener's full-handshake answers (ListenerHello and the signed ListenerAuth, made by
-//! [`Handshake::make_reply`]) off the async workers: a few blocking threads take them from a
-//! queue that is fair between sources ([`FairQueue`]), under a global signature budget
-//! (`signature_rate`, a [`TokenBucket`]). Resumptions never come here (their answer is made
-//! inline, cheaply), so they never wait behind a flood of hellos. SECURITY.md, "Flooding the
-//! listener", has the reasoning and the defaults.
+//! [`Handshake::make_reply`]), under a global signature budget (`signature_rate`, a
+//! [`TokenBucket`]). An idle listener signs one hello at a time on the connection's own worker
+//! (no thread hop); every other hello goes to a queue that is fair between sources
+//! ([`FairQueue`]), drained by a few blocking threads, so that a flood never holds more than
+//! one async worker. Resumptions never come here (their answer is made inline, cheaply), so they
+//! never wait behind a flood of hellos. SECURITY.md, "Flooding the listener", has the reasoning
+//! and the defaults.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -64,6 +66,8 @@ struct Inner {
     rate: u32,
     /// Signing threads running now.
     running: usize,
+    /// A hello is being signed on an async worker now (at most one at a time).
+    inline: bool,
 }
 
 impl std::fmt::Debug for Inner {
@@ -72,6 +76,7 @@ impl std::fmt::Debug for Inner {
             .field("queued", &self.queue.len())
             .field("rate", &self.rate)
             .field("running", &self.running)
+            .field("inline", &self.inline)
             .finish()
     }
 }
@@ -84,6 +89,7 @@ impl Default for SigningPool {
                 budget: TokenBucket::new(),
                 rate: 0,
                 running: 0,
+                inline: false,
             }),
         }
     }
@@ -98,17 +104,44 @@ impl SigningPool {
     pub(crate) fn queued(&self) -> usize {
         self.lock().queue.len()
     }
+
+    /// Takes the one inline place and a token of the budget when nothing waits in the queue
+    /// (a queued hello is served first), or nothing.
+    fn try_inline(&self, rate: u32) -> Option<InlinePlace<'_>> {
+        let mut inner = self.lock();
+        inner.rate = rate;
+        if inner.inline || inner.queue.len() > 0 {
+            return None;
+        }
+        inner.budget.take(rate, rate, Instant::now()).ok()?;
+        inner.inline = true;
+        Some(InlinePlace(self))
+    }
 }
 
-/// Queues `hs` (a listener handshake whose reply is pending, from `source`) for its answer and
-/// waits for it. The caller bounds the wait (`handshake_timeout`); a hello given up is skipped
-/// by the threads without a signature.
+/// The inline place, given back when dropped.
+struct InlinePlace<'a>(&'a SigningPool);
+
+impl Drop for InlinePlace<'_> {
+    fn drop(&mut self) {
+        self.0.lock().inline = false;
+    }
+}
+
+/// Answers `hs` (a listener handshake whose reply is pending, from `source`): inline when the
+/// listener is idle, else through the queue, waiting for a signing thread. The caller bounds
+/// the wait (`handshake_timeout`); a hello given up is skipped by the threads without a
+/// signature.
 pub(crate) async fn sign(
     state: &Arc<TunnelState>,
     source: Source,
-    hs: Handshake,
+    mut hs: Handshake,
     tuning: &Tuning,
 ) -> Result<Handshake, NotSigned> {
+    if let Some(_place) = state.signing.try_inline(tuning.signature_rate) {
+        state.counters.signatures.fetch_add(1, Ordering::Relaxed);
+        return hs.make_reply().map(|()| hs).map_err(NotSigned::Failed);
+    }
     let (done, answer) = oneshot::channel();
     let per_source = (tuning.source_handshake_rate > 0).then_some(PER_SOURCE_QUEUE);
     let spawn = {
@@ -178,5 +211,31 @@ fn drain(state: &TunnelState) {
         state.counters.signatures.fetch_add(1, Ordering::Relaxed);
         let result = hs.make_reply().map(|()| hs);
         let _ = done.send(result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_hello_at_a_time_is_signed_inline_and_only_within_the_budget() {
+        let pool = SigningPool::default();
+        let place = pool.try_inline(0).expect("an idle pool signs inline");
+        assert!(
+            pool.try_inline(0).is_none(),
+            "a second one goes to the queue"
+        );
+        drop(place);
+        assert!(pool.try_inline(0).is_some(), "the place is given back");
+
+        let pool = SigningPool::default();
+        for _ in 0..3 {
+            assert!(pool.try_inline(3).is_some(), "a burst of `signature_rate`");
+        }
+        assert!(
+            pool.try_inline(3).is_none(),
+            "past the budget the hello waits in the queue"
+        );
     }
 }

@@ -71,7 +71,7 @@ pub struct Counters {
     /// Resumption tickets offered (connector) or presented (listener) but refused, so that a
     /// full handshake ran instead.
     pub resumption_fallbacks: AtomicU64,
-    /// Listener: RSA signatures made for full handshakes (answers made by the signing threads).
+    /// Listener: RSA signatures made for full handshakes (inline or by the signing threads).
     pub signatures: AtomicU64,
     /// Client streams carried (one per client connection; several per session with reuse).
     pub streams: AtomicU64,
