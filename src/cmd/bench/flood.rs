@@ -10,7 +10,10 @@
 //! the same stream without a flood), and the listener's signatures per second. A first round
 //! without a flood is the reference. The flood clients run in this process too, so every
 //! figure includes their cost: the listener is not flooded any harder than it would be from
-//! elsewhere, but it shares the cores.
+//! elsewhere, but it shares the cores. To tell the two costs apart, each flood is also aimed at
+//! a sink (a plain TCP server that reads what comes and closes at once) right before it is
+//! aimed at the listener: the bulk stream's throughput under the listener's flood as a ratio of
+//! its throughput under the sink's is what the listener itself lost.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,6 +47,9 @@ const HOLD: Duration = Duration::from_secs(1);
 pub(crate) struct FloodRound {
     /// `none`, `replay` or `fresh`.
     pub flood: &'static str,
+    /// What the flood was aimed at: `listener`, or `sink` (the reference for the flood's own
+    /// cost).
+    pub at: &'static str,
     /// Flood sources (0 for none).
     pub sources: u32,
     /// Flood connections opened, per second.
@@ -59,6 +65,8 @@ pub(crate) struct FloodRound {
     /// Bulk echo stream, MiB/s, and as a ratio of the reference round.
     pub bulk_mib_s: f64,
     pub bulk_ratio: f64,
+    /// Listener rounds: the bulk stream's MiB/s as a ratio of the same flood's sink round.
+    pub bulk_vs_sink: Option<f64>,
     /// Listener signatures per second.
     pub signatures_per_second: f64,
 }
@@ -76,26 +84,31 @@ pub(crate) async fn run(json: bool) -> anyhow::Result<()> {
         Tuning::default().source_handshake_rate
     );
     println!(
-        "{:<8} {:>7} {:>9} {:>22} {:>22} {:>6} {:>15} {:>8}",
+        "{:<8} {:<8} {:>7} {:>9} {:>22} {:>22} {:>6} {:>15} {:>9} {:>8}",
         "flood",
+        "at",
         "sources",
         "conn/s",
         "ticket p50/p99 ms",
         "no ticket p50/p99 ms",
         "failed",
         "bulk MiB/s",
+        "vs sink",
         "sigs/s"
     );
     for r in &rounds {
         println!(
-            "{:<8} {:>7} {:>9.0} {:>22} {:>22} {:>6} {:>15} {:>8.0}",
+            "{:<8} {:<8} {:>7} {:>9.0} {:>22} {:>22} {:>6} {:>15} {:>9} {:>8.0}",
             r.flood,
+            r.at,
             r.sources,
             r.flood_per_second,
             format!("{:.2} / {:.2}", r.resumed_p50_ms, r.resumed_p99_ms),
             format!("{:.2} / {:.2}", r.full_p50_ms, r.full_p99_ms),
             r.failed,
             format!("{:.0} ({:.2}×)", r.bulk_mib_s, r.bulk_ratio),
+            r.bulk_vs_sink
+                .map_or_else(|| "–".to_owned(), |v| format!("{v:.2}×")),
             r.signatures_per_second
         );
     }
@@ -105,6 +118,7 @@ pub(crate) async fn run(json: bool) -> anyhow::Result<()> {
 struct Setup {
     listener: Arc<TunnelState>,
     sealed: SocketAddr,
+    sink: SocketAddr,
     with_ticket: SocketAddr,
     without: SocketAddr,
     flood_params: ConnectorParams,
@@ -160,9 +174,12 @@ async fn setup(tracker: &TaskTracker, stop: &CancellationToken) -> anyhow::Resul
     spawn_tunnel(a, connector(true), tracker, stop);
     let (b, without) = loopback().await?;
     spawn_tunnel(b, connector(false), tracker, stop);
+    let (sink_l, sink) = loopback().await?;
+    tokio::spawn(sink_service(sink_l));
     Ok(Setup {
         listener,
         sealed,
+        sink,
         with_ticket,
         without,
         flood_params: connector_params(&c_id, &l_id),
@@ -188,17 +205,33 @@ async fn measure() -> anyhow::Result<Vec<FloodRound>> {
     let bulk = Bulk::start(s.with_ticket).await?;
     let mut rounds = Vec::new();
     let mut reference = None;
-    for (flood, sources) in [
-        (None, 0),
-        (Some(false), 1),
-        (Some(false), 256),
-        (Some(true), 1),
-        (Some(true), 256),
+    let mut sink_mib_s = None;
+    for (flood, sources, at_sink) in [
+        (None, 0, false),
+        (Some(false), 1, true),
+        (Some(false), 1, false),
+        (Some(false), 256, true),
+        (Some(false), 256, false),
+        (Some(true), 1, true),
+        (Some(true), 1, false),
+        (Some(true), 256, true),
+        (Some(true), 256, false),
     ] {
-        let mut r = round(&s, &bulk, flood, sources).await;
+        let mut r = round(&s, &bulk, flood, sources, at_sink).await;
         let base = *reference.get_or_insert(r.bulk_mib_s);
         r.bulk_ratio = if base > 0.0 { r.bulk_mib_s / base } else { 0.0 };
-        eprintln!("sealpipe bench: flood {} from {sources}: done", r.flood);
+        if at_sink {
+            sink_mib_s = Some(r.bulk_mib_s);
+        } else if flood.is_some() {
+            r.bulk_vs_sink = sink_mib_s
+                .take()
+                .filter(|&m| m > 0.0)
+                .map(|m| r.bulk_mib_s / m);
+        }
+        eprintln!(
+            "sealpipe bench: flood {} from {sources} at {}: done",
+            r.flood, r.at
+        );
         rounds.push(r);
         // Let the held flood connections go before the next round.
         tokio::time::sleep(HOLD + Duration::from_millis(500)).await;
@@ -207,16 +240,22 @@ async fn measure() -> anyhow::Result<Vec<FloodRound>> {
     Ok(rounds)
 }
 
-/// One round: `flood` `None` (reference), `Some(fresh)`.
-async fn round(s: &Setup, bulk: &Bulk, flood: Option<bool>, sources: u32) -> FloodRound {
+/// One round: `flood` `None` (reference), `Some(fresh)`, aimed at the listener or the sink.
+async fn round(
+    s: &Setup,
+    bulk: &Bulk,
+    flood: Option<bool>,
+    sources: u32,
+    at_sink: bool,
+) -> FloodRound {
     let period = Duration::from_secs(FLOOD_SECONDS);
     let done = Arc::new(AtomicBool::new(false));
     let opened = Arc::new(AtomicU64::new(0));
     let flooder = flood.map(|fresh| {
         let (done, opened) = (done.clone(), opened.clone());
         let params = s.flood_params.clone();
-        let sealed = s.sealed;
-        tokio::spawn(run_flood(sealed, params, fresh, sources, done, opened))
+        let aim = if at_sink { s.sink } else { s.sealed };
+        tokio::spawn(run_flood(aim, params, fresh, sources, done, opened))
     });
     let sigs0 = s.listener.counters.signatures.load(Ordering::Relaxed);
     let bytes0 = bulk.received.load(Ordering::Relaxed);
@@ -238,6 +277,7 @@ async fn round(s: &Setup, bulk: &Bulk, flood: Option<bool>, sources: u32) -> Flo
             Some(false) => "replay",
             Some(true) => "fresh",
         },
+        at: if at_sink { "sink" } else { "listener" },
         sources,
         flood_per_second: opened.load(Ordering::Relaxed) as f64 / elapsed,
         resumed_p50_ms: percentile(&ticket, 0.50),
@@ -247,6 +287,7 @@ async fn round(s: &Setup, bulk: &Bulk, flood: Option<bool>, sources: u32) -> Flo
         failed: t_failed + f_failed,
         bulk_mib_s: bytes as f64 / elapsed / (1024.0 * 1024.0),
         bulk_ratio: 1.0,
+        bulk_vs_sink: None,
         signatures_per_second: sigs as f64 / elapsed,
     }
 }
@@ -340,6 +381,22 @@ async fn run_flood(
                 .await;
             });
         }
+    }
+}
+
+/// The flood's reference target: reads what each connection sends (a hello) and closes it, as
+/// a listener closes a hello it does not answer, at the least cost a server can have.
+async fn sink_service(listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else {
+            // Out of descriptors, say: let the held connections go.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        };
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+        });
     }
 }
 
