@@ -1,13 +1,21 @@
 //! Reused and warm sessions (PROTOCOL.md §4.3): a client served by a pooled session, a thousand
 //! sequential clients carried by one session with every byte hashed, and a reload that stops
-//! trusting the connector's key: its pooled sessions carry no new client.
+//! trusting the connector's key: its pooled sessions carry no new client, nor does a session
+//! whose handshake was in flight across that reload.
 //!
 //! A listener restart under a running connector with the pool on is covered by
 //! `tests/faults.rs` (`listener_restarted_on_the_same_port_serves_the_running_connector`).
 
 mod support;
 
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+
 use support::daemon::*;
+use support::wait_for;
 
 /// The `stream=` value of every "connection open" line of `log`.
 fn streams(log: &str) -> Vec<u64> {
@@ -102,4 +110,100 @@ fn a_reload_that_removes_the_key_leaves_pooled_sessions_unused() {
         "{log}"
     );
     assert_eq!(streams(&log).len(), 2, "no stream after the reload:\n{log}");
+}
+
+/// A relay in front of a listener that holds back what a connector sends once the listener has
+/// answered (the rest of its handshake) until [`HoldingRelay::release`].
+struct HoldingRelay {
+    addr: SocketAddr,
+    held: Arc<AtomicBool>,
+    gate: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl HoldingRelay {
+    fn start(upstream: SocketAddr) -> HoldingRelay {
+        let socket = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        let held = Arc::new(AtomicBool::new(false));
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let (h, g) = (held.clone(), gate.clone());
+        thread::spawn(move || {
+            for down in socket.incoming().flatten() {
+                let up = TcpStream::connect(upstream).unwrap();
+                let answered = Arc::new(AtomicBool::new(false));
+                let (mut down_r, mut up_w) = (down.try_clone().unwrap(), up.try_clone().unwrap());
+                let (mut up_r, mut down_w) = (up, down);
+                let seen = answered.clone();
+                thread::spawn(move || {
+                    copy(&mut up_r, &mut down_w, |_| {
+                        seen.store(true, Ordering::SeqCst)
+                    })
+                });
+                let (h, g) = (h.clone(), g.clone());
+                thread::spawn(move || {
+                    copy(&mut down_r, &mut up_w, |_| {
+                        if answered.load(Ordering::SeqCst) {
+                            h.store(true, Ordering::SeqCst);
+                            let (open, cv) = &*g;
+                            drop(cv.wait_while(open.lock().unwrap(), |o| !*o));
+                        }
+                    })
+                });
+            }
+        });
+        HoldingRelay { addr, held, gate }
+    }
+
+    fn release(&self) {
+        let (open, cv) = &*self.gate;
+        *open.lock().unwrap() = true;
+        cv.notify_all();
+    }
+}
+
+/// Copies `from` to `to` until the end, calling `before` ahead of each write; half-closes `to`.
+fn copy(from: &mut TcpStream, to: &mut TcpStream, before: impl Fn(&[u8])) {
+    let mut buf = [0u8; 16 * 1024];
+    while let Ok(n @ 1..) = from.read(&mut buf) {
+        before(&buf[..n]);
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+#[test]
+fn a_handshake_in_flight_across_a_reload_that_removes_the_key_carries_no_stream() {
+    let service = Service::start(Behaviour::Echo);
+    let site = Site::new();
+    let listener = site.start("listener.toml", &listener_for(service.addr, ""));
+    let relay = HoldingRelay::start(listener.addr());
+    // No pool: the client's own handshake is the one held across the reload.
+    let connector = start_connector(&site, relay.addr, "pool_max = 0\n");
+    let entry = connector.addr();
+    let client = thread::spawn(move || try_exchange(entry, b"across the reload"));
+    wait_for("the connector's last flight held by the relay", || {
+        relay.held.load(Ordering::SeqCst)
+    });
+    listener.edit_config(|text| {
+        text.replace(
+            &connector_fp().to_string(),
+            &fingerprint_of("untrusted.pem").to_string(),
+        )
+    });
+    listener.reload();
+    relay.release();
+    // The handshake completes under the settings of its accept; its stream meets the reload's.
+    // Refused at once (a reset), not left waiting.
+    let r = client.join().unwrap();
+    assert_eq!(r, Err(std::io::ErrorKind::ConnectionReset));
+    let log = listener.log_text();
+    assert!(log.contains("new stream refused"), "{log}");
+    assert!(!log.contains("connection open"), "{log}");
+    assert_eq!(
+        service.accepted.load(Ordering::SeqCst),
+        0,
+        "the service saw no connection"
+    );
 }

@@ -49,14 +49,21 @@ pub trait Tunnel: Send + Sync + 'static {
         None
     }
     /// Serves one accepted connection, taking a handshake slot ([`TunnelState::handshake_slot`])
-    /// for the costly part of its handshake.
+    /// for the costly part of its handshake. `self` holds the settings of the accept; `current`
+    /// follows reloads, and is what each new stream (and a session given back to a pool) is
+    /// checked against, so that a session whose handshake was in flight across a reload obeys
+    /// the reload's trust as one that was open before it does.
     fn handle(
         self: Arc<Self>,
+        current: Current<Self>,
         stream: Conn,
         peer: Peer,
         state: Arc<TunnelState>,
     ) -> impl Future<Output = ()> + Send;
 }
+
+/// The settings a reload last gave a tunnel (see [`spawn`]).
+pub(crate) type Current<T> = watch::Receiver<Arc<T>>;
 
 /// Fresh handshake randomness from the OS RNG.
 pub(crate) fn os_randomness() -> HandshakeRandomness {
@@ -79,7 +86,8 @@ pub(crate) fn spawn<T: Tunnel>(
 }
 
 /// Accepts connections until `stop`, each served in a task on `tracker` with the settings
-/// current at its accept (a reload changes them for new connections only).
+/// current at its accept (a reload changes them for new connections, and for the new streams
+/// of every session: [`Tunnel::handle`]).
 pub(crate) async fn serve<T: Tunnel>(
     listener: Bound,
     settings: watch::Receiver<Arc<T>>,
@@ -133,9 +141,9 @@ pub(crate) async fn serve<T: Tunnel>(
         if let Conn::Tcp(s) = &stream {
             configure(s);
         }
-        let state = state.clone();
+        let (state, current) = (state.clone(), settings.clone());
         tracker.spawn(async move {
-            tunnel.handle(stream, peer, state).await;
+            tunnel.handle(current, stream, peer, state).await;
             drop(conn_slot);
         });
     }

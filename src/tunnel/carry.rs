@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use crate::proto::handshake::Role;
 use crate::proto::identity::Fingerprint;
 use crate::proto::record::RecordError;
-use crate::tunnel::accept::Tunnel;
+use crate::tunnel::accept::{Current, Tunnel};
 use crate::tunnel::net::{reset_on_close, Conn};
 use crate::tunnel::pump::{pump, PumpError, PumpOptions, PumpStats};
 use crate::tunnel::session::Records;
@@ -32,12 +32,14 @@ pub(crate) enum StreamEnd {
 /// logs the close line. What both roles do after the StreamInfo record that starts each stream
 /// (sent by the connector, read by the listener). Bytes and rekeys are added to `state` live,
 /// and the stream is listed in `state.open` while it runs (one connection per client stream);
-/// a reload that revokes its key cuts it there (reset, logged as "revoked at reload").
+/// a reload that revokes its key cuts it there (reset, logged as "revoked at reload"), or
+/// `current` (the settings of now) refuses it at the start.
 /// `last_stream`: the session will carry no other stream (a connector that will not reuse it),
 /// so our close record is followed by a TCP half-close.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn carry<T: Tunnel>(
     tunnel: &T,
+    current: &Current<T>,
     mut plain: Conn,
     sealed: &mut TcpStream,
     records: &mut Records,
@@ -72,7 +74,12 @@ pub(crate) async fn carry<T: Tunnel>(
         idle_timeout: tuning.idle_timeout,
         fin_after_close: last_stream,
     };
-    let result = {
+    // A reload between this stream's admission and its registration swept the table without
+    // it: the settings of now decide (a reload sends them before it sweeps).
+    let revoked_meanwhile = !current.borrow().keeps_open(&fingerprint);
+    let result = if revoked_meanwhile {
+        Err(PumpError::Revoked)
+    } else {
         let (sr, mut sw) = sealed.split();
         let cut = entry.conn.cut();
         match &mut plain {

@@ -20,7 +20,7 @@ use crate::proto::handshake::{
 use crate::proto::identity::{Fingerprint, TrustList};
 use crate::proto::record::{Alert, AlertCode, RecordError};
 use crate::proto::stream::{canonical, StreamInfo};
-use crate::tunnel::accept::{log_refusal, os_randomness};
+use crate::tunnel::accept::{log_refusal, os_randomness, Current};
 use crate::tunnel::carry::{carry, StreamEnd};
 use crate::tunnel::limits::Slot;
 use crate::tunnel::net::{connect, reset_on_close, Conn, Peer};
@@ -114,7 +114,13 @@ impl Tunnel for ConnectorTunnel {
         }
     }
 
-    async fn handle(self: Arc<Self>, plain: Conn, client: Peer, state: Arc<TunnelState>) {
+    async fn handle(
+        self: Arc<Self>,
+        current: Current<Self>,
+        plain: Conn,
+        client: Peer,
+        state: Arc<TunnelState>,
+    ) {
         let started = Instant::now();
         let plain_tcp = match &plain {
             Conn::Tcp(t) => Some(t),
@@ -142,7 +148,9 @@ impl Tunnel for ConnectorTunnel {
         let pool_on = self.tuning.pool_max > 0;
         let mut pooled = None;
         if pool_on {
-            pooled = state.pool.take(&connect, |s| self.reusable(s));
+            // The settings of now (under the pool's lock): a session that a refill or another
+            // client put back after a reload swept the pool is checked here.
+            pooled = state.pool.take(&connect, |s| current.borrow().reusable(s));
             let counter = if pooled.is_some() {
                 &state.counters.pool_hits
             } else {
@@ -215,6 +223,7 @@ impl Tunnel for ConnectorTunnel {
             || session.streams + 1 >= u64::from(self.tuning.session_reuse_streams);
         let end = carry(
             self.as_ref(),
+            &current,
             plain,
             &mut session.sealed,
             &mut session.records,
@@ -233,7 +242,7 @@ impl Tunnel for ConnectorTunnel {
             StreamEnd::Clean(rest) if rest.is_empty() => {
                 // Otherwise (or with the pool full) the drop closes it: a FIN after both close
                 // records, a clean end of the session.
-                if !last && self.reusable(&session) {
+                if !last && current.borrow().reusable(&session) {
                     state.pool.put(session, self.tuning.pool_max);
                 }
             }

@@ -23,7 +23,7 @@ use crate::proto::messages::{
     check_first_header, hello_ephemeral, MAX_FIRST_MESSAGE_LEN, MSG_HEADER_LEN,
 };
 use crate::proto::stream::{proxy_v2_header, StreamInfo};
-use crate::tunnel::accept::{log_refusal, os_randomness};
+use crate::tunnel::accept::{log_refusal, os_randomness, Current};
 use crate::tunnel::carry::{carry, StreamEnd};
 use crate::tunnel::limits::Source;
 use crate::tunnel::net::{connect_local, reset_on_close, Conn, Peer};
@@ -274,7 +274,13 @@ impl Tunnel for ListenerTunnel {
         self.params.accept_unknown || self.params.trust.contains(fp)
     }
 
-    async fn handle(self: Arc<Self>, sealed: Conn, peer: Peer, state: Arc<TunnelState>) {
+    async fn handle(
+        self: Arc<Self>,
+        current: Current<Self>,
+        sealed: Conn,
+        peer: Peer,
+        state: Arc<TunnelState>,
+    ) {
         // The sealed side is TCP only (the config refuses `unix:` there).
         let Conn::Tcp(mut sealed) = sealed else {
             return;
@@ -368,7 +374,9 @@ impl Tunnel for ListenerTunnel {
                 reset_on_close(&sealed);
                 return;
             }
-            if entry.conn.no_next() || !self.accepts_new(&fp) {
+            // The settings of now, not of the accept: a reload during the handshake swept the
+            // session table before this session was in it.
+            if entry.conn.no_next() || !current.borrow().accepts_new(&fp) {
                 tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
                     client = %OptAddr(info.client),
                     "connector key no longer trusted: new stream refused, connection reset (revoked at reload)");
@@ -389,6 +397,7 @@ impl Tunnel for ListenerTunnel {
                 client = %OptAddr(info.client), resumed, stream, "connection open");
             let end = carry(
                 self.as_ref(),
+                &current,
                 target.0,
                 &mut sealed,
                 &mut records,
