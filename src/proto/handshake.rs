@@ -123,6 +123,38 @@ impl HandshakeRandomness {
     }
 }
 
+/// Everything a connector's hello draws: its randomness, the X25519 public key of its scalar
+/// and a fresh ML-KEM-768 key pair. A caller may make it ahead of need (between connections)
+/// to take the key generations off a connection's path; it serves one handshake only, and its
+/// secrets are wiped when that handshake drops them.
+pub struct ConnectorEphemerals {
+    rand: HandshakeRandomness,
+    public: [u8; 32],
+    kem: mlkem::DecapsulationKey,
+}
+
+impl std::fmt::Debug for ConnectorEphemerals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectorEphemerals(..)")
+    }
+}
+
+impl ConnectorEphemerals {
+    /// Derives the X25519 public key of `rand` and generates the ML-KEM key pair.
+    pub fn new(rand: HandshakeRandomness) -> Self {
+        ConnectorEphemerals {
+            public: x25519_public(&rand.ephemeral),
+            kem: mlkem::DecapsulationKey::generate(),
+            rand,
+        }
+    }
+
+    /// The X25519 public key the hello will carry.
+    pub fn public(&self) -> &[u8; 32] {
+        &self.public
+    }
+}
+
 /// The fingerprint a first-contact mac1 is keyed with: all zeros, known to everybody.
 pub const FIRST_CONTACT: Fingerprint = Fingerprint([0; 32]);
 
@@ -593,7 +625,7 @@ fn x25519_shared(secret: &[u8; 32], peer: &[u8; 32]) -> Result<SharedSecret, Han
 impl Handshake {
     /// A connector's handshake; its hello is ready in [`Handshake::take_output`] at once.
     pub fn connector(params: ConnectorParams, rand: HandshakeRandomness) -> Self {
-        Self::connector_with(params, rand, None)
+        Self::connector_prepared(params, ConnectorEphemerals::new(rand), None)
     }
 
     /// A connector's handshake with resumption: offers the store's ticket for this listener if
@@ -603,26 +635,32 @@ impl Handshake {
         rand: HandshakeRandomness,
         resumption: Resumption<ConnectorTickets>,
     ) -> Self {
-        Self::connector_with(params, rand, Some(resumption))
+        Self::connector_prepared(params, ConnectorEphemerals::new(rand), Some(resumption))
     }
 
-    fn connector_with(
+    /// A connector's handshake from ephemerals made beforehand, with resumption if
+    /// `resumption` is given (as [`Handshake::connector_resuming`]).
+    pub fn connector_prepared(
         params: ConnectorParams,
-        rand: HandshakeRandomness,
+        ephemerals: ConnectorEphemerals,
         resumption: Option<Resumption<ConnectorTickets>>,
     ) -> Self {
+        let ConnectorEphemerals {
+            rand,
+            public,
+            kem: dk,
+        } = ephemerals;
         let options = if params.psk.is_some() { OPTION_PSK } else { 0 };
         let hello = Hello {
             version: PROTOCOL_VERSION,
             options,
             random: rand.random,
-            ephemeral: x25519_public(&rand.ephemeral),
+            ephemeral: public,
         };
         // Only a connector pinned to a known key offers a ticket (never a TOFU first contact or
         // probe). A first contact still keeps the ticket of its full handshake, filed under the
         // key the listener proved (see `file_successors`): the next connection, pinned to that
         // recorded key, resumes.
-        let dk = mlkem::DecapsulationKey::generate();
         let pinned = matches!(params.listener, ListenerPin::Key(_));
         let resume = resumption.map(|r| {
             let offer = if pinned {

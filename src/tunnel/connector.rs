@@ -15,7 +15,8 @@ use crate::config::{Address, ConnectorMode, SocketPermissions, Tuning};
 use crate::files::known_peers::{Recorded, TofuStore};
 use crate::proto::handshake::Role;
 use crate::proto::handshake::{
-    ConnectorParams, Established, Handshake, HandshakeError, ListenerPin, Resumption,
+    ConnectorEphemerals, ConnectorParams, Established, Handshake, HandshakeError, ListenerPin,
+    Resumption,
 };
 use crate::proto::identity::{Fingerprint, TrustList};
 use crate::proto::record::{Alert, AlertCode, RecordError};
@@ -419,16 +420,16 @@ impl ConnectorTunnel {
                 address: self.connect.to_string(),
                 error,
             })?;
-        let hs = if self.tuning.resumption {
-            let resumption = Resumption {
-                store: state.connector_tickets.clone(),
-                policy: ticket_policy(&self.tuning),
-                now: Instant::now(),
-            };
-            Handshake::connector_resuming(params, os_randomness(), resumption)
-        } else {
-            Handshake::connector(params, os_randomness())
-        };
+        let resumption = self.tuning.resumption.then(|| Resumption {
+            store: state.connector_tickets.clone(),
+            policy: ticket_policy(&self.tuning),
+            now: Instant::now(),
+        });
+        let mut hs = Handshake::connector_prepared(params, next_ephemerals(state), resumption);
+        session::send_output(&mut sealed, &mut hs, deadline, timeout).await?;
+        // The listener works on the hello meanwhile: the next hello's key generations are done
+        // now, off that connection's path.
+        prepare_ephemerals(state);
         let (est, leftover, unsent) =
             session::handshake(&mut sealed, hs, &[], deadline, timeout).await?;
         Ok((sealed, est, leftover, unsent, slot))
@@ -588,5 +589,45 @@ impl ConnectorTunnel {
                 false
             }
         }
+    }
+}
+
+/// The ephemerals for a hello: the spare ones if [`prepare_ephemerals`] made them, fresh ones
+/// otherwise. Each serves one handshake only.
+fn next_ephemerals(state: &TunnelState) -> ConnectorEphemerals {
+    let spare = lock(&state.spare_ephemerals).take();
+    spare.unwrap_or_else(|| ConnectorEphemerals::new(os_randomness()))
+}
+
+/// Makes the spare ephemerals of the tunnel's next hello, if there are none.
+fn prepare_ephemerals(state: &TunnelState) {
+    if lock(&state.spare_ephemerals).is_none() {
+        let fresh = ConnectorEphemerals::new(os_randomness());
+        lock(&state.spare_ephemerals).get_or_insert(fresh);
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spare_ephemerals_serve_one_hello_only() {
+        let state = TunnelState::default();
+        prepare_ephemerals(&state);
+        let spare = lock(&state.spare_ephemerals).as_ref().map(|e| *e.public());
+        let first = next_ephemerals(&state);
+        assert_eq!(Some(*first.public()), spare, "the spare is used");
+        assert!(lock(&state.spare_ephemerals).is_none(), "and taken");
+        let second = next_ephemerals(&state);
+        assert_ne!(second.public(), first.public(), "a fresh one after it");
+        prepare_ephemerals(&state);
+        let third = next_ephemerals(&state);
+        assert_ne!(third.public(), first.public());
+        assert_ne!(third.public(), second.public());
     }
 }

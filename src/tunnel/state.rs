@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Tuning;
-use crate::proto::handshake::Established;
+use crate::proto::handshake::{ConnectorEphemerals, Established};
 use crate::proto::identity::Fingerprint;
 use crate::proto::resume::{ConnectorTickets, TicketPolicy, TicketStore};
 use crate::tunnel::limits::{
@@ -121,6 +121,9 @@ pub struct TunnelState {
     pub(crate) pool: crate::tunnel::pool::Pool,
     /// Connector: the current resumption ticket (kept across reloads, memory only).
     pub connector_tickets: Arc<Mutex<ConnectorTickets>>,
+    /// Connector: the ephemerals of the next hello, made while the previous handshake waited
+    /// for the listener's answer (`tunnel::connector`).
+    pub(crate) spare_ephemerals: Mutex<Option<ConnectorEphemerals>>,
     pub(crate) limit_log: LogLimiter,
     pub(crate) rate_log: LogLimiter,
     pub(crate) mac1_log: LogLimiter,
@@ -173,6 +176,7 @@ impl Default for TunnelState {
             handshake_seconds: Histogram::default(),
             tickets: Arc::default(),
             connector_tickets: Arc::default(),
+            spare_ephemerals: Mutex::default(),
             open: OpenConns::default(),
             sessions: OpenConns::default(),
             pool: crate::tunnel::pool::Pool::default(),
