@@ -572,7 +572,7 @@ record_size = "64KiB"
             "/etc/sealpipe/b.toml:5:1: unknown key `rekey_byts` in [defaults] (expected one of \
              `rekey_bytes`, `rekey_interval`, `handshake_timeout`, `connect_timeout`, \
               `drain_timeout`, `max_connections`, `max_handshakes`, `source_rate_limit`, \
-              `source_handshake_rate`, `signature_rate`, `record_size`, \
+              `source_handshake_rate`, `signature_rate`, `signature_cpu`, `record_size`, \
               `resumption`, `resumption_lifetime`, `resumption_uses`, `idle_timeout`, \
               `session_reuse`, `session_reuse_streams`, `session_reuse_age`, `pool_min`, `pool_max`)"
         );
@@ -585,7 +585,7 @@ record_size = "64KiB"
              `allow_tofu`, `allow_destinations`, `proxy_protocol`, `revoke`, `rekey_bytes`, `rekey_interval`, \
              `handshake_timeout`, `connect_timeout`, `drain_timeout`, `max_connections`, \
               `max_handshakes`, `source_rate_limit`, `source_handshake_rate`, `signature_rate`, \
-              `record_size`, `resumption`, `resumption_lifetime`, `resumption_uses`, `idle_timeout`, \
+              `signature_cpu`, `record_size`, `resumption`, `resumption_lifetime`, `resumption_uses`, `idle_timeout`, \
               `session_reuse`, `session_reuse_streams`, `session_reuse_age`, `pool_min`, `pool_max`)"
         );
         assert_eq!(

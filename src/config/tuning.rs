@@ -62,8 +62,13 @@ macro_rules! tuning_fields {
             source_handshake_rate: u32 = 256, parsed from i64 by source_handshake_rate;
             /// Listener: RSA signatures made per second for full handshakes, all sources together,
             /// with bursts of as many (0: no budget). Hellos wait their turn in a queue that is
-            /// fair between sources; the default keeps a flood of hellos to about half a core.
+            /// fair between sources; `signature_cpu` caps the time they take.
             signature_rate: u32 = 700, parsed from i64 by signature_rate;
+            /// Listener: percent of one core's time that answering full handshakes (signing,
+            /// X25519, ML-KEM) may take, all sources together, with bursts of one second's
+            /// worth (0: no cap). It holds whatever the key size and the machine's speed, where
+            /// `signature_rate` counts signatures.
+            signature_cpu: u32 = 10, parsed from i64 by signature_cpu;
             /// Largest plaintext per sealed record, from 1 KiB to 64 KiB; a record is only as
             /// large as the data at hand.
             record_size: usize = 64 * 1024, parsed from SizeText by record_size;
@@ -248,6 +253,10 @@ fn signature_rate(v: &i64) -> Result<u32, String> {
     )
 }
 
+fn signature_cpu(v: &i64) -> Result<u32, String> {
+    within(*v, 0..=100, "percent of one core, 0 (no cap) to 100")
+}
+
 fn record_size(v: &SizeText) -> Result<usize, String> {
     let n = size(v)?;
     if !(MIN_RECORD_SIZE as u64..=MAX_RECORD_SIZE as u64).contains(&n) {
@@ -301,6 +310,7 @@ mod tests {
                 source_rate_limit: 0,
                 source_handshake_rate: 256,
                 signature_rate: 700,
+                signature_cpu: 10,
                 record_size: 64 * 1024,
                 resumption: true,
                 resumption_lifetime: Duration::from_secs(3600),

@@ -218,6 +218,63 @@ impl TokenBucket {
     }
 }
 
+/// A budget of time: `percent` of each second may be spent, with bursts of one second's worth
+/// (`signature_cpu`: the time the listener spends answering full handshakes). Spending may
+/// overdraw it by the one item in progress; it is then ready again once paid back. Starts full.
+#[derive(Debug)]
+pub(crate) struct TimeBudget {
+    /// Seconds that may still be spent (negative: overdrawn).
+    balance: f64,
+    last: Option<Instant>,
+}
+
+impl TimeBudget {
+    /// An empty-history budget; the first call finds it full.
+    pub(crate) const fn new() -> Self {
+        TimeBudget {
+            balance: 0.0,
+            last: None,
+        }
+    }
+
+    fn refill(&mut self, share: f64, now: Instant) {
+        self.balance = match self.last {
+            None => share,
+            Some(t) => {
+                (self.balance + now.saturating_duration_since(t).as_secs_f64() * share).min(share)
+            }
+        };
+        self.last = Some(now);
+    }
+
+    /// `Ok` when there is time left at `now` under `percent` of each second (0: no cap, always
+    /// `Ok`); `Err(wait)`: overdrawn, ready again after `wait`.
+    pub(crate) fn ready(&mut self, percent: u32, now: Instant) -> Result<(), Duration> {
+        if percent == 0 {
+            return Ok(());
+        }
+        let share = f64::from(percent.min(100)) / 100.0;
+        self.refill(share, now);
+        if self.balance > 0.0 {
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(-self.balance / share).max(MIN_WAIT))
+        }
+    }
+
+    /// Spends `took` at `now` under `percent` (nothing with 0).
+    pub(crate) fn spend(&mut self, percent: u32, took: Duration, now: Instant) {
+        if percent == 0 {
+            return;
+        }
+        self.refill(f64::from(percent.min(100)) / 100.0, now);
+        self.balance -= took.as_secs_f64();
+    }
+}
+
+/// Shortest wait [`TimeBudget::ready`] gives, so that a waiter never spins.
+const MIN_WAIT: Duration = Duration::from_millis(1);
+
 /// The hello ephemerals (`e_c`) a listener tunnel has answered or is answering, so that a
 /// captured hello replayed gets no answer (SECURITY.md, "Flooding the listener"). Bounded: past
 /// `capacity` the oldest is forgotten, and so is any older than `max_age`; a replay of a
@@ -516,6 +573,36 @@ mod tests {
         drop(a);
         assert_eq!(g.current(), 1);
         assert!(g.try_acquire(2).is_some());
+    }
+
+    #[test]
+    fn time_budget_gives_its_share_of_each_second_and_waits_out_an_overdraft() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut b = TimeBudget::new();
+        assert!(b.ready(0, t0).is_ok(), "0: no cap");
+        b.spend(0, Duration::from_secs(100), t0);
+        assert!(b.ready(0, t0).is_ok());
+
+        let mut b = TimeBudget::new();
+        // 10 %: a burst of 100 ms of work, then 100 ms per second.
+        assert!(b.ready(10, t0).is_ok(), "starts full");
+        b.spend(10, ms(60), t0);
+        assert!(b.ready(10, t0).is_ok(), "40 ms left");
+        b.spend(10, ms(60), t0);
+        let wait = b.ready(10, t0).expect_err("20 ms overdrawn");
+        assert!(
+            wait >= ms(199) && wait <= ms(201),
+            "{wait:?}: paid back at 10 % in 200 ms"
+        );
+        assert!(b.ready(10, t0 + ms(150)).is_err(), "not yet");
+        assert!(b.ready(10, t0 + ms(210)).is_ok(), "paid back");
+        assert!(
+            b.ready(10, t0 + Duration::from_secs(60)).is_ok(),
+            "and never more than one second's worth saved"
+        );
+        b.spend(10, ms(101), t0 + Duration::from_secs(60));
+        assert!(b.ready(10, t0 + Duration::from_secs(60)).is_err());
     }
 
     #[test]

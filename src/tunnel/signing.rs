@@ -1,6 +1,7 @@
 //! The listener's full-handshake answers (ListenerHello and the signed ListenerAuth, made by
 //! [`Handshake::make_reply`]), under a global signature budget (`signature_rate`, a
-//! [`TokenBucket`]). An idle listener signs one hello at a time on the connection's own worker
+//! [`TokenBucket`]) and a budget of time (`signature_cpu`, a [`TimeBudget`]: the answers made
+//! are timed, so the share holds whatever the key size and the machine). An idle listener signs one hello at a time on the connection's own worker
 //! (no thread hop); every other hello goes to a queue that is fair between sources
 //! ([`FairQueue`]), drained by a few blocking threads, so that a flood never holds more than
 //! one async worker. Resumptions never come here (their answer is made inline, cheaply), so they
@@ -15,7 +16,7 @@ use tokio::sync::oneshot;
 
 use crate::config::Tuning;
 use crate::proto::handshake::{Handshake, HandshakeError};
-use crate::tunnel::limits::{FairQueue, Pushed, Source, TokenBucket};
+use crate::tunnel::limits::{FairQueue, Pushed, Source, TimeBudget, TokenBucket};
 use crate::tunnel::state::TunnelState;
 
 /// Hellos waiting for a signature per listener tunnel, all sources together. Each holds its
@@ -62,8 +63,12 @@ pub(crate) struct SigningPool {
 struct Inner {
     queue: FairQueue<Job>,
     budget: TokenBucket,
+    /// The time answers may take.
+    cpu: TimeBudget,
     /// `signature_rate` of the latest hello queued (a reload may change it).
     rate: u32,
+    /// `signature_cpu` of the latest hello queued.
+    cpu_percent: u32,
     /// Signing threads running now.
     running: usize,
     /// A hello is being signed on an async worker now (at most one at a time).
@@ -87,7 +92,9 @@ impl Default for SigningPool {
             inner: Mutex::new(Inner {
                 queue: FairQueue::new(SIGNING_QUEUE),
                 budget: TokenBucket::new(),
+                cpu: TimeBudget::new(),
                 rate: 0,
+                cpu_percent: 0,
                 running: 0,
                 inline: false,
             }),
@@ -106,25 +113,37 @@ impl SigningPool {
     }
 
     /// Takes the one inline place and a token of the budget when nothing waits in the queue
-    /// (a queued hello is served first), or nothing.
-    fn try_inline(&self, rate: u32) -> Option<InlinePlace<'_>> {
+    /// (a queued hello is served first) and the time budget is not overdrawn, or nothing.
+    fn try_inline(&self, rate: u32, cpu_percent: u32) -> Option<InlinePlace<'_>> {
         let mut inner = self.lock();
         inner.rate = rate;
+        inner.cpu_percent = cpu_percent;
+        let now = Instant::now();
         if inner.inline || inner.queue.len() > 0 {
             return None;
         }
-        inner.budget.take(rate, rate, Instant::now()).ok()?;
+        inner.cpu.ready(cpu_percent, now).ok()?;
+        inner.budget.take(rate, rate, now).ok()?;
         inner.inline = true;
-        Some(InlinePlace(self))
+        Some(InlinePlace(self, now))
+    }
+
+    /// Charges an answer that started at `started` to the time budget.
+    fn spent(inner: &mut Inner, started: Instant) {
+        let now = Instant::now();
+        let percent = inner.cpu_percent;
+        inner.cpu.spend(percent, now.duration_since(started), now);
     }
 }
 
-/// The inline place, given back when dropped.
-struct InlinePlace<'a>(&'a SigningPool);
+/// The inline place, given back (and its time charged) when dropped.
+struct InlinePlace<'a>(&'a SigningPool, Instant);
 
 impl Drop for InlinePlace<'_> {
     fn drop(&mut self) {
-        self.0.lock().inline = false;
+        let mut inner = self.0.lock();
+        inner.inline = false;
+        SigningPool::spent(&mut inner, self.1);
     }
 }
 
@@ -138,7 +157,10 @@ pub(crate) async fn sign(
     mut hs: Handshake,
     tuning: &Tuning,
 ) -> Result<Handshake, NotSigned> {
-    if let Some(_place) = state.signing.try_inline(tuning.signature_rate) {
+    if let Some(_place) = state
+        .signing
+        .try_inline(tuning.signature_rate, tuning.signature_cpu)
+    {
         state.counters.signatures.fetch_add(1, Ordering::Relaxed);
         return hs.make_reply().map(|()| hs).map_err(NotSigned::Failed);
     }
@@ -147,6 +169,7 @@ pub(crate) async fn sign(
     let spawn = {
         let mut inner = state.signing.lock();
         inner.rate = tuning.signature_rate;
+        inner.cpu_percent = tuning.signature_cpu;
         let job = Job { source, hs, done };
         let pushed = match inner.queue.push(source, job, per_source) {
             Pushed::Refused(job) => {
@@ -192,8 +215,12 @@ fn drain(state: &TunnelState) {
                 if job.done.is_closed() {
                     continue;
                 }
-                let rate = inner.rate;
-                match inner.budget.take(rate, rate, Instant::now()) {
+                let (rate, percent, now) = (inner.rate, inner.cpu_percent, Instant::now());
+                let allowed = inner
+                    .cpu
+                    .ready(percent, now)
+                    .and_then(|()| inner.budget.take(rate, rate, now));
+                match allowed {
                     Ok(()) => break Some(job),
                     Err(wait) => {
                         // Put it back at its source's turn: it is served first after the nap.
@@ -209,7 +236,9 @@ fn drain(state: &TunnelState) {
             continue;
         };
         state.counters.signatures.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let result = hs.make_reply().map(|()| hs);
+        SigningPool::spent(&mut state.signing.lock(), started);
         let _ = done.send(result);
     }
 }
@@ -221,21 +250,40 @@ mod tests {
     #[test]
     fn one_hello_at_a_time_is_signed_inline_and_only_within_the_budget() {
         let pool = SigningPool::default();
-        let place = pool.try_inline(0).expect("an idle pool signs inline");
+        let place = pool.try_inline(0, 0).expect("an idle pool signs inline");
         assert!(
-            pool.try_inline(0).is_none(),
+            pool.try_inline(0, 0).is_none(),
             "a second one goes to the queue"
         );
         drop(place);
-        assert!(pool.try_inline(0).is_some(), "the place is given back");
+        assert!(pool.try_inline(0, 0).is_some(), "the place is given back");
 
         let pool = SigningPool::default();
         for _ in 0..3 {
-            assert!(pool.try_inline(3).is_some(), "a burst of `signature_rate`");
+            assert!(
+                pool.try_inline(3, 0).is_some(),
+                "a burst of `signature_rate`"
+            );
         }
         assert!(
-            pool.try_inline(3).is_none(),
+            pool.try_inline(3, 0).is_none(),
             "past the budget the hello waits in the queue"
         );
+    }
+
+    #[test]
+    fn answers_are_timed_against_signature_cpu() {
+        let pool = SigningPool::default();
+        let place = pool.try_inline(0, 1).expect("a full time budget");
+        // An answer that took 20 ms overdraws a 1 % budget (10 ms of each second)...
+        let long_ago = Instant::now() - Duration::from_millis(20);
+        drop(InlinePlace(place.0, long_ago));
+        std::mem::forget(place);
+        assert!(
+            pool.try_inline(0, 1).is_none(),
+            "an overdrawn time budget sends the next hello to the queue"
+        );
+        // ...which the same answers leave alone without a cap.
+        assert!(pool.try_inline(0, 0).is_some(), "0: no cap");
     }
 }

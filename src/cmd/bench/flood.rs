@@ -79,8 +79,9 @@ pub(crate) async fn run(json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "flood ({FLOOD_RATE} conn/s, {FLOOD_SECONDS} s each; default listener tuning: signature_rate {}, source_handshake_rate {})",
+        "flood ({FLOOD_RATE} conn/s, {FLOOD_SECONDS} s each; default listener tuning: signature_rate {}, signature_cpu {} %, source_handshake_rate {})",
         Tuning::default().signature_rate,
+        Tuning::default().signature_cpu,
         Tuning::default().source_handshake_rate
     );
     println!(

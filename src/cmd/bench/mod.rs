@@ -297,6 +297,7 @@ pub(crate) async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
     // The connection-rate loads measure what a full handshake costs, not the flood limits
     // (SECURITY.md, "Flooding the listener"; `--only flood` measures those).
     tuning.signature_rate = 0;
+    tuning.signature_cpu = 0;
     tuning.source_handshake_rate = 0;
     if args.no_pool {
         tuning.pool_min = 0;
