@@ -202,6 +202,17 @@ impl TokenBucket {
             return Ok(());
         }
         let (rate, burst) = (f64::from(rate), f64::from(burst.max(1)));
+        self.refill(rate, burst, now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
+        }
+    }
+
+    /// Adds what `rate` per second gave since the last call, up to `burst` (full at the first).
+    fn refill(&mut self, rate: f64, burst: f64, now: Instant) {
         self.tokens = match self.last {
             None => burst,
             Some(t) => {
@@ -209,12 +220,6 @@ impl TokenBucket {
             }
         };
         self.last = Some(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
-        }
     }
 }
 
@@ -223,53 +228,44 @@ impl TokenBucket {
 /// overdraw it by the one item in progress; it is then ready again once paid back. Starts full.
 #[derive(Debug)]
 pub(crate) struct TimeBudget {
-    /// Seconds that may still be spent (negative: overdrawn).
-    balance: f64,
-    last: Option<Instant>,
+    /// Its tokens are seconds that may still be spent (negative: overdrawn).
+    bucket: TokenBucket,
 }
 
 impl TimeBudget {
     /// An empty-history budget; the first call finds it full.
     pub(crate) const fn new() -> Self {
         TimeBudget {
-            balance: 0.0,
-            last: None,
+            bucket: TokenBucket::new(),
         }
-    }
-
-    fn refill(&mut self, share: f64, now: Instant) {
-        self.balance = match self.last {
-            None => share,
-            Some(t) => {
-                (self.balance + now.saturating_duration_since(t).as_secs_f64() * share).min(share)
-            }
-        };
-        self.last = Some(now);
     }
 
     /// `Ok` when there is time left at `now` under `percent` of each second (0: no cap, always
     /// `Ok`); `Err(wait)`: overdrawn, ready again after `wait`.
     pub(crate) fn ready(&mut self, percent: u32, now: Instant) -> Result<(), Duration> {
-        if percent == 0 {
+        let Some(share) = share(percent) else {
             return Ok(());
-        }
-        let share = f64::from(percent.min(100)) / 100.0;
-        self.refill(share, now);
-        if self.balance > 0.0 {
+        };
+        self.bucket.refill(share, share, now);
+        if self.bucket.tokens > 0.0 {
             Ok(())
         } else {
-            Err(Duration::from_secs_f64(-self.balance / share).max(MIN_WAIT))
+            Err(Duration::from_secs_f64(-self.bucket.tokens / share).max(MIN_WAIT))
         }
     }
 
     /// Spends `took` at `now` under `percent` (nothing with 0).
     pub(crate) fn spend(&mut self, percent: u32, took: Duration, now: Instant) {
-        if percent == 0 {
-            return;
+        if let Some(share) = share(percent) {
+            self.bucket.refill(share, share, now);
+            self.bucket.tokens -= took.as_secs_f64();
         }
-        self.refill(f64::from(percent.min(100)) / 100.0, now);
-        self.balance -= took.as_secs_f64();
     }
+}
+
+/// `percent` (0: no cap) as a share of each second.
+fn share(percent: u32) -> Option<f64> {
+    (percent > 0).then(|| f64::from(percent.min(100)) / 100.0)
 }
 
 /// Shortest wait [`TimeBudget::ready`] gives, so that a waiter never spins.

@@ -1,10 +1,10 @@
 //! The listener's full-handshake answers (ListenerHello and the signed ListenerAuth, made by
 //! [`Handshake::make_reply`]), under a global signature budget (`signature_rate`, a
 //! [`TokenBucket`]) and a budget of time (`signature_cpu`, a [`TimeBudget`]: the answers made
-//! are timed, so the share holds whatever the key size and the machine). An idle listener signs one hello at a time on the connection's own worker
-//! (no thread hop); every other hello goes to a queue that is fair between sources
-//! ([`FairQueue`]), drained by a few blocking threads, so that a flood never holds more than
-//! one async worker. Resumptions never come here (their answer is made inline, cheaply), so they
+//! are timed, so the share holds whatever the key size and the machine). An idle listener
+//! signs one hello at a time on the connection's own worker (no thread hop); every other hello
+//! goes to a queue that is fair between sources ([`FairQueue`]), drained by a few blocking
+//! threads, so that a flood never holds more than one async worker. Resumptions never come here (their answer is made inline, cheaply), so they
 //! never wait behind a flood of hellos. SECURITY.md, "Flooding the listener", has the reasoning
 //! and the defaults.
 
