@@ -302,9 +302,17 @@ fn sigterm_drains_open_connections() {
         t.listener.log_text()
     );
     // ...while the open one finishes cleanly, and then the process exits.
-    open.write_all(b"still here").unwrap();
     let mut back = [0u8; 10];
-    open.read_exact(&mut back).unwrap();
+    if let Err(e) = open
+        .write_all(b"still here")
+        .and_then(|()| open.read_exact(&mut back))
+    {
+        panic!(
+            "echo during the drain: {e}\nconnector:\n{}\nlistener:\n{}",
+            t.connector.log_text(),
+            t.listener.log_text()
+        );
+    }
     assert_eq!(&back, b"still here");
     open.shutdown(Shutdown::Write).unwrap();
     let mut rest = Vec::new();

@@ -1,7 +1,7 @@
 //! Reused and warm sessions (PROTOCOL.md §4.3): a client served by a pooled session, a thousand
 //! sequential clients carried by one session with every byte hashed, and a reload that stops
 //! trusting the connector's key: its pooled sessions carry no new client, nor does a session
-//! whose handshake was in flight across that reload.
+//! whose handshake was in flight across that reload or across a shutdown.
 //!
 //! A listener restart under a running connector with the pool on is covered by
 //! `tests/faults.rs` (`listener_restarted_on_the_same_port_serves_the_running_connector`).
@@ -171,6 +171,40 @@ fn copy(from: &mut TcpStream, to: &mut TcpStream, before: impl Fn(&[u8])) {
         }
     }
     let _ = to.shutdown(Shutdown::Write);
+}
+
+#[test]
+fn a_handshake_in_flight_across_a_shutdown_carries_no_stream() {
+    let service = Service::start(Behaviour::Echo);
+    let site = Site::new();
+    let mut listener = site.start(
+        "listener.toml",
+        &listener_for(service.addr, "drain_timeout = \"20s\"\n"),
+    );
+    let relay = HoldingRelay::start(listener.addr());
+    let connector = start_connector(&site, relay.addr, "pool_max = 0\n");
+    let entry = connector.addr();
+    let client = thread::spawn(move || try_exchange(entry, b"across the shutdown"));
+    wait_for("the connector's last flight held by the relay", || {
+        relay.held.load(Ordering::SeqCst)
+    });
+    listener.signal("TERM");
+    listener.wait_log("stopping: no new connections");
+    relay.release();
+    // The handshake completes; its stream meets the shutdown and is refused at once (a reset),
+    // neither carried nor left waiting for the drain timeout.
+    let r = client.join().unwrap();
+    assert_eq!(r, Err(std::io::ErrorKind::ConnectionReset));
+    let status = listener.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let log = listener.log_text();
+    assert!(!log.contains("connection open"), "{log}");
+    assert!(!log.contains("drain timeout reached"), "{log}");
+    assert_eq!(
+        service.accepted.load(Ordering::SeqCst),
+        0,
+        "the service saw no connection"
+    );
 }
 
 #[test]

@@ -206,9 +206,10 @@ impl<T: Tunnel> TunnelSet<T> {
     fn stop_all(&self) {
         for r in self.running.values() {
             r.stop.cancel();
-            // Sessions between streams and warm sessions carry nothing to drain: closed now.
-            r.state.sessions.refuse_next_unless(|_| false);
-            r.state.pool.retain(|_| false);
+            // Sessions between streams and warm sessions carry nothing to drain: closed now,
+            // and so is every session whose handshake was still in flight.
+            r.state.sessions.close();
+            r.state.pool.close();
         }
     }
 }

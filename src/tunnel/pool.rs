@@ -78,6 +78,8 @@ struct Inner {
     backoff_until: Option<Instant>,
     /// When a client last came.
     last_client: Option<Instant>,
+    /// Shutdown ([`Pool::close`]): nothing is put in any more.
+    closed: bool,
 }
 
 /// The warm sessions of one connector tunnel (empty for a listener).
@@ -143,7 +145,7 @@ impl Pool {
     /// pool already holds `max`.
     pub(crate) fn put(&self, session: Session, max: usize) -> bool {
         let mut inner = self.lock();
-        if inner.idle.len() >= max || !session.leftover.is_empty() {
+        if inner.closed || inner.idle.len() >= max || !session.leftover.is_empty() {
             return false;
         }
         inner.idle.push_back(Idle {
@@ -161,10 +163,19 @@ impl Pool {
         before - inner.idle.len()
     }
 
+    /// Shutdown: closes every waiting session, and every one put in from now on.
+    pub(crate) fn close(&self) {
+        let mut inner = self.lock();
+        inner.closed = true;
+        let idle = std::mem::take(&mut inner.idle);
+        drop(inner);
+        drop(idle);
+    }
+
     /// How many refills to start now for a pool between `min` and `max` (counted as started).
     pub(crate) fn refills_due(&self, min: usize, max: usize) -> usize {
         let mut inner = self.lock();
-        if inner.backoff_until.is_some_and(|t| Instant::now() < t) {
+        if inner.closed || inner.backoff_until.is_some_and(|t| Instant::now() < t) {
             return 0;
         }
         let min = if inner.last_client.is_some_and(|t| t.elapsed() < KEEP_WARM) {

@@ -268,6 +268,9 @@ impl OpenConn {
 pub(crate) struct OpenConns {
     next: AtomicU64,
     map: Mutex<HashMap<u64, Arc<OpenConn>>>,
+    /// Set by [`OpenConns::close`]: every session registered from then on carries no next
+    /// stream either.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// A connection's entry in [`OpenConns`], removed when this is dropped.
@@ -294,7 +297,13 @@ impl OpenConns {
     pub(crate) fn register(&self, conn: OpenConn) -> Registered<'_> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(conn);
-        self.lock().insert(id, conn.clone());
+        let mut map = self.lock();
+        // Read under the lock that `close` sweeps under: a session is either swept or sees it.
+        if self.closed.load(Ordering::Relaxed) {
+            conn.no_next.cancel();
+        }
+        map.insert(id, conn.clone());
+        drop(map);
         Registered {
             table: self,
             id,
@@ -323,6 +332,15 @@ impl OpenConns {
         n
     }
 
+    /// Shutdown: refuses the next stream of every session, open now or registered later (a
+    /// handshake that was in flight at the stop carries no stream either).
+    pub(crate) fn close(&self) {
+        let map = self.lock();
+        self.closed.store(true, Ordering::Relaxed);
+        drop(map);
+        self.refuse_next_unless(|_| false);
+    }
+
     /// Cuts every open connection whose key `keep` refuses (each is then reset and logged by
     /// its own task); returns how many were cut.
     pub(crate) fn cut_unless(&self, keep: impl Fn(&Fingerprint) -> bool) -> usize {
@@ -335,5 +353,37 @@ impl OpenConns {
             }
         }
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(byte: u8) -> OpenConn {
+        OpenConn::new(
+            "test".into(),
+            Fingerprint([byte; 32]),
+            Instant::now(),
+            false,
+            Arc::default(),
+        )
+    }
+
+    #[test]
+    fn close_refuses_the_next_stream_of_sessions_open_and_registered_later() {
+        let conns = OpenConns::default();
+        let before = conns.register(conn(1));
+        let kept = conns.register(conn(2));
+        // A reload's sweep refuses only the keys it names, and only the sessions present.
+        assert_eq!(conns.refuse_next_unless(|fp| fp.0[0] == 2), 1);
+        assert!(before.conn.no_next() && !kept.conn.no_next());
+        let late_reload = conns.register(conn(1));
+        assert!(!late_reload.conn.no_next());
+        // A shutdown refuses every session, those whose handshake ends after it included.
+        conns.close();
+        assert!(kept.conn.no_next() && late_reload.conn.no_next());
+        let after = conns.register(conn(2));
+        assert!(after.conn.no_next());
     }
 }
