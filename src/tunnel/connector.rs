@@ -160,46 +160,13 @@ impl Tunnel for ConnectorTunnel {
             counter.fetch_add(1, Ordering::Relaxed);
             self.clone().refill(&state);
         }
-        // A warm session first; a fresh handshake if there is none, or if the warm one fails
-        // before any byte of this client went out (PROTOCOL.md §4.3: the listener cannot have
-        // forwarded anything of this client then).
-        let (mut session, from_pool) = loop {
-            let (mut session, unsent, from_pool) = match pooled.take() {
-                Some(s) => (s, Vec::new(), true),
-                // On the heap while it runs: the handshake's state is no part of the task that
-                // then carries the stream (memory per idle connection).
-                None => match Box::pin(self.establish(&client, &state)).await {
-                    Some((s, unsent)) => (s, unsent, false),
-                    None => {
-                        plain.reset_on_close();
-                        return;
-                    }
-                },
-            };
-            let sent = send_stream_info(
-                &mut session.sealed,
-                &mut session.records.sealer,
-                &info,
-                unsent,
-            )
-            .await
-            .and_then(|()| Ok(session.records.opener.begin_stream()?));
-            match sent {
-                Ok(()) => break (session, from_pool),
-                Err(e) if from_pool => {
-                    tracing::debug!(tunnel = %self.name, role = %Role::Connector, peer = %client,
-                        reason = %e, "a warm session failed before use; a fresh one is made");
-                    reset_on_close(&session.sealed);
-                }
-                Err(e) => {
-                    tracing::warn!(tunnel = %self.name, role = %Role::Connector, peer = %client,
-                        fingerprint = %session.records.fingerprint,
-                        reason = %e, "cannot send the StreamInfo record, connection reset");
-                    plain.reset_on_close();
-                    reset_on_close(&session.sealed);
-                    return;
-                }
-            }
+        // On the heap while it runs (as the handshake): the session is then held once, by this
+        // task, for as long as the stream lasts (memory per idle connection).
+        let Some((mut session, from_pool)) =
+            Box::pin(self.stream_session(pooled, &client, &info, &state)).await
+        else {
+            plain.reset_on_close();
+            return;
         };
         if session.streams > 0 {
             state
@@ -259,6 +226,54 @@ impl Tunnel for ConnectorTunnel {
 }
 
 impl ConnectorTunnel {
+    /// The session that carries a client's stream, its StreamInfo record sent: `pooled` (a
+    /// warm session) if it takes the record, else a fresh one. `None` (logged) if there is none.
+    async fn stream_session(
+        &self,
+        mut pooled: Option<Session>,
+        client: &Peer,
+        info: &StreamInfo,
+        state: &TunnelState,
+    ) -> Option<(Session, bool)> {
+        // A warm session first; a fresh handshake if there is none, or if the warm one fails
+        // before any byte of this client went out (PROTOCOL.md §4.3: the listener cannot have
+        // forwarded anything of this client then).
+        loop {
+            let (mut session, unsent, from_pool) = match pooled.take() {
+                Some(s) => (s, Vec::new(), true),
+                // On the heap while it runs: the handshake's state is no part of the task that
+                // then carries the stream (memory per idle connection).
+                None => match Box::pin(self.establish(client, state)).await {
+                    Some((s, unsent)) => (s, unsent, false),
+                    None => return None,
+                },
+            };
+            let sent = send_stream_info(
+                &mut session.sealed,
+                &mut session.records.sealer,
+                info,
+                unsent,
+            )
+            .await
+            .and_then(|()| Ok(session.records.opener.begin_stream()?));
+            match sent {
+                Ok(()) => return Some((session, from_pool)),
+                Err(e) if from_pool => {
+                    tracing::debug!(tunnel = %self.name, role = %Role::Connector, peer = %client,
+                        reason = %e, "a warm session failed before use; a fresh one is made");
+                    reset_on_close(&session.sealed);
+                }
+                Err(e) => {
+                    tracing::warn!(tunnel = %self.name, role = %Role::Connector, peer = %client,
+                        fingerprint = %session.records.fingerprint,
+                        reason = %e, "cannot send the StreamInfo record, connection reset");
+                    reset_on_close(&session.sealed);
+                    return None;
+                }
+            }
+        }
+    }
+
     /// Whether `session` may carry a new client under these settings: its key still pinned,
     /// under `session_reuse_streams` streams and younger than `session_reuse_age`.
     fn reusable(&self, session: &Session) -> bool {

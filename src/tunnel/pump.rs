@@ -18,7 +18,9 @@ use std::io::IoSlice;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::task::Poll;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{tcp, unix, TcpStream, UnixStream};
@@ -160,12 +162,35 @@ where
     SR: AsRef<TcpStream>,
     SW: AsyncWrite + Unpin,
 {
-    let up = plain_to_sealed(plain_r, sealed_w, sealer, opts, stats);
-    let down = sealed_to_plain(sealed_r, plain_w, opener, leftover, stats);
-    tokio::select! {
-        r = async { tokio::try_join!(up, down).map(|((), rest)| rest) } => r,
-        e = idle_watch(opts.idle_timeout, stats) => Err(e),
-    }
+    // Polled by hand, each future pinned once in this frame: `try_join!` inside `select!` keeps
+    // a second copy of both directions' state (the task of every idle connection holds it).
+    let mut up = pin!(plain_to_sealed(plain_r, sealed_w, sealer, opts, stats));
+    let mut down = pin!(sealed_to_plain(sealed_r, plain_w, opener, leftover, stats));
+    let mut idle = pin!(idle_watch(opts.idle_timeout, stats));
+    let (mut up_done, mut rest) = (false, None);
+    poll_fn(|cx| {
+        if !up_done {
+            if let Poll::Ready(r) = up.as_mut().poll(cx) {
+                r?;
+                up_done = true;
+            }
+        }
+        if rest.is_none() {
+            if let Poll::Ready(r) = down.as_mut().poll(cx) {
+                rest = Some(r?);
+            }
+        }
+        if up_done {
+            if let Some(r) = rest.take() {
+                return Poll::Ready(Ok(r));
+            }
+        }
+        match idle.as_mut().poll(cx) {
+            Poll::Ready(e) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// Resolves once no byte has moved either way (per `stats`) for `timeout`; never without one.
@@ -428,8 +453,9 @@ where
             // The end of this stream from the peer: passed on at once. What follows the close
             // record belongs to the next stream (or is refused there by the record layer).
             plain.shutdown().await.map_err(PumpError::Plain)?;
-            buf.drain(..start);
-            return Ok(buf);
+            // Only the bytes that follow, in a buffer of their own size: the session may now
+            // wait between streams for a long time, and must not hold a read chunk meanwhile.
+            return Ok(buf.split_off(start));
         }
         if count == MAX_IOV {
             continue;
@@ -561,6 +587,11 @@ mod tests {
             vec![0xAB],
             "the bytes after the close record are kept"
         );
+        assert!(
+            rest.capacity() < 1024,
+            "the session waits for its next stream without a read chunk: {}",
+            rest.capacity()
+        );
         assert!(sealer.is_closed() && opener.is_closed());
         let (mut sealed_peer, _app) = peer.await.unwrap();
         // The session is still open: nothing more, and no end of stream, has arrived.
@@ -623,5 +654,41 @@ mod tests {
         })
         .await;
         assert!(r.is_ok(), "{r:?}");
+    }
+
+    /// The task of every established connection holds the pump's state: each direction's and
+    /// the idle watch's once, not copied a second time (memory per idle connection).
+    #[tokio::test]
+    async fn the_pump_holds_each_direction_once() {
+        let (mut a, mut b) = tcp_pair().await;
+        let (pr, mut pw) = a.split();
+        let (sr, mut sw) = b.split();
+        let s = Secret::from_bytes([1; 32]);
+        let (mut sealer, mut opener) = (Sealer::new(s.clone(), 1 << 30), Opener::new(s));
+        let stats = PumpStats::default();
+        let parts = {
+            let up = plain_to_sealed(&pr, &mut sw, &mut sealer, OPTS, &stats);
+            let up = std::mem::size_of_val(&up);
+            let down = sealed_to_plain(&sr, &mut pw, &mut opener, Vec::new(), &stats);
+            up + std::mem::size_of_val(&down)
+                + std::mem::size_of_val(&idle_watch(OPTS.idle_timeout, &stats))
+        };
+        let whole = pump(
+            &pr,
+            &mut pw,
+            &sr,
+            &mut sw,
+            &mut sealer,
+            &mut opener,
+            Vec::new(),
+            OPTS,
+            &stats,
+        );
+        let whole = std::mem::size_of_val(&whole);
+        // The arguments and the join's own state are a few hundred bytes at most.
+        assert!(
+            whole < parts + 512,
+            "pump future {whole} B against its parts' {parts} B"
+        );
     }
 }
