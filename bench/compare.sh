@@ -442,16 +442,25 @@ with open(out, "a") as f:
 EOF
 }
 
+# rate_run NAME: the connection-rate loads (sequential, then concurrent), with the CPU both
+# tunnel ends spent on them per connection, then the small exchanges on one connection
 rate_run() {
-    local name=$1 json
-    "$SEALPIPE" bench --target "127.0.0.1:$ENTRY_ECHO" --only rate,small --json \
-        --connections "$CONNECTIONS" --concurrency "$CONCURRENCY" --exchanges "$EXCHANGES" \
-        >"$TMP/rate.json" || {
+    local name=$1 before after
+    before=$(ticks $TUNNEL_PIDS)
+    "$SEALPIPE" bench --target "127.0.0.1:$ENTRY_ECHO" --only rate --json \
+        --connections "$CONNECTIONS" --concurrency "$CONCURRENCY" >"$TMP/rate.json" || {
         log "$name: connection-rate load failed"; return 1; }
-    python3 - "$name" "$RESULTS" "$TMP/rate.json" <<'EOF'
+    sleep 0.3   # let forked relays exit and be reaped (their CPU moves to cutime)
+    after=$(ticks $TUNNEL_PIDS)
+    "$SEALPIPE" bench --target "127.0.0.1:$ENTRY_ECHO" --only small --json \
+        --exchanges "$EXCHANGES" >"$TMP/small.json" || {
+        log "$name: small-exchange load failed"; return 1; }
+    python3 - "$name" "$RESULTS" "$TMP/rate.json" "$TMP/small.json" "$((after - before))" \
+        "$CLK_TCK" "$CONNECTIONS" "$TUNNEL_PIDS" <<'EOF'
 import json, sys
 name, out = sys.argv[1], sys.argv[2]
-r = json.load(open(sys.argv[3]))
+r, s = json.load(open(sys.argv[3])), json.load(open(sys.argv[4]))
+ticks, hz, conns = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
 with open(out, "a") as f:
     for k, tag in (("rate_sequential", "seq"), ("rate_concurrent", "conc")):
         x = r[k]
@@ -459,7 +468,10 @@ with open(out, "a") as f:
         f.write(f"{name}\tp50_{tag}\t{x['ttfb_p50_ms']}\n")
         f.write(f"{name}\tp99_{tag}\t{x['ttfb_p99_ms']}\n")
         f.write(f"{name}\tfail_{tag}\t{x['failures']}\n")
-    for x in r.get("small", []):
+    if sys.argv[8].strip():
+        # both rate loads: 2 x conns client connections
+        f.write(f"{name}\tcpu_conn\t{ticks / hz / (2 * conns) * 1e6}\n")
+    for x in s.get("small", []):
         f.write(f"{name}\txps_{x['size']}\t{x['per_second']}\n")
 EOF
 }
@@ -569,6 +581,7 @@ if not rtt:
     cols += [("cpu_" + s, f"CPU s/GB {s}", 2) for s in streams]
 cols += [("cps_seq", "conns/s seq", 0), ("p50_seq", "p50 ms", 2), ("p99_seq", "p99 ms", 2),
          (f"cps_conc", f"conns/s {conc} conc", 0), ("p50_conc", "p50 ms", 2), ("p99_conc", "p99 ms", 2),
+         ("cpu_conn", "CPU µs/conn", 0),
          ("xps_1", "1 B exch/s", 0), ("xps_100", "100 B exch/s", 0)]
 if not rtt:
     cols += [("idle_kib", f"KiB/idle conn ({idle})", 1)]
