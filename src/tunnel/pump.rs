@@ -22,7 +22,7 @@ use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::task::Poll;
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::{tcp, unix, TcpStream, UnixStream};
 
 use crate::proto::aead::TAG_LEN;
@@ -50,8 +50,8 @@ pub(crate) struct PumpOptions {
 pub(crate) trait PlainRead: Sync {
     /// Waits until the socket may be readable.
     fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send;
-    /// Reads what is there now into `buf`; `WouldBlock` if nothing is.
-    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize>;
+    /// Reads what is there now into `buf` (see [`read_now`]); `WouldBlock` if nothing is.
+    fn read_now(&self, buf: &mut [u8]) -> std::io::Result<Read>;
 }
 
 macro_rules! plain_read {
@@ -61,9 +61,13 @@ macro_rules! plain_read {
                 let $s = self;
                 $inner.readable()
             }
-            fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+            fn read_now(&self, buf: &mut [u8]) -> std::io::Result<Read> {
                 let $s = self;
-                $inner.try_read(buf)
+                let socket = $inner;
+                let room = buf.len();
+                read_now(room, |short| {
+                    socket.try_io(Interest::READABLE, || drains(room, short, socket.try_read(buf)))
+                })
             }
         }
     )*};
@@ -75,6 +79,55 @@ plain_read! {
     UnixStream => |s| s;
     unix::ReadHalf<'_> => |s| AsRef::<UnixStream>::as_ref(s);
     unix::OwnedReadHalf => |s| AsRef::<UnixStream>::as_ref(s);
+}
+
+/// What one read brought.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Read {
+    /// Bytes read; 0 is the end of the stream.
+    pub n: usize,
+    /// The read filled less than its buffer: the socket is drained, and its readiness has been
+    /// cleared, so the next wait for readability needs no read that fails with "would block".
+    pub drained: bool,
+}
+
+/// One read through a socket's `try_io`, where `read` returns what `drains` makes of the raw
+/// read. A stream socket's read that fills less than its buffer has taken everything queued
+/// (under epoll, as tokio's own `poll_read` assumes): `drains` then records the count and
+/// reports "would block", so that `try_io` clears the readiness; a later arrival sets it again.
+/// Saves one failing system call per burst in each direction (per request/response on a
+/// keep-alive connection).
+fn read_now(
+    room: usize,
+    read: impl FnOnce(&mut Option<usize>) -> std::io::Result<usize>,
+) -> std::io::Result<Read> {
+    let mut short = None;
+    match read(&mut short) {
+        Ok(n) => Ok(Read {
+            n,
+            drained: n > 0 && n < room,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => match short {
+            Some(n) => Ok(Read { n, drained: true }),
+            None => Err(e),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// The inside of `try_io` for [`read_now`]: a short read becomes "would block", its count kept.
+fn drains(
+    room: usize,
+    short: &mut Option<usize>,
+    r: std::io::Result<usize>,
+) -> std::io::Result<usize> {
+    match r {
+        Ok(n) if 0 < n && n < room => {
+            *short = Some(n);
+            Err(std::io::ErrorKind::WouldBlock.into())
+        }
+        r => r,
+    }
 }
 
 /// Totals of all the connections of a tunnel, added to as records go (for metrics).
@@ -234,10 +287,10 @@ fn try_fill(
     buf: &mut Option<Vec<u8>>,
     make: impl FnOnce() -> Vec<u8>,
     range: std::ops::Range<usize>,
-) -> std::io::Result<Option<usize>> {
+) -> std::io::Result<Option<Read>> {
     let b = buf.get_or_insert_with(make);
-    match socket.try_read(&mut b[range]) {
-        Ok(n) => Ok(Some(n)),
+    match socket.read_now(&mut b[range]) {
+        Ok(r) => Ok(Some(r)),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
             *buf = None;
             Ok(None)
@@ -284,7 +337,12 @@ where
         }
         let have = buf.as_ref().map_or(room, |b| b.len() - data_at - TAG_LEN);
         let range = data_at..data_at + have;
-        let Some(n) = try_fill(
+        // Drained: the burst is over, and its largest read sizes the next one's buffer.
+        let mut burst_over = |burst_max: &mut usize| {
+            room = if *burst_max >= small { full } else { small };
+            *burst_max = 0;
+        };
+        let Some(Read { n, drained }) = try_fill(
             plain,
             &mut buf,
             || vec![0u8; data_at + have + TAG_LEN],
@@ -292,9 +350,7 @@ where
         )
         .map_err(PumpError::Plain)?
         else {
-            // Drained: the burst is over, and its largest read sizes the next one's buffer.
-            room = if burst_max >= small { full } else { small };
-            burst_max = 0;
+            burst_over(&mut burst_max);
             continue;
         };
         burst_max = burst_max.max(n);
@@ -327,7 +383,11 @@ where
             .await
             .map_err(PumpError::Sealed)?;
         stats.add(&stats.sent, n as u64, |t| &t.sent);
-        if n == have && have < full {
+        if drained {
+            // Nothing more queued (and readiness cleared): wait without a buffer.
+            buf = None;
+            burst_over(&mut burst_max);
+        } else if n == have && have < full {
             // A small buffer filled: more is probably there; read it a record at a time.
             buf = Some(vec![0u8; data_at + full + TAG_LEN]);
         }
@@ -395,6 +455,14 @@ where
     // socket is drained, so an idle connection holds none.
     let mut buf = leftover;
     let mut start = 0;
+    let mut drained = false;
+    let wait = |buf: &mut Vec<u8>| {
+        if buf.is_empty() {
+            // Idle between records: give the buffer back while waiting.
+            *buf = Vec::new();
+        }
+        async { sealed.readable().await.map_err(PumpError::Sealed) }
+    };
     loop {
         // Open every complete record buffered (up to MAX_IOV data records), then hand their
         // plaintexts to the plaintext socket in one vectored write.
@@ -463,18 +531,29 @@ where
         // Keep only the partial record, then read more.
         buf.drain(..start);
         start = 0;
+        if drained {
+            // The last read took everything queued: wait for more.
+            drained = false;
+            wait(&mut buf).await?;
+            continue;
+        }
         let want = need.max(buf.len() + READ_CHUNK);
         if buf.capacity() < want {
             buf.reserve_exact(want - buf.len());
         }
-        let n = match sealed.try_read_buf(&mut buf) {
-            Ok(n) => n,
+        let room = buf.capacity() - buf.len();
+        let read = read_now(room, |short| {
+            sealed.try_io(Interest::READABLE, || {
+                drains(room, short, sealed.try_read_buf(&mut buf))
+            })
+        });
+        let n = match read {
+            Ok(r) => {
+                drained = r.drained;
+                r.n
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if buf.is_empty() {
-                    // Idle between records: give the buffer back while waiting.
-                    buf = Vec::new();
-                }
-                sealed.readable().await.map_err(PumpError::Sealed)?;
+                wait(&mut buf).await?;
                 continue;
             }
             Err(e) => return Err(PumpError::Sealed(e)),
@@ -654,6 +733,34 @@ mod tests {
         })
         .await;
         assert!(r.is_ok(), "{r:?}");
+    }
+
+    /// A read that fills less than its buffer reports the socket drained and clears its
+    /// readiness, and bytes that arrive afterwards are still seen: the next wait wakes for them.
+    #[tokio::test]
+    async fn a_short_read_drains_and_later_bytes_still_wake_the_reader() {
+        let (a, mut b) = tcp_pair().await;
+        b.write_all(b"hello").await.unwrap();
+        a.readable().await.unwrap();
+        let mut buf = [0u8; 64];
+        let r = PlainRead::read_now(&a, &mut buf).unwrap();
+        assert_eq!((r.n, r.drained), (5, true));
+        assert_eq!(&buf[..5], b"hello");
+        // Readiness was cleared with the short read: nothing is read without a new arrival.
+        let e = PlainRead::read_now(&a, &mut buf).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+        b.write_all(&[7u8; 64]).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), a.readable())
+            .await
+            .expect("bytes sent after a draining read wake the reader")
+            .unwrap();
+        // A read that fills its buffer does not claim the socket drained.
+        let r = PlainRead::read_now(&a, &mut buf).unwrap();
+        assert_eq!((r.n, r.drained), (64, false));
+        drop(b);
+        a.readable().await.unwrap();
+        let r = PlainRead::read_now(&a, &mut buf).unwrap();
+        assert_eq!((r.n, r.drained), (0, false), "the end of the stream");
     }
 
     /// The task of every established connection holds the pump's state: each direction's and
