@@ -25,7 +25,7 @@ use crate::tunnel::accept::{log_refusal, os_randomness, Current};
 use crate::tunnel::carry::{carry, StreamEnd};
 use crate::tunnel::limits::Slot;
 use crate::tunnel::net::{connect, reset_on_close, Conn, Peer};
-use crate::tunnel::pool::{Session, SWEEP};
+use crate::tunnel::pool::{Session, Take, SWEEP};
 use crate::tunnel::session::{self, Records, SessionError};
 use crate::tunnel::state::{count_resumption, ticket_policy, TunnelState};
 use crate::tunnel::stream_info::{original_destination, send_stream_info};
@@ -151,14 +151,32 @@ impl Tunnel for ConnectorTunnel {
         if pool_on {
             // The settings of now (under the pool's lock): a session that a refill or another
             // client put back after a reload swept the pool is checked here.
-            pooled = state.pool.take(&connect, |s| current.borrow().reusable(s));
+            let usable = |s: &Session| current.borrow().reusable(s);
+            let next = match state.pool.take_or_wait(&connect, usable) {
+                Take::Session(s) => {
+                    pooled = Some(s);
+                    None
+                }
+                Take::Wait(next) => Some(next),
+                Take::Miss => None,
+            };
             let counter = if pooled.is_some() {
                 &state.counters.pool_hits
             } else {
                 &state.counters.pool_misses
             };
             counter.fetch_add(1, Ordering::Relaxed);
+            // Also the refill that serves this client if it waits.
             self.clone().refill(&state);
+            if let Some(next) = next {
+                // The first session free: a refill's or one another client gave back. Without
+                // one in time, or with one a reload made unusable meanwhile, a handshake of
+                // its own.
+                pooled = match tokio::time::timeout(self.tuning.handshake_timeout, next).await {
+                    Ok(Ok(Some(s))) if s.connect == connect && usable(&s) => Some(s),
+                    _ => None,
+                };
+            }
         }
         // On the heap while it runs (as the handshake): the session is then held once, by this
         // task, for as long as the stream lasts (memory per idle connection).

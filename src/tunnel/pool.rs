@@ -8,6 +8,12 @@
 //! sessions; between them its target follows demand: each client that finds it empty raises the
 //! target by one, each quiet sweep lowers it by one.
 //!
+//! A client that finds the pool empty waits for the first session that becomes free, rather
+//! than for a handshake of its own: it makes sure one more handshake is under way than clients
+//! wait (a refill started for it), and takes whichever comes first, that refill or a session
+//! another client's stream gives back (one round trip away, where a handshake is two). In a
+//! burst, every client thus costs at most one handshake, not its own and a refill besides.
+//!
 //! A session is never handed out when it is past [`POOL_IDLE`] in the pool (the listener closes
 //! idle sessions after [`crate::tunnel::listener::SESSION_IDLE`], well after), past its stream or
 //! age bound, made for another `connect` address, of a key the current settings no longer pin, or
@@ -20,6 +26,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 
 use crate::proto::identity::Fingerprint;
 use crate::tunnel::session::Records;
@@ -34,6 +41,18 @@ pub(crate) const SWEEP: Duration = Duration::from_secs(5);
 pub(crate) const REFILL_BACKOFF: Duration = Duration::from_secs(10);
 /// The pool keeps `pool_min` sessions warm only while clients came within this long.
 pub(crate) const KEEP_WARM: Duration = Duration::from_secs(600);
+
+/// What [`Pool::take_or_wait`] found for a client. Matched at once, never held across an await
+/// (the session is moved out of it), so its size costs nothing per connection.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Take {
+    /// A warm session.
+    Session(Session),
+    /// None now: the next session put in comes here (`None`: make a handshake of its own).
+    Wait(oneshot::Receiver<Option<Session>>),
+    /// None, and none expected: make a handshake of its own.
+    Miss,
+}
 
 /// An established session of a connector, between streams or before its first.
 pub(crate) struct Session {
@@ -66,6 +85,9 @@ struct Inner {
     idle: VecDeque<Idle>,
     /// Refill handshakes in progress.
     refilling: usize,
+    /// Clients waiting for a session, oldest first: each gets the next session put in (`None`
+    /// when a refill failed: it then makes its own handshake).
+    waiters: VecDeque<oneshot::Sender<Option<Session>>>,
     /// How many sessions the pool aims to hold (between `pool_min` and `pool_max`).
     target: usize,
     /// Clients that found the pool empty, not yet answered by a higher target.
@@ -141,11 +163,44 @@ impl Pool {
         found
     }
 
-    /// Puts `session` back (or in for the first time); false (and the session closed) when the
-    /// pool already holds `max`.
+    /// As [`Pool::take`]; when no session is there, and refills may start, the client waits
+    /// for the next one put in: [`Take::Wait`], counted so that [`Pool::refills_due`] starts
+    /// one more refill than clients wait. [`Take::Miss`]: make a handshake of its own (the pool
+    /// is closed, or refills are backing off after a failure).
+    pub(crate) fn take_or_wait(&self, connect: &str, usable: impl Fn(&Session) -> bool) -> Take {
+        if let Some(s) = self.take(connect, usable) {
+            return Take::Session(s);
+        }
+        let mut inner = self.lock();
+        if inner.closed || inner.backoff_until.is_some_and(|t| Instant::now() < t) {
+            return Take::Miss;
+        }
+        inner.waiters.retain(|w| !w.is_closed());
+        let (tx, rx) = oneshot::channel();
+        inner.waiters.push_back(tx);
+        Take::Wait(rx)
+    }
+
+    /// Puts `session` back (or in for the first time): to the oldest waiting client if there is
+    /// one, else among the idle; false (and the session closed) when the pool already holds
+    /// `max`.
     pub(crate) fn put(&self, session: Session, max: usize) -> bool {
         let mut inner = self.lock();
-        if inner.closed || inner.idle.len() >= max || !session.leftover.is_empty() {
+        if inner.closed || !session.leftover.is_empty() {
+            return false;
+        }
+        let mut session = session;
+        while let Some(w) = inner.waiters.pop_front() {
+            match w.send(Some(session)) {
+                Ok(()) => return true,
+                // That client is gone: the next one.
+                Err(back) => match back {
+                    Some(s) => session = s,
+                    None => return false,
+                },
+            }
+        }
+        if inner.idle.len() >= max {
             return false;
         }
         inner.idle.push_back(Idle {
@@ -163,13 +218,18 @@ impl Pool {
         before - inner.idle.len()
     }
 
-    /// Shutdown: closes every waiting session, and every one put in from now on.
+    /// Shutdown: closes every waiting session, and every one put in from now on; waiting
+    /// clients are told to make their own handshake.
     pub(crate) fn close(&self) {
         let mut inner = self.lock();
         inner.closed = true;
         let idle = std::mem::take(&mut inner.idle);
+        let waiters = std::mem::take(&mut inner.waiters);
         drop(inner);
         drop(idle);
+        for w in waiters {
+            let _ = w.send(None);
+        }
     }
 
     /// How many refills to start now for a pool between `min` and `max` (counted as started).
@@ -186,18 +246,27 @@ impl Pool {
         inner.target = inner.target.clamp(min, max.max(min));
         let misses = std::mem::take(&mut inner.misses);
         inner.target = (inner.target + misses).min(max);
-        let have = inner.idle.len() + inner.refilling;
-        let n = inner.target.saturating_sub(have);
+        inner.waiters.retain(|w| !w.is_closed());
+        // Waiting clients are served by refills in progress, one each: those refills do not
+        // count towards the target (the sessions the next clients will find).
+        let want = inner.waiters.len() + inner.target;
+        let n = want.saturating_sub(inner.idle.len() + inner.refilling);
         inner.refilling += n;
         n
     }
 
-    /// A refill ended: with a session for the pool, or failed.
+    /// A refill ended: with a session for the pool, or failed. A failure backs refills off, and
+    /// tells the oldest waiting client to make its own handshake (which reports why).
     pub(crate) fn refilled(&self, ok: bool) {
         let mut inner = self.lock();
         inner.refilling = inner.refilling.saturating_sub(1);
         if !ok {
             inner.backoff_until = Some(Instant::now() + REFILL_BACKOFF);
+            while let Some(w) = inner.waiters.pop_front() {
+                if w.send(None).is_ok() {
+                    break;
+                }
+            }
         }
     }
 
@@ -230,5 +299,94 @@ impl Pool {
     /// Gives up the sweeper role (its tunnel settings were replaced).
     pub(crate) fn stop_sweeping(&self) {
         self.lock().sweeping = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::keys::Secret;
+    use crate::proto::record::{Opener, Sealer};
+
+    /// A session over a real (idle) loopback connection.
+    async fn session(l: &tokio::net::TcpListener) -> (Session, TcpStream) {
+        let s = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (far, _) = l.accept().await.unwrap();
+        let key = Secret::from_bytes([3; 32]);
+        let session = Session {
+            sealed: s,
+            records: Records {
+                fingerprint: Fingerprint::of_spki(b"test key"),
+                sealer: Sealer::new(key.clone(), 1 << 30),
+                opener: Opener::new(key),
+            },
+            leftover: Vec::new(),
+            resumed: true,
+            born: Instant::now(),
+            streams: 0,
+            connect: "here".into(),
+            pin: None,
+        };
+        (session, far)
+    }
+
+    #[tokio::test]
+    async fn a_client_that_finds_the_pool_empty_gets_the_next_session_put_in() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::default();
+        let Take::Wait(next) = pool.take_or_wait("here", |_| true) else {
+            panic!("an empty pool makes the client wait");
+        };
+        // One refill for the waiting client, on top of the target (1 here, from its miss).
+        assert_eq!(pool.refills_due(0, 4), 2);
+        let (s, _far) = session(&l).await;
+        assert!(pool.put(s, 4));
+        pool.refilled(true);
+        let got = next.await.unwrap().expect("a session, not a failure");
+        assert_eq!(got.connect, "here");
+        assert_eq!(pool.len(), 0, "handed to the client, not kept idle");
+        // The next session put in, with nobody waiting, waits idle for the next client.
+        let (s, _far2) = session(&l).await;
+        assert!(pool.put(s, 4));
+        assert!(matches!(
+            pool.take_or_wait("here", |_| true),
+            Take::Session(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_failed_refill_sends_a_waiting_client_to_its_own_handshake() {
+        let pool = Pool::default();
+        let Take::Wait(next) = pool.take_or_wait("here", |_| true) else {
+            panic!("an empty pool makes the client wait");
+        };
+        assert!(pool.refills_due(0, 4) >= 1);
+        pool.refilled(false);
+        assert!(next.await.unwrap().is_none(), "told to make its own");
+        // Refills now back off: the next client does not wait at all.
+        assert!(matches!(pool.take_or_wait("here", |_| true), Take::Miss));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_gave_up_waiting_is_skipped() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::default();
+        let Take::Wait(gone) = pool.take_or_wait("here", |_| true) else {
+            panic!("an empty pool makes the client wait");
+        };
+        let Take::Wait(next) = pool.take_or_wait("here", |_| true) else {
+            panic!("an empty pool makes the client wait");
+        };
+        drop(gone);
+        let (s, _far) = session(&l).await;
+        assert!(pool.put(s, 4));
+        assert!(
+            next.await.unwrap().is_some(),
+            "the one still waiting gets it"
+        );
+        pool.close();
+        let Take::Miss = pool.take_or_wait("here", |_| true) else {
+            panic!("a closed pool makes nobody wait");
+        };
     }
 }
