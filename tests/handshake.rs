@@ -347,6 +347,30 @@ fn low_order_ephemeral_keys_are_refused_on_both_sides() {
     }
 }
 
+/// A listener that defers its answers (the daemon) does no X25519 in `read`: a hello that the
+/// signing budget, the queue or a per-source limit then refuses has cost no exchange. The
+/// low-order key shows where the exchange happens: past `read`, in `make_reply`, before the
+/// answer exists.
+#[test]
+fn a_deferred_answer_makes_the_x25519_exchange_only_when_it_is_made() {
+    let p = pair(None);
+    let lfp = p.listener.identity.public().fingerprint();
+    let eph = MSG_HEADER_LEN + 2 + 32;
+    let (mut c, l) = p.handshakes("deferred dh");
+    let mut l = l.defer_replies();
+    let mut hello = c.take_output();
+    hello[eph..eph + 32].copy_from_slice(&LOW_ORDER[0]);
+    remac(&mut hello, &lfp);
+    assert_eq!(
+        l.read(&hello).unwrap(),
+        hello.len(),
+        "read without an exchange"
+    );
+    assert!(l.reply_pending());
+    assert!(matches!(l.make_reply(), Err(HandshakeError::LowOrderPoint)));
+    assert!(l.take_output().is_empty(), "no answer made");
+}
+
 #[test]
 fn oversized_and_truncated_lengths_are_refused_before_allocation() {
     let p = pair(None);

@@ -447,10 +447,14 @@ enum State {
     Failed,
 }
 
-/// What a listener's deferred answer needs: the X25519 shared secret and the connector's ML-KEM
-/// encapsulation key (encapsulated to in [`Handshake::make_reply`], not in `read`).
+/// What a listener's deferred answer needs: the connector's X25519 key (or the shared secret,
+/// when a refused ticket fell back to a full handshake) and its ML-KEM encapsulation key. The
+/// X25519 and the encapsulation are done in [`Handshake::make_reply`], not in `read`, so that a
+/// hello that never gets an answer (the signing budget, the queue or a per-source limit refuses
+/// it) costs neither.
 struct Pending {
-    dh: SharedSecret,
+    peer_ephemeral: [u8; 32],
+    dh: Option<SharedSecret>,
     ek: Box<[u8; EK_LEN]>,
 }
 
@@ -1169,17 +1173,27 @@ impl Handshake {
         self.identity = identity.clone();
         let hello = Hello::decode_fields(&msg[MSG_HEADER_LEN..])?;
         self.check_hello(&hello)?;
-        let pending = self.pending(&hello, msg)?;
+        let pending = self.pending(&hello, msg, false)?;
         self.transcript.update(msg);
         self.state = State::ListenerReplyPending(pending);
         Ok(())
     }
 
-    /// The X25519 (cheap) and the connector's encapsulation key, kept for `make_reply`.
-    fn pending(&self, hello: &Hello, msg: &[u8]) -> Result<Box<Pending>, HandshakeError> {
-        let dh = x25519_shared(&self.rand.ephemeral, &hello.ephemeral)?;
+    /// The connector's keys, kept for `make_reply`; with `dh_now`, the X25519 as well.
+    fn pending(
+        &self,
+        hello: &Hello,
+        msg: &[u8],
+        dh_now: bool,
+    ) -> Result<Box<Pending>, HandshakeError> {
+        let dh = if dh_now {
+            Some(x25519_shared(&self.rand.ephemeral, &hello.ephemeral)?)
+        } else {
+            None
+        };
         let ek = hello_ek(&msg[MSG_HEADER_LEN..]).ok_or(MessageError::Malformed)?;
         Ok(Box::new(Pending {
+            peer_ephemeral: hello.ephemeral,
             dh,
             ek: Box::new(*ek),
         }))
@@ -1209,6 +1223,16 @@ impl Handshake {
     /// The listener's answer of a full handshake, once the connector's hello is in the
     /// transcript.
     fn listener_full_reply(&mut self, pending: &Pending) -> Result<(), HandshakeError> {
+        // The X25519 first: a low-order key ends the handshake before the ML-KEM and the
+        // signature.
+        let computed;
+        let dh = match &pending.dh {
+            Some(dh) => dh,
+            None => {
+                computed = x25519_shared(&self.rand.ephemeral, &pending.peer_ephemeral)?;
+                &computed
+            }
+        };
         let (ct, kem) = mlkem::encapsulate(&pending.ek).map_err(|_| HandshakeError::BadMlKemKey)?;
         let reply = Hello {
             version: PROTOCOL_VERSION,
@@ -1219,7 +1243,7 @@ impl Handshake {
         .encode_listener(&ct);
         self.transcript.update(&reply);
         self.out.extend_from_slice(&reply);
-        let keys = self.handshake_keys(&kem, &pending.dh);
+        let keys = self.handshake_keys(&kem, dh);
         let auth = self.make_auth(
             MessageType::ListenerAuth,
             LISTENER_SIGNATURE_CONTEXT,
@@ -1321,7 +1345,7 @@ impl Handshake {
             return Err(MessageError::Malformed.into());
         };
         // The X25519 first: a low-order key ends the handshake before it can use up a ticket.
-        let pending = self.pending(&hello, msg)?;
+        let pending = self.pending(&hello, msg, true)?;
         let redeemed = match self.resume.as_deref() {
             Some(ResumeCtx::Listener(r)) => lock(&r.store).check(
                 id,
@@ -1338,7 +1362,10 @@ impl Handshake {
         };
         self.transcript.update(msg);
         match redeemed {
-            Ok(ticket) => self.listener_resume_reply(&pending.dh, ticket),
+            Ok(ticket) => match &pending.dh {
+                Some(dh) => self.listener_resume_reply(dh, ticket),
+                None => Err(HandshakeError::State),
+            },
             Err(refusal) => {
                 // Fall back to a full handshake on the same transcript: it authenticates the
                 // resume hello as it would a connector hello, with its encapsulation key.
