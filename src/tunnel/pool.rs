@@ -330,13 +330,19 @@ mod tests {
         (session, far)
     }
 
+    /// A client's wait for the next session of an empty pool.
+    fn wait(pool: &Pool) -> oneshot::Receiver<Option<Session>> {
+        match pool.take_or_wait("here", |_| true) {
+            Take::Wait(next) => next,
+            _ => panic!("an empty pool makes the client wait"),
+        }
+    }
+
     #[tokio::test]
     async fn a_client_that_finds_the_pool_empty_gets_the_next_session_put_in() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let pool = Pool::default();
-        let Take::Wait(next) = pool.take_or_wait("here", |_| true) else {
-            panic!("an empty pool makes the client wait");
-        };
+        let next = wait(&pool);
         // One refill for the waiting client, on top of the target (1 here, from its miss).
         assert_eq!(pool.refills_due(0, 4), 2);
         let (s, _far) = session(&l).await;
@@ -357,9 +363,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_refill_sends_a_waiting_client_to_its_own_handshake() {
         let pool = Pool::default();
-        let Take::Wait(next) = pool.take_or_wait("here", |_| true) else {
-            panic!("an empty pool makes the client wait");
-        };
+        let next = wait(&pool);
         assert!(pool.refills_due(0, 4) >= 1);
         pool.refilled(false);
         assert!(next.await.unwrap().is_none(), "told to make its own");
@@ -371,12 +375,8 @@ mod tests {
     async fn a_client_that_gave_up_waiting_is_skipped() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let pool = Pool::default();
-        let Take::Wait(gone) = pool.take_or_wait("here", |_| true) else {
-            panic!("an empty pool makes the client wait");
-        };
-        let Take::Wait(next) = pool.take_or_wait("here", |_| true) else {
-            panic!("an empty pool makes the client wait");
-        };
+        let gone = wait(&pool);
+        let next = wait(&pool);
         drop(gone);
         let (s, _far) = session(&l).await;
         assert!(pool.put(s, 4));

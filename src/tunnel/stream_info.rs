@@ -54,8 +54,10 @@ pub(crate) async fn send_stream_info<W: AsyncWrite + Unpin>(
 
 /// Reads and opens the connector's first record, which must be StreamInfo, before `deadline`.
 /// `leftover` holds the bytes already read after the handshake; what follows the record is
-/// returned for the pump. Nothing is buffered beyond one StreamInfo record, and a first record of
-/// another type is refused from its header, before its body is read.
+/// returned for the pump. Each read takes up to the largest StreamInfo record, so one read
+/// usually brings the whole record (and the client's first bytes behind it); nothing is
+/// buffered beyond that, and a first record of another type is refused from its header, before
+/// its body is opened.
 pub(crate) async fn read_stream_info<R: AsyncRead + Unpin>(
     sealed: &mut R,
     opener: &mut Opener,
@@ -69,21 +71,28 @@ pub(crate) async fn read_stream_info<R: AsyncRead + Unpin>(
     }
 }
 
+/// The largest StreamInfo record.
+const MOST: usize = OVERHEAD + MAX_STREAM_INFO_LEN;
+
+/// Reads until `buf` holds at least `want` bytes (at most [`MOST`]), each read taking what is
+/// there up to [`MOST`] bytes in all.
 async fn fill<R: AsyncRead + Unpin>(
     sealed: &mut R,
     buf: &mut Vec<u8>,
     want: usize,
 ) -> Result<(), StreamError> {
-    if buf.len() >= want {
-        return Ok(());
+    while buf.len() < want {
+        let have = buf.len();
+        buf.resize(MOST.max(want), 0);
+        let n = sealed.read(&mut buf[have..]).await;
+        buf.truncate(have + n.as_ref().map_or(0, |n| *n));
+        match n {
+            Ok(0) => return Err(StreamError::Eof),
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
-    let have = buf.len();
-    buf.resize(want, 0);
-    match sealed.read_exact(&mut buf[have..]).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(StreamError::Eof),
-        Err(e) => Err(e.into()),
-    }
+    Ok(())
 }
 
 async fn read<R: AsyncRead + Unpin>(
@@ -99,7 +108,7 @@ async fn read<R: AsyncRead + Unpin>(
     if kind != RecordType::StreamInfo {
         return Err(RecordError::Unexpected(kind).into());
     }
-    if total > OVERHEAD + MAX_STREAM_INFO_LEN {
+    if total > MOST {
         return Err(RecordError::Malformed(kind).into());
     }
     fill(sealed, &mut buf, total).await?;
