@@ -1173,28 +1173,18 @@ impl Handshake {
         self.identity = identity.clone();
         let hello = Hello::decode_fields(&msg[MSG_HEADER_LEN..])?;
         self.check_hello(&hello)?;
-        let pending = self.pending(&hello, msg, false)?;
+        let pending = self.pending(&hello, msg)?;
         self.transcript.update(msg);
         self.state = State::ListenerReplyPending(pending);
         Ok(())
     }
 
-    /// The connector's keys, kept for `make_reply`; with `dh_now`, the X25519 as well.
-    fn pending(
-        &self,
-        hello: &Hello,
-        msg: &[u8],
-        dh_now: bool,
-    ) -> Result<Box<Pending>, HandshakeError> {
-        let dh = if dh_now {
-            Some(x25519_shared(&self.rand.ephemeral, &hello.ephemeral)?)
-        } else {
-            None
-        };
+    /// The connector's keys, kept for `make_reply` (which makes the X25519).
+    fn pending(&self, hello: &Hello, msg: &[u8]) -> Result<Box<Pending>, HandshakeError> {
         let ek = hello_ek(&msg[MSG_HEADER_LEN..]).ok_or(MessageError::Malformed)?;
         Ok(Box::new(Pending {
             peer_ephemeral: hello.ephemeral,
-            dh,
+            dh: None,
             ek: Box::new(*ek),
         }))
     }
@@ -1345,7 +1335,8 @@ impl Handshake {
             return Err(MessageError::Malformed.into());
         };
         // The X25519 first: a low-order key ends the handshake before it can use up a ticket.
-        let pending = self.pending(&hello, msg, true)?;
+        let dh = x25519_shared(&self.rand.ephemeral, &hello.ephemeral)?;
+        let mut pending = self.pending(&hello, msg)?;
         let redeemed = match self.resume.as_deref() {
             Some(ResumeCtx::Listener(r)) => lock(&r.store).check(
                 id,
@@ -1362,11 +1353,9 @@ impl Handshake {
         };
         self.transcript.update(msg);
         match redeemed {
-            Ok(ticket) => match &pending.dh {
-                Some(dh) => self.listener_resume_reply(dh, ticket),
-                None => Err(HandshakeError::State),
-            },
+            Ok(ticket) => self.listener_resume_reply(&dh, ticket),
             Err(refusal) => {
+                pending.dh = Some(dh);
                 // Fall back to a full handshake on the same transcript: it authenticates the
                 // resume hello as it would a connector hello, with its encapsulation key.
                 self.ticket_refused = Some(refusal);

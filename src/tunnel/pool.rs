@@ -184,20 +184,17 @@ impl Pool {
     /// Puts `session` back (or in for the first time): to the oldest waiting client if there is
     /// one, else among the idle; false (and the session closed) when the pool already holds
     /// `max`.
-    pub(crate) fn put(&self, session: Session, max: usize) -> bool {
+    pub(crate) fn put(&self, mut session: Session, max: usize) -> bool {
         let mut inner = self.lock();
         if inner.closed || !session.leftover.is_empty() {
             return false;
         }
-        let mut session = session;
         while let Some(w) = inner.waiters.pop_front() {
             match w.send(Some(session)) {
                 Ok(()) => return true,
                 // That client is gone: the next one.
-                Err(back) => match back {
-                    Some(s) => session = s,
-                    None => return false,
-                },
+                Err(Some(back)) => session = back,
+                Err(None) => return false,
             }
         }
         if inner.idle.len() >= max {

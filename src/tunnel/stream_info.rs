@@ -84,12 +84,10 @@ async fn fill<R: AsyncRead + Unpin>(
     while buf.len() < want {
         let have = buf.len();
         buf.resize(MOST.max(want), 0);
-        let n = sealed.read(&mut buf[have..]).await;
-        buf.truncate(have + n.as_ref().map_or(0, |n| *n));
-        match n {
-            Ok(0) => return Err(StreamError::Eof),
-            Ok(_) => {}
-            Err(e) => return Err(e.into()),
+        let read = sealed.read(&mut buf[have..]).await;
+        buf.truncate(have + read.as_ref().copied().unwrap_or(0));
+        if read? == 0 {
+            return Err(StreamError::Eof);
         }
     }
     Ok(())
