@@ -370,3 +370,62 @@ fn flood_case(kind: Flood, sources: u32) {
         );
     });
 }
+
+/// A connector that goes while its hello waits in the signing queue costs no signature: its
+/// hello leaves the queue with it. A hello that stays is still answered once the budget allows.
+#[test]
+fn a_hello_whose_connector_goes_while_it_waits_costs_no_signature() {
+    use support::daemon::*;
+
+    let service = Service::start(Behaviour::Echo);
+    let site = Site::new();
+    // One signature per second: the first hello is answered at once, the next ones wait.
+    let listener = site.start(
+        "listener.toml",
+        &(listener_for(
+            service.addr,
+            "signature_rate = 1\nhandshake_timeout = \"20s\"",
+        ) + METRICS),
+    );
+    let metrics = metrics_addr(&listener);
+    let sealed = listener.addr();
+    let params = connector_params(Arc::new(connector_key()), listener_fp());
+    let hello =
+        |label: &str| Handshake::connector(params.clone(), det_randomness(label)).take_output();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let before = signatures(metrics);
+        let send = |bytes: Vec<u8>| async move {
+            let mut s = TcpStream::connect(sealed).await.unwrap();
+            s.write_all(&bytes).await.unwrap();
+            s
+        };
+        // Takes the budget's one signature and holds its answer unread.
+        let _first = send(hello("first")).await;
+        let mut gone = Vec::new();
+        for i in 0..20 {
+            gone.push(send(hello(&format!("gone {i}"))).await);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(gone);
+        // The budget refills three times meanwhile.
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        let signed = signatures(metrics) - before;
+        assert_eq!(
+            signed, 1,
+            "hellos whose connectors had gone were signed ({signed} signatures, 1 expected)"
+        );
+        let mut stays = send(hello("stays")).await;
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), stays.read(&mut buf))
+            .await
+            .expect("a waiting hello is answered once the budget allows")
+            .unwrap();
+        assert!(n > 0, "the listener closed a hello it should answer");
+        assert_eq!(signatures(metrics) - before, 2);
+    });
+}

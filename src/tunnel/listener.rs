@@ -191,9 +191,15 @@ impl ListenerTunnel {
             }
             // Unix peers do not come here (the sealed side is TCP); one source for all of them.
             let source = source.unwrap_or(Source::Overflow);
-            let signed =
-                tokio::time::timeout_at(deadline, signing::sign(state, source, hs, &self.tuning))
-                    .await;
+            // A connector that goes while its hello waits takes its hello out of the queue:
+            // no signature is made for nobody.
+            let signed = tokio::select! {
+                signed = tokio::time::timeout_at(
+                    deadline,
+                    signing::sign(state, source, hs, &self.tuning),
+                ) => signed,
+                () = gone(sealed) => return Err(SessionError::Eof),
+            };
             hs = match signed {
                 Err(_) => return Err(SessionError::Timeout(timeout)),
                 Ok(Ok(hs)) => hs,
@@ -234,6 +240,16 @@ impl ListenerTunnel {
                 source_handshake_rate = self.tuning.source_handshake_rate,
                 "hellos not answered: {why} reached (a flood of hellos, or a load past the limits)");
         }
+    }
+}
+
+/// Resolves when the connector has gone (the end of its stream, or a reset) while its hello
+/// waits for an answer. Never if bytes come early: they are left for the handshake to read.
+async fn gone(sealed: &tokio::net::TcpStream) {
+    let mut byte = [0u8; 1];
+    match sealed.peek(&mut byte).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
     }
 }
 

@@ -8,12 +8,16 @@
 //! open up to [`HOLD`]. Meanwhile: connect-to-first-echo of each connector, sequentially
 //! (p50/p99), the throughput of a bulk echo stream established before the flood (as a ratio of
 //! the same stream without a flood), and the listener's signatures per second. A first round
-//! without a flood is the reference. The flood clients run in this process too, so every
-//! figure includes their cost: the listener is not flooded any harder than it would be from
-//! elsewhere, but it shares the cores. To tell the two costs apart, each flood is also aimed at
-//! a sink (a plain TCP server that reads what comes and closes at once) right before it is
-//! aimed at the listener: the bulk stream's throughput under the listener's flood as a ratio of
-//! its throughput under the sink's is what the listener itself lost.
+//! without a flood is the reference.
+//!
+//! The flood clients run in this process too: the listener is not flooded any harder than it
+//! would be from elsewhere, but it shares the cores. Two things keep their cost apart from the
+//! listener's. Fresh hellos are made before the rounds that send them (a flood from elsewhere
+//! costs this machine no key generation), and each flood is aimed at a sink (a plain TCP server
+//! that reads what comes and closes at once) as well as at the listener, in the order sink,
+//! listener, listener, sink, so that a drift of the machine's speed over the four rounds falls
+//! on both sides alike. What the listener itself costs the established stream is its
+//! throughput under the two listener rounds over its throughput under the two sink rounds.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -65,8 +69,12 @@ pub(crate) struct FloodRound {
     /// Bulk echo stream, MiB/s, and as a ratio of the reference round.
     pub bulk_mib_s: f64,
     pub bulk_ratio: f64,
-    /// Listener rounds: the bulk stream's MiB/s as a ratio of the same flood's sink round.
+    /// Listener rounds: the bulk stream's MiB/s as a ratio of the mean of the same flood's two
+    /// sink rounds.
     pub bulk_vs_sink: Option<f64>,
+    /// Listener rounds: the bulk stream's MiB/s over both listener rounds of this flood as a
+    /// ratio of the same over both its sink rounds (what the listener itself costs it).
+    pub block_vs_sink: Option<f64>,
     /// Listener signatures per second.
     pub signatures_per_second: f64,
 }
@@ -111,6 +119,19 @@ pub(crate) async fn run(json: bool) -> anyhow::Result<()> {
             r.bulk_vs_sink
                 .map_or_else(|| "–".to_owned(), |v| format!("{v:.2}×")),
             r.signatures_per_second
+        );
+    }
+    println!("bulk throughput under the listener's floods over the same under the sink's (two rounds each):");
+    for r in rounds
+        .iter()
+        .filter(|r| r.block_vs_sink.is_some())
+        .step_by(2)
+    {
+        println!(
+            "  {:<8} from {:>3} sources: {:.2}×",
+            r.flood,
+            r.sources,
+            r.block_vs_sink.unwrap_or(f64::NAN)
         );
     }
     Ok(())
@@ -196,6 +217,45 @@ fn connector_params(c_id: &Arc<PrivateIdentity>, l_id: &Arc<PrivateIdentity>) ->
     }
 }
 
+/// One flood: fresh hellos or one replayed, from how many source addresses.
+#[derive(Debug, Clone, Copy)]
+struct Flood {
+    fresh: bool,
+    sources: u32,
+}
+
+/// What a round's flood sends.
+#[derive(Clone)]
+enum Hellos {
+    /// The same captured hello every time.
+    Replay(Arc<Vec<u8>>),
+    /// Each of these once, made before the round; the flood stops when they run out (the
+    /// round's `conn/s` would show it).
+    Fresh(Arc<Vec<Vec<u8>>>),
+}
+
+/// Fresh hellos for one round: enough for [`FLOOD_SECONDS`] plus one second at [`FLOOD_RATE`],
+/// made on every core before the round starts.
+async fn fresh_hellos(params: &ConnectorParams) -> anyhow::Result<Hellos> {
+    let count = (FLOOD_RATE * (FLOOD_SECONDS + 1)) as usize;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut parts = Vec::new();
+    for t in 0..threads {
+        let params = params.clone();
+        let n = count / threads + usize::from(t < count % threads);
+        parts.push(tokio::task::spawn_blocking(move || {
+            (0..n)
+                .map(|_| Handshake::connector(params.clone(), os_randomness()).take_output())
+                .collect::<Vec<_>>()
+        }));
+    }
+    let mut hellos = Vec::with_capacity(count);
+    for part in parts {
+        hellos.extend(part.await?);
+    }
+    Ok(Hellos::Fresh(Arc::new(hellos)))
+}
+
 async fn measure() -> anyhow::Result<Vec<FloodRound>> {
     super::loads::raise_nofile();
     let tracker = TaskTracker::new();
@@ -204,59 +264,83 @@ async fn measure() -> anyhow::Result<Vec<FloodRound>> {
     // The connector with a ticket gets one; the bulk stream is established.
     first_echo(s.with_ticket).await?;
     let bulk = Bulk::start(s.with_ticket).await?;
-    let mut rounds = Vec::new();
-    let mut reference = None;
-    let mut sink_mib_s = None;
-    for (flood, sources, at_sink) in [
-        (None, 0, false),
-        (Some(false), 1, true),
-        (Some(false), 1, false),
-        (Some(false), 256, true),
-        (Some(false), 256, false),
-        (Some(true), 1, true),
-        (Some(true), 1, false),
-        (Some(true), 256, true),
-        (Some(true), 256, false),
-    ] {
-        let mut r = round(&s, &bulk, flood, sources, at_sink).await;
-        let base = *reference.get_or_insert(r.bulk_mib_s);
-        r.bulk_ratio = if base > 0.0 { r.bulk_mib_s / base } else { 0.0 };
-        if at_sink {
-            sink_mib_s = Some(r.bulk_mib_s);
-        } else if flood.is_some() {
-            r.bulk_vs_sink = sink_mib_s
-                .take()
-                .filter(|&m| m > 0.0)
-                .map(|m| r.bulk_mib_s / m);
+    let captured = Hellos::Replay(Arc::new(
+        Handshake::connector(s.flood_params.clone(), os_randomness()).take_output(),
+    ));
+    let mut rounds = vec![round(&s, &bulk, None, false).await];
+    let reference = rounds[0].bulk_mib_s;
+    let floods = [(false, 1), (false, 256), (true, 1), (true, 256)];
+    for (fresh, sources) in floods {
+        let flood = Flood { fresh, sources };
+        // Sink, listener, listener, sink. A fresh hello reaches the listener once: each
+        // listener round has hellos of its own, which its neighbouring sink round sends too.
+        let (first, second) = if fresh {
+            (
+                fresh_hellos(&s.flood_params).await?,
+                fresh_hellos(&s.flood_params).await?,
+            )
+        } else {
+            (captured.clone(), captured.clone())
+        };
+        let mut block = Vec::new();
+        for (hellos, at_sink) in [
+            (&first, true),
+            (&first, false),
+            (&second, false),
+            (&second, true),
+        ] {
+            let r = round(&s, &bulk, Some((flood, hellos.clone())), at_sink).await;
+            eprintln!(
+                "sealpipe bench: flood {} from {sources} at {}: done",
+                r.flood, r.at
+            );
+            block.push(r);
+            // Let the held flood connections go before the next round.
+            tokio::time::sleep(HOLD + Duration::from_millis(500)).await;
         }
-        eprintln!(
-            "sealpipe bench: flood {} from {sources} at {}: done",
-            r.flood, r.at
-        );
-        rounds.push(r);
-        // Let the held flood connections go before the next round.
-        tokio::time::sleep(HOLD + Duration::from_millis(500)).await;
+        let mib_s = |sink: bool| -> f64 {
+            block
+                .iter()
+                .filter(|r| (r.at == "sink") == sink)
+                .map(|r| r.bulk_mib_s)
+                .sum()
+        };
+        let (at_sink, at_listener) = (mib_s(true), mib_s(false));
+        for r in &mut block {
+            if r.at == "listener" && at_sink > 0.0 {
+                r.bulk_vs_sink = Some(2.0 * r.bulk_mib_s / at_sink);
+                r.block_vs_sink = Some(at_listener / at_sink);
+            }
+        }
+        rounds.extend(block);
+    }
+    for r in &mut rounds {
+        r.bulk_ratio = if reference > 0.0 {
+            r.bulk_mib_s / reference
+        } else {
+            0.0
+        };
     }
     stop.cancel();
     Ok(rounds)
 }
 
-/// One round: `flood` `None` (reference), `Some(fresh)`, aimed at the listener or the sink.
+/// One round: no flood (the reference), or `flood` sending `hellos`, aimed at the listener or
+/// the sink.
 async fn round(
     s: &Setup,
     bulk: &Bulk,
-    flood: Option<bool>,
-    sources: u32,
+    flood: Option<(Flood, Hellos)>,
     at_sink: bool,
 ) -> FloodRound {
     let period = Duration::from_secs(FLOOD_SECONDS);
     let done = Arc::new(AtomicBool::new(false));
     let opened = Arc::new(AtomicU64::new(0));
-    let flooder = flood.map(|fresh| {
+    let kind = flood.as_ref().map(|(f, _)| *f);
+    let flooder = flood.map(|(f, hellos)| {
         let (done, opened) = (done.clone(), opened.clone());
-        let params = s.flood_params.clone();
         let aim = if at_sink { s.sink } else { s.sealed };
-        tokio::spawn(run_flood(aim, params, fresh, sources, done, opened))
+        tokio::spawn(run_flood(aim, hellos, f.sources, done, opened))
     });
     let sigs0 = s.listener.counters.signatures.load(Ordering::Relaxed);
     let bytes0 = bulk.received.load(Ordering::Relaxed);
@@ -273,13 +357,13 @@ async fn round(
     let (ticket, t_failed) = ticket;
     let (full, f_failed) = full;
     FloodRound {
-        flood: match flood {
+        flood: match kind {
             None => "none",
-            Some(false) => "replay",
-            Some(true) => "fresh",
+            Some(Flood { fresh: false, .. }) => "replay",
+            Some(Flood { fresh: true, .. }) => "fresh",
         },
         at: if at_sink { "sink" } else { "listener" },
-        sources,
+        sources: kind.map_or(0, |f| f.sources),
         flood_per_second: opened.load(Ordering::Relaxed) as f64 / elapsed,
         resumed_p50_ms: percentile(&ticket, 0.50),
         resumed_p99_ms: percentile(&ticket, 0.99),
@@ -289,6 +373,7 @@ async fn round(
         bulk_mib_s: bytes as f64 / elapsed / (1024.0 * 1024.0),
         bulk_ratio: 1.0,
         bulk_vs_sink: None,
+        block_vs_sink: None,
         signatures_per_second: sigs as f64 / elapsed,
     }
 }
@@ -331,30 +416,32 @@ async fn first_echo(entry: SocketAddr) -> anyhow::Result<()> {
 }
 
 /// The flood: `FLOOD_RATE` connections per second from `sources` addresses, each sending one
-/// hello (the same captured one, or a fresh one) and held up to [`HOLD`].
+/// hello of `hellos` and held up to [`HOLD`].
 async fn run_flood(
     sealed: SocketAddr,
-    params: ConnectorParams,
-    fresh: bool,
+    hellos: Hellos,
     sources: u32,
     done: Arc<AtomicBool>,
     opened: Arc<AtomicU64>,
 ) {
-    let captured = Arc::new(Handshake::connector(params.clone(), os_randomness()).take_output());
     let tick = Duration::from_millis(10);
     let per_tick = FLOOD_RATE / 100;
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut n: u32 = 0;
+    let mut next = 0;
     while !done.load(Ordering::Relaxed) {
         interval.tick().await;
         for _ in 0..per_tick {
             n = n.wrapping_add(1);
             let from = Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 1, 1)) + n % sources);
-            let hello = if fresh {
-                Arc::new(Handshake::connector(params.clone(), os_randomness()).take_output())
-            } else {
-                captured.clone()
+            let hello = match &hellos {
+                Hellos::Replay(one) => HelloRef::Replay(one.clone()),
+                Hellos::Fresh(all) if next < all.len() => {
+                    next += 1;
+                    HelloRef::Fresh(all.clone(), next - 1)
+                }
+                Hellos::Fresh(_) => return,
             };
             let opened = opened.clone();
             tokio::spawn(async move {
@@ -368,7 +455,7 @@ async fn run_flood(
                     return;
                 };
                 opened.fetch_add(1, Ordering::Relaxed);
-                if s.write_all(&hello).await.is_err() {
+                if s.write_all(hello.bytes()).await.is_err() {
                     return;
                 }
                 let mut buf = [0u8; 4096];
@@ -381,6 +468,21 @@ async fn run_flood(
                 })
                 .await;
             });
+        }
+    }
+}
+
+/// One flood connection's hello, shared with the round's others.
+enum HelloRef {
+    Replay(Arc<Vec<u8>>),
+    Fresh(Arc<Vec<Vec<u8>>>, usize),
+}
+
+impl HelloRef {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            HelloRef::Replay(one) => one,
+            HelloRef::Fresh(all, i) => &all[*i],
         }
     }
 }
