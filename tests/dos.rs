@@ -192,6 +192,15 @@ fn fresh_hellos_from_256_sources_stay_within_the_budget_and_lock_nobody_out() {
     flood_case(Flood::Fresh, 256);
 }
 
+/// The clients' runtime of a test against real daemons: two workers.
+fn two_workers() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// The listener's `sealpipe_signatures_total`.
 fn signatures(metrics: std::net::SocketAddr) -> u64 {
     let text = support::daemon::scrape(metrics);
@@ -273,11 +282,7 @@ fn flood_case(kind: Flood, sources: u32) {
         &connector_for(sealed, &format!("resumption = false\n{NO_POOL}")),
     );
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = two_workers();
     rt.block_on(async {
         let generous = || Instant::now() + Duration::from_secs(60);
         // The connector with a ticket gets it before the flood.
@@ -392,11 +397,7 @@ fn a_hello_whose_connector_goes_while_it_waits_costs_no_signature() {
     let params = connector_params(Arc::new(connector_key()), listener_fp());
     let hello =
         |label: &str| Handshake::connector(params.clone(), det_randomness(label)).take_output();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = two_workers();
     rt.block_on(async {
         let before = signatures(metrics);
         let send = |bytes: Vec<u8>| async move {
@@ -404,11 +405,12 @@ fn a_hello_whose_connector_goes_while_it_waits_costs_no_signature() {
             s.write_all(&bytes).await.unwrap();
             s
         };
+        let hellos: Vec<_> = (0..20).map(|i| hello(&format!("gone {i}"))).collect();
         // Takes the budget's one signature and holds its answer unread.
         let _first = send(hello("first")).await;
         let mut gone = Vec::new();
-        for i in 0..20 {
-            gone.push(send(hello(&format!("gone {i}"))).await);
+        for h in hellos {
+            gone.push(send(h).await);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         drop(gone);
