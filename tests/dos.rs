@@ -406,8 +406,14 @@ fn a_hello_whose_connector_goes_while_it_waits_costs_no_signature() {
             s
         };
         let hellos: Vec<_> = (0..20).map(|i| hello(&format!("gone {i}"))).collect();
-        // Takes the budget's one signature and holds its answer unread.
-        let _first = send(hello("first")).await;
+        // Takes the budget's one signature (its answer read, so that it is this one that
+        // took it), and stays.
+        let mut first = send(hello("first")).await;
+        let mut buf = [0u8; 4096];
+        assert!(
+            first.read(&mut buf).await.unwrap() > 0,
+            "the first hello is answered"
+        );
         let mut gone = Vec::new();
         for h in hellos {
             gone.push(send(h).await);
@@ -422,7 +428,6 @@ fn a_hello_whose_connector_goes_while_it_waits_costs_no_signature() {
             "hellos whose connectors had gone were signed ({signed} signatures, 1 expected)"
         );
         let mut stays = send(hello("stays")).await;
-        let mut buf = [0u8; 4096];
         let n = tokio::time::timeout(Duration::from_secs(10), stays.read(&mut buf))
             .await
             .expect("a waiting hello is answered once the budget allows")
