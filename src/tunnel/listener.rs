@@ -192,8 +192,10 @@ impl ListenerTunnel {
             // Unix peers do not come here (the sealed side is TCP); one source for all of them.
             let source = source.unwrap_or(Source::Overflow);
             // A connector that goes while its hello waits takes its hello out of the queue:
-            // no signature is made for nobody.
+            // no signature is made for a connection that is gone. The answer is polled first,
+            // so that a hello signed inline at once costs no look at the socket.
             let signed = tokio::select! {
+                biased;
                 signed = tokio::time::timeout_at(
                     deadline,
                     signing::sign(state, source, hs, &self.tuning),

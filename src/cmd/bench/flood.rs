@@ -122,6 +122,7 @@ pub(crate) async fn run(json: bool) -> anyhow::Result<()> {
         );
     }
     println!("bulk throughput under the listener's floods over the same under the sink's (two rounds each):");
+    // The two listener rounds of a flood are next to each other and carry the same figure.
     for r in rounds
         .iter()
         .filter(|r| r.block_vs_sink.is_some())
@@ -217,21 +218,20 @@ fn connector_params(c_id: &Arc<PrivateIdentity>, l_id: &Arc<PrivateIdentity>) ->
     }
 }
 
-/// One flood: fresh hellos or one replayed, from how many source addresses.
-#[derive(Debug, Clone, Copy)]
+/// One flood: what it sends, from how many source addresses.
+#[derive(Clone)]
 struct Flood {
-    fresh: bool,
+    hellos: Hellos,
     sources: u32,
 }
 
-/// What a round's flood sends.
+/// What a round's flood sends: each hello once (fresh ones, made before the round; the flood
+/// stops when they run out, which the round's `conn/s` would show), or the first one again and
+/// again (a captured hello replayed).
 #[derive(Clone)]
-enum Hellos {
-    /// The same captured hello every time.
-    Replay(Arc<Vec<u8>>),
-    /// Each of these once, made before the round; the flood stops when they run out (the
-    /// round's `conn/s` would show it).
-    Fresh(Arc<Vec<Vec<u8>>>),
+struct Hellos {
+    all: Arc<Vec<Vec<u8>>>,
+    replay: bool,
 }
 
 /// Fresh hellos for one round: enough for [`FLOOD_SECONDS`] plus one second at [`FLOOD_RATE`],
@@ -253,7 +253,10 @@ async fn fresh_hellos(params: &ConnectorParams) -> anyhow::Result<Hellos> {
     for part in parts {
         hellos.extend(part.await?);
     }
-    Ok(Hellos::Fresh(Arc::new(hellos)))
+    Ok(Hellos {
+        all: Arc::new(hellos),
+        replay: false,
+    })
 }
 
 async fn measure() -> anyhow::Result<Vec<FloodRound>> {
@@ -264,14 +267,18 @@ async fn measure() -> anyhow::Result<Vec<FloodRound>> {
     // The connector with a ticket gets one; the bulk stream is established.
     first_echo(s.with_ticket).await?;
     let bulk = Bulk::start(s.with_ticket).await?;
-    let captured = Hellos::Replay(Arc::new(
-        Handshake::connector(s.flood_params.clone(), os_randomness()).take_output(),
-    ));
+    let captured = Hellos {
+        all: Arc::new(vec![Handshake::connector(
+            s.flood_params.clone(),
+            os_randomness(),
+        )
+        .take_output()]),
+        replay: true,
+    };
     let mut rounds = vec![round(&s, &bulk, None, false).await];
     let reference = rounds[0].bulk_mib_s;
     let floods = [(false, 1), (false, 256), (true, 1), (true, 256)];
     for (fresh, sources) in floods {
-        let flood = Flood { fresh, sources };
         // Sink, listener, listener, sink. A fresh hello reaches the listener once: each
         // listener round has hellos of its own, which its neighbouring sink round sends too.
         let (first, second) = if fresh {
@@ -289,7 +296,11 @@ async fn measure() -> anyhow::Result<Vec<FloodRound>> {
             (&second, false),
             (&second, true),
         ] {
-            let r = round(&s, &bulk, Some((flood, hellos.clone())), at_sink).await;
+            let flood = Flood {
+                hellos: hellos.clone(),
+                sources,
+            };
+            let r = round(&s, &bulk, Some(flood), at_sink).await;
             eprintln!(
                 "sealpipe bench: flood {} from {sources} at {}: done",
                 r.flood, r.at
@@ -327,20 +338,19 @@ async fn measure() -> anyhow::Result<Vec<FloodRound>> {
 
 /// One round: no flood (the reference), or `flood` sending `hellos`, aimed at the listener or
 /// the sink.
-async fn round(
-    s: &Setup,
-    bulk: &Bulk,
-    flood: Option<(Flood, Hellos)>,
-    at_sink: bool,
-) -> FloodRound {
+async fn round(s: &Setup, bulk: &Bulk, flood: Option<Flood>, at_sink: bool) -> FloodRound {
     let period = Duration::from_secs(FLOOD_SECONDS);
     let done = Arc::new(AtomicBool::new(false));
     let opened = Arc::new(AtomicU64::new(0));
-    let kind = flood.as_ref().map(|(f, _)| *f);
-    let flooder = flood.map(|(f, hellos)| {
+    let (name, sources) = match &flood {
+        None => ("none", 0),
+        Some(f) if f.hellos.replay => ("replay", f.sources),
+        Some(f) => ("fresh", f.sources),
+    };
+    let flooder = flood.map(|f| {
         let (done, opened) = (done.clone(), opened.clone());
         let aim = if at_sink { s.sink } else { s.sealed };
-        tokio::spawn(run_flood(aim, hellos, f.sources, done, opened))
+        tokio::spawn(run_flood(aim, f, done, opened))
     });
     let sigs0 = s.listener.counters.signatures.load(Ordering::Relaxed);
     let bytes0 = bulk.received.load(Ordering::Relaxed);
@@ -357,13 +367,9 @@ async fn round(
     let (ticket, t_failed) = ticket;
     let (full, f_failed) = full;
     FloodRound {
-        flood: match kind {
-            None => "none",
-            Some(Flood { fresh: false, .. }) => "replay",
-            Some(Flood { fresh: true, .. }) => "fresh",
-        },
+        flood: name,
         at: if at_sink { "sink" } else { "listener" },
-        sources: kind.map_or(0, |f| f.sources),
+        sources,
         flood_per_second: opened.load(Ordering::Relaxed) as f64 / elapsed,
         resumed_p50_ms: percentile(&ticket, 0.50),
         resumed_p99_ms: percentile(&ticket, 0.99),
@@ -415,34 +421,31 @@ async fn first_echo(entry: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The flood: `FLOOD_RATE` connections per second from `sources` addresses, each sending one
-/// hello of `hellos` and held up to [`HOLD`].
+/// The flood: `FLOOD_RATE` connections per second from `flood.sources` addresses, each sending
+/// one hello of `flood.hellos` and held up to [`HOLD`].
 async fn run_flood(
     sealed: SocketAddr,
-    hellos: Hellos,
-    sources: u32,
+    flood: Flood,
     done: Arc<AtomicBool>,
     opened: Arc<AtomicU64>,
 ) {
+    let Flood { hellos, sources } = flood;
     let tick = Duration::from_millis(10);
     let per_tick = FLOOD_RATE / 100;
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Flood connections opened so far.
     let mut n: u32 = 0;
-    let mut next = 0;
     while !done.load(Ordering::Relaxed) {
         interval.tick().await;
         for _ in 0..per_tick {
-            n = n.wrapping_add(1);
             let from = Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 1, 1)) + n % sources);
-            let hello = match &hellos {
-                Hellos::Replay(one) => HelloRef::Replay(one.clone()),
-                Hellos::Fresh(all) if next < all.len() => {
-                    next += 1;
-                    HelloRef::Fresh(all.clone(), next - 1)
-                }
-                Hellos::Fresh(_) => return,
-            };
+            let i = if hellos.replay { 0 } else { n as usize };
+            if i >= hellos.all.len() {
+                return;
+            }
+            n = n.wrapping_add(1);
+            let all = hellos.all.clone();
             let opened = opened.clone();
             tokio::spawn(async move {
                 let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
@@ -455,7 +458,7 @@ async fn run_flood(
                     return;
                 };
                 opened.fetch_add(1, Ordering::Relaxed);
-                if s.write_all(hello.bytes()).await.is_err() {
+                if s.write_all(&all[i]).await.is_err() {
                     return;
                 }
                 let mut buf = [0u8; 4096];
@@ -468,21 +471,6 @@ async fn run_flood(
                 })
                 .await;
             });
-        }
-    }
-}
-
-/// One flood connection's hello, shared with the round's others.
-enum HelloRef {
-    Replay(Arc<Vec<u8>>),
-    Fresh(Arc<Vec<Vec<u8>>>, usize),
-}
-
-impl HelloRef {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            HelloRef::Replay(one) => one,
-            HelloRef::Fresh(all, i) => &all[*i],
         }
     }
 }
