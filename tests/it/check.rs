@@ -3,7 +3,7 @@
 //! `unix:` listen socket's directory, and warns about `forward`/`connect` names that do not
 //! resolve.
 
-mod support;
+use crate::support;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;

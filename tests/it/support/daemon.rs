@@ -216,7 +216,7 @@ pub fn tofu_connector_toml(connect: SocketAddr) -> String {
 }
 
 /// One session per client, for tests that count handshakes, resumptions or connections (warm
-/// and reused sessions are tested in `tests/reuse.rs`).
+/// and reused sessions are tested in `tests/it/reuse.rs`).
 pub const NO_POOL: &str = "pool_max = 0\n";
 
 /// Writes [`tofu_connector_toml`] as `connector.toml` in `site`.

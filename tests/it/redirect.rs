@@ -3,10 +3,12 @@
 //! destination (`SO_ORIGINAL_DST`, `IP6T_SO_ORIGINAL_DST`) and sends it in its StreamInfo record;
 //! the listener connects there only if `allow_destinations` allows it.
 //!
-//! Needs root, `unshare` and `nft`: the test re-runs itself under `unshare --net` (so no rule
-//! ever touches the host's network) and prints `skipped: …` and passes when any is missing.
+//! Needs root, `unshare`, `ip` and `nft`: the test re-runs itself under `unshare --net` (so no
+//! rule ever touches the host's network). It is `#[ignore]`d for a plain `cargo test`; `.ci/run`
+//! installs nftables and runs it with `--ignored` where a network namespace can be made, and it
+//! fails, naming what is missing, when run without what it needs.
 
-mod support;
+use crate::support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -30,16 +32,17 @@ fn have(tool: &str, arg: &str) -> bool {
 }
 
 #[test]
+#[ignore = "needs root, unshare, ip and nft (a network namespace); .ci/run runs it"]
 fn redirect_mode_in_a_network_namespace() {
-    if !support::is_root() {
-        println!("skipped: redirect-mode namespace test needs root (unshare --net, nft)");
-        return;
-    }
+    assert!(
+        support::is_root(),
+        "the redirect-mode namespace test needs root (unshare --net, nft)"
+    );
     for (tool, arg) in [("unshare", "--version"), ("nft", "--version"), ("ip", "-V")] {
-        if !have(tool, arg) {
-            println!("skipped: redirect-mode namespace test needs `{tool}` (apt-get install nftables util-linux iproute2)");
-            return;
-        }
+        assert!(
+            have(tool, arg),
+            "the redirect-mode namespace test needs `{tool}` (Debian: nftables util-linux iproute2)"
+        );
     }
     let exe = std::env::current_exe().unwrap();
     let out = Command::new("unshare")
@@ -47,7 +50,7 @@ fn redirect_mode_in_a_network_namespace() {
         .arg("--")
         .arg(&exe)
         .args([
-            "inside_the_namespace",
+            "redirect::inside_the_namespace",
             "--exact",
             "--ignored",
             "--nocapture",
@@ -61,10 +64,6 @@ fn redirect_mode_in_a_network_namespace() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    if !out.status.success() && text.contains("unshare failed") {
-        println!("skipped: cannot create a network namespace here: {text}");
-        return;
-    }
     assert!(out.status.success(), "inside the namespace:\n{text}");
     assert!(text.contains("REDIRECT CHECKS PASSED"), "{text}");
 }
@@ -73,10 +72,10 @@ fn redirect_mode_in_a_network_namespace() {
 #[test]
 #[ignore = "run by redirect_mode_in_a_network_namespace inside `unshare --net`"]
 fn inside_the_namespace() {
-    if std::env::var_os(INSIDE).is_none() {
-        println!("skipped: this test only runs inside the namespace its sibling creates");
-        return;
-    }
+    assert!(
+        std::env::var_os(INSIDE).is_some(),
+        "this test only runs inside the namespace that redirect_mode_in_a_network_namespace makes"
+    );
     run(&["ip", "link", "set", "lo", "up"]);
     // A target, a client, and one outside `[fd00::/120]` for a refused destination.
     for addr in ["fd00::5/128", "fd00::9/128", "fd00::1:5/128"] {

@@ -2,7 +2,7 @@
 //! JSON has its fields, the bytes the sink confirmed equal what was asked, and runs this tiny
 //! are warned about (on stderr and in the notes).
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

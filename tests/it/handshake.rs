@@ -2,7 +2,7 @@
 //! for (the messages of §2, the state machine of §5, the attacks of §7), then session
 //! resumption (§9).
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 

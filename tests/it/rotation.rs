@@ -5,7 +5,7 @@
 //! were made under. Then the configuration errors. Then the whole procedure with real daemons,
 //! bytes checked end to end at every step.
 
-mod support;
+use crate::support;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};

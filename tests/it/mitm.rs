@@ -9,7 +9,7 @@
 //! send (what it got is a prefix of what was sent, and a clean EOF only ever follows all of it),
 //! handshake attacks never reach the service at all, and the clean connection keeps flowing.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,7 +21,7 @@ use support::pseudo_random;
 /// Small records and frequent rekeys, so that a few KiB make many records of every type; a short
 /// handshake timeout bounds the attacks that leave a side waiting for bytes. Resumption is off:
 /// the adversary's parser and its attack table follow the full handshake (resumed handshakes
-/// are attacked byte by byte in tests/handshake.rs).
+/// are attacked byte by byte in tests/it/handshake.rs).
 const TUNING: &str = "record_size = \"1KiB\"\nrekey_bytes = \"3KiB\"\nhandshake_timeout = \"3s\"\nresumption = false\npool_max = 0";
 
 /// What each attacked client sends: 8 KiB, so at least 8 data records, 2 rekey records and a

@@ -2,7 +2,7 @@
 //! and hellos from peers that do not know the listener's key cost no RSA signature, bounded
 //! memory, and are closed at the handshake timeout, while a legitimate connection completes.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

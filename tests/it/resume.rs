@@ -2,13 +2,13 @@
 //! through the same connector/listener pair resume (no RSA), survive a reload, and carry the
 //! same bytes; with `resumption = false` nothing resumes.
 
-mod support;
+use crate::support;
 
 use support::daemon::*;
 
 /// A 300 KB exchange (a little more for each seed) through `t`, both sides hashed.
 /// One session per client: these tests count handshakes (warm sessions are tested in
-/// `tests/reuse.rs`).
+/// `tests/it/reuse.rs`).
 const NO_POOL: &str = "pool_max = 0";
 
 fn exchange(t: &Tunnel, seed: u64) {

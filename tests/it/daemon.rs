@@ -1,7 +1,7 @@
 //! The real daemon over real sockets: two `sealpipe run` processes (listener and connector),
 //! real key files, a plaintext service, and hashes checked on both ends.
 
-mod support;
+use crate::support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -129,7 +129,7 @@ fn wrong_pinned_key_at_the_connector_resets_the_client() {
         try_exchange(t.entry, b"secret"),
         Err(ErrorKind::ConnectionReset)
     );
-    // What the connector says about it is checked in tests/misconfiguration.rs.
+    // What the connector says about it is checked in tests/it/misconfiguration.rs.
     let log = t.connector.wait_log("did not answer a hello");
     assert!(
         log.contains("the `peer` pin is probably not its key"),
@@ -382,23 +382,23 @@ fn per_source_rate_limit_drops_past_the_rate_and_warns_once() {
 #[test]
 fn ipv6_host_names_and_json_logs_work() {
     let service = Service::start(Behaviour::Echo);
-    // IPv6: listener on [::1], connector to an IPv6 literal (skipped without IPv6 loopback).
-    if std::net::TcpListener::bind("[::1]:0").is_ok() {
-        let v6: std::net::SocketAddr = "[::1]:0".parse().unwrap();
-        let t = Tunnel::start(
-            Site::new(),
-            &listener_config(v6, service.addr, &[connector_fp()], ""),
-            |listener| connector_config("connector.pem", v6, listener, &listener_fp(), ""),
-        );
-        assert!(t.listener.addr().is_ipv6());
-        assert_echoes(t.entry, 4, 50_000);
-        assert!(t
-            .listener
-            .wait_log("connection open")
-            .contains("peer=[::1]:"));
-    } else {
-        eprintln!("no IPv6 loopback here: IPv6 part skipped");
-    }
+    // IPv6: listener on [::1], connector to an IPv6 literal.
+    assert!(
+        std::net::TcpListener::bind("[::1]:0").is_ok(),
+        "no IPv6 loopback on this machine (`--skip ipv6` leaves this test out)"
+    );
+    let v6: std::net::SocketAddr = "[::1]:0".parse().unwrap();
+    let t = Tunnel::start(
+        Site::new(),
+        &listener_config(v6, service.addr, &[connector_fp()], ""),
+        |listener| connector_config("connector.pem", v6, listener, &listener_fp(), ""),
+    );
+    assert!(t.listener.addr().is_ipv6());
+    assert_echoes(t.entry, 4, 50_000);
+    assert!(t
+        .listener
+        .wait_log("connection open")
+        .contains("peer=[::1]:"));
     // Host names: the connector reaches the listener as `localhost:PORT` (resolved for every
     // connection), and logs JSON.
     let site = Site::new();

@@ -2,7 +2,7 @@
 //! TOFU connectors with `known_peers`, and `sealpipe trust`. In memory (sans-IO) first, then
 //! over real daemons.
 
-mod support;
+use crate::support;
 
 use std::io::ErrorKind;
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! Record-layer attacks on an established session: every manipulation ends the connection.
 
-mod support;
+use crate::support;
 
 use sealpipe::proto::handshake::Established;
 use sealpipe::proto::keys::Secret;

@@ -2,7 +2,7 @@
 //! Unix socket, a listener forwarding to a Unix-socket service, the socket file's mode, stale
 //! and foreign files at the path, reload, and `unix:` refused on the sealed side.
 
-mod support;
+use crate::support;
 
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -2,7 +2,7 @@
 //! target that refuses or resets, a receiver that stops reading (backpressure, bounded memory),
 //! and a reload with a broken config.
 
-mod support;
+use crate::support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

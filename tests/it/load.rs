@@ -2,13 +2,13 @@
 //! ends, and the resident memory per established idle connection.
 //!
 //! Ignored by `cargo test`; CI runs it in its own step:
-//! `cargo test --test load -- --ignored --nocapture`. `SEALPIPE_LOAD_CONNECTIONS` changes the
-//! count. The machines here cap open files at 20,000 per process (a hard limit that root cannot
+//! `cargo test --test it -- --ignored --exact load::ten_thousand_connections --nocapture`.
+//! `SEALPIPE_LOAD_CONNECTIONS` changes the count. The machines here cap open files at 20,000 per process (a hard limit that root cannot
 //! raise), and a sealpipe process holds two sockets per tunneled connection, so the connections
 //! are carried by two connector/listener pairs of half each; the echo target runs in a child
 //! process (this test binary, re-run) and the clients in this one.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -27,9 +27,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[test]
 #[ignore = "helper process of `ten_thousand_connections`"]
 fn echo_target_process() {
-    if std::env::var_os("SEALPIPE_ECHO_TARGET").is_none() {
-        return;
-    }
+    assert!(
+        std::env::var_os("SEALPIPE_ECHO_TARGET").is_some(),
+        "the echo target runs only when the load test starts it"
+    );
     raise_nofile(u64::MAX);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -66,7 +67,7 @@ fn start_target() -> (KillOnDrop, SocketAddr) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "echo_target_process",
+            "load::echo_target_process",
             "--ignored",
             "--nocapture",
             "--test-threads=1",

@@ -3,9 +3,9 @@
 //! StreamInfo record / PROXY header, Unix-socket clients and PROXY v2, and Unix sockets and
 //! redirect mode in the config.
 
-mod support;
+use crate::support;
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
@@ -116,7 +116,10 @@ fn an_accept_unknown_connector_resumes_until_a_reload_turns_accept_unknown_off()
         .edit_config(|text| text.replace("accept_unknown = true\n", ""));
     t.listener.reload();
     for _ in 0..2 {
-        assert!(try_exchange(t.entry, b"let me in").is_err());
+        assert_eq!(
+            try_exchange(t.entry, b"let me in"),
+            Err(ErrorKind::ConnectionReset)
+        );
     }
     let log = t.listener.wait_log("is not trusted");
     let untrusted = fingerprint_of("untrusted.pem");
@@ -150,7 +153,10 @@ fn turning_accept_unknown_off_holds_even_if_the_new_listen_address_cannot_be_bou
         log.contains("the previous socket stays, with the new settings"),
         "{log}"
     );
-    assert!(try_exchange(t.entry, b"let me in").is_err());
+    assert_eq!(
+        try_exchange(t.entry, b"let me in"),
+        Err(ErrorKind::ConnectionReset)
+    );
     t.listener.wait_log("is not trusted");
     assert_eq!(t.listener.opens().len(), 1);
     assert_eq!(service.accepted.load(Ordering::SeqCst), 1);
@@ -186,7 +192,7 @@ fn a_tofu_connector_resumes_from_its_second_connection_and_a_key_change_stays_lo
     t.listener
         .edit_config(|text| text.replace("\"listener.pem\"", "\"untrusted.pem\""));
     t.listener.reload();
-    assert!(try_exchange(t.entry, b"x").is_err());
+    assert_eq!(try_exchange(t.entry, b"x"), Err(ErrorKind::ConnectionReset));
     let clog = t.connector.wait_log("LISTENER KEY CHANGED");
     let other = fingerprint_of("untrusted.pem");
     assert!(

@@ -1,7 +1,7 @@
 //! Operator mistakes and what sealpipe says about them: each one is caught with a message that
 //! names what is wrong, and a non-zero exit.
 
-mod support;
+use crate::support;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! `sealpipe status` against real daemons: every tunnel and each open connection, with its
 //! peer, fingerprint, name and live byte counts, read from the control socket.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -1,8 +1,8 @@
 //! The StreamInfo record between real daemons: the PROXY protocol v2 header a listener writes
 //! (as the target received it, checked byte by byte, IPv4 and IPv6), and the refusals around
-//! destinations that need no network namespace (tests/redirect.rs has the redirected ones).
+//! destinations that need no network namespace (tests/it/redirect.rs has the redirected ones).
 
-mod support;
+use crate::support;
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
@@ -88,10 +88,10 @@ fn proxy_v2_header_names_the_client_over_ipv4() {
 
 #[test]
 fn proxy_v2_header_names_the_client_over_ipv6() {
-    if std::net::TcpListener::bind("[::1]:0").is_err() {
-        println!("skipped: no IPv6 loopback on this machine");
-        return;
-    }
+    assert!(
+        std::net::TcpListener::bind("[::1]:0").is_ok(),
+        "no IPv6 loopback on this machine (`--skip ipv6` leaves this test out)"
+    );
     check_proxy_v2("[::1]:0".parse().unwrap());
 }
 

@@ -2,7 +2,7 @@
 //! connection moved to another listener tunnel by an on-path port swap reaches no service, and a
 //! connector the listener refuses after authenticating it logs why.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -1,9 +1,9 @@
 //! The test vectors of PROTOCOL.md §8: fixed keys and fixed randomness give exactly these bytes.
 //!
 //! The expected values are read from PROTOCOL.md itself, so the document cannot drift from the
-//! code. `SEALPIPE_PRINT_VECTORS=1 cargo test --test vectors -- --nocapture` prints them.
+//! code. `SEALPIPE_PRINT_VECTORS=1 cargo test --test it vectors:: -- --nocapture` prints them.
 
-mod support;
+use crate::support;
 
 use sealpipe::proto::keys::{expand_label, hash, Direction, HandshakeSecrets, Psk, Secret};
 use sealpipe::proto::messages::{put_vec16, put_vec8};
@@ -113,7 +113,7 @@ fn computed() -> Vec<(&'static str, String)> {
 
 /// Writes the fixed ML-KEM key and ciphertext (run once, by hand, to make new ones).
 #[test]
-#[ignore]
+#[ignore = "writes new fixed ML-KEM files into tests/data: run by hand only"]
 fn make_fixed_mlkem_files() {
     // aws-lc-rs gives a key's encoding through `key_bytes`.
     let dk = aws_lc_rs::kem::DecapsulationKey::generate(&aws_lc_rs::kem::ML_KEM_768).unwrap();

@@ -5,7 +5,7 @@
 //! becomes sealpipe (`exec`); the sockets reach that shell as its stdin and stdout (the one safe
 //! way std passes an fd to a child) and it moves them to 3 and 4 first.
 
-mod support;
+use crate::support;
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::OwnedFd;

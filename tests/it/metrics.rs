@@ -2,7 +2,7 @@
 //! checked to the byte, a refused handshake counted with its reason, junk requests answered
 //! with a 4xx, and counters kept across a reload.
 
-mod support;
+use crate::support;
 
 use std::io::Read;
 use std::net::{Shutdown, TcpStream};
@@ -114,7 +114,10 @@ fn counters_move_by_the_right_amounts_during_and_after_a_transfer() {
             "pool_max = 0",
         ) + METRICS),
     );
-    assert!(try_exchange(untrusted.addr(), b"let me in").is_err());
+    assert_eq!(
+        try_exchange(untrusted.addr(), b"let me in"),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
     let l = wait_value(
         lm,
         &series(

@@ -11,7 +11,7 @@
 //! end only after all of it; the side that detects it logs why; the attacked session ends and
 //! carries no further stream; and the clean connection keeps flowing.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;

@@ -1,0 +1,33 @@
+//! The integration tests: one binary (`cargo test --test it`), one module per area. What each
+//! module covers is in `tests/README.md`; [`support`] is what they share (keys, daemons, an
+//! active adversary). Run one area with `cargo test --test it AREA::`.
+
+#[macro_use]
+mod support;
+
+mod bench;
+mod boundary;
+mod check;
+mod daemon;
+mod dos;
+mod enroll;
+mod faults;
+mod feature_combinations;
+mod handshake;
+mod load;
+mod manual;
+mod metrics;
+mod misconfiguration;
+mod mitm;
+mod mlkem;
+mod records;
+mod redirect;
+mod resume;
+mod reuse;
+mod rotation;
+mod service;
+mod socket_activation;
+mod status;
+mod streaminfo;
+mod unix;
+mod vectors;
