@@ -48,7 +48,7 @@ async fn a_thousand_abusive_connections_cost_no_signature_and_do_not_block_a_leg
             proxy_protocol: ProxyProtocol::Off,
             revoke: Revoke::Cut,
             params: listener_params(signer.clone(), &[connector_id.fingerprint()]),
-            tuning: tuning.clone(),
+            settings: tuning.listener(),
         },
         &tracker,
         &stop,
@@ -66,10 +66,11 @@ async fn a_thousand_abusive_connections_cost_no_signature_and_do_not_block_a_leg
             tofu: None,
             mode: ConnectorMode::Forward,
             // One session per client: the handshakes are counted below.
-            tuning: Tuning {
+            settings: Tuning {
                 pool_max: 0,
                 ..tuning.clone()
-            },
+            }
+            .connector(),
         },
         &tracker,
         &stop,
