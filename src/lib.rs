@@ -37,7 +37,10 @@ pub mod proto;
 pub mod testing {
     pub use crate::addr::Address;
     pub use crate::config::Tuning;
-    pub use crate::daemon::pair::{echo_service, loopback, round_trip, spawn_pair, spawn_tunnel};
+    pub use crate::daemon::pair::{
+        connector_settings, echo_service, listener_settings, loopback, round_trip, spawn_pair,
+        spawn_tunnel,
+    };
     pub use crate::tunnel::connector::ConnectorTunnel;
     pub use crate::tunnel::listener::ListenerTunnel;
     pub use crate::tunnel::settings::{

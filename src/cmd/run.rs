@@ -4,8 +4,8 @@
 use std::path::Path;
 
 /// Takes the listening sockets systemd passed, for `listen = "systemd:NAME"` (socket
-/// activation), and unsets `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES`. Before any thread
-/// starts: it changes the environment.
+/// activation): [`crate::daemon::take_systemd_sockets`]. Before any thread starts: it changes
+/// the environment.
 pub(crate) fn take_systemd_sockets() {
     crate::daemon::take_systemd_sockets();
 }

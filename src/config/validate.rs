@@ -1,5 +1,7 @@
 //! Validation: the raw, spanned structs turned into the model ([`Config`] and the types in it).
-//! Every semantic error points at the span of the offending value, through [`Source`].
+//! Every semantic error points at the span of the offending value, through [`Source`]. Also the
+//! one way from the model into the runtime: a tunnel's [`Tuning`] turned into the settings of its
+//! role ([`crate::tunnel::settings`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -797,7 +799,7 @@ fn listen_conflict(a: &Address, b: &Address) -> bool {
 }
 
 /// The runtime's settings of a tunnel with this tuning: the config layer's one way into
-/// [`crate::tunnel::settings`]. A listener takes the shared and listener-only keys, a connector
+/// `crate::tunnel::settings`. A listener takes the shared and listener-only keys, a connector
 /// the shared and connector-only ones; `drain_timeout` is the daemon's (read from the config).
 impl Tuning {
     fn shared(&self) -> SharedSettings {
@@ -818,7 +820,7 @@ impl Tuning {
     }
 
     /// A listener tunnel's settings.
-    pub fn listener(&self) -> ListenerSettings {
+    pub(crate) fn listener(&self) -> ListenerSettings {
         ListenerSettings {
             shared: self.shared(),
             source_handshake_rate: self.source_handshake_rate,
@@ -828,7 +830,7 @@ impl Tuning {
     }
 
     /// A connector tunnel's settings.
-    pub fn connector(&self) -> ConnectorSettings {
+    pub(crate) fn connector(&self) -> ConnectorSettings {
         ConnectorSettings {
             shared: self.shared(),
             session_reuse: self.session_reuse,

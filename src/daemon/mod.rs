@@ -1,5 +1,9 @@
 //! The daemon: builds every tunnel of a config file, runs them, reloads on SIGHUP and drains on
 //! SIGTERM/SIGINT. Tells systemd (Type=notify) when it is ready, reloading and stopping.
+//!
+//! The command line reaches the runtime (`crate::tunnel`) only through here: [`run`], [`build()`]
+//! (what `check` validates), [`take_systemd_sockets`], and [`pair`] (a listener and a connector
+//! in one process, for `demo`, `bench` and the tests).
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -21,7 +21,9 @@ use crate::tunnel::accept::spawn;
 use crate::tunnel::connector::ConnectorTunnel;
 use crate::tunnel::listener::ListenerTunnel;
 use crate::tunnel::net::Bound;
-use crate::tunnel::settings::{ConnectorMode, ProxyProtocol, Revoke};
+use crate::tunnel::settings::{
+    ConnectorMode, ConnectorSettings, ListenerSettings, ProxyProtocol, Revoke,
+};
 pub(crate) use crate::tunnel::state::TunnelState;
 use crate::tunnel::Tunnel;
 
@@ -75,6 +77,16 @@ pub(crate) fn spawn_shared_tunnel<T: Tunnel>(
         stop.clone(),
     );
     state
+}
+
+/// The settings a listener tunnel runs with under `tuning` (as the config layer builds them).
+pub fn listener_settings(tuning: &Tuning) -> ListenerSettings {
+    tuning.listener()
+}
+
+/// The settings a connector tunnel runs with under `tuning` (as the config layer builds them).
+pub fn connector_settings(tuning: &Tuning) -> ConnectorSettings {
+    tuning.connector()
 }
 
 /// A listener tunnel named `name` that serves `service` with the in-memory identity `l_id`,
