@@ -1,7 +1,8 @@
 //! A listener and a connector in one process on loopback, with identities made in memory:
 //! what `sealpipe demo` and `sealpipe bench` both run, and what the integration tests drive.
 //! The command line reaches the runtime's tunnels through here (and the rest of the daemon),
-//! never directly.
+//! never directly: what `bench`'s flood needs of the runtime besides (the randomness of a
+//! hello, a tunnel's shared state) is re-exported here.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -303,7 +303,7 @@ impl ConnectorTunnel {
     /// pinned, under `session_reuse_streams` streams and younger than `session_reuse_age`.
     fn reusable(&self, session: &Session, now: Instant) -> bool {
         self.keeps_open(&session.records.fingerprint)
-            && session.within(
+            && session.within_bounds(
                 self.settings.session_reuse_streams,
                 self.settings.session_reuse_age,
                 now,

@@ -80,7 +80,7 @@ pub(crate) struct Session {
 impl Session {
     /// Whether this session may carry another stream at `now`: fewer than `max_streams` so far
     /// (`session_reuse_streams`) and younger than `max_age` (`session_reuse_age`).
-    pub(crate) fn within(&self, max_streams: u32, max_age: Duration, now: Instant) -> bool {
+    pub(crate) fn within_bounds(&self, max_streams: u32, max_age: Duration, now: Instant) -> bool {
         self.streams < u64::from(max_streams) && now.saturating_duration_since(self.born) < max_age
     }
 }
@@ -468,12 +468,18 @@ mod tests {
         let (mut s, _far) = session(&l).await;
         let age = Duration::from_secs(600);
         let born = s.born;
-        assert!(s.within(2, age, born + age - Duration::from_millis(1)));
-        assert!(!s.within(2, age, born + age), "as old as session_reuse_age");
+        assert!(s.within_bounds(2, age, born + age - Duration::from_millis(1)));
+        assert!(
+            !s.within_bounds(2, age, born + age),
+            "as old as session_reuse_age"
+        );
         s.streams = 1;
-        assert!(s.within(2, age, born));
+        assert!(s.within_bounds(2, age, born));
         s.streams = 2;
-        assert!(!s.within(2, age, born), "session_reuse_streams carried");
+        assert!(
+            !s.within_bounds(2, age, born),
+            "session_reuse_streams carried"
+        );
     }
 
     #[tokio::test]
