@@ -35,10 +35,17 @@ pub mod proto;
 /// one process, the tunnel types and their shared state. Not a stable API.
 #[doc(hidden)]
 pub mod testing {
-    pub use crate::cmd::pair::{echo_service, loopback, round_trip, spawn_pair, spawn_tunnel};
-    pub use crate::config::{Address, ConnectorMode, ProxyProtocol, Revoke, Tuning};
+    pub use crate::addr::Address;
+    pub use crate::config::Tuning;
+    pub use crate::daemon::pair::{
+        connector_settings, echo_service, listener_settings, loopback, round_trip, spawn_pair,
+        spawn_tunnel,
+    };
     pub use crate::tunnel::connector::ConnectorTunnel;
     pub use crate::tunnel::listener::ListenerTunnel;
+    pub use crate::tunnel::settings::{
+        ConnectorMode, ConnectorSettings, ListenerSettings, ProxyProtocol, Revoke, SharedSettings,
+    };
     pub use crate::tunnel::state::TunnelState;
 }
 pub(crate) mod tunnel;

@@ -4,8 +4,8 @@
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cmd::pair::{echo_service, identities, loopback, round_trip, spawn_pair};
 use crate::config::Tuning;
+use crate::daemon::pair::{echo_service, identities, loopback, round_trip, spawn_pair};
 use crate::proto::messages::PROTOCOL_VERSION;
 
 /// Demo keys are 2048 bits so that the demo starts at once; `keygen` defaults to 3072.

@@ -1,6 +1,6 @@
 //! `sealpipe man [--out DIR]`: the manual pages, from the clap definitions (one page per
 //! subcommand, `sealpipe-NAME(1)`) and from the table of config keys (`sealpipe.toml(5)`,
-//! `crate::config::keys`), so that they cannot drift from the command line or the parser.
+//! `crate::config::schema`), so that they cannot drift from the command line or the parser.
 //!
 //! Without `--out` the main page `sealpipe(1)` is printed; with it every page is written to
 //! DIR (`sealpipe.1`, `sealpipe-*.1`, `sealpipe.toml.5`).
@@ -14,7 +14,7 @@ use clap_mangen::roff::{bold, italic, roman, Inline, Roff};
 use clap_mangen::Man;
 
 use crate::cmd::Cli;
-use crate::config::keys::{self, Key, Section, NONE, REQUIRED};
+use crate::config::schema::{self, Key, Section, NONE, REQUIRED};
 use crate::VERSION;
 
 /// One manual page: its file name (`sealpipe-check.1`) and its roff text.
@@ -385,7 +385,7 @@ fn config_page(subcommands: &[String]) -> String {
     for s in Section::ALL {
         r.control("SS", [s.header()]);
         r.text(inline(s.about()));
-        let own = keys::keys(s);
+        let own = schema::keys(s);
         let own = own
             .iter()
             .filter(|k| s == Section::Defaults || k.section == s);

@@ -19,7 +19,6 @@ mod fingerprint;
 mod keygen;
 mod logging;
 mod man;
-pub(crate) mod pair;
 mod run;
 mod status;
 mod trust;

@@ -4,10 +4,10 @@
 use std::path::Path;
 
 /// Takes the listening sockets systemd passed, for `listen = "systemd:NAME"` (socket
-/// activation), and unsets `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES`. Before any thread
-/// starts: it changes the environment.
+/// activation): [`crate::daemon::take_systemd_sockets`]. Before any thread starts: it changes
+/// the environment.
 pub(crate) fn take_systemd_sockets() {
-    crate::tunnel::activation::take_from_env();
+    crate::daemon::take_systemd_sockets();
 }
 
 pub(crate) async fn run(config: &Path) -> anyhow::Result<()> {

@@ -14,8 +14,9 @@
 //!    tree to name the section, the tunnel and the key (`error.rs`).
 //! 3. The raw structs are validated and turned into the public types ([`Config`],
 //!    [`ListenerConfig`], [`ConnectorConfig`], [`Tuning`]); every semantic error points at the
-//!    span of the offending value (`validate.rs`; the tuning keys, written once, and their
-//!    checks are in `tuning.rs`, the peers-file format in `crate::files::peers`).
+//!    span of the offending value (`validate.rs`; the tuning keys are written once in
+//!    `tuning_fields.rs` and checked in `tuning.rs`, the peers-file format is in
+//!    `crate::files::peers`).
 //!
 //! Every error therefore reads `FILE:LINE:COLUMN: CONTEXT: key `KEY`: PROBLEM`, on one line,
 //! for example:
@@ -37,9 +38,10 @@
 //! while loading: a host name is looked up anew for each connection ([`Address::resolve`]).
 
 mod error;
-pub(crate) mod keys;
 mod raw;
+pub(crate) mod schema;
 mod tuning;
+mod tuning_fields;
 mod validate;
 
 use serde::Deserialize;
@@ -48,6 +50,9 @@ use toml::de::DeTable;
 
 pub use crate::addr::{Address, AddressError, DestinationRule};
 use crate::proto::identity::Fingerprint;
+pub use crate::tunnel::settings::{
+    ConnectorMode, ProxyProtocol, Revoke, SocketPermissions, DEFAULT_SOCKET_MODE,
+};
 use error::{one_line, Source};
 pub use error::{ConfigError, Located, Location};
 use raw::RawConfig;
@@ -87,43 +92,11 @@ pub enum Control {
     Socket(PathBuf),
 }
 
-/// What a reload does to the open connections of a key a listener no longer trusts (`revoke`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Revoke {
-    /// `revoke = "cut"` (the default): they are reset at the reload.
-    #[default]
-    Cut,
-    /// `revoke = "new-only"`: they run until they end; only new connections are refused.
-    NewOnly,
-}
-
 /// The `[metrics]` section: where `GET /metrics` is served (TCP only).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MetricsConfig {
     /// The address of the metrics HTTP server.
     pub listen: Address,
-}
-
-/// Default mode of a connector's Unix listening socket: owner and group may connect, others
-/// not (connecting to a Unix socket needs write permission on it).
-pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
-
-/// Who may connect to a connector's `unix:` listen socket.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SocketPermissions {
-    /// File mode bits (0..=0o777), `socket_mode`.
-    pub mode: u32,
-    /// Group owning the socket file, `socket_group` (name as written, resolved gid).
-    pub group: Option<(String, u32)>,
-}
-
-impl Default for SocketPermissions {
-    fn default() -> Self {
-        SocketPermissions {
-            mode: DEFAULT_SOCKET_MODE,
-            group: None,
-        }
-    }
 }
 
 /// The `[identity]` section. Relative paths are resolved against the config file's directory.
@@ -210,28 +183,6 @@ pub enum PeerPin {
         /// yet).
         known_peers: Located<PathBuf>,
     },
-}
-
-/// How a connector treats its local clients (`mode`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ConnectorMode {
-    /// Every connection goes to the listener's `forward` target.
-    #[default]
-    Forward,
-    /// Connections arrive through a NAT `REDIRECT` rule; each one's original destination is sent
-    /// to the listener, which connects there if its `allow_destinations` allows it. A connection
-    /// that was not redirected is refused.
-    Redirect,
-}
-
-/// Whether a listener writes a PROXY protocol header to its target (`proxy_protocol`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ProxyProtocol {
-    /// No header (`"off"`, the default).
-    #[default]
-    Off,
-    /// A PROXY protocol version 2 (binary) header (`"v2"`).
-    V2,
 }
 
 impl Config {

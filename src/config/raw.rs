@@ -3,7 +3,7 @@
 //!
 //! Every struct has `deny_unknown_fields`. The tuning keys are repeated in each struct that
 //! takes them (`[defaults]`, `[[listener]]`, `[[connector]]`) by `with_tuning!`, from the one
-//! list in `super::tuning`, because serde's `flatten` cannot be combined with
+//! list in `super::tuning_fields`, because serde's `flatten` cannot be combined with
 //! `deny_unknown_fields`. Sizes and durations are kept as written ([`SizeText`],
 //! [`DurationText`]) until validated.
 
@@ -12,7 +12,7 @@ use serde::Deserialize;
 use std::fmt;
 use toml::Spanned;
 
-use super::tuning::tuning_fields;
+use super::tuning_fields::tuning_fields;
 
 /// Adds the tuning keys, as `Option<Spanned<RAW>>`, after the struct's own fields (so that an
 /// unknown key's message lists the own keys first), and a `tuning()` that copies them out.

@@ -33,8 +33,12 @@ pub(crate) struct Built {
 impl Built {
     /// The longest drain timeout of any tunnel.
     pub(crate) fn drain_timeout(&self) -> Duration {
-        let l = self.listeners.iter().map(|(_, t)| t.tuning.drain_timeout);
-        let c = self.connectors.iter().map(|(_, t)| t.tuning.drain_timeout);
+        let l = self.config.listeners.iter().map(|l| l.tuning.drain_timeout);
+        let c = self
+            .config
+            .connectors
+            .iter()
+            .map(|c| c.tuning.drain_timeout);
         l.chain(c).max().unwrap_or(Duration::from_secs(30))
     }
 }
@@ -77,7 +81,7 @@ pub(crate) fn build(path: &Path) -> anyhow::Result<Built> {
                     allow_tofu: l.allow_tofu,
                     service: l.service.as_str().into(),
                 },
-                tuning: l.tuning.clone(),
+                settings: l.settings(),
             };
             (l.listen.clone(), Arc::new(tunnel))
         })
@@ -111,7 +115,7 @@ pub(crate) fn build(path: &Path) -> anyhow::Result<Built> {
                 socket: c.socket.clone(),
                 tofu,
                 mode: c.mode,
-                tuning: c.tuning.clone(),
+                settings: c.settings(),
             };
             Ok((c.listen.clone(), Arc::new(tunnel)))
         })

@@ -1,5 +1,9 @@
 //! The daemon: builds every tunnel of a config file, runs them, reloads on SIGHUP and drains on
 //! SIGTERM/SIGINT. Tells systemd (Type=notify) when it is ready, reloading and stopping.
+//!
+//! The command line reaches the runtime (`crate::tunnel`) only through here: [`run`], [`build()`]
+//! (what `check` validates), [`take_systemd_sockets`], and [`pair`] (a listener and a connector
+//! in one process, for `demo`, `bench` and the tests).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,6 +22,7 @@ use tokio_util::task::TaskTracker;
 pub(crate) mod build;
 pub(crate) mod control;
 pub(crate) mod metrics;
+pub(crate) mod pair;
 pub(crate) mod responder;
 pub(crate) mod status;
 
@@ -397,6 +402,13 @@ fn warn_enrollment(t: &ListenerTunnel, was_unknown: bool, was_tofu: bool) {
         tracing::warn!(tunnel = %t.name, role = %Role::Listener,
             "allow_tofu = true: this listener answers hellos from connectors that do not know its key (first contact), so scanners can see it is a sealpipe listener");
     }
+}
+
+/// Takes the listening sockets systemd passed, for `listen = "systemd:NAME"` (socket
+/// activation), and unsets `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES`. Before any thread
+/// starts: it changes the environment.
+pub(crate) fn take_systemd_sockets() {
+    crate::tunnel::activation::take_from_env();
 }
 
 /// `sealpipe run`: runs until SIGTERM or SIGINT; SIGHUP reloads.

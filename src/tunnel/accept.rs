@@ -11,11 +11,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{SocketPermissions, Tuning};
 use crate::proto::handshake::{HandshakeError, HandshakeRandomness, Role};
 use crate::proto::identity::{Fingerprint, TrustList};
+use crate::tunnel::handshake::SessionError;
 use crate::tunnel::net::{configure, Bound, Conn, Peer};
-use crate::tunnel::session::SessionError;
+use crate::tunnel::settings::{SharedSettings, SocketPermissions};
 use crate::tunnel::state::TunnelState;
 
 /// One side of a tunnel: how it handles each accepted socket.
@@ -24,8 +24,8 @@ pub trait Tunnel: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// Which side this tunnel is, for logs and metric labels.
     fn role(&self) -> Role;
-    /// Timeouts and limits.
-    fn tuning(&self) -> &Tuning;
+    /// Timeouts and limits, the record layer and resumption: what both roles use.
+    fn shared(&self) -> &SharedSettings;
     /// Whether open connections of a peer with key `fp` may go on under these settings: a
     /// reload cuts those of a key they no longer accept (unless a listener has
     /// `revoke = "new-only"`).
@@ -112,12 +112,12 @@ pub(crate) async fn serve<T: Tunnel>(
         let tunnel = settings.borrow().clone();
         let now = Instant::now();
         state.counters.accepted.fetch_add(1, Ordering::Relaxed);
-        let tuning = tunnel.tuning();
+        let shared = tunnel.shared();
         // Only IP peers have a source to limit; a Unix socket's clients are local users whom
         // the socket's file mode admits.
         let source = peer.ip();
         if let Some(ip) =
-            source.filter(|ip| !state.sources.allow(*ip, tuning.source_rate_limit, now))
+            source.filter(|ip| !state.sources.allow(*ip, shared.source_rate_limit, now))
         {
             let dropped = state.counters.rate_limited.fetch_add(1, Ordering::Relaxed) + 1;
             if let Some(held_back) = state.rate_log.check(now) {
@@ -125,7 +125,7 @@ pub(crate) async fn serve<T: Tunnel>(
                     tunnel = tunnel.name(),
                     role = %tunnel.role(),
                     source = %ip,
-                    source_rate_limit = tuning.source_rate_limit,
+                    source_rate_limit = shared.source_rate_limit,
                     dropped_since_last_warning = held_back,
                     dropped_total = dropped,
                     "per-source rate limit reached, dropping new connections"
@@ -134,7 +134,7 @@ pub(crate) async fn serve<T: Tunnel>(
             stream.reset_on_close();
             continue;
         }
-        let Some(conn_slot) = state.connections.try_acquire(tuning.max_connections) else {
+        let Some(conn_slot) = state.connections.try_acquire(shared.max_connections) else {
             over_limit(&state, tunnel.as_ref(), &stream);
             continue;
         };
@@ -153,11 +153,11 @@ pub(crate) async fn serve<T: Tunnel>(
 fn over_limit<T: Tunnel>(state: &TunnelState, tunnel: &T, stream: &Conn) {
     state.counters.over_limit.fetch_add(1, Ordering::Relaxed);
     if let Some(held_back) = state.limit_log.check(Instant::now()) {
-        let tuning = tunnel.tuning();
+        let shared = tunnel.shared();
         tracing::warn!(
             tunnel = tunnel.name(),
             role = %tunnel.role(),
-            max_connections = tuning.max_connections,
+            max_connections = shared.max_connections,
             dropped_since_last_warning = held_back,
             "connection limit reached, dropping new connections"
         );

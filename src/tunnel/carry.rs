@@ -12,9 +12,9 @@ use crate::proto::handshake::Role;
 use crate::proto::identity::Fingerprint;
 use crate::proto::record::RecordError;
 use crate::tunnel::accept::{Current, Tunnel};
+use crate::tunnel::handshake::Records;
 use crate::tunnel::net::{reset_on_close, Conn};
 use crate::tunnel::pump::{pump, PumpError, PumpOptions, PumpStats};
-use crate::tunnel::session::Records;
 use crate::tunnel::state::{OpenConn, TunnelState};
 
 /// How one stream ended, for the session that carried it.
@@ -56,7 +56,7 @@ pub(crate) async fn carry<T: Tunnel>(
         opener,
     } = records;
     let fingerprint = *fingerprint;
-    let tuning = tunnel.tuning();
+    let shared = tunnel.shared();
     let stats = Arc::new(PumpStats {
         tunnel: Some(state.traffic.clone()),
         ..PumpStats::default()
@@ -69,9 +69,9 @@ pub(crate) async fn carry<T: Tunnel>(
         stats.clone(),
     ));
     let opts = PumpOptions {
-        record_size: tuning.record_size,
-        rekey_interval: tuning.rekey_interval,
-        idle_timeout: tuning.idle_timeout,
+        record_size: shared.record_size,
+        rekey_interval: shared.rekey_interval,
+        idle_timeout: shared.idle_timeout,
         fin_after_close: last_stream,
     };
     // A reload between this stream's admission and its registration swept the table without

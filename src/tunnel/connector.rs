@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use tokio::net::TcpStream;
 
-use crate::config::{Address, ConnectorMode, SocketPermissions, Tuning};
+use crate::addr::Address;
 use crate::files::known_peers::{Recorded, TofuStore};
 use crate::proto::handshake::Role;
 use crate::proto::handshake::{
@@ -23,10 +23,13 @@ use crate::proto::record::{Alert, AlertCode, RecordError};
 use crate::proto::stream::{canonical, StreamInfo};
 use crate::tunnel::accept::{log_refusal, os_randomness, Current};
 use crate::tunnel::carry::{carry, StreamEnd};
+use crate::tunnel::handshake::{self, Records, SessionError};
 use crate::tunnel::limits::Slot;
 use crate::tunnel::net::{connect, reset_on_close, Conn, Peer};
 use crate::tunnel::pool::{Session, Take, SWEEP};
-use crate::tunnel::session::{self, Records, SessionError};
+use crate::tunnel::settings::{
+    ConnectorMode, ConnectorSettings, SharedSettings, SocketPermissions,
+};
 use crate::tunnel::state::{count_resumption, ticket_policy, TunnelState};
 use crate::tunnel::stream_info::{original_destination, send_stream_info};
 use crate::tunnel::Tunnel;
@@ -50,8 +53,8 @@ pub struct ConnectorTunnel {
     pub tofu: Option<Arc<TofuStore>>,
     /// `forward`, or `redirect`: send each connection's original destination.
     pub mode: ConnectorMode,
-    /// Timeouts and limits.
-    pub tuning: Tuning,
+    /// Timeouts, limits and the settings of this role.
+    pub settings: ConnectorSettings,
 }
 
 impl Tunnel for ConnectorTunnel {
@@ -63,8 +66,8 @@ impl Tunnel for ConnectorTunnel {
         Role::Connector
     }
 
-    fn tuning(&self) -> &Tuning {
-        &self.tuning
+    fn shared(&self) -> &SharedSettings {
+        &self.settings.shared
     }
 
     fn keeps_open(&self, fp: &Fingerprint) -> bool {
@@ -146,13 +149,13 @@ impl Tunnel for ConnectorTunnel {
             destination,
         };
         let connect = self.connect.to_string();
-        let pool_on = self.tuning.pool_max > 0;
+        let pool_on = self.settings.pool_max > 0;
         let mut pooled = None;
         if pool_on {
             // The settings of now (under the pool's lock): a session that a refill or another
             // client put back after a reload swept the pool is checked here.
-            let usable = |s: &Session| current.borrow().reusable(s);
-            let next = match state.pool.take_or_wait(&connect, usable) {
+            let usable = |s: &Session| current.borrow().reusable(s, Instant::now());
+            let next = match state.pool.take_or_wait(&connect, usable, Instant::now()) {
                 Take::Session(s) => {
                     pooled = Some(s);
                     None
@@ -172,7 +175,9 @@ impl Tunnel for ConnectorTunnel {
                 // The first session free: a refill's or one another client gave back. Without
                 // one in time, or with one a reload made unusable meanwhile, a handshake of
                 // its own.
-                pooled = match tokio::time::timeout(self.tuning.handshake_timeout, next).await {
+                pooled = match tokio::time::timeout(self.settings.shared.handshake_timeout, next)
+                    .await
+                {
                     Ok(Ok(Some(s))) if s.connect == connect && usable(&s) => Some(s),
                     _ => None,
                 };
@@ -204,9 +209,9 @@ impl Tunnel for ConnectorTunnel {
         }
         let leftover = std::mem::take(&mut session.leftover);
         // Known to be the session's last stream: a FIN follows our close record at once.
-        let last = !self.tuning.session_reuse
-            || self.tuning.pool_max == 0
-            || session.streams + 1 >= u64::from(self.tuning.session_reuse_streams);
+        let last = !self.settings.session_reuse
+            || self.settings.pool_max == 0
+            || session.streams + 1 >= u64::from(self.settings.session_reuse_streams);
         let end = carry(
             self.as_ref(),
             &current,
@@ -228,8 +233,10 @@ impl Tunnel for ConnectorTunnel {
             StreamEnd::Clean(rest) if rest.is_empty() => {
                 // Otherwise (or with the pool full) the drop closes it: a FIN after both close
                 // records, a clean end of the session.
-                if !last && current.borrow().reusable(&session) {
-                    state.pool.put(session, self.tuning.pool_max);
+                if !last && current.borrow().reusable(&session, Instant::now()) {
+                    state
+                        .pool
+                        .put(session, self.settings.pool_max, Instant::now());
                 }
             }
             // The listener sent something after its close record: a protocol error.
@@ -292,21 +299,24 @@ impl ConnectorTunnel {
         }
     }
 
-    /// Whether `session` may carry a new client under these settings: its key still pinned,
-    /// under `session_reuse_streams` streams and younger than `session_reuse_age`.
-    fn reusable(&self, session: &Session) -> bool {
+    /// Whether `session` may carry a new client at `now` under these settings: its key still
+    /// pinned, under `session_reuse_streams` streams and younger than `session_reuse_age`.
+    fn reusable(&self, session: &Session, now: Instant) -> bool {
         self.keeps_open(&session.records.fingerprint)
-            && session.streams < u64::from(self.tuning.session_reuse_streams)
-            && session.born.elapsed() < self.tuning.session_reuse_age
+            && session.within_bounds(
+                self.settings.session_reuse_streams,
+                self.settings.session_reuse_age,
+                now,
+            )
     }
 
     /// Starts the background refills the pool wants now, and its sweeper if none runs.
     fn refill(self: Arc<Self>, state: &Arc<TunnelState>) {
-        let (min, max) = (self.tuning.pool_min, self.tuning.pool_max);
+        let (min, max) = (self.settings.pool_min, self.settings.pool_max);
         if max == 0 {
             return;
         }
-        for _ in 0..state.pool.refills_due(min, max) {
+        for _ in 0..state.pool.refills_due(min, max, Instant::now()) {
             let (tunnel, state) = (self.clone(), state.clone());
             tokio::spawn(async move {
                 let ok = match tunnel.establish(&"warm session", &state).await {
@@ -316,11 +326,11 @@ impl ConnectorTunnel {
                         let sent = tokio::io::AsyncWriteExt::write_all(&mut s.sealed, &unsent)
                             .await
                             .is_ok();
-                        sent && state.pool.put(s, tunnel.tuning.pool_max)
+                        sent && state.pool.put(s, tunnel.settings.pool_max, Instant::now())
                     }
                     None => false,
                 };
-                state.pool.refilled(ok);
+                state.pool.refilled(ok, Instant::now());
             });
         }
         if state.pool.start_sweeping() {
@@ -334,7 +344,7 @@ impl ConnectorTunnel {
                         state.pool.stop_sweeping();
                         return;
                     };
-                    if !state.pool.sweep(tunnel.tuning.pool_min) {
+                    if !state.pool.sweep(tunnel.settings.pool_min, Instant::now()) {
                         return;
                     }
                     tunnel.refill(&state);
@@ -353,7 +363,7 @@ impl ConnectorTunnel {
         state: &TunnelState,
     ) -> Option<(Session, Vec<u8>)> {
         let started = Instant::now();
-        let timeout = self.tuning.handshake_timeout;
+        let timeout = self.settings.shared.handshake_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let params = match self.tofu_params().await {
             Ok(p) => p,
@@ -411,7 +421,7 @@ impl ConnectorTunnel {
         state.handshake_ok(started.elapsed());
         count_resumption(state, &est);
         let (resumed, ticket_refused) = (est.resumed, est.ticket_refused);
-        let records = Records::new(est, self.tuning.rekey_bytes);
+        let records = Records::new(est, self.settings.shared.rekey_bytes);
         let fp = records.fingerprint;
         if first_contact && !self.record_first_contact(client, fp).await {
             reset_on_close(&sealed);
@@ -441,30 +451,30 @@ impl ConnectorTunnel {
         state: &TunnelState,
         deadline: tokio::time::Instant,
     ) -> Result<(TcpStream, Established, Vec<u8>, Vec<u8>, Slot), SessionError> {
-        let timeout = self.tuning.handshake_timeout;
+        let timeout = self.settings.shared.handshake_timeout;
         // Local clients past `max_handshakes` wait their turn rather than being dropped.
         let slot = state
-            .handshake_slot(&self.tuning, deadline)
+            .handshake_slot(&self.settings.shared, deadline)
             .await
             .ok_or(SessionError::Timeout(timeout))?;
-        let mut sealed = connect(&self.connect, self.tuning.connect_timeout)
+        let mut sealed = connect(&self.connect, self.settings.shared.connect_timeout)
             .await
             .map_err(|error| SessionError::Connect {
                 address: self.connect.to_string(),
                 error,
             })?;
-        let resumption = self.tuning.resumption.then(|| Resumption {
+        let resumption = self.settings.shared.resumption.then(|| Resumption {
             store: state.connector_tickets.clone(),
-            policy: ticket_policy(&self.tuning),
+            policy: ticket_policy(&self.settings.shared),
             now: Instant::now(),
         });
         let mut hs = Handshake::connector_prepared(params, next_ephemerals(state), resumption);
-        session::send_output(&mut sealed, &mut hs, deadline, timeout).await?;
+        handshake::send_output(&mut sealed, &mut hs, deadline, timeout).await?;
         // The listener works on the hello meanwhile: the next hello's key generations are done
         // now, off that connection's path.
         prepare_ephemerals(state);
         let (est, leftover, unsent) =
-            session::handshake(&mut sealed, hs, &[], deadline, timeout).await?;
+            handshake::handshake(&mut sealed, hs, &[], deadline, timeout).await?;
         Ok((sealed, est, leftover, unsent, slot))
     }
 

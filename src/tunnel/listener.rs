@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::{Address, DestinationRule, ProxyProtocol, Revoke, Tuning};
+use crate::addr::{Address, DestinationRule};
 use crate::proto::handshake::Role;
 use crate::proto::handshake::{
     check_hello_mac1, Contact, Handshake, HandshakeError, ListenerParams, Resumption,
@@ -25,9 +25,10 @@ use crate::proto::messages::{
 use crate::proto::stream::{proxy_v2_header, StreamInfo};
 use crate::tunnel::accept::{log_refusal, os_randomness, Current};
 use crate::tunnel::carry::{carry, StreamEnd};
+use crate::tunnel::handshake::{self, Records, SessionError};
 use crate::tunnel::limits::Source;
 use crate::tunnel::net::{connect_local, reset_on_close, Conn, Peer};
-use crate::tunnel::session::{self, Records, SessionError};
+use crate::tunnel::settings::{ListenerSettings, ProxyProtocol, Revoke, SharedSettings};
 use crate::tunnel::signing::{self, NotSigned};
 use crate::tunnel::state::{count_resumption, ticket_policy, OpenConn, TunnelState};
 use crate::tunnel::stream_info::{read_stream_info, StreamError};
@@ -47,8 +48,8 @@ pub struct ListenerTunnel {
     pub revoke: Revoke,
     /// Identity, trusted connectors, PSK.
     pub params: ListenerParams,
-    /// Timeouts and limits.
-    pub tuning: Tuning,
+    /// Timeouts, limits and the settings of this role.
+    pub settings: ListenerSettings,
 }
 
 impl ListenerTunnel {
@@ -61,7 +62,7 @@ impl ListenerTunnel {
         peer: &Peer,
         state: &Arc<TunnelState>,
     ) -> Option<(crate::proto::handshake::Established, Vec<u8>, Contact)> {
-        let timeout = self.tuning.handshake_timeout;
+        let timeout = self.settings.shared.handshake_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let refused = |e: SessionError| {
             state.handshake_failed(&e);
@@ -154,7 +155,7 @@ impl ListenerTunnel {
         state: &Arc<TunnelState>,
         deadline: tokio::time::Instant,
     ) -> Result<(crate::proto::handshake::Established, Vec<u8>), SessionError> {
-        let timeout = self.tuning.handshake_timeout;
+        let timeout = self.settings.shared.handshake_timeout;
         let source = peer.ip().map(Source::of);
         // A captured hello sent again: no answer, whatever its ticket or source.
         if let Some(e_c) = hello_ephemeral(hello) {
@@ -162,13 +163,13 @@ impl ListenerTunnel {
                 return Err(SessionError::Replay);
             }
         }
-        let Some(slot) = state.handshake_slot(&self.tuning, deadline).await else {
+        let Some(slot) = state.handshake_slot(&self.settings.shared, deadline).await else {
             return Err(SessionError::Timeout(timeout));
         };
-        let mut hs = if self.tuning.resumption {
+        let mut hs = if self.settings.shared.resumption {
             let resumption = Resumption {
                 store: state.tickets.clone(),
-                policy: ticket_policy(&self.tuning),
+                policy: ticket_policy(&self.settings.shared),
                 now: Instant::now(),
             };
             Handshake::listener_resuming(self.params.clone(), os_randomness(), resumption)
@@ -183,7 +184,7 @@ impl ListenerTunnel {
             // A full handshake: its answer costs a signature. No slot while it waits.
             drop(slot);
             if let Some(ip) = peer.ip() {
-                let rate = self.tuning.source_handshake_rate;
+                let rate = self.settings.source_handshake_rate;
                 if !state.handshake_sources.allow(ip, rate, Instant::now()) {
                     self.log_overload(state, "source_handshake_rate", Some(ip));
                     return Err(SessionError::SourceLimited);
@@ -198,7 +199,13 @@ impl ListenerTunnel {
                 biased;
                 signed = tokio::time::timeout_at(
                     deadline,
-                    signing::sign(state, source, hs, &self.tuning),
+                    signing::sign(
+                        &state.signing,
+                        &state.counters.signatures,
+                        source,
+                        hs,
+                        &self.settings,
+                    ),
                 ) => signed,
                 () = gone(sealed) => return Err(SessionError::Eof),
             };
@@ -211,21 +218,24 @@ impl ListenerTunnel {
                     return Err(SessionError::Overloaded);
                 }
             };
-            let Some(slot) = state.handshake_slot(&self.tuning, deadline).await else {
+            let Some(slot) = state.handshake_slot(&self.settings.shared, deadline).await else {
                 return Err(SessionError::Timeout(timeout));
             };
             slot
         } else {
             slot
         };
-        session::send_output(sealed, &mut hs, deadline, timeout).await?;
+        handshake::send_output(sealed, &mut hs, deadline, timeout).await?;
         drop(slot);
         // Our flight is out: what is left costs one verification, when the connector answers.
-        let Some(_waiting) = state.awaiting_auth.try_acquire(self.tuning.max_connections) else {
+        let Some(_waiting) = state
+            .awaiting_auth
+            .try_acquire(self.settings.shared.max_connections)
+        else {
             return Err(SessionError::Overloaded);
         };
         // A listener's last handshake message is never pending at the end (it reads last).
-        match session::handshake(sealed, hs, &[], deadline, timeout).await? {
+        match handshake::handshake(sealed, hs, &[], deadline, timeout).await? {
             (est, leftover, unsent) if unsent.is_empty() => Ok((est, leftover)),
             _ => Err(SessionError::Handshake(HandshakeError::State)),
         }
@@ -238,8 +248,8 @@ impl ListenerTunnel {
             tracing::warn!(tunnel = %self.name, role = %Role::Listener,
                 source = %OptIp(source), limit = why, held_back,
                 signatures = c.signatures.load(Ordering::Relaxed),
-                signature_rate = self.tuning.signature_rate,
-                source_handshake_rate = self.tuning.source_handshake_rate,
+                signature_rate = self.settings.signature_rate,
+                source_handshake_rate = self.settings.source_handshake_rate,
                 "hellos not answered: {why} reached (a flood of hellos, or a load past the limits)");
         }
     }
@@ -276,8 +286,8 @@ impl Tunnel for ListenerTunnel {
         Role::Listener
     }
 
-    fn tuning(&self) -> &Tuning {
-        &self.tuning
+    fn shared(&self) -> &SharedSettings {
+        &self.settings.shared
     }
 
     fn trust(&self) -> Option<Arc<TrustList>> {
@@ -317,7 +327,7 @@ impl Tunnel for ListenerTunnel {
         let (resumed, ticket_refused) = (est.resumed, est.ticket_refused);
         // With two keys (a rotation), which one this connector's hello was for.
         let key = (self.params.next_identity.is_some()).then(|| tracing::field::display(est.own));
-        let mut records = Records::new(est, self.tuning.rekey_bytes);
+        let mut records = Records::new(est, self.settings.shared.rekey_bytes);
         let fp = records.fingerprint;
         if contact == Contact::FirstContact {
             tracing::info!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
@@ -344,7 +354,7 @@ impl Tunnel for ListenerTunnel {
         let mut stream: u64 = 0;
         loop {
             stream += 1;
-            let bound = session_idle(&self.tuning);
+            let bound = session_idle(&self.settings.shared);
             let next = read_stream_info(
                 &mut sealed,
                 &mut records.opener,
@@ -445,8 +455,8 @@ impl Tunnel for ListenerTunnel {
 /// the session is closed (a TCP FIN: the connector retires its warm sessions well before).
 pub(crate) const SESSION_IDLE: Duration = Duration::from_secs(120);
 
-fn session_idle(tuning: &Tuning) -> Duration {
-    tuning
+fn session_idle(shared: &SharedSettings) -> Duration {
+    shared
         .idle_timeout
         .map_or(SESSION_IDLE, |t| t.min(SESSION_IDLE))
 }
@@ -478,7 +488,9 @@ impl ListenerTunnel {
             }
         };
         // Only now, with the peer verified and the destination allowed, is the target contacted.
-        let mut target = match connect_local(&target_addr, self.tuning.connect_timeout).await {
+        let mut target = match connect_local(&target_addr, self.settings.shared.connect_timeout)
+            .await
+        {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,

@@ -17,7 +17,8 @@ use std::time::Duration;
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
-use crate::config::{Address, SocketPermissions};
+use crate::addr::Address;
+use crate::tunnel::settings::SocketPermissions;
 
 /// TCP_NODELAY and keepalive on every socket we own.
 pub(crate) fn configure(stream: &TcpStream) {

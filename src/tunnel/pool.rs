@@ -1,5 +1,5 @@
 //! Warm sessions of a connector tunnel: established sessions waiting for a client
-//! (PROTOCOL.md §4.3, README "Warm sessions").
+//! (PROTOCOL.md §4.3; the README's `pool_min` and `pool_max` under "Session resumption").
 //!
 //! A client that finds a session here sends its StreamInfo record and first bytes at once: no
 //! TCP connect, no handshake round trip. Sessions come from two places: background refills (a
@@ -19,6 +19,9 @@
 //! age bound, made for another `connect` address, of a key the current settings no longer pin, or
 //! dead: a pooled socket must have nothing to read (the listener sends nothing between
 //! streams), so an end of stream, a reset or any byte means the session is discarded.
+//!
+//! The rules that depend on time take it as a parameter (`now`), so that they are tested by
+//! stepping it; the connector passes the time of the call.
 
 use std::collections::VecDeque;
 use std::mem::MaybeUninit;
@@ -29,7 +32,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use crate::proto::identity::Fingerprint;
-use crate::tunnel::session::Records;
+use crate::tunnel::handshake::Records;
 
 /// Longest a session waits in the pool; then it is closed (before the listener's bound).
 pub(crate) const POOL_IDLE: Duration = Duration::from_secs(60);
@@ -74,9 +77,24 @@ pub(crate) struct Session {
     pub(crate) pin: Option<usize>,
 }
 
+impl Session {
+    /// Whether this session may carry another stream at `now`: fewer than `max_streams` so far
+    /// (`session_reuse_streams`) and younger than `max_age` (`session_reuse_age`).
+    pub(crate) fn within_bounds(&self, max_streams: u32, max_age: Duration, now: Instant) -> bool {
+        self.streams < u64::from(max_streams) && now.saturating_duration_since(self.born) < max_age
+    }
+}
+
 struct Idle {
     session: Session,
     since: Instant,
+}
+
+impl Idle {
+    /// Whether it has waited less than [`POOL_IDLE`] at `now`.
+    fn fresh(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.since) < POOL_IDLE
+    }
 }
 
 #[derive(Default)]
@@ -102,6 +120,19 @@ struct Inner {
     last_client: Option<Instant>,
     /// Shutdown ([`Pool::close`]): nothing is put in any more.
     closed: bool,
+}
+
+impl Inner {
+    /// Refills are backing off after a failed one.
+    fn backing_off(&self, now: Instant) -> bool {
+        self.backoff_until.is_some_and(|t| now < t)
+    }
+
+    /// A client came within [`KEEP_WARM`]: `pool_min` sessions are kept warm.
+    fn warm(&self, now: Instant) -> bool {
+        self.last_client
+            .is_some_and(|t| now.saturating_duration_since(t) < KEEP_WARM)
+    }
 }
 
 /// The warm sessions of one connector tunnel (empty for a listener).
@@ -136,12 +167,18 @@ impl Pool {
         self.lock().idle.len()
     }
 
-    /// A usable session for a new client, the most recently added first; every unusable one met
-    /// on the way is closed. `usable` checks the key and bounds against the current settings.
-    pub(crate) fn take(&self, connect: &str, usable: impl Fn(&Session) -> bool) -> Option<Session> {
+    /// A usable session for a new client at `now`, the most recently added first; every
+    /// unusable one met on the way is closed. `usable` checks the key and bounds against the
+    /// current settings.
+    pub(crate) fn take(
+        &self,
+        connect: &str,
+        usable: impl Fn(&Session) -> bool,
+        now: Instant,
+    ) -> Option<Session> {
         let mut closed = Vec::new();
         let mut inner = self.lock();
-        inner.last_client = Some(Instant::now());
+        inner.last_client = Some(now);
         let found = loop {
             let Some(idle) = inner.idle.pop_back() else {
                 inner.misses += 1;
@@ -149,11 +186,7 @@ impl Pool {
                 break None;
             };
             let s = &idle.session;
-            if idle.since.elapsed() < POOL_IDLE
-                && s.connect == connect
-                && usable(s)
-                && alive(&s.sealed)
-            {
+            if idle.fresh(now) && s.connect == connect && usable(s) && alive(&s.sealed) {
                 break Some(idle.session);
             }
             closed.push(idle.session);
@@ -167,12 +200,17 @@ impl Pool {
     /// for the next one put in: [`Take::Wait`], counted so that [`Pool::refills_due`] starts
     /// one more refill than clients wait. [`Take::Miss`]: make a handshake of its own (the pool
     /// is closed, or refills are backing off after a failure).
-    pub(crate) fn take_or_wait(&self, connect: &str, usable: impl Fn(&Session) -> bool) -> Take {
-        if let Some(s) = self.take(connect, usable) {
+    pub(crate) fn take_or_wait(
+        &self,
+        connect: &str,
+        usable: impl Fn(&Session) -> bool,
+        now: Instant,
+    ) -> Take {
+        if let Some(s) = self.take(connect, usable, now) {
             return Take::Session(s);
         }
         let mut inner = self.lock();
-        if inner.closed || inner.backoff_until.is_some_and(|t| Instant::now() < t) {
+        if inner.closed || inner.backing_off(now) {
             return Take::Miss;
         }
         inner.waiters.retain(|w| !w.is_closed());
@@ -181,10 +219,10 @@ impl Pool {
         Take::Wait(rx)
     }
 
-    /// Puts `session` back (or in for the first time): to the oldest waiting client if there is
-    /// one, else among the idle; false (and the session closed) when the pool already holds
-    /// `max`.
-    pub(crate) fn put(&self, mut session: Session, max: usize) -> bool {
+    /// Puts `session` back (or in for the first time) at `now`: to the oldest waiting client if
+    /// there is one, else among the idle; false (and the session closed) when the pool already
+    /// holds `max`.
+    pub(crate) fn put(&self, mut session: Session, max: usize, now: Instant) -> bool {
         let mut inner = self.lock();
         if inner.closed || !session.leftover.is_empty() {
             return false;
@@ -202,7 +240,7 @@ impl Pool {
         }
         inner.idle.push_back(Idle {
             session,
-            since: Instant::now(),
+            since: now,
         });
         true
     }
@@ -229,17 +267,14 @@ impl Pool {
         }
     }
 
-    /// How many refills to start now for a pool between `min` and `max` (counted as started).
-    pub(crate) fn refills_due(&self, min: usize, max: usize) -> usize {
+    /// How many refills to start at `now` for a pool between `min` and `max` (counted as
+    /// started).
+    pub(crate) fn refills_due(&self, min: usize, max: usize, now: Instant) -> usize {
         let mut inner = self.lock();
-        if inner.closed || inner.backoff_until.is_some_and(|t| Instant::now() < t) {
+        if inner.closed || inner.backing_off(now) {
             return 0;
         }
-        let min = if inner.last_client.is_some_and(|t| t.elapsed() < KEEP_WARM) {
-            min.min(max)
-        } else {
-            0
-        };
+        let min = if inner.warm(now) { min.min(max) } else { 0 };
         inner.target = inner.target.clamp(min, max.max(min));
         let misses = std::mem::take(&mut inner.misses);
         inner.target = (inner.target + misses).min(max);
@@ -252,13 +287,14 @@ impl Pool {
         n
     }
 
-    /// A refill ended: with a session for the pool, or failed. A failure backs refills off, and
-    /// tells the oldest waiting client to make its own handshake (which reports why).
-    pub(crate) fn refilled(&self, ok: bool) {
+    /// A refill ended at `now`: with a session for the pool, or failed. A failure backs refills
+    /// off for [`REFILL_BACKOFF`], and tells the oldest waiting client to make its own handshake
+    /// (which reports why).
+    pub(crate) fn refilled(&self, ok: bool, now: Instant) {
         let mut inner = self.lock();
         inner.refilling = inner.refilling.saturating_sub(1);
         if !ok {
-            inner.backoff_until = Some(Instant::now() + REFILL_BACKOFF);
+            inner.backoff_until = Some(now + REFILL_BACKOFF);
             while let Some(w) = inner.waiters.pop_front() {
                 if w.send(None).is_ok() {
                     break;
@@ -272,20 +308,21 @@ impl Pool {
         !std::mem::replace(&mut self.lock().sweeping, true)
     }
 
-    /// One sweep: closes expired and dead sessions and lowers the target after a quiet period.
-    /// Returns false (and gives up the sweeper role) when there is nothing left to look after.
-    pub(crate) fn sweep(&self, min: usize) -> bool {
+    /// One sweep at `now`: closes expired and dead sessions and lowers the target after a quiet
+    /// period. Returns false (and gives up the sweeper role) when there is nothing left to look
+    /// after.
+    pub(crate) fn sweep(&self, min: usize, now: Instant) -> bool {
         let mut inner = self.lock();
         let keep: VecDeque<Idle> = std::mem::take(&mut inner.idle)
             .into_iter()
-            .filter(|i| i.since.elapsed() < POOL_IDLE && alive(&i.session.sealed))
+            .filter(|i| i.fresh(now) && alive(&i.session.sealed))
             .collect();
         inner.idle = keep;
         if !inner.missed_recently && inner.target > min {
             inner.target -= 1;
         }
         inner.missed_recently = false;
-        let warm = inner.last_client.is_some_and(|t| t.elapsed() < KEEP_WARM);
+        let warm = inner.warm(now);
         let busy = !inner.idle.is_empty() || inner.refilling > 0 || warm;
         if !busy {
             inner.sweeping = false;
@@ -327,32 +364,38 @@ mod tests {
         (session, far)
     }
 
-    /// A client's wait for the next session of an empty pool.
-    fn wait(pool: &Pool) -> oneshot::Receiver<Option<Session>> {
-        match pool.take_or_wait("here", |_| true) {
+    /// A client's wait for the next session of an empty pool, at `now`.
+    fn wait_at(pool: &Pool, now: Instant) -> oneshot::Receiver<Option<Session>> {
+        match pool.take_or_wait("here", |_| true, now) {
             Take::Wait(next) => next,
             _ => panic!("an empty pool makes the client wait"),
         }
+    }
+
+    /// [`wait_at`] now.
+    fn wait(pool: &Pool) -> oneshot::Receiver<Option<Session>> {
+        wait_at(pool, Instant::now())
     }
 
     #[tokio::test]
     async fn a_client_that_finds_the_pool_empty_gets_the_next_session_put_in() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let pool = Pool::default();
+        let now = Instant::now();
         let next = wait(&pool);
         // One refill for the waiting client, on top of the target (1 here, from its miss).
-        assert_eq!(pool.refills_due(0, 4), 2);
+        assert_eq!(pool.refills_due(0, 4, now), 2);
         let (s, _far) = session(&l).await;
-        assert!(pool.put(s, 4));
-        pool.refilled(true);
+        assert!(pool.put(s, 4, now));
+        pool.refilled(true, now);
         let got = next.await.unwrap().expect("a session, not a failure");
         assert_eq!(got.connect, "here");
         assert_eq!(pool.len(), 0, "handed to the client, not kept idle");
         // The next session put in, with nobody waiting, waits idle for the next client.
         let (s, _far2) = session(&l).await;
-        assert!(pool.put(s, 4));
+        assert!(pool.put(s, 4, now));
         assert!(matches!(
-            pool.take_or_wait("here", |_| true),
+            pool.take_or_wait("here", |_| true, now),
             Take::Session(_)
         ));
     }
@@ -360,12 +403,16 @@ mod tests {
     #[tokio::test]
     async fn a_failed_refill_sends_a_waiting_client_to_its_own_handshake() {
         let pool = Pool::default();
+        let now = Instant::now();
         let next = wait(&pool);
-        assert!(pool.refills_due(0, 4) >= 1);
-        pool.refilled(false);
+        assert!(pool.refills_due(0, 4, now) >= 1);
+        pool.refilled(false, now);
         assert!(next.await.unwrap().is_none(), "told to make its own");
         // Refills now back off: the next client does not wait at all.
-        assert!(matches!(pool.take_or_wait("here", |_| true), Take::Miss));
+        assert!(matches!(
+            pool.take_or_wait("here", |_| true, now),
+            Take::Miss
+        ));
     }
 
     #[tokio::test]
@@ -376,14 +423,99 @@ mod tests {
         let next = wait(&pool);
         drop(gone);
         let (s, _far) = session(&l).await;
-        assert!(pool.put(s, 4));
+        assert!(pool.put(s, 4, Instant::now()));
         assert!(
             next.await.unwrap().is_some(),
             "the one still waiting gets it"
         );
         pool.close();
-        let Take::Miss = pool.take_or_wait("here", |_| true) else {
+        let Take::Miss = pool.take_or_wait("here", |_| true, Instant::now()) else {
             panic!("a closed pool makes nobody wait");
         };
+    }
+
+    #[tokio::test]
+    async fn a_session_idle_in_the_pool_for_pool_idle_is_not_handed_out() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::default();
+        let t0 = Instant::now();
+        let almost = t0 + POOL_IDLE - Duration::from_millis(1);
+        let (s, _far) = session(&l).await;
+        assert!(pool.put(s, 4, t0));
+        assert!(
+            pool.take("here", |_| true, almost).is_some(),
+            "within POOL_IDLE it serves"
+        );
+        let (s, _far2) = session(&l).await;
+        assert!(pool.put(s, 4, t0));
+        assert!(
+            pool.take("here", |_| true, t0 + POOL_IDLE).is_none(),
+            "at POOL_IDLE it is closed, not handed out"
+        );
+        assert_eq!(pool.len(), 0, "the expired session is gone");
+        // The sweep closes it too, at the same bound.
+        let (s, _far3) = session(&l).await;
+        assert!(pool.put(s, 4, t0));
+        pool.sweep(0, almost);
+        assert_eq!(pool.len(), 1, "a sweep keeps a session within POOL_IDLE");
+        pool.sweep(0, t0 + POOL_IDLE);
+        assert_eq!(pool.len(), 0, "a sweep closes a session at POOL_IDLE");
+    }
+
+    #[tokio::test]
+    async fn a_session_carries_no_new_client_past_its_age_or_stream_bound() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (mut s, _far) = session(&l).await;
+        let age = Duration::from_secs(600);
+        let born = s.born;
+        assert!(s.within_bounds(2, age, born + age - Duration::from_millis(1)));
+        assert!(
+            !s.within_bounds(2, age, born + age),
+            "as old as session_reuse_age"
+        );
+        s.streams = 1;
+        assert!(s.within_bounds(2, age, born));
+        s.streams = 2;
+        assert!(
+            !s.within_bounds(2, age, born),
+            "session_reuse_streams carried"
+        );
+    }
+
+    #[tokio::test]
+    async fn refills_back_off_after_a_failure_then_start_again() {
+        let pool = Pool::default();
+        let t0 = Instant::now();
+        drop(wait_at(&pool, t0));
+        assert_eq!(pool.refills_due(0, 4, t0), 1, "one for the miss");
+        pool.refilled(false, t0);
+        let during = t0 + REFILL_BACKOFF - Duration::from_millis(1);
+        assert_eq!(pool.refills_due(0, 4, during), 0, "backing off");
+        assert!(matches!(
+            pool.take_or_wait("here", |_| true, during),
+            Take::Miss
+        ));
+        let after = t0 + REFILL_BACKOFF;
+        assert!(
+            matches!(pool.take_or_wait("here", |_| true, after), Take::Wait(_)),
+            "past REFILL_BACKOFF a client waits for a refill again"
+        );
+        assert!(pool.refills_due(0, 4, after) > 0, "refills start again");
+    }
+
+    #[tokio::test]
+    async fn pool_min_is_kept_warm_only_while_clients_came_within_keep_warm() {
+        let t0 = Instant::now();
+        // A client at t0 finds the pool empty: the target is `pool_min` (2) plus its miss.
+        let warm = Pool::default();
+        drop(warm.take("here", |_| true, t0));
+        assert_eq!(
+            warm.refills_due(2, 4, t0 + KEEP_WARM - Duration::from_secs(1)),
+            3
+        );
+        // Past KEEP_WARM, `pool_min` no longer counts: just the miss.
+        let cold = Pool::default();
+        drop(cold.take("here", |_| true, t0));
+        assert_eq!(cold.refills_due(2, 4, t0 + KEEP_WARM), 1);
     }
 }

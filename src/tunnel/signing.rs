@@ -7,17 +7,19 @@
 //! threads, so that a flood never holds more than one async worker. Resumptions never come here (their answer is made inline, cheaply), so they
 //! never wait behind a flood of hellos. SECURITY.md, "Flooding the listener", has the reasoning
 //! and the defaults.
+//!
+//! The budget rules take the time as a parameter (`now`); the async callers and the signing
+//! threads pass the time of the call.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::config::Tuning;
 use crate::proto::handshake::{Handshake, HandshakeError};
 use crate::tunnel::limits::{FairQueue, Pushed, Source, TimeBudget, TokenBucket};
-use crate::tunnel::state::TunnelState;
+use crate::tunnel::settings::ListenerSettings;
 
 /// Hellos waiting for a signature per listener tunnel, all sources together. Each holds its
 /// handshake state (a few KiB) and its socket; while the queue is full a hello from a source
@@ -54,7 +56,8 @@ struct Job {
     done: Done,
 }
 
-/// The queue, the budget and the threads of one listener tunnel (in its [`TunnelState`]).
+/// The queue, the budget and the threads of one listener tunnel (in its
+/// [`crate::tunnel::state::TunnelState`]).
 #[derive(Debug)]
 pub(crate) struct SigningPool {
     inner: Mutex<Inner>,
@@ -112,27 +115,38 @@ impl SigningPool {
         self.lock().queue.len()
     }
 
-    /// Takes the one inline place and a token of the budget when nothing waits in the queue
-    /// (a queued hello is served first) and the time budget is not overdrawn, or nothing.
-    fn try_inline(&self, rate: u32, cpu_percent: u32) -> Option<InlinePlace<'_>> {
+    /// Takes the one inline place and a token of the budget at `now` when nothing waits in the
+    /// queue (a queued hello is served first) and the time budget is not overdrawn, or nothing.
+    fn try_inline(&self, rate: u32, cpu_percent: u32, now: Instant) -> Option<InlinePlace<'_>> {
         let mut inner = self.lock();
         inner.rate = rate;
         inner.cpu_percent = cpu_percent;
-        let now = Instant::now();
         if inner.inline || inner.queue.len() > 0 {
             return None;
         }
-        inner.cpu.ready(cpu_percent, now).ok()?;
-        inner.budget.take(rate, rate, now).ok()?;
+        inner.allowed(now).ok()?;
         inner.inline = true;
         Some(InlinePlace(self, now))
     }
 
-    /// Charges an answer that started at `started` to the time budget.
-    fn spent(inner: &mut Inner, started: Instant) {
-        let now = Instant::now();
+    /// Charges an answer that ran from `started` to `now` to the time budget.
+    fn spent(inner: &mut Inner, started: Instant, now: Instant) {
         let percent = inner.cpu_percent;
-        inner.cpu.spend(percent, now.duration_since(started), now);
+        inner
+            .cpu
+            .spend(percent, now.saturating_duration_since(started), now);
+    }
+}
+
+impl Inner {
+    /// Whether one more answer may be made at `now`: the time budget (`signature_cpu`) not
+    /// overdrawn, and a token of the signature budget (`signature_rate`) taken. `Err(wait)`:
+    /// not before `wait`.
+    fn allowed(&mut self, now: Instant) -> Result<(), Duration> {
+        let (rate, percent) = (self.rate, self.cpu_percent);
+        self.cpu
+            .ready(percent, now)
+            .and_then(|()| self.budget.take(rate, rate, now))
     }
 }
 
@@ -143,33 +157,36 @@ impl Drop for InlinePlace<'_> {
     fn drop(&mut self) {
         let mut inner = self.0.lock();
         inner.inline = false;
-        SigningPool::spent(&mut inner, self.1);
+        SigningPool::spent(&mut inner, self.1, Instant::now());
     }
 }
 
-/// Answers `hs` (a listener handshake whose reply is pending, from `source`): inline when the
-/// listener is idle, else through the queue, waiting for a signing thread. The caller bounds
-/// the wait (`handshake_timeout`); a hello given up is skipped by the threads without a
+/// Answers `hs` (a listener handshake whose reply is pending, from `source`) with `pool`, the
+/// listener's, under its `settings`, counting each signature made in `signatures`: inline when
+/// the listener is idle, else through the queue, waiting for a signing thread. The caller
+/// bounds the wait (`handshake_timeout`); a hello given up is skipped by the threads without a
 /// signature.
 pub(crate) async fn sign(
-    state: &Arc<TunnelState>,
+    pool: &Arc<SigningPool>,
+    signatures: &Arc<AtomicU64>,
     source: Source,
     mut hs: Handshake,
-    tuning: &Tuning,
+    settings: &ListenerSettings,
 ) -> Result<Handshake, NotSigned> {
-    if let Some(_place) = state
-        .signing
-        .try_inline(tuning.signature_rate, tuning.signature_cpu)
-    {
-        state.counters.signatures.fetch_add(1, Ordering::Relaxed);
+    if let Some(_place) = pool.try_inline(
+        settings.signature_rate,
+        settings.signature_cpu,
+        Instant::now(),
+    ) {
+        signatures.fetch_add(1, Ordering::Relaxed);
         return hs.make_reply().map(|()| hs).map_err(NotSigned::Failed);
     }
     let (done, answer) = oneshot::channel();
-    let per_source = (tuning.source_handshake_rate > 0).then_some(PER_SOURCE_QUEUE);
+    let per_source = (settings.source_handshake_rate > 0).then_some(PER_SOURCE_QUEUE);
     let spawn = {
-        let mut inner = state.signing.lock();
-        inner.rate = tuning.signature_rate;
-        inner.cpu_percent = tuning.signature_cpu;
+        let mut inner = pool.lock();
+        inner.rate = settings.signature_rate;
+        inner.cpu_percent = settings.signature_cpu;
         let job = Job { source, hs, done };
         let pushed = match inner.queue.push(source, job, per_source) {
             Pushed::Refused(job) => {
@@ -191,8 +208,8 @@ pub(crate) async fn sign(
         spawn
     };
     if spawn {
-        let state = state.clone();
-        tokio::task::spawn_blocking(move || drain(&state));
+        let (pool, signatures) = (pool.clone(), signatures.clone());
+        tokio::task::spawn_blocking(move || drain(&pool, &signatures));
     }
     match answer.await {
         Ok(Ok(hs)) => Ok(hs),
@@ -201,12 +218,13 @@ pub(crate) async fn sign(
     }
 }
 
-/// A signing thread: answers queued hellos in turn while the budget allows, sleeping while it
-/// is empty; returns once the queue is empty.
-fn drain(state: &TunnelState) {
+/// A signing thread of `pool`: answers queued hellos in turn while the budget allows, sleeping
+/// while it is empty, and counts each signature in `signatures`; returns once the queue is
+/// empty.
+fn drain(pool: &SigningPool, signatures: &AtomicU64) {
     loop {
         let job = {
-            let mut inner = state.signing.lock();
+            let mut inner = pool.lock();
             loop {
                 let Some(job) = inner.queue.pop() else {
                     inner.running -= 1;
@@ -215,12 +233,7 @@ fn drain(state: &TunnelState) {
                 if job.done.is_closed() {
                     continue;
                 }
-                let (rate, percent, now) = (inner.rate, inner.cpu_percent, Instant::now());
-                let allowed = inner
-                    .cpu
-                    .ready(percent, now)
-                    .and_then(|()| inner.budget.take(rate, rate, now));
-                match allowed {
+                match inner.allowed(Instant::now()) {
                     Ok(()) => break Some(job),
                     Err(wait) => {
                         // Put it back at its source's turn: it is served first after the nap.
@@ -235,10 +248,10 @@ fn drain(state: &TunnelState) {
         let Some(Job { mut hs, done, .. }) = job else {
             continue;
         };
-        state.counters.signatures.fetch_add(1, Ordering::Relaxed);
+        signatures.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let result = hs.make_reply().map(|()| hs);
-        SigningPool::spent(&mut state.signing.lock(), started);
+        SigningPool::spent(&mut pool.lock(), started, Instant::now());
         let _ = done.send(result);
     }
 }
@@ -249,24 +262,30 @@ mod tests {
 
     #[test]
     fn one_hello_at_a_time_is_signed_inline_and_only_within_the_budget() {
+        let now = Instant::now();
         let pool = SigningPool::default();
-        let place = pool.try_inline(0, 0).expect("an idle pool signs inline");
+        let place = pool
+            .try_inline(0, 0, now)
+            .expect("an idle pool signs inline");
         assert!(
-            pool.try_inline(0, 0).is_none(),
+            pool.try_inline(0, 0, now).is_none(),
             "a second one goes to the queue"
         );
         drop(place);
-        assert!(pool.try_inline(0, 0).is_some(), "the place is given back");
+        assert!(
+            pool.try_inline(0, 0, now).is_some(),
+            "the place is given back"
+        );
 
         let pool = SigningPool::default();
         for _ in 0..3 {
             assert!(
-                pool.try_inline(3, 0).is_some(),
+                pool.try_inline(3, 0, now).is_some(),
                 "a burst of `signature_rate`"
             );
         }
         assert!(
-            pool.try_inline(3, 0).is_none(),
+            pool.try_inline(3, 0, now).is_none(),
             "past the budget the hello waits in the queue"
         );
     }
@@ -274,16 +293,72 @@ mod tests {
     #[test]
     fn answers_are_timed_against_signature_cpu() {
         let pool = SigningPool::default();
-        let place = pool.try_inline(0, 1).expect("a full time budget");
+        let place = pool
+            .try_inline(0, 1, Instant::now())
+            .expect("a full time budget");
         // An answer that took 20 ms overdraws a 1 % budget (10 ms of each second)...
         let long_ago = Instant::now() - Duration::from_millis(20);
         drop(InlinePlace(place.0, long_ago));
         std::mem::forget(place);
         assert!(
-            pool.try_inline(0, 1).is_none(),
+            pool.try_inline(0, 1, Instant::now()).is_none(),
             "an overdrawn time budget sends the next hello to the queue"
         );
         // ...which the same answers leave alone without a cap.
-        assert!(pool.try_inline(0, 0).is_some(), "0: no cap");
+        assert!(pool.try_inline(0, 0, Instant::now()).is_some(), "0: no cap");
+    }
+
+    #[test]
+    fn the_signature_budget_refills_with_time() {
+        let t0 = Instant::now();
+        let pool = SigningPool::default();
+        // A burst of `signature_rate` (4), then nothing at the same instant.
+        for _ in 0..4 {
+            drop(pool.try_inline(4, 0, t0).expect("within the burst"));
+        }
+        assert!(pool.try_inline(4, 0, t0).is_none(), "the burst is spent");
+        let almost = t0 + Duration::from_millis(240);
+        assert!(
+            pool.try_inline(4, 0, almost).is_none(),
+            "less than one signature's worth of time"
+        );
+        // 4 per second: one more every 250 ms, and no more than that.
+        let t1 = t0 + Duration::from_millis(250);
+        drop(pool.try_inline(4, 0, t1).expect("refilled by one"));
+        assert!(pool.try_inline(4, 0, t1).is_none(), "by one only");
+        // A long pause refills up to the burst, not beyond.
+        let t2 = t1 + Duration::from_secs(60);
+        for _ in 0..4 {
+            drop(pool.try_inline(4, 0, t2).expect("a full burst again"));
+        }
+        assert!(pool.try_inline(4, 0, t2).is_none(), "capped at the burst");
+    }
+
+    #[test]
+    fn an_overdrawn_time_budget_refuses_until_paid_back() {
+        let t0 = Instant::now();
+        let pool = SigningPool::default();
+        pool.lock().cpu_percent = 1;
+        assert!(pool.lock().allowed(t0).is_ok(), "a full time budget");
+        // An answer of 20 ms at 1 % (10 ms of each second): overdrawn by 10 ms, paid back
+        // after one second.
+        let end = t0 + Duration::from_millis(20);
+        SigningPool::spent(&mut pool.lock(), t0, end);
+        assert!(pool.try_inline(0, 1, end).is_none(), "overdrawn");
+        assert!(
+            pool.try_inline(0, 1, end + Duration::from_millis(500))
+                .is_none(),
+            "half paid back"
+        );
+        let waited = pool.lock().allowed(end + Duration::from_millis(500));
+        assert!(
+            matches!(waited, Err(w) if w > Duration::from_millis(400) && w < Duration::from_millis(600)),
+            "the signing threads are told how long to wait: {waited:?}"
+        );
+        assert!(
+            pool.try_inline(0, 1, end + Duration::from_millis(1500))
+                .is_some(),
+            "paid back"
+        );
     }
 }

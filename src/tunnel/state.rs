@@ -8,15 +8,15 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Tuning;
 use crate::proto::handshake::{ConnectorEphemerals, Established};
 use crate::proto::identity::Fingerprint;
 use crate::proto::resume::{ConnectorTickets, TicketPolicy, TicketStore};
+use crate::tunnel::handshake::SessionError;
 use crate::tunnel::limits::{
     Gauge, LogLimiter, ReplayCache, Slot, SourceLimiter, REPLAY_CAPACITY, REPLAY_MAX_AGE,
 };
 use crate::tunnel::pump::{PumpStats, Traffic};
-use crate::tunnel::session::SessionError;
+use crate::tunnel::settings::SharedSettings;
 use crate::tunnel::signing::SigningPool;
 
 /// Upper bounds of the handshake duration histogram, in seconds (0.1 ms to 10 s).
@@ -71,8 +71,9 @@ pub struct Counters {
     /// Resumption tickets offered (connector) or presented (listener) but refused, so that a
     /// full handshake ran instead.
     pub resumption_fallbacks: AtomicU64,
-    /// Listener: RSA signatures made for full handshakes (inline or by the signing threads).
-    pub signatures: AtomicU64,
+    /// Listener: RSA signatures made for full handshakes (inline or by the signing threads,
+    /// which hold it too).
+    pub signatures: Arc<AtomicU64>,
     /// Client streams carried (one per client connection; several per session with reuse).
     pub streams: AtomicU64,
     /// Streams carried by a session that had carried another stream before (reuse).
@@ -96,7 +97,7 @@ pub struct TunnelState {
     /// Listener: hello ephemerals seen, so that a replayed hello gets no answer.
     pub(crate) replays: ReplayCache,
     /// Listener: hellos waiting for a signature, the signature budget and the signing threads.
-    pub(crate) signing: SigningPool,
+    pub(crate) signing: Arc<SigningPool>,
     /// Listener: full handshakes per source (`source_handshake_rate`).
     pub handshake_sources: SourceLimiter,
     /// Counters.
@@ -136,10 +137,10 @@ impl TunnelState {
     /// `max_connections` drops.
     pub async fn handshake_slot(
         &self,
-        tuning: &Tuning,
+        shared: &SharedSettings,
         deadline: tokio::time::Instant,
     ) -> Option<Slot> {
-        tokio::time::timeout_at(deadline, self.handshakes.acquire(tuning.max_handshakes))
+        tokio::time::timeout_at(deadline, self.handshakes.acquire(shared.max_handshakes))
             .await
             .ok()
     }
@@ -167,7 +168,7 @@ impl Default for TunnelState {
             connections: Arc::default(),
             awaiting_auth: Arc::default(),
             replays: ReplayCache::new(REPLAY_CAPACITY, REPLAY_MAX_AGE),
-            signing: SigningPool::default(),
+            signing: Arc::default(),
             handshake_sources: SourceLimiter::default(),
             counters: Counters::default(),
             sources: SourceLimiter::default(),
@@ -188,11 +189,11 @@ impl Default for TunnelState {
     }
 }
 
-/// The resumption ticket policy of `tuning`.
-pub(crate) fn ticket_policy(tuning: &Tuning) -> TicketPolicy {
+/// The resumption ticket policy of these settings.
+pub(crate) fn ticket_policy(shared: &SharedSettings) -> TicketPolicy {
     TicketPolicy {
-        lifetime: tuning.resumption_lifetime,
-        uses: tuning.resumption_uses,
+        lifetime: shared.resumption_lifetime,
+        uses: shared.resumption_uses,
     }
 }
 

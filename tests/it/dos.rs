@@ -10,8 +10,8 @@ use std::time::Duration;
 use sealpipe::proto::handshake::Handshake;
 use sealpipe::proto::identity::Signer;
 use sealpipe::testing::{
-    echo_service, round_trip, spawn_tunnel, Address, ConnectorMode, ConnectorTunnel,
-    ListenerTunnel, ProxyProtocol, Revoke, Tuning,
+    connector_settings, echo_service, listener_settings, round_trip, spawn_tunnel, Address,
+    ConnectorMode, ConnectorTunnel, ListenerTunnel, ProxyProtocol, Revoke, Tuning,
 };
 use std::sync::atomic::Ordering;
 use support::*;
@@ -48,7 +48,7 @@ async fn a_thousand_abusive_connections_cost_no_signature_and_do_not_block_a_leg
             proxy_protocol: ProxyProtocol::Off,
             revoke: Revoke::Cut,
             params: listener_params(signer.clone(), &[connector_id.fingerprint()]),
-            tuning: tuning.clone(),
+            settings: listener_settings(&tuning),
         },
         &tracker,
         &stop,
@@ -66,10 +66,10 @@ async fn a_thousand_abusive_connections_cost_no_signature_and_do_not_block_a_leg
             tofu: None,
             mode: ConnectorMode::Forward,
             // One session per client: the handshakes are counted below.
-            tuning: Tuning {
+            settings: connector_settings(&Tuning {
                 pool_max: 0,
                 ..tuning.clone()
-            },
+            }),
         },
         &tracker,
         &stop,

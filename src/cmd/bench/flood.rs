@@ -29,15 +29,13 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::addr::Address;
-use crate::cmd::pair::{echo_service, identities, loopback, spawn_tunnel};
-use crate::config::{ConnectorMode, ProxyProtocol, Revoke, Tuning};
-use crate::proto::handshake::{ConnectorParams, Handshake, ListenerParams};
+use crate::config::Tuning;
+use crate::daemon::pair::{
+    connector_tunnel, echo_service, identities, listener_tunnel, loopback, os_randomness,
+    spawn_tunnel, TunnelState,
+};
+use crate::proto::handshake::{ConnectorParams, Handshake};
 use crate::proto::identity::{PrivateIdentity, Signer, TrustList};
-use crate::tunnel::accept::os_randomness;
-use crate::tunnel::connector::ConnectorTunnel;
-use crate::tunnel::listener::ListenerTunnel;
-use crate::tunnel::state::TunnelState;
 
 /// New flood connections per second.
 pub(crate) const FLOOD_RATE: u64 = 2000;
@@ -160,38 +158,16 @@ async fn setup(tracker: &TaskTracker, stop: &CancellationToken) -> anyhow::Resul
     let (sealed_l, sealed) = loopback().await?;
     let listener = spawn_tunnel(
         sealed_l,
-        ListenerTunnel {
-            name: "flood".into(),
-            forward: Some(Address::Ip(target_addr)),
-            allow_destinations: Vec::new(),
-            proxy_protocol: ProxyProtocol::Off,
-            revoke: Revoke::Cut,
-            params: ListenerParams {
-                identity: l_id.clone() as Arc<dyn Signer>,
-                next_identity: None,
-                trust: Arc::new(trust),
-                psk: None,
-                accept_unknown: false,
-                allow_tofu: false,
-                service: "flood".into(),
-            },
-            tuning: tuning.clone(),
-        },
+        listener_tunnel("flood", "flood", target_addr, l_id.clone(), trust, &tuning),
         tracker,
         stop,
     );
-    let connector = |resumption: bool| ConnectorTunnel {
-        name: "flood".into(),
-        connect: Address::Ip(sealed),
-        params: connector_params(&c_id, &l_id),
-        fallback_pins: Vec::new(),
-        socket: Default::default(),
-        tofu: None,
-        mode: ConnectorMode::Forward,
-        tuning: Tuning {
+    let connector = |resumption: bool| {
+        let tuning = Tuning {
             resumption,
             ..tuning.clone()
-        },
+        };
+        connector_tunnel("flood", sealed, connector_params(&c_id, &l_id), &tuning)
     };
     let (a, with_ticket) = loopback().await?;
     spawn_tunnel(a, connector(true), tracker, stop);

@@ -47,8 +47,8 @@ use self::loads::{
     throughput,
 };
 use self::report::{progress, table, Idle, Rate, Report, Small};
-use crate::cmd::pair::{identities, loopback, spawn_pair_via};
 use crate::config::Tuning;
+use crate::daemon::pair::{identities, loopback, spawn_pair_on, spawn_shared_tunnel};
 use crate::proto::identity::PrivateIdentity;
 
 /// RSA size of the in-process identities: the size `bench/compare.sh` uses for every tunnel it
@@ -168,13 +168,19 @@ async fn in_process_pair(
     let (l_id, c_id) = identities(BENCH_BITS).await?;
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
-    let (plain_addr, _) = spawn_pair_via(
+    let (sealed, sealed_addr) = loopback().await?;
+    let connect = match rtt {
+        Some(rtt) => wan::spawn_relay(sealed_addr, rtt, &stop).await?,
+        None => sealed_addr,
+    };
+    let plain_addr = spawn_pair_on(
         "bench",
+        sealed,
+        connect,
         target,
         l_id.clone(),
         c_id,
         tuning,
-        rtt,
         &tracker,
         &stop,
     )
@@ -212,13 +218,7 @@ async fn configured_connector(
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
     let connect = tunnel.connect.to_string();
-    crate::tunnel::accept::spawn(
-        crate::tunnel::net::Bound::Tcp(plain),
-        tunnel.clone(),
-        Default::default(),
-        &tracker,
-        stop.clone(),
-    );
+    spawn_shared_tunnel(plain, tunnel.clone(), &tracker, &stop);
     Ok((plain_addr, stop, connect))
 }
 

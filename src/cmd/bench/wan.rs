@@ -282,7 +282,7 @@ mod tests {
         let stop = CancellationToken::new();
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let target = l.local_addr().unwrap();
-        tokio::spawn(crate::cmd::pair::echo_service(l));
+        tokio::spawn(crate::daemon::pair::echo_service(l));
         let relay = spawn_relay(target, RTT, &stop).await.unwrap();
         let t0 = std::time::Instant::now();
         let mut s = TcpStream::connect(relay).await.unwrap();

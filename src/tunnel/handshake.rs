@@ -1,4 +1,5 @@
-//! Drives the sans-IO handshake over a socket, under a deadline.
+//! Drives the sans-IO handshake over a socket, under a deadline, and holds what an established
+//! session runs on ([`Records`]: its record layer and the peer's key).
 
 use std::time::Duration;
 

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use super::raw::{DurationText, SizeText};
-use super::tuning::tuning_fields;
+use super::tuning_fields::tuning_fields;
 use super::{Tuning, DEFAULT_SOCKET_MODE};
 
 /// A part of the file: the top level, or one table.
@@ -477,7 +477,7 @@ mod tests {
             assert_eq!(
                 expected_by_parser(&text),
                 table,
-                "{}: src/config/keys.rs and the parser disagree",
+                "{}: src/config/schema.rs and the parser disagree",
                 section.header()
             );
         }

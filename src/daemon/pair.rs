@@ -1,5 +1,8 @@
 //! A listener and a connector in one process on loopback, with identities made in memory:
 //! what `sealpipe demo` and `sealpipe bench` both run, and what the integration tests drive.
+//! The command line reaches the runtime's tunnels through here (and the rest of the daemon),
+//! never directly: what `bench`'s flood needs of the runtime besides (the randomness of a
+//! hello, a tunnel's shared state) is re-exported here.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,14 +14,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::addr::Address;
-use crate::config::{ConnectorMode, ProxyProtocol, Revoke, Tuning};
+use crate::config::Tuning;
 use crate::proto::handshake::{ConnectorParams, ListenerParams};
 use crate::proto::identity::{PrivateIdentity, Signer, TrustList};
+pub(crate) use crate::tunnel::accept::os_randomness;
 use crate::tunnel::accept::spawn;
 use crate::tunnel::connector::ConnectorTunnel;
 use crate::tunnel::listener::ListenerTunnel;
 use crate::tunnel::net::Bound;
-use crate::tunnel::state::TunnelState;
+use crate::tunnel::settings::{
+    ConnectorMode, ConnectorSettings, ListenerSettings, ProxyProtocol, Revoke,
+};
+pub(crate) use crate::tunnel::state::TunnelState;
 use crate::tunnel::Tunnel;
 
 /// Two RSA identities of `bits` made in memory, in parallel off the async workers: the
@@ -52,15 +59,84 @@ pub fn spawn_tunnel<T: Tunnel>(
     tracker: &TaskTracker,
     stop: &CancellationToken,
 ) -> Arc<TunnelState> {
+    spawn_shared_tunnel(listener, Arc::new(tunnel), tracker, stop)
+}
+
+/// [`spawn_tunnel`] for a tunnel already shared (one of a built config's).
+pub(crate) fn spawn_shared_tunnel<T: Tunnel>(
+    listener: TcpListener,
+    tunnel: Arc<T>,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) -> Arc<TunnelState> {
     let state = Arc::new(TunnelState::default());
     spawn(
         Bound::Tcp(listener),
-        Arc::new(tunnel),
+        tunnel,
         state.clone(),
         tracker,
         stop.clone(),
     );
     state
+}
+
+/// The settings a listener tunnel runs with under `tuning` (as the config layer builds them).
+pub fn listener_settings(tuning: &Tuning) -> ListenerSettings {
+    tuning.listener()
+}
+
+/// The settings a connector tunnel runs with under `tuning` (as the config layer builds them).
+pub fn connector_settings(tuning: &Tuning) -> ConnectorSettings {
+    tuning.connector()
+}
+
+/// A listener tunnel named `name` that serves `service` with the in-memory identity `l_id`,
+/// trusts the connector keys of `trust` and forwards to the plain `target`, with `tuning`.
+pub(crate) fn listener_tunnel(
+    name: &str,
+    service: &str,
+    target: SocketAddr,
+    l_id: Arc<PrivateIdentity>,
+    trust: TrustList,
+    tuning: &Tuning,
+) -> ListenerTunnel {
+    ListenerTunnel {
+        name: name.into(),
+        forward: Some(Address::Ip(target)),
+        allow_destinations: Vec::new(),
+        proxy_protocol: ProxyProtocol::Off,
+        revoke: Revoke::Cut,
+        params: ListenerParams {
+            identity: l_id as Arc<dyn Signer>,
+            next_identity: None,
+            trust: Arc::new(trust),
+            psk: None,
+            accept_unknown: false,
+            allow_tofu: false,
+            service: service.into(),
+        },
+        settings: tuning.listener(),
+    }
+}
+
+/// A forward-mode connector tunnel named `name` that connects to the listener at `connect`
+/// with `params`, with `tuning`.
+pub(crate) fn connector_tunnel(
+    name: &str,
+    connect: SocketAddr,
+    params: ConnectorParams,
+    tuning: &Tuning,
+) -> ConnectorTunnel {
+    ConnectorTunnel {
+        name: name.into(),
+        connect: Address::Ip(connect),
+        params,
+        fallback_pins: Vec::new(),
+        socket: Default::default(),
+        tofu: None,
+        mode: ConnectorMode::Forward,
+        settings: tuning.connector(),
+    }
 }
 
 /// A listener on an ephemeral loopback port, and its address.
@@ -94,71 +170,58 @@ pub async fn spawn_pair(
     tracker: &TaskTracker,
     stop: &CancellationToken,
 ) -> anyhow::Result<(SocketAddr, SocketAddr)> {
-    spawn_pair_via(name, target, l_id, c_id, tuning, None, tracker, stop).await
+    let (sealed, sealed_addr) = loopback().await?;
+    let plain_addr = spawn_pair_on(
+        name,
+        sealed,
+        sealed_addr,
+        target,
+        l_id,
+        c_id,
+        tuning,
+        tracker,
+        stop,
+    )
+    .await?;
+    Ok((plain_addr, sealed_addr))
 }
 
-/// [`spawn_pair`], with the connector connecting through a WAN relay of round-trip time `rtt`
-/// (`sealpipe bench --rtt`) in front of the listener when given.
+/// [`spawn_pair`] with the listener on `sealed`, and the connector connecting to `connect`
+/// (the listener's address, or a relay in front of it: `sealpipe bench --rtt`). Returns the
+/// connector's plaintext entry.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn spawn_pair_via(
+pub(crate) async fn spawn_pair_on(
     name: &str,
+    sealed: TcpListener,
+    connect: SocketAddr,
     target: SocketAddr,
     l_id: Arc<PrivateIdentity>,
     c_id: Arc<PrivateIdentity>,
     tuning: Tuning,
-    rtt: Option<std::time::Duration>,
     tracker: &TaskTracker,
     stop: &CancellationToken,
-) -> anyhow::Result<(SocketAddr, SocketAddr)> {
-    let (sealed, sealed_addr) = loopback().await?;
-    let connect_addr = match rtt {
-        Some(rtt) => super::bench::wan::spawn_relay(sealed_addr, rtt, stop).await?,
-        None => sealed_addr,
-    };
+) -> anyhow::Result<SocketAddr> {
     let (plain, plain_addr) = loopback().await?;
     let mut trust = TrustList::new();
     trust.insert(c_id.fingerprint(), Some(format!("{name} connector")));
+    let l_fp = l_id.fingerprint();
     spawn_tunnel(
         sealed,
-        ListenerTunnel {
-            name: name.into(),
-            forward: Some(Address::Ip(target)),
-            allow_destinations: Vec::new(),
-            proxy_protocol: ProxyProtocol::Off,
-            revoke: Revoke::Cut,
-            params: ListenerParams {
-                identity: l_id.clone() as Arc<dyn Signer>,
-                next_identity: None,
-                trust: Arc::new(trust),
-                psk: None,
-                accept_unknown: false,
-                allow_tofu: false,
-                service: "pair".into(),
-            },
-            tuning: tuning.clone(),
-        },
+        listener_tunnel(name, "pair", target, l_id, trust, &tuning),
         tracker,
         stop,
     );
+    let params = ConnectorParams {
+        identity: c_id as Arc<dyn Signer>,
+        listener: l_fp.into(),
+        psk: None,
+        service: "pair".into(),
+    };
     spawn_tunnel(
         plain,
-        ConnectorTunnel {
-            name: name.into(),
-            connect: Address::Ip(connect_addr),
-            params: ConnectorParams {
-                identity: c_id as Arc<dyn Signer>,
-                listener: l_id.fingerprint().into(),
-                psk: None,
-                service: "pair".into(),
-            },
-            fallback_pins: Vec::new(),
-            socket: Default::default(),
-            tofu: None,
-            mode: ConnectorMode::Forward,
-            tuning,
-        },
+        connector_tunnel(name, connect, params, &tuning),
         tracker,
         stop,
     );
-    Ok((plain_addr, sealed_addr))
+    Ok(plain_addr)
 }
