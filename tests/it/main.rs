@@ -14,6 +14,7 @@ mod enroll;
 mod faults;
 mod feature_combinations;
 mod handshake;
+mod layers;
 mod load;
 mod manual;
 mod metrics;
