@@ -75,6 +75,7 @@ for f in connector.toml listener.toml; do
     [[ -s /usr/share/doc/sealpipe/examples/$f ]] || fail "missing example $f"
 done
 [[ -s /usr/share/doc/sealpipe/README.md ]] || fail "missing README.md (the unit's Documentation=)"
+[[ -s /usr/share/doc/sealpipe/docs/operations.md ]] || fail "missing docs/operations.md (the unit's Documentation=)"
 ls /usr/share/doc/sealpipe /usr/share/doc/sealpipe/examples
 
 echo "==> systemd-analyze verify sealpipe@example.service"

@@ -123,7 +123,7 @@ impl FromStr for DestinationRule {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Address {
     /// The listening socket systemd passed under this name (`FileDescriptorName=` in the
-    /// `.socket` unit; socket activation, README "Socket activation").
+    /// `.socket` unit; docs/operations.md, "Socket activation").
     Systemd(String),
     /// A Unix domain socket path (`unix:/run/app.sock`); in a config file a relative path is
     /// resolved against the file's directory.

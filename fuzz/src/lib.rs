@@ -2,7 +2,7 @@
 //! handshake randomness, a cheap listener signer, the input framing that splits a fuzz input into
 //! several `read` calls, and the record-stream reader of `src/tunnel/pump.rs`.
 //!
-//! Nothing here is used by sealpipe itself; see the "Fuzzing" section of the top README.md and `fuzz/run.sh`.
+//! Nothing here is used by sealpipe itself; see `fuzz/README.md` and `fuzz/run.sh`.
 
 use std::sync::{Arc, OnceLock};
 

@@ -261,8 +261,9 @@ fn main_sections(subcommands: &[String]) -> Roff {
     file(
         &mut r,
         "/usr/share/doc/sealpipe/",
-        "README.md, PROTOCOL.md (the wire protocol), SECURITY.md (the threat model) and \
-         examples/ with a commented listener and connector config.",
+        "README.md, docs/operations.md (the operator's guide), PROTOCOL.md (the wire protocol), \
+         SECURITY.md (the threat model) and examples/ with a commented listener and connector \
+         config.",
     );
 
     section(&mut r, "ENVIRONMENT");

@@ -83,7 +83,8 @@ pub struct Config {
 /// The control socket that `sealpipe status` reads (top-level key `control`).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub enum Control {
-    /// `control = true` or no key: a path derived from the config file's path (see the README).
+    /// `control = true` or no key: a path derived from the config file's path (see
+    /// docs/operations.md, "`sealpipe status` and the control socket").
     #[default]
     Default,
     /// `control = false`: no control socket.
@@ -104,8 +105,8 @@ pub struct MetricsConfig {
 pub struct IdentityConfig {
     /// The PKCS#8 or PKCS#1 PEM private key of this host.
     pub private_key: Located<PathBuf>,
-    /// `next_private_key`: a second key a listener answers for while its key is rotated (the
-    /// README's "Rotating a listener key"); refused in a file without listeners.
+    /// `next_private_key`: a second key a listener answers for while its key is rotated
+    /// ("Rotating a listener key" in docs/operations.md); refused in a file without listeners.
     pub next_private_key: Option<Located<PathBuf>>,
     /// An optional pre-shared key file, mixed into the key schedule.
     pub psk_file: Option<Located<PathBuf>>,

@@ -159,7 +159,7 @@ fn own_keys(section: Section) -> Vec<Key> {
                 NONE,
                 "Listeners only: a second private key, checked like `private_key`, held while \
                  the listener's key is rotated: hellos keyed for either key are answered, each \
-                 with that key. See \"Rotating a listener key\" in the README.",
+                 with that key. See \"Rotating a listener key\" in docs/operations.md.",
             ),
         ],
         Section::Defaults => vec![],

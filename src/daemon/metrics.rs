@@ -1,18 +1,32 @@
-//! Prometheus metrics: the per-tunnel numbers in text exposition format 0.0.4, served by a
-//! minimal HTTP/1.x responder on the opt-in `[metrics] listen` address.
+//! Prometheus metrics: the per-tunnel numbers in text exposition format 0.0.4, encoded by
+//! `prometheus-client` and served by a minimal HTTP/1.x responder on the opt-in
+//! `[metrics] listen` address.
+//!
+//! The numbers stay where the connections count them, in the atomics of [`TunnelState`] and
+//! [`Reloads`]: nothing is registered with `prometheus-client` ahead of time, and the data path
+//! does no work for the metrics beyond those atomics. Each scrape takes a [`Scrape`] (the
+//! tunnels running then) and hands it to `prometheus-client` as a [`Collector`], which reads
+//! the atomics while it encodes.
 //!
 //! Only `GET /metrics` is answered (200); any other path is a 404, another method a 405, and a
-//! request that is malformed, too large (over [`MAX_REQUEST`] bytes) or too slow (over
-//! [`REQUEST_TIMEOUT`]) a 400 or a plain close. Each connection carries one request and is
-//! closed after the answer; at most [`MAX_SCRAPERS`] are served at once, more are closed at
-//! once. Every metric has the labels `tunnel` (its name) and `role` (`listener` or
-//! `connector`); counters live in [`TunnelState`] and survive reloads.
+//! request head that `httparse` refuses, that is too large (over [`MAX_REQUEST`] bytes or
+//! [`MAX_HEADERS`] headers) or too slow (over [`REQUEST_TIMEOUT`]) a 400 or a plain close. Each
+//! connection carries one request and is closed after the answer; at most [`MAX_SCRAPERS`] are
+//! served at once, more are closed at once. Every metric has the labels `tunnel` (its name)
+//! and `role` (`listener` or `connector`), except `sealpipe_reloads_total`; counters live in
+//! [`TunnelState`] and survive reloads. The table of metrics in docs/operations.md is checked
+//! against the HELP lines below by a unit test.
 
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    prometheus_text, DescriptorEncoder, EncodeLabelSet, MetricEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::MetricType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -24,6 +38,8 @@ use crate::tunnel::state::{TunnelState, HANDSHAKE_BUCKETS};
 
 /// Largest request head read (request line and headers).
 pub(crate) const MAX_REQUEST: usize = 8 * 1024;
+/// Most header lines in a request head.
+pub(crate) const MAX_HEADERS: usize = 32;
 /// Time a client has to send its request and read the answer.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Scrape connections served at once.
@@ -52,7 +68,7 @@ pub(crate) struct Registry {
     /// The address the metrics endpoint is bound to, if it runs (for `status`).
     metrics_local: RwLock<Option<String>>,
     /// Reloads (SIGHUP) by outcome.
-    pub(crate) reloads: Reloads,
+    pub(crate) reloads: Arc<Reloads>,
 }
 
 /// Reloads by outcome: applied whole, applied in part (a tunnel could not be started or moved),
@@ -95,209 +111,251 @@ impl Registry {
     }
 
     /// The exposition text of every tunnel, and of the daemon's reloads.
-    pub(crate) fn render(&self) -> String {
-        let mut out = render(&self.tunnels());
+    pub(crate) fn render(&self) -> Result<String, fmt::Error> {
+        let scrape = Scrape {
+            tunnels: self.tunnels(),
+            reloads: self.reloads.clone(),
+        };
+        let mut exposition = prometheus_client::registry::Registry::default();
+        exposition.register_collector(Box::new(scrape));
+        let mut out = String::new();
+        prometheus_text::encode(&mut out, &exposition)?;
+        Ok(out)
+    }
+}
+
+/// A metric with one series per tunnel, read from its [`TunnelState`] at each scrape.
+struct PerTunnel {
+    /// The name of its series (a counter's ends in `_total`).
+    name: &'static str,
+    kind: MetricType,
+    help: &'static str,
+    get: fn(&TunnelState) -> u64,
+}
+
+/// The metrics with one plain series per tunnel, in the order of the exposition.
+const PER_TUNNEL: [PerTunnel; 16] = [
+    PerTunnel {
+        name: "sealpipe_connections_open",
+        kind: MetricType::Gauge,
+        help: "Connections open (handshaking or established).",
+        get: |s| s.connections.current() as u64,
+    },
+    PerTunnel {
+        name: "sealpipe_handshakes_in_progress",
+        kind: MetricType::Gauge,
+        help: "Handshakes holding a handshake slot.",
+        get: |s| s.handshakes.current() as u64,
+    },
+    PerTunnel {
+        name: "sealpipe_handshakes_awaiting_auth",
+        kind: MetricType::Gauge,
+        help: "Listener: connections whose handshake answer is sent, waiting for the connector's last message (no handshake slot held).",
+        get: |s| s.awaiting_auth.current() as u64,
+    },
+    PerTunnel {
+        name: "sealpipe_signing_queued",
+        kind: MetricType::Gauge,
+        help: "Listener: hellos waiting for a signature in the signing queue.",
+        get: |s| s.signing.queued() as u64,
+    },
+    PerTunnel {
+        name: "sealpipe_signatures_total",
+        kind: MetricType::Counter,
+        help: "Listener: RSA signatures made for full handshakes.",
+        get: |s| s.counters.signatures.load(Ordering::Relaxed),
+    },
+    PerTunnel {
+        name: "sealpipe_connections_total",
+        kind: MetricType::Counter,
+        help: "Connections accepted, including those then dropped by a limit.",
+        get: |s| s.counters.accepted.load(Ordering::Relaxed),
+    },
+    PerTunnel {
+        name: "sealpipe_bytes_sent_total",
+        kind: MetricType::Counter,
+        help: "Plaintext bytes sealed and sent to the peer (local clients or target to peer).",
+        get: |s| s.traffic.sent.load(Ordering::Relaxed),
+    },
+    PerTunnel {
+        name: "sealpipe_bytes_received_total",
+        kind: MetricType::Counter,
+        help: "Plaintext bytes received from the peer and delivered locally.",
+        get: |s| s.traffic.received.load(Ordering::Relaxed),
+    },
+    PerTunnel {
+        name: "sealpipe_rekeys_total",
+        kind: MetricType::Counter,
+        help: "Rekey records sent and received.",
+        get: |s| s.traffic.rekeys.load(Ordering::Relaxed),
+    },
+    PerTunnel {
+        name: "sealpipe_resumptions_total",
+        kind: MetricType::Counter,
+        help: "Handshakes that resumed an earlier session.",
+        get: |s| s.counters.resumed.load(Ordering::Relaxed),
+    },
+    PerTunnel {
+        name: "sealpipe_mac1_rejected_total",
+        kind: MetricType::Counter,
+        help: "Connector hellos without a valid mac1, dropped before any work (listener).",
+        get: |s| s.counters.mac1_rejected.load(Ordering::Relaxed),
+    },
+    PerTunnel {
+        name: "sealpipe_streams_total",
+        kind: MetricType::Counter,
+        help: "Client streams carried (one per client connection; with session reuse, several per session: streams per session = this / sealpipe_handshakes_total ok).",
+        get: |s| s.counters.streams.load(Ordering::Relaxed),
+    },
+    PerTunnel {
+        name: "sealpipe_streams_reused_total",
+        kind: MetricType::Counter,
+        help: "Streams carried by a session that had carried another before (session reuse).",
+        get: |s| s.counters.streams_reused.load(Ordering::Relaxed),
+    },
+    PerTunnel {
+        name: "sealpipe_pool_hits_total",
+        kind: MetricType::Counter,
+        help: "Clients served by a warm session from the pool, with no handshake on their path (connector).",
+        get: |s| s.counters.pool_hits.load(Ordering::Relaxed),
+    },
+    PerTunnel {
+        name: "sealpipe_pool_misses_total",
+        kind: MetricType::Counter,
+        help: "Clients that found the pool empty and waited for a handshake of their own (connector).",
+        get: |s| s.counters.pool_misses.load(Ordering::Relaxed),
+    },
+    PerTunnel {
+        name: "sealpipe_pool_sessions",
+        kind: MetricType::Gauge,
+        help: "Warm sessions waiting in the pool (connector).",
+        get: |s| s.pool.len() as u64,
+    },
+];
+
+/// One scrape: the tunnels running when it came, and the daemon's reload counts.
+#[derive(Debug)]
+struct Scrape {
+    tunnels: Vec<TunnelEntry>,
+    reloads: Arc<Reloads>,
+}
+
+/// Writes the HELP and TYPE lines of the metric whose series are named `name`.
+/// `prometheus-client` adds `_total` to a counter's name itself, so a counter's family name is
+/// its series name without it.
+fn describe<'s>(
+    encoder: &'s mut DescriptorEncoder<'_>,
+    name: &'static str,
+    help: &str,
+    kind: MetricType,
+) -> Result<MetricEncoder<'s>, fmt::Error> {
+    let family = match kind {
+        MetricType::Counter => name.strip_suffix("_total").unwrap_or(name),
+        _ => name,
+    };
+    encoder.encode_descriptor(family, help, None, kind)
+}
+
+/// Writes one series of a counter.
+fn counter(m: &mut MetricEncoder<'_>, labels: &impl EncodeLabelSet, v: u64) -> fmt::Result {
+    m.encode_family(labels)?
+        .encode_counter::<NoLabelSet, _, u64>(&v, None)
+}
+
+/// The labels of every series of tunnel `t`.
+fn labels(t: &TunnelEntry) -> [(&'static str, &str); 2] {
+    [("tunnel", t.name.as_str()), ("role", t.role.as_str())]
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+
+        for metric in &PER_TUNNEL {
+            let mut m = describe(&mut encoder, metric.name, metric.help, metric.kind)?;
+            for t in &self.tunnels {
+                let v = (metric.get)(&t.state);
+                match metric.kind {
+                    MetricType::Counter => counter(&mut m, &labels(t), v)?,
+                    _ => m.encode_family(&labels(t))?.encode_gauge(&v)?,
+                }
+            }
+        }
+
+        let mut m = describe(
+            &mut encoder,
+            "sealpipe_connections_dropped_total",
+            "Connections dropped at accept, by limit.",
+            MetricType::Counter,
+        )?;
+        for t in &self.tunnels {
+            let c = &t.state.counters;
+            for (reason, v) in [
+                ("rate_limit", load(&c.rate_limited)),
+                ("max_connections", load(&c.over_limit)),
+            ] {
+                let [tunnel, role] = labels(t);
+                counter(&mut m, &[tunnel, role, ("reason", reason)], v)?;
+            }
+        }
+
+        let mut m = describe(
+            &mut encoder,
+            "sealpipe_handshakes_total",
+            "Handshakes by result, and failures by reason.",
+            MetricType::Counter,
+        )?;
+        for t in &self.tunnels {
+            let [tunnel, role] = labels(t);
+            let ok = load(&t.state.counters.handshakes_ok);
+            counter(&mut m, &[tunnel, role, ("result", "ok")], ok)?;
+            let failures = t
+                .state
+                .failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            for (reason, v) in failures {
+                let labels = [tunnel, role, ("result", "failed"), ("reason", reason)];
+                counter(&mut m, &labels, v)?;
+            }
+        }
+
+        let mut m = describe(
+            &mut encoder,
+            "sealpipe_handshake_duration_seconds",
+            "Time from accept to an established session, of successful handshakes.",
+            MetricType::Histogram,
+        )?;
+        for t in &self.tunnels {
+            let h = &t.state.handshake_seconds;
+            // Observations per bucket, not cumulative: the encoder adds them up.
+            let buckets: Vec<(f64, u64)> = HANDSHAKE_BUCKETS
+                .iter()
+                .zip(&h.buckets)
+                .map(|(bound, n)| (*bound, load(n)))
+                .collect();
+            let sum = load(&h.sum_nanos) as f64 / 1e9;
+            m.encode_family(&labels(t))?
+                .encode_histogram::<NoLabelSet>(sum, load(&h.count), &buckets, None)?;
+        }
+
+        let mut m = describe(
+            &mut encoder,
+            "sealpipe_reloads_total",
+            "Reloads (SIGHUP) by outcome: ok, incomplete (part of the config could not be applied), failed (the config did not load).",
+            MetricType::Counter,
+        )?;
         let r = &self.reloads;
-        let _ = writeln!(out, "# HELP sealpipe_reloads_total Reloads (SIGHUP) by outcome: ok, incomplete (part of the config could not be applied), failed (the config did not load).");
-        let _ = writeln!(out, "# TYPE sealpipe_reloads_total counter");
-        for (result, n) in [
+        for (outcome, n) in [
             ("ok", &r.ok),
             ("incomplete", &r.incomplete),
             ("failed", &r.failed),
         ] {
-            let _ = writeln!(
-                out,
-                "sealpipe_reloads_total{{outcome=\"{result}\"}} {}",
-                n.load(Ordering::Relaxed)
-            );
+            counter(&mut m, &[("outcome", outcome)], load(n))?;
         }
-        out
+        Ok(())
     }
-}
-
-/// Escapes a label value (backslash, double quote, newline).
-fn escape(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Prometheus text for `tunnels`.
-pub(crate) fn render(tunnels: &[TunnelEntry]) -> String {
-    let mut out = String::new();
-    let labels = |t: &TunnelEntry| format!("tunnel=\"{}\",role=\"{}\"", escape(&t.name), t.role);
-    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    type Get = fn(&TunnelState) -> u64;
-    let simple: [(&str, &str, &str, Get); 16] = [
-        (
-            "sealpipe_connections_open",
-            "gauge",
-            "Connections open (handshaking or established).",
-            |s| s.connections.current() as u64,
-        ),
-        (
-            "sealpipe_handshakes_in_progress",
-            "gauge",
-            "Handshakes holding a handshake slot.",
-            |s| s.handshakes.current() as u64,
-        ),
-        (
-            "sealpipe_handshakes_awaiting_auth",
-            "gauge",
-            "Listener: connections whose handshake answer is sent, waiting for the connector's last message (no handshake slot held).",
-            |s| s.awaiting_auth.current() as u64,
-        ),
-        (
-            "sealpipe_signing_queued",
-            "gauge",
-            "Listener: hellos waiting for a signature in the signing queue.",
-            |s| s.signing.queued() as u64,
-        ),
-        (
-            "sealpipe_signatures_total",
-            "counter",
-            "Listener: RSA signatures made for full handshakes.",
-            |s| s.counters.signatures.load(Ordering::Relaxed),
-        ),
-        (
-            "sealpipe_connections_total",
-            "counter",
-            "Connections accepted, including those then dropped by a limit.",
-            |s| s.counters.accepted.load(Ordering::Relaxed),
-        ),
-        (
-            "sealpipe_bytes_sent_total",
-            "counter",
-            "Plaintext bytes sealed and sent to the peer (local clients or target to peer).",
-            |s| s.traffic.sent.load(Ordering::Relaxed),
-        ),
-        (
-            "sealpipe_bytes_received_total",
-            "counter",
-            "Plaintext bytes received from the peer and delivered locally.",
-            |s| s.traffic.received.load(Ordering::Relaxed),
-        ),
-        (
-            "sealpipe_rekeys_total",
-            "counter",
-            "Rekey records sent and received.",
-            |s| s.traffic.rekeys.load(Ordering::Relaxed),
-        ),
-        (
-            "sealpipe_resumptions_total",
-            "counter",
-            "Handshakes that resumed an earlier session.",
-            |s| s.counters.resumed.load(Ordering::Relaxed),
-        ),
-        (
-            "sealpipe_mac1_rejected_total",
-            "counter",
-            "Connector hellos without a valid mac1, dropped before any work (listener).",
-            |s| s.counters.mac1_rejected.load(Ordering::Relaxed),
-        ),
-        (
-            "sealpipe_streams_total",
-            "counter",
-            "Client streams carried (one per client connection; with session reuse, several per session: streams per session = this / sealpipe_handshakes_total ok).",
-            |s| s.counters.streams.load(Ordering::Relaxed),
-        ),
-        (
-            "sealpipe_streams_reused_total",
-            "counter",
-            "Streams carried by a session that had carried another before (session reuse).",
-            |s| s.counters.streams_reused.load(Ordering::Relaxed),
-        ),
-        (
-            "sealpipe_pool_hits_total",
-            "counter",
-            "Clients served by a warm session from the pool, with no handshake on their path (connector).",
-            |s| s.counters.pool_hits.load(Ordering::Relaxed),
-        ),
-        (
-            "sealpipe_pool_misses_total",
-            "counter",
-            "Clients that found the pool empty and waited for a handshake of their own (connector).",
-            |s| s.counters.pool_misses.load(Ordering::Relaxed),
-        ),
-        (
-            "sealpipe_pool_sessions",
-            "gauge",
-            "Warm sessions waiting in the pool (connector).",
-            |s| s.pool.len() as u64,
-        ),
-    ];
-    for (name, kind, help, get) in simple {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for t in tunnels {
-            let _ = writeln!(out, "{name}{{{}}} {}", labels(t), get(&t.state));
-        }
-    }
-
-    let name = "sealpipe_connections_dropped_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Connections dropped at accept, by limit.\n# TYPE {name} counter"
-    );
-    for t in tunnels {
-        let c = &t.state.counters;
-        for (reason, v) in [
-            ("rate_limit", load(&c.rate_limited)),
-            ("max_connections", load(&c.over_limit)),
-        ] {
-            let _ = writeln!(out, "{name}{{{},reason=\"{reason}\"}} {v}", labels(t));
-        }
-    }
-
-    let name = "sealpipe_handshakes_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Handshakes by result, and failures by reason.\n# TYPE {name} counter"
-    );
-    for t in tunnels {
-        let ok = load(&t.state.counters.handshakes_ok);
-        let _ = writeln!(out, "{name}{{{},result=\"ok\"}} {ok}", labels(t));
-        let failures = t
-            .state
-            .failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        for (reason, v) in failures {
-            let _ = writeln!(
-                out,
-                "{name}{{{},result=\"failed\",reason=\"{reason}\"}} {v}",
-                labels(t)
-            );
-        }
-    }
-
-    let name = "sealpipe_handshake_duration_seconds";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Time from accept to an established session, of successful handshakes.\n# TYPE {name} histogram"
-    );
-    for t in tunnels {
-        let h = &t.state.handshake_seconds;
-        let l = labels(t);
-        let mut cumulative = 0;
-        for (bound, b) in HANDSHAKE_BUCKETS.iter().zip(&h.buckets) {
-            cumulative += load(b);
-            let _ = writeln!(out, "{name}_bucket{{{l},le=\"{bound}\"}} {cumulative}");
-        }
-        let count = load(&h.count);
-        let _ = writeln!(out, "{name}_bucket{{{l},le=\"+Inf\"}} {count}");
-        let sum = load(&h.sum_nanos) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum{{{l}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{l}}} {count}");
-    }
-    out
 }
 
 /// Serves `registry` on `listener` until `stop`.
@@ -318,29 +376,50 @@ pub(crate) async fn serve(listener: TcpListener, registry: Arc<Registry>, stop: 
     .await
 }
 
+/// What a request head asks for, as far as it has come.
+#[derive(Debug, PartialEq, Eq)]
+enum Head<'a> {
+    /// A whole head: its method and target.
+    Request { method: &'a str, target: &'a str },
+    /// More bytes are needed.
+    Partial,
+    /// Not an HTTP/1.x request head (or over [`MAX_HEADERS`] headers).
+    Bad,
+}
+
+/// Parses the request head at the start of `buf`.
+fn parse_head(buf: &[u8]) -> Head<'_> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => match (request.method, request.path) {
+            (Some(method), Some(target)) => Head::Request { method, target },
+            _ => Head::Bad,
+        },
+        Ok(httparse::Status::Partial) => Head::Partial,
+        Err(_) => Head::Bad,
+    }
+}
+
 /// Reads one request head and answers it.
 async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
     let mut buf = vec![0u8; MAX_REQUEST];
     let mut len = 0;
-    let head_end = loop {
-        if let Some(i) = buf[..len].windows(4).position(|w| w == b"\r\n\r\n") {
-            break Some(i);
-        }
-        if len == buf.len() {
-            break None;
+    let (status, body) = loop {
+        match parse_head(&buf[..len]) {
+            Head::Request { method, target } => break route(method, target, registry),
+            Head::Bad => break bad_request(),
+            Head::Partial if len == buf.len() => break bad_request(),
+            Head::Partial => {}
         }
         let n = stream.read(&mut buf[len..]).await?;
         if n == 0 {
-            break None;
+            break bad_request();
         }
         len += n;
     };
-    let (status, body) = match head_end {
-        None => ("400 Bad Request", String::from("bad request\n")),
-        Some(end) => route(&buf[..end], registry),
-    };
     let content_type = if status.starts_with("200") {
-        "text/plain; version=0.0.4; charset=utf-8"
+        prometheus_text::CONTENT_TYPE
     } else {
         "text/plain; charset=utf-8"
     };
@@ -363,21 +442,13 @@ async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
     Ok(())
 }
 
-/// The status and body for a request head.
-fn route(head: &[u8], registry: &Registry) -> (&'static str, String) {
-    let Ok(head) = std::str::from_utf8(head) else {
-        return ("400 Bad Request", "bad request\n".into());
-    };
-    let line = head.lines().next().unwrap_or("");
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return ("400 Bad Request", "bad request\n".into());
-    };
-    if !version.starts_with("HTTP/1.") {
-        return ("400 Bad Request", "bad request\n".into());
-    }
+/// The answer to a request that is not one.
+fn bad_request() -> (&'static str, String) {
+    ("400 Bad Request", "bad request\n".into())
+}
+
+/// The status and body for a request for `target` by `method`.
+fn route(method: &str, target: &str, registry: &Registry) -> (&'static str, String) {
     let path = target.split('?').next().unwrap_or("");
     if path != "/metrics" {
         return ("404 Not Found", "not found: try /metrics\n".into());
@@ -385,12 +456,34 @@ fn route(head: &[u8], registry: &Registry) -> (&'static str, String) {
     if method != "GET" {
         return ("405 Method Not Allowed", "only GET\n".into());
     }
-    ("200 OK", registry.render())
+    match registry.render() {
+        Ok(text) => ("200 OK", text),
+        Err(_) => (
+            "500 Internal Server Error",
+            "cannot encode the metrics\n".into(),
+        ),
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
     use super::*;
+
+    /// A registry with one tunnel of `role` named `name` and counters `state`.
+    fn one_tunnel(role: Role, name: &str, state: Arc<TunnelState>) -> Registry {
+        let r = Registry::default();
+        r.set(vec![TunnelEntry {
+            role,
+            name: name.into(),
+            state,
+            listen: String::new(),
+            local: String::new(),
+            trust: None,
+        }]);
+        r
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative_and_labels_escaped() {
@@ -398,14 +491,9 @@ mod tests {
         state.handshake_ok(Duration::from_micros(50));
         state.handshake_ok(Duration::from_millis(3));
         state.handshake_ok(Duration::from_secs(20));
-        let text = render(&[TunnelEntry {
-            role: Role::Listener,
-            name: "a\"b\\c".into(),
-            state,
-            listen: String::new(),
-            local: String::new(),
-            trust: None,
-        }]);
+        let text = one_tunnel(Role::Listener, "a\"b\\c", state)
+            .render()
+            .unwrap();
         let l = r#"tunnel="a\"b\\c",role="listener""#;
         for (le, n) in [
             ("0.0001", 1),
@@ -423,18 +511,142 @@ mod tests {
         )));
     }
 
+    /// The status `answer` gives to the request head `head` (a head not yet whole would wait
+    /// for more bytes there; here it is a 400, as at the size limit or the end of the stream).
+    fn status(head: &[u8], r: &Registry) -> &'static str {
+        match parse_head(head) {
+            Head::Request { method, target } => route(method, target, r).0,
+            Head::Partial | Head::Bad => bad_request().0,
+        }
+    }
+
     #[test]
     fn routes() {
         let r = Registry::default();
-        assert_eq!(route(b"GET /metrics HTTP/1.1\r\nHost: x", &r).0, "200 OK");
-        assert_eq!(route(b"GET /metrics?x=1 HTTP/1.0", &r).0, "200 OK");
-        assert_eq!(route(b"GET / HTTP/1.1", &r).0, "404 Not Found");
         assert_eq!(
-            route(b"POST /metrics HTTP/1.1", &r).0,
+            status(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", &r),
+            "200 OK"
+        );
+        assert_eq!(status(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n", &r), "200 OK");
+        assert_eq!(status(b"GET / HTTP/1.1\r\n\r\n", &r), "404 Not Found");
+        assert_eq!(
+            status(b"POST /metrics HTTP/1.1\r\n\r\n", &r),
             "405 Method Not Allowed"
         );
-        assert_eq!(route(b"junk", &r).0, "400 Bad Request");
-        assert_eq!(route(b"GET /metrics SSH-2.0", &r).0, "400 Bad Request");
-        assert_eq!(route(&[0xff, 0xfe], &r).0, "400 Bad Request");
+        assert_eq!(status(b"junk\r\n\r\n", &r), "400 Bad Request");
+        assert_eq!(
+            status(b"GET /metrics SSH-2.0\r\n\r\n", &r),
+            "400 Bad Request"
+        );
+        assert_eq!(status(&[0xff, 0xfe], &r), "400 Bad Request");
+        // A head is whole only at its empty line; before it, more bytes are read.
+        assert_eq!(
+            parse_head(b"GET /metrics HTTP/1.1\r\nHost: x"),
+            Head::Partial
+        );
+        assert_eq!(parse_head(b""), Head::Partial);
+        let many = format!(
+            "GET /metrics HTTP/1.1\r\n{}\r\n",
+            "X: y\r\n".repeat(MAX_HEADERS + 1)
+        );
+        assert_eq!(parse_head(many.as_bytes()), Head::Bad);
+    }
+
+    /// One metric as the exposition describes it, or as a row of the table in
+    /// docs/operations.md: its type, its help and its labels beyond `tunnel` and `role`.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Described {
+        kind: String,
+        help: String,
+        labels: BTreeSet<String>,
+    }
+
+    /// The metrics of an exposition `text`, by series name (a histogram's without its
+    /// `_bucket`, `_sum` and `_count`).
+    fn exposed(text: &str) -> BTreeMap<String, Described> {
+        let mut out = BTreeMap::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').unwrap();
+                out.insert(
+                    name.to_string(),
+                    Described {
+                        kind: String::new(),
+                        help: help.to_string(),
+                        labels: BTreeSet::new(),
+                    },
+                );
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                out.get_mut(name).unwrap().kind = kind.to_string();
+            } else {
+                let (series, labels) = line.split_once('{').unwrap();
+                let name = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| series.strip_suffix(s).filter(|n| out.contains_key(*n)))
+                    .unwrap_or(series);
+                let labels = labels.rsplit_once('}').unwrap().0;
+                let names = labels.split(',').map(|l| l.split_once('=').unwrap().0);
+                out.get_mut(name)
+                    .unwrap_or_else(|| panic!("{line}: no HELP before it"))
+                    .labels
+                    .extend(
+                        names
+                            .filter(|n| !["tunnel", "role", "le"].contains(n))
+                            .map(String::from),
+                    );
+            }
+        }
+        out
+    }
+
+    /// The table of metrics in docs/operations.md: rows `| `NAME{LABELS}` | TYPE | HELP |`.
+    fn documented(doc: &str) -> BTreeMap<String, Described> {
+        let mut out = BTreeMap::new();
+        for row in doc.lines().filter(|l| l.starts_with("| `sealpipe_")) {
+            let cells: Vec<&str> = row.trim_matches('|').split(" | ").map(str::trim).collect();
+            assert_eq!(cells.len(), 3, "{row}");
+            let metric = cells[0].trim_matches('`');
+            let (name, labels) = match metric.split_once('{') {
+                Some((name, labels)) => (name, labels.trim_end_matches('}')),
+                None => (metric, ""),
+            };
+            let labels = labels
+                .split(',')
+                .filter(|l| !l.is_empty())
+                .map(String::from);
+            let d = Described {
+                kind: cells[1].to_string(),
+                help: cells[2].to_string(),
+                labels: labels.collect(),
+            };
+            assert!(out.insert(name.to_string(), d).is_none(), "{name} twice");
+        }
+        out
+    }
+
+    #[test]
+    fn the_table_of_metrics_in_docs_operations_md_matches_the_code() {
+        let state = Arc::new(TunnelState::default());
+        state.handshake_ok(Duration::from_millis(3));
+        // A failed handshake, so that the `reason` of `sealpipe_handshakes_total` shows.
+        state.failures.lock().unwrap().insert("timeout", 1);
+        let text = one_tunnel(Role::Connector, "t", state).render().unwrap();
+        let code = exposed(&text);
+        let doc = documented(include_str!("../../docs/operations.md"));
+        assert_eq!(code.len(), PER_TUNNEL.len() + 4, "{text}");
+        for (name, d) in &code {
+            assert_eq!(
+                doc.get(name),
+                Some(d),
+                "{name}: the row in docs/operations.md"
+            );
+        }
+        for name in doc.keys() {
+            assert!(
+                code.contains_key(name),
+                "{name} is in docs/operations.md, not in the code"
+            );
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Socket activation (sd_listen_fds(3)): the listening sockets systemd passes as fds 3, 4, …
 //! with `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES`, for the tunnels whose `listen` is
-//! `systemd:NAME` (README "Socket activation").
+//! `systemd:NAME` (docs/operations.md, "Socket activation").
 //!
 //! [`take_from_env`] takes them once, before the runtime starts its threads, and unsets the
 //! variables so that no child inherits them. The process keeps each socket until it exits, as

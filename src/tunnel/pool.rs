@@ -1,5 +1,5 @@
 //! Warm sessions of a connector tunnel: established sessions waiting for a client
-//! (PROTOCOL.md §4.3; the README's `pool_min` and `pool_max` under "Session resumption").
+//! (PROTOCOL.md §4.3; docs/operations.md, "Session resumption").
 //!
 //! A client that finds a session here sends its StreamInfo record and first bytes at once: no
 //! TCP connect, no handshake round trip. Sessions come from two places: background refills (a

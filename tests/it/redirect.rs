@@ -110,7 +110,7 @@ fn inside_the_namespace() {
     let c4 = *connector.addrs.iter().find(|a| a.is_ipv4()).unwrap();
     let c6 = *connector.addrs.iter().find(|a| a.is_ipv6()).unwrap();
 
-    // The rule an operator writes (README), limited here to the test clients' source addresses
+    // The rule an operator writes (docs/operations.md), limited here to the test clients' source addresses
     // so that the listener's own connections to the targets are not redirected back.
     let rules = format!(
         "table ip sealpipe_test {{\n chain output {{\n  type nat hook output priority -100; policy accept;\n  \

@@ -1,4 +1,4 @@
-//! Rotating a listener key with an overlap (README "Rotating a listener key"): a listener that
+//! Rotating a listener key with an overlap (docs/operations.md, "Rotating a listener key"): a listener that
 //! holds two keys (`next_private_key`) and connectors that pin two (`peer = [new, old]`).
 //!
 //! First the core in memory: mac1 under two keys, which key signs, tickets bound to the key they

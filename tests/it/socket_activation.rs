@@ -1,6 +1,6 @@
-//! Socket activation (`listen = "systemd:NAME"`, README "Socket activation"): the test plays
-//! systemd. It binds the listening sockets itself and starts `sealpipe run` with them as fds 3
-//! and 4, `LISTEN_FDS`, `LISTEN_FDNAMES` and `LISTEN_PID` set to the daemon's own pid, as
+//! Socket activation (`listen = "systemd:NAME"`; docs/operations.md, "Socket activation"): the test
+//! plays systemd. It binds the listening sockets itself and starts `sealpipe run` with them as fds
+//! 3 and 4, `LISTEN_FDS`, `LISTEN_FDNAMES` and `LISTEN_PID` set to the daemon's own pid, as
 //! sd_listen_fds(3) describes. The pid is known only in the child, so a shell sets it and then
 //! becomes sealpipe (`exec`); the sockets reach that shell as its stdin and stdout (the one safe
 //! way std passes an fd to a child) and it moves them to 3 and 4 first.
