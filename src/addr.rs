@@ -234,6 +234,12 @@ pub enum AddressError {
     /// Something in brackets that is not an IPv6 address.
     #[error("`[{0}]` is not an IPv6 address")]
     BadIpv6(String),
+    /// An IPv6 address with a zone (`fe80::1%eth0`).
+    #[error(
+        "`[{0}]`: zone ids (`%{1}`) are not supported; use a global or unique-local IPv6 \
+         address, or an IPv4 one"
+    )]
+    Ipv6Zone(String, String),
     /// A host name with characters DNS does not allow.
     #[error("`{0}` is not a valid host name")]
     BadHost(String),
@@ -298,6 +304,11 @@ impl FromStr for Address {
         };
         if let Some(rest) = s.strip_prefix('[') {
             let (inside, after) = rest.split_once(']').ok_or(AddressError::MissingPort)?;
+            if let Some((ip, zone)) = inside.split_once('%') {
+                if ip.parse::<Ipv6Addr>().is_ok() {
+                    return Err(AddressError::Ipv6Zone(inside.to_string(), zone.to_string()));
+                }
+            }
             let ip: Ipv6Addr = inside
                 .parse()
                 .map_err(|_| AddressError::BadIpv6(inside.to_string()))?;

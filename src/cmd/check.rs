@@ -51,7 +51,7 @@ pub(crate) fn run(config: &Path, no_bind: bool) -> anyhow::Result<bool> {
     let found = runtime.block_on(probe(&built.config, no_bind, held.as_ref()));
     // A lookup that timed out still holds a blocking thread: do not wait for it.
     runtime.shutdown_background();
-    for w in &found.warnings {
+    for w in built.config.warnings.iter().chain(&found.warnings) {
         eprintln!("sealpipe: warning: {w}");
     }
     for e in &found.errors {

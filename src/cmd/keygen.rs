@@ -1,5 +1,6 @@
 //! `sealpipe keygen --out FILE [--bits N]`: a new RSA key pair, FILE (PKCS#8 PEM, mode 0600)
-//! and FILE.pub (SPKI PEM); prints the fingerprint.
+//! and FILE.pub (SPKI PEM). The fingerprint is the one line on stdout, for `FP=$(sealpipe keygen
+//! …)`; what was written is said on stderr (as `ssh-keygen` and `wg pubkey` keep stdout).
 
 use std::path::Path;
 
@@ -14,7 +15,7 @@ pub(crate) fn run(out: &Path, bits: usize) -> anyhow::Result<()> {
         );
     }
     let id = keyfile::write_keypair(out, bits)?;
-    println!(
+    eprintln!(
         "wrote {} (private, mode 0600) and {}.pub",
         out.display(),
         out.display()

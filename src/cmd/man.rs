@@ -303,6 +303,15 @@ fn main_sections(subcommands: &[String]) -> Roff {
         "Usage error: an unknown option, a missing or invalid argument, or an invalid \
          `--log-level` or RUST_LOG filter.",
     );
+    item(
+        &mut r,
+        vec![bold("78")],
+        "`sealpipe run` only (EX_CONFIG of sysexits.h): the config file, or a key, PSK, peers \
+         or known_peers file it names, is wrong. Starting again cannot help, so the systemd \
+         unit does not restart on it (`RestartPreventExitStatus=78`); `sealpipe check` reports \
+         the same problems with status 1. Any other failure of `run` (a listen address in use, \
+         another sealpipe already running the config) is 1.",
+    );
 
     let mut refs = vec!["sealpipe.toml(5)".to_string()];
     refs.extend(subcommands.iter().map(|s| format!("{s}(1)")));

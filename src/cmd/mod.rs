@@ -28,16 +28,21 @@ mod trust;
 /// systemd unit does not restart on it (`RestartPreventExitStatus=78`).
 pub const EXIT_CONFIG: u8 = 78;
 
+/// The heading of the options every subcommand takes (`--log-format`, `--log-level`): listed
+/// apart, after each command's own options.
+const GLOBAL: &str = "Global options";
+
 /// sealpipe: a transparent encrypting tunnel proxy.
 #[derive(Debug, Parser)]
 #[command(name = "sealpipe", version = crate::VERSION, about, long_about = None)]
 pub struct Cli {
     /// Log format on stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true,
+          help_heading = GLOBAL)]
     pub log_format: LogFormat,
     /// Log level or filter: off, error, warn, info, debug, trace, or directives such as
     /// `info,sealpipe=debug`; overrides RUST_LOG.
-    #[arg(long, global = true, value_parser = logging::check_filter)]
+    #[arg(long, global = true, value_parser = logging::check_filter, help_heading = GLOBAL)]
     pub log_level: Option<String>,
     /// What to do.
     #[command(subcommand)]
@@ -82,22 +87,23 @@ pub enum Command {
     /// they are looked up again for every connection. Exit status 0 if all is well, 1 if not.
     Check {
         /// The config file.
-        #[arg(long)]
+        #[arg(short, long)]
         config: PathBuf,
         /// Do not bind the listen addresses (names are still resolved).
         #[arg(long)]
         no_bind: bool,
     },
     /// Run every tunnel in the config file, in the foreground.
+    #[command(long_about = RUN_ABOUT)]
     Run {
         /// The config file.
-        #[arg(long)]
+        #[arg(short, long)]
         config: PathBuf,
     },
     /// Show the tunnels and open connections of a running daemon (read from its control socket).
     Status {
         /// The daemon's config file (its control socket is found from it).
-        #[arg(long, conflicts_with = "socket")]
+        #[arg(short, long, conflicts_with = "socket")]
         config: Option<PathBuf>,
         /// The control socket itself.
         #[arg(long)]
@@ -119,7 +125,8 @@ pub enum Command {
         command: trust::TrustCommand,
     },
     /// Benchmark: throughput, CPU per GiB, connection rate, first-echo time and memory per
-    /// idle connection, against raw loopback TCP and the cipher's own speed (see bench/README.md).
+    /// idle connection, against raw loopback TCP and the cipher's own speed.
+    #[command(long_about = bench::ABOUT)]
     Bench(bench::BenchArgs),
     /// Print a shell completion script (e.g. `sealpipe completions bash > /etc/bash_completion.d/sealpipe`).
     Completions {
@@ -135,6 +142,27 @@ pub enum Command {
         out: Option<PathBuf>,
     },
 }
+
+/// `sealpipe run --help` and the DESCRIPTION of `sealpipe-run(1)`.
+const RUN_ABOUT: &str = "\
+Run every tunnel in the config file, in the foreground, logging to stderr.
+
+It binds every listen address (or takes the sockets systemd passed), opens the control socket \
+that `sealpipe status` reads, tells systemd it is ready (Type=notify) and runs until a signal:
+
+SIGHUP: reload. The config file, the keys, the PSK and the peers files are read again; if \
+they load, new connections get the new settings, tunnels added or removed are started or \
+stopped, and open connections of a connector key no longer trusted are cut (`revoke = \"cut\"`, \
+the default) or kept (`\"new-only\"`). A file that does not load is logged and the running \
+configuration kept. `systemctl reload sealpipe@NAME` runs `sealpipe check` first.
+
+SIGTERM, SIGINT: drain. No new connections are accepted; open ones may finish for up to \
+`drain_timeout` (30s by default), then the rest are closed and it exits 0.
+
+Exit status: 0 after a drain; 78 (EX_CONFIG) when the config file, or a key, PSK, peers or \
+known_peers file it names, is wrong (starting again cannot help: the systemd unit does not \
+restart on it); 1 on any other failure (a listen address in use, another sealpipe already \
+running this config).";
 
 /// `--bits`: a key size sealpipe accepts.
 fn key_bits(s: &str) -> Result<usize, String> {
@@ -172,7 +200,15 @@ pub fn main(cli: Cli) -> ExitCode {
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("sealpipe: error: {e:#}");
+            match e.downcast_ref::<ConfigError>() {
+                // Each problem of a file on a line of its own.
+                Some(config @ ConfigError::Several { .. }) => {
+                    for one in config.each() {
+                        eprintln!("sealpipe: error: {one}");
+                    }
+                }
+                _ => eprintln!("sealpipe: error: {e:#}"),
+            }
             if runs && e.downcast_ref::<ConfigError>().is_some() {
                 ExitCode::from(EXIT_CONFIG)
             } else {
@@ -195,6 +231,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { config } => {
             // While the process has one thread: it unsets LISTEN_FDS and its companions.
             run::take_systemd_sockets();
+            run::refuse_second(&config)?;
             runtime()?.block_on(run::run(&config))?
         }
         Command::Status {

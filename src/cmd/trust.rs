@@ -23,7 +23,8 @@ const UNIT_CONFIG_DIR: &str = "/etc/sealpipe";
 
 /// What to do after an edit so that the daemon reading the peers file applies it: for a config
 /// in [`UNIT_CONFIG_DIR`], reload its systemd unit by name; for another, signal its daemon.
-fn reload_hint(config: Option<&Path>) -> String {
+/// `pid`: the daemon that answers on the config's control socket, if one does.
+fn reload_hint(config: Option<&Path>, pid: Option<u32>) -> String {
     let Some(config) = config else {
         return "to apply it, reload the daemon that reads it (`systemctl reload sealpipe@NAME`, \
                 or send it SIGHUP)"
@@ -42,19 +43,36 @@ fn reload_hint(config: Option<&Path>) -> String {
         .find_map(|path| unit_name(&path));
     match unit {
         Some(name) => format!("to apply it: `systemctl reload sealpipe@{name}`"),
-        None => format!(
-            "to apply it, send SIGHUP to the daemon running {}",
-            config.display()
-        ),
+        None => match pid {
+            Some(pid) => format!(
+                "to apply it, send SIGHUP to the daemon running {} (pid {pid}): `kill -HUP {pid}`",
+                config.display()
+            ),
+            None => format!(
+                "to apply it, send SIGHUP to the daemon running {}",
+                config.display()
+            ),
+        },
     }
+}
+
+/// The pid of the daemon running `config`, if one answers on its control socket.
+fn running_pid(config: Option<&Path>) -> Option<u32> {
+    let config = Config::load_for_enrollment(config?).ok()?;
+    let socket = crate::daemon::control::socket_of(&config)?;
+    let which = super::status::Which {
+        config: None,
+        socket: Some(&socket),
+    };
+    super::status::fetch(&which).ok().map(|status| status.pid)
 }
 
 /// Which peers file to work on.
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 pub struct Target {
-    /// A config file: edit the `peers_file` of its listener.
-    #[arg(long)]
+    /// A config file: edit the `peers_file` of its listener (`list` also shows its `peers`).
+    #[arg(short, long)]
     config: Option<PathBuf>,
     /// The peers file itself.
     #[arg(long)]
@@ -104,15 +122,30 @@ pub enum TrustCommand {
 
 /// The peers file to edit, and the listener it belongs to if found through a config.
 struct Resolved {
-    file: PathBuf,
+    /// `None` for `list` of a listener that has only inline `peers`.
+    file: Option<PathBuf>,
     listener: Option<ListenerConfig>,
     config: Option<PathBuf>,
 }
 
-fn resolve(target: &Target, choice: &ListenerChoice) -> anyhow::Result<Resolved> {
+/// [`resolve_any`] for an edit: the listener must have a `peers_file`.
+fn resolve(target: &Target, choice: &ListenerChoice) -> anyhow::Result<(PathBuf, Resolved)> {
+    let r = resolve_any(target, choice)?;
+    match &r.file {
+        Some(file) => Ok((file.clone(), r)),
+        None => bail!(
+            "{}: listener {:?} has no `peers_file` (its keys are in `peers`, edit the config itself)",
+            r.config.as_deref().unwrap_or(Path::new("")).display(),
+            r.listener.as_ref().map_or("", |l| l.name.as_str())
+        ),
+    }
+}
+
+/// The peers file named, or the listener of a config and its `peers_file` if it has one.
+fn resolve_any(target: &Target, choice: &ListenerChoice) -> anyhow::Result<Resolved> {
     if let Some(file) = &target.peers_file {
         return Ok(Resolved {
-            file: file.clone(),
+            file: Some(file.clone()),
             listener: None,
             config: None,
         });
@@ -147,15 +180,8 @@ fn resolve(target: &Target, choice: &ListenerChoice) -> anyhow::Result<Resolved>
             ),
         },
     };
-    let Some(file) = &listener.peers_file else {
-        bail!(
-            "{}: listener {:?} has no `peers_file` (its keys are in `peers`, edit the config itself)",
-            path.display(),
-            listener.name
-        );
-    };
     Ok(Resolved {
-        file: file.clone(),
+        file: listener.peers_file.clone(),
         listener: Some(listener.clone()),
         config: Some(path.clone()),
     })
@@ -206,16 +232,18 @@ fn read(file: &Path, create: bool) -> anyhow::Result<String> {
 pub(super) fn run(cmd: TrustCommand) -> anyhow::Result<()> {
     match cmd {
         TrustCommand::List { target, listener } => {
-            let r = resolve(&target, &listener)?;
+            let r = resolve_any(&target, &listener)?;
             // A config's peers file that does not exist yet lists nobody.
-            let text = read(&r.file, r.config.is_some())?;
-            let entries = parse_peers(&text, &r.file)?;
+            let entries = match &r.file {
+                Some(file) => parse_peers(&read(file, r.config.is_some())?, file)?,
+                None => Vec::new(),
+            };
             for e in &entries {
                 println!(
                     "{}  {}  ({}:{})",
                     e.fingerprint,
                     e.name.as_deref().unwrap_or("-"),
-                    r.file.display(),
+                    r.file.as_deref().unwrap_or(Path::new("")).display(),
                     e.line
                 );
             }
@@ -234,7 +262,13 @@ pub(super) fn run(cmd: TrustCommand) -> anyhow::Result<()> {
                 }
             }
             if entries.is_empty() {
-                println!("{}: no trusted keys", r.file.display());
+                match (&r.file, &r.listener) {
+                    (Some(file), _) => println!("{}: no trusted keys", file.display()),
+                    (None, Some(l)) if l.peers.is_empty() => {
+                        println!("listener {:?}: no trusted keys", l.name)
+                    }
+                    (None, _) => {}
+                }
                 if let Some(l) = r.listener.as_ref().filter(|l| l.peers.is_empty()) {
                     if !l.accept_unknown {
                         println!("note: listener {:?} trusts no key, which the daemon refuses: add one with `sealpipe trust add`", l.name);
@@ -248,43 +282,43 @@ pub(super) fn run(cmd: TrustCommand) -> anyhow::Result<()> {
             key,
             name,
         } => {
-            let r = resolve(&target, &listener)?;
+            let (file, r) = resolve(&target, &listener)?;
             let Some(fp) = key_fingerprint(&key)? else {
                 bail!("{key:?} is neither a fingerprint (SHA256:…, as printed by `sealpipe fingerprint`) nor a key file");
             };
             if let Some(n) = &name {
                 check_peer_name(n).map_err(|p| anyhow::anyhow!("invalid --name: {p}"))?;
             }
-            let dir = parent_dir(&r.file);
+            let dir = parent_dir(&file);
             if !dir.is_dir() {
                 bail!(
                     "{}: the directory {} does not exist",
-                    r.file.display(),
+                    file.display(),
                     dir.display()
                 );
             }
-            let _lock = DirLock::acquire(&r.file)?;
+            let _lock = DirLock::acquire(&file)?;
             // A missing file is created: it is how the first key gets in.
-            let text = read(&r.file, true)?;
-            let entries = parse_peers(&text, &r.file)?;
+            let text = read(&file, true)?;
+            let entries = parse_peers(&text, &file)?;
             if let Some(e) = entries.iter().find(|e| e.fingerprint == fp) {
                 println!(
                     "already trusted: {fp}  {}  ({}:{}); file unchanged",
                     e.name.as_deref().unwrap_or("-"),
-                    r.file.display(),
+                    file.display(),
                     e.line
                 );
                 return Ok(());
             }
             let new = with_peer_added(&text, &fp, name.as_deref());
-            let after = parse_peers(&new, &r.file).context("the edited file does not parse")?;
-            atomic_write(&r.file, new.as_bytes(), 0o644)?;
+            let after = parse_peers(&new, &file).context("the edited file does not parse")?;
+            atomic_write(&file, new.as_bytes(), 0o644)?;
             let line = after.last().map_or(0, |e| e.line);
             println!(
                 "added {fp}{} to {} (line {line}); {}",
                 name.map(|n| format!("  {}", n.trim())).unwrap_or_default(),
-                r.file.display(),
-                reload_hint(r.config.as_deref())
+                file.display(),
+                reload_hint(r.config.as_deref(), running_pid(r.config.as_deref()))
             );
             // Another listener of the config may still trust nobody.
             if let Some(config) = &r.config {
@@ -301,11 +335,11 @@ pub(super) fn run(cmd: TrustCommand) -> anyhow::Result<()> {
             listener,
             key,
         } => {
-            let r = resolve(&target, &listener)?;
+            let (file, r) = resolve(&target, &listener)?;
             let fp = key_fingerprint(&key)?;
-            let _lock = DirLock::acquire(&r.file)?;
-            let text = read(&r.file, false)?;
-            let entries = parse_peers(&text, &r.file)?;
+            let _lock = DirLock::acquire(&file)?;
+            let text = read(&file, false)?;
+            let entries = parse_peers(&text, &file)?;
             let matching: Vec<_> = entries
                 .iter()
                 .filter(|e| match &fp {
@@ -316,7 +350,7 @@ pub(super) fn run(cmd: TrustCommand) -> anyhow::Result<()> {
             if matching.is_empty() {
                 bail!(
                     "{}: no entry for {key:?} (a fingerprint, a key file or an entry's name); file unchanged",
-                    r.file.display()
+                    file.display()
                 );
             }
             let first = matching[0].fingerprint;
@@ -327,13 +361,13 @@ pub(super) fn run(cmd: TrustCommand) -> anyhow::Result<()> {
                     .collect();
                 bail!(
                     "{}: the name {key:?} is on several keys: {}; remove by fingerprint; file unchanged",
-                    r.file.display(),
+                    file.display(),
                     list.join(", ")
                 );
             }
             let lines: Vec<usize> = matching.iter().map(|e| e.line).collect();
             let new = without_lines(&text, &lines);
-            let left = parse_peers(&new, &r.file).context("the edited file does not parse")?;
+            let left = parse_peers(&new, &file).context("the edited file does not parse")?;
             if let Some(l) = &r.listener {
                 // The daemon refuses a listener with no trusted key: its reload would fail and
                 // keep the old list, this key included. Refuse rather than pretend.
@@ -342,22 +376,23 @@ pub(super) fn run(cmd: TrustCommand) -> anyhow::Result<()> {
                     bail!(
                         "{}: removing {first} would leave listener {:?} with no trusted key, which the daemon refuses on reload (it would keep trusting this key); \
                          remove the listener from the config instead, or add the new key first; file unchanged",
-                        r.file.display(),
+                        file.display(),
                         l.name
                     );
                 }
             } else if left.is_empty() {
-                println!("warning: {} has no keys left; a listener trusting only this file fails to reload (and keeps its old keys) unless it has accept_unknown = true", r.file.display());
+                println!("warning: {} has no keys left; a listener trusting only this file fails to reload (and keeps its old keys) unless it has accept_unknown = true", file.display());
             }
-            atomic_write(&r.file, new.as_bytes(), 0o644)?;
+            atomic_write(&file, new.as_bytes(), 0o644)?;
+            let hint = reload_hint(r.config.as_deref(), running_pid(r.config.as_deref()));
             for e in &matching {
                 println!(
                     "removed {}  {}  ({}:{}); {}",
                     e.fingerprint,
                     e.name.as_deref().unwrap_or("-"),
-                    r.file.display(),
+                    file.display(),
                     e.line,
-                    reload_hint(r.config.as_deref())
+                    hint
                 );
             }
             if let Some(l) = &r.listener {
@@ -389,18 +424,25 @@ mod tests {
     #[test]
     fn the_reload_hint_names_the_unit_of_a_config_in_etc_sealpipe() {
         assert_eq!(
-            reload_hint(Some(Path::new("/etc/sealpipe/redis.toml"))),
+            reload_hint(Some(Path::new("/etc/sealpipe/redis.toml")), None),
             "to apply it: `systemctl reload sealpipe@redis`"
         );
         let dir = tempfile::tempdir().unwrap();
         let other = dir.path().join("redis.toml");
         assert_eq!(
-            reload_hint(Some(&other)),
+            reload_hint(Some(&other), None),
             format!(
                 "to apply it, send SIGHUP to the daemon running {}",
                 other.display()
             )
         );
-        assert!(reload_hint(None).contains("systemctl reload sealpipe@NAME"));
+        assert_eq!(
+            reload_hint(Some(&other), Some(4242)),
+            format!(
+                "to apply it, send SIGHUP to the daemon running {} (pid 4242): `kill -HUP 4242`",
+                other.display()
+            )
+        );
+        assert!(reload_hint(None, None).contains("systemctl reload sealpipe@NAME"));
     }
 }

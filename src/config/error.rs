@@ -5,6 +5,7 @@
 //! TOML tree that contains it, and [`describe`] names that path (`listener "redis"`,
 //! `[defaults]`, key `forward`).
 
+use std::cell::RefCell;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -57,6 +58,46 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// Several independent problems, in file order, one per line (as `sealpipe check` prints
+    /// them: every one in one run, as rustc and `nginx -t` do). Never fewer than two.
+    #[error("{}", several.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several {
+        /// The problems.
+        several: Vec<ConfigError>,
+    },
+}
+
+impl ConfigError {
+    /// The one error of `errors`, or all of them as [`ConfigError::Several`] (sorted by their
+    /// place in the file); `None` if there is none.
+    pub(crate) fn gather(mut errors: Vec<ConfigError>) -> Option<ConfigError> {
+        errors.sort_by_key(|e| match e {
+            ConfigError::At { line, column, .. } => (1, *line, *column),
+            ConfigError::PeersFile { line, .. } => (2, *line, 0),
+            _ => (0, 0, 0),
+        });
+        match errors.len() {
+            0 => None,
+            1 => errors.pop(),
+            _ => Some(ConfigError::Several { several: errors }),
+        }
+    }
+
+    /// Each problem on its own, owned.
+    pub(crate) fn into_each(self) -> Vec<ConfigError> {
+        match self {
+            ConfigError::Several { several } => several,
+            one => vec![one],
+        }
+    }
+
+    /// Each problem on its own: the problems of [`ConfigError::Several`], else this one.
+    pub fn each(&self) -> Vec<&ConfigError> {
+        match self {
+            ConfigError::Several { several } => several.iter().collect(),
+            one => vec![one],
+        }
+    }
 }
 
 /// Where a value was written in a config file: errors about the file it names (a key, a
@@ -76,6 +117,18 @@ pub struct Location {
 }
 
 impl Location {
+    /// A warning about the value written here, in the same form as an error.
+    pub fn warning(&self, problem: impl fmt::Display) -> String {
+        format!(
+            "{}:{}:{}: {}: key `{}`: {problem}",
+            self.path.display(),
+            self.line,
+            self.column,
+            self.context,
+            self.key
+        )
+    }
+
     /// `problem`, about the value written here.
     pub fn error(&self, problem: impl fmt::Display) -> ConfigError {
         ConfigError::At {
@@ -111,6 +164,10 @@ pub(crate) struct Source<'a> {
     /// For `sealpipe trust`: a listener's `peers_file` may be missing and list no key, so
     /// that the first one can be added to it.
     pub(crate) enrolling: bool,
+    /// The independent errors found so far (validation goes on after one, to report them all).
+    pub(crate) errors: RefCell<Vec<ConfigError>>,
+    /// Values that work but are almost surely a mistake, one line each.
+    pub(crate) warnings: RefCell<Vec<String>>,
 }
 
 /// Collapses a possibly multi-line message into one line.
@@ -154,7 +211,35 @@ fn find_in_value<'t>(value: &'t Spanned<DeValue<'_>>, at: usize, path: &mut Vec<
     span.contains(&at) || (span.is_empty() && span.start == at)
 }
 
-impl Source<'_> {
+impl<'a> Source<'a> {
+    pub(crate) fn new(text: &'a str, path: &'a Path, enrolling: bool) -> Self {
+        Source {
+            text,
+            path,
+            enrolling,
+            errors: RefCell::new(Vec::new()),
+            warnings: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// `result`'s value; its error is kept with the others (and `None` returned), so that
+    /// validation goes on to what does not depend on it.
+    pub(crate) fn keep<T>(&self, result: Result<T, ConfigError>) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.errors.borrow_mut().push(e);
+                None
+            }
+        }
+    }
+
+    /// Keeps a warning about `key` of the section `ctx`, at `span`.
+    pub(crate) fn warn(&self, ctx: &str, key: &str, span: Range<usize>, problem: impl fmt::Display) {
+        let w = self.location(ctx, key, span).warning(problem);
+        self.warnings.borrow_mut().push(w);
+    }
+
     /// 1-based line and column (in characters) of byte `offset`.
     pub(crate) fn line_col(&self, offset: usize) -> (usize, usize) {
         crate::files::line_col(self.text, offset)
@@ -238,6 +323,9 @@ impl Source<'_> {
             } else {
                 format!("in {ctx}")
             };
+            if let Some(advice) = did_you_mean(&ctx, field, expected) {
+                return self.error(span, format!("unknown key `{field}` {where_}: {advice}"));
+            }
             let hint = if expected.starts_with("one of") || expected.is_empty() {
                 expected.to_string()
             } else {
@@ -277,6 +365,198 @@ impl Source<'_> {
         }
         self.error(span, out)
     }
+}
+
+/// For an unknown key `field` in the section `ctx`, whose keys are `expected` (serde's "one of
+/// `a`, `b`" list): the key of the other role it was meant for, or the one key it is a typo of.
+fn did_you_mean(ctx: &str, field: &str, expected: &str) -> Option<String> {
+    let connector = ctx.starts_with("connector");
+    let listener = ctx.starts_with("listener");
+    match field {
+        "peers" if connector => {
+            return Some(
+                "did you mean `peer`? A connector pins its listener's key: `peer = \"SHA256:...\"` \
+                 (`peers` is a listener's list of trusted connector keys)"
+                    .to_string(),
+            )
+        }
+        "peer" if listener => {
+            return Some(
+                "did you mean `peers`? A listener lists the connector keys it trusts: \
+                 `peers = [\"SHA256:...\"]` or `peers_file` (`peer` is a connector's pin of its \
+                 listener's key)"
+                    .to_string(),
+            )
+        }
+        _ => {}
+    }
+    let keys: Vec<&str> = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|k| !k.is_empty())
+        .collect();
+    const LISTENER_ONLY: &[&str] = &[
+        "forward",
+        "peers",
+        "peers_file",
+        "accept_unknown",
+        "allow_tofu",
+        "allow_destinations",
+        "proxy_protocol",
+        "revoke",
+    ];
+    const CONNECTOR_ONLY: &[&str] = &[
+        "connect",
+        "peer",
+        "known_peers",
+        "socket_mode",
+        "socket_group",
+        "mode",
+    ];
+    if connector && LISTENER_ONLY.contains(&field) {
+        return Some(format!(
+            "`{field}` is a key of [[listener]] (sealed in, plain out); a [[connector]] (plain in, \
+             sealed out) has `connect` and `peer`"
+        ));
+    }
+    if listener && CONNECTOR_ONLY.contains(&field) {
+        return Some(format!(
+            "`{field}` is a key of [[connector]] (plain in, sealed out); a [[listener]] (sealed in, \
+             plain out) has `forward` and `peers`"
+        ));
+    }
+    let lower = field.to_ascii_lowercase().replace('-', "_");
+    let mut close = keys
+        .iter()
+        .map(|k| (edit_distance(&lower, k), *k))
+        .filter(|(d, k)| *d <= 2.min(k.len() / 3).max(1))
+        .collect::<Vec<_>>();
+    close.sort();
+    match close.as_slice() {
+        [(_, k)] => Some(format!("did you mean `{k}`?")),
+        [(d0, k), (d1, _), ..] if d0 < d1 => Some(format!("did you mean `{k}`?")),
+        _ => None,
+    }
+}
+
+/// The Levenshtein distance between `a` and `b`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(row[j]).min(row[j + 1])
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// Most errors of one section or tunnel looked for before the serde layer gives up on it.
+const MAX_ERRORS_PER_SECTION: usize = 32;
+
+impl Source<'_> {
+    /// The errors of the serde layer (unknown keys, missing keys, wrong types), every one
+    /// that does not hide behind another: each top-level section and each tunnel is read on
+    /// its own, and a key found wrong is taken out to look for the next one. A required key
+    /// taken out for its wrong type (or that a misspelt key was surely meant as) is not
+    /// reported missing as well. Also `tree` without the sections and tunnels that have
+    /// errors, for the checks of the rest.
+    pub(crate) fn serde_errors<'i>(
+        &self,
+        tree: &Spanned<DeTable<'i>>,
+    ) -> (Vec<ConfigError>, Spanned<DeTable<'i>>) {
+        let mut errors = Vec::new();
+        let mut rest = DeTable::new();
+        for (key, value) in tree.get_ref().iter() {
+            match value.get_ref() {
+                DeValue::Array(items)
+                    if matches!(key.get_ref().as_ref(), "listener" | "connector") =>
+                {
+                    let mut good = toml::de::DeArray::new();
+                    for item in items.iter() {
+                        let mut one = toml::de::DeArray::new();
+                        one.push(item.clone());
+                        let wrapped = Spanned::new(value.span(), DeValue::Array(one));
+                        if self.section_errors(tree, key, wrapped, &mut errors) {
+                            good.push(item.clone());
+                        }
+                    }
+                    rest.insert(key.clone(), Spanned::new(value.span(), DeValue::Array(good)));
+                }
+                _ => {
+                    if self.section_errors(tree, key, value.clone(), &mut errors) {
+                        rest.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        (errors, Spanned::new(tree.span(), rest))
+    }
+
+    /// The serde errors of the one top-level `key` = `value` (a tunnel in an array of one);
+    /// whether it has none.
+    fn section_errors<'i>(
+        &self,
+        tree: &Spanned<DeTable<'i>>,
+        key: &Spanned<toml::de::DeString<'i>>,
+        mut value: Spanned<DeValue<'i>>,
+        errors: &mut Vec<ConfigError>,
+    ) -> bool {
+        use serde::Deserialize;
+        let mut taken_out: Vec<String> = Vec::new();
+        for round in 0..MAX_ERRORS_PER_SECTION {
+            let mut alone = DeTable::new();
+            alone.insert(key.clone(), value.clone());
+            let alone = Spanned::new(tree.span(), alone);
+            let Err(e) =
+                super::raw::RawConfig::deserialize(toml::de::Deserializer::from(alone))
+            else {
+                return round == 0;
+            };
+            let msg = one_line(e.message());
+            if let Some(rest) = msg.strip_prefix("missing field `") {
+                let field = rest.split('`').next().unwrap_or(rest);
+                if taken_out.iter().any(|k| k == field || edit_distance(k, field) <= 2) {
+                    return false;
+                }
+            }
+            errors.push(self.serde_error(tree, &e));
+            let Some(at) = e.span() else { return false };
+            match take_out(&mut value, at.start) {
+                Some(k) => taken_out.push(k),
+                None => return false,
+            }
+        }
+        false
+    }
+}
+
+/// Removes the key of the section or tunnel `value` whose key or value holds byte `at`;
+/// its name, or `None` if the error is not about one of its keys.
+fn take_out(value: &mut Spanned<DeValue<'_>>, at: usize) -> Option<String> {
+    let table = match value.get_mut() {
+        DeValue::Table(t) => t,
+        DeValue::Array(items) => match items.first_mut()?.get_mut() {
+            DeValue::Table(t) => t,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let key = table
+        .iter()
+        .find(|(k, v)| k.span().contains(&at) || v.span().contains(&at))
+        .map(|(k, _)| k.clone())?;
+    table.remove(&key);
+    Some(key.get_ref().to_string())
 }
 
 /// Names the section (and tunnel) and key that `path` leads to, for messages.

@@ -78,6 +78,10 @@ pub struct Config {
     pub metrics: Option<MetricsConfig>,
     /// The top-level `control` key: where `sealpipe status` reads this daemon.
     pub control: Control,
+    /// Values that work but are almost surely a mistake (`rekey_bytes = "1"`), each a line
+    /// `FILE:LINE:COLUMN: SECTION: key `KEY`: PROBLEM`: `sealpipe check` prints them, `run`
+    /// logs them.
+    pub warnings: Vec<String>,
 }
 
 /// The control socket that `sealpipe status` reads (top-level key `control`).
@@ -219,11 +223,7 @@ impl Config {
     /// Just `FILE` if it is not found.
     pub(crate) fn location_of(&self, table: &str, index: Option<usize>, key: &str) -> String {
         let text = std::fs::read_to_string(&self.path).unwrap_or_default();
-        let src = Source {
-            text: &text,
-            path: &self.path,
-            enrolling: false,
-        };
+        let src = Source::new(&text, &self.path, false);
         match src.value_span(table, index, key) {
             Some(span) => {
                 let (line, column) = src.line_col(span.start);
@@ -240,11 +240,7 @@ impl Config {
     }
 
     fn parse_as(text: &str, path: &Path, enrolling: bool) -> Result<Config, ConfigError> {
-        let src = Source {
-            text,
-            path,
-            enrolling,
-        };
+        let src = Source::new(text, path, enrolling);
         let tree = DeTable::parse(text).map_err(|e| {
             if text.trim_start().starts_with("-----BEGIN ") {
                 return src.file_error(
@@ -258,6 +254,20 @@ impl Config {
                 format!("TOML syntax error: {}", one_line(e.message())),
             )
         })?;
+        let (mut errors, rest) = src.serde_errors(&tree);
+        if !errors.is_empty() {
+            // The sections and tunnels without such errors are checked too; a problem with
+            // the file as a whole (no tunnels left, say) may only follow from those taken out.
+            if let Ok(raw) = RawConfig::deserialize(toml::de::Deserializer::from(rest)) {
+                if let Err(e) = src.build(raw) {
+                    let more = e.into_each().into_iter();
+                    errors.extend(more.filter(|e| !matches!(e, ConfigError::File { .. })));
+                }
+            }
+            return Err(ConfigError::gather(errors).unwrap_or_else(|| {
+                src.file_error("invalid configuration")
+            }));
+        }
         let raw: RawConfig = RawConfig::deserialize(toml::de::Deserializer::from(tree.clone()))
             .map_err(|e| src.serde_error(&tree, &e))?;
         src.build(raw)
@@ -521,24 +531,13 @@ record_size = "64KiB"
     fn unknown_keys_are_located_and_named() {
         assert_eq!(
             err(&with_identity("\n[defaults]\nrekey_byts = \"1GiB\"\n")),
-            "/etc/sealpipe/b.toml:5:1: unknown key `rekey_byts` in [defaults] (expected one of \
-             `rekey_bytes`, `rekey_interval`, `handshake_timeout`, `connect_timeout`, \
-              `drain_timeout`, `max_connections`, `max_handshakes`, `source_rate_limit`, \
-              `source_handshake_rate`, `signature_rate`, `signature_cpu`, `record_size`, \
-              `resumption`, `resumption_lifetime`, `resumption_uses`, `idle_timeout`, \
-              `session_reuse`, `session_reuse_streams`, `session_reuse_age`, `pool_min`, `pool_max`)"
+            "/etc/sealpipe/b.toml:5:1: unknown key `rekey_byts` in [defaults]: did you mean `rekey_bytes`?"
         );
         assert_eq!(
             err(&with_identity(&format!(
                 "[[listener]]\nname = \"redis\"\nlisten = \"0.0.0.0:1\"\nforwad = \"x:1\"\npeers = [\"{FP_A}\"]\n"
             ))),
-            "/etc/sealpipe/b.toml:6:1: unknown key `forwad` in listener \"redis\" (expected one of \
-             `name`, `service`, `listen`, `forward`, `peers`, `peers_file`, `accept_unknown`, \
-             `allow_tofu`, `allow_destinations`, `proxy_protocol`, `revoke`, `rekey_bytes`, `rekey_interval`, \
-             `handshake_timeout`, `connect_timeout`, `drain_timeout`, `max_connections`, \
-              `max_handshakes`, `source_rate_limit`, `source_handshake_rate`, `signature_rate`, \
-              `signature_cpu`, `record_size`, `resumption`, `resumption_lifetime`, `resumption_uses`, `idle_timeout`, \
-              `session_reuse`, `session_reuse_streams`, `session_reuse_age`, `pool_min`, `pool_max`)"
+            "/etc/sealpipe/b.toml:6:1: unknown key `forwad` in listener \"redis\": did you mean `forward`?"
         );
         assert_eq!(
             err(&format!("tunnel = 1\n{}", with_identity(""))),
@@ -547,8 +546,7 @@ record_size = "64KiB"
         );
         assert_eq!(
             err("[identity]\nprivate_key = \"b.pem\"\nprivatekey = \"c.pem\"\n"),
-            "/etc/sealpipe/b.toml:3:1: unknown key `privatekey` in [identity] (expected one of \
-             `private_key`, `psk_file`, `next_private_key`)"
+            "/etc/sealpipe/b.toml:3:1: unknown key `privatekey` in [identity]: did you mean `private_key`?"
         );
     }
 
@@ -748,7 +746,8 @@ record_size = "64KiB"
         );
         assert_eq!(
             err(&listener(&format!("listen = \":7443\"\nforward = \"127.0.0.1:0\"\n{peers}"))),
-            "/etc/sealpipe/b.toml:5:10: listener \"redis\": key `listen`: invalid address \":7443\": empty host"
+            "/etc/sealpipe/b.toml:5:10: listener \"redis\": key `listen`: invalid address \":7443\": empty host\n\
+             /etc/sealpipe/b.toml:6:11: listener \"redis\": key `forward`: invalid address \"127.0.0.1:0\": port 0 cannot be connected to"
         );
         assert_eq!(
             err(&listener(&format!("listen = \"0.0.0.0:7443\"\nforward = \"127.0.0.1:0\"\n{peers}"))),
@@ -837,7 +836,7 @@ record_size = "64KiB"
         );
         assert_eq!(
             one("drain_timeout = \"10\""),
-            "/etc/sealpipe/b.toml:4:17: [defaults]: key `drain_timeout`: invalid duration \"10\": time unit needed, for example 10sec or 10ms"
+            "/etc/sealpipe/b.toml:4:17: [defaults]: key `drain_timeout`: invalid duration \"10\": no unit; write \"10s\" (or \"10ms\", \"10m\")"
         );
         assert_eq!(
             one("record_size = \"512\""),

@@ -47,18 +47,26 @@ macro_rules! define_tuning {
 
         impl Tuning {
             /// `self` with the keys set in `raw` (a section named `ctx` of `src`) in place of its
-            /// values. Keys are checked in order; the first bad value is the error, at its span.
+            /// values. Each bad value is kept as an error of `src`, at its span (and the value
+            /// of `self` used in its place); a value that works but is almost surely a mistake
+            /// is kept as a warning.
             pub(crate) fn merged(
                 &self,
                 raw: &RawTuning,
                 src: &Source<'_>,
                 ctx: &str,
-            ) -> Result<Tuning, ConfigError> {
+            ) -> Tuning {
                 let mut merged = self.clone();
                 $(if let Some(v) = &raw.$field {
-                    merged.$field = checked(src, ctx, stringify!($field), v, $check)?;
+                    let key = stringify!($field);
+                    if let Some(value) = src.keep(checked(src, ctx, key, v, $check)) {
+                        merged.$field = value;
+                        if let Some(advice) = advice(key, &merged) {
+                            src.warn(ctx, key, v.span(), advice);
+                        }
+                    }
                 })*
-                Ok(merged)
+                merged
             }
         }
     };
@@ -91,15 +99,95 @@ fn size(v: &SizeText) -> Result<u64, String> {
     }
 }
 
-/// A `humantime` duration, more than zero.
+/// What a duration key takes, for messages.
+const A_DURATION: &str = "a duration such as \"30s\", \"1h 30m\" or \"500ms\"";
+
+/// A `humantime` duration, more than zero. A value that does not parse is answered with what
+/// the key takes (the library's own list of units is no help).
 fn duration(v: &DurationText) -> Result<Duration, String> {
+    parse_duration(v, "")
+}
+
+/// [`duration`], for a key that also takes `or_else` (`, or "off"`) in messages.
+fn parse_duration(v: &DurationText, or_else: &str) -> Result<Duration, String> {
     let s = &v.0;
-    let d =
-        humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))?;
+    let t = s.trim();
+    let d = humantime::parse_duration(t).map_err(|_| {
+        if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+            format!("invalid duration {s:?}: no unit; write \"{t}s\" (or \"{t}ms\", \"{t}m\")")
+        } else {
+            format!("invalid duration {s:?}: expected {A_DURATION}{or_else}")
+        }
+    })?;
     if d.is_zero() {
         return Err(format!("invalid duration {s:?}: must be more than zero"));
     }
     Ok(d)
+}
+
+/// `d` if it is at least `min`, else "TEXT is too short: WHY; the sane range is RANGE".
+fn at_least(v: &DurationText, d: Duration, min: Duration, why: &str) -> Result<Duration, String> {
+    if d < min {
+        return Err(format!(
+            "{:?} is too short: {why} (at least {})",
+            v.0,
+            humantime::format_duration(min)
+        ));
+    }
+    Ok(d)
+}
+
+/// `handshake_timeout`: a full handshake is two round trips and an RSA signature.
+fn handshake_timeout(v: &DurationText) -> Result<Duration, String> {
+    let d = duration(v)?;
+    at_least(
+        v,
+        d,
+        MIN_NETWORK_TIMEOUT,
+        "no handshake over a network completes that fast",
+    )
+}
+
+/// `connect_timeout`: one round trip, at least.
+fn connect_timeout(v: &DurationText) -> Result<Duration, String> {
+    let d = duration(v)?;
+    at_least(
+        v,
+        d,
+        MIN_NETWORK_TIMEOUT,
+        "a connection over a network takes a round trip",
+    )
+}
+
+/// The shortest `handshake_timeout` and `connect_timeout`.
+const MIN_NETWORK_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// `rekey_interval`: a duration of at least a second, or off.
+fn rekey_interval(v: &DurationText) -> Result<Option<Duration>, String> {
+    let Some(d) = duration_or_off(v)? else {
+        return Ok(None);
+    };
+    at_least(
+        v,
+        d,
+        Duration::from_secs(1),
+        "a rekey would go in front of nearly every record",
+    )
+    .map(Some)
+}
+
+/// `idle_timeout`: a duration of at least a second, or off.
+fn idle_timeout(v: &DurationText) -> Result<Option<Duration>, String> {
+    let Some(d) = duration_or_off(v)? else {
+        return Ok(None);
+    };
+    at_least(
+        v,
+        d,
+        Duration::from_secs(1),
+        "every connection would be reset before its first exchange",
+    )
+    .map(Some)
 }
 
 /// A count of at least one.
@@ -116,10 +204,69 @@ fn flag(v: &bool) -> Result<bool, String> {
     Ok(*v)
 }
 
+/// The least `rekey_bytes`: less rekeys after every record, or more often than that.
+const MIN_REKEY_BYTES: u64 = 1024;
+/// The most `rekey_bytes`: past 2^31 records a key is replaced anyway (PROTOCOL.md §4), which
+/// at the largest records is 128 TiB; more cannot be honoured.
+const MAX_REKEY_BYTES: u64 = (1 << 31) * MAX_RECORD_SIZE as u64;
+
 fn rekey_bytes(v: &SizeText) -> Result<u64, String> {
     match size(v)? {
         0 => Err("must be more than zero".to_string()),
+        n if n < MIN_REKEY_BYTES => Err(format!(
+            "{n} bytes is too small: a rekey would go in front of every record; must be at \
+             least 1KiB (the sane range is 1MiB to 64GiB, default 1GiB)"
+        )),
+        n if n > MAX_REKEY_BYTES => Err(format!(
+            "{n} bytes is too large: a key is replaced after 2^31 records anyway, 128TiB at \
+             most; must be at most 128TiB (the sane range is 1MiB to 64GiB, default 1GiB)"
+        )),
         n => Ok(n),
+    }
+}
+
+/// A warning for a value of `key` (now in `t`) that works but is almost surely a mistake.
+fn advice(key: &str, t: &Tuning) -> Option<String> {
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+    let short = |d: Option<Duration>, min: u64, what: &str| -> Option<String> {
+        d.filter(|d| *d < Duration::from_secs(min)).map(|d| {
+            format!(
+                "{} is unusually short: {what} (the sane range starts at {})",
+                humantime::format_duration(d),
+                humantime::format_duration(Duration::from_secs(min))
+            )
+        })
+    };
+    match key {
+        "rekey_bytes" if t.rekey_bytes < MIB => Some(format!(
+            "{} is unusually small: a rekey record every {} each way (the sane range is 1MiB \
+             to 64GiB, default 1GiB; a bare number is bytes)",
+            bytesize::ByteSize(t.rekey_bytes),
+            bytesize::ByteSize(t.rekey_bytes)
+        )),
+        "rekey_bytes" if t.rekey_bytes > 64 * GIB => Some(format!(
+            "{} is unusually large: this much under one key weakens what a rekey is for \
+             (the sane range is 1MiB to 64GiB, default 1GiB)",
+            bytesize::ByteSize(t.rekey_bytes)
+        )),
+        "rekey_interval" => short(t.rekey_interval, 60, "a rekey that often costs more than it gives"),
+        "handshake_timeout" => short(
+            Some(t.handshake_timeout),
+            1,
+            "handshakes across a slow link or a busy listener will time out",
+        ),
+        "connect_timeout" => short(
+            Some(t.connect_timeout),
+            1,
+            "connections across a slow link will time out",
+        ),
+        "idle_timeout" => short(
+            t.idle_timeout,
+            10,
+            "connections that pause between requests will be reset",
+        ),
+        _ => None,
     }
 }
 
@@ -129,7 +276,7 @@ fn duration_or_off(v: &DurationText) -> Result<Option<Duration>, String> {
     if s.eq_ignore_ascii_case("off") || s.eq_ignore_ascii_case("none") {
         Ok(None)
     } else {
-        duration(v).map(Some)
+        parse_duration(v, ", or \"off\"").map(Some)
     }
 }
 

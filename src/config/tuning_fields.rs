@@ -18,17 +18,22 @@ macro_rules! tuning_fields {
     ($callback:ident ! { $($args:tt)* }) => {
         $callback! {
             { $($args)* }
-            /// Rekey each direction after this many bytes of plaintext (never zero).
+            /// Rekey each direction after this many bytes of plaintext, from 1 KiB to 128 TiB
+            /// (2^31 records of 64 KiB, after which a key is replaced anyway); 1 MiB to 64 GiB is
+            /// the sane range, outside it a warning. A bare number is bytes.
             rekey_bytes: u64 = 1 << 30, parsed from SizeText by rekey_bytes;
-            /// Also rekey each direction after this much time; `"off"`: by bytes only.
+            /// Also rekey each direction after this much time, at least 1 s (under a minute: a
+            /// warning); `"off"`: by bytes only.
             rekey_interval: Option<Duration> = None,
-                parsed from DurationText by duration_or_off;
-            /// A handshake not complete after this long is dropped.
+                parsed from DurationText by rekey_interval;
+            /// A handshake not complete after this long is dropped; at least 100 ms (under a
+            /// second: a warning).
             handshake_timeout: Duration = Duration::from_secs(10),
-                parsed from DurationText by duration;
-            /// Timeout of each outgoing TCP connect.
+                parsed from DurationText by handshake_timeout;
+            /// Timeout of each outgoing TCP connect; at least 100 ms (under a second: a
+            /// warning).
             connect_timeout: Duration = Duration::from_secs(10),
-                parsed from DurationText by duration;
+                parsed from DurationText by connect_timeout;
             /// On SIGTERM or SIGINT, how long open connections may drain before they are cut.
             drain_timeout: Duration = Duration::from_secs(30),
                 parsed from DurationText by duration;
@@ -69,9 +74,10 @@ macro_rules! tuning_fields {
             /// How many resumptions in a row may follow one full handshake, from 1 to 1000000;
             /// then a full handshake starts a new chain (each ticket serves one connection).
             resumption_uses: u32 = 1000, parsed from i64 by resumption_uses;
-            /// An established connection that moves no byte either way for this long is reset
-            /// (logged `idle for …`); `None` (the default, `"off"`) keeps idle connections.
-            idle_timeout: Option<Duration> = None, parsed from DurationText by duration_or_off;
+            /// An established connection that moves no byte either way for this long (at least
+            /// 1 s; under 10 s: a warning) is reset (logged `idle for …`); `"off"`, the default,
+            /// keeps idle connections.
+            idle_timeout: Option<Duration> = None, parsed from DurationText by idle_timeout;
             /// Connector: a session whose stream ended cleanly both ways may carry the next client
             /// (PROTOCOL.md §4.3); `false`: one session per client. A listener ignores it.
             session_reuse: bool = true, parsed from bool by flag;

@@ -27,125 +27,216 @@ type TrustedPeers = Vec<(Fingerprint, Option<String>)>;
 const MAX_PINS: usize = 2;
 
 impl Source<'_> {
-    /// Validates `raw` and turns it into the model.
+    /// Validates `raw` and turns it into the model. Every independent error is reported, in
+    /// file order ([`ConfigError::Several`] when there are more than one): a key whose value
+    /// is wrong is left out of what depends on it, and validation goes on.
     pub(crate) fn build(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let built = self.build_parts(&raw);
+        let errors = std::mem::take(&mut *self.errors.borrow_mut());
+        match (ConfigError::gather(errors), built) {
+            (None, Some(config)) => Ok(config),
+            (Some(e), _) => Err(e),
+            // Every part that failed left its error.
+            (None, None) => Err(self.file_error("invalid configuration")),
+        }
+    }
+
+    fn build_parts(&self, raw: &RawConfig) -> Option<Config> {
         let dir = self.path.parent().unwrap_or(Path::new("")).to_path_buf();
-        let identity = raw.identity.ok_or_else(|| {
+        let identity = self.keep(raw.identity.as_ref().ok_or_else(|| {
             self.file_error(
                 "missing [identity] section (it names this host's `private_key`)".to_string(),
             )
-        })?;
-        let identity = identity.into_inner();
-        let identity = IdentityConfig {
-            private_key: self.located_path(
-                "[identity]",
-                "private_key",
-                &identity.private_key,
-                &dir,
-            )?,
-            next_private_key: self.next_private_key(&identity, raw.listeners.is_empty(), &dir)?,
-            psk_file: identity
-                .psk_file
-                .as_ref()
-                .map(|p| self.located_path("[identity]", "psk_file", p, &dir))
-                .transpose()?,
-        };
+        }));
+        let identity = identity.map(|identity| identity.get_ref()).and_then(|identity| {
+            let private_key =
+                self.keep(self.located_path("[identity]", "private_key", &identity.private_key, &dir));
+            let next_private_key =
+                self.keep(self.next_private_key(identity, raw.listeners.is_empty(), &dir));
+            let psk_file = self.keep(
+                identity
+                    .psk_file
+                    .as_ref()
+                    .map(|p| self.located_path("[identity]", "psk_file", p, &dir))
+                    .transpose(),
+            );
+            Some(IdentityConfig {
+                private_key: private_key?,
+                next_private_key: next_private_key?,
+                psk_file: psk_file?,
+            })
+        });
 
+        // A bad key of `[defaults]` is reported once, here; the tunnels go on with the others.
         let base = match &raw.defaults {
-            Some(d) => Tuning::default().merged(&d.tuning(), self, "[defaults]")?,
+            Some(d) => Tuning::default().merged(&d.tuning(), self, "[defaults]"),
             None => Tuning::default(),
         };
 
         if raw.listeners.is_empty() && raw.connectors.is_empty() {
-            return Err(
+            self.keep::<()>(Err(
                 self.file_error("no tunnels: add at least one [[listener]] or [[connector]]")
-            );
+            ));
         }
 
         // Listen addresses in use so far: address -> (description, line).
         let mut bound: Vec<(Address, String, usize)> = Vec::new();
 
-        let mut listeners = Vec::new();
+        let mut listeners = Some(Vec::new());
         let mut names: HashMap<String, usize> = HashMap::new();
         for (i, l) in raw.listeners.iter().enumerate() {
-            let header = l.span();
-            let l = l.get_ref();
-            let name = self.tunnel_name("listener", i, &l.name, &mut names)?;
-            let ctx = format!("listener {name:?}");
-            let listen = self.address(&ctx, "listen", &l.listen, Side::SealedListen, &dir)?;
-            self.check_bound(&ctx, &l.listen, &listen, &mut bound)?;
-            let forward = l
-                .forward
-                .as_ref()
-                .map(|f| self.address(&ctx, "forward", f, Side::PlainConnect, &dir))
-                .transpose()?;
-            if let (Some(f), Some(text)) = (&forward, &l.forward) {
-                self.check_no_loop(&ctx, ("forward", text, f), (&l.listen, &listen))?;
+            let built = self.listener(i, l, &base, &mut bound, &mut names, &dir);
+            match (&mut listeners, built) {
+                (Some(all), Some(l)) => all.push(l),
+                _ => listeners = None,
             }
-            let mut allow_destinations = Vec::new();
-            if let Some(list) = &l.allow_destinations {
-                if list.get_ref().is_empty() {
-                    return Err(self.key_error(
-                        &ctx,
-                        "allow_destinations",
-                        list.span(),
-                        "empty list: name at least one destination, or remove the key and set `forward`",
-                    ));
-                }
-                for entry in list.get_ref() {
-                    let rule = entry
-                        .get_ref()
-                        .parse::<DestinationRule>()
-                        .map_err(|problem| {
-                            self.key_error(
-                                &ctx,
-                                "allow_destinations",
-                                entry.span(),
-                                format!("invalid destination {:?}: {problem}", entry.get_ref()),
-                            )
-                        })?;
+        }
+
+        let mut connectors = Some(Vec::new());
+        let mut names: HashMap<String, usize> = HashMap::new();
+        for (i, c) in raw.connectors.iter().enumerate() {
+            let built = self.connector(i, c.get_ref(), &base, &mut bound, &mut names, &dir);
+            match (&mut connectors, built) {
+                (Some(all), Some(c)) => all.push(c),
+                _ => connectors = None,
+            }
+        }
+
+        let metrics = match &raw.metrics {
+            Some(m) => {
+                let m = m.get_ref();
+                let ctx = "[metrics]";
+                let listen = self.keep(self.address(ctx, "listen", &m.listen, Side::Metrics, &dir));
+                let listen = listen.and_then(|listen| {
+                    self.keep(self.check_bound(ctx, &m.listen, &listen, &mut bound))?;
+                    Some(listen)
+                });
+                Some(listen.map(|listen| MetricsConfig { listen }))
+            }
+            None => Some(None),
+        };
+
+        let control = match &raw.control {
+            None => Some(Control::Default),
+            Some(c) => match c.get_ref() {
+                RawControl::On(true) => Some(Control::Default),
+                RawControl::On(false) => Some(Control::Off),
+                RawControl::Socket(s) => self
+                    .keep(self.path_value(
+                        "top level",
+                        "control",
+                        &Spanned::new(c.span(), s.clone()),
+                        &dir,
+                    ))
+                    .map(Control::Socket),
+            },
+        };
+
+        Some(Config {
+            path: self.path.to_path_buf(),
+            identity: identity?,
+            listeners: listeners?,
+            connectors: connectors?,
+            metrics: metrics?,
+            control: control?,
+            warnings: std::mem::take(&mut *self.warnings.borrow_mut()),
+        })
+    }
+
+    /// One `[[listener]]`, its errors kept; `None` if it has any.
+    fn listener(
+        &self,
+        i: usize,
+        l: &Spanned<RawListener>,
+        base: &Tuning,
+        bound: &mut Vec<(Address, String, usize)>,
+        names: &mut HashMap<String, usize>,
+        dir: &Path,
+    ) -> Option<ListenerConfig> {
+        let header = l.span();
+        let l = l.get_ref();
+        let errors_before = self.errors.borrow().len();
+        let name = self.keep(self.tunnel_name("listener", i, &l.name, names));
+        let ctx = tunnel_context("listener", i, l.name.get_ref());
+        let ctx = ctx.as_str();
+        let listen = self.keep(self.address(ctx, "listen", &l.listen, Side::SealedListen, dir));
+        if let Some(listen) = &listen {
+            self.keep(self.check_bound(ctx, &l.listen, listen, bound));
+        }
+        let forward = l
+            .forward
+            .as_ref()
+            .map(|f| self.keep(self.address(ctx, "forward", f, Side::PlainConnect, dir)));
+        if let (Some(Some(f)), Some(text), Some(listen)) = (&forward, &l.forward, &listen) {
+            self.keep(self.check_no_loop(ctx, ("forward", text, f), (&l.listen, listen)));
+        }
+        let mut allow_destinations = Vec::new();
+        if let Some(list) = &l.allow_destinations {
+            if list.get_ref().is_empty() {
+                self.keep::<()>(Err(self.key_error(
+                    ctx,
+                    "allow_destinations",
+                    list.span(),
+                    "empty list: name at least one destination, or remove the key and set `forward`",
+                )));
+            }
+            for entry in list.get_ref() {
+                let rule = entry
+                    .get_ref()
+                    .parse::<DestinationRule>()
+                    .map_err(|problem| {
+                        self.key_error(
+                            ctx,
+                            "allow_destinations",
+                            entry.span(),
+                            format!("invalid destination {:?}: {problem}", entry.get_ref()),
+                        )
+                    });
+                if let Some(rule) = self.keep(rule) {
                     allow_destinations.push(rule);
                 }
             }
-            match (&l.forward, &l.allow_destinations) {
-                (Some(_), Some(list)) => {
-                    return Err(self.key_error(
-                        &ctx,
-                        "allow_destinations",
-                        list.span(),
-                        "set either `forward` (one target for every connection) or `allow_destinations` (redirect-mode connectors choose), not both",
-                    ))
-                }
-                (None, None) => {
-                    return Err(self.error(
-                        header.clone(),
-                        format!("{ctx}: missing key `forward` (or `allow_destinations`, for redirect-mode connectors)"),
-                    ))
-                }
-                _ => {}
+        }
+        match (&l.forward, &l.allow_destinations) {
+            (Some(_), Some(list)) => {
+                self.keep::<()>(Err(self.key_error(
+                    ctx,
+                    "allow_destinations",
+                    list.span(),
+                    "set either `forward` (one target for every connection) or `allow_destinations` (redirect-mode connectors choose), not both",
+                )));
             }
-            let proxy_protocol = self.keyword(
-                &ctx,
-                "proxy_protocol",
-                &l.proxy_protocol,
-                ProxyProtocol::Off,
-                &[("off", ProxyProtocol::Off), ("v2", ProxyProtocol::V2)],
-                ("value", "\"v2\" or \"off\""),
-            )?;
-            let revoke = self.keyword(
-                &ctx,
-                "revoke",
-                &l.revoke,
-                Revoke::Cut,
-                &[("cut", Revoke::Cut), ("new-only", Revoke::NewOnly)],
-                ("value", "\"cut\" or \"new-only\""),
-            )?;
-            let (peers, peers_file) = self.trusted_peers(&ctx, l, &dir)?;
-            let accept_unknown = l.accept_unknown.as_ref().is_some_and(|b| *b.get_ref());
-            let allow_tofu = l.allow_tofu.as_ref().is_some_and(|b| *b.get_ref());
-            // With accept_unknown the trust list only names known connectors; it may be empty.
-            // While enrolling, a peers file is about to get its first key.
-            let enrolling = self.enrolling && l.peers_file.is_some();
+            (None, None) => {
+                self.keep::<()>(Err(self.error(
+                    header.clone(),
+                    format!("{ctx}: missing key `forward` (or `allow_destinations`, for redirect-mode connectors)"),
+                )));
+            }
+            _ => {}
+        }
+        let proxy_protocol = self.keep(self.keyword(
+            ctx,
+            "proxy_protocol",
+            &l.proxy_protocol,
+            ProxyProtocol::Off,
+            &[("off", ProxyProtocol::Off), ("v2", ProxyProtocol::V2)],
+            ("value", "\"v2\" or \"off\""),
+        ));
+        let revoke = self.keep(self.keyword(
+            ctx,
+            "revoke",
+            &l.revoke,
+            Revoke::Cut,
+            &[("cut", Revoke::Cut), ("new-only", Revoke::NewOnly)],
+            ("value", "\"cut\" or \"new-only\""),
+        ));
+        let trusted = self.keep(self.trusted_peers(ctx, l, dir));
+        let accept_unknown = l.accept_unknown.as_ref().is_some_and(|b| *b.get_ref());
+        let allow_tofu = l.allow_tofu.as_ref().is_some_and(|b| *b.get_ref());
+        // With accept_unknown the trust list only names known connectors; it may be empty.
+        // While enrolling, a peers file is about to get its first key.
+        let enrolling = self.enrolling && l.peers_file.is_some();
+        if let Some((peers, _)) = &trusted {
             if peers.is_empty() && !accept_unknown && !enrolling {
                 let problem = match (&l.peers, &l.peers_file) {
                     (None, None) => "no trusted peers: set `peers` or `peers_file`".to_string(),
@@ -153,115 +244,104 @@ impl Source<'_> {
                         "no trusted peers: `peers` and `peers_file` list no fingerprint".to_string()
                     }
                 };
-                return Err(self.error(header, format!("{ctx}: {problem}")));
+                self.keep::<()>(Err(self.error(header, format!("{ctx}: {problem}"))));
             }
-            let tuning = base.merged(&l.tuning(), self, &ctx)?;
-            let service = self.service(&ctx, &l.name, &l.service)?;
-            listeners.push(ListenerConfig {
-                name,
-                service,
-                listen,
-                forward,
-                allow_destinations,
-                proxy_protocol,
-                revoke,
-                peers,
-                peers_file,
-                accept_unknown,
-                allow_tofu,
-                tuning,
-            });
         }
+        let tuning = base.merged(&l.tuning(), self, ctx);
+        let service = self.keep(self.service(ctx, &l.name, &l.service));
+        if self.errors.borrow().len() > errors_before {
+            return None;
+        }
+        let (peers, peers_file) = trusted?;
+        Some(ListenerConfig {
+            name: name?,
+            service: service?,
+            listen: listen?,
+            forward: forward.flatten(),
+            allow_destinations,
+            proxy_protocol: proxy_protocol?,
+            revoke: revoke?,
+            peers,
+            peers_file,
+            accept_unknown,
+            allow_tofu,
+            tuning,
+        })
+    }
 
-        let mut connectors = Vec::new();
-        let mut names: HashMap<String, usize> = HashMap::new();
-        for (i, c) in raw.connectors.iter().enumerate() {
-            let c = c.get_ref();
-            let name = self.tunnel_name("connector", i, &c.name, &mut names)?;
-            let ctx = format!("connector {name:?}");
-            let listen = self.address(&ctx, "listen", &c.listen, Side::PlainListen, &dir)?;
-            self.check_bound(&ctx, &c.listen, &listen, &mut bound)?;
-            let connect = self.address(&ctx, "connect", &c.connect, Side::SealedConnect, &dir)?;
-            self.check_no_loop(
-                &ctx,
-                ("connect", &c.connect, &connect),
-                (&c.listen, &listen),
-            )?;
-            let socket = self.socket_permissions(&ctx, c, &listen)?;
-            let peer = self.peer_pin(&ctx, c, &dir)?;
-            let mode = self.keyword(
-                &ctx,
+    /// One `[[connector]]`, its errors kept; `None` if it has any.
+    fn connector(
+        &self,
+        i: usize,
+        c: &RawConnector,
+        base: &Tuning,
+        bound: &mut Vec<(Address, String, usize)>,
+        names: &mut HashMap<String, usize>,
+        dir: &Path,
+    ) -> Option<ConnectorConfig> {
+        let errors_before = self.errors.borrow().len();
+        let name = self.keep(self.tunnel_name("connector", i, &c.name, names));
+        let ctx = tunnel_context("connector", i, c.name.get_ref());
+        let ctx = ctx.as_str();
+        let listen = self.keep(self.address(ctx, "listen", &c.listen, Side::PlainListen, dir));
+        if let Some(listen) = &listen {
+            self.keep(self.check_bound(ctx, &c.listen, listen, bound));
+        }
+        let connect = self.keep(self.address(ctx, "connect", &c.connect, Side::SealedConnect, dir));
+        if let (Some(connect), Some(listen)) = (&connect, &listen) {
+            self.keep(self.check_no_loop(
+                ctx,
+                ("connect", &c.connect, connect),
+                (&c.listen, listen),
+            ));
+        }
+        let socket = listen
+            .as_ref()
+            .and_then(|listen| self.keep(self.socket_permissions(ctx, c, listen)));
+        let peer = self.keep(self.peer_pin(ctx, c, dir));
+        let mode = self.keep(self.keyword(
+            ctx,
+            "mode",
+            &c.mode,
+            ConnectorMode::Forward,
+            &[
+                ("forward", ConnectorMode::Forward),
+                ("redirect", ConnectorMode::Redirect),
+            ],
+            ("mode", "\"forward\" or \"redirect\""),
+        ));
+        // A Unix-socket client was not redirected by a NAT rule: it has no original
+        // destination to send, so every connection would be refused.
+        if let (Some(ConnectorMode::Redirect), Some(path), Some(v)) = (
+            mode,
+            listen.as_ref().and_then(Address::unix_path),
+            &c.mode,
+        ) {
+            self.keep::<()>(Err(self.key_error(
+                ctx,
                 "mode",
-                &c.mode,
-                ConnectorMode::Forward,
-                &[
-                    ("forward", ConnectorMode::Forward),
-                    ("redirect", ConnectorMode::Redirect),
-                ],
-                ("mode", "\"forward\" or \"redirect\""),
-            )?;
-            // A Unix-socket client was not redirected by a NAT rule: it has no original
-            // destination to send, so every connection would be refused.
-            if let (ConnectorMode::Redirect, Some(path), Some(v)) =
-                (mode, listen.unix_path(), &c.mode)
-            {
-                return Err(self.key_error(
-                    &ctx,
-                    "mode",
-                    v.span(),
-                    format!(
-                        "`mode = \"redirect\"` needs a TCP `listen` (connections redirected by a NAT rule); \
-                         `listen = \"unix:{}\"` is a Unix socket, whose clients have no original destination",
-                        path.display()
-                    ),
-                ));
-            }
-            let tuning = base.merged(&c.tuning(), self, &ctx)?;
-            let service = self.service(&ctx, &c.name, &c.service)?;
-            connectors.push(ConnectorConfig {
-                name,
-                service,
-                listen,
-                connect,
-                peer,
-                socket,
-                mode,
-                tuning,
-            });
+                v.span(),
+                format!(
+                    "`mode = \"redirect\"` needs a TCP `listen` (connections redirected by a NAT rule); \
+                     `listen = \"unix:{}\"` is a Unix socket, whose clients have no original destination",
+                    path.display()
+                ),
+            )));
         }
-
-        let metrics = match &raw.metrics {
-            Some(m) => {
-                let m = m.get_ref();
-                let ctx = "[metrics]";
-                let listen = self.address(ctx, "listen", &m.listen, Side::Metrics, &dir)?;
-                self.check_bound(ctx, &m.listen, &listen, &mut bound)?;
-                Some(MetricsConfig { listen })
-            }
-            None => None,
-        };
-
-        let control = match &raw.control {
-            None => Control::Default,
-            Some(c) => match c.get_ref() {
-                RawControl::On(true) => Control::Default,
-                RawControl::On(false) => Control::Off,
-                RawControl::Socket(s) => Control::Socket(self.path_value(
-                    "top level",
-                    "control",
-                    &Spanned::new(c.span(), s.clone()),
-                    &dir,
-                )?),
-            },
-        };
-
-        Ok(Config {
-            path: self.path.to_path_buf(),
-            identity,
-            listeners,
-            connectors,
-            metrics,
-            control,
+        let tuning = base.merged(&c.tuning(), self, ctx);
+        let service = self.keep(self.service(ctx, &c.name, &c.service));
+        if self.errors.borrow().len() > errors_before {
+            return None;
+        }
+        Some(ConnectorConfig {
+            name: name?,
+            service: service?,
+            listen: listen?,
+            connect: connect?,
+            peer: peer?,
+            socket: socket?,
+            mode: mode?,
+            tuning,
         })
     }
 
@@ -724,6 +804,16 @@ impl Source<'_> {
             value: self.path_value(ctx, key, value, dir)?,
             at: self.location(ctx, key, value.span()),
         })
+    }
+}
+
+/// How messages name a tunnel: `listener "NAME"`, or `listener #N` for a name that cannot be
+/// shown (empty, control characters); a duplicate name still names it.
+fn tunnel_context(kind: &str, index: usize, name: &str) -> String {
+    if name.trim().is_empty() || name.chars().any(char::is_control) {
+        format!("{kind} #{}", index + 1)
+    } else {
+        format!("{kind} {name:?}")
     }
 }
 

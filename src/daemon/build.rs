@@ -47,11 +47,17 @@ impl Built {
 /// Every error about the config or a file it names is a [`crate::config::ConfigError`] that names where the
 /// config names the file (on which `sealpipe run` exits 78, `EX_CONFIG`).
 pub(crate) fn build(path: &Path) -> anyhow::Result<Built> {
-    let config = Config::load(path)?;
+    let mut config = Config::load(path)?;
     let key = &config.identity.private_key;
     let identity: Arc<dyn Signer> =
         Arc::new(keyfile::load_private_key(key).map_err(|e| key.at.error(e))?);
     let next_identity = next_identity(&config, identity.as_ref())?;
+    let own: Vec<_> = std::iter::once(identity.as_ref())
+        .chain(next_identity.as_deref())
+        .map(|signer| signer.public().fingerprint())
+        .collect();
+    let own_warnings = own_key_warnings(&config, &own);
+    config.warnings.extend(own_warnings);
     let psk: Option<Arc<Psk>> = match &config.identity.psk_file {
         Some(p) => Some(Arc::new(Psk::from_bytes(
             *keyfile::load_psk(p).map_err(|e| p.at.error(e))?,
@@ -125,6 +131,49 @@ pub(crate) fn build(path: &Path) -> anyhow::Result<Built> {
         listeners,
         connectors,
     })
+}
+
+/// This host's own key (`own`: `private_key`, `next_private_key`) in a listener's `peers` or
+/// `peers_file`, or in a connector's `peer`: almost always a copy-paste slip (the other host's
+/// fingerprint was meant), so a warning. Not an error: a host may connect to its own listener,
+/// or hosts may share one key, and then it is meant.
+fn own_key_warnings(config: &Config, own: &[crate::proto::identity::Fingerprint]) -> Vec<String> {
+    let slip = "this host's own key (`[identity]`): a copy-paste slip? Paste the other host's \
+                fingerprint (`sealpipe fingerprint` there)";
+    let mut warnings = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        for (fp, _) in l.peers.iter().filter(|(fp, _)| own.contains(fp)) {
+            // Inline in `peers` if the config says it, else from the peers file.
+            let inline = std::fs::read_to_string(&config.path)
+                .is_ok_and(|text| text.contains(&fp.to_string()));
+            let warning = match &l.peers_file {
+                Some(file) if !inline => format!(
+                    "{}: listener {:?}: key `peers_file`: {}: {fp} is {slip}",
+                    config.location_of("listener", Some(i), "peers_file"),
+                    l.name,
+                    file.display()
+                ),
+                _ => format!(
+                    "{}: listener {:?}: key `peers`: {fp} is {slip}",
+                    config.location_of("listener", Some(i), "peers"),
+                    l.name
+                ),
+            };
+            warnings.push(warning);
+        }
+    }
+    for (i, c) in config.connectors.iter().enumerate() {
+        if let PeerPin::Keys(pins) = &c.peer {
+            for fp in pins.iter().filter(|fp| own.contains(fp)) {
+                warnings.push(format!(
+                    "{}: connector {:?}: key `peer`: {fp} is {slip}",
+                    config.location_of("connector", Some(i), "peer"),
+                    c.name
+                ));
+            }
+        }
+    }
+    warnings
 }
 
 /// `[identity] next_private_key`, loaded like `private_key`; refused if it holds the same key.

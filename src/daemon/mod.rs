@@ -411,9 +411,18 @@ pub(crate) fn take_systemd_sockets() {
     crate::tunnel::activation::take_from_env();
 }
 
+/// Logs the config's values that work but are almost surely a mistake (what `sealpipe check`
+/// prints as warnings).
+fn log_config_warnings(built: &Built) {
+    for w in &built.config.warnings {
+        tracing::warn!("{w}");
+    }
+}
+
 /// `sealpipe run`: runs until SIGTERM or SIGINT; SIGHUP reloads.
 pub(crate) async fn run(path: &Path) -> anyhow::Result<()> {
     let built = build(path)?;
+    log_config_warnings(&built);
     let control = control::socket_of(&built.config);
     let mut daemon = Daemon::start(built).await?;
     crate::tunnel::activation::close_unused();
@@ -440,6 +449,7 @@ pub(crate) async fn run(path: &Path) -> anyhow::Result<()> {
                 let _ = sd_notify::notify(&states);
                 let status = match build(path) {
                     Ok(built) => {
+                        log_config_warnings(&built);
                         let problems = daemon.reload(built).await;
                         if problems.is_empty() {
                             daemon.registry.reloads.ok.fetch_add(1, Ordering::Relaxed);

@@ -53,15 +53,17 @@ pub(crate) enum KeyFileError {
         /// Its directory.
         dir: PathBuf,
     },
-    /// A private key (or PSK) file that other users may access.
+    /// A private key or PSK file that other users may access.
     #[error(
-        "{}: private key is readable by group or others (mode {mode:04o}); run `chmod 600 {}`",
+        "{}: {what} is readable by group or others (mode {mode:04o}); run `chmod 600 {}`",
         .path.display(),
         .path.display()
     )]
     Permissions {
         /// The file.
         path: PathBuf,
+        /// What it holds: "private key", "PSK file".
+        what: &'static str,
         /// Its permission bits (`mode & 0o7777`).
         mode: u32,
     },
@@ -125,9 +127,10 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> KeyFileError + '_ {
     }
 }
 
-/// Reads a whole (small, text) file into a zeroizing string, optionally refusing it if group
-/// or others have any permission on it. The permission check is made on the opened file.
-fn read_text(path: &Path, private: bool) -> Result<Zeroizing<String>, KeyFileError> {
+/// Reads a whole (small, text) file into a zeroizing string; a secret one (`secret`: what it
+/// holds, for the message) is refused if group or others have any permission on it. The
+/// permission check is made on the opened file.
+fn read_text(path: &Path, secret: Option<&'static str>) -> Result<Zeroizing<String>, KeyFileError> {
     // Before opening: a FIFO would block the open, and a directory opens fine.
     let kind = std::fs::metadata(path).map_err(io_err(path))?.file_type();
     if kind.is_dir() {
@@ -140,8 +143,8 @@ fn read_text(path: &Path, private: bool) -> Result<Zeroizing<String>, KeyFileErr
     }
     let file = File::open(path).map_err(io_err(path))?;
     let metadata = file.metadata().map_err(io_err(path))?;
-    if private {
-        check_private_mode(path, &metadata)?;
+    if let Some(what) = secret {
+        check_private_mode(path, &metadata, what)?;
     }
     // Allocated once, up front: a growing Vec would leave unzeroized copies behind.
     let mut buf = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE_LEN + 1));
@@ -172,12 +175,17 @@ fn read_text(path: &Path, private: bool) -> Result<Zeroizing<String>, KeyFileErr
 }
 
 #[cfg(unix)]
-fn check_private_mode(path: &Path, metadata: &std::fs::Metadata) -> Result<(), KeyFileError> {
+fn check_private_mode(
+    path: &Path,
+    metadata: &std::fs::Metadata,
+    what: &'static str,
+) -> Result<(), KeyFileError> {
     use std::os::unix::fs::PermissionsExt;
     let mode = metadata.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
         return Err(KeyFileError::Permissions {
             path: path.to_owned(),
+            what,
             mode,
         });
     }
@@ -185,7 +193,11 @@ fn check_private_mode(path: &Path, metadata: &std::fs::Metadata) -> Result<(), K
 }
 
 #[cfg(not(unix))]
-fn check_private_mode(_path: &Path, _metadata: &std::fs::Metadata) -> Result<(), KeyFileError> {
+fn check_private_mode(
+    _path: &Path,
+    _metadata: &std::fs::Metadata,
+    _what: &'static str,
+) -> Result<(), KeyFileError> {
     Ok(())
 }
 
@@ -205,14 +217,14 @@ fn key_err(path: &Path) -> impl FnOnce(IdentityError) -> KeyFileError + '_ {
 /// /etc/sealpipe/a.pem: private key is readable by group or others (mode 0644); run `chmod 600 /etc/sealpipe/a.pem`
 /// ```
 pub(crate) fn load_private_key(path: &Path) -> Result<PrivateIdentity, KeyFileError> {
-    let text = read_text(path, true)?;
+    let text = read_text(path, Some("private key"))?;
     PrivateIdentity::from_pem(&text).map_err(key_err(path))
 }
 
 /// For `sealpipe fingerprint FILE`: accepts a private key (PKCS#8 or PKCS#1; no permission
 /// check, since nothing secret is used) or an SPKI public key PEM, and returns the public key.
 pub(crate) fn load_any_public(path: &Path) -> Result<PublicIdentity, KeyFileError> {
-    let text = read_text(path, false)?;
+    let text = read_text(path, None)?;
     match PublicIdentity::from_pem(&text) {
         Ok(public) => Ok(public),
         Err(IdentityError::NotPublicKeyPem { found }) => match found.as_deref() {
@@ -306,7 +318,7 @@ pub(crate) fn load_psk(path: &Path) -> Result<Zeroizing<[u8; 32]>, KeyFileError>
         path: path.to_owned(),
         problem,
     };
-    let text = match read_text(path, true) {
+    let text = match read_text(path, Some("PSK file")) {
         Err(KeyFileError::NotText { .. }) => return Err(bad("the file is not text".into())),
         other => other?,
     };

@@ -76,6 +76,37 @@ pub enum Phase {
 /// Sizes of the `small` phase's requests (each answered by as many bytes).
 const SMALL_SIZES: [usize; 2] = [1, 100];
 
+/// `sealpipe bench --help` and the DESCRIPTION of `sealpipe-bench(1)`: enough to use it from an
+/// installed binary, without the source tree's bench/README.md.
+pub(crate) const ABOUT: &str = "\
+Benchmark: throughput, CPU per GiB, connection rate, first-echo time and memory per idle \
+connection, each next to its reference measured in the same run (raw loopback TCP, the \
+cipher's own speed, one RSA signature).
+
+By default everything runs in this one process on loopback: a bench target (an echo service), \
+a listener and a connector with in-memory RSA-2048 keys and the default tuning. The phases, in \
+order (--only picks some): aead (ChaCha20-Poly1305 seal speed at the record size, one RSA \
+signature); idle (--idle connections held open: memory per connection, an upper bound for both \
+tunnel ends together); rate (--connections new connections, one echo each, sequential then \
+with --concurrency clients; with resumption, then with full RSA handshakes); small (--exchanges \
+1-byte and 100-byte request/response exchanges over one connection); throughput (--bytes over \
+--streams connections to a sink that confirms the byte count). flood (a listener under floods \
+of hellos) runs only when asked for. CPU figures include the load client and both tunnel ends: \
+the tunnel's own cost is the difference with the raw TCP run, which the table prints. A run too \
+short or too small to mean much is warned about.
+
+Other modes: --rtt 20ms puts a user-space relay of that round-trip time (latency only: no loss, \
+no bandwidth cap) between the connector and the listener and in front of the raw TCP \
+references. --config FILE --tunnel NAME runs that file's [[connector]] here, on an ephemeral \
+loopback port; its remote listener must forward to a bench target. --target HOST:PORT only \
+drives the loads at any tunnel entry point whose far end is a bench target. --serve ADDR runs \
+only a bench target (it echoes; a connection whose first byte is `s` is a sink that answers \
+with the byte count, 8 bytes little endian). --relay ADDR --relay-to HOST:PORT --rtt D runs \
+only the relay.
+
+The table goes to stdout (--json: one JSON object), progress to stderr. Numbers depend on the \
+machine and what else runs on it: compare ratios measured in the same run.";
+
 /// `sealpipe bench` options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -95,7 +126,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10_000)]
     pub exchanges: usize,
     /// In process: put a WAN relay of this round-trip time between the connector and the
-    /// listener, and in front of the raw TCP references (e.g. 20ms; see bench/README.md);
+    /// listener, and in front of the raw TCP references (e.g. 20ms; latency only);
     /// without --only, runs only `rate` and `small`. With --relay: the relay's round-trip time.
     #[arg(long, value_parser = parse_duration, conflicts_with_all = ["target", "config"])]
     pub rtt: Option<Duration>,
@@ -103,7 +134,7 @@ pub struct BenchArgs {
     /// makes its own (resumed) handshake: the handshake rate rather than the tunnel's.
     #[arg(long, conflicts_with_all = ["target", "config"])]
     pub no_pool: bool,
-    /// Run only a WAN relay (bench/README.md) on ADDR to --relay-to with round-trip time --rtt,
+    /// Run only a WAN relay (latency only) on ADDR to --relay-to with round-trip time --rtt,
     /// until killed. Port 0 picks a free port; the bound address is printed on stderr.
     #[arg(long, requires_all = ["relay_to", "rtt"], conflicts_with = "serve")]
     pub relay: Option<SocketAddr>,
@@ -354,7 +385,7 @@ pub(crate) async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
                 report.notes.push(format!(
                     "WAN: a user-space relay of round-trip time {rtt:?} between the connector \
                      and the listener, and between the raw TCP client and the bench target \
-                     (no loss, no bandwidth cap; see bench/README.md)"
+                     (no loss, no bandwidth cap)"
                 ));
                 addr
             }
