@@ -235,7 +235,13 @@ impl<'a> Source<'a> {
     }
 
     /// Keeps a warning about `key` of the section `ctx`, at `span`.
-    pub(crate) fn warn(&self, ctx: &str, key: &str, span: Range<usize>, problem: impl fmt::Display) {
+    pub(crate) fn warn(
+        &self,
+        ctx: &str,
+        key: &str,
+        span: Range<usize>,
+        problem: impl fmt::Display,
+    ) {
         let w = self.location(ctx, key, span).warning(problem);
         self.warnings.borrow_mut().push(w);
     }
@@ -373,13 +379,11 @@ fn did_you_mean(ctx: &str, field: &str, expected: &str) -> Option<String> {
     let connector = ctx.starts_with("connector");
     let listener = ctx.starts_with("listener");
     match field {
-        "peers" if connector => {
-            return Some(
-                "did you mean `peer`? A connector pins its listener's key: `peer = \"SHA256:...\"` \
+        "peers" if connector => return Some(
+            "did you mean `peer`? A connector pins its listener's key: `peer = \"SHA256:...\"` \
                  (`peers` is a listener's list of trusted connector keys)"
-                    .to_string(),
-            )
-        }
+                .to_string(),
+        ),
         "peer" if listener => {
             return Some(
                 "did you mean `peers`? A listener lists the connector keys it trusts: \
@@ -468,14 +472,15 @@ impl Source<'_> {
     /// that does not hide behind another: each top-level section and each tunnel is read on
     /// its own, and a key found wrong is taken out to look for the next one. A required key
     /// taken out for its wrong type (or that a misspelt key was surely meant as) is not
-    /// reported missing as well. Also `tree` without the sections and tunnels that have
-    /// errors, for the checks of the rest.
-    pub(crate) fn serde_errors<'i>(
-        &self,
-        tree: &Spanned<DeTable<'i>>,
-    ) -> (Vec<ConfigError>, Spanned<DeTable<'i>>) {
-        let mut errors = Vec::new();
-        let mut rest = DeTable::new();
+    /// reported missing as well. Also `tree` for the checks of the rest: without the sections
+    /// and tunnels that have errors, but those whose only errors are unknown keys are kept
+    /// without them, with the keys they were meant as ([`SerdePass::meant`]).
+    pub(crate) fn serde_errors<'i>(&self, tree: &Spanned<DeTable<'i>>) -> SerdePass<'i> {
+        let mut pass = SerdePass {
+            errors: Vec::new(),
+            rest: Spanned::new(tree.span(), DeTable::new()),
+            meant: Vec::new(),
+        };
         for (key, value) in tree.get_ref().iter() {
             match value.get_ref() {
                 DeValue::Array(items)
@@ -486,57 +491,108 @@ impl Source<'_> {
                         let mut one = toml::de::DeArray::new();
                         one.push(item.clone());
                         let wrapped = Spanned::new(value.span(), DeValue::Array(one));
-                        if self.section_errors(tree, key, wrapped, &mut errors) {
-                            good.push(item.clone());
+                        if let Some(kept) = self.section_errors(tree, key, wrapped, &mut pass) {
+                            if let DeValue::Array(one) = kept.get_ref() {
+                                if let Some(item) = one.first() {
+                                    good.push(item.clone());
+                                }
+                            }
                         }
                     }
-                    rest.insert(key.clone(), Spanned::new(value.span(), DeValue::Array(good)));
+                    let good = Spanned::new(value.span(), DeValue::Array(good));
+                    pass.rest.get_mut().insert(key.clone(), good);
                 }
                 _ => {
-                    if self.section_errors(tree, key, value.clone(), &mut errors) {
-                        rest.insert(key.clone(), value.clone());
+                    if let Some(kept) = self.section_errors(tree, key, value.clone(), &mut pass) {
+                        pass.rest.get_mut().insert(key.clone(), kept);
                     }
                 }
             }
         }
-        (errors, Spanned::new(tree.span(), rest))
+        pass
     }
 
     /// The serde errors of the one top-level `key` = `value` (a tunnel in an array of one);
-    /// whether it has none.
+    /// `value` as the rest of the checks may see it: whole, or without its unknown keys.
     fn section_errors<'i>(
         &self,
         tree: &Spanned<DeTable<'i>>,
         key: &Spanned<toml::de::DeString<'i>>,
         mut value: Spanned<DeValue<'i>>,
-        errors: &mut Vec<ConfigError>,
-    ) -> bool {
+        pass: &mut SerdePass<'i>,
+    ) -> Option<Spanned<DeValue<'i>>> {
         use serde::Deserialize;
         let mut taken_out: Vec<String> = Vec::new();
-        for round in 0..MAX_ERRORS_PER_SECTION {
+        let mut meant: Vec<String> = Vec::new();
+        let mut only_unknown_keys = true;
+        for _ in 0..MAX_ERRORS_PER_SECTION {
             let mut alone = DeTable::new();
             alone.insert(key.clone(), value.clone());
             let alone = Spanned::new(tree.span(), alone);
-            let Err(e) =
-                super::raw::RawConfig::deserialize(toml::de::Deserializer::from(alone))
+            let Err(e) = super::raw::RawConfig::deserialize(toml::de::Deserializer::from(alone))
             else {
-                return round == 0;
+                if !only_unknown_keys {
+                    return None;
+                }
+                if !meant.is_empty() {
+                    let (first, _) = self.line_col(value.span().start);
+                    let (last, _) = self.line_col(value.span().end);
+                    pass.meant.push((first..=last, meant));
+                }
+                return Some(value);
             };
             let msg = one_line(e.message());
             if let Some(rest) = msg.strip_prefix("missing field `") {
                 let field = rest.split('`').next().unwrap_or(rest);
-                if taken_out.iter().any(|k| k == field || edit_distance(k, field) <= 2) {
-                    return false;
+                if taken_out
+                    .iter()
+                    .any(|k| k == field || edit_distance(k, field) <= 2)
+                {
+                    return None;
                 }
             }
-            errors.push(self.serde_error(tree, &e));
-            let Some(at) = e.span() else { return false };
-            match take_out(&mut value, at.start) {
-                Some(k) => taken_out.push(k),
-                None => return false,
+            only_unknown_keys &= msg.starts_with("unknown field `");
+            let error = self.serde_error(tree, &e);
+            if let Some(target) = error
+                .to_string()
+                .split("did you mean `")
+                .nth(1)
+                .and_then(|rest| rest.split('`').next())
+            {
+                meant.push(target.to_string());
             }
+            pass.errors.push(error);
+            let at = e.span()?;
+            let k = take_out(&mut value, at.start)?;
+            meant.push(k.clone());
+            taken_out.push(k);
         }
-        false
+        None
+    }
+}
+
+/// What the serde layer found: its errors, and what the rest of the checks may look at.
+pub(crate) struct SerdePass<'i> {
+    /// The errors, in no particular order.
+    pub(crate) errors: Vec<ConfigError>,
+    /// The tree without the sections and tunnels that have errors other than unknown keys,
+    /// and without the unknown keys.
+    pub(crate) rest: Spanned<DeTable<'i>>,
+    /// For each section kept without its unknown keys: its lines, and the keys those were
+    /// meant as (a later error about one of them follows from the unknown key).
+    pub(crate) meant: Vec<(std::ops::RangeInclusive<usize>, Vec<String>)>,
+}
+
+impl SerdePass<'_> {
+    /// Whether `e`, found in [`SerdePass::rest`], follows from an unknown key already reported.
+    pub(crate) fn follows(&self, e: &ConfigError) -> bool {
+        match e {
+            ConfigError::At { line, message, .. } => self.meant.iter().any(|(lines, keys)| {
+                lines.contains(line) && keys.iter().any(|k| message.contains(&format!("`{k}`")))
+            }),
+            // The file as a whole (no tunnels left, say) may be so for those taken out.
+            _ => true,
+        }
     }
 }
 

@@ -254,19 +254,19 @@ impl Config {
                 format!("TOML syntax error: {}", one_line(e.message())),
             )
         })?;
-        let (mut errors, rest) = src.serde_errors(&tree);
-        if !errors.is_empty() {
-            // The sections and tunnels without such errors are checked too; a problem with
-            // the file as a whole (no tunnels left, say) may only follow from those taken out.
-            if let Ok(raw) = RawConfig::deserialize(toml::de::Deserializer::from(rest)) {
+        let pass = src.serde_errors(&tree);
+        if !pass.errors.is_empty() {
+            // The sections and tunnels without such errors are checked too.
+            let mut errors = Vec::new();
+            let rest = RawConfig::deserialize(toml::de::Deserializer::from(pass.rest.clone()));
+            if let Ok(raw) = rest {
                 if let Err(e) = src.build(raw) {
-                    let more = e.into_each().into_iter();
-                    errors.extend(more.filter(|e| !matches!(e, ConfigError::File { .. })));
+                    errors.extend(e.into_each().into_iter().filter(|e| !pass.follows(e)));
                 }
             }
-            return Err(ConfigError::gather(errors).unwrap_or_else(|| {
-                src.file_error("invalid configuration")
-            }));
+            errors.extend(pass.errors);
+            return Err(ConfigError::gather(errors)
+                .unwrap_or_else(|| src.file_error("invalid configuration")));
         }
         let raw: RawConfig = RawConfig::deserialize(toml::de::Deserializer::from(tree.clone()))
             .map_err(|e| src.serde_error(&tree, &e))?;

@@ -250,7 +250,11 @@ fn advice(key: &str, t: &Tuning) -> Option<String> {
              (the sane range is 1MiB to 64GiB, default 1GiB)",
             bytesize::ByteSize(t.rekey_bytes)
         )),
-        "rekey_interval" => short(t.rekey_interval, 60, "a rekey that often costs more than it gives"),
+        "rekey_interval" => short(
+            t.rekey_interval,
+            60,
+            "a rekey that often costs more than it gives",
+        ),
         "handshake_timeout" => short(
             Some(t.handshake_timeout),
             1,

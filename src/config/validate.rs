@@ -48,24 +48,30 @@ impl Source<'_> {
                 "missing [identity] section (it names this host's `private_key`)".to_string(),
             )
         }));
-        let identity = identity.map(|identity| identity.get_ref()).and_then(|identity| {
-            let private_key =
-                self.keep(self.located_path("[identity]", "private_key", &identity.private_key, &dir));
-            let next_private_key =
-                self.keep(self.next_private_key(identity, raw.listeners.is_empty(), &dir));
-            let psk_file = self.keep(
-                identity
-                    .psk_file
-                    .as_ref()
-                    .map(|p| self.located_path("[identity]", "psk_file", p, &dir))
-                    .transpose(),
-            );
-            Some(IdentityConfig {
-                private_key: private_key?,
-                next_private_key: next_private_key?,
-                psk_file: psk_file?,
-            })
-        });
+        let identity = identity
+            .map(|identity| identity.get_ref())
+            .and_then(|identity| {
+                let private_key = self.keep(self.located_path(
+                    "[identity]",
+                    "private_key",
+                    &identity.private_key,
+                    &dir,
+                ));
+                let next_private_key =
+                    self.keep(self.next_private_key(identity, raw.listeners.is_empty(), &dir));
+                let psk_file = self.keep(
+                    identity
+                        .psk_file
+                        .as_ref()
+                        .map(|p| self.located_path("[identity]", "psk_file", p, &dir))
+                        .transpose(),
+                );
+                Some(IdentityConfig {
+                    private_key: private_key?,
+                    next_private_key: next_private_key?,
+                    psk_file: psk_file?,
+                })
+            });
 
         // A bad key of `[defaults]` is reported once, here; the tunnels go on with the others.
         let base = match &raw.defaults {
@@ -74,9 +80,9 @@ impl Source<'_> {
         };
 
         if raw.listeners.is_empty() && raw.connectors.is_empty() {
-            self.keep::<()>(Err(
-                self.file_error("no tunnels: add at least one [[listener]] or [[connector]]")
-            ));
+            self.keep::<()>(Err(self.file_error(
+                "no tunnels: add at least one [[listener]] or [[connector]]",
+            )));
         }
 
         // Listen addresses in use so far: address -> (description, line).
@@ -312,11 +318,9 @@ impl Source<'_> {
         ));
         // A Unix-socket client was not redirected by a NAT rule: it has no original
         // destination to send, so every connection would be refused.
-        if let (Some(ConnectorMode::Redirect), Some(path), Some(v)) = (
-            mode,
-            listen.as_ref().and_then(Address::unix_path),
-            &c.mode,
-        ) {
+        if let (Some(ConnectorMode::Redirect), Some(path), Some(v)) =
+            (mode, listen.as_ref().and_then(Address::unix_path), &c.mode)
+        {
             self.keep::<()>(Err(self.key_error(
                 ctx,
                 "mode",
