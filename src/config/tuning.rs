@@ -184,7 +184,7 @@ fn idle_timeout(v: &DurationText) -> Result<Option<Duration>, String> {
     at_least(
         v,
         d,
-        Duration::from_secs(1),
+        Duration::from_millis(100),
         "every connection would be reset before its first exchange",
     )
     .map(Some)

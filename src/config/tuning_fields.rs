@@ -75,7 +75,7 @@ macro_rules! tuning_fields {
             /// then a full handshake starts a new chain (each ticket serves one connection).
             resumption_uses: u32 = 1000, parsed from i64 by resumption_uses;
             /// An established connection that moves no byte either way for this long (at least
-            /// 1 s; under 10 s: a warning) is reset (logged `idle for …`); `"off"`, the default,
+            /// 100 ms; under 10 s: a warning) is reset (logged `idle for …`); `"off"`, the default,
             /// keeps idle connections.
             idle_timeout: Option<Duration> = None, parsed from DurationText by idle_timeout;
             /// Connector: a session whose stream ended cleanly both ways may carry the next client

@@ -398,7 +398,11 @@ fn trust_refuses_bad_input_and_malformed_files_and_leaves_them_unchanged() {
         "l.toml",
         &listener_toml(any_port(), "127.0.0.1:9", "listener.pem", &trusted_peers()),
     );
-    let (code, _, err) = run_cli(&["trust", "list", "--config", conf.to_str().unwrap()]);
+    // `list` shows its inline `peers` (issue 35); an edit is refused.
+    let (code, out, err) = run_cli(&["trust", "list", "--config", conf.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("{}  -  (", connector_fp())), "{out}");
+    let (code, _, err) = run_cli(&["trust", "add", "--config", conf.to_str().unwrap(), "x.pem"]);
     assert_ne!(code, 0);
     assert!(err.contains("has no `peers_file`"), "{err}");
     let two = format!(

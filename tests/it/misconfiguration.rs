@@ -526,9 +526,26 @@ fn run_exits_78_on_a_config_error_and_1_when_it_cannot_listen() {
         std::fs::create_dir(&unit_dir).unwrap();
         let path = unit_dir.join("sealpipe@example.service");
         std::fs::write(&path, unit.replace("/usr/local/bin/sealpipe", bin())).unwrap();
+        // Its Documentation= names man pages, which verify looks up: installed as the unit's
+        // header says (`sealpipe man --out`, then man1/ and man5/).
+        let pages = site.path("pages");
+        let (code, _, err) = run_cli(&["man", "--out", pages.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        let manpath = site.path("share-man");
+        for section in ["1", "5"] {
+            let dir = manpath.join(format!("man{section}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for page in std::fs::read_dir(&pages).unwrap() {
+                let page = page.unwrap().path();
+                if page.extension().is_some_and(|e| e == section) {
+                    std::fs::copy(&page, dir.join(page.file_name().unwrap())).unwrap();
+                }
+            }
+        }
         let out = Command::new("systemd-analyze")
             .arg("verify")
             .arg(&path)
+            .env("MANPATH", &manpath)
             .output()
             .unwrap();
         let text = format!(

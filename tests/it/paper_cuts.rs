@@ -194,7 +194,7 @@ fn rekey_and_timeout_values_that_cannot_work_are_refused_and_odd_ones_warned_abo
         ),
         (
             "idle_timeout = \"10ms\"",
-            "5:16: [defaults]: key `idle_timeout`: \"10ms\" is too short: every connection would be reset before its first exchange (at least 1s)",
+            "5:16: [defaults]: key `idle_timeout`: \"10ms\" is too short: every connection would be reset before its first exchange (at least 100ms)",
         ),
     ];
     for (line, message) in refused {
