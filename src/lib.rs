@@ -17,22 +17,32 @@
 //! * `daemon` — runs the tunnels of a config file: build, reload, drain, metrics.
 //! * `cmd` — the command line: clap definitions and one file per subcommand.
 //!
-//! The public surface is deliberate: [`proto`] (the core, as a library), [`config::Config`],
-//! [`cmd`] (for the binary) and [`testing`] (hidden; what the integration tests and fuzz
-//! targets drive from outside). Everything else is `pub(crate)`.
+//! The public surface is deliberate: [`proto`] (the core, as a library: the types its
+//! `mod.rs` re-exports), [`config::Config`] and [`cmd`] (for the binary). The `testing` cargo
+//! feature adds `testing` (hidden; what the integration tests and the fuzz targets drive from
+//! outside) and makes `proto`'s internal modules public for them; this crate's own tests and
+//! benchmarks get it through a dev-dependency on itself, the fuzz crate (`fuzz/Cargo.toml`)
+//! enables it. Everything else is `pub(crate)`.
 
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
 pub(crate) mod addr;
+// Without the `testing` feature, the `pub` items that only `testing` re-exports (the tunnel
+// types and what their signatures name, the pair helpers of `cmd`) are not reachable from
+// outside the crate: their `pub` is for the tests.
+#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 pub mod cmd;
 pub mod config;
 pub(crate) mod daemon;
+#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 pub(crate) mod files;
 pub mod proto;
 /// What the integration tests (`tests/`) and the fuzz targets (`fuzz/`) drive from outside the
 /// crate, beyond the public [`proto`] core and [`config::Config`]: a listener and a connector in
-/// one process, the tunnel types and their shared state. Not a stable API.
+/// one process, the tunnel types and their shared state. Not a stable API; only with the
+/// `testing` feature.
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod testing {
     pub use crate::cmd::pair::{echo_service, loopback, round_trip, spawn_pair, spawn_tunnel};
@@ -41,9 +51,10 @@ pub mod testing {
     pub use crate::tunnel::listener::ListenerTunnel;
     pub use crate::tunnel::state::TunnelState;
 }
+#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 pub(crate) mod tunnel;
 
 /// The version line: crate version and protocol version. `concat!` takes literals only, so the
 /// protocol version is written out here; a unit test checks it is
-/// [`PROTOCOL_VERSION`](proto::messages::PROTOCOL_VERSION), the one on the wire.
+/// [`PROTOCOL_VERSION`](proto::PROTOCOL_VERSION), the one on the wire.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 2)");

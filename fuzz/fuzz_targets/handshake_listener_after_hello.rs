@@ -27,7 +27,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use sealpipe::proto::handshake::{mac1, Handshake, HandshakeError, CONNECTOR_SIGNATURE_CONTEXT};
 use sealpipe::proto::identity::PrivateIdentity;
-use sealpipe::proto::keys::{
+use sealpipe::proto::key_schedule::{
     finished_key, hash, hmac, Direction, HandshakeSecrets, Secret, TrafficKey,
 };
 use sealpipe::proto::messages::{

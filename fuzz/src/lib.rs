@@ -10,7 +10,7 @@ use sealpipe::proto::handshake::{ConnectorParams, Handshake, HandshakeRandomness
 use sealpipe::proto::identity::{
     Fingerprint, IdentityError, PrivateIdentity, PublicIdentity, Signer, TrustList,
 };
-use sealpipe::proto::keys::{Secret, TrafficKey};
+use sealpipe::proto::key_schedule::{Secret, TrafficKey};
 use sealpipe::proto::messages::{header, MessageType};
 use sealpipe::proto::record::{parse_header, Opened, Opener, RecordError, HEADER_LEN};
 

@@ -20,11 +20,11 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// The only StreamInfo version.
-pub const STREAM_INFO_VERSION: u8 = 1;
+pub(crate) const STREAM_INFO_VERSION: u8 = 1;
 /// Flag: an original destination follows.
-pub const FLAG_DESTINATION: u8 = 1;
+pub(crate) const FLAG_DESTINATION: u8 = 1;
 /// Largest StreamInfo body: version, flags and three IPv6 addresses.
-pub const MAX_STREAM_INFO_LEN: usize = 2 + 3 * ADDR_V6_LEN;
+pub(crate) const MAX_STREAM_INFO_LEN: usize = 2 + 3 * ADDR_V6_LEN;
 const ADDR_V6_LEN: usize = 1 + 16 + 2;
 
 /// What the connector tells the listener about one tunneled connection.
@@ -59,7 +59,7 @@ pub enum StreamInfoError {
 }
 
 /// `addr` with an IPv4-mapped IPv6 address written as IPv4 (what a dual-stack socket reports).
-pub fn canonical(addr: SocketAddr) -> SocketAddr {
+pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
@@ -174,14 +174,14 @@ impl StreamInfo {
 }
 
 /// The 12-byte signature that starts every PROXY protocol v2 header.
-pub const PROXY_V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+pub(crate) const PROXY_V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 
 /// The PROXY protocol v2 header for a connection described by `info`: command PROXY over TCP with
 /// source = the client and destination = the original destination if there is one, else the
 /// address the client connected to. When the client (or that destination) has no IP address, the
 /// LOCAL command with family UNSPEC and no addresses. IPv4 and IPv6 mixed are both sent as IPv6
 /// (IPv4-mapped).
-pub fn proxy_v2_header(info: &StreamInfo) -> Vec<u8> {
+pub(crate) fn proxy_v2_header(info: &StreamInfo) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + 36);
     out.extend_from_slice(&PROXY_V2_SIGNATURE);
     let dst = info.destination.or(info.local);

@@ -27,9 +27,9 @@ use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// Length of SHA-256 output, of every secret and of finished MACs.
-pub const HASH_LEN: usize = 32;
+pub(crate) const HASH_LEN: usize = 32;
 /// The prefix of every HKDF label: it carries the protocol version.
-pub const LABEL_PREFIX: &[u8] = b"sealpipe2 ";
+pub(crate) const LABEL_PREFIX: &[u8] = b"sealpipe2 ";
 
 /// A 32-byte secret, zeroized on drop. Never printed; compared in constant time only.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
@@ -70,7 +70,7 @@ pub fn hash(data: &[u8]) -> [u8; HASH_LEN] {
 }
 
 /// HKDF-Extract.
-pub fn extract(salt: &[u8], ikm: &[u8]) -> Secret {
+pub(crate) fn extract(salt: &[u8], ikm: &[u8]) -> Secret {
     let (mut prk, hk) = Hkdf::<Sha256>::extract(Some(salt), ikm);
     drop(hk);
     let mut out = Secret([0u8; HASH_LEN]);
@@ -99,14 +99,14 @@ pub fn expand_label(secret: &Secret, label: &str, context: &[u8], out: &mut [u8]
 }
 
 /// A 32-byte [`expand_label`].
-pub fn derive_secret(secret: &Secret, label: &str, context: &[u8]) -> Secret {
+pub(crate) fn derive_secret(secret: &Secret, label: &str, context: &[u8]) -> Secret {
     let mut out = [0u8; HASH_LEN];
     expand_label(secret, label, context, &mut out);
     Secret(out)
 }
 
 /// HMAC-SHA256.
-pub fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; HASH_LEN] {
+pub(crate) fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; HASH_LEN] {
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
     for p in parts {
         mac.update(p);
@@ -115,7 +115,7 @@ pub fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; HASH_LEN] {
 }
 
 /// Constant-time equality of two byte strings (lengths are not secret).
-pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
@@ -192,24 +192,24 @@ impl MasterSecret {
 }
 
 /// The key that a finished MAC is made with, from a handshake traffic secret.
-pub fn finished_key(hs_traffic: &Secret) -> Secret {
+pub(crate) fn finished_key(hs_traffic: &Secret) -> Secret {
     derive_secret(hs_traffic, "finished", b"")
 }
 
 /// The next generation of a traffic secret: a one-way ratchet.
-pub fn next_generation(secret: &Secret) -> Secret {
+pub(crate) fn next_generation(secret: &Secret) -> Secret {
     derive_secret(secret, "traffic upd", b"")
 }
 
 /// The AEAD key and IV of one traffic secret, and the nonce for each sequence number.
-pub struct TrafficKey {
+pub(crate) struct TrafficKey {
     aead: Aead,
     iv: Zeroizing<[u8; NONCE_LEN]>,
 }
 
 impl TrafficKey {
     /// key = ExpandLabel(secret, "key"), iv = ExpandLabel(secret, "iv").
-    pub fn new(secret: &Secret) -> Self {
+    pub(crate) fn new(secret: &Secret) -> Self {
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
         expand_label(secret, "key", b"", &mut key[..]);
         let mut iv = Zeroizing::new([0u8; NONCE_LEN]);
@@ -221,12 +221,12 @@ impl TrafficKey {
     }
 
     /// The cipher.
-    pub fn aead(&self) -> &Aead {
+    pub(crate) fn aead(&self) -> &Aead {
         &self.aead
     }
 
     /// nonce = iv XOR (0^4 || u64be(seq)), as in TLS 1.3.
-    pub fn nonce(&self, seq: u64) -> [u8; NONCE_LEN] {
+    pub(crate) fn nonce(&self, seq: u64) -> [u8; NONCE_LEN] {
         let mut nonce = *self.iv;
         for (n, s) in nonce[4..].iter_mut().zip(seq.to_be_bytes()) {
             *n ^= s;
