@@ -50,7 +50,7 @@ impl Aead {
     }
 
     /// Checks `tag` and decrypts `buf` in place; on failure `buf` holds no plaintext.
-    pub(crate) fn open_in_place(
+    pub fn open_in_place(
         &self,
         nonce: &[u8; NONCE_LEN],
         aad: &[u8],

@@ -106,7 +106,7 @@ pub(crate) fn derive_secret(secret: &Secret, label: &str, context: &[u8]) -> Sec
 }
 
 /// HMAC-SHA256.
-pub(crate) fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; HASH_LEN] {
+pub fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; HASH_LEN] {
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
     for p in parts {
         mac.update(p);
@@ -192,7 +192,7 @@ impl MasterSecret {
 }
 
 /// The key that a finished MAC is made with, from a handshake traffic secret.
-pub(crate) fn finished_key(hs_traffic: &Secret) -> Secret {
+pub fn finished_key(hs_traffic: &Secret) -> Secret {
     derive_secret(hs_traffic, "finished", b"")
 }
 
@@ -202,14 +202,14 @@ pub(crate) fn next_generation(secret: &Secret) -> Secret {
 }
 
 /// The AEAD key and IV of one traffic secret, and the nonce for each sequence number.
-pub(crate) struct TrafficKey {
+pub struct TrafficKey {
     aead: Aead,
     iv: Zeroizing<[u8; NONCE_LEN]>,
 }
 
 impl TrafficKey {
     /// key = ExpandLabel(secret, "key"), iv = ExpandLabel(secret, "iv").
-    pub(crate) fn new(secret: &Secret) -> Self {
+    pub fn new(secret: &Secret) -> Self {
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
         expand_label(secret, "key", b"", &mut key[..]);
         let mut iv = Zeroizing::new([0u8; NONCE_LEN]);
@@ -221,12 +221,12 @@ impl TrafficKey {
     }
 
     /// The cipher.
-    pub(crate) fn aead(&self) -> &Aead {
+    pub fn aead(&self) -> &Aead {
         &self.aead
     }
 
     /// nonce = iv XOR (0^4 || u64be(seq)), as in TLS 1.3.
-    pub(crate) fn nonce(&self, seq: u64) -> [u8; NONCE_LEN] {
+    pub fn nonce(&self, seq: u64) -> [u8; NONCE_LEN] {
         let mut nonce = *self.iv;
         for (n, s) in nonce[4..].iter_mut().zip(seq.to_be_bytes()) {
             *n ^= s;

@@ -37,11 +37,11 @@ pub const RESUME_HELLO_BODY: usize = HELLO_FIELDS + EK_LEN + TICKET_ID_LEN + HAS
 /// Body of the resume accept: the fields, finished (98).
 pub(crate) const RESUME_ACCEPT_BODY: usize = HELLO_FIELDS + HASH_LEN;
 /// Longest service name in a ConnectorAuth.
-pub(crate) const MAX_SERVICE_LEN: usize = 64;
+pub const MAX_SERVICE_LEN: usize = 64;
 /// Body of the resume finished: the connector's finished MAC.
 pub(crate) const RESUME_FINISHED_BODY: usize = HASH_LEN;
 /// Largest plaintext of an auth message.
-pub(crate) const MAX_AUTH_PLAINTEXT: usize =
+pub const MAX_AUTH_PLAINTEXT: usize =
     2 + MAX_SPKI_LEN + 1 + MAX_SERVICE_LEN + 2 + MAX_SIGNATURE_LEN + HASH_LEN;
 /// Largest body of an auth message (ciphertext and tag).
 pub(crate) const MAX_AUTH_BODY: usize = MAX_AUTH_PLAINTEXT + TAG_LEN;
@@ -162,7 +162,7 @@ pub fn header(kind: MessageType, len: usize) -> [u8; MSG_HEADER_LEN] {
 
 /// The fields of either hello.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Hello {
+pub struct Hello {
     /// Protocol version.
     pub version: u8,
     /// Option bits ([`OPTION_PSK`]).
@@ -190,7 +190,7 @@ pub(crate) fn hello_ct(body: &[u8]) -> Option<&[u8; CT_LEN]> {
 
 impl Hello {
     /// The whole connector hello without its mac1 (the bytes that mac1 covers).
-    pub(crate) fn encode_connector_unmacced(&self, ek: &[u8; EK_LEN]) -> Vec<u8> {
+    pub fn encode_connector_unmacced(&self, ek: &[u8; EK_LEN]) -> Vec<u8> {
         let mut out = Vec::with_capacity(MSG_HEADER_LEN + CONNECTOR_HELLO_BODY);
         out.extend_from_slice(&header(MessageType::ConnectorHello, CONNECTOR_HELLO_BODY));
         self.encode_fields(&mut out);
@@ -234,7 +234,7 @@ impl Hello {
 
 /// The plaintext of an auth message, borrowed from a decrypted buffer.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Auth<'a> {
+pub struct Auth<'a> {
     /// The sender's RSA public key, DER SubjectPublicKeyInfo.
     pub spki: &'a [u8],
     /// The service the connector asks for (a ConnectorAuth's; `None` in a ListenerAuth).
@@ -281,14 +281,14 @@ fn take_vec8<'a>(input: &mut &'a [u8], max: usize) -> Result<&'a [u8], MessageEr
 
 /// A service name as a config or a ConnectorAuth may carry it: 1 to [`MAX_SERVICE_LEN`] bytes
 /// of printable ASCII (no spaces or control bytes).
-pub(crate) fn valid_service(name: &[u8]) -> bool {
+pub fn valid_service(name: &[u8]) -> bool {
     (1..=MAX_SERVICE_LEN).contains(&name.len()) && name.iter().all(|b| b.is_ascii_graphic())
 }
 
 impl<'a> Auth<'a> {
     /// Splits a decrypted auth plaintext into its fields, checking every length; a
     /// ConnectorAuth (`with_service`) carries a service name after its SPKI.
-    pub(crate) fn decode(plaintext: &'a [u8], with_service: bool) -> Result<Auth<'a>, MessageError> {
+    pub fn decode(plaintext: &'a [u8], with_service: bool) -> Result<Auth<'a>, MessageError> {
         let mut rest = plaintext;
         let spki = take_vec16(&mut rest, MAX_SPKI_LEN)?;
         let service = if with_service {

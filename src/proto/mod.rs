@@ -57,10 +57,15 @@ pub use handshake::{
 };
 pub use identity::{
     Fingerprint, FingerprintError, IdentityError, PrivateIdentity, PublicIdentity, Signer,
-    TrustList, DEFAULT_RSA_BITS, FINGERPRINT_PREFIX, MAX_RSA_BITS, MIN_RSA_BITS,
+    TrustList, DEFAULT_RSA_BITS, FINGERPRINT_PREFIX, MAX_RSA_BITS, MAX_SPKI_LEN, MIN_RSA_BITS,
 };
 pub use key_schedule::{Psk, Secret};
 pub use messages::{MessageError, PROTOCOL_VERSION};
-pub use record::{Alert, AlertCode, Opened, Opener, RecordError, RecordType, Sealer};
-pub use resume::{ConnectorTickets, TicketPolicy, TicketRefusal, TicketStore};
-pub use stream::{StreamInfo, StreamInfoError};
+pub use record::{
+    Alert, AlertCode, Opened, Opener, RecordError, RecordType, Sealer, MAX_ALERT_DETAIL, OVERHEAD,
+};
+pub use resume::{
+    ConnectorTickets, TicketPolicy, TicketRefusal, TicketStore, CONNECTOR_TICKETS,
+    DEFAULT_UNKNOWN_CAPACITY, LISTENER_TICKETS_PER_PEER, SUCCESSORS,
+};
+pub use stream::{StreamInfo, StreamInfoError, FLAG_DESTINATION, MAX_STREAM_INFO_LEN};

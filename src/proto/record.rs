@@ -107,7 +107,7 @@ pub enum RecordError {
 }
 
 /// Largest detail of an [`Alert`] (the longest service name).
-pub(crate) const MAX_ALERT_DETAIL: usize = 64;
+pub const MAX_ALERT_DETAIL: usize = 64;
 
 /// Why a listener refused an authenticated connector: the code of an [`Alert`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -561,7 +561,7 @@ impl Opener {
         Ok(())
     }
 
-    /// Opens one whole record (header included, as sized by [`parse_header`]) in place.
+    /// Opens one whole record (header included, as its header sizes it) in place.
     /// A StreamInfo record is refused here: it is only valid first, through
     /// [`Opener::open_stream_info`].
     pub fn open<'a>(&mut self, record: &'a mut [u8]) -> Result<Opened<'a>, RecordError> {

@@ -172,7 +172,7 @@ pub const LISTENER_TICKETS_PER_PEER: usize = 256;
 
 /// Tickets a listener keeps for connector keys that are not in its trust list (admitted by
 /// `accept_unknown`), all such keys together: they evict only one another.
-pub(crate) const DEFAULT_UNKNOWN_CAPACITY: usize = 4_096;
+pub const DEFAULT_UNKNOWN_CAPACITY: usize = 4_096;
 
 /// Successor tickets every session hands on (module documentation).
 pub const SUCCESSORS: u8 = 2;

@@ -22,9 +22,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 /// The only StreamInfo version.
 pub(crate) const STREAM_INFO_VERSION: u8 = 1;
 /// Flag: an original destination follows.
-pub(crate) const FLAG_DESTINATION: u8 = 1;
+pub const FLAG_DESTINATION: u8 = 1;
 /// Largest StreamInfo body: version, flags and three IPv6 addresses.
-pub(crate) const MAX_STREAM_INFO_LEN: usize = 2 + 3 * ADDR_V6_LEN;
+pub const MAX_STREAM_INFO_LEN: usize = 2 + 3 * ADDR_V6_LEN;
 const ADDR_V6_LEN: usize = 1 + 16 + 2;
 
 /// What the connector tells the listener about one tunneled connection.
@@ -181,7 +181,7 @@ pub(crate) const PROXY_V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 /// address the client connected to. When the client (or that destination) has no IP address, the
 /// LOCAL command with family UNSPEC and no addresses. IPv4 and IPv6 mixed are both sent as IPv6
 /// (IPv4-mapped).
-pub(crate) fn proxy_v2_header(info: &StreamInfo) -> Vec<u8> {
+pub fn proxy_v2_header(info: &StreamInfo) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + 36);
     out.extend_from_slice(&PROXY_V2_SIGNATURE);
     let dst = info.destination.or(info.local);

@@ -47,9 +47,9 @@ pub const MAX_RSA_BITS: usize = 8192;
 /// The modulus size `sealpipe keygen` uses unless told otherwise.
 pub const DEFAULT_RSA_BITS: usize = 3072;
 /// Largest SPKI DER we accept from the network (an 8192-bit key's SPKI is ~1062 bytes).
-pub(crate) const MAX_SPKI_LEN: usize = 1100;
+pub const MAX_SPKI_LEN: usize = 1100;
 /// Largest signature (8192 bits).
-pub(crate) const MAX_SIGNATURE_LEN: usize = MAX_RSA_BITS / 8;
+pub const MAX_SIGNATURE_LEN: usize = MAX_RSA_BITS / 8;
 
 /// Why a key, a key file's contents or a signature was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
