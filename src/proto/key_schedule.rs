@@ -49,7 +49,15 @@ impl Secret {
         Secret(bytes)
     }
 
-    /// The raw bytes; handle with care.
+    /// The raw bytes; handle with care. Crate-private: the API gives no way to read a secret
+    /// out, except with the `testing` feature (the test vectors and fuzz targets).
+    #[cfg(not(feature = "testing"))]
+    pub(crate) fn expose(&self) -> &[u8; HASH_LEN] {
+        &self.0
+    }
+
+    /// The raw bytes; handle with care (public with the `testing` feature only).
+    #[cfg(feature = "testing")]
     pub fn expose(&self) -> &[u8; HASH_LEN] {
         &self.0
     }

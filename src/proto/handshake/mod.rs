@@ -327,3 +327,87 @@ impl Handshake {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::identity::{PrivateIdentity, Signer, TrustList};
+
+    const LISTENER_KEY: &str = include_str!("../../../tests/data/openssl-rsa2048.pem");
+    const CONNECTOR_KEY: &str = include_str!("../../../tests/data/peer-b.pem");
+
+    fn randomness(seed: u8) -> HandshakeRandomness {
+        HandshakeRandomness {
+            random: [seed; 32],
+            ephemeral: [seed ^ 0x5a; 32],
+        }
+    }
+
+    fn params() -> (ConnectorParams, ListenerParams) {
+        let listener: Arc<dyn Signer> = Arc::new(PrivateIdentity::from_pem(LISTENER_KEY).unwrap());
+        let connector: Arc<dyn Signer> =
+            Arc::new(PrivateIdentity::from_pem(CONNECTOR_KEY).unwrap());
+        let trust: TrustList = [(connector.public().fingerprint(), None)]
+            .into_iter()
+            .collect();
+        let c = ConnectorParams {
+            identity: connector,
+            listener: ListenerPin::Key(listener.public().fingerprint()),
+            psk: None,
+            service: "svc".into(),
+        };
+        let l = ListenerParams {
+            identity: listener,
+            next_identity: None,
+            trust: Arc::new(trust),
+            psk: None,
+            accept_unknown: false,
+            allow_tofu: false,
+            service: "svc".into(),
+        };
+        (c, l)
+    }
+
+    /// Each role's own type runs its side; the listener's deferred answer is its own method.
+    #[test]
+    fn the_role_types_complete_a_handshake() {
+        let (cp, lp) = params();
+        let mut connector = ConnectorHandshake::new(cp, randomness(1));
+        let mut listener = ListenerHandshake::new(lp, randomness(2)).defer_replies();
+        let hello = connector.take_output();
+        assert_eq!(listener.read(&hello).unwrap(), hello.len());
+        assert!(listener.reply_pending() && listener.pending_output().is_empty());
+        listener.make_reply().unwrap();
+        let answer = listener.take_output();
+        assert_eq!(connector.read(&answer).unwrap(), answer.len());
+        assert!(connector.is_done());
+        let auth = connector.take_output();
+        assert_eq!(listener.read(&auth).unwrap(), auth.len());
+        assert!(listener.is_done());
+        let (c, l) = (connector.finish().unwrap(), listener.finish().unwrap());
+        assert_eq!(c.transcript_hash, l.transcript_hash);
+        assert_eq!(c.send.expose(), l.recv.expose());
+        assert_eq!(c.recv.expose(), l.send.expose());
+        assert!(matches!(connector.finish(), Err(HandshakeError::State)));
+    }
+
+    /// [`Handshake`] is either role's machine: a connector has no reply to defer or make.
+    #[test]
+    fn the_enum_goes_to_the_role() {
+        let (cp, lp) = params();
+        let mut connector = Handshake::connector(cp, randomness(1)).defer_replies();
+        let mut listener = Handshake::listener(lp, randomness(2)).defer_replies();
+        assert_eq!((connector.role(), listener.role()), (Role::Connector, Role::Listener));
+        assert!(!connector.reply_pending());
+        assert!(matches!(connector.make_reply(), Err(HandshakeError::State)));
+        assert!(matches!(listener.make_reply(), Err(HandshakeError::State)));
+        let hello = connector.take_output();
+        listener = Handshake::listener(params().1, randomness(2)).defer_replies();
+        listener.read(&hello).unwrap();
+        assert!(listener.reply_pending());
+        listener.make_reply().unwrap();
+        connector.read(&listener.take_output()).unwrap();
+        listener.read(&connector.take_output()).unwrap();
+        assert!(connector.is_done() && listener.is_done());
+    }
+}
