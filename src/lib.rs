@@ -6,7 +6,7 @@
 //! `config` and `files` beside them, and there is no import cycle.
 //!
 //! * [`proto`] — the sans-IO protocol core (PROTOCOL.md): identities, messages, the handshake
-//!   state machine of both roles, the key schedule, the record layer, resumption and the
+//!   state machine of each role, the key schedule, the record layer, resumption and the
 //!   StreamInfo record. No I/O, no clock, nothing else from this crate.
 //! * `addr` — addresses (`host:port`, `unix:PATH`, `systemd:NAME`) and redirect destination
 //!   rules, shared by config and tunnel.
@@ -19,10 +19,11 @@
 //!
 //! The public surface is deliberate: [`proto`] (the core, as a library: the types its
 //! `mod.rs` re-exports), [`config::Config`] and [`cmd`] (for the binary). The `testing` cargo
-//! feature adds `testing` (hidden; what the integration tests and the fuzz targets drive from
-//! outside) and makes `proto`'s internal modules public for them; this crate's own tests and
-//! benchmarks get it through a dev-dependency on itself, the fuzz crate (`fuzz/Cargo.toml`)
-//! enables it. Everything else is `pub(crate)`.
+//! feature adds the hidden `testing` module (what the integration tests drive from outside) and
+//! makes `proto`'s internal modules public (for the tests, the benchmarks and the fuzz targets,
+//! which build messages and records by hand); this crate's own tests and benchmarks get it
+//! through a dev-dependency on itself, the fuzz crate enables it in `fuzz/Cargo.toml`.
+//! Everything else is `pub(crate)`.
 
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
@@ -38,10 +39,9 @@ pub(crate) mod daemon;
 #[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 pub(crate) mod files;
 pub mod proto;
-/// What the integration tests (`tests/`) and the fuzz targets (`fuzz/`) drive from outside the
-/// crate, beyond the public [`proto`] core and [`config::Config`]: a listener and a connector in
-/// one process, the tunnel types and their shared state. Not a stable API; only with the
-/// `testing` feature.
+/// What the integration tests (`tests/`) drive from outside the crate, beyond the public
+/// [`proto`] core and [`config::Config`]: a listener and a connector in one process, the tunnel
+/// types and their shared state. Not a stable API; only with the `testing` feature.
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod testing {

@@ -106,7 +106,7 @@ fn start() -> Run {
     }
 }
 
-/// A genuine ConnectorAuth by `key` asking for `service` (as `Handshake::make_auth` makes it);
+/// A genuine ConnectorAuth by `key` asking for `service` (as `make_auth` in `proto/handshake/common.rs` makes it);
 /// extends the transcript to its end.
 fn signed_auth(run: &mut Run, key: &PrivateIdentity, service: &[u8]) -> Vec<u8> {
     let mut plain = Vec::new();
