@@ -27,11 +27,12 @@
 //! ResumeFinished {fin_c} ──────────────────────────────────────────▶  check fin_c
 //! ```
 //!
-//! The state machine is sans-IO: [`Handshake::read`] takes bytes from the peer and consumes at
-//! most up to the end of the handshake (what follows belongs to the record layer);
-//! [`Handshake::take_output`] gives bytes to send. When [`Handshake::is_done`], the verified peer
-//! identity and the traffic secrets come out of [`Handshake::finish`]. Randomness is passed in,
-//! so tests are deterministic. A listener checks mac1 before any other work: a peer that does not
+//! The state machines are sans-IO: `read` takes bytes from the peer and consumes at most up to
+//! the end of the handshake (what follows belongs to the record layer); `take_output` gives
+//! bytes to send. When `is_done`, the verified peer identity and the traffic secrets come out of
+//! `finish`. The nonces and X25519 scalars are passed in ([`HandshakeRandomness`]), so that
+//! tests can fix them; the ML-KEM key pairs and encapsulations and the RSA-PSS salts are drawn
+//! inside, from aws-lc-rs' RNG. A listener checks mac1 before any other work: a peer that does not
 //! know the listener's public key gets no X25519 operation, no signature and no answer —
 //! unless the listener opts in to `allow_tofu`, in which case a hello whose mac1 is keyed by the
 //! all-zero [`FIRST_CONTACT`] fingerprint is answered too (a TOFU connector's first contact,
