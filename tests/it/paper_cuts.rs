@@ -423,3 +423,22 @@ fn bench_help_stands_without_the_source_tree() {
         assert!(out.contains(needle), "bench --help lacks {needle}");
     }
 }
+
+#[test]
+fn a_truncated_key_file_is_said_to_be_cut_short() {
+    let site = Site::new();
+    let key = site.path("listener.pem");
+    let full = std::fs::read_to_string(&key).unwrap();
+    std::fs::write(&key, &full[..full.len() / 2]).unwrap();
+    let config = site.write(
+        "l.toml",
+        &listener_text("", &format!("peers = [\"{}\"]", connector_fp())),
+    );
+    let c = config.to_str().unwrap();
+    let k = key.display();
+    assert_cli_error(
+        &["check", "-c", c],
+        1,
+        &format!("{c}:2:15: [identity]: key `private_key`: {k}: a `BEGIN PRIVATE KEY` PEM, but damaged or cut short (no matching `-----END PRIVATE KEY-----` line, or invalid base64): copy the whole file again"),
+    );
+}

@@ -73,6 +73,16 @@ pub enum IdentityError {
         /// The PEM label that was found instead, if the text was PEM at all.
         found: Option<String>,
     },
+    /// The text starts as a PEM block labelled `label` but is damaged or cut short (no
+    /// `END` line that matches, or bad base64): not "some other file".
+    #[error(
+        "a `BEGIN {label}` PEM, but damaged or cut short (no matching `-----END {label}-----` \
+         line, or invalid base64): copy the whole file again"
+    )]
+    DamagedPem {
+        /// The label of its `BEGIN` line.
+        label: String,
+    },
     /// A public key was given where a private key is needed.
     #[error("this is a public key (`BEGIN {0}`), but a private key is needed here")]
     PublicKeyNotPrivate(String),
@@ -434,6 +444,38 @@ mod tests {
         assert_eq!(
             PublicIdentity::from_spki_der(spki.as_bytes()).unwrap_err(),
             IdentityError::KeyTooSmall { bits: 1024 }
+        );
+    }
+
+    /// A key file cut short (a bad copy, a full disk) says so, rather than that it is not the
+    /// kind of PEM it visibly is (issue 35).
+    #[test]
+    fn a_truncated_pem_is_said_to_be_damaged() {
+        for (full, label) in [
+            (PEER_B, "PRIVATE KEY"),
+            (PEER_B_PUB, "PUBLIC KEY"),
+        ] {
+            let cut = &full[..full.len() / 2];
+            let e = PrivateIdentity::from_pem(cut).unwrap_err();
+            assert_eq!(e, IdentityError::DamagedPem { label: label.into() });
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "a `BEGIN {label}` PEM, but damaged or cut short (no matching \
+                     `-----END {label}-----` line, or invalid base64): copy the whole file again"
+                )
+            );
+            assert_eq!(
+                PublicIdentity::from_pem(cut).unwrap_err(),
+                IdentityError::DamagedPem { label: label.into() }
+            );
+        }
+        // Another label, damaged, is still named as what it is not.
+        assert_eq!(
+            PrivateIdentity::from_pem("-----BEGIN CERTIFICATE-----\nMIIB").unwrap_err(),
+            IdentityError::NotPrivateKeyPem {
+                found: Some("CERTIFICATE".into())
+            }
         );
     }
 

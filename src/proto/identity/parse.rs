@@ -28,6 +28,33 @@ const ID_RSASSA_PSS: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.11
 const LABEL_PKCS8: &str = "PRIVATE KEY";
 const LABEL_PKCS1: &str = "RSA PRIVATE KEY";
 const LABEL_SPKI: &str = "PUBLIC KEY";
+/// The label of the PEM `bytes`; for text that is not whole PEM, `not_pem` of the label of
+/// its `BEGIN` line if it starts with one (then it is a damaged or truncated PEM, said as
+/// [`IdentityError::DamagedPem`] when the label is one of ours), else of `None`.
+fn pem_label(
+    bytes: &[u8],
+    not_pem: fn(Option<String>) -> IdentityError,
+) -> Result<&str, IdentityError> {
+    if let Ok(label) = pem::decode_label(bytes) {
+        return Ok(label);
+    }
+    let first = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+    let label = std::str::from_utf8(first)
+        .ok()
+        .map(str::trim_end)
+        .and_then(|line| line.strip_prefix("-----BEGIN "))
+        .and_then(|rest| rest.strip_suffix("-----"));
+    match label {
+        Some(label) if [LABEL_PKCS8, LABEL_PKCS1, LABEL_SPKI].contains(&label) => {
+            Err(IdentityError::DamagedPem {
+                label: label.to_owned(),
+            })
+        }
+        Some(label) => Err(not_pem(Some(label.to_owned()))),
+        None => Err(not_pem(None)),
+    }
+}
+
 fn malformed(what: &str, e: impl fmt::Display) -> IdentityError {
     IdentityError::Malformed(format!("{what}: {e}"))
 }
@@ -128,8 +155,7 @@ impl PublicIdentity {
     /// `sealpipe keygen` write it. Surrounding whitespace is ignored.
     pub fn from_pem(pem_text: &str) -> Result<Self, IdentityError> {
         let bytes = pem_text.trim().as_bytes();
-        let label =
-            pem::decode_label(bytes).map_err(|_| IdentityError::NotPublicKeyPem { found: None })?;
+        let label = pem_label(bytes, |found| IdentityError::NotPublicKeyPem { found })?;
         if label != LABEL_SPKI {
             return Err(IdentityError::NotPublicKeyPem {
                 found: Some(label.to_owned()),
@@ -150,8 +176,7 @@ impl PrivateIdentity {
     /// and CRLF line endings are accepted; encrypted keys are refused.
     pub fn from_pem(pem_text: &str) -> Result<Self, IdentityError> {
         let bytes = pem_text.trim().as_bytes();
-        let label = pem::decode_label(bytes)
-            .map_err(|_| IdentityError::NotPrivateKeyPem { found: None })?;
+        let label = pem_label(bytes, |found| IdentityError::NotPrivateKeyPem { found })?;
         match label {
             LABEL_PKCS8 => {
                 let der = decode_secret_pem(bytes)?;
