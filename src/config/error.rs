@@ -361,14 +361,22 @@ impl<'a> Source<'a> {
         let msg = msg
             .replace("expected i64", "expected an integer")
             .replace("expected usize", "expected an integer");
-        out.push_str(&msg);
-        if key
+        let tunnels = key
             .as_deref()
-            .is_some_and(|k| k == "listener" || k == "connector")
-            && msg.contains("expected a sequence")
-        {
+            .is_some_and(|k| k == "listener" || k == "connector");
+        let msg = if tunnels {
+            msg
+        } else {
+            msg.replace(
+                "expected a sequence",
+                "expected a list, such as [\"...\", \"...\"]",
+            )
+        };
+        out.push_str(&msg);
+        if tunnels && msg.contains("expected a sequence") {
             out.push_str(" (tunnels are arrays of tables: write [[listener]] or [[connector]], with double brackets)");
         }
+        out.push_str(&quoting_hint(&msg));
         self.error(span, out)
     }
 }
@@ -613,6 +621,29 @@ fn take_out(value: &mut Spanned<DeValue<'_>>, at: usize) -> Option<String> {
         .map(|(k, _)| k.clone())?;
     table.remove(&key);
     Some(key.get_ref().to_string())
+}
+
+/// For a value of the wrong TOML type that is the right one written the other way (a number or
+/// a boolean in quotes, a duration without its unit): how to write it.
+fn quoting_hint(msg: &str) -> String {
+    let quoted = msg
+        .strip_prefix("invalid type: string \"")
+        .and_then(|rest| rest.split_once('"'));
+    if let Some((text, expected)) = quoted {
+        let number = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+        if (expected.contains("an integer") && number)
+            || (expected.contains("a boolean") && (text == "true" || text == "false"))
+        {
+            return format!(" (write it without quotes: {text})");
+        }
+    }
+    if let Some(rest) = msg.strip_prefix("invalid type: integer `") {
+        if msg.contains("expected a duration") {
+            let n = rest.split('`').next().unwrap_or_default();
+            return format!(" (a duration has a unit: write \"{n}s\")");
+        }
+    }
+    String::new()
 }
 
 /// Names the section (and tunnel) and key that `path` leads to, for messages.

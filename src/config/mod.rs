@@ -567,7 +567,8 @@ record_size = "64KiB"
         assert_eq!(
             err(&with_identity("[defaults]\nhandshake_timeout = 10\n")),
             "/etc/sealpipe/b.toml:4:21: [defaults]: key `handshake_timeout`: invalid type: \
-             integer `10`, expected a duration string such as \"10s\", \"500ms\" or \"1h 30m\""
+             integer `10`, expected a duration string such as \"10s\", \"500ms\" or \"1h 30m\" \
+             (a duration has a unit: write \"10s\")"
         );
         assert_eq!(
             err(&format!(
@@ -587,7 +588,7 @@ record_size = "64KiB"
         assert_eq!(
             err(&with_identity("[defaults]\nmax_handshakes = \"5\"\n")),
             "/etc/sealpipe/b.toml:4:18: [defaults]: key `max_handshakes`: invalid type: \
-             string \"5\", expected an integer"
+             string \"5\", expected an integer (write it without quotes: 5)"
         );
         assert_eq!(
             err(&with_identity("[defaults]\n")),

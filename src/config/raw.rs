@@ -177,7 +177,7 @@ impl<'de> Deserialize<'de> for SizeText {
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<SizeText, E> {
                 i64::try_from(v)
                     .map(SizeText::Int)
-                    .map_err(|_| E::custom("size too large"))
+                    .map_err(|_| E::custom(format!("{v} is too large for a size")))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<SizeText, E> {
                 Ok(SizeText::Text(v.to_string()))

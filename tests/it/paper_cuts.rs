@@ -442,3 +442,44 @@ fn a_truncated_key_file_is_said_to_be_cut_short() {
         &format!("{c}:2:15: [identity]: key `private_key`: {k}: a `BEGIN PRIVATE KEY` PEM, but damaged or cut short (no matching `-----END PRIVATE KEY-----` line, or invalid base64): copy the whole file again"),
     );
 }
+
+#[test]
+fn a_value_of_the_wrong_type_says_how_to_write_it() {
+    let site = Site::new();
+    let peers = format!("peers = [\"{}\"]", connector_fp());
+    let cases = [
+        (
+            "idle_timeout = 30",
+            "11:16: listener \"a\": key `idle_timeout`: invalid type: integer `30`, expected a duration string such as \"10s\", \"500ms\" or \"1h 30m\" (a duration has a unit: write \"30s\")",
+        ),
+        (
+            "max_connections = \"10\"",
+            "11:19: listener \"a\": key `max_connections`: invalid type: string \"10\", expected an integer (write it without quotes: 10)",
+        ),
+        (
+            "accept_unknown = \"true\"",
+            "11:18: listener \"a\": key `accept_unknown`: invalid type: string \"true\", expected a boolean (write it without quotes: true)",
+        ),
+        (
+            "allow_tofu = true\nrekey_bytes = 18446744073709551615",
+            "13:15: listener \"a\": key `rekey_bytes`: 18446744073709551615 is too large for a size",
+        ),
+    ];
+    for (line, message) in cases {
+        let config = site.write("l.toml", &listener_text("", &format!("{peers}\n{line}")));
+        let c = config.to_str().unwrap();
+        let message = message.replacen("11:", "12:", 1);
+        assert_cli_error(&["check", "-c", c], 1, &format!("{c}:{message}"));
+    }
+    let text = listener_text("", &peers).replace(
+        "forward = \"127.0.0.1:6379\"",
+        "allow_destinations = \"10.0.0.1:80\"",
+    );
+    let config = site.write("l.toml", &text);
+    let c = config.to_str().unwrap();
+    assert_cli_error(
+        &["check", "-c", c],
+        1,
+        &format!("{c}:10:22: listener \"a\": key `allow_destinations`: invalid type: string \"10.0.0.1:80\", expected a list, such as [\"...\", \"...\"]"),
+    );
+}
