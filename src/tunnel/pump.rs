@@ -146,6 +146,8 @@ pub struct Traffic {
 pub(crate) struct PumpStats {
     /// The tunnel's totals, added to as well if set.
     pub tunnel: Option<std::sync::Arc<Traffic>>,
+    /// The session's totals and last-heard time, kept up as well if set.
+    pub session: Option<std::sync::Arc<crate::tunnel::sessions::SessionEntry>>,
     /// Plaintext bytes sealed and sent to the peer.
     pub sent: AtomicU64,
     /// Plaintext bytes received from the peer and delivered.
@@ -161,6 +163,16 @@ impl PumpStats {
         own.fetch_add(n, Ordering::Relaxed);
         if let Some(t) = &self.tunnel {
             total(t).fetch_add(n, Ordering::Relaxed);
+        }
+        if let Some(s) = &self.session {
+            total(&s.traffic).fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// The peer was heard from (a record received).
+    fn heard(&self) {
+        if let Some(s) = &self.session {
+            s.heard();
         }
     }
 
@@ -493,6 +505,7 @@ where
                 }
                 Ok(Opened::Rekey) => {
                     stats.add(&stats.rekeys_received, 1, |t| &t.rekeys);
+                    stats.heard();
                 }
                 Ok(Opened::Close) => closed = true,
                 Ok(Opened::Alert(a)) => failed = Some(RecordError::Refused(a)),
@@ -513,6 +526,7 @@ where
                 .map_err(PumpError::Plain)?;
             let delivered: usize = pieces[..count].iter().map(|p| p.1).sum();
             stats.add(&stats.received, delivered as u64, |t| &t.received);
+            stats.heard();
         }
         if let Some(e) = failed {
             return Err(e.into());
