@@ -234,9 +234,9 @@ fn tunnel(t: &TunnelEntry, now: Instant) -> TunnelStatus {
             key: e.own_key.map(|k| k.to_string()),
             age_secs: now.saturating_duration_since(e.born).as_secs_f64(),
             streams: e.streams(),
-            generation: load(&e.traffic.rekeys),
-            sent: load(&e.traffic.sent),
-            received: load(&e.traffic.received),
+            generation: load(&e.traffic.traffic.rekeys),
+            sent: load(&e.traffic.traffic.sent),
+            received: load(&e.traffic.traffic.received),
             resumed: e.resumed,
             last_heard_secs: e.last_heard(now).as_secs_f64(),
         })

@@ -64,7 +64,7 @@ pub(crate) async fn carry<T: Tunnel>(
     }
     let stats = Arc::new(PumpStats {
         tunnel: Some(state.traffic.clone()),
-        session: session.clone(),
+        session: session.as_ref().map(|s| s.traffic.clone()),
         ..PumpStats::default()
     });
     let entry = state.open.register(OpenConn::new(

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::proto::identity::Fingerprint;
-use crate::tunnel::pump::Traffic;
+use crate::tunnel::pump::SessionTraffic;
 
 /// Locks of the table: sessions of one tunnel that start or end at once rarely meet on one.
 const SHARDS: usize = 16;
@@ -75,10 +75,9 @@ pub(crate) struct SessionEntry {
     pub(crate) born: Instant,
     carrying: AtomicBool,
     streams: AtomicU64,
-    /// Milliseconds after `born` at which the peer was last heard from (a record received).
-    heard_ms: AtomicU64,
-    /// Bytes and rekeys of all its streams, added to live by the pump.
-    pub(crate) traffic: Traffic,
+    /// Bytes and rekeys of all its streams and when the peer was last heard from, kept up
+    /// live by the pump.
+    pub(crate) traffic: Arc<SessionTraffic>,
 }
 
 impl SessionEntry {
@@ -100,8 +99,7 @@ impl SessionEntry {
             born,
             carrying: AtomicBool::new(false),
             streams: AtomicU64::new(0),
-            heard_ms: AtomicU64::new(0),
-            traffic: Traffic::default(),
+            traffic: Arc::new(SessionTraffic::new(born)),
         }
     }
 
@@ -132,16 +130,9 @@ impl SessionEntry {
         self.carrying.store(false, Ordering::Relaxed);
     }
 
-    /// The peer was heard from now.
-    pub(crate) fn heard(&self) {
-        let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.heard_ms.store(ms, Ordering::Relaxed);
-    }
-
     /// How long ago the peer was last heard from, at `now` (its handshake counts).
     pub(crate) fn last_heard(&self, now: Instant) -> Duration {
-        let at = self.born + Duration::from_millis(self.heard_ms.load(Ordering::Relaxed));
-        now.saturating_duration_since(at)
+        self.traffic.last_heard(now)
     }
 }
 
