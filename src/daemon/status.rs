@@ -418,6 +418,71 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_human_form_shows_sessions_tunnels_not_started_and_the_last_reload() {
+        let session = SessionStatus {
+            id: 7,
+            state: "warm".into(),
+            peer: "192.0.2.1:4000".into(),
+            fingerprint: "SHA256:abc".into(),
+            peer_name: Some("site-a".into()),
+            key: None,
+            age_secs: 61.0,
+            streams: 0,
+            generation: 2,
+            sent: 0,
+            received: 0,
+            resumed: true,
+            last_heard_secs: 3.0,
+        };
+        let status = Status {
+            version: "0".into(),
+            pid: 1,
+            config: "c.toml".into(),
+            uptime_secs: 5,
+            tunnels: vec![TunnelStatus {
+                name: "web".into(),
+                role: "listener".into(),
+                listen: "0.0.0.0:443".into(),
+                local: "0.0.0.0:443".into(),
+                accepted: 1,
+                handshakes_ok: 1,
+                handshakes_failed: 0,
+                resumed: 1,
+                failures: BTreeMap::new(),
+                connections: Vec::new(),
+                refused: BTreeMap::new(),
+                sessions: vec![session],
+            }],
+            metrics: None,
+            not_started: vec![NotStartedStatus {
+                name: "second".into(),
+                role: "listener".into(),
+                listen: "0.0.0.0:444".into(),
+                error: "address in use".into(),
+            }],
+            last_reload: Some(ReloadStatus {
+                outcome: "incomplete".into(),
+                problems: vec!["tunnel second not started".into()],
+                at_unix: 1_700_000_000,
+                ago_secs: 90,
+            }),
+        };
+        let text = status.to_string();
+        for want in [
+            "  sessions 1: 1 warm, 0 idle, 0 active\n",
+            "    session 7  warm    192.0.2.1:4000  SHA256:abc (site-a)  age 1m 1s  streams 0  generation 2  heard 3s ago  resumed\n",
+            "listener \"second\": NOT STARTED (listen = 0.0.0.0:444): address in use\n",
+            "last reload 1m 30s ago: incomplete: tunnel second not started\n",
+        ] {
+            assert!(text.contains(want), "{want:?} in:\n{text}");
+        }
+        // An older daemon's answer, without the fields added since, still reads.
+        let old = r#"{"version":"0","pid":1,"config":"c","uptime_secs":1,"tunnels":[{"name":"t","role":"listener","listen":"a","local":"a","accepted":0,"handshakes_ok":0,"handshakes_failed":0,"resumed":0,"failures":{},"connections":[]}]}"#;
+        let parsed: Status = serde_json::from_str(old).unwrap();
+        assert!(parsed.tunnels[0].sessions.is_empty() && parsed.last_reload.is_none());
+    }
+
+    #[test]
     fn sizes_and_ages_read_well() {
         assert_eq!(bytes(0), "0 B");
         assert_eq!(bytes(1023), "1023 B");

@@ -247,3 +247,25 @@ fn a_connector_failure_is_logged_once_with_its_cause() {
     assert!(line.contains("session="), "{line}");
     assert!(!log.contains("peer=warm session"), "{log}");
 }
+
+#[test]
+fn a_session_closed_by_a_shutdown_is_logged_as_a_shutdown() {
+    let service = Service::start(Behaviour::Echo);
+    let t = tunnel_to(service.addr, "");
+    let mut c = Clean::open(t.entry, 2);
+    c.round();
+    c.finish();
+    // The listener holds sessions between streams (the client's, given back to the pool, and
+    // warm ones); its stop closes them, and says that it was the stop.
+    let lconf = t.site.path("listener.toml");
+    wait_status(&lconf, |s| !sessions(s).is_empty());
+    t.listener.signal("TERM");
+    let log = t.listener.wait_log("session closed between streams");
+    let line = log
+        .lines()
+        .find(|l| l.contains("session closed between streams"))
+        .unwrap();
+    assert!(line.contains("between streams: shutdown"), "{line}");
+    assert!(!line.contains("trusted"), "not a revocation: {line}");
+    assert!(line.contains("session="), "{line}");
+}
