@@ -446,8 +446,7 @@ impl ConnectorTunnel {
         let address = sealed
             .peer_addr()
             .map_or_else(|_| self.connect.to_string(), |a| a.to_string());
-        let mut live = SessionEntry::new(id, address, fp, resumed, Instant::now());
-        live.pin = (!self.fallback_pins.is_empty()).then_some(tried);
+        let live = SessionEntry::new(id, address, fp, resumed, Instant::now());
         records.register(&state.live, live);
         if first_contact && !self.record_first_contact(peer, fp).await {
             reset_on_close(&sealed);

@@ -63,10 +63,9 @@ pub(crate) struct SessionEntry {
     pub(crate) id: u64,
     /// The peer's address (listener: the connector's; connector: the listener's).
     pub(crate) peer: String,
-    /// The key the peer proved (listener: the connector's; connector: the listener's).
+    /// The key the peer proved (listener: the connector's; connector: the listener's, whose
+    /// name in `status` says which of several `peer` pins it is).
     pub(crate) fingerprint: Fingerprint,
-    /// Connector with several `peer` pins: which one it matched (1-based).
-    pub(crate) pin: Option<usize>,
     /// Listener with a `next_private_key`: which of its keys the connector's hello was for.
     pub(crate) own_key: Option<Fingerprint>,
     /// Whether its handshake was a resumption.
@@ -93,7 +92,6 @@ impl SessionEntry {
             id,
             peer,
             fingerprint,
-            pin: None,
             own_key: None,
             resumed,
             born,
