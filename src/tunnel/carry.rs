@@ -109,6 +109,7 @@ pub(crate) async fn carry<T: Tunnel>(
         // The listener authenticated this connector and refused it: its reason, not a reset.
         tracing::error!(tunnel = %tunnel.name(), role = %tunnel.role(), %peer,
             fingerprint = %fingerprint, "{}", tunnel.describe_refusal(alert));
+        state.refused_by_listener(alert, Instant::now());
         return StreamEnd::Failed;
     }
     log_close(

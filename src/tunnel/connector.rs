@@ -31,6 +31,7 @@ use crate::tunnel::settings::{
     ConnectorMode, ConnectorSettings, SharedSettings, SocketPermissions,
 };
 use crate::tunnel::state::{count_resumption, ticket_policy, TunnelState};
+use crate::tunnel::terms::{Terms, TermsOf};
 use crate::tunnel::stream_info::{original_destination, send_stream_info};
 use crate::tunnel::Tunnel;
 
@@ -95,6 +96,10 @@ impl Tunnel for ConnectorTunnel {
         }
     }
 
+    fn pool_terms(&self) -> Option<Terms> {
+        Some(self.terms())
+    }
+
     /// With several pins, their names in `status`: `pin 1 of 2`, `pin 2 of 2`.
     fn trust(&self) -> Option<Arc<TrustList>> {
         let pins = self.pins();
@@ -153,8 +158,11 @@ impl Tunnel for ConnectorTunnel {
         let mut pooled = None;
         if pool_on {
             // The settings of now (under the pool's lock): a session that a refill or another
-            // client put back after a reload swept the pool is checked here.
-            let usable = |s: &Session| current.borrow().reusable(s, Instant::now());
+            // client put back after a reload swept the pool is checked here, its terms (one
+            // digest, computed once per client) against those in force.
+            let now = current.borrow().clone();
+            let terms = now.terms();
+            let usable = |s: &Session| now.reusable(s, &terms, Instant::now());
             let next = match state.pool.take_or_wait(&connect, usable, Instant::now()) {
                 Take::Session(s) => {
                     pooled = Some(s);
@@ -169,8 +177,9 @@ impl Tunnel for ConnectorTunnel {
                 &state.counters.pool_misses
             };
             counter.fetch_add(1, Ordering::Relaxed);
-            // Also the refill that serves this client if it waits.
-            self.clone().refill(&state);
+            // Also the refill that serves this client if it waits; made under the settings of
+            // now.
+            now.clone().refill(&state);
             if let Some(next) = next {
                 // The first session free: a refill's or one another client gave back. Without
                 // one in time, or with one a reload made unusable meanwhile, a handshake of
@@ -231,9 +240,13 @@ impl Tunnel for ConnectorTunnel {
             // Both close records passed and nothing followed: back to the pool, if the session
             // may carry another client and there is room; else the session ends (TCP FIN).
             StreamEnd::Clean(rest) if rest.is_empty() => {
-                // Otherwise (or with the pool full) the drop closes it: a FIN after both close
-                // records, a clean end of the session.
-                if !last && current.borrow().reusable(&session, Instant::now()) {
+                // The listener accepted this connector: a refusal backoff ends.
+                state.pool.accepted();
+                // Otherwise (or with the pool full, or with other terms in force since a
+                // reload) the drop closes it: a FIN after both close records, a clean end of
+                // the session.
+                let now = current.borrow().clone();
+                if !last && now.reusable(&session, &now.terms(), Instant::now()) {
                     state
                         .pool
                         .put(session, self.settings.pool_max, Instant::now());
@@ -299,15 +312,35 @@ impl ConnectorTunnel {
         }
     }
 
-    /// Whether `session` may carry a new client at `now` under these settings: its key still
-    /// pinned, under `session_reuse_streams` streams and younger than `session_reuse_age`.
-    fn reusable(&self, session: &Session, now: Instant) -> bool {
-        self.keeps_open(&session.records.fingerprint)
+    /// Whether `session` may carry a new client at `now` under these settings, whose terms
+    /// are `terms`: made under them, its key still pinned, under `session_reuse_streams`
+    /// streams and younger than `session_reuse_age`.
+    fn reusable(&self, session: &Session, terms: &Terms, now: Instant) -> bool {
+        session.terms == *terms
+            && self.keeps_open(&session.records.fingerprint)
             && session.within_bounds(
                 self.settings.session_reuse_streams,
                 self.settings.session_reuse_age,
                 now,
             )
+    }
+
+    /// The terms of these settings (`tunnel::terms`).
+    pub(crate) fn terms(&self) -> Terms {
+        let own = self.params.identity.public().fingerprint();
+        let pins = self.pins();
+        TermsOf {
+            connect: &self.connect.to_string(),
+            service: &self.params.service,
+            own,
+            pins: &pins,
+            tofu: self
+                .tofu
+                .as_deref()
+                .map(|t| (t.path.as_path(), t.address.as_str())),
+            psk: self.params.psk.as_deref(),
+        }
+        .digest()
     }
 
     /// Starts the background refills the pool wants now, and its sweeper if none runs.
@@ -316,7 +349,9 @@ impl ConnectorTunnel {
         if max == 0 {
             return;
         }
-        for _ in 0..state.pool.refills_due(min, max, Instant::now()) {
+        // No ticket to resume from: one refill first, the others after it, from its ticket.
+        let cold = self.settings.shared.resumption && lock(&state.connector_tickets).is_empty();
+        for _ in 0..state.pool.refills_due(min, max, cold, Instant::now()) {
             let (tunnel, state) = (self.clone(), state.clone());
             tokio::spawn(async move {
                 let ok = match tunnel.establish(&"warm session", &state).await {
@@ -331,6 +366,10 @@ impl ConnectorTunnel {
                     None => false,
                 };
                 state.pool.refilled(ok, Instant::now());
+                if ok && cold {
+                    // Its ticket is there now: the refills the pool still wants resume.
+                    tunnel.refill(&state);
+                }
             });
         }
         if state.pool.start_sweeping() {
@@ -439,6 +478,7 @@ impl ConnectorTunnel {
             born: Instant::now(),
             streams: 0,
             connect: self.connect.to_string(),
+            terms: self.terms(),
             // Which of several pins matched (`fingerprint` is the key the listener proved).
             pin: (!self.fallback_pins.is_empty()).then_some(tried),
         };
@@ -527,10 +567,12 @@ impl ConnectorTunnel {
         } else {
             "the `peer` pin is probably not its key"
         };
+        // A listener also leaves a hello unanswered when the PSKs differ, or only one side has
+        // one (the hello's mac1 is keyed with it).
         let psk = if self.params.psk.is_some() {
-            ", or its psk_file differs from this connector's"
+            ", or its psk_file differs from this connector's (or it has none)"
         } else {
-            ""
+            ", or it has a psk_file and this connector has none"
         };
         tracing::error!(tunnel = %self.name, role = %Role::Connector, peer = %client,
             connect = %self.connect, pin = %list(",", &|p| p.to_string()), reason = "unanswered",
