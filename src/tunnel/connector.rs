@@ -31,8 +31,8 @@ use crate::tunnel::settings::{
     ConnectorMode, ConnectorSettings, SharedSettings, SocketPermissions,
 };
 use crate::tunnel::state::{count_resumption, ticket_policy, TunnelState};
-use crate::tunnel::terms::{Terms, TermsOf};
 use crate::tunnel::stream_info::{original_destination, send_stream_info};
+use crate::tunnel::terms::{Terms, TermsOf};
 use crate::tunnel::Tunnel;
 
 /// Everything a connector tunnel needs; replaced as a whole on reload.
@@ -349,8 +349,8 @@ impl ConnectorTunnel {
         if max == 0 {
             return;
         }
-        // No ticket to resume from: one refill first, the others after it, from its ticket.
-        let cold = self.settings.shared.resumption && lock(&state.connector_tickets).is_empty();
+        // Until the listener accepted a stream: one refill at a time (`tunnel::pool`).
+        let cold = !state.pool.proven();
         for _ in 0..state.pool.refills_due(min, max, cold, Instant::now()) {
             let (tunnel, state) = (self.clone(), state.clone());
             tokio::spawn(async move {
@@ -366,10 +366,6 @@ impl ConnectorTunnel {
                     None => false,
                 };
                 state.pool.refilled(ok, Instant::now());
-                if ok && cold {
-                    // Its ticket is there now: the refills the pool still wants resume.
-                    tunnel.refill(&state);
-                }
             });
         }
         if state.pool.start_sweeping() {

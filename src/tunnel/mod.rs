@@ -36,7 +36,7 @@ pub(crate) mod pump;
 pub(crate) mod settings;
 pub(crate) mod signing;
 pub(crate) mod state;
-pub(crate) mod terms;
 pub(crate) mod stream_info;
+pub(crate) mod terms;
 
 pub(crate) use accept::Tunnel;

@@ -20,9 +20,11 @@
 //! dead: a pooled socket must have nothing to read (the listener sends nothing between
 //! streams), so an end of stream, a reset or any byte means the session is discarded.
 //!
-//! A session is made by resumption whenever a ticket allows: while the connector holds no
-//! ticket (at start, or after the listener refused one), at most one refill runs at a time,
-//! and the refills after it resume from the ticket its handshake gave.
+//! Until the listener has accepted a stream of this connector (at start, after a reload, after
+//! a refusal), the pool is *unproven*: at most one refill runs at a time, and clients beyond it
+//! make their own handshake. A connector the listener refuses thus costs one refused handshake
+//! per client, not a burst of refills; and the refills after the first resume from the ticket
+//! its handshake gave, rather than all being full handshakes made at once without a ticket.
 //!
 //! An authenticated refusal (the listener's Alert: this connector's key is not trusted, or
 //! another `service`) stops refills: [`Pool::refused`] closes the idle sessions (made under the
@@ -148,9 +150,12 @@ struct Inner {
     last_client: Option<Instant>,
     /// Shutdown ([`Pool::close`]): nothing is put in any more.
     closed: bool,
-    /// No ticket to resume from ([`Pool::refills_due`]): one refill at a time, and clients
-    /// beyond it make their own handshake.
+    /// Cold ([`Pool::refills_due`]): one refill at a time, and clients beyond it make their own
+    /// handshake.
     cold: bool,
+    /// The listener accepted a stream of this connector since the start, the last reload and
+    /// the last refusal ([`Pool::accepted`]).
+    proven: bool,
     /// Authenticated refusals in a row ([`Pool::refused`]).
     refusals: u32,
     /// Refused by the listener: no refill, nothing put in, before this.
@@ -315,6 +320,7 @@ impl Pool {
         inner.refusals = inner.refusals.saturating_add(1);
         let backoff = refusal_backoff(inner.refusals);
         inner.refused_until = Some(now + backoff);
+        inner.proven = false;
         let idle = std::mem::take(&mut inner.idle);
         let waiters = std::mem::take(&mut inner.waiters);
         drop(inner);
@@ -325,9 +331,11 @@ impl Pool {
         backoff
     }
 
-    /// The listener accepted a stream of this connector: a refusal backoff ends.
+    /// The listener accepted a stream of this connector: a refusal backoff ends, and the pool
+    /// is proven.
     pub(crate) fn accepted(&self) {
         let mut inner = self.lock();
+        inner.proven = true;
         inner.refusals = 0;
         inner.refused_until = None;
     }
@@ -336,6 +344,7 @@ impl Pool {
     /// refused), and so does a failed refill's.
     pub(crate) fn reloaded(&self) {
         let mut inner = self.lock();
+        inner.proven = false;
         inner.refusals = 0;
         inner.refused_until = None;
         inner.backoff_until = None;
@@ -355,9 +364,14 @@ impl Pool {
         }
     }
 
+    /// Whether the listener accepted a stream of this connector since the start, the last
+    /// reload and the last refusal.
+    pub(crate) fn proven(&self) -> bool {
+        self.lock().proven
+    }
+
     /// How many refills to start at `now` for a pool between `min` and `max` (counted as
-    /// started). `cold`: the connector holds no ticket to resume from, so at most one refill
-    /// runs (the refills after it resume from its ticket).
+    /// started). `cold` (the pool is not [`Pool::proven`]): at most one refill runs.
     pub(crate) fn refills_due(&self, min: usize, max: usize, cold: bool, now: Instant) -> usize {
         let mut inner = self.lock();
         inner.cold = cold;
@@ -594,7 +608,10 @@ mod tests {
             matches!(pool.take_or_wait("here", |_| true, after), Take::Wait(_)),
             "past REFILL_BACKOFF a client waits for a refill again"
         );
-        assert!(pool.refills_due(0, 4, false, after) > 0, "refills start again");
+        assert!(
+            pool.refills_due(0, 4, false, after) > 0,
+            "refills start again"
+        );
     }
 
     #[tokio::test]
@@ -622,7 +639,10 @@ mod tests {
         assert_eq!(refusal_backoff(u32::MAX), REFUSAL_BACKOFF_MAX);
         let mut last = Duration::ZERO;
         for n in 1..40 {
-            assert!(refusal_backoff(n) >= last, "never shorter for more refusals");
+            assert!(
+                refusal_backoff(n) >= last,
+                "never shorter for more refusals"
+            );
             last = refusal_backoff(n);
         }
     }
@@ -640,19 +660,33 @@ mod tests {
             wait_at(&pool, t0)
         };
         let (s, _far2) = session(&l).await;
-        pool.lock().idle.push_back(Idle { session: s, since: t0 });
+        pool.lock().idle.push_back(Idle {
+            session: s,
+            since: t0,
+        });
         // The refusal: idle sessions closed, the waiting client sent to its own handshake.
         assert_eq!(pool.refused(t0), REFUSAL_BACKOFF_FIRST);
-        assert_eq!(pool.len(), 0, "idle sessions of the refused terms are closed");
+        assert_eq!(
+            pool.len(),
+            0,
+            "idle sessions of the refused terms are closed"
+        );
         assert!(waiting.await.unwrap().is_none(), "told to make its own");
         let during = t0 + REFUSAL_BACKOFF_FIRST - Duration::from_millis(1);
-        assert_eq!(pool.refills_due(1, 4, false, during), 0, "no refill while refused");
+        assert_eq!(
+            pool.refills_due(1, 4, false, during),
+            0,
+            "no refill while refused"
+        );
         assert!(
             matches!(pool.take_or_wait("here", |_| true, during), Take::Miss),
             "one handshake of its own per client, no wait"
         );
         let (s, _far3) = session(&l).await;
-        assert!(!pool.put(s, 4, during), "a refill that was in flight is closed");
+        assert!(
+            !pool.put(s, 4, during),
+            "a refill that was in flight is closed"
+        );
         // The backoff ends: refills start again.
         let after = t0 + REFUSAL_BACKOFF_FIRST;
         assert!(pool.refills_due(1, 4, false, after) > 0);
@@ -675,7 +709,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn without_a_ticket_one_refill_runs_and_other_clients_make_their_own() {
+    async fn cold_one_refill_runs_and_other_clients_make_their_own() {
         let pool = Pool::default();
         let t0 = Instant::now();
         let first = wait_at(&pool, t0);

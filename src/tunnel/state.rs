@@ -168,11 +168,10 @@ impl TunnelState {
         } else {
             return;
         };
-        let _ = self.counters.handshakes_ok.fetch_update(
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-            |n| n.checked_sub(1),
-        );
+        let _ =
+            self.counters
+                .handshakes_ok
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         self.counters
             .handshakes_failed
             .fetch_add(1, Ordering::Relaxed);
