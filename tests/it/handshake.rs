@@ -97,7 +97,7 @@ fn psk_on_one_side_only_is_refused() {
 #[test]
 fn different_psks_are_refused() {
     let mut p = pair(Some([1u8; 32]));
-    p.listener.psk = Some(Arc::new(sealpipe::proto::keys::Psk::from_bytes([2u8; 32])));
+    p.listener.psk = Some(Arc::new(sealpipe::proto::Psk::from_bytes([2u8; 32])));
     let out = p.handshake("psk2");
     assert_refused!(out, "listener", HandshakeError::BadMac1);
     assert_eq!(p.listener_signer.signatures(), 0);
@@ -300,7 +300,7 @@ fn downgraded_or_unknown_versions_and_options_are_refused() {
             b[MSG_HEADER_LEN + 1] = 0;
             // Even re-keyed with the PSK (an attacker does not have it), the bit is checked.
             let n = b.len() - MAC1_LEN;
-            let psk = sealpipe::proto::keys::Psk::from_bytes([9u8; 32]);
+            let psk = sealpipe::proto::Psk::from_bytes([9u8; 32]);
             let tag = mac1_keyed(&lfp, Some(&psk), &b[..n]);
             b[n..].copy_from_slice(&tag);
         }
@@ -473,7 +473,7 @@ mod arbitrary_input {
 mod resumption {
     use super::*;
     use sealpipe::proto::handshake::{Established, Resumption};
-    use sealpipe::proto::keys::Secret;
+    use sealpipe::proto::key_schedule::Secret;
     use sealpipe::proto::resume::{
         binder, successors, ticket_context, ticket_id, Chain, ConnectorTickets, PresentedBinder,
         TicketId, TicketPolicy, TicketRefusal, TicketStore, CONNECTOR_TICKETS,
@@ -1061,7 +1061,7 @@ mod resumption {
     fn a_changed_psk_stops_resumption() {
         let mut r = peers(Some([1; 32]));
         r.connect_ok("full", Duration::ZERO);
-        let psk = Some(Arc::new(sealpipe::proto::keys::Psk::from_bytes([2; 32])));
+        let psk = Some(Arc::new(sealpipe::proto::Psk::from_bytes([2; 32])));
         r.p.listener.psk = psk.clone();
         r.p.connector.psk = psk;
         let (ce, le) = r.connect_ok("new psk", S);
@@ -1119,7 +1119,7 @@ mod resumption {
         trust.insert(peer.fingerprint(), None);
         let lfp = listener_key().fingerprint();
         let old = ticket_context(&[&lfp], None, SERVICE.as_bytes());
-        let psk = sealpipe::proto::keys::Psk::from_bytes([3; 32]);
+        let psk = sealpipe::proto::Psk::from_bytes([3; 32]);
         let new = ticket_context(&[&lfp], Some(&psk), SERVICE.as_bytes());
         assert_ne!(old, new);
         let t0 = Instant::now();

@@ -3,7 +3,7 @@
 use crate::support;
 
 use sealpipe::proto::handshake::Established;
-use sealpipe::proto::keys::Secret;
+use sealpipe::proto::key_schedule::Secret;
 use sealpipe::proto::record::{
     parse_header, Opened, Opener, RecordError, Sealer, HEADER_LEN, OVERHEAD,
 };
