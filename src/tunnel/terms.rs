@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroize;
 
 use crate::proto::identity::Fingerprint;
-use crate::proto::keys::Psk;
+use crate::proto::Psk;
 
 /// A digest of a connector's terms (see the module documentation). Equal terms, equal digests;
 /// any change of one term, another digest.
@@ -75,7 +75,7 @@ impl TermsOf<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::keys::Secret;
+    use crate::proto::Secret;
 
     #[test]
     fn every_term_and_the_order_of_the_pins_changes_the_digest() {
