@@ -565,15 +565,18 @@ impl ConnectorTunnel {
         };
         // A listener also leaves a hello unanswered when the PSKs differ, or only one side has
         // one (the hello's mac1 is keyed with it).
-        let psk = if self.params.psk.is_some() {
-            ", or its psk_file differs from this connector's (or it has none)"
+        let (psk, no_psk) = if self.params.psk.is_some() {
+            (", or its psk_file differs from this connector's", "")
         } else {
-            ", or it has a psk_file and this connector has none"
+            (
+                "",
+                "; or the listener has a psk_file and this connector has none",
+            )
         };
         tracing::error!(tunnel = %self.name, role = %Role::Connector, peer = %client,
             connect = %self.connect, pin = %list(",", &|p| p.to_string()), reason = "unanswered",
             "the listener at {} did not answer a hello for {keys}: {which}{psk} \
-             (compare with `sealpipe fingerprint` on the listener's private_key)", self.connect);
+             (compare with `sealpipe fingerprint` on the listener's private_key){no_psk}", self.connect);
         true
     }
 
