@@ -336,6 +336,7 @@ impl Pool {
     pub(crate) fn accepted(&self) {
         let mut inner = self.lock();
         inner.proven = true;
+        inner.cold = false;
         inner.refusals = 0;
         inner.refused_until = None;
     }
