@@ -160,9 +160,9 @@ impl Tunnel for ConnectorTunnel {
             // The settings of now (under the pool's lock): a session that a refill or another
             // client put back after a reload swept the pool is checked here, its terms (one
             // digest, computed once per client) against those in force.
-            let now = current.borrow().clone();
-            let terms = now.terms();
-            let usable = |s: &Session| now.reusable(s, &terms, Instant::now());
+            let live = current.borrow().clone();
+            let terms = live.terms();
+            let usable = |s: &Session| live.reusable(s, &terms, Instant::now());
             let next = match state.pool.take_or_wait(&connect, usable, Instant::now()) {
                 Take::Session(s) => {
                     pooled = Some(s);
@@ -179,7 +179,7 @@ impl Tunnel for ConnectorTunnel {
             counter.fetch_add(1, Ordering::Relaxed);
             // Also the refill that serves this client if it waits; made under the settings of
             // now.
-            now.clone().refill(&state);
+            live.clone().refill(&state);
             if let Some(next) = next {
                 // The first session free: a refill's or one another client gave back. Without
                 // one in time, or with one a reload made unusable meanwhile, a handshake of
@@ -245,8 +245,8 @@ impl Tunnel for ConnectorTunnel {
                 // Otherwise (or with the pool full, or with other terms in force since a
                 // reload) the drop closes it: a FIN after both close records, a clean end of
                 // the session.
-                let now = current.borrow().clone();
-                if !last && now.reusable(&session, &now.terms(), Instant::now()) {
+                let live = current.borrow().clone();
+                if !last && live.reusable(&session, &live.terms(), Instant::now()) {
                     state
                         .pool
                         .put(session, self.settings.pool_max, Instant::now());

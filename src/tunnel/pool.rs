@@ -16,9 +16,10 @@
 //!
 //! A session is never handed out when it is past [`POOL_IDLE`] in the pool (the listener closes
 //! idle sessions after [`crate::tunnel::listener::SESSION_IDLE`], well after), past its stream or
-//! age bound, made for another `connect` address, of a key the current settings no longer pin, or
-//! dead: a pooled socket must have nothing to read (the listener sends nothing between
-//! streams), so an end of stream, a reset or any byte means the session is discarded.
+//! age bound, made for another `connect` address or under other terms than those in force
+//! (`tunnel::terms`), of a key the current settings no longer pin, or dead: a pooled socket
+//! must have nothing to read (the listener sends nothing between streams), so an end of stream,
+//! a reset or any byte means the session is discarded.
 //!
 //! Until the listener has accepted a stream of this connector (at start, after a reload, after
 //! a refusal), the pool is *unproven*: at most one refill runs at a time, and clients beyond it
