@@ -163,32 +163,23 @@ impl TunnelState {
     }
 
     /// Connector: the listener authenticated this connector and refused it at `now` (an Alert
-    /// record in answer to its handshake: key not trusted, another `service`). Counted as a
-    /// failed handshake by that reason, no longer as a completed one (the connector counted it
-    /// when its side of the handshake completed); the pool stops its refills
+    /// record in answer to its handshake: key not trusted, another `service`; counted by
+    /// `tunnel::carry` in `refused_untrusted` and `refused_service`). The handshake no longer
+    /// counts as completed (the connector counted it when its side of the handshake completed,
+    /// before the listener's answer), and the pool stops its refills
     /// ([`crate::tunnel::pool::Pool::refused`]). Other alerts are not refusals of the handshake.
     pub(crate) fn refused_by_listener(&self, alert: &crate::proto::record::Alert, now: Instant) {
         use crate::proto::record::AlertCode;
-        let reason = if matches!(alert.code(), AlertCode::Untrusted) {
-            "untrusted"
-        } else if matches!(alert.code(), AlertCode::ServiceMismatch) {
-            "service_mismatch"
-        } else {
+        if !matches!(
+            alert.code(),
+            AlertCode::Untrusted | AlertCode::ServiceMismatch
+        ) {
             return;
-        };
+        }
         let _ =
             self.counters
                 .handshakes_ok
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-        self.counters
-            .handshakes_failed
-            .fetch_add(1, Ordering::Relaxed);
-        *self
-            .failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(reason)
-            .or_insert(0) += 1;
         self.pool.refused(now);
     }
 
