@@ -22,6 +22,7 @@ mod misconfiguration;
 mod mitm;
 mod mlkem;
 mod paper_cuts;
+mod pool_admission;
 mod records;
 mod redirect;
 mod resume;
