@@ -526,7 +526,7 @@ record_size = "64KiB"
               `drain_timeout`, `max_connections`, `max_handshakes`, `source_rate_limit`, \
               `source_handshake_rate`, `signature_rate`, `signature_cpu`, `record_size`, \
               `resumption`, `resumption_lifetime`, `resumption_uses`, `idle_timeout`, \
-              `session_reuse`, `session_reuse_streams`, `session_reuse_age`, `pool_min`, `pool_max`)"
+              `session_max_age`, `session_reuse`, `session_reuse_streams`, `session_reuse_age`, `pool_min`, `pool_max`)"
         );
         assert_eq!(
             err(&with_identity(&format!(
@@ -538,7 +538,7 @@ record_size = "64KiB"
              `handshake_timeout`, `connect_timeout`, `drain_timeout`, `max_connections`, \
               `max_handshakes`, `source_rate_limit`, `source_handshake_rate`, `signature_rate`, \
               `signature_cpu`, `record_size`, `resumption`, `resumption_lifetime`, `resumption_uses`, `idle_timeout`, \
-              `session_reuse`, `session_reuse_streams`, `session_reuse_age`, `pool_min`, `pool_max`)"
+              `session_max_age`, `session_reuse`, `session_reuse_streams`, `session_reuse_age`, `pool_min`, `pool_max`)"
         );
         assert_eq!(
             err(&format!("tunnel = 1\n{}", with_identity(""))),

@@ -24,10 +24,12 @@ use crate::proto::messages::{
 };
 use crate::proto::stream::{proxy_v2_header, StreamInfo};
 use crate::tunnel::accept::{log_refusal, os_randomness, Current};
+use crate::tunnel::admission::{Made, Retired, Terms};
 use crate::tunnel::carry::{carry, StreamEnd};
 use crate::tunnel::handshake::{self, Records, SessionError};
 use crate::tunnel::limits::Source;
 use crate::tunnel::net::{connect_local, reset_on_close, Conn, Peer};
+use crate::tunnel::pump::FinAfterClose;
 use crate::tunnel::settings::{ListenerSettings, ProxyProtocol, Revoke, SharedSettings};
 use crate::tunnel::signing::{self, NotSigned};
 use crate::tunnel::state::{count_resumption, ticket_policy, OpenConn, TunnelState};
@@ -304,7 +306,7 @@ impl Tunnel for ListenerTunnel {
 
     async fn handle(
         self: Arc<Self>,
-        current: Current<Self>,
+        mut current: Current<Self>,
         sealed: Conn,
         peer: Peer,
         state: Arc<TunnelState>,
@@ -327,6 +329,7 @@ impl Tunnel for ListenerTunnel {
         let (resumed, ticket_refused) = (est.resumed, est.ticket_refused);
         // With two keys (a rotation), which one this connector's hello was for.
         let key = (self.params.next_identity.is_some()).then(|| tracing::field::display(est.own));
+        let records_own = est.own;
         let mut records = Records::new(est, self.settings.shared.rekey_bytes);
         let fp = records.fingerprint;
         if contact == Contact::FirstContact {
@@ -350,48 +353,82 @@ impl Tunnel for ListenerTunnel {
             tracing::debug!(tunnel = %self.name, role = %Role::Listener, %peer, reason = %why,
                 "resumption ticket refused, full handshake done");
         }
+        // Each stream is admitted against the settings in force when it starts (PROTOCOL.md
+        // §4.3, tunnel/admission.rs): a reload reaches the next stream of every session.
+        let made = Made {
+            peer: fp,
+            own: records_own,
+            service: self.params.service.clone(),
+            psk: self.params.psk.clone(),
+            born: Instant::now(),
+        };
+        let mut terms = Terms::new(&mut current, &made);
         let mut leftover = leftover;
         let mut stream: u64 = 0;
         loop {
             stream += 1;
-            let bound = session_idle(&self.settings.shared);
-            let next = read_stream_info(
-                &mut sealed,
-                &mut records.opener,
-                std::mem::take(&mut leftover),
-                tokio::time::Instant::now() + bound,
-                bound,
-            );
-            let read = tokio::select! {
-                r = next => Some(r),
-                () = entry.conn.next_refused() => None,
+            let bound = session_idle(&terms.tunnel.settings.shared);
+            let read = {
+                let next = read_stream_info(
+                    &mut sealed,
+                    &mut records.opener,
+                    std::mem::take(&mut leftover),
+                    tokio::time::Instant::now() + bound,
+                    bound,
+                );
+                let mut next = std::pin::pin!(next);
+                // Between streams: a reload that retires the session, or its age, closes it now;
+                // a StreamInfo already read is served (as the session's last stream if its age is
+                // reached meanwhile).
+                loop {
+                    if let Some(why) = terms.retired(&made, Instant::now()) {
+                        break Err(why);
+                    }
+                    let end_of_life = tokio::time::Instant::from_std(terms.end_of_life(&made));
+                    tokio::select! {
+                        biased;
+                        r = &mut next => break Ok(Some(r)),
+                        () = entry.conn.next_refused() => break Ok(None),
+                        r = current.changed() => terms.changed(&mut current, &made, r),
+                        () = tokio::time::sleep_until(end_of_life) => {}
+                    }
+                }
             };
             let (info, rest) = match read {
-                Some(Ok(x)) => x,
+                Ok(Some(Ok(x))) => x,
                 // The connector ended the session between streams (or retired a warm session
                 // before its first): a clean end.
-                Some(Err(StreamError::Eof)) => {
+                Ok(Some(Err(StreamError::Eof))) => {
                     tracing::debug!(tunnel = %self.name, role = %Role::Listener, %peer,
                         fingerprint = %fp, streams = stream - 1, "session ended by the connector");
                     return;
                 }
-                Some(Err(StreamError::Timeout(d))) => {
+                Ok(Some(Err(StreamError::Timeout(d)))) => {
                     tracing::debug!(tunnel = %self.name, role = %Role::Listener, %peer,
                         fingerprint = %fp, streams = stream - 1,
                         "no stream for {d:?}, session closed");
                     return;
                 }
-                Some(Err(e)) => {
+                Ok(Some(Err(e))) => {
                     tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
                         reason = %e, "no valid StreamInfo record from the connector, connection reset");
                     reset_on_close(&sealed);
                     return;
                 }
-                None => {
+                Ok(None) => {
                     tracing::info!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
                         streams = stream - 1,
                         "session closed between streams (its key is no longer trusted after a reload, or shutdown)");
                     reset_on_close(&sealed);
+                    return;
+                }
+                // A clean end between streams (a TCP FIN, PROTOCOL.md §4.3): the connector's
+                // pool drops the session and its next client gets another.
+                Err(why) => {
+                    tracing::info!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
+                        streams = stream - 1, reason = %why,
+                        "session closed between streams: {why}");
+                    let _ = sealed.shutdown().await;
                     return;
                 }
             };
@@ -404,10 +441,19 @@ impl Tunnel for ListenerTunnel {
             }
             // The settings of now, not of the accept: a reload during the handshake swept the
             // session table before this session was in it.
-            if entry.conn.no_next() || !current.borrow().accepts_new(&fp) {
+            terms.refresh(&mut current, &made);
+            if entry.conn.no_next() || terms.refused() == Some(Retired::Untrusted) {
                 tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
                     client = %OptAddr(info.client),
                     "connector key no longer trusted: new stream refused, connection reset (revoked at reload)");
+                reset_on_close(&sealed);
+                return;
+            }
+            // The session's other terms, taken away by a reload as its StreamInfo came.
+            if let Some(why) = terms.refused() {
+                tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
+                    client = %OptAddr(info.client), reason = %why,
+                    "new stream refused: {why}; connection reset");
                 reset_on_close(&sealed);
                 return;
             }
@@ -417,14 +463,15 @@ impl Tunnel for ListenerTunnel {
                     .streams_reused
                     .fetch_add(1, Ordering::Relaxed);
             }
-            let Some(target) = self.open_target(&peer, &fp, &info, &sealed).await else {
+            let tunnel = terms.tunnel.clone();
+            let Some(target) = tunnel.open_target(&peer, &fp, &info, &sealed).await else {
                 return;
             };
-            tracing::info!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
-                peer_name = self.params.trust.name_of(&fp).unwrap_or(""), key, forward = %target.1,
+            tracing::info!(tunnel = %tunnel.name, role = %Role::Listener, %peer, fingerprint = %fp,
+                peer_name = tunnel.params.trust.name_of(&fp).unwrap_or(""), key, forward = %target.1,
                 client = %OptAddr(info.client), resumed, stream, "connection open");
             let end = carry(
-                self.as_ref(),
+                tunnel.as_ref(),
                 &current,
                 target.0,
                 &mut sealed,
@@ -433,7 +480,8 @@ impl Tunnel for ListenerTunnel {
                 &peer,
                 Instant::now(),
                 resumed,
-                false,
+                // Past `session_max_age` when our close record goes, the session ends with it.
+                FinAfterClose::From(terms.end_of_life(&made)),
                 &state,
             )
             .await;

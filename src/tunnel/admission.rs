@@ -1,0 +1,197 @@
+//! The listener's admission of each stream of a session (PROTOCOL.md §4.3): every stream is
+//! admitted against the settings in force when it starts, not those of the session's accept.
+//!
+//! A session is made under terms that a reload may take away: the connector's key trusted, the
+//! service it asked for, the listener key its hello was keyed for, the PSK. While they hold, each
+//! new stream simply takes the tunnel's current `forward`, `allow_destinations`,
+//! `proxy_protocol` and idle bounds. Once one of them no longer holds (or the tunnel is gone
+//! from the configuration), or once the session is `session_max_age` old, the session carries no
+//! new stream: it finishes the one it carries and is closed, cleanly, between streams.
+//!
+//! The settings are followed through the tunnel's `watch` channel: per stream, one atomic load
+//! tells whether a reload sent new ones since the last look; only then are they taken (one
+//! `Arc` clone) and the session's terms checked against them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::proto::identity::Fingerprint;
+use crate::proto::keys::Psk;
+use crate::tunnel::accept::{Current, Tunnel};
+use crate::tunnel::listener::ListenerTunnel;
+
+/// Why a session carries no new stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retired {
+    /// A reload removed the connector's key from the trust list.
+    Untrusted,
+    /// A reload changed the listener's `service`.
+    Service,
+    /// A reload took away the listener key the session's hello was keyed for.
+    Key,
+    /// A reload changed (or added, or removed) the PSK.
+    Psk,
+    /// A reload removed the tunnel, or moved its `listen` address.
+    Removed,
+    /// The session is `session_max_age` old.
+    MaxAge,
+}
+
+impl std::fmt::Display for Retired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Retired::Untrusted => "its connector key is no longer trusted after a reload",
+            Retired::Service => "a reload changed this listener's service",
+            Retired::Key => "a reload took away the listener key it was made under",
+            Retired::Psk => "a reload changed the psk",
+            Retired::Removed => "a reload removed this tunnel or moved its listen address",
+            Retired::MaxAge => "it reached session_max_age",
+        })
+    }
+}
+
+/// What a session was made under: what every later stream's settings must still grant.
+pub(crate) struct Made {
+    /// The connector's key.
+    pub(crate) peer: Fingerprint,
+    /// The listener key its hello was keyed for.
+    pub(crate) own: Fingerprint,
+    /// The service of its handshake.
+    pub(crate) service: Arc<str>,
+    /// The PSK of its handshake.
+    pub(crate) psk: Option<Arc<Psk>>,
+    /// When its handshake completed.
+    pub(crate) born: Instant,
+}
+
+/// The settings in force for one session, refreshed when a reload sends new ones.
+pub(crate) struct Terms {
+    /// The tunnel's settings as the last reload left them.
+    pub(crate) tunnel: Arc<ListenerTunnel>,
+    /// Whether the session's terms still hold under them (the age aside).
+    verdict: Option<Retired>,
+}
+
+impl Terms {
+    /// The settings in force now, marked as seen in `current`.
+    pub(crate) fn new(current: &mut Current<ListenerTunnel>, made: &Made) -> Terms {
+        let gone = current.has_changed().is_err();
+        let tunnel = current.borrow_and_update().clone();
+        let mut t = Terms {
+            tunnel,
+            verdict: None,
+        };
+        t.judge(made, gone);
+        t
+    }
+
+    /// Takes the settings a reload sent since the last look, if any: one atomic load when
+    /// there were none.
+    pub(crate) fn refresh(&mut self, current: &mut Current<ListenerTunnel>, made: &Made) {
+        match current.has_changed() {
+            Ok(false) => {}
+            Ok(true) => self.take(current, made),
+            Err(_) => self.judge(made, true),
+        }
+    }
+
+    /// Takes the settings in `current` after its `changed()` returned `Ok` (or `gone`: `Err`).
+    pub(crate) fn take(&mut self, current: &mut Current<ListenerTunnel>, made: &Made) {
+        self.tunnel = current.borrow_and_update().clone();
+        self.judge(made, false);
+    }
+
+    /// After `current.changed()` returned: the new settings, or none (the tunnel is gone).
+    pub(crate) fn changed(
+        &mut self,
+        current: &mut Current<ListenerTunnel>,
+        made: &Made,
+        result: Result<(), tokio::sync::watch::error::RecvError>,
+    ) {
+        match result {
+            Ok(()) => self.take(current, made),
+            Err(_) => self.judge(made, true),
+        }
+    }
+
+    fn judge(&mut self, made: &Made, gone: bool) {
+        let t = &self.tunnel;
+        self.verdict = if gone {
+            Some(Retired::Removed)
+        } else if !t.accepts_new(&made.peer) {
+            Some(Retired::Untrusted)
+        } else if t.params.service != made.service {
+            Some(Retired::Service)
+        } else if !t
+            .params
+            .identities()
+            .any(|k| k.public().fingerprint() == made.own)
+        {
+            Some(Retired::Key)
+        } else if t.params.psk != made.psk {
+            Some(Retired::Psk)
+        } else {
+            None
+        };
+    }
+
+    /// Why a reload took away the session's terms, if it did (its age aside).
+    pub(crate) fn refused(&self) -> Option<Retired> {
+        self.verdict
+    }
+
+    /// Why the session may carry no new stream at `now`, if it may not.
+    pub(crate) fn retired(&self, made: &Made, now: Instant) -> Option<Retired> {
+        self.verdict
+            .or_else(|| past_max_age(made.born, self.max_age(), now).then_some(Retired::MaxAge))
+    }
+
+    /// The session's `session_max_age` under these settings.
+    pub(crate) fn max_age(&self) -> Duration {
+        self.tunnel.settings.session_max_age
+    }
+
+    /// The instant the session reaches its `session_max_age`.
+    pub(crate) fn end_of_life(&self, made: &Made) -> Instant {
+        end_of_life(made.born, self.max_age())
+    }
+}
+
+/// Whether a session made at `born` has reached `max_age` at `now`.
+pub(crate) fn past_max_age(born: Instant, max_age: Duration, now: Instant) -> bool {
+    now.saturating_duration_since(born) >= max_age
+}
+
+/// When a session made at `born` reaches `max_age` (far in the future if that overflows).
+fn end_of_life(born: Instant, max_age: Duration) -> Instant {
+    born.checked_add(max_age)
+        .unwrap_or_else(|| born + Duration::from_secs(365 * 24 * 3600))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_is_past_its_max_age_from_the_instant_it_reaches_it() {
+        let born = Instant::now();
+        let max = Duration::from_secs(3600);
+        assert!(!past_max_age(born, max, born));
+        assert!(!past_max_age(
+            born,
+            max,
+            born + max - Duration::from_millis(1)
+        ));
+        assert!(past_max_age(born, max, born + max));
+        assert!(past_max_age(born, max, born + max + Duration::from_secs(1)));
+        // A clock read before the session's birth (another thread's `now`) is not past it.
+        assert!(!past_max_age(born + Duration::from_secs(1), max, born));
+        assert_eq!(end_of_life(born, max), born + max);
+        // A reload that shortens it applies to sessions already open.
+        assert!(past_max_age(
+            born,
+            Duration::from_secs(60),
+            born + Duration::from_secs(61)
+        ));
+    }
+}
