@@ -8,6 +8,9 @@
 //! from the configuration), or once the session is `session_max_age` old, the session carries no
 //! new stream: it finishes the one it carries and is closed, cleanly, between streams.
 //!
+//! A key no longer trusted is the daemon's to act on between streams (a reload resets such
+//! sessions, `revoke`); here it refuses the next stream.
+//!
 //! The settings are followed through the tunnel's `watch` channel: per stream, one atomic load
 //! tells whether a reload sent new ones since the last look; only then are they taken (one
 //! `Arc` clone) and the session's terms checked against them.
@@ -31,8 +34,6 @@ pub(crate) enum Retired {
     Key,
     /// A reload changed (or added, or removed) the PSK.
     Psk,
-    /// A reload removed the tunnel, or moved its `listen` address.
-    Removed,
     /// The session is `session_max_age` old.
     MaxAge,
 }
@@ -44,7 +45,6 @@ impl std::fmt::Display for Retired {
             Retired::Service => "a reload changed this listener's service",
             Retired::Key => "a reload took away the listener key it was made under",
             Retired::Psk => "a reload changed the psk",
-            Retired::Removed => "a reload removed this tunnel or moved its listen address",
             Retired::MaxAge => "it reached session_max_age",
         })
     }
@@ -70,55 +70,73 @@ pub(crate) struct Terms {
     pub(crate) tunnel: Arc<ListenerTunnel>,
     /// Whether the session's terms still hold under them (the age aside).
     verdict: Option<Retired>,
+    /// False once no reload can come (the tunnel's channel is closed: the tunnel was removed,
+    /// or stopped; an in-process pair has none): the last settings stay.
+    following: bool,
 }
 
 impl Terms {
     /// The settings in force now, marked as seen in `current`.
     pub(crate) fn new(current: &mut Current<ListenerTunnel>, made: &Made) -> Terms {
-        let gone = current.has_changed().is_err();
-        let tunnel = current.borrow_and_update().clone();
         let mut t = Terms {
-            tunnel,
+            tunnel: current.borrow().clone(),
             verdict: None,
+            following: true,
         };
-        t.judge(made, gone);
+        let r = if current.has_changed().is_err() {
+            Err(())
+        } else {
+            Ok(())
+        };
+        t.take(current, made, r);
         t
     }
 
     /// Takes the settings a reload sent since the last look, if any: one atomic load when
     /// there were none.
     pub(crate) fn refresh(&mut self, current: &mut Current<ListenerTunnel>, made: &Made) {
-        match current.has_changed() {
-            Ok(false) => {}
-            Ok(true) => self.take(current, made),
-            Err(_) => self.judge(made, true),
+        if self.following {
+            match current.has_changed() {
+                Ok(false) => {}
+                Ok(true) => self.take(current, made, Ok(())),
+                Err(_) => self.take(current, made, Err(())),
+            }
         }
     }
 
-    /// Takes the settings in `current` after its `changed()` returned `Ok` (or `gone`: `Err`).
-    pub(crate) fn take(&mut self, current: &mut Current<ListenerTunnel>, made: &Made) {
-        self.tunnel = current.borrow_and_update().clone();
-        self.judge(made, false);
+    /// Resolves when a reload sends new settings (or the channel closes), never if no reload
+    /// can come; then pass its result to [`Terms::changed`].
+    pub(crate) async fn next_reload(
+        following: bool,
+        current: &mut Current<ListenerTunnel>,
+    ) -> Result<(), ()> {
+        if !following {
+            return std::future::pending().await;
+        }
+        current.changed().await.map_err(|_| ())
     }
 
-    /// After `current.changed()` returned: the new settings, or none (the tunnel is gone).
+    /// Whether a reload may still come (the argument of [`Terms::next_reload`]).
+    pub(crate) fn following(&self) -> bool {
+        self.following
+    }
+
+    /// After [`Terms::next_reload`]: the settings it sent.
     pub(crate) fn changed(
         &mut self,
         current: &mut Current<ListenerTunnel>,
         made: &Made,
-        result: Result<(), tokio::sync::watch::error::RecvError>,
+        result: Result<(), ()>,
     ) {
-        match result {
-            Ok(()) => self.take(current, made),
-            Err(_) => self.judge(made, true),
-        }
+        self.take(current, made, result);
     }
 
-    fn judge(&mut self, made: &Made, gone: bool) {
+    /// Takes the settings in `current`; `Err`: the last ones, as the channel is closed.
+    fn take(&mut self, current: &mut Current<ListenerTunnel>, made: &Made, r: Result<(), ()>) {
+        self.tunnel = current.borrow_and_update().clone();
+        self.following = r.is_ok();
         let t = &self.tunnel;
-        self.verdict = if gone {
-            Some(Retired::Removed)
-        } else if !t.accepts_new(&made.peer) {
+        self.verdict = if !t.accepts_new(&made.peer) {
             Some(Retired::Untrusted)
         } else if t.params.service != made.service {
             Some(Retired::Service)
@@ -140,10 +158,9 @@ impl Terms {
         self.verdict
     }
 
-    /// Why the session may carry no new stream at `now`, if it may not.
-    pub(crate) fn retired(&self, made: &Made, now: Instant) -> Option<Retired> {
-        self.verdict
-            .or_else(|| past_max_age(made.born, self.max_age(), now).then_some(Retired::MaxAge))
+    /// Whether the session has reached its `session_max_age` (under these settings) at `now`.
+    pub(crate) fn aged(&self, made: &Made, now: Instant) -> bool {
+        past_max_age(made.born, self.max_age(), now)
     }
 
     /// The session's `session_max_age` under these settings.

@@ -381,15 +381,22 @@ impl Tunnel for ListenerTunnel {
                 // a StreamInfo already read is served (as the session's last stream if its age is
                 // reached meanwhile).
                 loop {
-                    if let Some(why) = terms.retired(&made, Instant::now()) {
+                    // A key no longer trusted: the reload resets the session (`next_refused`).
+                    let refused = terms.refused().filter(|w| *w != Retired::Untrusted);
+                    if let Some(why) = refused {
                         break Err(why);
+                    }
+                    if terms.aged(&made, Instant::now()) {
+                        break Err(Retired::MaxAge);
                     }
                     let end_of_life = tokio::time::Instant::from_std(terms.end_of_life(&made));
                     tokio::select! {
                         biased;
                         r = &mut next => break Ok(Some(r)),
                         () = entry.conn.next_refused() => break Ok(None),
-                        r = current.changed() => terms.changed(&mut current, &made, r),
+                        r = Terms::next_reload(terms.following(), &mut current) => {
+                            terms.changed(&mut current, &made, r)
+                        }
                         () = tokio::time::sleep_until(end_of_life) => {}
                     }
                 }
