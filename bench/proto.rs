@@ -29,7 +29,7 @@ use sealpipe::proto::handshake::{
     CONNECTOR_SIGNATURE_CONTEXT,
 };
 use sealpipe::proto::identity::{PrivateIdentity, PublicIdentity, TrustList};
-use sealpipe::proto::keys::{hash, Direction, HandshakeSecrets, Secret};
+use sealpipe::proto::key_schedule::{hash, Direction, HandshakeSecrets, Secret};
 use sealpipe::proto::record::{Opened, Opener, Sealer, HEADER_LEN, OVERHEAD};
 use sealpipe::proto::resume::{ConnectorTickets, TicketPolicy, TicketStore};
 use sealpipe::proto::{mlkem, x25519};

@@ -14,7 +14,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use sealpipe::proto::keys::Secret;
+use sealpipe::proto::key_schedule::Secret;
 use sealpipe::proto::record::{Alert, AlertCode, Opener, RecordError, RecordType};
 use sealpipe_fuzz::*;
 

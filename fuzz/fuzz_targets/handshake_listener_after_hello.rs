@@ -27,7 +27,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use sealpipe::proto::handshake::{mac1, Handshake, HandshakeError, CONNECTOR_SIGNATURE_CONTEXT};
 use sealpipe::proto::identity::PrivateIdentity;
-use sealpipe::proto::keys::{
+use sealpipe::proto::key_schedule::{
     finished_key, hash, hmac, Direction, HandshakeSecrets, Secret, TrafficKey,
 };
 use sealpipe::proto::messages::{
@@ -106,7 +106,7 @@ fn start() -> Run {
     }
 }
 
-/// A genuine ConnectorAuth by `key` asking for `service` (as `Handshake::make_auth` makes it);
+/// A genuine ConnectorAuth by `key` asking for `service` (as `make_auth` in `proto/handshake/common.rs` makes it);
 /// extends the transcript to its end.
 fn signed_auth(run: &mut Run, key: &PrivateIdentity, service: &[u8]) -> Vec<u8> {
     let mut plain = Vec::new();

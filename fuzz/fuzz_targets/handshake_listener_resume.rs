@@ -30,7 +30,7 @@ use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
 use sealpipe::proto::handshake::{mac1, Handshake, Resumption};
-use sealpipe::proto::keys::Secret;
+use sealpipe::proto::key_schedule::Secret;
 use sealpipe::proto::messages::{
     header, MessageType, HELLO_FIELDS, MAC1_LEN, MSG_HEADER_LEN, RESUME_HELLO_BODY, TICKET_ID_LEN,
 };

@@ -10,7 +10,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use sealpipe::proto::keys::Secret;
+use sealpipe::proto::key_schedule::Secret;
 use sealpipe::proto::record::Opener;
 use sealpipe_fuzz::*;
 

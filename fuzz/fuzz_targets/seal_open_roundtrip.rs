@@ -14,7 +14,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sealpipe::proto::keys::Secret;
+use sealpipe::proto::key_schedule::Secret;
 use sealpipe::proto::record::{
     parse_header, Opener, RecordError, RecordType, Sealer, HEADER_LEN, OVERHEAD,
 };

@@ -10,7 +10,7 @@ use sealpipe::proto::handshake::{ConnectorParams, Handshake, HandshakeRandomness
 use sealpipe::proto::identity::{
     Fingerprint, IdentityError, PrivateIdentity, PublicIdentity, Signer, TrustList,
 };
-use sealpipe::proto::keys::{Secret, TrafficKey};
+use sealpipe::proto::key_schedule::{Secret, TrafficKey};
 use sealpipe::proto::messages::{header, MessageType};
 use sealpipe::proto::record::{parse_header, Opened, Opener, RecordError, HEADER_LEN};
 
@@ -187,8 +187,8 @@ pub fn connector_x25519(peer: [u8; 32]) -> [u8; 32] {
 }
 
 /// A whole auth message (`kind`, header, ciphertext, tag) sealing `plaintext` under the
-/// handshake traffic secret `hs_traffic`, as `Handshake::make_auth` does. Lets a target hand
-/// fuzzer-chosen *plaintext* to the code behind the AEAD.
+/// handshake traffic secret `hs_traffic`, as `make_auth` in `proto/handshake/common.rs` does.
+/// Lets a target hand fuzzer-chosen *plaintext* to the code behind the AEAD.
 pub fn seal_auth(kind: MessageType, hs_traffic: &Secret, plaintext: &[u8]) -> Vec<u8> {
     let hdr = header(kind, plaintext.len() + 16);
     let mut body = plaintext.to_vec();

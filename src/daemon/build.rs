@@ -14,7 +14,7 @@ use crate::files::keyfile;
 use crate::files::known_peers::TofuStore;
 use crate::proto::handshake::{ConnectorParams, ListenerParams, ListenerPin};
 use crate::proto::identity::{Signer, TrustList};
-use crate::proto::keys::Psk;
+use crate::proto::key_schedule::Psk;
 use crate::tunnel::activation::{self, Want};
 use crate::tunnel::connector::ConnectorTunnel;
 use crate::tunnel::listener::ListenerTunnel;

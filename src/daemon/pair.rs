@@ -22,9 +22,7 @@ use crate::tunnel::accept::spawn;
 use crate::tunnel::connector::ConnectorTunnel;
 use crate::tunnel::listener::ListenerTunnel;
 use crate::tunnel::net::Bound;
-use crate::tunnel::settings::{
-    ConnectorMode, ConnectorSettings, ListenerSettings, ProxyProtocol, Revoke,
-};
+use crate::tunnel::settings::{ConnectorMode, ProxyProtocol, Revoke};
 pub(crate) use crate::tunnel::state::TunnelState;
 use crate::tunnel::Tunnel;
 
@@ -81,12 +79,14 @@ pub(crate) fn spawn_shared_tunnel<T: Tunnel>(
 }
 
 /// The settings a listener tunnel runs with under `tuning` (as the config layer builds them).
-pub fn listener_settings(tuning: &Tuning) -> ListenerSettings {
+#[cfg(feature = "testing")]
+pub fn listener_settings(tuning: &Tuning) -> crate::tunnel::settings::ListenerSettings {
     tuning.listener()
 }
 
 /// The settings a connector tunnel runs with under `tuning` (as the config layer builds them).
-pub fn connector_settings(tuning: &Tuning) -> ConnectorSettings {
+#[cfg(feature = "testing")]
+pub fn connector_settings(tuning: &Tuning) -> crate::tunnel::settings::ConnectorSettings {
     tuning.connector()
 }
 

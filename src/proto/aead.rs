@@ -2,12 +2,14 @@
 //!
 //! Everything that encrypts goes through [`Aead`]. It is aws-lc-rs' ChaCha20-Poly1305, measured
 //! 1.9x (64 KiB) to 3.5x (1 KiB) faster here than the RustCrypto `chacha20poly1305` crate
-//! (`bench/RESULTS.md`). [`RustCryptoAead`] is the same algorithm from RustCrypto, kept behind
-//! the same interface so that each is tested against the other (same bytes on the wire) and
-//! benchmarked side by side.
+//! (`bench/RESULTS.md`). `RustCryptoAead` (unit tests and the `testing` feature only) is the same
+//! algorithm from RustCrypto, kept behind the same interface so that each is tested against the
+//! other (same bytes on the wire) and benchmarked side by side.
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce as LcNonce, UnboundKey, CHACHA20_POLY1305};
+#[cfg(any(test, feature = "testing"))]
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
+#[cfg(any(test, feature = "testing"))]
 use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
 
 /// Key length of ChaCha20-Poly1305.
@@ -15,7 +17,7 @@ pub const KEY_LEN: usize = 32;
 /// Nonce length of ChaCha20-Poly1305.
 pub const NONCE_LEN: usize = 12;
 /// Authentication tag length.
-pub const TAG_LEN: usize = 16;
+pub(crate) const TAG_LEN: usize = 16;
 
 /// The AEAD failed to authenticate a ciphertext (or, when sealing, the input was too long).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -68,9 +70,12 @@ impl Aead {
 }
 
 /// The same AEAD from the RustCrypto `chacha20poly1305` crate (key zeroized on drop): the
-/// reference [`Aead`] is tested and benchmarked against.
+/// reference [`Aead`] is tested and benchmarked against. Only in the unit tests and with the
+/// `testing` feature: a normal build does not compile `chacha20poly1305`.
+#[cfg(any(test, feature = "testing"))]
 pub struct RustCryptoAead(ChaCha20Poly1305);
 
+#[cfg(any(test, feature = "testing"))]
 impl RustCryptoAead {
     /// A cipher under `key`.
     pub fn new(key: &[u8; KEY_LEN]) -> Self {

@@ -9,7 +9,7 @@
 
 use crate::proto::aead::TAG_LEN;
 use crate::proto::identity::{MAX_SIGNATURE_LEN, MAX_SPKI_LEN};
-use crate::proto::keys::HASH_LEN;
+use crate::proto::key_schedule::HASH_LEN;
 use crate::proto::mlkem::{CT_LEN, EK_LEN};
 
 /// The protocol version this build speaks (inside the signed transcript).
@@ -19,9 +19,9 @@ pub const MSG_HEADER_LEN: usize = 3;
 /// Bytes of the pre-signature MAC in the connector hello.
 pub const MAC1_LEN: usize = 16;
 /// Option bit: a pre-shared key is mixed into the key schedule.
-pub const OPTION_PSK: u8 = 0x01;
+pub(crate) const OPTION_PSK: u8 = 0x01;
 /// Every option bit this version knows.
-pub const KNOWN_OPTIONS: u8 = OPTION_PSK;
+pub(crate) const KNOWN_OPTIONS: u8 = OPTION_PSK;
 
 /// The fields every hello starts with: version, options, random, X25519 ephemeral.
 pub const HELLO_FIELDS: usize = 1 + 1 + 32 + 32;
@@ -35,18 +35,18 @@ pub const TICKET_ID_LEN: usize = 16;
 /// ticket is refused), ticket id, binder, mac1 (1314).
 pub const RESUME_HELLO_BODY: usize = HELLO_FIELDS + EK_LEN + TICKET_ID_LEN + HASH_LEN + MAC1_LEN;
 /// Body of the resume accept: the fields, finished (98).
-pub const RESUME_ACCEPT_BODY: usize = HELLO_FIELDS + HASH_LEN;
+pub(crate) const RESUME_ACCEPT_BODY: usize = HELLO_FIELDS + HASH_LEN;
 /// Longest service name in a ConnectorAuth.
 pub const MAX_SERVICE_LEN: usize = 64;
 /// Body of the resume finished: the connector's finished MAC.
-pub const RESUME_FINISHED_BODY: usize = HASH_LEN;
+pub(crate) const RESUME_FINISHED_BODY: usize = HASH_LEN;
 /// Largest plaintext of an auth message.
 pub const MAX_AUTH_PLAINTEXT: usize =
     2 + MAX_SPKI_LEN + 1 + MAX_SERVICE_LEN + 2 + MAX_SIGNATURE_LEN + HASH_LEN;
 /// Largest body of an auth message (ciphertext and tag).
-pub const MAX_AUTH_BODY: usize = MAX_AUTH_PLAINTEXT + TAG_LEN;
+pub(crate) const MAX_AUTH_BODY: usize = MAX_AUTH_PLAINTEXT + TAG_LEN;
 /// Largest handshake message on the wire (an auth message: a hello is shorter, checked below).
-pub const MAX_MESSAGE_LEN: usize = MSG_HEADER_LEN + MAX_AUTH_BODY;
+pub(crate) const MAX_MESSAGE_LEN: usize = MSG_HEADER_LEN + MAX_AUTH_BODY;
 const _: () = assert!(MAX_AUTH_BODY >= RESUME_HELLO_BODY && MAX_AUTH_BODY >= CONNECTOR_HELLO_BODY);
 
 /// Handshake message types; each flows in one direction only.
@@ -72,7 +72,7 @@ pub enum MessageType {
 
 impl MessageType {
     /// The type named by a header's first byte, if it is one.
-    pub fn from_u8(b: u8) -> Option<Self> {
+    pub(crate) fn from_u8(b: u8) -> Option<Self> {
         Some(match b {
             0x11 => MessageType::ConnectorHello,
             0x12 => MessageType::ListenerHello,
@@ -100,17 +100,9 @@ pub enum MessageError {
     Malformed,
 }
 
-/// Checks a message header against the one message expected next; returns the body length.
-pub fn check_header(
-    header: &[u8; MSG_HEADER_LEN],
-    expected: MessageType,
-) -> Result<usize, MessageError> {
-    check_header_any(header, &[expected]).map(|(_, len)| len)
-}
-
 /// Checks a message header against the messages acceptable next; returns its type and body
 /// length.
-pub fn check_header_any(
+pub(crate) fn check_header_any(
     header: &[u8; MSG_HEADER_LEN],
     expected: &[MessageType],
 ) -> Result<(MessageType, usize), MessageError> {
@@ -137,7 +129,7 @@ pub fn check_header_any(
 
 /// The first message a connector may send: a [`MessageType::ConnectorHello`] or a
 /// [`MessageType::ResumeHello`]. Returns its type and (fixed) body length.
-pub fn check_first_header(
+pub(crate) fn check_first_header(
     header: &[u8; MSG_HEADER_LEN],
 ) -> Result<(MessageType, usize), MessageError> {
     check_header_any(
@@ -147,12 +139,12 @@ pub fn check_first_header(
 }
 
 /// The largest first message of a connector (a resume hello), header included.
-pub const MAX_FIRST_MESSAGE_LEN: usize = MSG_HEADER_LEN + RESUME_HELLO_BODY;
+pub(crate) const MAX_FIRST_MESSAGE_LEN: usize = MSG_HEADER_LEN + RESUME_HELLO_BODY;
 
 /// The connector's ephemeral X25519 key `e_c` of a whole ConnectorHello or ResumeHello (header
 /// included): what a listener's replay cache keys on. `None` if `hello` is not one of the two
 /// with its exact length. No cryptographic check: call it on a hello whose mac1 verified.
-pub fn hello_ephemeral(hello: &[u8]) -> Option<[u8; 32]> {
+pub(crate) fn hello_ephemeral(hello: &[u8]) -> Option<[u8; 32]> {
     let header = hello.first_chunk::<MSG_HEADER_LEN>()?;
     let (_, len) = check_first_header(header).ok()?;
     if hello.len() != MSG_HEADER_LEN + len {
@@ -183,14 +175,14 @@ pub struct Hello {
 
 /// The ML-KEM field of a hello body: a connector hello's encapsulation key (also in a resume
 /// hello), a listener hello's ciphertext.
-pub fn hello_ek(body: &[u8]) -> Option<&[u8; EK_LEN]> {
+pub(crate) fn hello_ek(body: &[u8]) -> Option<&[u8; EK_LEN]> {
     body.get(HELLO_FIELDS..HELLO_FIELDS + EK_LEN)?
         .try_into()
         .ok()
 }
 
 /// See [`hello_ek`]: the ciphertext of a listener hello body.
-pub fn hello_ct(body: &[u8]) -> Option<&[u8; CT_LEN]> {
+pub(crate) fn hello_ct(body: &[u8]) -> Option<&[u8; CT_LEN]> {
     body.get(HELLO_FIELDS..HELLO_FIELDS + CT_LEN)?
         .try_into()
         .ok()
@@ -207,7 +199,7 @@ impl Hello {
     }
 
     /// The whole listener hello.
-    pub fn encode_listener(&self, ct: &[u8; CT_LEN]) -> Vec<u8> {
+    pub(crate) fn encode_listener(&self, ct: &[u8; CT_LEN]) -> Vec<u8> {
         let mut out = Vec::with_capacity(MSG_HEADER_LEN + LISTENER_HELLO_BODY);
         out.extend_from_slice(&header(MessageType::ListenerHello, LISTENER_HELLO_BODY));
         self.encode_fields(&mut out);
@@ -217,7 +209,7 @@ impl Hello {
 
     /// The four fields only (version, options, random, ephemeral), as the start of a resume
     /// hello or a resume accept.
-    pub fn encode_fields(&self, out: &mut Vec<u8>) {
+    pub(crate) fn encode_fields(&self, out: &mut Vec<u8>) {
         out.push(self.version);
         out.push(self.options);
         out.extend_from_slice(&self.random);
@@ -225,7 +217,7 @@ impl Hello {
     }
 
     /// Decodes the first 66 bytes of a hello body (any kind).
-    pub fn decode_fields(body: &[u8]) -> Result<Hello, MessageError> {
+    pub(crate) fn decode_fields(body: &[u8]) -> Result<Hello, MessageError> {
         let f = body.get(..HELLO_FIELDS).ok_or(MessageError::Malformed)?;
         let mut random = [0u8; 32];
         random.copy_from_slice(&f[2..34]);
@@ -322,6 +314,15 @@ impl<'a> Auth<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+/// Checks a message header against the one message expected next; returns the body length.
+    fn check_header(
+        header: &[u8; MSG_HEADER_LEN],
+        expected: MessageType,
+    ) -> Result<usize, MessageError> {
+        check_header_any(header, &[expected]).map(|(_, len)| len)
+    }
+    
 
     #[test]
     fn auth_decoding_checks_every_length() {

@@ -4,9 +4,9 @@
 //! encapsulation key; the listener [`encapsulate`]s to it and sends the ciphertext; the
 //! connector decapsulates once and drops the key.
 //!
-//! aws-lc-rs draws ML-KEM's randomness (key generation, encapsulation) from its own RNG: the one
-//! exception to "randomness comes from the caller" in `proto`. The fixed-key decapsulation
-//! ([`DecapsulationKey::from_bytes`]) is what the vectors use.
+//! aws-lc-rs draws ML-KEM's randomness (key generation, encapsulation) from its own RNG, not from
+//! the caller (see `proto`'s module docs). The fixed-key decapsulation
+//! (`DecapsulationKey::from_bytes`, with the `testing` feature) is what the vectors use.
 
 use aws_lc_rs::kem::{self, Ciphertext, ML_KEM_768};
 use zeroize::Zeroizing;
@@ -16,9 +16,10 @@ pub const EK_LEN: usize = 1184;
 /// Bytes of an ML-KEM-768 ciphertext.
 pub const CT_LEN: usize = 1088;
 /// Bytes of an ML-KEM-768 decapsulation key (its encoding, for fixed test keys).
+#[cfg(any(test, feature = "testing"))]
 pub const DK_LEN: usize = 2400;
 /// Bytes of the shared secret.
-pub const SS_LEN: usize = 32;
+pub(crate) const SS_LEN: usize = 32;
 
 /// An encapsulation key was refused (FIPS 203's modulus check), or the backend failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -64,6 +65,7 @@ impl DecapsulationKey {
     }
 
     /// The key of a fixed encoding (`DK_LEN` bytes: dk_pke ‖ ek ‖ H(ek) ‖ z), for vectors.
+    #[cfg(any(test, feature = "testing"))]
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
         let key = kem::DecapsulationKey::new(&ML_KEM_768, bytes).ok()?;
         // FIPS 203: dk = dk_pke (384·k = 1152 bytes) ‖ ek ‖ H(ek) ‖ z.

@@ -16,7 +16,7 @@
 //! ends the session cleanly.
 
 use crate::proto::aead::TAG_LEN;
-use crate::proto::keys::{derive_secret, next_generation, Secret, TrafficKey};
+use crate::proto::key_schedule::{derive_secret, next_generation, Secret, TrafficKey};
 use crate::proto::stream::MAX_STREAM_INFO_LEN;
 
 /// Bytes of the record header.
@@ -24,15 +24,15 @@ pub const HEADER_LEN: usize = 4;
 /// Header plus tag: what sealing adds to a plaintext.
 pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
 /// Largest plaintext in one record (64 KiB); a receiver accepts up to this, whatever its own size.
-pub const MAX_PLAINTEXT: usize = 64 * 1024;
+pub(crate) const MAX_PLAINTEXT: usize = 64 * 1024;
 /// Largest record on the wire.
-pub const MAX_RECORD_LEN: usize = MAX_PLAINTEXT + OVERHEAD;
+pub(crate) const MAX_RECORD_LEN: usize = MAX_PLAINTEXT + OVERHEAD;
 /// A sender rekeys by itself after this many records under one key.
-pub const SOFT_RECORD_LIMIT: u64 = 1 << 31;
+pub(crate) const SOFT_RECORD_LIMIT: u64 = 1 << 31;
 /// No key ever seals or opens more records than this: the connection ends first.
-pub const HARD_RECORD_LIMIT: u64 = 1 << 32;
+pub(crate) const HARD_RECORD_LIMIT: u64 = 1 << 32;
 /// No direction ratchets more often than this.
-pub const MAX_GENERATIONS: u64 = 1 << 32;
+pub(crate) const MAX_GENERATIONS: u64 = 1 << 32;
 
 /// The kind of a record, in the clear but authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,7 +209,7 @@ impl Alert {
 }
 
 /// The label of the ratchet to the next stream's key, at a close record.
-pub const NEXT_STREAM_LABEL: &str = "next stream";
+pub(crate) const NEXT_STREAM_LABEL: &str = "next stream";
 
 /// The secret of the next stream, from the current secret of a direction at its close record:
 /// `ExpandLabel(s, "next stream", "", 32)`.
@@ -561,7 +561,7 @@ impl Opener {
         Ok(())
     }
 
-    /// Opens one whole record (header included, as sized by [`parse_header`]) in place.
+    /// Opens one whole record (header included, as its header sizes it) in place.
     /// A StreamInfo record is refused here: it is only valid first, through
     /// [`Opener::open_stream_info`].
     pub fn open<'a>(&mut self, record: &'a mut [u8]) -> Result<Opened<'a>, RecordError> {

@@ -31,8 +31,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::proto::identity::{Fingerprint, PublicIdentity};
-use crate::proto::keys::Psk;
-use crate::proto::keys::{
+use crate::proto::key_schedule::Psk;
+use crate::proto::key_schedule::{
     ct_eq, derive_secret, expand_label, extract, hash, hmac, Secret, HASH_LEN,
 };
 use crate::proto::messages::TICKET_ID_LEN;
@@ -41,7 +41,7 @@ use crate::proto::messages::TICKET_ID_LEN;
 pub type TicketId = [u8; TICKET_ID_LEN];
 
 /// Default number of tickets a listener keeps per tunnel.
-pub const DEFAULT_STORE_CAPACITY: usize = 10_000;
+pub(crate) const DEFAULT_STORE_CAPACITY: usize = 10_000;
 
 /// How long a chain of tickets lives and how deep it goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,7 +284,7 @@ pub struct TicketStore {
 }
 
 /// Used ticket ids a listener remembers (16 bytes each).
-pub const USED_MEMORY: usize = 16_384;
+pub(crate) const USED_MEMORY: usize = 16_384;
 
 impl Default for TicketStore {
     fn default() -> Self {

@@ -20,7 +20,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// The only StreamInfo version.
-pub const STREAM_INFO_VERSION: u8 = 1;
+pub(crate) const STREAM_INFO_VERSION: u8 = 1;
 /// Flag: an original destination follows.
 pub const FLAG_DESTINATION: u8 = 1;
 /// Largest StreamInfo body: version, flags and three IPv6 addresses.
@@ -59,7 +59,7 @@ pub enum StreamInfoError {
 }
 
 /// `addr` with an IPv4-mapped IPv6 address written as IPv4 (what a dual-stack socket reports).
-pub fn canonical(addr: SocketAddr) -> SocketAddr {
+pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
@@ -174,7 +174,7 @@ impl StreamInfo {
 }
 
 /// The 12-byte signature that starts every PROXY protocol v2 header.
-pub const PROXY_V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+pub(crate) const PROXY_V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 
 /// The PROXY protocol v2 header for a connection described by `info`: command PROXY over TCP with
 /// source = the client and destination = the original destination if there is one, else the

@@ -1,7 +1,7 @@
 //! X25519 for the handshakes' ephemeral exchanges: aws-lc-rs does the arithmetic (about 2.3×
 //! the speed of x25519-dalek on this project's machines, measured in bench/RESULTS.md), and
-//! x25519-dalek, the reference implementation behind the same two functions, cross-checks it
-//! byte for byte in the tests. A non-contributory (all-zero) result is refused.
+//! x25519-dalek, the reference implementation (a dev-dependency), cross-checks it byte for byte
+//! in the unit tests below. A non-contributory (all-zero) result is refused.
 
 use aws_lc_rs::agreement::{agree, PrivateKey, UnparsedPublicKey, X25519};
 use zeroize::Zeroizing;
@@ -16,7 +16,7 @@ pub struct SharedSecret(Zeroizing<[u8; 32]>);
 
 impl SharedSecret {
     /// The 32 bytes.
-    pub fn as_bytes(&self) -> &[u8; 32] {
+    pub(crate) fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
 }
@@ -27,8 +27,9 @@ pub fn public_key(secret: &[u8; 32]) -> [u8; 32] {
         .ok()
         .and_then(|k| k.compute_public_key().ok())
         .and_then(|p| <[u8; 32]>::try_from(p.as_ref()).ok());
-    // aws-lc-rs accepts every 32-byte scalar; the reference is only a fallback that cannot fail.
-    fast.unwrap_or_else(|| reference_public_key(secret))
+    // aws-lc-rs accepts every 32-byte scalar, so this never fails. Were it to, the all-zero key
+    // is refused by every peer as a low-order point: the handshake fails, nothing panics.
+    fast.unwrap_or([0; 32])
 }
 
 /// X25519(`secret`, `peer`), refusing an all-zero result.
@@ -55,22 +56,22 @@ pub fn shared(secret: &[u8; 32], peer: &[u8; 32]) -> Result<SharedSecret, LowOrd
     Ok(SharedSecret(out))
 }
 
-/// x25519-dalek's public key, the reference the tests compare [`public_key`] with.
-pub fn reference_public_key(secret: &[u8; 32]) -> [u8; 32] {
-    x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(*secret)).to_bytes()
-}
-
-/// x25519-dalek's shared secret (`None` if non-contributory), the reference for [`shared`].
-pub fn reference_shared(secret: &[u8; 32], peer: &[u8; 32]) -> Option<[u8; 32]> {
-    let s = x25519_dalek::StaticSecret::from(*secret)
-        .diffie_hellman(&x25519_dalek::PublicKey::from(*peer));
-    s.was_contributory().then(|| s.to_bytes())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use sha2::{Digest, Sha256};
+
+    /// x25519-dalek's public key, the reference the tests compare [`public_key`] with.
+    fn reference_public_key(secret: &[u8; 32]) -> [u8; 32] {
+        x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(*secret)).to_bytes()
+    }
+
+    /// x25519-dalek's shared secret (`None` if non-contributory), the reference for [`shared`].
+    fn reference_shared(secret: &[u8; 32], peer: &[u8; 32]) -> Option<[u8; 32]> {
+        let s = x25519_dalek::StaticSecret::from(*secret)
+            .diffie_hellman(&x25519_dalek::PublicKey::from(*peer));
+        s.was_contributory().then(|| s.to_bytes())
+    }
 
     fn bytes(seed: &str, i: u32) -> [u8; 32] {
         Sha256::digest([seed.as_bytes(), &i.to_be_bytes()].concat()).into()

@@ -339,7 +339,7 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::keys::Secret;
+    use crate::proto::key_schedule::Secret;
     use crate::proto::record::{Opener, Sealer};
 
     /// A session over a real (idle) loopback connection.

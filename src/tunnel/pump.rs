@@ -602,7 +602,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::keys::Secret;
+    use crate::proto::key_schedule::Secret;
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 

@@ -46,6 +46,7 @@ impl Histogram {
     }
 
     /// Observations so far.
+    #[cfg(any(test, feature = "testing"))]
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }

@@ -133,7 +133,7 @@ pub(crate) fn original_destination(stream: &TcpStream) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::keys::Secret;
+    use crate::proto::key_schedule::Secret;
 
     fn pair() -> (Sealer, Opener) {
         let s = Secret::from_bytes([3u8; 32]);

@@ -7,8 +7,8 @@ use crate::support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sealpipe::proto::handshake::Handshake;
 use sealpipe::proto::identity::Signer;
+use sealpipe::proto::ConnectorHandshake;
 use sealpipe::testing::{
     connector_settings, echo_service, listener_settings, round_trip, spawn_tunnel, Address,
     ConnectorMode, ConnectorTunnel, ListenerTunnel, ProxyProtocol, Revoke, Tuning,
@@ -76,7 +76,7 @@ async fn a_thousand_abusive_connections_cost_no_signature_and_do_not_block_a_leg
     );
 
     // A hello from a connector pinned to another key: well formed, wrong mac1.
-    let wrong_pin = Handshake::connector(
+    let wrong_pin = ConnectorHandshake::new(
         connector_params(connector_id.clone(), connector_id.fingerprint()),
         det_randomness("wrong pin"),
     )
@@ -292,7 +292,7 @@ fn flood_case(kind: Flood, sources: u32) {
 
         let connector = Arc::new(connector_key());
         let params = connector_params(connector.clone(), listener_fp());
-        let captured = Arc::new(Handshake::connector(params.clone(), det_randomness("captured")).take_output());
+        let captured = Arc::new(ConnectorHandshake::new(params.clone(), det_randomness("captured")).take_output());
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let answered = Arc::new(AtomicU64::new(0));
@@ -307,7 +307,7 @@ fn flood_case(kind: Flood, sources: u32) {
                     i += 64;
                     let hello = match kind {
                         Flood::Replay => captured.as_ref().clone(),
-                        Flood::Fresh => Handshake::connector(
+                        Flood::Fresh => ConnectorHandshake::new(
                             params.clone(),
                             det_randomness(&format!("flood {i}")),
                         )
@@ -396,7 +396,7 @@ fn a_hello_whose_connector_goes_while_it_waits_costs_no_signature() {
     let sealed = listener.addr();
     let params = connector_params(Arc::new(connector_key()), listener_fp());
     let hello =
-        |label: &str| Handshake::connector(params.clone(), det_randomness(label)).take_output();
+        |label: &str| ConnectorHandshake::new(params.clone(), det_randomness(label)).take_output();
     let rt = two_workers();
     rt.block_on(async {
         let before = signatures(metrics);

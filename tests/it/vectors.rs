@@ -5,7 +5,7 @@
 
 use crate::support;
 
-use sealpipe::proto::keys::{expand_label, hash, Direction, HandshakeSecrets, Psk, Secret};
+use sealpipe::proto::key_schedule::{expand_label, hash, Direction, HandshakeSecrets, Psk, Secret};
 use sealpipe::proto::messages::{put_vec16, put_vec8};
 use sealpipe::proto::mlkem;
 use sealpipe::proto::record::{

@@ -23,7 +23,7 @@ use sealpipe::proto::handshake::{
 use sealpipe::proto::identity::{
     Fingerprint, IdentityError, PrivateIdentity, PublicIdentity, Signer, TrustList,
 };
-use sealpipe::proto::keys::Psk;
+use sealpipe::proto::key_schedule::Psk;
 use sha2::{Digest, Sha256};
 
 /// Raises this process's soft open-file limit to `want` (at most the hard limit); returns the

@@ -27,9 +27,9 @@ use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// Length of SHA-256 output, of every secret and of finished MACs.
-pub const HASH_LEN: usize = 32;
+pub(crate) const HASH_LEN: usize = 32;
 /// The prefix of every HKDF label: it carries the protocol version.
-pub const LABEL_PREFIX: &[u8] = b"sealpipe2 ";
+pub(crate) const LABEL_PREFIX: &[u8] = b"sealpipe2 ";
 
 /// A 32-byte secret, zeroized on drop. Never printed; compared in constant time only.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
@@ -49,7 +49,15 @@ impl Secret {
         Secret(bytes)
     }
 
-    /// The raw bytes; handle with care.
+    /// The raw bytes; handle with care. Crate-private: the API gives no way to read a secret
+    /// out, except with the `testing` feature (the test vectors and fuzz targets).
+    #[cfg(not(feature = "testing"))]
+    pub(crate) fn expose(&self) -> &[u8; HASH_LEN] {
+        &self.0
+    }
+
+    /// The raw bytes; handle with care (public with the `testing` feature only).
+    #[cfg(feature = "testing")]
     pub fn expose(&self) -> &[u8; HASH_LEN] {
         &self.0
     }
@@ -70,7 +78,7 @@ pub fn hash(data: &[u8]) -> [u8; HASH_LEN] {
 }
 
 /// HKDF-Extract.
-pub fn extract(salt: &[u8], ikm: &[u8]) -> Secret {
+pub(crate) fn extract(salt: &[u8], ikm: &[u8]) -> Secret {
     let (mut prk, hk) = Hkdf::<Sha256>::extract(Some(salt), ikm);
     drop(hk);
     let mut out = Secret([0u8; HASH_LEN]);
@@ -99,7 +107,7 @@ pub fn expand_label(secret: &Secret, label: &str, context: &[u8], out: &mut [u8]
 }
 
 /// A 32-byte [`expand_label`].
-pub fn derive_secret(secret: &Secret, label: &str, context: &[u8]) -> Secret {
+pub(crate) fn derive_secret(secret: &Secret, label: &str, context: &[u8]) -> Secret {
     let mut out = [0u8; HASH_LEN];
     expand_label(secret, label, context, &mut out);
     Secret(out)
@@ -115,7 +123,7 @@ pub fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; HASH_LEN] {
 }
 
 /// Constant-time equality of two byte strings (lengths are not secret).
-pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
@@ -197,7 +205,7 @@ pub fn finished_key(hs_traffic: &Secret) -> Secret {
 }
 
 /// The next generation of a traffic secret: a one-way ratchet.
-pub fn next_generation(secret: &Secret) -> Secret {
+pub(crate) fn next_generation(secret: &Secret) -> Secret {
     derive_secret(secret, "traffic upd", b"")
 }
 

@@ -10,6 +10,9 @@
 //! * [`TrustList`] is the set of fingerprints a listener accepts, built in memory (the
 //!   `peers` and `peers_file` of its config are read by `crate::files::peers`).
 //!
+//! The files: `fingerprint.rs`, `parse.rs` (PEM and DER in, checked), `trust.rs`; the key types
+//! and the [`Signer`] seam are here.
+//!
 //! Division of labour between the two RSA libraries: the `rsa` crate only parses, checks,
 //! generates and encodes keys. Every signature is made and checked by `aws-lc-rs`, whose RSA is
 //! constant time; the `rsa` crate's private-key operations have a timing side channel
@@ -19,157 +22,23 @@
 //! This module is sans-IO: it reads no files (see `crate::files::keyfile` for that) and opens no
 //! sockets. Key generation and signing draw from the operating system's RNG.
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ParsedPublicKey, RsaKeyPair, RSA_PSS_2048_8192_SHA256, RSA_PSS_SHA256};
-use base64::engine::general_purpose::STANDARD_NO_PAD;
-use base64::Engine;
-use rsa::pkcs1;
-use rsa::pkcs8::der::asn1::{AnyRef, Null, ObjectIdentifier};
-use rsa::pkcs8::der::pem::{self, LineEnding};
-use rsa::pkcs8::der::Decode;
-use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, PrivateKeyInfoRef, SubjectPublicKeyInfoRef};
-// rsa 0.10 renamed these `PrivateKey`/`PublicKey`; the old names say which library they are from.
-use rsa::{PrivateKey as RsaPrivateKey, PublicKey as RsaPublicKey};
-use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
-use subtle::ConstantTimeEq;
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ParsedPublicKey, RsaKeyPair, RSA_PSS_SHA256};
+use rsa::pkcs8::der::pem::LineEnding;
+use rsa::pkcs8::EncodePrivateKey;
+// rsa 0.10 renamed this `PrivateKey`; the old name says which library it is from.
+use rsa::PrivateKey as RsaPrivateKey;
 use zeroize::Zeroizing;
 
-/// The SHA-256 of a key's DER SubjectPublicKeyInfo, written `SHA256:<unpadded base64>`.
-///
-/// The same value as `openssl pkey -pubout -outform DER | openssl dgst -sha256 -binary | base64`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Fingerprint(pub [u8; 32]);
+mod fingerprint;
+mod parse;
+mod trust;
 
-/// The prefix of every written fingerprint.
-pub const FINGERPRINT_PREFIX: &str = "SHA256:";
+pub use fingerprint::{Fingerprint, FingerprintError, FINGERPRINT_PREFIX};
+pub use trust::TrustList;
 
-impl Fingerprint {
-    /// The fingerprint of a DER-encoded SubjectPublicKeyInfo.
-    pub fn of_spki(spki_der: &[u8]) -> Self {
-        Fingerprint(Sha256::digest(spki_der).into())
-    }
-
-    /// The raw 32 digest bytes.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    /// Constant-time equality.
-    pub fn ct_eq(&self, other: &Fingerprint) -> bool {
-        self.0.ct_eq(&other.0).into()
-    }
-}
-
-impl fmt::Display for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{FINGERPRINT_PREFIX}{}", STANDARD_NO_PAD.encode(self.0))
-    }
-}
-
-impl fmt::Debug for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-/// Why a string is not a fingerprint.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FingerprintError {
-    /// The `SHA256:` prefix is missing.
-    #[error("a fingerprint starts with `SHA256:` (as printed by `sealpipe fingerprint`)")]
-    MissingPrefix,
-    /// A digest without its prefix, as the OpenSSL pipeline prints it (`…| base64`).
-    #[error("missing the `SHA256:` prefix: write \"{0}\"")]
-    BareDigest(Fingerprint),
-    /// The prefix in the wrong case (`sha256:`).
-    #[error("the prefix is `SHA256:`, in capitals: write \"{0}\"")]
-    PrefixCase(Fingerprint),
-    /// The rest is not base64 of 32 bytes.
-    #[error("a fingerprint is `SHA256:` followed by the base64 of 32 bytes (43 characters)")]
-    BadDigest,
-    /// An example's placeholder (`SHA256:<host A's fingerprint>`), not a fingerprint.
-    #[error("a placeholder, not a fingerprint")]
-    Placeholder,
-}
-
-impl FingerprintError {
-    /// The message for `text`, refused where the fingerprint of `whose` ("the listener's key",
-    /// "a connector's key") was expected: a placeholder is told what replaces it.
-    pub fn explain(&self, text: &str, whose: &str) -> String {
-        match self {
-            FingerprintError::Placeholder => format!(
-                "replace the placeholder with the fingerprint of {whose} \
-                 (`sealpipe fingerprint KEYFILE` on its host prints it)"
-            ),
-            e => format!("invalid fingerprint {text:?}: {e}"),
-        }
-    }
-}
-
-/// The placeholder that the example configs once shipped: valid base64 of 32 bytes, and so
-/// refused by name.
-const OLD_PLACEHOLDER: &str = "REPLACE+ME";
-
-/// Whether `s`, which is not a fingerprint, looks like a placeholder left in a config: `<…>`,
-/// an ellipsis, or a word such as REPLACE, XXX or TODO (checked only on what does not parse, so
-/// that no real fingerprint is ever refused for containing one).
-fn looks_like_placeholder(s: &str) -> bool {
-    let lower = s.to_ascii_lowercase();
-    s.contains(['<', '>', '{', '}', '…'])
-        || s.contains("...")
-        || ["replace", "xxx", "todo", "fixme", "fingerprint", "changeme"]
-            .iter()
-            .any(|word| lower.contains(word))
-}
-
-/// The 32 bytes of an unpadded (or `=`-padded) base64 digest.
-fn decode_digest(b64: &str) -> Option<[u8; 32]> {
-    let b64 = b64.trim_end_matches('=');
-    if b64.len() != 43 {
-        return None;
-    }
-    STANDARD_NO_PAD.decode(b64).ok()?.try_into().ok()
-}
-
-impl FromStr for Fingerprint {
-    type Err = FingerprintError;
-
-    /// Parses `SHA256:<base64>`; trailing `=` padding is accepted, as OpenSSL prints it. A
-    /// digest without the prefix, or with it in lower case, is refused with the spelling to use.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        if s.contains(OLD_PLACEHOLDER) {
-            return Err(FingerprintError::Placeholder);
-        }
-        let refused = |otherwise| {
-            if looks_like_placeholder(s) {
-                FingerprintError::Placeholder
-            } else {
-                otherwise
-            }
-        };
-        let Some(b64) = s.strip_prefix(FINGERPRINT_PREFIX) else {
-            let prefix_len = FINGERPRINT_PREFIX.len();
-            let lowered = s
-                .get(..prefix_len)
-                .filter(|p| p.eq_ignore_ascii_case(FINGERPRINT_PREFIX));
-            return Err(match (lowered, decode_digest(s)) {
-                (Some(_), _) => match decode_digest(&s[prefix_len..]) {
-                    Some(d) => FingerprintError::PrefixCase(Fingerprint(d)),
-                    None => refused(FingerprintError::MissingPrefix),
-                },
-                (None, Some(d)) => FingerprintError::BareDigest(Fingerprint(d)),
-                (None, None) => refused(FingerprintError::MissingPrefix),
-            });
-        };
-        decode_digest(b64)
-            .map(Fingerprint)
-            .ok_or_else(|| refused(FingerprintError::BadDigest))
-    }
-}
 
 /// The smallest RSA modulus sealpipe accepts, in bits.
 pub const MIN_RSA_BITS: usize = 2048;
@@ -181,16 +50,6 @@ pub const DEFAULT_RSA_BITS: usize = 3072;
 pub const MAX_SPKI_LEN: usize = 1100;
 /// Largest signature (8192 bits).
 pub const MAX_SIGNATURE_LEN: usize = MAX_RSA_BITS / 8;
-
-/// `id-RSASSA-PSS` (RFC 4055): an RSA key restricted to PSS, which OpenSSL writes for
-/// `genpkey -algorithm RSA-PSS`. Refused: its SPKI would differ from the `rsaEncryption` one we
-/// compute fingerprints over.
-const ID_RSASSA_PSS: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.10");
-
-/// PEM labels.
-const LABEL_PKCS8: &str = "PRIVATE KEY";
-const LABEL_PKCS1: &str = "RSA PRIVATE KEY";
-const LABEL_SPKI: &str = "PUBLIC KEY";
 
 /// Why a key, a key file's contents or a signature was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -294,60 +153,6 @@ fn found_label(found: &Option<String>) -> String {
     }
 }
 
-fn malformed(what: &str, e: impl fmt::Display) -> IdentityError {
-    IdentityError::Malformed(format!("{what}: {e}"))
-}
-
-/// A readable name for the algorithm OIDs people are likely to feed us by mistake.
-fn algorithm_name(oid: ObjectIdentifier) -> String {
-    let name = match oid.to_string().as_str() {
-        "1.2.840.10045.2.1" => "EC",
-        "1.3.101.110" => "X25519",
-        "1.3.101.111" => "X448",
-        "1.3.101.112" => "Ed25519",
-        "1.3.101.113" => "Ed448",
-        "1.2.840.10040.4.1" => "DSA",
-        _ => return format!("OID {oid}"),
-    };
-    format!("{name}, OID {oid}")
-}
-
-/// Accepts `rsaEncryption` with NULL (or, for private keys, absent) parameters.
-fn check_rsa_algorithm(alg: &rsa::pkcs8::AlgorithmIdentifierRef<'_>) -> Result<(), IdentityError> {
-    if alg.oid == ID_RSASSA_PSS {
-        return Err(IdentityError::RsaPssRestrictedKey);
-    }
-    if alg.oid != pkcs1::ALGORITHM_OID {
-        return Err(IdentityError::NotRsa {
-            algorithm: algorithm_name(alg.oid),
-        });
-    }
-    match alg.parameters {
-        None => Ok(()),
-        Some(p) if p == AnyRef::from(Null) => Ok(()),
-        Some(_) => Err(IdentityError::Malformed(
-            "rsaEncryption parameters must be NULL".into(),
-        )),
-    }
-}
-
-/// The bit length of a big-endian unsigned integer.
-fn bit_len(be: &[u8]) -> usize {
-    match be.iter().position(|&b| b != 0) {
-        None => 0,
-        Some(i) => (be.len() - i) * 8 - be[i].leading_zeros() as usize,
-    }
-}
-
-fn check_bits(bits: usize) -> Result<(), IdentityError> {
-    if bits < MIN_RSA_BITS {
-        Err(IdentityError::KeyTooSmall { bits })
-    } else if bits > MAX_RSA_BITS {
-        Err(IdentityError::KeyTooLarge { bits })
-    } else {
-        Ok(())
-    }
-}
 
 /// A peer's RSA public key: its canonical SPKI DER, fingerprint and size, parsed once for
 /// verification.
@@ -361,61 +166,6 @@ pub struct PublicIdentity {
 }
 
 impl PublicIdentity {
-    /// Parses a DER SubjectPublicKeyInfo, as it arrives in a handshake.
-    ///
-    /// Checks, cheapest first: at most [`MAX_SPKI_LEN`] bytes, `rsaEncryption` algorithm,
-    /// modulus of [`MIN_RSA_BITS`]..=[`MAX_RSA_BITS`] bits, a valid RSA public key, canonical
-    /// DER (so that a key has exactly one fingerprint), accepted by `aws-lc-rs`.
-    pub fn from_spki_der(der: &[u8]) -> Result<Self, IdentityError> {
-        if der.len() > MAX_SPKI_LEN {
-            return Err(IdentityError::SpkiTooLong { len: der.len() });
-        }
-        let spki = SubjectPublicKeyInfoRef::from_der(der)
-            .map_err(|e| malformed("not a DER SubjectPublicKeyInfo", e))?;
-        check_rsa_algorithm(&spki.algorithm)?;
-        let pkcs1_der = spki.subject_public_key.as_bytes().ok_or_else(|| {
-            IdentityError::Malformed("public key BIT STRING has unused bits".into())
-        })?;
-        let parts = pkcs1::RsaPublicKeyRef::from_der(pkcs1_der)
-            .map_err(|e| malformed("not a DER RSAPublicKey", e))?;
-        let bits = bit_len(parts.modulus.as_bytes());
-        check_bits(bits)?;
-        let key =
-            RsaPublicKey::try_from(parts).map_err(|e| malformed("invalid RSA public key", e))?;
-        let canonical = key
-            .to_public_key_der()
-            .map_err(|e| IdentityError::Encode(e.to_string()))?;
-        if canonical.as_bytes() != der {
-            return Err(IdentityError::NonCanonicalSpki);
-        }
-        let verifier = ParsedPublicKey::new(&RSA_PSS_2048_8192_SHA256, der)
-            .map_err(|e| IdentityError::Rejected(e.to_string()))?;
-        let pem = pem::encode_string(LABEL_SPKI, LineEnding::LF, der)
-            .map_err(|e| IdentityError::Encode(e.to_string()))?;
-        Ok(PublicIdentity {
-            spki_der: der.to_vec(),
-            fingerprint: Fingerprint::of_spki(der),
-            bits,
-            pem,
-            verifier,
-        })
-    }
-
-    /// Parses a `BEGIN PUBLIC KEY` (SubjectPublicKeyInfo) PEM, as `openssl pkey -pubout` and
-    /// `sealpipe keygen` write it. Surrounding whitespace is ignored.
-    pub fn from_pem(pem_text: &str) -> Result<Self, IdentityError> {
-        let bytes = pem_text.trim().as_bytes();
-        let label =
-            pem::decode_label(bytes).map_err(|_| IdentityError::NotPublicKeyPem { found: None })?;
-        if label != LABEL_SPKI {
-            return Err(IdentityError::NotPublicKeyPem {
-                found: Some(label.to_owned()),
-            });
-        }
-        let (_, der) = pem::decode_vec(bytes).map_err(|e| malformed("bad PEM", e))?;
-        Self::from_spki_der(&der)
-    }
-
     /// The DER SubjectPublicKeyInfo (what goes on the wire and what the fingerprint hashes).
     pub fn spki_der(&self) -> &[u8] {
         &self.spki_der
@@ -478,42 +228,6 @@ pub struct PrivateIdentity {
 }
 
 impl PrivateIdentity {
-    /// Parses PKCS#8 `BEGIN PRIVATE KEY` (what `openssl genpkey -algorithm RSA` writes) or
-    /// PKCS#1 `BEGIN RSA PRIVATE KEY`.
-    ///
-    /// The key is parsed and validated with the `rsa` crate, its size checked
-    /// ([`MIN_RSA_BITS`]..=[`MAX_RSA_BITS`]), re-encoded as PKCS#8 DER and loaded into aws-lc-rs.
-    /// Every intermediate buffer holding secret material is zeroized. Surrounding whitespace
-    /// and CRLF line endings are accepted; encrypted keys are refused.
-    pub fn from_pem(pem_text: &str) -> Result<Self, IdentityError> {
-        let bytes = pem_text.trim().as_bytes();
-        let label = pem::decode_label(bytes)
-            .map_err(|_| IdentityError::NotPrivateKeyPem { found: None })?;
-        match label {
-            LABEL_PKCS8 => {
-                let der = decode_secret_pem(bytes)?;
-                let info = PrivateKeyInfoRef::from_der(&der)
-                    .map_err(|e| malformed("not a DER PKCS#8 PrivateKeyInfo", e))?;
-                check_rsa_algorithm(&info.algorithm)?;
-                Self::from_pkcs1_der(info.private_key.as_bytes())
-            }
-            LABEL_PKCS1 => {
-                if pem_text.contains("Proc-Type: 4,ENCRYPTED") {
-                    return Err(IdentityError::EncryptedPrivateKey);
-                }
-                let der = decode_secret_pem(bytes)?;
-                Self::from_pkcs1_der(&der)
-            }
-            "ENCRYPTED PRIVATE KEY" => Err(IdentityError::EncryptedPrivateKey),
-            "PUBLIC KEY" | "RSA PUBLIC KEY" => {
-                Err(IdentityError::PublicKeyNotPrivate(label.to_owned()))
-            }
-            other => Err(IdentityError::NotPrivateKeyPem {
-                found: Some(other.to_owned()),
-            }),
-        }
-    }
-
     /// Generates a key pair with the `rsa` crate and the OS RNG.
     ///
     /// Returns the identity and its PKCS#8 PEM. Refuses sizes outside
@@ -536,37 +250,6 @@ impl PrivateIdentity {
         Ok((identity, pem))
     }
 
-    /// Parses a DER PKCS#1 RSAPrivateKey, checking the size before the expensive validation.
-    fn from_pkcs1_der(der: &[u8]) -> Result<Self, IdentityError> {
-        let parts = pkcs1::RsaPrivateKeyRef::from_der(der)
-            .map_err(|e| malformed("not a DER RSAPrivateKey", e))?;
-        check_bits(bit_len(parts.modulus.as_bytes()))?;
-        let key =
-            RsaPrivateKey::try_from(parts).map_err(|e| malformed("invalid RSA private key", e))?;
-        Self::from_rsa_key(&key)
-    }
-
-    fn from_rsa_key(key: &RsaPrivateKey) -> Result<Self, IdentityError> {
-        let spki = key
-            .as_public_key()
-            .to_public_key_der()
-            .map_err(|e| IdentityError::Encode(e.to_string()))?;
-        // Checks the size too.
-        let public = PublicIdentity::from_spki_der(spki.as_bytes())?;
-        let pkcs8: Zeroizing<Vec<u8>> = key
-            .to_pkcs8_der()
-            .map_err(|e| IdentityError::Encode(e.to_string()))?
-            .to_bytes();
-        let key_pair =
-            RsaKeyPair::from_pkcs8(&pkcs8).map_err(|e| IdentityError::Rejected(e.to_string()))?;
-        if key_pair.public_modulus_len() != public.signature_len() {
-            return Err(IdentityError::Rejected(
-                "modulus length mismatch between libraries".into(),
-            ));
-        }
-        Ok(PrivateIdentity { key_pair, public })
-    }
-
     /// Our public identity.
     pub fn public(&self) -> &PublicIdentity {
         &self.public
@@ -585,13 +268,6 @@ impl PrivateIdentity {
             .map_err(|_| IdentityError::SignFailed)?;
         Ok(signature)
     }
-}
-
-/// Decodes a PEM document whose contents are secret into a zeroizing buffer.
-fn decode_secret_pem(bytes: &[u8]) -> Result<Zeroizing<Vec<u8>>, IdentityError> {
-    pem::decode_vec(bytes)
-        .map(|(_, der)| Zeroizing::new(der))
-        .map_err(|e| malformed("bad PEM", e))
 }
 
 impl fmt::Debug for PrivateIdentity {
@@ -631,145 +307,22 @@ impl<T: Signer + ?Sized> Signer for std::sync::Arc<T> {
     }
 }
 
-/// A set of trusted fingerprints, each with an optional name (for logs).
-#[derive(Clone, Debug, Default)]
-pub struct TrustList {
-    entries: BTreeMap<Fingerprint, Option<String>>,
-}
-
-impl TrustList {
-    /// An empty trust list.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds a fingerprint; a fingerprint already present gets the new name.
-    pub fn insert(&mut self, fp: Fingerprint, name: Option<String>) {
-        self.entries.insert(fp, name);
-    }
-
-    /// Whether `fp` is trusted.
-    pub fn contains(&self, fp: &Fingerprint) -> bool {
-        self.entries.contains_key(fp)
-    }
-
-    /// The name given to a trusted fingerprint, if any.
-    pub fn name_of(&self, fp: &Fingerprint) -> Option<&str> {
-        self.entries.get(fp).and_then(|n| n.as_deref())
-    }
-
-    /// The number of trusted fingerprints.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether nothing is trusted.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// The trusted fingerprints and their names, in fingerprint order.
-    pub fn iter(&self) -> impl Iterator<Item = (&Fingerprint, Option<&str>)> {
-        self.entries.iter().map(|(fp, name)| (fp, name.as_deref()))
-    }
-}
-
-impl FromIterator<(Fingerprint, Option<String>)> for TrustList {
-    fn from_iter<I: IntoIterator<Item = (Fingerprint, Option<String>)>>(iter: I) -> Self {
-        TrustList {
-            entries: iter.into_iter().collect(),
-        }
-    }
-}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_lc_rs::signature::RSA_PSS_2048_8192_SHA256;
+    use rsa::pkcs8::EncodePublicKey;
 
-    #[test]
-    fn fingerprint_round_trips_and_accepts_openssl_padding() {
-        let fp = Fingerprint::of_spki(b"spki");
-        let s = fp.to_string();
-        assert!(s.starts_with("SHA256:") && !s.ends_with('='));
-        assert_eq!(s.parse::<Fingerprint>().unwrap(), fp);
-        assert_eq!(format!("{s}=").parse::<Fingerprint>().unwrap(), fp);
-        assert_eq!(
-            "sha256:abc".parse::<Fingerprint>(),
-            Err(FingerprintError::MissingPrefix)
-        );
-        assert_eq!(
-            "SHA256:abc".parse::<Fingerprint>(),
-            Err(FingerprintError::BadDigest)
-        );
-    }
-
-    #[test]
-    fn a_fingerprint_pasted_without_its_prefix_is_told_how_to_write_it() {
-        let fp = Fingerprint::of_spki(b"spki");
-        let s = fp.to_string();
-        let bare = s.strip_prefix("SHA256:").unwrap();
-        for text in [bare.to_string(), format!("{bare}="), format!(" {bare}\n")] {
-            let e = text.parse::<Fingerprint>().unwrap_err();
-            assert_eq!(e, FingerprintError::BareDigest(fp), "{text:?}");
-            assert_eq!(
-                e.to_string(),
-                format!("missing the `SHA256:` prefix: write \"{s}\"")
-            );
-        }
-        for prefix in ["sha256:", "Sha256:"] {
-            assert_eq!(
-                format!("{prefix}{bare}").parse::<Fingerprint>(),
-                Err(FingerprintError::PrefixCase(fp))
-            );
-        }
-        assert_eq!(
-            "c2hh".parse::<Fingerprint>(),
-            Err(FingerprintError::MissingPrefix)
-        );
-    }
-
-    #[test]
-    fn placeholders_are_named_as_such() {
-        for text in [
-            "SHA256:<host A's fingerprint>",
-            "SHA256:<fingerprint",
-            "<fingerprint of host B>",
-            "SHA256:...",
-            "SHA256:…",
-            "SHA256:XXXXXXXX",
-            "SHA256:REPLACE_ME",
-            "SHA256:TODO",
-            // What the example configs once shipped: valid base64 of 32 bytes.
-            "SHA256:REPLACE+ME+with+the+fingerprint+of+host+B00",
-        ] {
-            let e = text.parse::<Fingerprint>().unwrap_err();
-            assert_eq!(e, FingerprintError::Placeholder, "{text}");
-            assert_eq!(
-                e.explain(text, "the listener's key"),
-                "replace the placeholder with the fingerprint of the listener's key \
-                 (`sealpipe fingerprint KEYFILE` on its host prints it)"
-            );
-        }
-        assert_eq!(
-            FingerprintError::BadDigest.explain("SHA256:abc", "a connector's key"),
-            "invalid fingerprint \"SHA256:abc\": a fingerprint is `SHA256:` followed by the \
-             base64 of 32 bytes (43 characters)"
-        );
-        // A real fingerprint that happens to contain such a word still parses.
-        let real = "SHA256:TODOxxxREPLACE/fingerprint+AAAAAAAAAAAAAAAA";
-        assert_eq!(real.len(), 50);
-        assert!(real.parse::<Fingerprint>().is_ok());
-    }
-
-    const OPENSSL_PKCS8: &str = include_str!("../../tests/data/openssl-rsa2048.pem");
-    const OPENSSL_PKCS1: &str = include_str!("../../tests/data/openssl-rsa2048-pkcs1.pem");
-    const OPENSSL_PUB: &str = include_str!("../../tests/data/openssl-rsa2048.pub.pem");
-    const OPENSSL_FP: &str = include_str!("../../tests/data/openssl-rsa2048.fingerprint");
-    const OPENSSL_1024: &str = include_str!("../../tests/data/openssl-rsa1024.pem");
-    const PEER_B: &str = include_str!("../../tests/data/peer-b.pem");
-    const PEER_B_PUB: &str = include_str!("../../tests/data/peer-b.pub.pem");
-    const EC_KEY: &str = include_str!("../../tests/data/openssl-ec-p256.pem");
-    const EC_PUB: &str = include_str!("../../tests/data/openssl-ec-p256.pub.pem");
-    const RSA_PSS_KEY: &str = include_str!("../../tests/data/openssl-rsapss2048.pem");
+    const OPENSSL_PKCS8: &str = include_str!("../../../tests/data/openssl-rsa2048.pem");
+    const OPENSSL_PKCS1: &str = include_str!("../../../tests/data/openssl-rsa2048-pkcs1.pem");
+    const OPENSSL_PUB: &str = include_str!("../../../tests/data/openssl-rsa2048.pub.pem");
+    const OPENSSL_FP: &str = include_str!("../../../tests/data/openssl-rsa2048.fingerprint");
+    const OPENSSL_1024: &str = include_str!("../../../tests/data/openssl-rsa1024.pem");
+    const PEER_B: &str = include_str!("../../../tests/data/peer-b.pem");
+    const PEER_B_PUB: &str = include_str!("../../../tests/data/peer-b.pub.pem");
+    const EC_KEY: &str = include_str!("../../../tests/data/openssl-ec-p256.pem");
+    const EC_PUB: &str = include_str!("../../../tests/data/openssl-ec-p256.pub.pem");
+    const RSA_PSS_KEY: &str = include_str!("../../../tests/data/openssl-rsapss2048.pem");
 
     fn openssl_fp() -> Fingerprint {
         OPENSSL_FP.trim().parse().unwrap()
