@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::proto::identity::Fingerprint;
-use crate::proto::keys::Psk;
+use crate::proto::Psk;
 use crate::tunnel::accept::{Current, Tunnel};
 use crate::tunnel::listener::ListenerTunnel;
 
