@@ -22,6 +22,7 @@ use crate::proto::identity::{Fingerprint, TrustList};
 use crate::proto::messages::{
     check_first_header, hello_ephemeral, MAX_FIRST_MESSAGE_LEN, MSG_HEADER_LEN,
 };
+use crate::proto::record::{Alert, AlertCode};
 use crate::proto::stream::{proxy_v2_header, StreamInfo};
 use crate::tunnel::accept::{log_refusal, os_randomness, Current};
 use crate::tunnel::admission::{Made, Retired, Terms};
@@ -449,19 +450,28 @@ impl Tunnel for ListenerTunnel {
             // The settings of now, not of the accept: a reload during the handshake swept the
             // session table before this session was in it.
             terms.refresh(&mut current, &made);
+            let timeout = terms.tunnel.settings.shared.handshake_timeout;
             if entry.conn.no_next() || terms.refused() == Some(Retired::Untrusted) {
                 tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
                     client = %OptAddr(info.client),
                     "connector key no longer trusted: new stream refused, connection reset (revoked at reload)");
-                reset_on_close(&sealed);
+                // Told why (an Alert) when the settings of now refuse the key; a reset if only
+                // the shutdown does.
+                let untrusted = terms.refused() == Some(Retired::Untrusted);
+                let code = untrusted.then_some((AlertCode::Untrusted, &b""[..]));
+                refuse_stream(&mut sealed, &mut records, code, timeout).await;
                 return;
             }
-            // The session's other terms, taken away by a reload as its StreamInfo came.
+            // The session's other terms, taken away by a reload as its StreamInfo came: another
+            // service is told as at a handshake; another key or PSK gets a reset.
             if let Some(why) = terms.refused() {
                 tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
                     client = %OptAddr(info.client), reason = %why,
                     "new stream refused: {why}; connection reset");
-                reset_on_close(&sealed);
+                let service = terms.tunnel.params.service.clone();
+                let code = (why == Retired::Service)
+                    .then_some((AlertCode::ServiceMismatch, service.as_bytes()));
+                refuse_stream(&mut sealed, &mut records, code, timeout).await;
                 return;
             }
             if stream > 1 {
@@ -471,8 +481,18 @@ impl Tunnel for ListenerTunnel {
                     .fetch_add(1, Ordering::Relaxed);
             }
             let tunnel = terms.tunnel.clone();
-            let Some(target) = tunnel.open_target(&peer, &fp, &info, &sealed).await else {
-                return;
+            let target = match tunnel.open_target(&peer, &fp, &info).await {
+                Ok(t) => t,
+                Err(code) => {
+                    refuse_stream(
+                        &mut sealed,
+                        &mut records,
+                        code.map(|c| (c, &b""[..])),
+                        timeout,
+                    )
+                    .await;
+                    return;
+                }
             };
             tracing::info!(tunnel = %tunnel.name, role = %Role::Listener, %peer, fingerprint = %fp,
                 peer_name = tunnel.params.trust.name_of(&fp).unwrap_or(""), key, forward = %target.1,
@@ -518,14 +538,14 @@ fn session_idle(shared: &SharedSettings) -> Duration {
 
 impl ListenerTunnel {
     /// The target of one stream: the destination chosen for `info`, connected, with the PROXY
-    /// header written. `None` (after a log line, the session set to reset) if it cannot be.
+    /// header written. If it cannot be (after a log line): the code of the Alert that tells the
+    /// connector why, or `None` for a reset.
     async fn open_target(
         &self,
         peer: &Peer,
         fp: &Fingerprint,
         info: &StreamInfo,
-        sealed: &tokio::net::TcpStream,
-    ) -> Option<(Conn, Address)> {
+    ) -> Result<(Conn, Address), Option<AlertCode>> {
         let target_addr = match choose_destination(
             self.forward.as_ref(),
             &self.allow_destinations,
@@ -537,9 +557,8 @@ impl ListenerTunnel {
                     peer_name = self.params.trust.name_of(fp).unwrap_or(""),
                     client = %OptAddr(info.client),
                     destination = %OptAddr(info.destination), reason = why,
-                    "destination refused, connection reset");
-                reset_on_close(sealed);
-                return None;
+                    "destination refused, the connector is told (alert)");
+                return Err(Some(AlertCode::DestinationNotAllowed));
             }
         };
         // Only now, with the peer verified and the destination allowed, is the target contacted.
@@ -549,9 +568,8 @@ impl ListenerTunnel {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
-                    forward = %target_addr, reason = %e, "forward target unreachable, connection reset");
-                reset_on_close(sealed);
-                return None;
+                    forward = %target_addr, reason = %e, "forward target unreachable, the connector is told (alert)");
+                return Err(Some(AlertCode::ForwardUnreachable));
             }
         };
         if self.proxy_protocol == ProxyProtocol::V2 {
@@ -563,12 +581,28 @@ impl ListenerTunnel {
             if let Err(e) = written {
                 tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
                     forward = %target_addr, reason = %e, "cannot write the PROXY header, connection reset");
-                reset_on_close(sealed);
                 target.reset_on_close();
-                return None;
+                return Err(None);
             }
         }
-        Some((target, target_addr))
+        Ok((target, target_addr))
+    }
+}
+
+/// Refuses the stream that just began on `sealed`: with an Alert of `code` (PROTOCOL.md §4.2),
+/// the listener's first record of the stream and its last, then the session ends; without a
+/// code, a reset.
+async fn refuse_stream(
+    sealed: &mut tokio::net::TcpStream,
+    records: &mut Records,
+    code: Option<(AlertCode, &[u8])>,
+    timeout: Duration,
+) {
+    let record =
+        code.and_then(|(code, detail)| records.sealer.seal_alert(&Alert::new(code, detail)).ok());
+    match record {
+        Some(r) => send_alert(sealed, &r, tokio::time::Instant::now() + timeout).await,
+        None => reset_on_close(sealed),
     }
 }
 

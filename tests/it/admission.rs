@@ -203,3 +203,28 @@ fn a_session_past_session_max_age_carries_no_new_stream_and_the_next_client_is_s
     }
     assert!(closed >= 2, "{log}");
 }
+
+/// The listener tells the connector what it could not do for a stream (PROTOCOL.md §4.2): an
+/// Alert, not a bare reset, so the connector's log says why and its client is reset at once.
+#[test]
+fn a_forward_target_that_refuses_is_the_listeners_reason_in_the_connectors_log() {
+    let dead = dead_port();
+    let t = tunnel_to(dead.addr, "");
+    // Twice: on a fresh or warm session, then again (the refused session is not reused).
+    for _ in 0..2 {
+        assert_eq!(
+            try_exchange(t.entry, b"hello"),
+            Err(std::io::ErrorKind::ConnectionReset),
+            "the client is reset, not left waiting"
+        );
+    }
+    let line = t
+        .connector
+        .wait_line("the listener could not connect to its forward target");
+    assert!(line.contains("tunnel=test"), "{line}");
+    assert!(line.contains("connection reset"), "{line}");
+    let c = t.connector.log_text();
+    assert!(!c.contains("truncated"), "{c}");
+    let l = t.listener.wait_line("forward target unreachable");
+    assert!(l.contains("the connector is told"), "{l}");
+}
