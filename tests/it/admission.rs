@@ -1,7 +1,8 @@
 //! The listener admits every stream against the configuration in force when it starts
 //! (PROTOCOL.md §4.3): a reload reaches the next stream of a pooled, reused session (`forward`,
 //! `proxy_protocol`), and `session_max_age` bounds every session's age, a session past it
-//! finishing its stream and closing cleanly so that the next client is served on another.
+//! finishing its stream and closing cleanly so that the next client is served on another; a
+//! stream the listener cannot carry is refused with an Alert whose reason the connector logs.
 //! Redirect mode's `allow_destinations` narrowed at reload is in `tests/it/redirect.rs` (it needs
 //! a network namespace).
 
