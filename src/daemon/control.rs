@@ -114,13 +114,7 @@ pub(crate) async fn serve(
         ANSWER_TIMEOUT,
         stop,
         move |stream| {
-            let status = Status::of(
-                &registry.tunnels(),
-                registry.metrics_local(),
-                config.clone(),
-                started,
-                Instant::now(),
-            );
+            let status = Status::of(&registry, config.clone(), started, Instant::now());
             async move {
                 let _ = answer(stream, &status).await;
             }

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::daemon::responder;
 use crate::proto::handshake::Role;
 use crate::proto::identity::TrustList;
+use crate::tunnel::sessions::SessionState;
 use crate::tunnel::state::{TunnelState, HANDSHAKE_BUCKETS};
 
 /// Largest request head read (request line and headers).
@@ -69,6 +70,32 @@ pub(crate) struct Registry {
     metrics_local: RwLock<Option<String>>,
     /// Reloads (SIGHUP) by outcome.
     pub(crate) reloads: Arc<Reloads>,
+    /// The tunnels of the config that do not run (a reload could not start them), for `status`.
+    not_started: RwLock<Vec<NotStarted>>,
+    /// The last reload's outcome, for `status`.
+    last_reload: RwLock<Option<LastReload>>,
+}
+
+/// A tunnel of the config that does not run: a reload could not start it.
+#[derive(Debug, Clone)]
+pub(crate) struct NotStarted {
+    pub(crate) role: Role,
+    pub(crate) name: String,
+    /// Its `listen` address as configured.
+    pub(crate) listen: String,
+    /// Why it could not start.
+    pub(crate) error: String,
+}
+
+/// How the last reload went, and when.
+#[derive(Debug, Clone)]
+pub(crate) struct LastReload {
+    /// `ok`, `incomplete` or `failed` (the outcomes of `sealpipe_reloads_total`).
+    pub(crate) outcome: &'static str,
+    /// What could not be applied (incomplete), or why the config did not load (failed).
+    pub(crate) problems: Vec<String>,
+    pub(crate) at: std::time::SystemTime,
+    pub(crate) when: std::time::Instant,
 }
 
 /// Reloads by outcome: applied whole, applied in part (a tunnel could not be started or moved),
@@ -84,6 +111,43 @@ impl Registry {
     /// Replaces the list of tunnels.
     pub(crate) fn set(&self, tunnels: Vec<TunnelEntry>) {
         *self.tunnels.write().unwrap_or_else(|e| e.into_inner()) = tunnels;
+    }
+
+    /// Replaces the list of tunnels that do not run.
+    pub(crate) fn set_not_started(&self, tunnels: Vec<NotStarted>) {
+        *self.not_started.write().unwrap_or_else(|e| e.into_inner()) = tunnels;
+    }
+
+    /// The tunnels of the config that do not run.
+    pub(crate) fn not_started(&self) -> Vec<NotStarted> {
+        self.not_started
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Counts a reload by its outcome and remembers it as the last one.
+    pub(crate) fn reloaded(&self, outcome: &'static str, problems: Vec<String>) {
+        let counter = match outcome {
+            "ok" => &self.reloads.ok,
+            "incomplete" => &self.reloads.incomplete,
+            _ => &self.reloads.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        *self.last_reload.write().unwrap_or_else(|e| e.into_inner()) = Some(LastReload {
+            outcome,
+            problems,
+            at: std::time::SystemTime::now(),
+            when: std::time::Instant::now(),
+        });
+    }
+
+    /// The last reload, if there was one.
+    pub(crate) fn last_reload(&self) -> Option<LastReload> {
+        self.last_reload
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Records where the metrics endpoint listens now (`None`: it does not run).
@@ -279,6 +343,21 @@ impl Collector for Scrape {
                     MetricType::Counter => counter(&mut m, &labels(t), v)?,
                     _ => m.encode_family(&labels(t))?.encode_gauge(&v)?,
                 }
+            }
+        }
+
+        let mut m = describe(
+            &mut encoder,
+            "sealpipe_sessions",
+            "Sealed sessions by state: warm (never carried a stream), idle (between streams), active (carrying one).",
+            MetricType::Gauge,
+        )?;
+        for t in &self.tunnels {
+            let counts = t.state.live.counts();
+            for (state, n) in SessionState::ALL.iter().zip(counts) {
+                let [tunnel, role] = labels(t);
+                let labels = [tunnel, role, ("state", state.as_str())];
+                m.encode_family(&labels)?.encode_gauge(&n)?;
             }
         }
 
@@ -634,7 +713,7 @@ mod tests {
         let text = one_tunnel(Role::Connector, "t", state).render().unwrap();
         let code = exposed(&text);
         let doc = documented(include_str!("../../docs/operations.md"));
-        assert_eq!(code.len(), PER_TUNNEL.len() + 4, "{text}");
+        assert_eq!(code.len(), PER_TUNNEL.len() + 5, "{text}");
         for (name, d) in &code {
             assert_eq!(
                 doc.get(name),

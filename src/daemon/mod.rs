@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +29,7 @@ pub(crate) use build::{bind, bind_listen, build, Built};
 
 use crate::addr::Address;
 use crate::config::SocketPermissions;
-use crate::daemon::metrics::{Registry, TunnelEntry};
+use crate::daemon::metrics::{NotStarted, Registry, TunnelEntry};
 use crate::proto::handshake::Role;
 use crate::tunnel::accept::spawn;
 use crate::tunnel::connector::ConnectorTunnel;
@@ -51,12 +50,15 @@ struct Running<T> {
 /// The running tunnels of one role, by name.
 pub(crate) struct TunnelSet<T> {
     running: HashMap<String, Running<T>>,
+    /// Tunnels of the config a reload could not start, by name: their `listen` and why.
+    not_started: HashMap<String, (Address, String)>,
 }
 
 impl<T: Tunnel> TunnelSet<T> {
     fn new() -> Self {
         TunnelSet {
             running: HashMap::new(),
+            not_started: HashMap::new(),
         }
     }
 
@@ -70,6 +72,18 @@ impl<T: Tunnel> TunnelSet<T> {
             local: r.local.clone(),
             trust: r.settings.borrow().trust(),
         })
+    }
+
+    /// The tunnels of the config that do not run, for `status`.
+    fn not_started(&self, role: Role) -> impl Iterator<Item = NotStarted> + '_ {
+        self.not_started
+            .iter()
+            .map(move |(name, (listen, error))| NotStarted {
+                role,
+                name: name.clone(),
+                listen: listen.to_string(),
+                error: error.clone(),
+            })
     }
 
     async fn start(
@@ -167,14 +181,20 @@ impl<T: Tunnel> TunnelSet<T> {
                             problems.push(format!("tunnel {name} still listens on {}", r.listen));
                         }
                         None => {
-                            tracing::error!(tunnel = %name, error = %format!("{e:#}"),
+                            tracing::error!(tunnel = %name, role = %tunnel.role(), error = %format!("{e:#}"),
                                 "reload: cannot listen, tunnel not started");
                             problems.push(format!("tunnel {name} not started"));
+                            self.not_started
+                                .insert(name.clone(), (listen.clone(), format!("{e:#}")));
                         }
                     },
                 },
             }
         }
+        // A tunnel runs, or is gone from the config: no longer "not started".
+        let running = &self.running;
+        self.not_started
+            .retain(|name, _| names.contains(name) && !running.contains_key(name));
         self.running.retain(|name, r| {
             let keep = names.contains(name);
             if !keep {
@@ -318,6 +338,9 @@ impl Daemon {
     fn publish(&self) {
         let entries = self.listeners.entries().chain(self.connectors.entries());
         self.registry.set(entries.collect());
+        let failed = (self.listeners.not_started(Role::Listener))
+            .chain(self.connectors.not_started(Role::Connector));
+        self.registry.set_not_started(failed.collect());
     }
 
     /// Follows a changed `[metrics]` section: a new address is bound before the old one closes.
@@ -448,19 +471,19 @@ pub(crate) async fn run(path: &Path) -> anyhow::Result<()> {
                     Ok(built) => {
                         let problems = daemon.reload(built).await;
                         if problems.is_empty() {
-                            daemon.registry.reloads.ok.fetch_add(1, Ordering::Relaxed);
+                            daemon.registry.reloaded("ok", Vec::new());
                             tracing::info!(config = %path.display(), "configuration reloaded");
                             "running; configuration reloaded".to_string()
                         } else {
-                            daemon.registry.reloads.incomplete.fetch_add(1, Ordering::Relaxed);
                             let what = problems.join("; ");
+                            daemon.registry.reloaded("incomplete", problems);
                             tracing::error!(config = %path.display(), problems = %what,
                                 "reload incomplete: {what}");
                             format!("running; reload incomplete: {what}")
                         }
                     }
                     Err(e) => {
-                        daemon.registry.reloads.failed.fetch_add(1, Ordering::Relaxed);
+                        daemon.registry.reloaded("failed", vec![format!("{e:#}")]);
                         tracing::error!(config = %path.display(), error = %format!("{e:#}"),
                             "reload failed, keeping the running configuration");
                         format!("running; reload failed, previous configuration kept: {e:#}")

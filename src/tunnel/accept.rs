@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::proto::handshake::{HandshakeError, HandshakeRandomness, Role};
 use crate::proto::identity::{Fingerprint, TrustList};
@@ -142,10 +143,22 @@ pub(crate) async fn serve<T: Tunnel>(
             configure(s);
         }
         let (state, current) = (state.clone(), settings.clone());
-        tracker.spawn(async move {
-            tunnel.handle(current, stream, peer, state).await;
-            drop(conn_slot);
-        });
+        // Every line about this connection carries its session's id, recorded by `handle` once
+        // it is known; a connector's lines name its local client here, and the listener's
+        // address in their own `peer=` (an error span: shown whatever the log level).
+        let span = match tunnel.role() {
+            Role::Listener => tracing::error_span!("conn", session = tracing::field::Empty),
+            Role::Connector => {
+                tracing::error_span!("conn", session = tracing::field::Empty, client = %peer)
+            }
+        };
+        tracker.spawn(
+            async move {
+                tunnel.handle(current, stream, peer, state).await;
+                drop(conn_slot);
+            }
+            .instrument(span),
+        );
     }
 }
 

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 use crate::proto::handshake::Role;
 use crate::proto::identity::Fingerprint;
-use crate::proto::record::RecordError;
+use crate::proto::record::{AlertCode, RecordError};
 use crate::tunnel::accept::{Current, Tunnel};
 use crate::tunnel::handshake::Records;
 use crate::tunnel::net::{reset_on_close, Conn};
@@ -55,11 +55,17 @@ pub(crate) async fn carry<T: Tunnel>(
         fingerprint,
         sealer,
         opener,
+        session,
     } = records;
     let fingerprint = *fingerprint;
     let shared = tunnel.shared();
+    let session = session.as_ref().map(|g| g.entry.clone());
+    if let Some(s) = &session {
+        s.begin_stream();
+    }
     let stats = Arc::new(PumpStats {
         tunnel: Some(state.traffic.clone()),
+        session: session.as_ref().map(|s| s.traffic.clone()),
         ..PumpStats::default()
     });
     let entry = state.open.register(OpenConn::new(
@@ -101,13 +107,32 @@ pub(crate) async fn carry<T: Tunnel>(
         }
     };
     drop(entry);
+    if let Some(s) = &session {
+        s.end_stream();
+    }
     state.counters.streams.fetch_add(1, Ordering::Relaxed);
     if result.is_err() {
         plain.reset_on_close();
         reset_on_close(sealed);
     }
+    // On the connector, `peer` is the local client (on the line's span, `client=`): the line
+    // names the listener's address.
+    let peer: &dyn Display = match (&session, tunnel.role()) {
+        (Some(s), Role::Connector) => &s.peer,
+        _ => &peer,
+    };
     if let Err(PumpError::Record(RecordError::Refused(alert))) = &result {
         // The listener authenticated this connector and refused it: its reason, not a reset.
+        // Counted when it refuses the connector; a stream it could not carry (its target down,
+        // its destination refused) is no refusal of the connector.
+        let counter = match alert.code() {
+            AlertCode::Untrusted => Some(&state.counters.refused_untrusted),
+            AlertCode::ServiceMismatch => Some(&state.counters.refused_service),
+            AlertCode::ForwardUnreachable | AlertCode::DestinationNotAllowed => None,
+        };
+        if let Some(c) = counter {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
         tracing::error!(tunnel = %tunnel.name(), role = %tunnel.role(), %peer,
             fingerprint = %fingerprint, "{}", tunnel.describe_refusal(alert));
         return StreamEnd::Failed;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::TcpStream;
+use tracing::Instrument;
 
 use crate::addr::Address;
 use crate::files::known_peers::{Recorded, TofuStore};
@@ -27,6 +28,7 @@ use crate::tunnel::handshake::{self, Records, SessionError};
 use crate::tunnel::limits::Slot;
 use crate::tunnel::net::{connect, reset_on_close, Conn, Peer};
 use crate::tunnel::pool::{Session, Take, SWEEP};
+use crate::tunnel::sessions::{next_id, SessionEntry};
 use crate::tunnel::settings::{
     ConnectorMode, ConnectorSettings, SharedSettings, SocketPermissions,
 };
@@ -142,7 +144,7 @@ impl Tunnel for ConnectorTunnel {
             ConnectorMode::Redirect => match plain_tcp.and_then(original_destination) {
                 Some(d) => Some(d),
                 None => {
-                    tracing::warn!(tunnel = %self.name, role = %Role::Connector, peer = %client,
+                    tracing::warn!(tunnel = %self.name, role = %Role::Connector,
                         local = %plain_tcp.and_then(|t| t.local_addr().ok()).map(|a| a.to_string()).unwrap_or_default(),
                         "redirect mode: connection has no original destination (it was not redirected here by a NAT REDIRECT rule), connection reset");
                     plain.reset_on_close();
@@ -193,7 +195,7 @@ impl Tunnel for ConnectorTunnel {
         // On the heap while it runs (as the handshake): the session is then held once, by this
         // task, for as long as the stream lasts (memory per idle connection).
         let Some((mut session, from_pool)) =
-            Box::pin(self.stream_session(pooled, &client, &info, &state)).await
+            Box::pin(self.stream_session(pooled, &info, &state)).await
         else {
             plain.reset_on_close();
             return;
@@ -206,11 +208,12 @@ impl Tunnel for ConnectorTunnel {
         }
         let fp = session.records.fingerprint;
         let (resumed, stream, pin) = (session.resumed, session.streams + 1, session.pin);
+        let peer = session.peer().to_string();
         match destination {
-            Some(d) => tracing::info!(tunnel = %self.name, role = %Role::Connector, peer = %client,
+            Some(d) => tracing::info!(tunnel = %self.name, role = %Role::Connector, %peer,
                 fingerprint = %fp, pin, connect = %self.connect, destination = %d, resumed,
                 pooled = from_pool, stream, "connection open"),
-            None => tracing::info!(tunnel = %self.name, role = %Role::Connector, peer = %client,
+            None => tracing::info!(tunnel = %self.name, role = %Role::Connector, %peer,
                 fingerprint = %fp, pin, connect = %self.connect, resumed, pooled = from_pool, stream,
                 "connection open"),
         }
@@ -263,19 +266,21 @@ impl ConnectorTunnel {
     async fn stream_session(
         &self,
         mut pooled: Option<Session>,
-        client: &Peer,
         info: &StreamInfo,
-        state: &TunnelState,
+        state: &Arc<TunnelState>,
     ) -> Option<(Session, bool)> {
         // A warm session first; a fresh handshake if there is none, or if the warm one fails
         // before any byte of this client went out (PROTOCOL.md §4.3: the listener cannot have
         // forwarded anything of this client then).
         loop {
             let (mut session, unsent, from_pool) = match pooled.take() {
-                Some(s) => (s, Vec::new(), true),
+                Some(s) => {
+                    tracing::Span::current().record("session", s.records.session_id());
+                    (s, Vec::new(), true)
+                }
                 // On the heap while it runs: the handshake's state is no part of the task that
                 // then carries the stream (memory per idle connection).
-                None => match Box::pin(self.establish(client, state)).await {
+                None => match Box::pin(self.establish(false, state)).await {
                     Some((s, unsent)) => (s, unsent, false),
                     None => return None,
                 },
@@ -291,13 +296,14 @@ impl ConnectorTunnel {
             match sent {
                 Ok(()) => return Some((session, from_pool)),
                 Err(e) if from_pool => {
-                    tracing::debug!(tunnel = %self.name, role = %Role::Connector, peer = %client,
-                        reason = %e, "a warm session failed before use; a fresh one is made");
+                    tracing::debug!(tunnel = %self.name, role = %Role::Connector,
+                        peer = %session.peer(), reason = %e,
+                        "a warm session failed before use; a fresh one is made");
                     reset_on_close(&session.sealed);
                 }
                 Err(e) => {
-                    tracing::warn!(tunnel = %self.name, role = %Role::Connector, peer = %client,
-                        fingerprint = %session.records.fingerprint,
+                    tracing::warn!(tunnel = %self.name, role = %Role::Connector,
+                        peer = %session.peer(), fingerprint = %session.records.fingerprint,
                         reason = %e, "cannot send the StreamInfo record, connection reset");
                     reset_on_close(&session.sealed);
                     return None;
@@ -325,20 +331,24 @@ impl ConnectorTunnel {
         }
         for _ in 0..state.pool.refills_due(min, max, Instant::now()) {
             let (tunnel, state) = (self.clone(), state.clone());
-            tokio::spawn(async move {
-                let ok = match tunnel.establish(&"warm session", &state).await {
-                    Some((mut s, unsent)) => {
-                        // The handshake's last message goes now, so that the listener holds an
-                        // established session rather than a handshake in progress.
-                        let sent = tokio::io::AsyncWriteExt::write_all(&mut s.sealed, &unsent)
-                            .await
-                            .is_ok();
-                        sent && state.pool.put(s, tunnel.settings.pool_max, Instant::now())
-                    }
-                    None => false,
-                };
-                state.pool.refilled(ok, Instant::now());
-            });
+            let span = tracing::error_span!("conn", session = tracing::field::Empty);
+            tokio::spawn(
+                async move {
+                    let ok = match tunnel.establish(true, &state).await {
+                        Some((mut s, unsent)) => {
+                            // The handshake's last message goes now, so that the listener holds an
+                            // established session rather than a handshake in progress.
+                            let sent = tokio::io::AsyncWriteExt::write_all(&mut s.sealed, &unsent)
+                                .await
+                                .is_ok();
+                            sent && state.pool.put(s, tunnel.settings.pool_max, Instant::now())
+                        }
+                        None => false,
+                    };
+                    state.pool.refilled(ok, Instant::now());
+                }
+                .instrument(span),
+            );
         }
         if state.pool.start_sweeping() {
             let weak = Arc::downgrade(&self);
@@ -361,21 +371,26 @@ impl ConnectorTunnel {
     }
 
     /// A new session with the listener: the handshake (with `peer` pin fallback, the TOFU probe
-    /// and first-contact recording), every failure logged and counted. `client` names what the
-    /// session is for in logs (a client, or a warm session). Returns the session and the
-    /// handshake's last message, not yet sent.
+    /// and first-contact recording), every failure counted, and logged once: by the client's
+    /// own handshake (a `refill` for the pool logs its failure at debug level only: the next
+    /// client then makes its own handshake, which reports why). The session gets an id of its
+    /// own, recorded on the current span. Returns the session and the handshake's last
+    /// message, not yet sent.
     async fn establish(
         &self,
-        client: &(dyn std::fmt::Display + Sync),
-        state: &TunnelState,
+        refill: bool,
+        state: &Arc<TunnelState>,
     ) -> Option<(Session, Vec<u8>)> {
         let started = Instant::now();
+        let id = next_id();
+        tracing::Span::current().record("session", id);
+        let peer: &(dyn std::fmt::Display + Sync) = &self.connect;
         let timeout = self.settings.shared.handshake_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let params = match self.tofu_params().await {
             Ok(p) => p,
             Err(e) => {
-                tracing::error!(tunnel = %self.name, role = %Role::Connector, peer = %client,
+                tracing::error!(tunnel = %self.name, role = %Role::Connector, %peer,
                     error = %e, "cannot read known_peers: connection refused");
                 return None;
             }
@@ -390,7 +405,7 @@ impl ConnectorTunnel {
             if !matches!(result, Err(SessionError::Unanswered)) {
                 break;
             }
-            tracing::debug!(tunnel = %self.name, role = %Role::Connector, peer = %client,
+            tracing::debug!(tunnel = %self.name, role = %Role::Connector, %peer,
                 connect = %self.connect, pin = tried, next = %next,
                 "the listener did not answer the hello for pin {tried}; trying pin {}", tried + 1);
             tried += 1;
@@ -416,10 +431,15 @@ impl ConnectorTunnel {
             Ok(x) => x,
             Err(e) => {
                 state.handshake_failed(&e);
-                if !self.log_tofu_failure(client, first_contact, &e)
-                    && !self.log_unanswered(client, pin, &e)
+                if refill {
+                    tracing::debug!(tunnel = %self.name, role = %Role::Connector, %peer,
+                        reason = %e, "warm session not made (the next client's handshake reports why)");
+                    return None;
+                }
+                if !self.log_tofu_failure(peer, first_contact, &e)
+                    && !self.log_unanswered(peer, pin, &e)
                 {
-                    log_refusal(&self.name, self.role(), client, &e);
+                    log_refusal(&self.name, self.role(), peer, &e);
                 }
                 return None;
             }
@@ -428,14 +448,19 @@ impl ConnectorTunnel {
         state.handshake_ok(started.elapsed());
         count_resumption(state, &est);
         let (resumed, ticket_refused) = (est.resumed, est.ticket_refused);
-        let records = Records::new(est, self.settings.shared.rekey_bytes);
+        let mut records = Records::new(est, self.settings.shared.rekey_bytes);
         let fp = records.fingerprint;
-        if first_contact && !self.record_first_contact(client, fp).await {
+        let address = sealed
+            .peer_addr()
+            .map_or_else(|_| self.connect.to_string(), |a| a.to_string());
+        let live = SessionEntry::new(id, address, fp, resumed, Instant::now());
+        records.register(&state.live, live);
+        if first_contact && !self.record_first_contact(peer, fp).await {
             reset_on_close(&sealed);
             return None;
         }
         if ticket_refused.is_some() {
-            tracing::debug!(tunnel = %self.name, role = %Role::Connector, peer = %client,
+            tracing::debug!(tunnel = %self.name, role = %Role::Connector, %peer,
                 "the listener refused the resumption ticket, full handshake done");
         }
         let session = Session {
@@ -517,7 +542,7 @@ impl ConnectorTunnel {
     /// listener does when the pin is not its key. Returns false for the other failures.
     fn log_unanswered(
         &self,
-        client: &(dyn std::fmt::Display + Sync),
+        peer: &(dyn std::fmt::Display + Sync),
         pin: ListenerPin,
         e: &SessionError,
     ) -> bool {
@@ -539,7 +564,7 @@ impl ConnectorTunnel {
         } else {
             ""
         };
-        tracing::error!(tunnel = %self.name, role = %Role::Connector, peer = %client,
+        tracing::error!(tunnel = %self.name, role = %Role::Connector, %peer,
             connect = %self.connect, pin = %list(",", &|p| p.to_string()), reason = "unanswered",
             "the listener at {} did not answer a hello for {keys}: {which}{psk} \
              (compare with `sealpipe fingerprint` on the listener's private_key)", self.connect);
@@ -549,7 +574,7 @@ impl ConnectorTunnel {
     /// Logs the TOFU-specific failures loudly; returns false for the others.
     fn log_tofu_failure(
         &self,
-        client: &(dyn std::fmt::Display + Sync),
+        peer: &(dyn std::fmt::Display + Sync),
         first_contact: bool,
         e: &SessionError,
     ) -> bool {
@@ -559,7 +584,7 @@ impl ConnectorTunnel {
         match e {
             SessionError::Handshake(HandshakeError::WrongListenerKey { expected, got }) => {
                 let line = store.known().ok().flatten().map_or(0, |k| k.line);
-                tracing::error!(tunnel = %self.name, role = %Role::Connector, peer = %client,
+                tracing::error!(tunnel = %self.name, role = %Role::Connector, %peer,
                     connect = %self.connect, expected = %expected, presented = %got,
                     known_peers = %store.path.display(), line,
                     "LISTENER KEY CHANGED for {}: known_peers has {expected}, the listener presented {got}; connection refused. \
@@ -571,7 +596,7 @@ impl ConnectorTunnel {
                 let known = store.known().ok().flatten();
                 let (fp, line) =
                     known.map_or((String::new(), 0), |k| (k.fingerprint.to_string(), k.line));
-                tracing::error!(tunnel = %self.name, role = %Role::Connector, peer = %client,
+                tracing::error!(tunnel = %self.name, role = %Role::Connector, %peer,
                     connect = %self.connect, expected = %fp, known_peers = %store.path.display(), line,
                     "the listener at {} answers neither a hello for the key recorded in known_peers ({fp}) nor a first contact: \
                      its key may have changed (it does not allow_tofu, so its new key cannot be shown), or it refuses this connector. \
@@ -586,7 +611,7 @@ impl ConnectorTunnel {
             | SessionError::Connect { .. }
                 if first_contact =>
             {
-                tracing::error!(tunnel = %self.name, role = %Role::Connector, peer = %client,
+                tracing::error!(tunnel = %self.name, role = %Role::Connector, %peer,
                     connect = %self.connect, reason = %e,
                     "first contact (peer = \"tofu\", no key recorded yet in {}) got no answer: \
                      the listener answers connectors that do not know its key only with `allow_tofu = true`; \
@@ -602,7 +627,7 @@ impl ConnectorTunnel {
     /// if the connection must be refused.
     async fn record_first_contact(
         &self,
-        client: &(dyn std::fmt::Display + Sync),
+        peer: &(dyn std::fmt::Display + Sync),
         fp: Fingerprint,
     ) -> bool {
         let Some(store) = self.tofu.clone() else {
@@ -612,7 +637,7 @@ impl ConnectorTunnel {
         let result = tokio::task::spawn_blocking(move || s.record(&fp)).await;
         match result {
             Ok(Ok(Recorded::Added(k))) => {
-                tracing::warn!(tunnel = %self.name, role = %Role::Connector, peer = %client,
+                tracing::warn!(tunnel = %self.name, role = %Role::Connector, %peer,
                     connect = %self.connect, fingerprint = %fp, known_peers = %store.path.display(), line = k.line,
                     "first contact: recorded listener key {fp} for {} (trust on first use; later connections must present this key)",
                     store.address);
@@ -620,7 +645,7 @@ impl ConnectorTunnel {
             }
             Ok(Ok(Recorded::AlreadyKnown(_))) => true,
             Ok(Ok(Recorded::Conflict(k))) => {
-                tracing::error!(tunnel = %self.name, role = %Role::Connector, peer = %client,
+                tracing::error!(tunnel = %self.name, role = %Role::Connector, %peer,
                     connect = %self.connect, expected = %k.fingerprint, presented = %fp,
                     known_peers = %store.path.display(), line = k.line,
                     "LISTENER KEY CHANGED for {}: known_peers has {} (recorded meanwhile), the listener presented {fp}; connection refused. \
@@ -629,12 +654,12 @@ impl ConnectorTunnel {
                 false
             }
             Ok(Err(e)) => {
-                tracing::error!(tunnel = %self.name, role = %Role::Connector, peer = %client,
+                tracing::error!(tunnel = %self.name, role = %Role::Connector, %peer,
                     error = %e, "cannot record the listener key in known_peers: connection refused");
                 false
             }
             Err(e) => {
-                tracing::error!(tunnel = %self.name, role = %Role::Connector, peer = %client,
+                tracing::error!(tunnel = %self.name, role = %Role::Connector, %peer,
                     error = %e, "cannot record the listener key in known_peers: connection refused");
                 false
             }

@@ -1,6 +1,7 @@
 //! Drives the sans-IO handshake over a socket, under a deadline, and holds what an established
 //! session runs on ([`Records`]: its record layer and the peer's key).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -10,6 +11,7 @@ use crate::proto::handshake::{Established, Handshake, HandshakeError, Role};
 use crate::proto::identity::Fingerprint;
 use crate::proto::messages::MAX_MESSAGE_LEN;
 use crate::proto::record::{Opener, Sealer};
+use crate::tunnel::sessions::{SessionEntry, SessionGuard, Sessions};
 
 /// An established session's record layer and the peer it is with: what the pump runs on.
 pub(crate) struct Records {
@@ -19,6 +21,8 @@ pub(crate) struct Records {
     pub sealer: Sealer,
     /// The peer's direction.
     pub opener: Opener,
+    /// Its entry among the tunnel's live sessions, once registered ([`Records::register`]).
+    pub(crate) session: Option<SessionGuard>,
 }
 
 impl Records {
@@ -30,7 +34,18 @@ impl Records {
             fingerprint,
             sealer,
             opener,
+            session: None,
         }
+    }
+
+    /// Lists this session among `table`'s live sessions for as long as it lives.
+    pub(crate) fn register(&mut self, table: &Arc<Sessions>, entry: SessionEntry) {
+        self.session = Some(table.register(entry));
+    }
+
+    /// Its id among the live sessions (0 before [`Records::register`]).
+    pub(crate) fn session_id(&self) -> u64 {
+        self.session.as_ref().map_or(0, |s| s.entry.id)
     }
 }
 

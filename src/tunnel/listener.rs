@@ -31,6 +31,7 @@ use crate::tunnel::handshake::{self, Records, SessionError};
 use crate::tunnel::limits::Source;
 use crate::tunnel::net::{connect_local, reset_on_close, Conn, Peer};
 use crate::tunnel::pump::FinAfterClose;
+use crate::tunnel::sessions::{next_id, SessionEntry};
 use crate::tunnel::settings::{ListenerSettings, ProxyProtocol, Revoke, SharedSettings};
 use crate::tunnel::signing::{self, NotSigned};
 use crate::tunnel::state::{count_resumption, ticket_policy, OpenConn, TunnelState};
@@ -317,6 +318,8 @@ impl Tunnel for ListenerTunnel {
             return;
         };
         let started = Instant::now();
+        let id = next_id();
+        tracing::Span::current().record("session", id);
         // The handshake runs in a future of its own, on the heap only while it runs: the hello
         // buffer and the handshake's state are no part of the task that then carries the
         // session's streams for as long as it lives (memory per idle connection).
@@ -329,10 +332,13 @@ impl Tunnel for ListenerTunnel {
         count_resumption(&state, &est);
         let (resumed, ticket_refused) = (est.resumed, est.ticket_refused);
         // With two keys (a rotation), which one this connector's hello was for.
-        let key = (self.params.next_identity.is_some()).then(|| tracing::field::display(est.own));
-        let records_own = est.own;
+        let own = est.own;
+        let key = (self.params.next_identity.is_some()).then(|| tracing::field::display(own));
         let mut records = Records::new(est, self.settings.shared.rekey_bytes);
         let fp = records.fingerprint;
+        let mut live = SessionEntry::new(id, peer.to_string(), fp, resumed, Instant::now());
+        live.own_key = self.params.next_identity.is_some().then_some(own);
+        records.register(&state.live, live);
         if contact == Contact::FirstContact {
             tracing::info!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
                 "first contact from a TOFU connector (allow_tofu): it did not know this listener's key");
@@ -358,7 +364,7 @@ impl Tunnel for ListenerTunnel {
         // §4.3, tunnel/admission.rs): a reload reaches the next stream of every session.
         let made = Made {
             peer: fp,
-            own: records_own,
+            own,
             service: self.params.service.clone(),
             psk: self.params.psk.clone(),
             born: Instant::now(),
@@ -425,8 +431,12 @@ impl Tunnel for ListenerTunnel {
                 }
                 Ok(None) => {
                     tracing::info!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
-                        streams = stream - 1,
-                        "session closed between streams (its key is no longer trusted after a reload, or shutdown)");
+                    streams = stream - 1,
+                    "{}", if state.sessions.is_closed() {
+                        "session closed between streams: shutdown"
+                    } else {
+                        "session closed between streams: its key is no longer trusted after a reload (revoked at reload)"
+                    });
                     reset_on_close(&sealed);
                     return;
                 }

@@ -8,6 +8,7 @@
 //! * [`settings`] — what a listener or a connector tunnel runs with, by role, and the values of
 //!   its options.
 //! * [`state`] — what one tunnel's connections share: gauges, counters, histogram, tickets.
+//! * [`sessions`] — the live sealed sessions of a tunnel and what each is doing, for `status`.
 //! * [`limits`] — gauges with a ceiling, per-source token buckets, a log-line limiter.
 //! * [`accept`] — the [`Tunnel`] trait and the accept loop both roles share.
 //! * [`listener`] / [`connector`] — what each role does with one accepted socket.
@@ -34,6 +35,7 @@ pub(crate) mod listener;
 pub(crate) mod net;
 pub(crate) mod pool;
 pub(crate) mod pump;
+pub(crate) mod sessions;
 pub(crate) mod settings;
 pub(crate) mod signing;
 pub(crate) mod state;

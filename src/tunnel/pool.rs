@@ -78,6 +78,14 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// The listener's address, as connected to.
+    pub(crate) fn peer(&self) -> &str {
+        self.records
+            .session
+            .as_ref()
+            .map_or("", |s| s.entry.peer.as_str())
+    }
+
     /// Whether this session may carry another stream at `now`: fewer than `max_streams` so far
     /// (`session_reuse_streams`) and younger than `max_age` (`session_reuse_age`).
     pub(crate) fn within_bounds(&self, max_streams: u32, max_age: Duration, now: Instant) -> bool {
@@ -353,6 +361,7 @@ mod tests {
                 fingerprint: Fingerprint::of_spki(b"test key"),
                 sealer: Sealer::new(key.clone(), 1 << 30),
                 opener: Opener::new(key),
+                session: None,
             },
             leftover: Vec::new(),
             resumed: true,

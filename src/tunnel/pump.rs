@@ -175,11 +175,47 @@ pub struct Traffic {
     pub rekeys: AtomicU64,
 }
 
+/// What one session's streams moved, and when its peer was last heard from (a record
+/// received); listed with the session in `tunnel::sessions`.
+#[derive(Debug)]
+pub(crate) struct SessionTraffic {
+    /// Bytes and rekeys of all its streams.
+    pub traffic: Traffic,
+    born: std::time::Instant,
+    /// Milliseconds after `born` at which the peer was last heard from.
+    heard_ms: AtomicU64,
+}
+
+impl SessionTraffic {
+    /// The traffic of a session established at `born` (when its peer was last heard from).
+    pub(crate) fn new(born: std::time::Instant) -> Self {
+        SessionTraffic {
+            traffic: Traffic::default(),
+            born,
+            heard_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The peer was heard from now.
+    pub(crate) fn heard(&self) {
+        let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.heard_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long ago the peer was last heard from, at `now`.
+    pub(crate) fn last_heard(&self, now: std::time::Instant) -> Duration {
+        let at = self.born + Duration::from_millis(self.heard_ms.load(Ordering::Relaxed));
+        now.saturating_duration_since(at)
+    }
+}
+
 /// Bytes and rekeys so far, readable while the pump runs.
 #[derive(Debug, Default)]
 pub(crate) struct PumpStats {
     /// The tunnel's totals, added to as well if set.
     pub tunnel: Option<std::sync::Arc<Traffic>>,
+    /// The session's totals and last-heard time, kept up as well if set.
+    pub session: Option<std::sync::Arc<SessionTraffic>>,
     /// Plaintext bytes sealed and sent to the peer.
     pub sent: AtomicU64,
     /// Plaintext bytes received from the peer and delivered.
@@ -195,6 +231,16 @@ impl PumpStats {
         own.fetch_add(n, Ordering::Relaxed);
         if let Some(t) = &self.tunnel {
             total(t).fetch_add(n, Ordering::Relaxed);
+        }
+        if let Some(s) = &self.session {
+            total(&s.traffic).fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// The peer was heard from (a record received).
+    fn heard(&self) {
+        if let Some(s) = &self.session {
+            s.heard();
         }
     }
 
@@ -527,6 +573,7 @@ where
                 }
                 Ok(Opened::Rekey) => {
                     stats.add(&stats.rekeys_received, 1, |t| &t.rekeys);
+                    stats.heard();
                 }
                 Ok(Opened::Close) => closed = true,
                 Ok(Opened::Alert(a)) => failed = Some(RecordError::Refused(a)),
@@ -547,6 +594,7 @@ where
                 .map_err(PumpError::Plain)?;
             let delivered: usize = pieces[..count].iter().map(|p| p.1).sum();
             stats.add(&stats.received, delivered as u64, |t| &t.received);
+            stats.heard();
         }
         if let Some(e) = failed {
             return Err(e.into());

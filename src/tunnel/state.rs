@@ -83,6 +83,11 @@ pub struct Counters {
     pub pool_hits: AtomicU64,
     /// Connector: clients that found the pool empty and waited for a handshake of their own.
     pub pool_misses: AtomicU64,
+    /// Connector: sessions the listener refused after authenticating this connector (its
+    /// Alert): this connector's key is not in its peers.
+    pub refused_untrusted: AtomicU64,
+    /// Connector: as `refused_untrusted`, for a `service` the listener does not serve.
+    pub refused_service: AtomicU64,
 }
 
 /// What the accept loop and the connections of one tunnel share.
@@ -119,6 +124,8 @@ pub struct TunnelState {
     /// between them): a reload that stops trusting a key refuses their next stream
     /// ([`OpenConns::refuse_next_unless`]). Not shown by `status`.
     pub(crate) sessions: OpenConns,
+    /// Every live sealed session, at both ends, with its state: for `status` and the metrics.
+    pub(crate) live: Arc<crate::tunnel::sessions::Sessions>,
     /// Connector: warm sessions waiting for a client (PROTOCOL.md §4.3).
     pub(crate) pool: crate::tunnel::pool::Pool,
     /// Connector: the current resumption ticket (kept across reloads, memory only).
@@ -181,6 +188,7 @@ impl Default for TunnelState {
             spare_ephemerals: Mutex::default(),
             open: OpenConns::default(),
             sessions: OpenConns::default(),
+            live: Arc::default(),
             pool: crate::tunnel::pool::Pool::default(),
             limit_log: LogLimiter::new(Duration::from_secs(10)),
             rate_log: LogLimiter::new(Duration::from_secs(10)),
@@ -341,6 +349,11 @@ impl OpenConns {
         self.closed.store(true, Ordering::Relaxed);
         drop(map);
         self.refuse_next_unless(|_| false);
+    }
+
+    /// True once [`OpenConns::close`] ran (shutdown).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
     }
 
     /// Cuts every open connection whose key `keep` refuses (each is then reset and logged by

@@ -28,6 +28,7 @@ mod resume;
 mod reuse;
 mod rotation;
 mod service;
+mod sessions;
 mod socket_activation;
 mod status;
 mod streaminfo;

@@ -151,11 +151,12 @@ fn a_connector_listens_on_a_unix_socket_systemd_bound_and_leaves_its_file() {
     let len = 1 << 20;
     let (sent, received, n) = unix_echo_exchange(&path, Arc::new(pseudo_random(2, len)));
     assert_eq!((n, sent), (len, received));
-    // One daemon runs both ends: the connector's line is the one whose peer is the client.
+    // One daemon runs both ends: the connector's line names the local client (`client=`, on
+    // its span; its `peer=` is the listener).
     let line = d.wait_line("role=connector peer=");
     assert!(
         line.contains("connection open")
-            && line.contains(&format!("peer=unix:{}[uid=", path.display())),
+            && line.contains(&format!("client=unix:{}[uid=", path.display())),
         "{line}"
     );
     d.signal("TERM");

@@ -61,11 +61,12 @@ fn unix_socket_on_both_plaintext_ends_with_half_close_mode_and_reload() {
         sent,
         "the service saw exactly the input"
     );
-    // The close line names the Unix client as the socket path.
+    // The close line names the Unix client as the socket path (`client=`: its `peer=` is the
+    // listener).
     let line = connector.wait_line("connection closed");
     let uid = nix::unistd::getuid();
     assert!(
-        line.contains(&format!("peer=unix:{}[uid={uid},pid=", app.display()))
+        line.contains(&format!("client=unix:{}[uid={uid},pid=", app.display()))
             && line.contains(&format!("sent={}", 3 << 20)),
         "{line}"
     );
