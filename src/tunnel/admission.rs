@@ -18,10 +18,19 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::proto::handshake::ListenerParams;
 use crate::proto::identity::Fingerprint;
 use crate::proto::Psk;
 use crate::tunnel::accept::{Current, Tunnel};
-use crate::tunnel::listener::ListenerTunnel;
+
+/// What a listener tunnel's settings tell the admission of a stream (implemented by
+/// `tunnel::listener::ListenerTunnel`).
+pub(crate) trait Admits: Tunnel {
+    /// Identity, trusted connectors, PSK, service.
+    fn params(&self) -> &ListenerParams;
+    /// `session_max_age`.
+    fn session_max_age(&self) -> Duration;
+}
 
 /// Why a session carries no new stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,9 +74,9 @@ pub(crate) struct Made {
 }
 
 /// The settings in force for one session, refreshed when a reload sends new ones.
-pub(crate) struct Terms {
+pub(crate) struct Terms<T> {
     /// The tunnel's settings as the last reload left them.
-    pub(crate) tunnel: Arc<ListenerTunnel>,
+    pub(crate) tunnel: Arc<T>,
     /// Whether the session's terms still hold under them (the age aside).
     verdict: Option<Retired>,
     /// False once no reload can come (the tunnel's channel is closed: the tunnel was removed,
@@ -75,9 +84,9 @@ pub(crate) struct Terms {
     following: bool,
 }
 
-impl Terms {
+impl<T: Admits> Terms<T> {
     /// The settings in force now, marked as seen in `current`.
-    pub(crate) fn new(current: &mut Current<ListenerTunnel>, made: &Made) -> Terms {
+    pub(crate) fn new(current: &mut Current<T>, made: &Made) -> Terms<T> {
         let mut t = Terms {
             tunnel: current.borrow().clone(),
             verdict: None,
@@ -94,7 +103,7 @@ impl Terms {
 
     /// Takes the settings a reload sent since the last look, if any: one atomic load when
     /// there were none.
-    pub(crate) fn refresh(&mut self, current: &mut Current<ListenerTunnel>, made: &Made) {
+    pub(crate) fn refresh(&mut self, current: &mut Current<T>, made: &Made) {
         if self.following {
             match current.has_changed() {
                 Ok(false) => {}
@@ -106,10 +115,7 @@ impl Terms {
 
     /// Resolves when a reload sends new settings (or the channel closes), never if no reload
     /// can come; then pass its result to [`Terms::changed`].
-    pub(crate) async fn next_reload(
-        following: bool,
-        current: &mut Current<ListenerTunnel>,
-    ) -> Result<(), ()> {
+    pub(crate) async fn next_reload(following: bool, current: &mut Current<T>) -> Result<(), ()> {
         if !following {
             return std::future::pending().await;
         }
@@ -124,7 +130,7 @@ impl Terms {
     /// After [`Terms::next_reload`]: the settings it sent.
     pub(crate) fn changed(
         &mut self,
-        current: &mut Current<ListenerTunnel>,
+        current: &mut Current<T>,
         made: &Made,
         result: Result<(), ()>,
     ) {
@@ -132,21 +138,21 @@ impl Terms {
     }
 
     /// Takes the settings in `current`; `Err`: the last ones, as the channel is closed.
-    fn take(&mut self, current: &mut Current<ListenerTunnel>, made: &Made, r: Result<(), ()>) {
+    fn take(&mut self, current: &mut Current<T>, made: &Made, r: Result<(), ()>) {
         self.tunnel = current.borrow_and_update().clone();
         self.following = r.is_ok();
         let t = &self.tunnel;
         self.verdict = if !t.accepts_new(&made.peer) {
             Some(Retired::Untrusted)
-        } else if t.params.service != made.service {
+        } else if t.params().service != made.service {
             Some(Retired::Service)
         } else if !t
-            .params
+            .params()
             .identities()
             .any(|k| k.public().fingerprint() == made.own)
         {
             Some(Retired::Key)
-        } else if t.params.psk != made.psk {
+        } else if t.params().psk != made.psk {
             Some(Retired::Psk)
         } else {
             None
@@ -165,7 +171,7 @@ impl Terms {
 
     /// The session's `session_max_age` under these settings.
     pub(crate) fn max_age(&self) -> Duration {
-        self.tunnel.settings.session_max_age
+        self.tunnel.session_max_age()
     }
 
     /// The instant the session reaches its `session_max_age`.

@@ -25,7 +25,7 @@ use crate::proto::messages::{
 use crate::proto::record::{Alert, AlertCode};
 use crate::proto::stream::{proxy_v2_header, StreamInfo};
 use crate::tunnel::accept::{log_refusal, os_randomness, Current};
-use crate::tunnel::admission::{Made, Retired, Terms};
+use crate::tunnel::admission::{Admits, Made, Retired, Terms};
 use crate::tunnel::carry::{carry, StreamEnd};
 use crate::tunnel::handshake::{self, Records, SessionError};
 use crate::tunnel::limits::Source;
@@ -278,6 +278,16 @@ impl std::fmt::Display for OptIp {
             Some(a) => write!(f, "{a}"),
             None => write!(f, "-"),
         }
+    }
+}
+
+impl Admits for ListenerTunnel {
+    fn params(&self) -> &ListenerParams {
+        &self.params
+    }
+
+    fn session_max_age(&self) -> Duration {
+        self.settings.session_max_age
     }
 }
 
