@@ -231,6 +231,17 @@ impl<T: Tunnel> TunnelSet<T> {
                 tracing::warn!(tunnel = %name, role = %settings.role(), sessions, pooled,
                     "reload: key no longer trusted, its sessions carry no new stream (revoked at reload)");
             }
+            // A connector's pooled sessions made under terms the reload changed (`service`,
+            // pins, key, PSK, `connect`) are closed; those carrying a stream finish it and
+            // carry no other. A refusal backoff ends.
+            let retired = settings
+                .pool_terms()
+                .map_or(0, |terms| r.state.pool.retire(|s| s.terms == terms));
+            if retired > 0 {
+                tracing::info!(tunnel = %name, role = %settings.role(), pooled = retired,
+                    "reload: the connector's terms changed, its pooled sessions are closed (sessions carrying a stream finish it, and carry no other)");
+            }
+            r.state.pool.reloaded();
         }
     }
 

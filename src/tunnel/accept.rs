@@ -36,6 +36,11 @@ pub trait Tunnel: Send + Sync + 'static {
     fn accepts_new(&self, fp: &Fingerprint) -> bool {
         self.keeps_open(fp)
     }
+    /// A connector's terms (`tunnel::terms`): its pooled sessions carry new clients only if
+    /// made under them. What a reload retires pooled sessions by; `None` for a listener.
+    fn pool_terms(&self) -> Option<crate::tunnel::terms::Terms> {
+        None
+    }
     /// The log line of a listener's refusal (an Alert record) of this connector.
     fn describe_refusal(&self, alert: &crate::proto::record::Alert) -> String {
         alert.to_string()

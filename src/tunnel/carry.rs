@@ -135,6 +135,7 @@ pub(crate) async fn carry<T: Tunnel>(
         }
         tracing::error!(tunnel = %tunnel.name(), role = %tunnel.role(), %peer,
             fingerprint = %fingerprint, "{}", tunnel.describe_refusal(alert));
+        state.refused_by_listener(alert, Instant::now());
         return StreamEnd::Failed;
     }
     log_close(

@@ -34,6 +34,7 @@ use crate::tunnel::settings::{
 };
 use crate::tunnel::state::{count_resumption, ticket_policy, TunnelState};
 use crate::tunnel::stream_info::{original_destination, send_stream_info};
+use crate::tunnel::terms::{Terms, TermsOf};
 use crate::tunnel::Tunnel;
 
 /// Everything a connector tunnel needs; replaced as a whole on reload.
@@ -104,6 +105,10 @@ impl Tunnel for ConnectorTunnel {
         }
     }
 
+    fn pool_terms(&self) -> Option<Terms> {
+        Some(self.terms())
+    }
+
     /// With several pins, their names in `status`: `pin 1 of 2`, `pin 2 of 2`.
     fn trust(&self) -> Option<Arc<TrustList>> {
         let pins = self.pins();
@@ -162,8 +167,11 @@ impl Tunnel for ConnectorTunnel {
         let mut pooled = None;
         if pool_on {
             // The settings of now (under the pool's lock): a session that a refill or another
-            // client put back after a reload swept the pool is checked here.
-            let usable = |s: &Session| current.borrow().reusable(s, Instant::now());
+            // client put back after a reload swept the pool is checked here, its terms (one
+            // digest, computed once per client) against those in force.
+            let live = current.borrow().clone();
+            let terms = live.terms();
+            let usable = |s: &Session| live.reusable(s, &terms, Instant::now());
             let next = match state.pool.take_or_wait(&connect, usable, Instant::now()) {
                 Take::Session(s) => {
                     pooled = Some(s);
@@ -178,8 +186,9 @@ impl Tunnel for ConnectorTunnel {
                 &state.counters.pool_misses
             };
             counter.fetch_add(1, Ordering::Relaxed);
-            // Also the refill that serves this client if it waits.
-            self.clone().refill(&state);
+            // Also the refill that serves this client if it waits; made under the settings of
+            // now.
+            live.clone().refill(&state);
             if let Some(next) = next {
                 // The first session free: a refill's or one another client gave back. Without
                 // one in time, or with one a reload made unusable meanwhile, a handshake of
@@ -241,9 +250,13 @@ impl Tunnel for ConnectorTunnel {
             // Both close records passed and nothing followed: back to the pool, if the session
             // may carry another client and there is room; else the session ends (TCP FIN).
             StreamEnd::Clean(rest) if rest.is_empty() => {
-                // Otherwise (or with the pool full) the drop closes it: a FIN after both close
-                // records, a clean end of the session.
-                if !last && current.borrow().reusable(&session, Instant::now()) {
+                // The listener accepted this connector: a refusal backoff ends.
+                state.pool.accepted();
+                // Otherwise (or with the pool full, or with other terms in force since a
+                // reload) the drop closes it: a FIN after both close records, a clean end of
+                // the session.
+                let live = current.borrow().clone();
+                if !last && live.reusable(&session, &live.terms(), Instant::now()) {
                     state
                         .pool
                         .put(session, self.settings.pool_max, Instant::now());
@@ -312,15 +325,35 @@ impl ConnectorTunnel {
         }
     }
 
-    /// Whether `session` may carry a new client at `now` under these settings: its key still
-    /// pinned, under `session_reuse_streams` streams and younger than `session_reuse_age`.
-    fn reusable(&self, session: &Session, now: Instant) -> bool {
-        self.keeps_open(&session.records.fingerprint)
+    /// Whether `session` may carry a new client at `now` under these settings, whose terms
+    /// are `terms`: made under them, its key still pinned, under `session_reuse_streams`
+    /// streams and younger than `session_reuse_age`.
+    fn reusable(&self, session: &Session, terms: &Terms, now: Instant) -> bool {
+        session.terms == *terms
+            && self.keeps_open(&session.records.fingerprint)
             && session.within_bounds(
                 self.settings.session_reuse_streams,
                 self.settings.session_reuse_age,
                 now,
             )
+    }
+
+    /// The terms of these settings (`tunnel::terms`).
+    pub(crate) fn terms(&self) -> Terms {
+        let own = self.params.identity.public().fingerprint();
+        let pins = self.pins();
+        TermsOf {
+            connect: &self.connect.to_string(),
+            service: &self.params.service,
+            own,
+            pins: &pins,
+            tofu: self
+                .tofu
+                .as_deref()
+                .map(|t| (t.path.as_path(), t.address.as_str())),
+            psk: self.params.psk.as_deref(),
+        }
+        .digest()
     }
 
     /// Starts the background refills the pool wants now, and its sweeper if none runs.
@@ -329,7 +362,9 @@ impl ConnectorTunnel {
         if max == 0 {
             return;
         }
-        for _ in 0..state.pool.refills_due(min, max, Instant::now()) {
+        // Until the listener accepted a stream: one refill at a time (`tunnel::pool`).
+        let cold = !state.pool.proven();
+        for _ in 0..state.pool.refills_due(min, max, cold, Instant::now()) {
             let (tunnel, state) = (self.clone(), state.clone());
             let span = tracing::error_span!("conn", session = tracing::field::Empty);
             tokio::spawn(
@@ -471,6 +506,7 @@ impl ConnectorTunnel {
             born: Instant::now(),
             streams: 0,
             connect: self.connect.to_string(),
+            terms: self.terms(),
             // Which of several pins matched (`fingerprint` is the key the listener proved).
             pin: (!self.fallback_pins.is_empty()).then_some(tried),
         };
@@ -559,15 +595,20 @@ impl ConnectorTunnel {
         } else {
             "the `peer` pin is probably not its key"
         };
-        let psk = if self.params.psk.is_some() {
-            ", or its psk_file differs from this connector's"
+        // A listener also leaves a hello unanswered when the PSKs differ, or only one side has
+        // one (the hello's mac1 is keyed with it).
+        let (psk, no_psk) = if self.params.psk.is_some() {
+            (", or its psk_file differs from this connector's", "")
         } else {
-            ""
+            (
+                "",
+                "; or the listener has a psk_file and this connector has none",
+            )
         };
         tracing::error!(tunnel = %self.name, role = %Role::Connector, %peer,
             connect = %self.connect, pin = %list(",", &|p| p.to_string()), reason = "unanswered",
             "the listener at {} did not answer a hello for {keys}: {which}{psk} \
-             (compare with `sealpipe fingerprint` on the listener's private_key)", self.connect);
+             (compare with `sealpipe fingerprint` on the listener's private_key){no_psk}", self.connect);
         true
     }
 

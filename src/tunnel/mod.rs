@@ -40,5 +40,6 @@ pub(crate) mod settings;
 pub(crate) mod signing;
 pub(crate) mod state;
 pub(crate) mod stream_info;
+pub(crate) mod terms;
 
 pub(crate) use accept::Tunnel;

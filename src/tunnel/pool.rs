@@ -16,9 +16,23 @@
 //!
 //! A session is never handed out when it is past [`POOL_IDLE`] in the pool (the listener closes
 //! idle sessions after [`crate::tunnel::listener::SESSION_IDLE`], well after), past its stream or
-//! age bound, made for another `connect` address, of a key the current settings no longer pin, or
-//! dead: a pooled socket must have nothing to read (the listener sends nothing between
-//! streams), so an end of stream, a reset or any byte means the session is discarded.
+//! age bound, made for another `connect` address or under other terms than those in force
+//! (`tunnel::terms`), of a key the current settings no longer pin, or dead: a pooled socket
+//! must have nothing to read (the listener sends nothing between streams), so an end of stream,
+//! a reset or any byte means the session is discarded.
+//!
+//! Until the listener has accepted a stream of this connector (at start, after a reload, after
+//! a refusal), the pool is *unproven*: at most one refill runs at a time, and clients beyond it
+//! make their own handshake. A connector the listener refuses thus costs one refused handshake
+//! per client, not a burst of refills; and the refills after the first resume from the ticket
+//! its handshake gave, rather than all being full handshakes made at once without a ticket.
+//!
+//! An authenticated refusal (the listener's Alert: this connector's key is not trusted, or
+//! another `service`) stops refills: [`Pool::refused`] closes the idle sessions (made under the
+//! same terms, the listener refuses them too), and until a backoff ends ([`refusal_backoff`],
+//! doubling with each refusal in a row, capped), a reload ([`Pool::reloaded`]) or a stream the
+//! listener accepted ([`Pool::accepted`]), nothing is put in and no refill starts: each client
+//! makes one handshake of its own, and learns the listener's answer itself.
 //!
 //! The rules that depend on time take it as a parameter (`now`), so that they are tested by
 //! stepping it; the connector passes the time of the call.
@@ -42,6 +56,20 @@ pub(crate) const SWEEP: Duration = Duration::from_secs(5);
 /// After a failed refill, no other refill starts for this long (a listener that is down is not
 /// hammered; clients still try their own handshake).
 pub(crate) const REFILL_BACKOFF: Duration = Duration::from_secs(10);
+/// The first refusal backoff ([`refusal_backoff`]).
+pub(crate) const REFUSAL_BACKOFF_FIRST: Duration = Duration::from_secs(5);
+/// The longest refusal backoff.
+pub(crate) const REFUSAL_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// How long refills stop after the `n`th authenticated refusal in a row (n >= 1):
+/// [`REFUSAL_BACKOFF_FIRST`], doubled with each refusal, at most [`REFUSAL_BACKOFF_MAX`].
+pub(crate) fn refusal_backoff(n: u32) -> Duration {
+    let doublings = n.saturating_sub(1).min(16);
+    REFUSAL_BACKOFF_FIRST
+        .saturating_mul(1 << doublings)
+        .min(REFUSAL_BACKOFF_MAX)
+}
+
 /// The pool keeps `pool_min` sessions warm only while clients came within this long.
 pub(crate) const KEEP_WARM: Duration = Duration::from_secs(600);
 
@@ -73,6 +101,9 @@ pub(crate) struct Session {
     pub(crate) streams: u64,
     /// The `connect` address it was made for (a reload may change it).
     pub(crate) connect: String,
+    /// The connector's terms it was made under (`tunnel::terms`): it carries a new client only
+    /// while they are those of the settings in force.
+    pub(crate) terms: crate::tunnel::terms::Terms,
     /// With several `peer` pins, which one the listener's key matched (1-based).
     pub(crate) pin: Option<usize>,
 }
@@ -128,12 +159,27 @@ struct Inner {
     last_client: Option<Instant>,
     /// Shutdown ([`Pool::close`]): nothing is put in any more.
     closed: bool,
+    /// Cold ([`Pool::refills_due`]): one refill at a time, and clients beyond it make their own
+    /// handshake.
+    cold: bool,
+    /// The listener accepted a stream of this connector since the start, the last reload and
+    /// the last refusal ([`Pool::accepted`]).
+    proven: bool,
+    /// Authenticated refusals in a row ([`Pool::refused`]).
+    refusals: u32,
+    /// Refused by the listener: no refill, nothing put in, before this.
+    refused_until: Option<Instant>,
 }
 
 impl Inner {
-    /// Refills are backing off after a failed one.
+    /// Refills are backing off after a failed one, or after a refusal.
     fn backing_off(&self, now: Instant) -> bool {
-        self.backoff_until.is_some_and(|t| now < t)
+        self.backoff_until.is_some_and(|t| now < t) || self.refusing(now)
+    }
+
+    /// The listener refused this connector, and the refusal backoff runs.
+    fn refusing(&self, now: Instant) -> bool {
+        self.refused_until.is_some_and(|t| now < t)
     }
 
     /// A client came within [`KEEP_WARM`]: `pool_min` sessions are kept warm.
@@ -222,6 +268,11 @@ impl Pool {
             return Take::Miss;
         }
         inner.waiters.retain(|w| !w.is_closed());
+        if inner.cold && inner.waiters.len() >= inner.refilling.max(1) {
+            // No ticket yet: the one refill that runs is someone else's; a handshake of its
+            // own now rather than a wait for it.
+            return Take::Miss;
+        }
         let (tx, rx) = oneshot::channel();
         inner.waiters.push_back(tx);
         Take::Wait(rx)
@@ -232,7 +283,7 @@ impl Pool {
     /// holds `max`.
     pub(crate) fn put(&self, mut session: Session, max: usize, now: Instant) -> bool {
         let mut inner = self.lock();
-        if inner.closed || !session.leftover.is_empty() {
+        if inner.closed || !session.leftover.is_empty() || inner.refusing(now) {
             return false;
         }
         while let Some(w) = inner.waiters.pop_front() {
@@ -261,6 +312,54 @@ impl Pool {
         before - inner.idle.len()
     }
 
+    /// Closes every waiting session that `keep` refuses (a reload that changed the connector's
+    /// terms); returns how many.
+    pub(crate) fn retire(&self, keep: impl Fn(&Session) -> bool) -> usize {
+        let mut inner = self.lock();
+        let before = inner.idle.len();
+        inner.idle.retain(|i| keep(&i.session));
+        before - inner.idle.len()
+    }
+
+    /// The listener refused this connector at `now` (an authenticated Alert): the idle
+    /// sessions are closed, waiting clients sent to their own handshake, and refills stop for
+    /// [`refusal_backoff`] of the refusals in a row. Returns that backoff.
+    pub(crate) fn refused(&self, now: Instant) -> Duration {
+        let mut inner = self.lock();
+        inner.refusals = inner.refusals.saturating_add(1);
+        let backoff = refusal_backoff(inner.refusals);
+        inner.refused_until = Some(now + backoff);
+        inner.proven = false;
+        let idle = std::mem::take(&mut inner.idle);
+        let waiters = std::mem::take(&mut inner.waiters);
+        drop(inner);
+        drop(idle);
+        for w in waiters {
+            let _ = w.send(None);
+        }
+        backoff
+    }
+
+    /// The listener accepted a stream of this connector: a refusal backoff ends, and the pool
+    /// is proven.
+    pub(crate) fn accepted(&self) {
+        let mut inner = self.lock();
+        inner.proven = true;
+        inner.cold = false;
+        inner.refusals = 0;
+        inner.refused_until = None;
+    }
+
+    /// A reload: the refusal backoff ends (the operator may have fixed what the listener
+    /// refused), and so does a failed refill's.
+    pub(crate) fn reloaded(&self) {
+        let mut inner = self.lock();
+        inner.proven = false;
+        inner.refusals = 0;
+        inner.refused_until = None;
+        inner.backoff_until = None;
+    }
+
     /// Shutdown: closes every waiting session, and every one put in from now on; waiting
     /// clients are told to make their own handshake.
     pub(crate) fn close(&self) {
@@ -275,10 +374,17 @@ impl Pool {
         }
     }
 
+    /// Whether the listener accepted a stream of this connector since the start, the last
+    /// reload and the last refusal.
+    pub(crate) fn proven(&self) -> bool {
+        self.lock().proven
+    }
+
     /// How many refills to start at `now` for a pool between `min` and `max` (counted as
-    /// started).
-    pub(crate) fn refills_due(&self, min: usize, max: usize, now: Instant) -> usize {
+    /// started). `cold` (the pool is not [`Pool::proven`]): at most one refill runs.
+    pub(crate) fn refills_due(&self, min: usize, max: usize, cold: bool, now: Instant) -> usize {
         let mut inner = self.lock();
+        inner.cold = cold;
         if inner.closed || inner.backing_off(now) {
             return 0;
         }
@@ -290,7 +396,10 @@ impl Pool {
         // Waiting clients are served by refills in progress, one each: those refills do not
         // count towards the target (the sessions the next clients will find).
         let want = inner.waiters.len() + inner.target;
-        let n = want.saturating_sub(inner.idle.len() + inner.refilling);
+        let mut n = want.saturating_sub(inner.idle.len() + inner.refilling);
+        if cold {
+            n = n.min(1usize.saturating_sub(inner.refilling));
+        }
         inner.refilling += n;
         n
     }
@@ -368,6 +477,7 @@ mod tests {
             born: Instant::now(),
             streams: 0,
             connect: "here".into(),
+            terms: Default::default(),
             pin: None,
         };
         (session, far)
@@ -393,7 +503,7 @@ mod tests {
         let now = Instant::now();
         let next = wait(&pool);
         // One refill for the waiting client, on top of the target (1 here, from its miss).
-        assert_eq!(pool.refills_due(0, 4, now), 2);
+        assert_eq!(pool.refills_due(0, 4, false, now), 2);
         let (s, _far) = session(&l).await;
         assert!(pool.put(s, 4, now));
         pool.refilled(true, now);
@@ -414,7 +524,7 @@ mod tests {
         let pool = Pool::default();
         let now = Instant::now();
         let next = wait(&pool);
-        assert!(pool.refills_due(0, 4, now) >= 1);
+        assert!(pool.refills_due(0, 4, false, now) >= 1);
         pool.refilled(false, now);
         assert!(next.await.unwrap().is_none(), "told to make its own");
         // Refills now back off: the next client does not wait at all.
@@ -496,10 +606,10 @@ mod tests {
         let pool = Pool::default();
         let t0 = Instant::now();
         drop(wait_at(&pool, t0));
-        assert_eq!(pool.refills_due(0, 4, t0), 1, "one for the miss");
+        assert_eq!(pool.refills_due(0, 4, false, t0), 1, "one for the miss");
         pool.refilled(false, t0);
         let during = t0 + REFILL_BACKOFF - Duration::from_millis(1);
-        assert_eq!(pool.refills_due(0, 4, during), 0, "backing off");
+        assert_eq!(pool.refills_due(0, 4, false, during), 0, "backing off");
         assert!(matches!(
             pool.take_or_wait("here", |_| true, during),
             Take::Miss
@@ -509,7 +619,10 @@ mod tests {
             matches!(pool.take_or_wait("here", |_| true, after), Take::Wait(_)),
             "past REFILL_BACKOFF a client waits for a refill again"
         );
-        assert!(pool.refills_due(0, 4, after) > 0, "refills start again");
+        assert!(
+            pool.refills_due(0, 4, false, after) > 0,
+            "refills start again"
+        );
     }
 
     #[tokio::test]
@@ -519,12 +632,131 @@ mod tests {
         let warm = Pool::default();
         drop(warm.take("here", |_| true, t0));
         assert_eq!(
-            warm.refills_due(2, 4, t0 + KEEP_WARM - Duration::from_secs(1)),
+            warm.refills_due(2, 4, false, t0 + KEEP_WARM - Duration::from_secs(1)),
             3
         );
         // Past KEEP_WARM, `pool_min` no longer counts: just the miss.
         let cold = Pool::default();
         drop(cold.take("here", |_| true, t0));
-        assert_eq!(cold.refills_due(2, 4, t0 + KEEP_WARM), 1);
+        assert_eq!(cold.refills_due(2, 4, false, t0 + KEEP_WARM), 1);
+    }
+
+    #[test]
+    fn the_refusal_backoff_doubles_from_its_first_to_its_cap() {
+        assert_eq!(refusal_backoff(1), REFUSAL_BACKOFF_FIRST);
+        assert_eq!(refusal_backoff(2), REFUSAL_BACKOFF_FIRST * 2);
+        assert_eq!(refusal_backoff(3), REFUSAL_BACKOFF_FIRST * 4);
+        assert_eq!(refusal_backoff(1000), REFUSAL_BACKOFF_MAX, "capped");
+        assert_eq!(refusal_backoff(u32::MAX), REFUSAL_BACKOFF_MAX);
+        let mut last = Duration::ZERO;
+        for n in 1..40 {
+            assert!(
+                refusal_backoff(n) >= last,
+                "never shorter for more refusals"
+            );
+            last = refusal_backoff(n);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refusal_stops_refills_and_puts_until_its_backoff_ends() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::default();
+        let t0 = Instant::now();
+        let (s, _far) = session(&l).await;
+        assert!(pool.put(s, 4, t0));
+        let waiting = {
+            let gone = pool.take("here", |_| true, t0);
+            assert!(gone.is_some());
+            wait_at(&pool, t0)
+        };
+        let (s, _far2) = session(&l).await;
+        pool.lock().idle.push_back(Idle {
+            session: s,
+            since: t0,
+        });
+        // The refusal: idle sessions closed, the waiting client sent to its own handshake.
+        assert_eq!(pool.refused(t0), REFUSAL_BACKOFF_FIRST);
+        assert_eq!(
+            pool.len(),
+            0,
+            "idle sessions of the refused terms are closed"
+        );
+        assert!(waiting.await.unwrap().is_none(), "told to make its own");
+        let during = t0 + REFUSAL_BACKOFF_FIRST - Duration::from_millis(1);
+        assert_eq!(
+            pool.refills_due(1, 4, false, during),
+            0,
+            "no refill while refused"
+        );
+        assert!(
+            matches!(pool.take_or_wait("here", |_| true, during), Take::Miss),
+            "one handshake of its own per client, no wait"
+        );
+        let (s, _far3) = session(&l).await;
+        assert!(
+            !pool.put(s, 4, during),
+            "a refill that was in flight is closed"
+        );
+        // The backoff ends: refills start again.
+        let after = t0 + REFUSAL_BACKOFF_FIRST;
+        assert!(pool.refills_due(1, 4, false, after) > 0);
+        pool.refilled(true, after);
+        // A second refusal in a row backs off twice as long.
+        assert_eq!(pool.refused(after), REFUSAL_BACKOFF_FIRST * 2);
+        let still = after + REFUSAL_BACKOFF_FIRST;
+        assert_eq!(pool.refills_due(1, 4, false, still), 0, "doubled");
+        // A stream the listener accepted ends it at once, and the count of refusals.
+        pool.accepted();
+        assert!(pool.refills_due(1, 4, false, still) > 0);
+        assert_eq!(pool.refused(still), REFUSAL_BACKOFF_FIRST, "counted anew");
+        // So does a reload.
+        pool.reloaded();
+        assert!(matches!(
+            pool.take_or_wait("here", |_| true, still),
+            Take::Wait(_)
+        ));
+        assert!(pool.refills_due(1, 4, false, still) > 0);
+    }
+
+    #[tokio::test]
+    async fn cold_one_refill_runs_and_other_clients_make_their_own() {
+        let pool = Pool::default();
+        let t0 = Instant::now();
+        let first = wait_at(&pool, t0);
+        // Target 2 (pool_min 1 and the miss) and the waiting client: 3, but cold: 1.
+        assert_eq!(pool.refills_due(1, 4, true, t0), 1);
+        assert_eq!(pool.refills_due(1, 4, true, t0), 0, "one at a time");
+        assert!(
+            matches!(pool.take_or_wait("here", |_| true, t0), Take::Miss),
+            "the running refill is the first client's"
+        );
+        pool.refilled(true, t0);
+        // With a ticket, the rest at once (the waiting client still counts).
+        assert_eq!(pool.refills_due(1, 4, false, t0), 4);
+        drop(first);
+    }
+
+    #[tokio::test]
+    async fn sessions_of_other_terms_are_retired() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::default();
+        let now = Instant::now();
+        let (old, _far) = session(&l).await;
+        let (mut new, _far2) = session(&l).await;
+        let terms = crate::tunnel::terms::TermsOf {
+            connect: "here",
+            service: "s",
+            own: Fingerprint([1; 32]),
+            pins: &[],
+            tofu: None,
+            psk: None,
+        }
+        .digest();
+        new.terms = terms;
+        assert!(pool.put(old, 4, now) && pool.put(new, 4, now));
+        assert_eq!(pool.retire(|s| s.terms == terms), 1);
+        let kept = pool.take("here", |s| s.terms == terms, now).expect("kept");
+        assert_eq!(kept.terms, terms);
     }
 }

@@ -22,6 +22,7 @@ mod metrics;
 mod misconfiguration;
 mod mitm;
 mod mlkem;
+mod pool_admission;
 mod records;
 mod redirect;
 mod resume;
