@@ -1,6 +1,6 @@
 //! The listener admits every stream against the configuration in force when it starts
 //! (PROTOCOL.md §4.3): a reload reaches the next stream of a pooled, reused session (`forward`,
-//! `proxy_protocol`), and `session_max_age` bounds every session's age, a session past it
+//! `proxy_protocol`; a `service` changed retires it), and `session_max_age` bounds every session's age, a session past it
 //! finishing its stream and closing cleanly so that the next client is served on another; a
 //! stream the listener cannot carry is refused with an Alert whose reason the connector logs.
 //! Redirect mode's `allow_destinations` narrowed at reload is in `tests/it/redirect.rs` (it needs
@@ -228,4 +228,34 @@ fn a_forward_target_that_refuses_is_the_listeners_reason_in_the_connectors_log()
     assert!(!c.contains("truncated"), "{c}");
     let l = t.listener.wait_line("forward target unreachable");
     assert!(l.contains("the connector is told"), "{l}");
+}
+
+/// A reload that changes the listener's `service` takes it away from every open session: an
+/// idle one is closed between streams, and the next client is refused (the connector's service
+/// is no longer served), never carried to the service on a session of the old terms.
+#[test]
+fn a_reload_that_changes_the_service_leaves_no_session_of_the_old_one_carrying_clients() {
+    let service = Service::start(Behaviour::Echo);
+    let t = tunnel_to(service.addr, "");
+    let before = clients_until_reused(&t, 0, |seed| assert_echoes(t.entry, seed, 10_000));
+    t.listener
+        .edit_config(|text| text.to_string() + "service = \"other\"\n");
+    t.listener.reload();
+    for _ in 0..3 {
+        assert_eq!(
+            try_exchange(t.entry, b"after the reload"),
+            Err(std::io::ErrorKind::ConnectionReset)
+        );
+    }
+    assert_eq!(service.accepted.load(Ordering::SeqCst), before.len());
+    let log = t
+        .listener
+        .wait_log("a reload changed this listener's service");
+    assert_eq!(
+        opens(&t).len(),
+        before.len(),
+        "no stream after the reload:\n{log}"
+    );
+    let c = t.connector.wait_log("the listener serves \"other\"");
+    assert!(c.contains("the listener serves \"other\""), "{c}");
 }
