@@ -164,23 +164,18 @@ impl TunnelState {
 
     /// Connector: the listener authenticated this connector and refused it at `now` (an Alert
     /// record in answer to its handshake: key not trusted, another `service`; counted by
-    /// `tunnel::carry` in `refused_untrusted` and `refused_service`). The handshake no longer
-    /// counts as completed (the connector counted it when its side of the handshake completed,
-    /// before the listener's answer), and the pool stops its refills
-    /// ([`crate::tunnel::pool::Pool::refused`]). Other alerts are not refusals of the handshake.
+    /// `tunnel::carry` in `refused_untrusted` and `refused_service`, beside `handshakes ok`,
+    /// which counts the handshakes completed on this side and, being a counter, never goes
+    /// down). The pool stops its refills ([`crate::tunnel::pool::Pool::refused`]). Other alerts
+    /// are not refusals of the handshake.
     pub(crate) fn refused_by_listener(&self, alert: &crate::proto::record::Alert, now: Instant) {
         use crate::proto::record::AlertCode;
-        if !matches!(
+        if matches!(
             alert.code(),
             AlertCode::Untrusted | AlertCode::ServiceMismatch
         ) {
-            return;
+            self.pool.refused(now);
         }
-        let _ =
-            self.counters
-                .handshakes_ok
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-        self.pool.refused(now);
     }
 
     /// Counts a completed handshake that took `took` since the accept.

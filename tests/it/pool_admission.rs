@@ -143,14 +143,13 @@ fn an_untrusted_connectors_clients_cost_one_refused_handshake_each_and_trust_add
         3,
         "one refusal line per client: {c}"
     );
-    // The connector's own counters count the refusals, not completed handshakes.
+    // The connector's own counters count the refusals (beside the handshakes completed on its
+    // side, a counter that never goes down).
     let cs = listener_status(&connector);
     assert!(
-        cs.contains("handshakes ok 0")
-            && cs
-                .lines()
-                .find(|l| l.contains("refused by the listener"))
-                .is_some_and(|l| count_after(l, "untrusted") == 3),
+        cs.lines()
+            .find(|l| l.contains("refused by the listener"))
+            .is_some_and(|l| count_after(l, "untrusted") == 3),
         "{cs}"
     );
 
