@@ -135,15 +135,7 @@ pub(crate) async fn carry<T: Tunnel>(
         }
         tracing::error!(tunnel = %tunnel.name(), role = %tunnel.role(), %peer,
             fingerprint = %fingerprint, "{}", tunnel.describe_refusal(alert));
-        // A refusal of a later stream (a reload took the key or service away from a reused
-        // session) follows a handshake that did complete: the pool stops, the count stays.
-        let later = session.as_ref().is_some_and(|s| s.streams() > 1);
-        match alert.code() {
-            AlertCode::Untrusted | AlertCode::ServiceMismatch if later => {
-                let _ = state.pool.refused(Instant::now());
-            }
-            _ => state.refused_by_listener(alert, Instant::now()),
-        }
+        state.refused_by_listener(alert, Instant::now());
         return StreamEnd::Failed;
     }
     log_close(
