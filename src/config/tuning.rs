@@ -338,6 +338,14 @@ fn resumption_lifetime(v: &DurationText) -> Result<Duration, String> {
     Ok(d)
 }
 
+fn session_max_age(v: &DurationText) -> Result<Duration, String> {
+    let d = duration(v)?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&d) {
+        return Err(format!("{:?} is out of range: must be from 1s to 24h", v.0));
+    }
+    Ok(d)
+}
+
 fn session_reuse_streams(v: &i64) -> Result<u32, String> {
     within(*v, 1..=1_000_000, "streams per session, 1 to 1000000")
 }
@@ -379,6 +387,7 @@ mod tests {
                 resumption_lifetime: Duration::from_secs(3600),
                 resumption_uses: 1000,
                 idle_timeout: None,
+                session_max_age: Duration::from_secs(3600),
                 session_reuse: true,
                 session_reuse_streams: 1000,
                 session_reuse_age: Duration::from_secs(600),

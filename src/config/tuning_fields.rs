@@ -78,6 +78,12 @@ macro_rules! tuning_fields {
             /// 100 ms; under 10 s: a warning) is reset (logged `idle for …`); `"off"`, the default,
             /// keeps idle connections.
             idle_timeout: Option<Duration> = None, parsed from DurationText by idle_timeout;
+            /// Listener: the longest a sealed session lives, reused or not, from 1 s to 24 h,
+            /// counted from its handshake: past it, the session finishes the stream it carries and
+            /// is closed, so that the connector's next client gets a fresh (or resumed) session.
+            /// Keep it above the connectors' `session_reuse_age`, which retires sessions first.
+            session_max_age: Duration = Duration::from_secs(3600),
+                parsed from DurationText by session_max_age;
             /// Connector: a session whose stream ended cleanly both ways may carry the next client
             /// (PROTOCOL.md §4.3); `false`: one session per client. A listener ignores it.
             session_reuse: bool = true, parsed from bool by flag;

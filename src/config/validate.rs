@@ -920,6 +920,7 @@ impl Tuning {
             source_handshake_rate: self.source_handshake_rate,
             signature_rate: self.signature_rate,
             signature_cpu: self.signature_cpu,
+            session_max_age: self.session_max_age,
         }
     }
 
@@ -975,6 +976,7 @@ mod tests {
             resumption_lifetime: Duration::from_secs(13),
             resumption_uses: 14,
             idle_timeout: Some(Duration::from_secs(15)),
+            session_max_age: Duration::from_secs(20),
             session_reuse: false,
             session_reuse_streams: 16,
             session_reuse_age: Duration::from_secs(17),
@@ -1002,6 +1004,7 @@ mod tests {
                 source_handshake_rate: 9,
                 signature_rate: 10,
                 signature_cpu: 11,
+                session_max_age: Duration::from_secs(20),
             }
         );
         assert_eq!(

@@ -163,6 +163,9 @@ impl<T: Tunnel> TunnelSet<T> {
                     Ok(l) => {
                         let state = self.running.remove(&name).map(|old| {
                             old.stop.cancel();
+                            // The sessions accepted on the old socket keep the last settings
+                            // sent there: these.
+                            old.settings.send_replace(tunnel.clone());
                             old.state
                         });
                         self.start_on(l, listen, tunnel, tracker, state);
@@ -197,6 +200,9 @@ impl<T: Tunnel> TunnelSet<T> {
             if !keep {
                 tracing::info!(tunnel = %name, "reload: tunnel removed, no longer accepting");
                 r.stop.cancel();
+                // Its sessions carry no new stream (those between streams are closed now).
+                r.state.sessions.close();
+                r.state.pool.close();
             }
             keep
         });

@@ -117,6 +117,12 @@ pub enum AlertCode {
     Untrusted = 1,
     /// The connector asked for another service (detail: the listener's service name).
     ServiceMismatch = 2,
+    /// The listener could not connect to its `forward` target for this stream (detail empty).
+    ForwardUnreachable = 3,
+    /// The destination this stream named (redirect mode) is not in the listener's
+    /// `allow_destinations`, or the listener has none, or no `forward` for a stream without one
+    /// (detail empty).
+    DestinationNotAllowed = 4,
 }
 
 /// The body of an Alert record: `code (1) || u8 len || detail`. Sent by a listener only to a
@@ -148,6 +154,12 @@ impl std::fmt::Display for Alert {
                 "the listener refused this connector: it serves {:?}",
                 String::from_utf8_lossy(self.detail())
             ),
+            AlertCode::ForwardUnreachable => {
+                f.write_str("the listener could not connect to its forward target")
+            }
+            AlertCode::DestinationNotAllowed => {
+                f.write_str("the listener does not allow this destination")
+            }
         }
     }
 }
@@ -184,8 +196,8 @@ impl Alert {
         out
     }
 
-    /// Decodes a record body: a known code, a detail that fits exactly (empty for code 1, 1 to
-    /// [`MAX_ALERT_DETAIL`] bytes for code 2).
+    /// Decodes a record body: a known code, a detail that fits exactly (1 to
+    /// [`MAX_ALERT_DETAIL`] bytes for code 2, empty for the others).
     pub fn decode(body: &[u8]) -> Result<Alert, RecordError> {
         let bad = RecordError::Malformed(RecordType::Alert);
         let [code, len, detail @ ..] = body else {
@@ -194,12 +206,16 @@ impl Alert {
         let code = match code {
             1 => AlertCode::Untrusted,
             2 => AlertCode::ServiceMismatch,
+            3 => AlertCode::ForwardUnreachable,
+            4 => AlertCode::DestinationNotAllowed,
             _ => return Err(bad),
         };
         let ok = *len as usize == detail.len()
             && match code {
-                AlertCode::Untrusted => detail.is_empty(),
                 AlertCode::ServiceMismatch => (1..=MAX_ALERT_DETAIL).contains(&detail.len()),
+                AlertCode::Untrusted
+                | AlertCode::ForwardUnreachable
+                | AlertCode::DestinationNotAllowed => detail.is_empty(),
             };
         if !ok {
             return Err(bad);
@@ -409,10 +425,11 @@ impl Sealer {
         Ok(())
     }
 
-    /// Seals an [`Alert`] record, the first and last record of this direction (a listener's
-    /// refusal of an authenticated connector); returns the record to send.
+    /// Seals an [`Alert`] record, the first record of this direction in a stream (the session's
+    /// first, or one begun with [`Sealer::begin_stream`]) and its last (a listener's refusal of
+    /// an authenticated connector, or of one of its streams); returns the record to send.
     pub fn seal_alert(&mut self, alert: &Alert) -> Result<Vec<u8>, RecordError> {
-        if self.dir.seq != 0 || self.dir.generation != 0 || self.dir.streams != 0 || self.closed {
+        if !self.dir.stream_start || self.closed {
             return Err(RecordError::Unexpected(RecordType::Alert));
         }
         let body = alert.encode();
@@ -467,8 +484,8 @@ pub enum Opened<'a> {
     Close,
     /// The peer moved to the next key generation (already followed).
     Rekey,
-    /// The listener refused this connector (its first record, and its last: the direction is
-    /// closed after it).
+    /// The listener refused this connector, or this stream (its first record of the stream,
+    /// and its last: the direction is closed after it).
     Alert(Alert),
 }
 
@@ -565,7 +582,8 @@ impl Opener {
     /// A StreamInfo record is refused here: it is only valid first, through
     /// [`Opener::open_stream_info`].
     pub fn open<'a>(&mut self, record: &'a mut [u8]) -> Result<Opened<'a>, RecordError> {
-        let first = self.dir.seq == 0 && self.dir.generation == 0 && self.dir.streams == 0;
+        // An Alert only as the first record of the listener's direction in a stream.
+        let first = self.dir.stream_start;
         let (kind, plain) = self.open_record(record)?;
         match kind {
             RecordType::Data if plain.is_empty() => Err(RecordError::Malformed(kind)),
@@ -754,7 +772,8 @@ mod tests {
             &[1, 1, b'x'],
             &[2, 0],
             &[2, 2, b'x'],
-            &[3, 0],
+            &[0, 0],
+            &[5, 0],
         ] {
             assert_eq!(
                 Alert::decode(bad),
@@ -767,6 +786,52 @@ mod tests {
         assert!(Alert::decode(&body).is_err());
         let untrusted = Alert::new(AlertCode::Untrusted, b"");
         assert_eq!(Alert::decode(&[1, 0]), Ok(untrusted));
+        for (code, body) in [
+            (AlertCode::ForwardUnreachable, [3u8, 0]),
+            (AlertCode::DestinationNotAllowed, [4u8, 0]),
+        ] {
+            assert_eq!(Alert::decode(&body), Ok(Alert::new(code, b"")));
+            assert_eq!(Alert::new(code, b"").encode(), body);
+            assert!(Alert::decode(&[body[0], 1, b'x']).is_err());
+        }
+        assert!(Alert::decode(&[5, 0]).is_err());
+    }
+
+    #[test]
+    fn an_alert_is_the_first_record_of_a_later_stream_too() {
+        let (mut s, mut o) = pair();
+        // Stream 1: a data record and both closes.
+        let mut d = data_record(&mut s, b"x");
+        o.open(&mut d).unwrap();
+        let mut c = [0u8; OVERHEAD];
+        s.seal_close(&mut c).unwrap();
+        assert_eq!(o.open(&mut c), Ok(Opened::Close));
+        // Not between streams, before the next StreamInfo.
+        let alert = Alert::new(AlertCode::ForwardUnreachable, b"");
+        assert_eq!(
+            s.seal_alert(&alert),
+            Err(RecordError::Unexpected(RecordType::Alert))
+        );
+        // Stream 2: the listener's first record is an alert, which closes its direction.
+        s.begin_stream().unwrap();
+        o.begin_stream().unwrap();
+        let mut a = s.seal_alert(&alert).unwrap();
+        assert!(s.is_closed());
+        assert_eq!(o.open(&mut a), Ok(Opened::Alert(alert)));
+        assert!(o.is_closed());
+        // Not in the middle of a stream: after a data record of stream 2.
+        let (mut s, mut o) = pair();
+        let mut c = [0u8; OVERHEAD];
+        s.seal_close(&mut c).unwrap();
+        o.open(&mut c).unwrap();
+        s.begin_stream().unwrap();
+        o.begin_stream().unwrap();
+        let mut d = data_record(&mut s, b"y");
+        o.open(&mut d).unwrap();
+        assert_eq!(
+            s.seal_alert(&alert),
+            Err(RecordError::Unexpected(RecordType::Alert))
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::proto::record::{AlertCode, RecordError};
 use crate::tunnel::accept::{Current, Tunnel};
 use crate::tunnel::handshake::Records;
 use crate::tunnel::net::{reset_on_close, Conn};
-use crate::tunnel::pump::{pump, PumpError, PumpOptions, PumpStats};
+use crate::tunnel::pump::{pump, FinAfterClose, PumpError, PumpOptions, PumpStats};
 use crate::tunnel::state::{OpenConn, TunnelState};
 
 /// How one stream ended, for the session that carried it.
@@ -34,8 +34,9 @@ pub(crate) enum StreamEnd {
 /// and the stream is listed in `state.open` while it runs (one connection per client stream);
 /// a reload that revokes its key cuts it there (reset, logged as "revoked at reload"), or
 /// `current` (the settings of now) refuses it at the start.
-/// `last_stream`: the session will carry no other stream (a connector that will not reuse it),
-/// so our close record is followed by a TCP half-close.
+/// `last_stream`: whether the session will carry no other stream (a connector that will not
+/// reuse it; a listener's session that reaches `session_max_age` by the stream's end), so our
+/// close record is followed by a TCP half-close.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn carry<T: Tunnel>(
     tunnel: &T,
@@ -47,7 +48,7 @@ pub(crate) async fn carry<T: Tunnel>(
     peer: impl Display,
     started: Instant,
     resumed: bool,
-    last_stream: bool,
+    last_stream: impl Into<FinAfterClose>,
     state: &TunnelState,
 ) -> StreamEnd {
     let Records {
@@ -78,7 +79,7 @@ pub(crate) async fn carry<T: Tunnel>(
         record_size: shared.record_size,
         rekey_interval: shared.rekey_interval,
         idle_timeout: shared.idle_timeout,
-        fin_after_close: last_stream,
+        fin_after_close: last_stream.into(),
     };
     // A reload between this stream's admission and its registration swept the table without
     // it: the settings of now decide (a reload sends them before it sweeps).
@@ -122,11 +123,16 @@ pub(crate) async fn carry<T: Tunnel>(
     };
     if let Err(PumpError::Record(RecordError::Refused(alert))) = &result {
         // The listener authenticated this connector and refused it: its reason, not a reset.
+        // Counted when it refuses the connector; a stream it could not carry (its target down,
+        // its destination refused) is no refusal of the connector.
         let counter = match alert.code() {
-            AlertCode::Untrusted => &state.counters.refused_untrusted,
-            AlertCode::ServiceMismatch => &state.counters.refused_service,
+            AlertCode::Untrusted => Some(&state.counters.refused_untrusted),
+            AlertCode::ServiceMismatch => Some(&state.counters.refused_service),
+            AlertCode::ForwardUnreachable | AlertCode::DestinationNotAllowed => None,
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = counter {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
         tracing::error!(tunnel = %tunnel.name(), role = %tunnel.role(), %peer,
             fingerprint = %fingerprint, "{}", tunnel.describe_refusal(alert));
         state.refused_by_listener(alert, Instant::now());

@@ -83,7 +83,8 @@ impl Tunnel for ConnectorTunnel {
         }
     }
 
-    /// The listener proved its key and refused ours after authenticating it (PROTOCOL.md §6).
+    /// The listener proved its key and refused ours after authenticating it, or refused one
+    /// stream (PROTOCOL.md §4.2, §6).
     fn describe_refusal(&self, alert: &Alert) -> String {
         match alert.code() {
             AlertCode::Untrusted => format!(
@@ -95,6 +96,12 @@ impl Tunnel for ConnectorTunnel {
                 String::from_utf8_lossy(alert.detail()),
                 &*self.params.service
             ),
+            AlertCode::ForwardUnreachable => "the listener could not connect to its forward \
+                target for this client (its log says why), client connection reset"
+                .to_string(),
+            AlertCode::DestinationNotAllowed => "the listener refused this client's destination \
+                (not in its `allow_destinations`), client connection reset"
+                .to_string(),
         }
     }
 

@@ -22,12 +22,15 @@ use crate::proto::identity::{Fingerprint, TrustList};
 use crate::proto::messages::{
     check_first_header, hello_ephemeral, MAX_FIRST_MESSAGE_LEN, MSG_HEADER_LEN,
 };
+use crate::proto::record::{Alert, AlertCode};
 use crate::proto::stream::{proxy_v2_header, StreamInfo};
 use crate::tunnel::accept::{log_refusal, os_randomness, Current};
+use crate::tunnel::admission::{Admits, Made, Retired, Terms};
 use crate::tunnel::carry::{carry, StreamEnd};
 use crate::tunnel::handshake::{self, Records, SessionError};
 use crate::tunnel::limits::Source;
 use crate::tunnel::net::{connect_local, reset_on_close, Conn, Peer};
+use crate::tunnel::pump::FinAfterClose;
 use crate::tunnel::sessions::{next_id, SessionEntry};
 use crate::tunnel::settings::{ListenerSettings, ProxyProtocol, Revoke, SharedSettings};
 use crate::tunnel::signing::{self, NotSigned};
@@ -278,6 +281,16 @@ impl std::fmt::Display for OptIp {
     }
 }
 
+impl Admits for ListenerTunnel {
+    fn params(&self) -> &ListenerParams {
+        &self.params
+    }
+
+    fn session_max_age(&self) -> Duration {
+        self.settings.session_max_age
+    }
+}
+
 impl Tunnel for ListenerTunnel {
     fn name(&self) -> &str {
         &self.name
@@ -305,7 +318,7 @@ impl Tunnel for ListenerTunnel {
 
     async fn handle(
         self: Arc<Self>,
-        current: Current<Self>,
+        mut current: Current<Self>,
         sealed: Conn,
         peer: Peer,
         state: Arc<TunnelState>,
@@ -357,44 +370,76 @@ impl Tunnel for ListenerTunnel {
             tracing::debug!(tunnel = %self.name, role = %Role::Listener, %peer, reason = %why,
                 "resumption ticket refused, full handshake done");
         }
+        // Each stream is admitted against the settings in force when it starts (PROTOCOL.md
+        // §4.3, tunnel/admission.rs): a reload reaches the next stream of every session.
+        let made = Made {
+            peer: fp,
+            own,
+            service: self.params.service.clone(),
+            psk: self.params.psk.clone(),
+            born: Instant::now(),
+        };
+        let mut terms = Terms::new(&mut current, &made);
         let mut leftover = leftover;
         let mut stream: u64 = 0;
         loop {
             stream += 1;
-            let bound = session_idle(&self.settings.shared);
-            let next = read_stream_info(
-                &mut sealed,
-                &mut records.opener,
-                std::mem::take(&mut leftover),
-                tokio::time::Instant::now() + bound,
-                bound,
-            );
-            let read = tokio::select! {
-                r = next => Some(r),
-                () = entry.conn.next_refused() => None,
+            let bound = session_idle(&terms.tunnel.settings.shared);
+            let read = {
+                let next = read_stream_info(
+                    &mut sealed,
+                    &mut records.opener,
+                    std::mem::take(&mut leftover),
+                    tokio::time::Instant::now() + bound,
+                    bound,
+                );
+                let mut next = std::pin::pin!(next);
+                // Between streams: a reload that retires the session, or its age, closes it now;
+                // a StreamInfo already read is served (as the session's last stream if its age is
+                // reached meanwhile).
+                loop {
+                    // A key no longer trusted: the reload resets the session (`next_refused`).
+                    let refused = terms.refused().filter(|w| *w != Retired::Untrusted);
+                    if let Some(why) = refused {
+                        break Err(why);
+                    }
+                    if terms.aged(&made, Instant::now()) {
+                        break Err(Retired::MaxAge);
+                    }
+                    let end_of_life = tokio::time::Instant::from_std(terms.end_of_life(&made));
+                    tokio::select! {
+                        biased;
+                        r = &mut next => break Ok(Some(r)),
+                        () = entry.conn.next_refused() => break Ok(None),
+                        r = Terms::next_reload(terms.following(), &mut current) => {
+                            terms.changed(&mut current, &made, r)
+                        }
+                        () = tokio::time::sleep_until(end_of_life) => {}
+                    }
+                }
             };
             let (info, rest) = match read {
-                Some(Ok(x)) => x,
+                Ok(Some(Ok(x))) => x,
                 // The connector ended the session between streams (or retired a warm session
                 // before its first): a clean end.
-                Some(Err(StreamError::Eof)) => {
+                Ok(Some(Err(StreamError::Eof))) => {
                     tracing::debug!(tunnel = %self.name, role = %Role::Listener, %peer,
                         fingerprint = %fp, streams = stream - 1, "session ended by the connector");
                     return;
                 }
-                Some(Err(StreamError::Timeout(d))) => {
+                Ok(Some(Err(StreamError::Timeout(d)))) => {
                     tracing::debug!(tunnel = %self.name, role = %Role::Listener, %peer,
                         fingerprint = %fp, streams = stream - 1,
                         "no stream for {d:?}, session closed");
                     return;
                 }
-                Some(Err(e)) => {
+                Ok(Some(Err(e))) => {
                     tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
                         reason = %e, "no valid StreamInfo record from the connector, connection reset");
                     reset_on_close(&sealed);
                     return;
                 }
-                None => {
+                Ok(None) => {
                     tracing::info!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
                     streams = stream - 1,
                     "{}", if state.sessions.is_closed() {
@@ -403,6 +448,15 @@ impl Tunnel for ListenerTunnel {
                         "session closed between streams: its key is no longer trusted after a reload (revoked at reload)"
                     });
                     reset_on_close(&sealed);
+                    return;
+                }
+                // A clean end between streams (a TCP FIN, PROTOCOL.md §4.3): the connector's
+                // pool drops the session and its next client gets another.
+                Err(why) => {
+                    tracing::info!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
+                        streams = stream - 1, reason = %why,
+                        "session closed between streams: {why}");
+                    let _ = sealed.shutdown().await;
                     return;
                 }
             };
@@ -415,11 +469,29 @@ impl Tunnel for ListenerTunnel {
             }
             // The settings of now, not of the accept: a reload during the handshake swept the
             // session table before this session was in it.
-            if entry.conn.no_next() || !current.borrow().accepts_new(&fp) {
+            terms.refresh(&mut current, &made);
+            let timeout = terms.tunnel.settings.shared.handshake_timeout;
+            if entry.conn.no_next() || terms.refused() == Some(Retired::Untrusted) {
                 tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
                     client = %OptAddr(info.client),
                     "connector key no longer trusted: new stream refused, connection reset (revoked at reload)");
-                reset_on_close(&sealed);
+                // Told why (an Alert) when the settings of now refuse the key; a reset if only
+                // the shutdown does.
+                let untrusted = terms.refused() == Some(Retired::Untrusted);
+                let code = untrusted.then_some((AlertCode::Untrusted, &b""[..]));
+                refuse_stream(&mut sealed, &mut records, code, timeout).await;
+                return;
+            }
+            // The session's other terms, taken away by a reload as its StreamInfo came: another
+            // service is told as at a handshake; another key or PSK gets a reset.
+            if let Some(why) = terms.refused() {
+                tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
+                    client = %OptAddr(info.client), reason = %why,
+                    "new stream refused: {why}; connection reset");
+                let service = terms.tunnel.params.service.clone();
+                let code = (why == Retired::Service)
+                    .then_some((AlertCode::ServiceMismatch, service.as_bytes()));
+                refuse_stream(&mut sealed, &mut records, code, timeout).await;
                 return;
             }
             if stream > 1 {
@@ -428,14 +500,25 @@ impl Tunnel for ListenerTunnel {
                     .streams_reused
                     .fetch_add(1, Ordering::Relaxed);
             }
-            let Some(target) = self.open_target(&peer, &fp, &info, &sealed).await else {
-                return;
+            let tunnel = terms.tunnel.clone();
+            let target = match tunnel.open_target(&peer, &fp, &info).await {
+                Ok(t) => t,
+                Err(code) => {
+                    refuse_stream(
+                        &mut sealed,
+                        &mut records,
+                        code.map(|c| (c, &b""[..])),
+                        timeout,
+                    )
+                    .await;
+                    return;
+                }
             };
-            tracing::info!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
-                peer_name = self.params.trust.name_of(&fp).unwrap_or(""), key, forward = %target.1,
+            tracing::info!(tunnel = %tunnel.name, role = %Role::Listener, %peer, fingerprint = %fp,
+                peer_name = tunnel.params.trust.name_of(&fp).unwrap_or(""), key, forward = %target.1,
                 client = %OptAddr(info.client), resumed, stream, "connection open");
             let end = carry(
-                self.as_ref(),
+                tunnel.as_ref(),
                 &current,
                 target.0,
                 &mut sealed,
@@ -444,7 +527,8 @@ impl Tunnel for ListenerTunnel {
                 &peer,
                 Instant::now(),
                 resumed,
-                false,
+                // Past `session_max_age` when our close record goes, the session ends with it.
+                FinAfterClose::From(terms.end_of_life(&made)),
                 &state,
             )
             .await;
@@ -474,14 +558,14 @@ fn session_idle(shared: &SharedSettings) -> Duration {
 
 impl ListenerTunnel {
     /// The target of one stream: the destination chosen for `info`, connected, with the PROXY
-    /// header written. `None` (after a log line, the session set to reset) if it cannot be.
+    /// header written. If it cannot be (after a log line): the code of the Alert that tells the
+    /// connector why, or `None` for a reset.
     async fn open_target(
         &self,
         peer: &Peer,
         fp: &Fingerprint,
         info: &StreamInfo,
-        sealed: &tokio::net::TcpStream,
-    ) -> Option<(Conn, Address)> {
+    ) -> Result<(Conn, Address), Option<AlertCode>> {
         let target_addr = match choose_destination(
             self.forward.as_ref(),
             &self.allow_destinations,
@@ -493,9 +577,8 @@ impl ListenerTunnel {
                     peer_name = self.params.trust.name_of(fp).unwrap_or(""),
                     client = %OptAddr(info.client),
                     destination = %OptAddr(info.destination), reason = why,
-                    "destination refused, connection reset");
-                reset_on_close(sealed);
-                return None;
+                    "destination refused, the connector is told (alert)");
+                return Err(Some(AlertCode::DestinationNotAllowed));
             }
         };
         // Only now, with the peer verified and the destination allowed, is the target contacted.
@@ -505,9 +588,8 @@ impl ListenerTunnel {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
-                    forward = %target_addr, reason = %e, "forward target unreachable, connection reset");
-                reset_on_close(sealed);
-                return None;
+                    forward = %target_addr, reason = %e, "forward target unreachable, the connector is told (alert)");
+                return Err(Some(AlertCode::ForwardUnreachable));
             }
         };
         if self.proxy_protocol == ProxyProtocol::V2 {
@@ -519,12 +601,28 @@ impl ListenerTunnel {
             if let Err(e) = written {
                 tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
                     forward = %target_addr, reason = %e, "cannot write the PROXY header, connection reset");
-                reset_on_close(sealed);
                 target.reset_on_close();
-                return None;
+                return Err(None);
             }
         }
-        Some((target, target_addr))
+        Ok((target, target_addr))
+    }
+}
+
+/// Refuses the stream that just began on `sealed`: with an Alert of `code` (PROTOCOL.md §4.2),
+/// the listener's first record of the stream and its last, then the session ends; without a
+/// code, a reset.
+async fn refuse_stream(
+    sealed: &mut tokio::net::TcpStream,
+    records: &mut Records,
+    code: Option<(AlertCode, &[u8])>,
+    timeout: Duration,
+) {
+    let record =
+        code.and_then(|(code, detail)| records.sealer.seal_alert(&Alert::new(code, detail)).ok());
+    match record {
+        Some(r) => send_alert(sealed, &r, tokio::time::Instant::now() + timeout).await,
+        None => reset_on_close(sealed),
     }
 }
 

@@ -26,6 +26,7 @@
 
 pub(crate) mod accept;
 pub(crate) mod activation;
+pub(crate) mod admission;
 pub(crate) mod carry;
 pub(crate) mod connector;
 pub(crate) mod handshake;

@@ -41,8 +41,42 @@ pub(crate) struct PumpOptions {
     /// moving either way.
     pub idle_timeout: Option<Duration>,
     /// A TCP half-close right behind our close record: the session carries no other stream
-    /// (a connector that will not reuse it), so that a dropped close record is truncation.
-    pub fin_after_close: bool,
+    /// (a connector that will not reuse it, a listener's session past `session_max_age`), so
+    /// that a dropped close record is truncation.
+    pub fin_after_close: FinAfterClose,
+}
+
+/// Whether a TCP half-close follows our close record of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FinAfterClose {
+    /// No: the session may carry the next stream.
+    No,
+    /// Yes: this is the session's last stream.
+    Yes,
+    /// If the close record is sent at or after this instant (a listener's session that reaches
+    /// `session_max_age` during the stream).
+    From(std::time::Instant),
+}
+
+impl FinAfterClose {
+    /// Whether a close record sent at `now` is followed by a half-close.
+    pub(crate) fn at(self, now: std::time::Instant) -> bool {
+        match self {
+            FinAfterClose::No => false,
+            FinAfterClose::Yes => true,
+            FinAfterClose::From(t) => now >= t,
+        }
+    }
+}
+
+impl From<bool> for FinAfterClose {
+    fn from(last: bool) -> Self {
+        if last {
+            FinAfterClose::Yes
+        } else {
+            FinAfterClose::No
+        }
+    }
 }
 
 /// The read side of a plaintext socket, TCP or Unix: waiting for readability without a buffer,
@@ -406,7 +440,7 @@ where
             let mut close = [0u8; OVERHEAD];
             sealer.seal_close(&mut close)?;
             sealed.write_all(&close).await.map_err(PumpError::Sealed)?;
-            if opts.fin_after_close {
+            if opts.fin_after_close.at(std::time::Instant::now()) {
                 sealed.shutdown().await.map_err(PumpError::Sealed)?;
             } else {
                 sealed.flush().await.map_err(PumpError::Sealed)?;
@@ -663,7 +697,7 @@ mod tests {
         record_size: 1024,
         rekey_interval: None,
         idle_timeout: None,
-        fin_after_close: false,
+        fin_after_close: FinAfterClose::No,
     };
 
     #[tokio::test]

@@ -57,6 +57,9 @@ pub struct ListenerSettings {
     /// Percent of one core's time that answering full handshakes may take; 0: no cap
     /// (`signature_cpu`).
     pub signature_cpu: u32,
+    /// A sealed session this old carries no new stream: it finishes the one it carries and is
+    /// closed (`session_max_age`).
+    pub session_max_age: Duration,
 }
 
 /// A connector tunnel's settings: the shared ones, session reuse and the warm-session pool

@@ -5,6 +5,7 @@
 #[macro_use]
 mod support;
 
+mod admission;
 mod bench;
 mod boundary;
 mod check;

@@ -1,7 +1,8 @@
 //! Transparent redirect mode for real, in a network namespace of its own: an nftables `redirect`
 //! rule sends a client's connections to a `mode = "redirect"` connector, which reads the original
 //! destination (`SO_ORIGINAL_DST`, `IP6T_SO_ORIGINAL_DST`) and sends it in its StreamInfo record;
-//! the listener connects there only if `allow_destinations` allows it.
+//! the listener connects there only if `allow_destinations` allows it, as in force when each
+//! stream starts (a reload that narrows it refuses the next stream of a reused session).
 //!
 //! Needs root, `unshare`, `ip` and `nft`: the test re-runs itself under `unshare --net` (so no
 //! rule ever touches the host's network). It is `#[ignore]`d for a plain `cargo test`; `.ci/run`
@@ -203,6 +204,47 @@ fn inside_the_namespace() {
             .unwrap_or_else(|| panic!("no refusal logged for {to}:\n{log}"));
         assert!(line.contains(&connector_fp().to_string()), "{line}");
     }
+
+    // Narrowed at reload (PROTOCOL.md §4.3): the next stream of a reused session is admitted
+    // against the new `allow_destinations`, not the list of its session's accept. A client to
+    // an allowed target, then one to the destination taken out, until the refused one rides a
+    // session that carried a stream before the reload.
+    listener.edit_config(|text| text.replace("127.0.0.4/30", "127.0.0.5/32"));
+    listener.reload();
+    let refused_on_reused = (0..8u64).any(|i| {
+        let data = pseudo_random(2000 + i, 1000);
+        let back = exchange("127.0.0.9:0", target4, &data).expect("still allowed");
+        assert!(back == data, "echo to {target4} differs");
+        let served_b = target4b.accepted.load(std::sync::atomic::Ordering::SeqCst);
+        let r = exchange("127.0.0.9:0", target4b.addr, b"taken out at reload");
+        assert_eq!(
+            r.err(),
+            Some(ErrorKind::ConnectionReset),
+            "to {}",
+            target4b.addr
+        );
+        assert_eq!(
+            target4b.accepted.load(std::sync::atomic::Ordering::SeqCst),
+            served_b,
+            "no connection to a destination taken out"
+        );
+        let needle = format!("destination={}", target4b.addr);
+        let log = listener.wait_log_count(&needle, (i + 1) as usize);
+        let refusal = log
+            .lines()
+            .filter(|l| l.contains("destination refused") && l.contains(&needle))
+            .nth(i as usize)
+            .unwrap_or_else(|| panic!("no refusal logged:\n{log}"))
+            .to_string();
+        let peer = field(&refusal, "peer");
+        log.lines()
+            .any(|l| l.contains("connection open") && field(l, "peer") == peer)
+    });
+    assert!(
+        refused_on_reused,
+        "no refused client rode a reused session:\n{}",
+        listener.log_text()
+    );
 
     // Not redirected (straight to the connector): refused by the connector itself.
     let r = exchange("127.0.0.1:0", c4, b"direct");

@@ -299,7 +299,8 @@ impl ListenerHandshake {
         )?;
         let fp = peer.fingerprint();
         let asked = asked.ok_or(HandshakeError::State)?;
-        let refusal = if !(accept_unknown || trust.contains(&fp)) {
+        let untrusted = !(accept_unknown || trust.contains(&fp));
+        let refusal = if untrusted {
             Some(Alert::new(AlertCode::Untrusted, b""))
         } else if asked.as_bytes() != served.as_bytes() {
             Some(Alert::new(AlertCode::ServiceMismatch, served.as_bytes()))
@@ -307,21 +308,21 @@ impl ListenerHandshake {
             None
         };
         if let Some(alert) = refusal {
-            let refused_code = alert.code();
             let (_, l_ap, _, _) = self.common.application_secrets(&keys);
             let record = Sealer::new(l_ap, u64::MAX)
                 .seal_alert(&alert)
                 .map_err(|_| HandshakeError::State)?;
             let alert = RefusalAlert(record);
             self.common.rand.zeroize();
-            return Err(match refused_code {
-                AlertCode::Untrusted => HandshakeError::UntrustedConnector(fp, alert),
-                AlertCode::ServiceMismatch => HandshakeError::ServiceMismatch {
+            return Err(if untrusted {
+                HandshakeError::UntrustedConnector(fp, alert)
+            } else {
+                HandshakeError::ServiceMismatch {
                     fingerprint: fp,
                     asked,
                     served: served.to_string(),
                     alert,
-                },
+                }
             });
         }
         parsed_keys::remember(&peer);
