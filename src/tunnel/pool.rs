@@ -330,13 +330,7 @@ impl Pool {
         let backoff = refusal_backoff(inner.refusals);
         inner.refused_until = Some(now + backoff);
         inner.proven = false;
-        let idle = std::mem::take(&mut inner.idle);
-        let waiters = std::mem::take(&mut inner.waiters);
-        drop(inner);
-        drop(idle);
-        for w in waiters {
-            let _ = w.send(None);
-        }
+        Self::empty(inner);
         backoff
     }
 
@@ -365,6 +359,12 @@ impl Pool {
     pub(crate) fn close(&self) {
         let mut inner = self.lock();
         inner.closed = true;
+        Self::empty(inner);
+    }
+
+    /// Closes every waiting session and sends every waiting client to its own handshake, with
+    /// the lock released first (closing a session and waking a client need no lock).
+    fn empty(mut inner: std::sync::MutexGuard<'_, Inner>) {
         let idle = std::mem::take(&mut inner.idle);
         let waiters = std::mem::take(&mut inner.waiters);
         drop(inner);
