@@ -40,6 +40,7 @@
 mod error;
 mod raw;
 pub(crate) mod schema;
+mod settings;
 mod tuning;
 mod tuning_fields;
 mod validate;
