@@ -122,6 +122,7 @@ pub(crate) fn build(path: &Path) -> anyhow::Result<Built> {
                 tofu,
                 mode: c.mode,
                 settings: c.settings(),
+                terms_digest: Default::default(),
             };
             Ok((c.listen.clone(), Arc::new(tunnel)))
         })

@@ -136,6 +136,7 @@ pub(crate) fn connector_tunnel(
         tofu: None,
         mode: ConnectorMode::Forward,
         settings: tuning.connector(),
+        terms_digest: Default::default(),
     }
 }
 

@@ -58,6 +58,9 @@ pub struct ConnectorTunnel {
     pub mode: ConnectorMode,
     /// Timeouts, limits and the settings of this role.
     pub settings: ConnectorSettings,
+    /// The digest of [`ConnectorTunnel::terms`], made at its first use: a tunnel's settings
+    /// never change (a reload makes a new tunnel), so each client compares, never rehashes.
+    pub terms_digest: std::sync::OnceLock<Terms>,
 }
 
 impl Tunnel for ConnectorTunnel {
@@ -338,8 +341,12 @@ impl ConnectorTunnel {
             )
     }
 
-    /// The terms of these settings (`tunnel::terms`).
+    /// The terms of these settings (`tunnel::terms`), digested once per tunnel.
     pub(crate) fn terms(&self) -> Terms {
+        *self.terms_digest.get_or_init(|| self.digest_terms())
+    }
+
+    fn digest_terms(&self) -> Terms {
         let own = self.params.identity.public().fingerprint();
         let pins = self.pins();
         TermsOf {

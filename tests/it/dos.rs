@@ -70,6 +70,7 @@ async fn a_thousand_abusive_connections_cost_no_signature_and_do_not_block_a_leg
                 pool_max: 0,
                 ..tuning.clone()
             }),
+            terms_digest: Default::default(),
         },
         &tracker,
         &stop,
