@@ -493,7 +493,7 @@ mod tests {
                 .clone()
         };
         assert_eq!(row("rekey_bytes").default, "\"1GiB\"");
-        assert_eq!(row("rekey_interval").default, "\"off\"");
+        assert_eq!(row("rekey_interval").default, "\"2m\"");
         assert_eq!(row("handshake_timeout").default, "\"10s\"");
         assert_eq!(row("resumption_lifetime").default, "\"1h\"");
         assert_eq!(row("record_size").default, "\"64KiB\"");

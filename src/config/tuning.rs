@@ -372,7 +372,7 @@ mod tests {
             Tuning::default(),
             Tuning {
                 rekey_bytes: 1 << 30,
-                rekey_interval: None,
+                rekey_interval: Some(Duration::from_secs(120)),
                 handshake_timeout: Duration::from_secs(10),
                 connect_timeout: Duration::from_secs(10),
                 drain_timeout: Duration::from_secs(30),

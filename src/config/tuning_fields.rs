@@ -22,9 +22,13 @@ macro_rules! tuning_fields {
             /// (2^31 records of 64 KiB, after which a key is replaced anyway); 1 MiB to 64 GiB is
             /// the sane range, outside it a warning. A bare number is bytes.
             rekey_bytes: u64 = 1 << 30, parsed from SizeText by rekey_bytes;
-            /// Also rekey each direction after this much time, at least 1 s (under a minute: a
-            /// warning); `"off"`: by bytes only.
-            rekey_interval: Option<Duration> = None,
+            /// Fresh hybrid keys (X25519 + ML-KEM-768) inside a long-lived session this often,
+            /// at least 1 s (under a minute: a warning): the connector starts a key exchange
+            /// once its session's keys are this old, and both sides refuse keys 1.5 times as old
+            /// (the session ends), so a key stolen from memory stops opening traffic by then.
+            /// Set it alike on both ends. `"off"`: no exchange by time and no age limit (HKDF
+            /// rekeys by `rekey_bytes` only). Default 2 min (was off before protocol 2.1).
+            rekey_interval: Option<Duration> = Some(Duration::from_secs(120)),
                 parsed from DurationText by rekey_interval;
             /// A handshake not complete after this long is dropped; at least 100 ms (under a
             /// second: a warning).

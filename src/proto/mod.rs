@@ -40,6 +40,7 @@ internal_modules! {
     mod aead;
     mod handshake;
     mod identity;
+    mod kex;
     mod key_schedule;
     mod messages;
     mod mlkem;

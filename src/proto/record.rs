@@ -16,7 +16,8 @@
 //! ends the session cleanly.
 
 use crate::proto::aead::TAG_LEN;
-use crate::proto::key_schedule::{derive_secret, next_generation, Secret, TrafficKey};
+use crate::proto::key_schedule::{derive_secret, next_generation, Direction, Secret, TrafficKey};
+use crate::proto::kex::{Fresh, KEY_SHARE_LEN, KEY_SHARE_REPLY_LEN};
 use crate::proto::stream::MAX_STREAM_INFO_LEN;
 
 /// Bytes of the record header.
@@ -51,6 +52,16 @@ pub enum RecordType {
     /// The listener's authenticated refusal of an authenticated connector ([`Alert`]): only as
     /// the listener's first record, and the last.
     Alert = 5,
+    // Types 8 to 10: the fresh hybrid exchange inside a session (`proto::kex`, PROTOCOL.md
+    // §4.5). Allowed anywhere after the handshake except after an Alert (between streams too);
+    // they never change stream state.
+    /// The connector's fresh X25519 public key and ML-KEM-768 encapsulation key (1216 bytes).
+    KeyShare = 8,
+    /// The listener's answer: its X25519 public key and the ML-KEM-768 ciphertext (1120 bytes);
+    /// the listener's sending direction moves to the new secret after it.
+    KeyShareReply = 9,
+    /// The connector's acknowledgement (empty); its sending direction moves after it.
+    KeyShareDone = 10,
 }
 
 impl RecordType {
@@ -61,6 +72,9 @@ impl RecordType {
             3 => Some(RecordType::Rekey),
             4 => Some(RecordType::StreamInfo),
             5 => Some(RecordType::Alert),
+            8 => Some(RecordType::KeyShare),
+            9 => Some(RecordType::KeyShareReply),
+            10 => Some(RecordType::KeyShareDone),
             _ => None,
         }
     }
@@ -224,6 +238,26 @@ impl Alert {
     }
 }
 
+impl RecordType {
+    /// One of the hybrid exchange's records (types 8, 9, 10).
+    pub fn is_key_share(self) -> bool {
+        matches!(
+            self,
+            RecordType::KeyShare | RecordType::KeyShareReply | RecordType::KeyShareDone
+        )
+    }
+
+    /// The exact plaintext length of a hybrid exchange record.
+    fn key_share_len(self) -> Option<usize> {
+        match self {
+            RecordType::KeyShare => Some(KEY_SHARE_LEN),
+            RecordType::KeyShareReply => Some(KEY_SHARE_REPLY_LEN),
+            RecordType::KeyShareDone => Some(0),
+            _ => None,
+        }
+    }
+}
+
 /// The label of the ratchet to the next stream's key, at a close record.
 pub(crate) const NEXT_STREAM_LABEL: &str = "next stream";
 
@@ -244,6 +278,8 @@ struct DirectionState {
     stream_start: bool,
     /// Streams begun after the first (stream boundaries crossed).
     streams: u64,
+    /// Fresh hybrid exchanges this direction has moved to (`proto::kex`).
+    hybrid: u64,
 }
 
 impl DirectionState {
@@ -255,7 +291,31 @@ impl DirectionState {
             generation: 0,
             stream_start: true,
             streams: 0,
+            hybrid: 0,
         }
+    }
+
+    /// The nonce of a hybrid exchange record: counted like any record, but leaving the stream
+    /// state alone (such a record may come between streams, or before a stream's first).
+    fn key_share_nonce(&mut self) -> Result<[u8; 12], RecordError> {
+        let start = self.stream_start;
+        let nonce = self.next_nonce();
+        self.stream_start = start;
+        nonce
+    }
+
+    /// The move to the secret of a fresh hybrid exchange (PROTOCOL.md §4.5): counted as a
+    /// generation, the counter back to 0, the old secret and key dropped (and zeroized).
+    fn switch(&mut self, fresh: &Fresh, dir: Direction) -> Result<(), RecordError> {
+        if self.generation + 1 >= MAX_GENERATIONS {
+            return Err(RecordError::KeyExhausted);
+        }
+        self.secret = fresh.next_secret(&self.secret, dir);
+        self.key = TrafficKey::new(&self.secret);
+        self.seq = 0;
+        self.generation += 1;
+        self.hybrid += 1;
+        Ok(())
     }
 
     /// The ratchet at a close record: the next stream's secret and key, the counter back to 0.
@@ -314,6 +374,14 @@ pub fn parse_header(h: &[u8; HEADER_LEN]) -> Result<(RecordType, usize), RecordE
     Ok((kind, HEADER_LEN + body))
 }
 
+/// The type of a hybrid exchange record, from its header (`None` for any other record, or a
+/// header that does not parse: [`Opener::open`] refuses those as usual).
+fn key_share_type(record: &[u8]) -> Option<RecordType> {
+    let h = record.first_chunk::<HEADER_LEN>()?;
+    let (kind, _) = parse_header(h).ok()?;
+    kind.is_key_share().then_some(kind)
+}
+
 /// The sending half of a session.
 pub struct Sealer {
     dir: DirectionState,
@@ -321,6 +389,8 @@ pub struct Sealer {
     bytes_this_key: u64,
     rekey_requested: bool,
     closed: bool,
+    /// An Alert was sealed: nothing at all follows it.
+    alerted: bool,
     bytes_total: u64,
     rekeys: u64,
 }
@@ -334,9 +404,46 @@ impl Sealer {
             bytes_this_key: 0,
             rekey_requested: false,
             closed: false,
+            alerted: false,
             bytes_total: 0,
             rekeys: 0,
         }
+    }
+
+    /// Fresh hybrid exchanges this direction has moved to.
+    pub fn hybrid_generation(&self) -> u64 {
+        self.dir.hybrid
+    }
+
+    /// The current traffic secret (tests and vectors only).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn dir_secret(&self) -> &Secret {
+        &self.dir.secret
+    }
+
+    /// Seals a record of the hybrid exchange (`kind` one of types 8 to 10, `body` of its exact
+    /// length) and returns it. Allowed between streams too; never after an Alert. Does not move
+    /// to a new key: see [`Sealer::switch_hybrid`].
+    pub fn seal_key_share(&mut self, kind: RecordType, body: &[u8]) -> Result<Vec<u8>, RecordError> {
+        if kind.key_share_len() != Some(body.len()) {
+            return Err(RecordError::Malformed(kind));
+        }
+        if self.alerted {
+            return Err(RecordError::AfterClose);
+        }
+        let mut buf = vec![0u8; body.len() + OVERHEAD];
+        buf[HEADER_LEN..HEADER_LEN + body.len()].copy_from_slice(body);
+        let nonce = self.dir.key_share_nonce()?;
+        self.seal_with(kind, &mut buf, nonce)?;
+        Ok(buf)
+    }
+
+    /// Moves this direction to the secret of a fresh hybrid exchange (`dir`: which direction
+    /// this sealer is), right after the record that marks the switch point.
+    pub fn switch_hybrid(&mut self, fresh: &Fresh, dir: Direction) -> Result<(), RecordError> {
+        self.dir.switch(fresh, dir)?;
+        self.bytes_this_key = 0;
+        Ok(())
     }
 
     /// True when the next record must be a rekey record (byte count, record count or request).
@@ -437,6 +544,7 @@ impl Sealer {
         buf[HEADER_LEN..HEADER_LEN + body.len()].copy_from_slice(&body);
         self.seal(RecordType::Alert, &mut buf)?;
         self.closed = true;
+        self.alerted = true;
         Ok(buf)
     }
 
@@ -458,9 +566,18 @@ impl Sealer {
         if buf.len() < OVERHEAD || buf.len() > MAX_RECORD_LEN {
             return Err(RecordError::Buffer(buf.len()));
         }
+        let nonce = self.dir.next_nonce()?;
+        self.seal_with(kind, buf, nonce)
+    }
+
+    fn seal_with(
+        &mut self,
+        kind: RecordType,
+        buf: &mut [u8],
+        nonce: [u8; 12],
+    ) -> Result<(), RecordError> {
         let body_len = buf.len() - HEADER_LEN;
         let hdr = header(kind, body_len);
-        let nonce = self.dir.next_nonce()?;
         let (head, rest) = buf.split_at_mut(HEADER_LEN);
         head.copy_from_slice(&hdr);
         let (plain, tag_room) = rest.split_at_mut(body_len - TAG_LEN);
@@ -487,12 +604,17 @@ pub enum Opened<'a> {
     /// The listener refused this connector, or this stream (its first record of the stream,
     /// and its last: the direction is closed after it).
     Alert(Alert),
+    /// A record of the hybrid exchange (types 8 to 10), its body of the exact length for its
+    /// type; for `proto::kex` to act on (it does not change keys by itself).
+    KeyShare(RecordType, &'a [u8]),
 }
 
 /// The receiving half of a session.
 pub struct Opener {
     dir: DirectionState,
     closed: bool,
+    /// An Alert was opened: nothing at all follows it.
+    alerted: bool,
     bytes_total: u64,
     rekeys: u64,
 }
@@ -503,9 +625,27 @@ impl Opener {
         Opener {
             dir: DirectionState::new(secret),
             closed: false,
+            alerted: false,
             bytes_total: 0,
             rekeys: 0,
         }
+    }
+
+    /// Fresh hybrid exchanges this direction has moved to.
+    pub fn hybrid_generation(&self) -> u64 {
+        self.dir.hybrid
+    }
+
+    /// The current traffic secret (tests and vectors only).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn dir_secret(&self) -> &Secret {
+        &self.dir.secret
+    }
+
+    /// Moves this direction to the secret of a fresh hybrid exchange (`dir`: which direction
+    /// this opener is), right after the record that marks the switch point.
+    pub fn switch_hybrid(&mut self, fresh: &Fresh, dir: Direction) -> Result<(), RecordError> {
+        self.dir.switch(fresh, dir)
     }
 
     /// True once the peer's close record has been opened (until a StreamInfo record starts the
@@ -584,6 +724,22 @@ impl Opener {
     pub fn open<'a>(&mut self, record: &'a mut [u8]) -> Result<Opened<'a>, RecordError> {
         // An Alert only as the first record of the listener's direction in a stream.
         let first = self.dir.stream_start;
+        if let Some(kind) = key_share_type(record) {
+            // Between streams too (after a close record), never after an Alert; the stream
+            // state is left as it was.
+            if self.alerted {
+                return Err(RecordError::AfterClose);
+            }
+            let closed = std::mem::replace(&mut self.closed, false);
+            let opened = self.open_record(record);
+            self.closed = closed;
+            self.dir.stream_start = first;
+            let (_, plain) = opened?;
+            if kind.key_share_len() != Some(plain.len()) {
+                return Err(RecordError::Malformed(kind));
+            }
+            return Ok(Opened::KeyShare(kind, plain));
+        }
         let (kind, plain) = self.open_record(record)?;
         match kind {
             RecordType::Data if plain.is_empty() => Err(RecordError::Malformed(kind)),
@@ -609,7 +765,12 @@ impl Opener {
             RecordType::Alert => {
                 let alert = Alert::decode(plain)?;
                 self.closed = true;
+                self.alerted = true;
                 Ok(Opened::Alert(alert))
+            }
+            // Handled above.
+            RecordType::KeyShare | RecordType::KeyShareReply | RecordType::KeyShareDone => {
+                Err(RecordError::Unexpected(kind))
             }
         }
     }
@@ -945,10 +1106,30 @@ mod tests {
     }
 
     #[test]
+    fn exchange_records_of_a_wrong_length_do_not_open() {
+        use crate::proto::kex::{KEY_SHARE_LEN, KEY_SHARE_REPLY_LEN};
+        for (kind, len) in [
+            (RecordType::KeyShare, KEY_SHARE_LEN - 1),
+            (RecordType::KeyShareReply, KEY_SHARE_REPLY_LEN + 1),
+            (RecordType::KeyShareDone, 1),
+        ] {
+            let (mut s, mut o) = pair();
+            assert_eq!(
+                s.seal_key_share(kind, &vec![0; len]),
+                Err(RecordError::Malformed(kind))
+            );
+            // Sealed anyway (a misbehaving peer): authenticates, then refused.
+            let mut buf = vec![0u8; len + OVERHEAD];
+            s.seal(kind, &mut buf).unwrap();
+            assert_eq!(o.open(&mut buf), Err(RecordError::Malformed(kind)));
+        }
+    }
+
+    #[test]
     fn header_limits() {
         assert_eq!(
-            parse_header(&[9, 0, 0, 16]),
-            Err(RecordError::UnknownType(9))
+            parse_header(&[11, 0, 0, 16]),
+            Err(RecordError::UnknownType(11))
         );
         assert_eq!(
             parse_header(&[1, 0, 0, 15]),

@@ -45,6 +45,8 @@ pub(crate) enum Retired {
     Psk,
     /// The session is `session_max_age` old.
     MaxAge,
+    /// Its hybrid keys are past 1.5 × `rekey_interval` (PROTOCOL.md §4.5).
+    StaleKeys,
 }
 
 impl std::fmt::Display for Retired {
@@ -55,6 +57,9 @@ impl std::fmt::Display for Retired {
             Retired::Key => "a reload took away the listener key it was made under",
             Retired::Psk => "a reload changed the psk",
             Retired::MaxAge => "it reached session_max_age",
+            Retired::StaleKeys => {
+                "its hybrid keys are older than 1.5 x rekey_interval (no fresh key exchange)"
+            }
         })
     }
 }

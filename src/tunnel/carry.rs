@@ -56,6 +56,7 @@ pub(crate) async fn carry<T: Tunnel>(
         sealer,
         opener,
         session,
+        kex,
     } = records;
     let fingerprint = *fingerprint;
     let shared = tunnel.shared();
@@ -81,6 +82,7 @@ pub(crate) async fn carry<T: Tunnel>(
         idle_timeout: shared.idle_timeout,
         fin_after_close: last_stream.into(),
     };
+    let fin_after_close = opts.fin_after_close;
     // A reload between this stream's admission and its registration swept the table without
     // it: the settings of now decide (a reload sends them before it sweeps).
     let revoked_meanwhile = !current.borrow().keeps_open(&fingerprint);
@@ -93,18 +95,29 @@ pub(crate) async fn carry<T: Tunnel>(
             Conn::Tcp(p) => {
                 let (pr, mut pw) = p.split();
                 tokio::select! {
-                    r = pump(&pr, &mut pw, &sr, &mut sw, sealer, opener, leftover, opts, &stats) => r,
+                    r = pump(&pr, &mut pw, &sr, &mut sw, sealer, opener, kex, leftover, opts, &stats) => r,
                     () = cut => Err(PumpError::Revoked),
                 }
             }
             Conn::Unix(p) => {
                 let (pr, mut pw) = p.split();
                 tokio::select! {
-                    r = pump(&pr, &mut pw, &sr, &mut sw, sealer, opener, leftover, opts, &stats) => r,
+                    r = pump(&pr, &mut pw, &sr, &mut sw, sealer, opener, kex, leftover, opts, &stats) => r,
                     () = cut => Err(PumpError::Revoked),
                 }
             }
         }
+    };
+    // An exchange still in flight at the stream's end finishes between streams (PROTOCOL.md
+    // §4.5): before the connector's next StreamInfo (or its return to the pool), before the
+    // listener's wait for it. Not on a session that ends with this stream.
+    let result = match result {
+        Ok(rest) if kex.in_flight() && !fin_after_close.at(Instant::now()) => kex
+            .settle(sealed, sealer, opener, rest, shared.handshake_timeout)
+            .await
+            .map(Option::unwrap_or_default)
+            .map_err(PumpError::Kex),
+        other => other,
     };
     drop(entry);
     if let Some(s) = &session {
@@ -145,6 +158,7 @@ pub(crate) async fn carry<T: Tunnel>(
         &fingerprint,
         &stats,
         started,
+        kex.completed(),
         &result,
     );
     match result {
@@ -154,6 +168,7 @@ pub(crate) async fn carry<T: Tunnel>(
 }
 
 /// The line logged when an established connection ends.
+#[allow(clippy::too_many_arguments)]
 fn log_close(
     tunnel: &str,
     role: Role,
@@ -161,17 +176,18 @@ fn log_close(
     fingerprint: &Fingerprint,
     stats: &PumpStats,
     started: Instant,
+    key_exchanges: u64,
     result: &Result<Vec<u8>, PumpError>,
 ) {
     let (sent, received, rekeys) = stats.snapshot();
     let duration_ms = started.elapsed().as_millis() as u64;
     match result {
         Ok(_) => tracing::info!(
-            tunnel = %tunnel, role = %role, %peer, fingerprint = %fingerprint, sent, received, rekeys, duration_ms,
+            tunnel = %tunnel, role = %role, %peer, fingerprint = %fingerprint, sent, received, rekeys, key_exchanges, duration_ms,
             reason = "closed by both ends", "connection closed"
         ),
         Err(e) => tracing::warn!(
-            tunnel = %tunnel, role = %role, %peer, fingerprint = %fingerprint, sent, received, rekeys, duration_ms,
+            tunnel = %tunnel, role = %role, %peer, fingerprint = %fingerprint, sent, received, rekeys, key_exchanges, duration_ms,
             reason = %e, "connection reset"
         ),
     }

@@ -330,9 +330,16 @@ impl ConnectorTunnel {
 
     /// Whether `session` may carry a new client at `now` under these settings, whose terms
     /// are `terms`: made under them, its key still pinned, under `session_reuse_streams`
-    /// streams and younger than `session_reuse_age`.
+    /// streams, younger than `session_reuse_age`, and its hybrid keys younger than
+    /// `rekey_interval` (PROTOCOL.md §4.5: its stream then starts an exchange in time, well
+    /// before the listener's limit of 1.5 × `rekey_interval`).
     fn reusable(&self, session: &Session, terms: &Terms, now: Instant) -> bool {
         session.terms == *terms
+            && !session
+                .records
+                .kex
+                .clock(self.settings.shared.rekey_interval)
+                .older_than_interval(now)
             && self.keeps_open(&session.records.fingerprint)
             && session.within_bounds(
                 self.settings.session_reuse_streams,
@@ -490,7 +497,7 @@ impl ConnectorTunnel {
         state.handshake_ok(started.elapsed());
         count_resumption(state, &est);
         let (resumed, ticket_refused) = (est.resumed, est.ticket_refused);
-        let mut records = Records::new(est, self.settings.shared.rekey_bytes);
+        let mut records = Records::new(est, Role::Connector, self.settings.shared.rekey_bytes);
         let fp = records.fingerprint;
         let address = sealed
             .peer_addr()

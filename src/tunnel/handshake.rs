@@ -11,6 +11,7 @@ use crate::proto::handshake::{Established, Handshake, HandshakeError, Role};
 use crate::proto::identity::Fingerprint;
 use crate::proto::messages::MAX_MESSAGE_LEN;
 use crate::proto::record::{Opener, Sealer};
+use crate::tunnel::kex::SessionKex;
 use crate::tunnel::sessions::{SessionEntry, SessionGuard, Sessions};
 
 /// An established session's record layer and the peer it is with: what the pump runs on.
@@ -23,11 +24,14 @@ pub(crate) struct Records {
     pub opener: Opener,
     /// Its entry among the tunnel's live sessions, once registered ([`Records::register`]).
     pub(crate) session: Option<SessionGuard>,
+    /// The fresh hybrid exchanges inside the session (PROTOCOL.md §4.5) and their clock.
+    pub(crate) kex: SessionKex,
 }
 
 impl Records {
-    /// The record layer of `est`, rekeying our direction after `rekey_bytes`.
-    pub(crate) fn new(est: Established, rekey_bytes: u64) -> Self {
+    /// The record layer of `est` on the `role` side, rekeying our direction after
+    /// `rekey_bytes`; its hybrid keys made now.
+    pub(crate) fn new(est: Established, role: Role, rekey_bytes: u64) -> Self {
         let fingerprint = est.peer.fingerprint();
         let (sealer, opener) = est.into_record_layer(rekey_bytes);
         Records {
@@ -35,6 +39,7 @@ impl Records {
             sealer,
             opener,
             session: None,
+            kex: SessionKex::new(role, std::time::Instant::now()),
         }
     }
 

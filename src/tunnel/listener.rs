@@ -344,7 +344,7 @@ impl Tunnel for ListenerTunnel {
         // With two keys (a rotation), which one this connector's hello was for.
         let own = est.own;
         let key = (self.params.next_identity.is_some()).then(|| tracing::field::display(own));
-        let mut records = Records::new(est, self.settings.shared.rekey_bytes);
+        let mut records = Records::new(est, Role::Listener, self.settings.shared.rekey_bytes);
         let fp = records.fingerprint;
         let mut live = SessionEntry::new(id, peer.to_string(), fp, resumed, Instant::now());
         live.own_key = self.params.next_identity.is_some().then_some(own);
@@ -406,7 +406,16 @@ impl Tunnel for ListenerTunnel {
                     if terms.aged(&made, Instant::now()) {
                         break Err(Retired::MaxAge);
                     }
-                    let end_of_life = tokio::time::Instant::from_std(terms.end_of_life(&made));
+                    // Hybrid keys past their limit (PROTOCOL.md §4.5): closed, a clean end.
+                    let keys = records
+                        .kex
+                        .clock(terms.tunnel.settings.shared.rekey_interval);
+                    if keys.expired(Instant::now()) {
+                        break Err(Retired::StaleKeys);
+                    }
+                    let end_of_life = terms.end_of_life(&made);
+                    let end_of_life = keys.limit_at().map_or(end_of_life, |t| t.min(end_of_life));
+                    let end_of_life = tokio::time::Instant::from_std(end_of_life);
                     tokio::select! {
                         biased;
                         r = &mut next => break Ok(Some(r)),

@@ -30,6 +30,7 @@ pub(crate) mod admission;
 pub(crate) mod carry;
 pub(crate) mod connector;
 pub(crate) mod handshake;
+pub(crate) mod kex;
 pub(crate) mod limits;
 pub(crate) mod listener;
 pub(crate) mod net;

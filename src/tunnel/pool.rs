@@ -471,6 +471,10 @@ mod tests {
                 sealer: Sealer::new(key.clone(), 1 << 30),
                 opener: Opener::new(key),
                 session: None,
+                kex: crate::tunnel::kex::SessionKex::new(
+                    crate::proto::handshake::Role::Connector,
+                    Instant::now(),
+                ),
             },
             leftover: Vec::new(),
             resumed: true,

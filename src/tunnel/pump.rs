@@ -26,16 +26,19 @@ use tokio::io::{AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::{tcp, unix, TcpStream, UnixStream};
 
 use crate::proto::aead::TAG_LEN;
+use crate::proto::handshake::Role;
 use crate::proto::record::{
     parse_header, Opened, Opener, RecordError, Sealer, HEADER_LEN, MAX_RECORD_LEN, OVERHEAD,
 };
+use crate::tunnel::kex::{KexFailure, SessionKex};
 
 /// How the pump seals.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PumpOptions {
     /// Largest plaintext per record.
     pub record_size: usize,
-    /// Rekey at least this often while data flows.
+    /// `rekey_interval`: the connector starts a fresh hybrid exchange once the session's
+    /// hybrid keys are this old; both sides refuse keys 1.5 times as old (`tunnel::kex`).
     pub rekey_interval: Option<Duration>,
     /// End the connection (an error: both sockets reset) after this long without a byte
     /// moving either way.
@@ -272,6 +275,15 @@ pub(crate) enum PumpError {
     /// No byte moved either way for `idle_timeout`.
     #[error("idle for {0:?} (idle_timeout)")]
     Idle(Duration),
+    /// The fresh hybrid exchange failed, or did not complete in time.
+    #[error("{0}")]
+    Kex(#[from] KexFailure),
+}
+
+impl From<crate::proto::kex::KexError> for PumpError {
+    fn from(e: crate::proto::kex::KexError) -> Self {
+        PumpError::Kex(KexFailure::Kex(e))
+    }
 }
 
 /// Runs both directions of one stream until both have ended cleanly (both close records passed),
@@ -285,6 +297,7 @@ pub(crate) async fn pump<PR, PW, SR, SW>(
     sealed_w: &mut SW,
     sealer: &mut Sealer,
     opener: &mut Opener,
+    kex: &SessionKex,
     leftover: Vec<u8>,
     opts: PumpOptions,
     stats: &PumpStats,
@@ -297,9 +310,16 @@ where
 {
     // Polled by hand, each future pinned once in this frame: `try_join!` inside `select!` keeps
     // a second copy of both directions' state (the task of every idle connection holds it).
-    let mut up = pin!(plain_to_sealed(plain_r, sealed_w, sealer, opts, stats));
-    let mut down = pin!(sealed_to_plain(sealed_r, plain_w, opener, leftover, stats));
-    let mut idle = pin!(idle_watch(opts.idle_timeout, stats));
+    let mut up = pin!(plain_to_sealed(plain_r, sealed_w, sealer, kex, opts, stats));
+    let mut down = pin!(sealed_to_plain(
+        sealed_r, plain_w, opener, kex, opts, leftover, stats
+    ));
+    let mut idle = pin!(idle_watch(
+        opts.idle_timeout,
+        kex,
+        opts.rekey_interval,
+        stats
+    ));
     let (mut up_done, mut rest) = (false, None);
     poll_fn(|cx| {
         if !up_done {
@@ -326,11 +346,47 @@ where
     .await
 }
 
-/// Resolves once no byte has moved either way (per `stats`) for `timeout`; never without one.
-async fn idle_watch(timeout: Option<Duration>, stats: &PumpStats) -> PumpError {
-    let Some(timeout) = timeout else {
-        return std::future::pending().await;
+/// Resolves once no byte has moved either way (per `stats`) for `timeout`, or once the
+/// session's hybrid keys pass their hard limit (`tunnel::kex`); never without either.
+async fn idle_watch(
+    timeout: Option<Duration>,
+    kex: &SessionKex,
+    interval: Option<Duration>,
+    stats: &PumpStats,
+) -> PumpError {
+    let idle = async {
+        match timeout {
+            Some(t) => idle_for(t, stats).await,
+            None => std::future::pending().await,
+        }
     };
+    tokio::select! {
+        e = idle => e,
+        e = keys_expire(kex, interval) => e,
+    }
+}
+
+/// Resolves once the session's hybrid keys are past 1.5 × `interval` (an exchange that
+/// completes meanwhile moves the limit on); never with `interval` off.
+async fn keys_expire(kex: &SessionKex, interval: Option<Duration>) -> PumpError {
+    loop {
+        let clock = kex.clock(interval);
+        let Some(limit) = clock.limit_at() else {
+            return std::future::pending().await;
+        };
+        tokio::time::sleep_until(tokio::time::Instant::from_std(limit)).await;
+        if kex.clock(interval).expired(std::time::Instant::now()) {
+            return expired(interval);
+        }
+    }
+}
+
+fn expired(interval: Option<Duration>) -> PumpError {
+    PumpError::Kex(KexFailure::Expired(interval.unwrap_or_default()))
+}
+
+/// Resolves once no byte has moved either way (per `stats`) for `timeout`.
+async fn idle_for(timeout: Duration, stats: &PumpStats) -> PumpError {
     let moved = || stats.sent.load(Ordering::Relaxed) + stats.received.load(Ordering::Relaxed);
     // Checked four times per timeout: an idle connection ends between 1 and 1.25 timeouts.
     let step = (timeout / 4).max(Duration::from_millis(1));
@@ -351,13 +407,46 @@ async fn idle_watch(timeout: Option<Duration>, stats: &PumpStats) -> PumpError {
     }
 }
 
-async fn tick(interval: &mut Option<tokio::time::Interval>) {
-    match interval {
-        Some(i) => {
-            i.tick().await;
-        }
+/// Sleeps until `at`, or for ever.
+async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
         None => std::future::pending().await,
     }
+}
+
+/// The exchange's part of the sealing direction, before its next record: the connector past
+/// the hard limit stops sealing; it starts an exchange that is due; either side sends the
+/// record of the exchange it owes (sealed and written here, each direction moving after its
+/// own switch point).
+async fn kex_step<W: AsyncWrite + Unpin>(
+    sealed: &mut W,
+    sealer: &mut Sealer,
+    kex: &SessionKex,
+    opts: PumpOptions,
+) -> Result<(), PumpError> {
+    let now = std::time::Instant::now();
+    if kex.role() == Role::Connector {
+        if kex.clock(opts.rekey_interval).expired(now) {
+            return Err(expired(opts.rekey_interval));
+        }
+        if let Some(r) = kex.start_if_due(sealer, opts.rekey_interval, now)? {
+            sealed.write_all(&r).await.map_err(PumpError::Sealed)?;
+        }
+    }
+    if let Some(r) = kex.outgoing(sealer, now)? {
+        sealed.write_all(&r).await.map_err(PumpError::Sealed)?;
+    }
+    Ok(())
+}
+
+/// When the sealing direction must wake for the exchange by itself: a connector's next
+/// exchange (none while one is in flight: the Reply wakes it).
+fn kex_wake_at(kex: &SessionKex, opts: PumpOptions) -> Option<std::time::Instant> {
+    if kex.role() != Role::Connector || kex.in_flight() {
+        return None;
+    }
+    kex.clock(opts.rekey_interval).due_at()
 }
 
 /// Reads what `socket` has now into `buf`, taking the buffer from `make` if there is none; on
@@ -383,6 +472,7 @@ async fn plain_to_sealed<R, W>(
     plain: &R,
     sealed: &mut W,
     sealer: &mut Sealer,
+    kex: &SessionKex,
     opts: PumpOptions,
     stats: &PumpStats,
 ) -> Result<(), PumpError>
@@ -400,19 +490,13 @@ where
     let mut room = small;
     let mut burst_max = 0;
     let mut buf: Option<Vec<u8>> = None;
-    let mut interval = opts.rekey_interval.map(|d| {
-        let mut i = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
-        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        i
-    });
     loop {
+        kex_step(sealed, sealer, kex, opts).await?;
         if buf.is_none() {
             tokio::select! {
                 r = plain.readable() => r.map_err(PumpError::Plain)?,
-                _ = tick(&mut interval) => {
-                    sealer.request_rekey();
-                    continue;
-                }
+                () = kex.wake.notified() => continue,
+                () = sleep_until(kex_wake_at(kex, opts)) => continue,
             }
         }
         let have = buf.as_ref().map_or(room, |b| b.len() - data_at - TAG_LEN);
@@ -471,25 +555,12 @@ where
             // A small buffer filled: more is probably there; read it a record at a time.
             buf = Some(vec![0u8; data_at + full + TAG_LEN]);
         }
-        if let Some(i) = interval.as_mut() {
-            // A due rekey interval is noticed between records too, not only when idle.
-            if tick_ready(i) {
-                sealer.request_rekey();
-            }
-        }
     }
 }
 
 /// Plaintext room of the buffer plain → sealed takes after a burst of small reads (see
 /// `plain_to_sealed`): zeroing it costs about 1/16 of a 64 KiB record's.
 const SMALL_ROOM: usize = 4096;
-
-/// True if the interval has a tick ready now (without waiting).
-fn tick_ready(i: &mut tokio::time::Interval) -> bool {
-    let waker = std::task::Waker::noop();
-    let mut cx = std::task::Context::from_waker(waker);
-    i.poll_tick(&mut cx).is_ready()
-}
 
 /// Room for new bytes from the sealed socket at each read: one largest record, so that one
 /// read usually brings several small records or a whole large one.
@@ -523,6 +594,8 @@ async fn sealed_to_plain<R, W>(
     sealed: &R,
     plain: &mut W,
     opener: &mut Opener,
+    kex: &SessionKex,
+    opts: PumpOptions,
     leftover: Vec<u8>,
     stats: &PumpStats,
 ) -> Result<Vec<u8>, PumpError>
@@ -551,6 +624,14 @@ where
         let mut need = HEADER_LEN;
         let mut closed = false;
         let mut failed = None;
+        // The listener refuses records under hybrid keys past their hard limit.
+        let now = std::time::Instant::now();
+        if kex.role() == Role::Listener
+            && buf.len() > start
+            && kex.clock(opts.rekey_interval).expired(now)
+        {
+            return Err(expired(opts.rekey_interval));
+        }
         while count < MAX_IOV {
             let Some(h) = buf[start..].first_chunk::<HEADER_LEN>() else {
                 break;
@@ -577,6 +658,12 @@ where
                 }
                 Ok(Opened::Close) => closed = true,
                 Ok(Opened::Alert(a)) => failed = Some(RecordError::Refused(a)),
+                Ok(Opened::KeyShare(kind, body)) => {
+                    if let Err(e) = kex.receive(opener, kind, body, now) {
+                        return Err(e.into());
+                    }
+                    stats.heard();
+                }
                 Err(e) => failed = Some(e),
             }
             if failed.is_some() {
@@ -684,6 +771,7 @@ mod tests {
             &mut sw,
             &mut sealer,
             &mut opener,
+            &kex(),
             Vec::new(),
             opts,
             &stats,
@@ -691,6 +779,10 @@ mod tests {
         .await;
         peer_task.abort();
         r
+    }
+
+    fn kex() -> SessionKex {
+        SessionKex::new(Role::Connector, std::time::Instant::now())
     }
 
     const OPTS: PumpOptions = PumpOptions {
@@ -737,6 +829,7 @@ mod tests {
             &mut sw,
             &mut sealer,
             &mut opener,
+            &kex(),
             Vec::new(),
             OPTS,
             &stats,
@@ -855,12 +948,13 @@ mod tests {
         let s = Secret::from_bytes([1; 32]);
         let (mut sealer, mut opener) = (Sealer::new(s.clone(), 1 << 30), Opener::new(s));
         let stats = PumpStats::default();
+        let k = kex();
         let parts = {
-            let up = plain_to_sealed(&pr, &mut sw, &mut sealer, OPTS, &stats);
+            let up = plain_to_sealed(&pr, &mut sw, &mut sealer, &k, OPTS, &stats);
             let up = std::mem::size_of_val(&up);
-            let down = sealed_to_plain(&sr, &mut pw, &mut opener, Vec::new(), &stats);
+            let down = sealed_to_plain(&sr, &mut pw, &mut opener, &k, OPTS, Vec::new(), &stats);
             up + std::mem::size_of_val(&down)
-                + std::mem::size_of_val(&idle_watch(OPTS.idle_timeout, &stats))
+                + std::mem::size_of_val(&idle_watch(OPTS.idle_timeout, &k, None, &stats))
         };
         let whole = pump(
             &pr,
@@ -869,6 +963,7 @@ mod tests {
             &mut sw,
             &mut sealer,
             &mut opener,
+            &k,
             Vec::new(),
             OPTS,
             &stats,
