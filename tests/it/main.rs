@@ -15,6 +15,7 @@ mod enroll;
 mod faults;
 mod feature_combinations;
 mod handshake;
+mod kex;
 mod layers;
 mod load;
 mod manual;

@@ -75,6 +75,8 @@ fn open_stream(o: &mut Opener, mut stream: &[u8]) -> Result<Vec<u8>, RecordError
             Opened::Data(d) => data.extend_from_slice(d),
             Opened::Close | Opened::Rekey => {}
             Opened::Alert(a) => return Err(RecordError::Refused(a)),
+            // No key exchange runs here: one of its records is out of place.
+            Opened::KeyShare(kind, _) => return Err(RecordError::Unexpected(kind)),
         }
     }
     Ok(data)
@@ -373,6 +375,7 @@ fn listener_reads(o: &mut Opener, mut wire: &[u8]) -> Delivered {
             Ok(Opened::Close) => at_start = true,
             Ok(Opened::Rekey) => {}
             Ok(Opened::Alert(a)) => return fail(out, RecordError::Refused(a)),
+            Ok(Opened::KeyShare(kind, _)) => return fail(out, RecordError::Unexpected(kind)),
             Err(e) => return fail(out, e),
         }
     }
@@ -413,6 +416,10 @@ fn connector_reads(o: &mut Opener, mut wire: &[u8], mut begin_after: usize) -> D
                 out.streams.push((Vec::new(), Vec::new()));
             }
             Ok(Opened::Close | Opened::Rekey) => {}
+            Ok(Opened::KeyShare(kind, _)) => {
+                out.error = Some(RecordError::Unexpected(kind));
+                return out;
+            }
             Ok(Opened::Alert(a)) => {
                 out.error = Some(RecordError::Refused(a));
                 return out;
