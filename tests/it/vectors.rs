@@ -108,6 +108,80 @@ fn computed() -> Vec<(&'static str, String)> {
     out.push(("c_res_ap_traffic_0", hex(c_rap.expose())));
     out.push(("l_res_ap_traffic_0", hex(l_rap.expose())));
     out.push(("resumed_resumption_secret", hex(res2.expose())));
+    out.extend(kex_computed(
+        &c_ap,
+        &master.traffic(Direction::ListenerToConnector, &transcript),
+    ));
+    out
+}
+
+/// The fresh hybrid exchange of §4.5 inside the session of the fixed schedule: X25519 secrets
+/// `0x44^32` (connector) and `0x55^32` (listener), the fixed ML-KEM-768 key and ciphertext of
+/// tests/data as the connector's key pair and the listener's encapsulation; the records of the
+/// exchange as the first records of the session (KeyShare and Done under `c_ap_traffic_0`, seq
+/// 0 and 1; Reply under `l_ap_traffic_0`, seq 0), then `ping` and `pong` under the new keys.
+fn kex_computed(c_ap: &Secret, l_ap: &Secret) -> Vec<(&'static str, String)> {
+    use sealpipe::proto::kex::{respond_with, KeyShareOffer};
+    use sealpipe::proto::record::RecordType;
+    let dk_bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/mlkem768-dk.bin"
+    ))
+    .unwrap();
+    let ct: [u8; mlkem::CT_LEN] = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/mlkem768-ct.bin"
+    ))
+    .unwrap()
+    .try_into()
+    .unwrap();
+    let ss = mlkem::DecapsulationKey::from_bytes(&dk_bytes)
+        .unwrap()
+        .decapsulate(&ct)
+        .unwrap();
+    let offer = KeyShareOffer::new(
+        [0x44; 32],
+        mlkem::DecapsulationKey::from_bytes(&dk_bytes).unwrap(),
+    );
+    let share = offer.message().to_vec();
+    let (reply, fresh_l) = respond_with([0x55; 32], &share, &ct, ss.as_bytes()).unwrap();
+    let fresh_c = offer.finish(&reply[..]).unwrap();
+    let mut out = vec![
+        ("kex_key_share_sha256", hex(&hash(&share))),
+        ("kex_reply_sha256", hex(&hash(&reply[..]))),
+        ("kex_th", hex(&hash(&[&share[..], &reply[..]].concat()))),
+    ];
+    let c_next = fresh_c.next_secret(c_ap, Direction::ConnectorToListener);
+    let l_next = fresh_c.next_secret(l_ap, Direction::ListenerToConnector);
+    assert!(c_next == fresh_l.next_secret(c_ap, Direction::ConnectorToListener));
+    assert!(l_next == fresh_l.next_secret(l_ap, Direction::ListenerToConnector));
+    out.push(("kex_c_traffic", hex(c_next.expose())));
+    out.push(("kex_l_traffic", hex(l_next.expose())));
+    let record = |msg: &[u8]| {
+        let mut r = vec![0u8; msg.len() + OVERHEAD];
+        r[HEADER_LEN..HEADER_LEN + msg.len()].copy_from_slice(msg);
+        r
+    };
+    let mut c = Sealer::new(c_ap.clone(), 1 << 30);
+    let rec = c.seal_key_share(RecordType::KeyShare, &share).unwrap();
+    out.push(("kex_record_key_share_sha256", hex(&hash(&rec))));
+    let rec = c.seal_key_share(RecordType::KeyShareDone, &[]).unwrap();
+    out.push(("kex_record_done", hex(&rec)));
+    c.switch_hybrid(&fresh_c, Direction::ConnectorToListener)
+        .unwrap();
+    let mut r = record(b"ping");
+    c.seal_data(&mut r).unwrap();
+    out.push(("kex_record_ping_after", hex(&r)));
+    let mut l = Sealer::new(l_ap.clone(), 1 << 30);
+    let rec = l
+        .seal_key_share(RecordType::KeyShareReply, &reply[..])
+        .unwrap();
+    out.push(("kex_record_reply_sha256", hex(&hash(&rec))));
+    l.switch_hybrid(&fresh_l, Direction::ListenerToConnector)
+        .unwrap();
+    let mut r = record(b"pong");
+    l.seal_data(&mut r).unwrap();
+    out.push(("kex_record_pong_after", hex(&r)));
     out
 }
 
