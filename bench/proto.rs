@@ -9,6 +9,11 @@
 //!   only (its constructor, its `read`s and its `finish`);
 //! * `handshake/resumed_listener`, `handshake/resumed_connector`: a resumed handshake
 //!   (PROTOCOL.md §9: X25519 and HMACs, no RSA), timing one role's calls only;
+//! * `kex/exchange`: one fresh hybrid exchange inside a session (PROTOCOL.md §4.5), both roles
+//!   back to back in memory: the connector's X25519 and ML-KEM-768 key generation and KeyShare,
+//!   the listener's X25519 and encapsulation and Reply, the connector's decapsulation and Done,
+//!   the four key switches and the records' sealing and opening;
+//!   `kex/connector`, `kex/listener`: the same, timing one role's calls only;
 //! * `reference/...`: one RSA-2048 PSS signature and verification (aws-lc-rs), one X25519 key
 //!   generation and exchange, and the key schedule of one handshake.
 //!
@@ -342,6 +347,64 @@ fn bench_handshake(c: &mut Criterion) {
     group.finish();
 }
 
+/// One exchange of PROTOCOL.md §4.5 between two fresh record layers; the time each role's calls
+/// took.
+fn timed_kex() -> RoleTimes {
+    use sealpipe::proto::handshake::Role;
+    use sealpipe::proto::kex::Kex;
+    let (c_ap, l_ap) = (Secret::from_bytes([1; 32]), Secret::from_bytes([2; 32]));
+    let (mut cs, mut co) = (
+        Sealer::new(c_ap.clone(), 1 << 30),
+        Opener::new(l_ap.clone()),
+    );
+    let (mut ls, mut lo) = (Sealer::new(l_ap, 1 << 30), Opener::new(c_ap));
+    let (mut ck, mut lk) = (Kex::new(Role::Connector), Kex::new(Role::Listener));
+    let open = |o: &mut Opener, k: &mut Kex, mut r: Vec<u8>, x: [u8; 32]| {
+        let Ok(Opened::KeyShare(kind, body)) = o.open(&mut r) else {
+            panic!("a record of the exchange")
+        };
+        let body = body.to_vec();
+        k.receive(o, kind, &body, || x).expect("receive");
+    };
+    let t = Instant::now();
+    let share = ck
+        .initiate(
+            &mut cs,
+            fresh_randomness().ephemeral,
+            mlkem::DecapsulationKey::generate(),
+        )
+        .expect("initiate");
+    let mut connector = t.elapsed();
+    let t = Instant::now();
+    open(&mut lo, &mut lk, share, fresh_randomness().ephemeral);
+    let reply = lk.outgoing(&mut ls).expect("reply").expect("a reply");
+    let mut listener = t.elapsed();
+    let t = Instant::now();
+    open(&mut co, &mut ck, reply, [0; 32]);
+    let done = ck.outgoing(&mut cs).expect("done").expect("a done");
+    connector += t.elapsed();
+    let t = Instant::now();
+    open(&mut lo, &mut lk, done, [0; 32]);
+    listener += t.elapsed();
+    assert_eq!((ck.completed(), lk.completed()), (1, 1));
+    RoleTimes {
+        connector,
+        listener,
+    }
+}
+
+fn bench_kex(c: &mut Criterion) {
+    let mut group = c.benchmark_group("kex");
+    group.bench_function("exchange", |b| b.iter(timed_kex));
+    group.bench_function("connector", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| timed_kex().connector).sum())
+    });
+    group.bench_function("listener", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| timed_kex().listener).sum())
+    });
+    group.finish();
+}
+
 fn bench_references(c: &mut Criterion) {
     let key = PrivateIdentity::from_pem(LISTENER_PEM).expect("listener test key");
     let public = key.public().clone();
@@ -408,5 +471,11 @@ fn bench_references(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_records, bench_handshake, bench_references);
+criterion_group!(
+    benches,
+    bench_records,
+    bench_handshake,
+    bench_kex,
+    bench_references
+);
 criterion_main!(benches);

@@ -31,6 +31,14 @@ pub const VECTOR_C_AP_TRAFFIC_0: &str =
 pub const VECTOR_L_AP_TRAFFIC_0: &str =
     "2e579f7be78d71d2a8f9d3eb058676d61478976b7b50ea26ca70317264b6fe39";
 
+/// `kex_c_traffic` and `kex_l_traffic` of PROTOCOL.md §8: each direction's secret after the
+/// vectors' fresh hybrid exchange (§4.5).
+pub const VECTOR_KEX_C_TRAFFIC: &str =
+    "ba2872a4cf9c73440f2a0e5b9e89110456cb652070c5be059bc7143b46ac9baf";
+/// See [`VECTOR_KEX_C_TRAFFIC`].
+pub const VECTOR_KEX_L_TRAFFIC: &str =
+    "5a464cd91edcd49ddc1ae2b73f3405d4ac4a4fa564c6e7c9a1b592f375d914d9";
+
 /// The fixed ML-KEM-768 decapsulation key of the vectors (`tests/data/mlkem768-dk.bin`): a
 /// harness that puts its encapsulation key in a hello can decapsulate the listener's answer,
 /// and so derive the handshake keys and reach what lies behind the AEAD.
@@ -331,6 +339,8 @@ pub fn read_records(opener: &mut Opener, stream: &mut [u8]) -> (Vec<Seen>, Optio
                 return (seen, None);
             }
             Ok(Opened::Alert(a)) => return (seen, Some(RecordError::Refused(a))),
+            // No key exchange runs here (the `kex_exchange` target drives one).
+            Ok(Opened::KeyShare(kind, _)) => return (seen, Some(RecordError::Unexpected(kind))),
             Err(e) => return (seen, Some(e)),
         }
         start += total;

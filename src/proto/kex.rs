@@ -485,11 +485,14 @@ mod tests {
 
     /// Drop, replay, reorder, tamper every byte of each record of the exchange: a side refuses,
     /// never two sides that go on with different keys.
+    /// An attack on the records in flight.
+    type Attack = Box<dyn Fn(&mut Vec<Vec<u8>>)>;
+
     #[test]
     fn drop_replay_reorder_or_tamper_any_exchange_record_is_refused() {
         for stage in 0..3 {
             let name = ["KeyShare", "Reply", "Done"][stage];
-            let attacks: Vec<(&str, Box<dyn Fn(&mut Vec<Vec<u8>>)>)> = vec![
+            let attacks: Vec<(&str, Attack)> = vec![
                 ("drop", Box::new(|v: &mut Vec<Vec<u8>>| {
                     v.remove(1);
                 })),
