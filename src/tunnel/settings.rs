@@ -28,8 +28,8 @@ pub struct SharedSettings {
     pub source_rate_limit: u32,
     /// Rekey each direction after this many bytes of plaintext (`rekey_bytes`).
     pub rekey_bytes: u64,
-    /// Also rekey each direction after this much time; `None`: by bytes only
-    /// (`rekey_interval`).
+    /// Fresh hybrid keys this often, refused at 1.5 times as old (`rekey_interval`,
+    /// `tunnel::kex`); `None`: neither.
     pub rekey_interval: Option<Duration>,
     /// Largest plaintext per sealed record (`record_size`).
     pub record_size: usize,
