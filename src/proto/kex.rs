@@ -30,13 +30,9 @@ use zeroize::Zeroizing;
 use crate::proto::handshake::Role;
 use crate::proto::key_schedule::{derive_secret, extract, hash, Direction, Secret, HASH_LEN};
 use crate::proto::mlkem::{self, DecapsulationKey, CT_LEN, EK_LEN, SS_LEN};
+pub use crate::proto::record::{KEY_SHARE_LEN, KEY_SHARE_REPLY_LEN};
 use crate::proto::record::{Opener, RecordError, RecordType, Sealer};
 use crate::proto::x25519;
-
-/// Bytes of a KeyShare plaintext: X25519 public key and ML-KEM-768 encapsulation key.
-pub const KEY_SHARE_LEN: usize = 32 + EK_LEN;
-/// Bytes of a KeyShareReply plaintext: X25519 public key and ML-KEM-768 ciphertext.
-pub const KEY_SHARE_REPLY_LEN: usize = 32 + CT_LEN;
 
 /// Why an exchange failed. Every one of them ends the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -184,18 +180,19 @@ pub fn respond_with(
     Ok((reply, fresh))
 }
 
-/// Where an exchange stands, for one side.
+/// Where an exchange stands, for one side. Boxed while in flight: a session between exchanges
+/// holds one word here (memory per idle connection).
 enum State {
     /// None in flight.
     Idle,
     /// Connector: KeyShare sent, waiting for the Reply.
-    AwaitReply(KeyShareOffer),
+    AwaitReply(Box<KeyShareOffer>),
     /// Connector: Reply opened (receiving moved), Done not yet sent.
-    SendDone(Fresh),
+    SendDone(Box<Fresh>),
     /// Listener: KeyShare opened, Reply not yet sent.
-    SendReply(Box<[u8; KEY_SHARE_REPLY_LEN]>, Fresh),
+    SendReply(Box<[u8; KEY_SHARE_REPLY_LEN]>, Box<Fresh>),
     /// Listener: Reply sent (sending moved), waiting for the Done.
-    AwaitDone(Fresh),
+    AwaitDone(Box<Fresh>),
 }
 
 /// The hybrid exchange of one session, for one role.
@@ -251,7 +248,7 @@ impl Kex {
         }
         let offer = KeyShareOffer::new(x25519, dk);
         let record = sealer.seal_key_share(RecordType::KeyShare, offer.message())?;
-        self.state = State::AwaitReply(offer);
+        self.state = State::AwaitReply(Box::new(offer));
         Ok(record)
     }
 
@@ -268,16 +265,16 @@ impl Kex {
         self.state = match (self.role, kind, state) {
             (Role::Listener, RecordType::KeyShare, State::Idle) => {
                 let (reply, fresh) = respond(x25519(), body)?;
-                State::SendReply(reply, fresh)
+                State::SendReply(reply, Box::new(fresh))
             }
             (Role::Connector, RecordType::KeyShareReply, State::AwaitReply(offer)) => {
                 let fresh = offer.finish(body)?;
                 // Every record of the listener after its Reply is under the new secret.
-                opener.switch_hybrid(&fresh, Direction::ListenerToConnector)?;
-                State::SendDone(fresh)
+                opener.switch_hybrid(|s| fresh.next_secret(s, Direction::ListenerToConnector))?;
+                State::SendDone(Box::new(fresh))
             }
             (Role::Listener, RecordType::KeyShareDone, State::AwaitDone(fresh)) => {
-                opener.switch_hybrid(&fresh, Direction::ConnectorToListener)?;
+                opener.switch_hybrid(|s| fresh.next_secret(s, Direction::ConnectorToListener))?;
                 self.completed += 1;
                 State::Idle
             }
@@ -293,13 +290,13 @@ impl Kex {
         match state {
             State::SendReply(reply, fresh) => {
                 let record = sealer.seal_key_share(RecordType::KeyShareReply, &reply[..])?;
-                sealer.switch_hybrid(&fresh, Direction::ListenerToConnector)?;
+                sealer.switch_hybrid(|s| fresh.next_secret(s, Direction::ListenerToConnector))?;
                 self.state = State::AwaitDone(fresh);
                 Ok(Some(record))
             }
             State::SendDone(fresh) => {
                 let record = sealer.seal_key_share(RecordType::KeyShareDone, &[])?;
-                sealer.switch_hybrid(&fresh, Direction::ConnectorToListener)?;
+                sealer.switch_hybrid(|s| fresh.next_secret(s, Direction::ConnectorToListener))?;
                 self.completed += 1;
                 Ok(Some(record))
             }

@@ -16,9 +16,15 @@
 //! ends the session cleanly.
 
 use crate::proto::aead::TAG_LEN;
-use crate::proto::key_schedule::{derive_secret, next_generation, Direction, Secret, TrafficKey};
-use crate::proto::kex::{Fresh, KEY_SHARE_LEN, KEY_SHARE_REPLY_LEN};
+use crate::proto::key_schedule::{derive_secret, next_generation, Secret, TrafficKey};
+use crate::proto::mlkem::{CT_LEN, EK_LEN};
 use crate::proto::stream::MAX_STREAM_INFO_LEN;
+
+/// Bytes of a KeyShare plaintext (PROTOCOL.md §4.5): X25519 public key and ML-KEM-768
+/// encapsulation key.
+pub const KEY_SHARE_LEN: usize = 32 + EK_LEN;
+/// Bytes of a KeyShareReply plaintext: X25519 public key and ML-KEM-768 ciphertext.
+pub const KEY_SHARE_REPLY_LEN: usize = 32 + CT_LEN;
 
 /// Bytes of the record header.
 pub const HEADER_LEN: usize = 4;
@@ -304,13 +310,14 @@ impl DirectionState {
         nonce
     }
 
-    /// The move to the secret of a fresh hybrid exchange (PROTOCOL.md §4.5): counted as a
-    /// generation, the counter back to 0, the old secret and key dropped (and zeroized).
-    fn switch(&mut self, fresh: &Fresh, dir: Direction) -> Result<(), RecordError> {
+    /// The move to the secret of a fresh hybrid exchange (PROTOCOL.md §4.5), `next` of the
+    /// current one: counted as a generation, the counter back to 0, the old secret and key
+    /// dropped (and zeroized).
+    fn switch(&mut self, next: impl FnOnce(&Secret) -> Secret) -> Result<(), RecordError> {
         if self.generation + 1 >= MAX_GENERATIONS {
             return Err(RecordError::KeyExhausted);
         }
-        self.secret = fresh.next_secret(&self.secret, dir);
+        self.secret = next(&self.secret);
         self.key = TrafficKey::new(&self.secret);
         self.seq = 0;
         self.generation += 1;
@@ -438,10 +445,14 @@ impl Sealer {
         Ok(buf)
     }
 
-    /// Moves this direction to the secret of a fresh hybrid exchange (`dir`: which direction
-    /// this sealer is), right after the record that marks the switch point.
-    pub fn switch_hybrid(&mut self, fresh: &Fresh, dir: Direction) -> Result<(), RecordError> {
-        self.dir.switch(fresh, dir)?;
+    /// Moves this direction to the secret of a fresh hybrid exchange, `next` of its current
+    /// secret (`proto::kex::Fresh::next_secret`), right after the record that marks the switch
+    /// point.
+    pub fn switch_hybrid(
+        &mut self,
+        next: impl FnOnce(&Secret) -> Secret,
+    ) -> Result<(), RecordError> {
+        self.dir.switch(next)?;
         self.bytes_this_key = 0;
         Ok(())
     }
@@ -642,10 +653,14 @@ impl Opener {
         &self.dir.secret
     }
 
-    /// Moves this direction to the secret of a fresh hybrid exchange (`dir`: which direction
-    /// this opener is), right after the record that marks the switch point.
-    pub fn switch_hybrid(&mut self, fresh: &Fresh, dir: Direction) -> Result<(), RecordError> {
-        self.dir.switch(fresh, dir)
+    /// Moves this direction to the secret of a fresh hybrid exchange, `next` of its current
+    /// secret (`proto::kex::Fresh::next_secret`), right after the record that marks the switch
+    /// point.
+    pub fn switch_hybrid(
+        &mut self,
+        next: impl FnOnce(&Secret) -> Secret,
+    ) -> Result<(), RecordError> {
+        self.dir.switch(next)
     }
 
     /// True once the peer's close record has been opened (until a StreamInfo record starts the
@@ -1107,7 +1122,6 @@ mod tests {
 
     #[test]
     fn exchange_records_of_a_wrong_length_do_not_open() {
-        use crate::proto::kex::{KEY_SHARE_LEN, KEY_SHARE_REPLY_LEN};
         for (kind, len) in [
             (RecordType::KeyShare, KEY_SHARE_LEN - 1),
             (RecordType::KeyShareReply, KEY_SHARE_REPLY_LEN + 1),

@@ -140,32 +140,50 @@ impl SessionKex {
         self.lock().kex.completed()
     }
 
-    /// Connector: starts an exchange if one is due at `now` and none is in flight; the
-    /// KeyShare record to send.
-    pub(crate) fn start_if_due(
+    /// What the sealing direction owes the exchange before its next record, at `now`: a
+    /// connector past the hard limit stops sealing (`Err(Expired)`); a connector whose keys
+    /// are `interval` old and has none in flight starts an exchange (its KeyShare); either side
+    /// sends the record it owes (a listener's Reply, a connector's Done, each followed by the
+    /// switch of its sending direction; a connector's Done completes its exchange at `now`).
+    /// The records to write, in order, into `out`. One lock.
+    pub(crate) fn to_send(
         &self,
         sealer: &mut Sealer,
         interval: Option<Duration>,
         now: Instant,
-    ) -> Result<Option<Vec<u8>>, KexError> {
+        out: &mut Vec<Vec<u8>>,
+    ) -> Result<(), KexFailure> {
         let mut inner = self.lock();
-        let clock = HybridClock {
-            since: inner.since,
-            interval,
-        };
-        if inner.kex.in_flight() || !clock.due(now) {
-            return Ok(None);
+        if self.role == Role::Connector {
+            let clock = HybridClock {
+                since: inner.since,
+                interval,
+            };
+            if clock.expired(now) {
+                return Err(KexFailure::Expired(interval.unwrap_or_default()));
+            }
+            if !inner.kex.in_flight() && clock.due(now) {
+                // The key generation (X25519 and ML-KEM-768) under the lock: the other
+                // direction waits for it only if it opens a record of the exchange meanwhile.
+                let record =
+                    inner
+                        .kex
+                        .initiate(sealer, x25519_secret(), DecapsulationKey::generate())?;
+                out.push(record);
+            }
         }
-        // The key generation (X25519 and ML-KEM-768, some 100 µs) under the lock: the other
-        // direction waits for it only when it opens a record of the exchange.
-        let record = inner
-            .kex
-            .initiate(sealer, x25519_secret(), DecapsulationKey::generate())?;
-        Ok(Some(record))
+        let before = inner.kex.completed();
+        if let Some(r) = inner.kex.outgoing(sealer)? {
+            out.push(r);
+        }
+        if inner.kex.completed() != before {
+            inner.since = now;
+        }
+        Ok(())
     }
 
-    /// The record of the exchange this side must send now, if any (sealed; the sending
-    /// direction has moved after it). A connector's Done completes its exchange at `now`.
+    /// The record of the exchange this side must send now, if any (see [`SessionKex::to_send`];
+    /// between streams, where no exchange starts).
     pub(crate) fn outgoing(
         &self,
         sealer: &mut Sealer,
@@ -178,6 +196,16 @@ impl SessionKex {
             inner.since = now;
         }
         Ok(out)
+    }
+
+    /// When the sealing direction must wake for the exchange by itself: a connector's next
+    /// exchange under `interval` (none while one is in flight: the Reply wakes it).
+    pub(crate) fn wake_at(&self, interval: Option<Duration>) -> Option<Instant> {
+        let inner = self.lock();
+        if self.role != Role::Connector || inner.kex.in_flight() {
+            return None;
+        }
+        interval.map(|i| inner.since + i)
     }
 
     /// A record of the exchange opened by `opener`; a listener's Done completes its exchange
@@ -315,13 +343,20 @@ mod tests {
             SessionKex::new(Role::Listener, t0),
         );
         // Not due yet; then due: one KeyShare, and none again while in flight.
-        assert!(c
-            .start_if_due(&mut cs, i, t0 + Duration::from_secs(1))
+        let send = |cs: &mut Sealer, at: Instant| {
+            let mut out = Vec::new();
+            c.to_send(cs, i, at, &mut out).map(|()| out)
+        };
+        assert!(send(&mut cs, t0 + Duration::from_secs(1))
             .unwrap()
-            .is_none());
+            .is_empty());
+        assert_eq!(c.wake_at(i), Some(t0 + Duration::from_secs(2)));
         let t = t0 + Duration::from_secs(2);
-        let mut share = c.start_if_due(&mut cs, i, t).unwrap().unwrap();
-        assert!(c.start_if_due(&mut cs, i, t).unwrap().is_none());
+        let mut out = send(&mut cs, t).unwrap();
+        assert_eq!(out.len(), 1);
+        let mut share = out.remove(0);
+        assert!(send(&mut cs, t).unwrap().is_empty());
+        assert_eq!(c.wake_at(i), None, "in flight: the Reply wakes it");
         let Ok(Opened::KeyShare(kind, body)) = lo.open(&mut share) else {
             panic!("a KeyShare")
         };
@@ -334,7 +369,9 @@ mod tests {
         let body = body.to_vec();
         c.receive(&mut co, kind, &body, t).unwrap();
         let t1 = t0 + Duration::from_millis(2100);
-        let mut done = c.outgoing(&mut cs, t1).unwrap().unwrap();
+        let mut out = send(&mut cs, t1).unwrap();
+        assert_eq!(out.len(), 1);
+        let mut done = out.remove(0);
         assert_eq!(
             c.clock(i).since,
             t1,
@@ -349,5 +386,11 @@ mod tests {
         assert_eq!(l.clock(i).since, t2, "the listener's at the Done it opens");
         assert_eq!((c.completed(), l.completed()), (1, 1));
         assert!(!l.clock(i).expired(t0 + Duration::from_secs(4)));
+        // Past the limit with no exchange completed: the connector stops sealing.
+        assert!(matches!(
+            send(&mut cs, t1 + Duration::from_secs(3)),
+            Err(KexFailure::Expired(_))
+        ));
+        assert!(send(&mut cs, t1 + Duration::from_millis(2999)).is_ok());
     }
 }

@@ -415,38 +415,26 @@ async fn sleep_until(at: Option<std::time::Instant>) {
     }
 }
 
-/// The exchange's part of the sealing direction, before its next record: the connector past
-/// the hard limit stops sealing; it starts an exchange that is due; either side sends the
-/// record of the exchange it owes (sealed and written here, each direction moving after its
-/// own switch point).
+/// The exchange's part of the sealing direction, before its next record (`SessionKex::to_send`):
+/// a connector past the hard limit stops; a KeyShare that is due, or the record this side owes,
+/// is written here (each direction moving after its own switch point).
 async fn kex_step<W: AsyncWrite + Unpin>(
     sealed: &mut W,
     sealer: &mut Sealer,
     kex: &SessionKex,
     opts: PumpOptions,
 ) -> Result<(), PumpError> {
-    let now = std::time::Instant::now();
-    if kex.role() == Role::Connector {
-        if kex.clock(opts.rekey_interval).expired(now) {
-            return Err(expired(opts.rekey_interval));
-        }
-        if let Some(r) = kex.start_if_due(sealer, opts.rekey_interval, now)? {
-            sealed.write_all(&r).await.map_err(PumpError::Sealed)?;
-        }
-    }
-    if let Some(r) = kex.outgoing(sealer, now)? {
+    let mut out = Vec::new();
+    kex.to_send(
+        sealer,
+        opts.rekey_interval,
+        std::time::Instant::now(),
+        &mut out,
+    )?;
+    for r in out {
         sealed.write_all(&r).await.map_err(PumpError::Sealed)?;
     }
     Ok(())
-}
-
-/// When the sealing direction must wake for the exchange by itself: a connector's next
-/// exchange (none while one is in flight: the Reply wakes it).
-fn kex_wake_at(kex: &SessionKex, opts: PumpOptions) -> Option<std::time::Instant> {
-    if kex.role() != Role::Connector || kex.in_flight() {
-        return None;
-    }
-    kex.clock(opts.rekey_interval).due_at()
 }
 
 /// Reads what `socket` has now into `buf`, taking the buffer from `make` if there is none; on
@@ -496,7 +484,7 @@ where
             tokio::select! {
                 r = plain.readable() => r.map_err(PumpError::Plain)?,
                 () = kex.wake.notified() => continue,
-                () = sleep_until(kex_wake_at(kex, opts)) => continue,
+                () = sleep_until(kex.wake_at(opts.rekey_interval)) => continue,
             }
         }
         let have = buf.as_ref().map_or(room, |b| b.len() - data_at - TAG_LEN);

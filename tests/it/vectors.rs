@@ -167,7 +167,7 @@ fn kex_computed(c_ap: &Secret, l_ap: &Secret) -> Vec<(&'static str, String)> {
     out.push(("kex_record_key_share_sha256", hex(&hash(&rec))));
     let rec = c.seal_key_share(RecordType::KeyShareDone, &[]).unwrap();
     out.push(("kex_record_done", hex(&rec)));
-    c.switch_hybrid(&fresh_c, Direction::ConnectorToListener)
+    c.switch_hybrid(|s| fresh_c.next_secret(s, Direction::ConnectorToListener))
         .unwrap();
     let mut r = record(b"ping");
     c.seal_data(&mut r).unwrap();
@@ -177,7 +177,7 @@ fn kex_computed(c_ap: &Secret, l_ap: &Secret) -> Vec<(&'static str, String)> {
         .seal_key_share(RecordType::KeyShareReply, &reply[..])
         .unwrap();
     out.push(("kex_record_reply_sha256", hex(&hash(&rec))));
-    l.switch_hybrid(&fresh_l, Direction::ListenerToConnector)
+    l.switch_hybrid(|s| fresh_l.next_secret(s, Direction::ListenerToConnector))
         .unwrap();
     let mut r = record(b"pong");
     l.seal_data(&mut r).unwrap();
