@@ -35,7 +35,7 @@ use crate::tunnel::sessions::{next_id, SessionEntry};
 use crate::tunnel::settings::{ListenerSettings, ProxyProtocol, Revoke, SharedSettings};
 use crate::tunnel::signing::{self, NotSigned};
 use crate::tunnel::state::{count_resumption, ticket_policy, OpenConn, TunnelState};
-use crate::tunnel::stream_info::{read_stream_info, StreamError};
+use crate::tunnel::stream_info::{read_stream_info, First, StreamError};
 use crate::tunnel::Tunnel;
 
 /// Everything a listener tunnel needs; replaced as a whole on reload.
@@ -389,6 +389,7 @@ impl Tunnel for ListenerTunnel {
                 let next = read_stream_info(
                     &mut sealed,
                     &mut records.opener,
+                    Some(&records.kex),
                     std::mem::take(&mut leftover),
                     tokio::time::Instant::now() + bound,
                     bound,
@@ -428,7 +429,26 @@ impl Tunnel for ListenerTunnel {
                 }
             };
             let (info, rest) = match read {
-                Ok(Some(Ok(x))) => x,
+                Ok(Some(Ok(First::Info(info, rest)))) => (info, rest),
+                // A record of the fresh hybrid exchange between streams (PROTOCOL.md §4.5):
+                // answered, then the next stream is waited for again.
+                Ok(Some(Ok(First::Exchange(rest)))) => {
+                    stream -= 1;
+                    leftover = rest;
+                    let sent = match records.kex.outgoing(&mut records.sealer, Instant::now()) {
+                        Ok(Some(r)) => sealed.write_all(&r).await.map_err(|e| e.to_string()),
+                        Ok(None) => Ok(()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    if let Err(e) = sent {
+                        tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer,
+                            fingerprint = %fp, reason = %e,
+                            "key exchange between streams failed, connection reset");
+                        reset_on_close(&sealed);
+                        return;
+                    }
+                    continue;
+                }
                 // The connector ended the session between streams (or retired a warm session
                 // before its first): a clean end.
                 Ok(Some(Err(StreamError::Eof))) => {

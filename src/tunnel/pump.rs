@@ -286,6 +286,21 @@ impl From<crate::proto::kex::KexError> for PumpError {
     }
 }
 
+/// How the two directions of a stream tell each other that they have ended: after its close
+/// record each direction still serves the fresh hybrid exchange (PROTOCOL.md §4.5), so that a
+/// half-closed stream keeps getting fresh keys, until the other has ended too.
+#[derive(Default)]
+struct Turn {
+    /// Our close record is sent.
+    up_closed: std::sync::atomic::AtomicBool,
+    /// The peer's close record is opened.
+    peer_closed: std::sync::atomic::AtomicBool,
+    /// Wakes the sealing direction (the peer closed).
+    to_up: tokio::sync::Notify,
+    /// Wakes the opening direction (we closed).
+    to_down: tokio::sync::Notify,
+}
+
 /// Runs both directions of one stream until both have ended cleanly (both close records passed),
 /// or one fails. On success, returns the bytes read from the sealed socket after the peer's close
 /// record (the start of the next stream, if any).
@@ -310,9 +325,12 @@ where
 {
     // Polled by hand, each future pinned once in this frame: `try_join!` inside `select!` keeps
     // a second copy of both directions' state (the task of every idle connection holds it).
-    let mut up = pin!(plain_to_sealed(plain_r, sealed_w, sealer, kex, opts, stats));
+    let turn = Turn::default();
+    let mut up = pin!(plain_to_sealed(
+        plain_r, sealed_w, sealer, kex, &turn, opts, stats
+    ));
     let mut down = pin!(sealed_to_plain(
-        sealed_r, plain_w, opener, kex, opts, leftover, stats
+        sealed_r, plain_w, opener, kex, &turn, opts, leftover, stats
     ));
     let mut idle = pin!(idle_watch(
         opts.idle_timeout,
@@ -461,6 +479,7 @@ async fn plain_to_sealed<R, W>(
     sealed: &mut W,
     sealer: &mut Sealer,
     kex: &SessionKex,
+    turn: &Turn,
     opts: PumpOptions,
     stats: &PumpStats,
 ) -> Result<(), PumpError>
@@ -512,10 +531,30 @@ where
             let mut close = [0u8; OVERHEAD];
             sealer.seal_close(&mut close)?;
             sealed.write_all(&close).await.map_err(PumpError::Sealed)?;
-            if opts.fin_after_close.at(std::time::Instant::now()) {
+            turn.up_closed.store(true, Ordering::Release);
+            turn.to_down.notify_one();
+            let fin = opts.fin_after_close.at(std::time::Instant::now());
+            if fin && opts.rekey_interval.is_none() {
                 sealed.shutdown().await.map_err(PumpError::Sealed)?;
-            } else {
-                sealed.flush().await.map_err(PumpError::Sealed)?;
+                return Ok(());
+            }
+            // With fresh keys by time, the session's last stream sends its FIN once the peer
+            // closed too (PROTOCOL.md §4.3): the exchanges go on until then, and a dropped
+            // close record is found by the next record of the exchange, which does not open.
+            sealed.flush().await.map_err(PumpError::Sealed)?;
+            // Until the peer closes too, the exchange goes on (a half-closed stream may last).
+            while !turn.peer_closed.load(Ordering::Acquire) {
+                tokio::select! {
+                    () = turn.to_up.notified() => {}
+                    () = kex.wake.notified() => {}
+                    () = sleep_until(kex.wake_at(opts.rekey_interval)) => {}
+                }
+                kex_step(sealed, sealer, kex, opts).await?;
+            }
+            // What the exchange still owes goes now; the rest between streams (`tunnel::kex`).
+            kex_step(sealed, sealer, kex, opts).await?;
+            if fin {
+                sealed.shutdown().await.map_err(PumpError::Sealed)?;
             }
             return Ok(());
         }
@@ -578,11 +617,13 @@ async fn write_pieces<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn sealed_to_plain<R, W>(
     sealed: &R,
     plain: &mut W,
     opener: &mut Opener,
     kex: &SessionKex,
+    turn: &Turn,
     opts: PumpOptions,
     leftover: Vec<u8>,
     stats: &PumpStats,
@@ -675,12 +716,16 @@ where
             return Err(e.into());
         }
         if closed {
-            // The end of this stream from the peer: passed on at once. What follows the close
-            // record belongs to the next stream (or is refused there by the record layer).
+            // The end of this stream from the peer: passed on at once.
             plain.shutdown().await.map_err(PumpError::Plain)?;
-            // Only the bytes that follow, in a buffer of their own size: the session may now
-            // wait between streams for a long time, and must not hold a read chunk meanwhile.
-            return Ok(buf.split_off(start));
+            turn.peer_closed.store(true, Ordering::Release);
+            turn.to_up.notify_one();
+            // Until our direction closes too, the peer may still send records of the exchange
+            // (and nothing else). What follows belongs to the next stream (or is refused there
+            // by the record layer): only those bytes, in a buffer of their own size, since the
+            // session may now wait between streams for a long time.
+            let rest = after_close(sealed, opener, kex, turn, buf.split_off(start)).await?;
+            return Ok(rest);
         }
         if count == MAX_IOV {
             continue;
@@ -718,6 +763,57 @@ where
         if n == 0 {
             // No close record: truncation.
             return Err(RecordError::Truncated.into());
+        }
+    }
+}
+
+/// The opening direction after the peer's close record, until ours is sent: the records of the
+/// exchange that come meanwhile are handed to `kex`; anything else is refused (the peer may send
+/// nothing else before the next stream, which starts only after our close). Returns the bytes
+/// read past them.
+async fn after_close(
+    sealed: &TcpStream,
+    opener: &mut Opener,
+    kex: &SessionKex,
+    turn: &Turn,
+    mut buf: Vec<u8>,
+) -> Result<Vec<u8>, PumpError> {
+    let mut eof = false;
+    loop {
+        if turn.up_closed.load(Ordering::Acquire) {
+            return Ok(buf);
+        }
+        // Every whole record of the exchange at the front.
+        while let Some(h) = buf.first_chunk::<HEADER_LEN>() {
+            let (kind, total) = parse_header(h)?;
+            if !kind.is_key_share() {
+                return Err(RecordError::AfterClose.into());
+            }
+            if buf.len() < total {
+                break;
+            }
+            let rest = buf.split_off(total);
+            if let Opened::KeyShare(kind, body) = opener.open(&mut buf)? {
+                kex.receive(opener, kind, body, std::time::Instant::now())?;
+            }
+            buf = rest;
+        }
+        if eof {
+            // The peer ended its side (a FIN behind its close record: its last stream); our
+            // direction goes on until it closes.
+            turn.to_down.notified().await;
+            continue;
+        }
+        tokio::select! {
+            () = turn.to_down.notified() => continue,
+            r = sealed.readable() => r.map_err(PumpError::Sealed)?,
+        }
+        let mut chunk = [0u8; 2048];
+        match sealed.try_read(&mut chunk) {
+            Ok(0) => eof = true,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(PumpError::Sealed(e)),
         }
     }
 }
@@ -938,9 +1034,10 @@ mod tests {
         let stats = PumpStats::default();
         let k = kex();
         let parts = {
-            let up = plain_to_sealed(&pr, &mut sw, &mut sealer, &k, OPTS, &stats);
+            let t = Turn::default();
+            let up = plain_to_sealed(&pr, &mut sw, &mut sealer, &k, &t, OPTS, &stats);
             let up = std::mem::size_of_val(&up);
-            let down = sealed_to_plain(&sr, &mut pw, &mut opener, &k, OPTS, Vec::new(), &stats);
+            let down = sealed_to_plain(&sr, &mut pw, &mut opener, &k, &t, OPTS, Vec::new(), &stats);
             up + std::mem::size_of_val(&down)
                 + std::mem::size_of_val(&idle_watch(OPTS.idle_timeout, &k, None, &stats))
         };

@@ -10,9 +10,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::proto::record::{
-    parse_header, Opener, RecordError, RecordType, Sealer, HEADER_LEN, OVERHEAD,
+    parse_header, Opened, Opener, RecordError, RecordType, Sealer, HEADER_LEN, KEY_SHARE_LEN,
+    OVERHEAD,
 };
 use crate::proto::stream::{canonical, StreamInfo, StreamInfoError, MAX_STREAM_INFO_LEN};
+use crate::tunnel::kex::SessionKex;
 
 /// Why the StreamInfo record could not be sent or read.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,9 @@ pub(crate) enum StreamError {
     /// The record opened but its body is malformed.
     #[error("{0}")]
     Info(#[from] StreamInfoError),
+    /// A record of the exchange was refused.
+    #[error("key exchange: {0}")]
+    Kex(crate::proto::kex::KexError),
 }
 
 /// Seals `info` as the first record of the session and writes it to `sealed`, behind `unsent`
@@ -58,21 +63,38 @@ pub(crate) async fn send_stream_info<W: AsyncWrite + Unpin>(
 /// usually brings the whole record (and the client's first bytes behind it); nothing is
 /// buffered beyond that, and a first record of another type is refused from its header, before
 /// its body is opened.
+///
+/// Between streams a record of the fresh hybrid exchange (PROTOCOL.md §4.5) may come first
+/// (`kex` given: the listener's between streams): it is opened and handed to `kex`, and
+/// [`First::Exchange`] returned with the bytes that follow; the caller sends what the exchange
+/// owes and reads again.
 pub(crate) async fn read_stream_info<R: AsyncRead + Unpin>(
     sealed: &mut R,
     opener: &mut Opener,
+    kex: Option<&SessionKex>,
     leftover: Vec<u8>,
     deadline: tokio::time::Instant,
     timeout: Duration,
-) -> Result<(StreamInfo, Vec<u8>), StreamError> {
-    match tokio::time::timeout_at(deadline, read(sealed, opener, leftover)).await {
+) -> Result<First, StreamError> {
+    match tokio::time::timeout_at(deadline, read(sealed, opener, kex, leftover)).await {
         Ok(r) => r,
         Err(_) => Err(StreamError::Timeout(timeout)),
     }
 }
 
+/// What the first record between streams was.
+#[derive(Debug)]
+pub(crate) enum First {
+    /// The next stream's StreamInfo, and the bytes that follow it.
+    Info(StreamInfo, Vec<u8>),
+    /// A record of the fresh hybrid exchange, handled; the bytes that follow it.
+    Exchange(Vec<u8>),
+}
+
 /// The largest StreamInfo record.
 const MOST: usize = OVERHEAD + MAX_STREAM_INFO_LEN;
+/// The largest record of the exchange a listener may get (a KeyShare).
+const MOST_KEX: usize = OVERHEAD + KEY_SHARE_LEN;
 
 /// Reads until `buf` holds at least `want` bytes (at most [`MOST`]), each read taking what is
 /// there up to [`MOST`] bytes in all.
@@ -96,13 +118,28 @@ async fn fill<R: AsyncRead + Unpin>(
 async fn read<R: AsyncRead + Unpin>(
     sealed: &mut R,
     opener: &mut Opener,
+    kex: Option<&SessionKex>,
     mut buf: Vec<u8>,
-) -> Result<(StreamInfo, Vec<u8>), StreamError> {
+) -> Result<First, StreamError> {
     fill(sealed, &mut buf, HEADER_LEN).await?;
     let header: [u8; HEADER_LEN] = buf[..HEADER_LEN]
         .try_into()
         .map_err(|_| RecordError::Buffer(buf.len()))?;
     let (kind, total) = parse_header(&header)?;
+    if let Some(kex) = kex.filter(|_| kind.is_key_share()) {
+        if total > MOST_KEX {
+            return Err(RecordError::Malformed(kind).into());
+        }
+        fill(sealed, &mut buf, total).await?;
+        let rest = buf.split_off(total);
+        match opener.open(&mut buf)? {
+            Opened::KeyShare(kind, body) => kex
+                .receive(opener, kind, body, std::time::Instant::now())
+                .map_err(StreamError::Kex)?,
+            _ => return Err(RecordError::Unexpected(kind).into()),
+        }
+        return Ok(First::Exchange(rest));
+    }
     if kind != RecordType::StreamInfo {
         return Err(RecordError::Unexpected(kind).into());
     }
@@ -112,7 +149,7 @@ async fn read<R: AsyncRead + Unpin>(
     fill(sealed, &mut buf, total).await?;
     let rest = buf.split_off(total);
     let body = opener.open_stream_info(&mut buf)?;
-    Ok((StreamInfo::decode(body)?, rest))
+    Ok(First::Info(StreamInfo::decode(body)?, rest))
 }
 
 /// Redirect mode: where `stream` was going before a NAT `REDIRECT` rule sent it here
@@ -164,15 +201,18 @@ mod tests {
         for split in [0, 2, 9, wire.len()] {
             let mut o = Opener::new(Secret::from_bytes([3u8; 32]));
             let mut rd = &wire[split..];
-            let (got, rest) = read_stream_info(
+            let Ok(First::Info(got, rest)) = read_stream_info(
                 &mut rd,
                 &mut o,
+                None,
                 wire[..split].to_vec(),
                 deadline(),
                 Duration::from_secs(5),
             )
             .await
-            .unwrap();
+            else {
+                panic!("a StreamInfo")
+            };
             assert_eq!(got, info());
             let mut all = rest;
             all.extend_from_slice(rd);
@@ -190,6 +230,7 @@ mod tests {
         let r = read_stream_info(
             &mut rd,
             &mut opener,
+            None,
             Vec::new(),
             deadline(),
             Duration::from_secs(5),
@@ -206,6 +247,7 @@ mod tests {
         let r = read_stream_info(
             &mut empty,
             &mut o,
+            None,
             Vec::new(),
             deadline(),
             Duration::from_secs(5),

@@ -163,3 +163,46 @@ fn a_connector_without_fresh_keys_is_cut_off_at_the_listeners_hard_limit() {
     );
     listener.wait_log("older than 1.5 x rekey_interval");
 }
+
+/// A stream one direction of which has ended keeps getting fresh keys: the client sends its
+/// request and half-closes, the service then sends a byte every 250 ms for 8 s; with
+/// `rekey_interval = "2s"` on both ends (limit 3 s) the download outlives several limits, the
+/// exchanges go on after the connector's close record, and every byte arrives.
+#[test]
+fn a_half_closed_stream_keeps_getting_fresh_keys() {
+    let site = Site::new();
+    let service = serve("127.0.0.1:0", |mut s: TcpStream| {
+        let mut req = Vec::new();
+        s.read_to_end(&mut req).unwrap();
+        for i in 0..32u8 {
+            if s.write_all(&[i]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    });
+    let tuning = "rekey_interval = \"2s\"\npool_max = 0";
+    let listener = site.start("listener.toml", &listener_for(service.addr, tuning));
+    let mitm = Mitm::start(listener.addr());
+    let connector = start_connector(&site, mitm.addr, tuning);
+    let mut s = TcpStream::connect(connector.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(b"request").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)
+        .unwrap_or_else(|e| panic!("{e}: {}", tail(&listener)));
+    assert_eq!(got, (0..32u8).collect::<Vec<_>>(), "{}", tail(&listener));
+    let session = mitm.finished_session(0);
+    let up = session.frames(Dir::Up);
+    let close = up
+        .iter()
+        .position(|f| f.is_record() && f.bytes[0] == 2)
+        .expect("the connector's close record");
+    let after = up[close..]
+        .iter()
+        .filter(|f| f.bytes[0] == KEY_SHARE)
+        .count();
+    assert!(after >= 2, "{after} exchanges after the connector's close");
+    connector.wait_log("closed by both ends");
+}
