@@ -533,14 +533,13 @@ where
             sealed.write_all(&close).await.map_err(PumpError::Sealed)?;
             turn.up_closed.store(true, Ordering::Release);
             turn.to_down.notify_one();
-            let fin = opts.fin_after_close.at(std::time::Instant::now());
-            if fin && opts.rekey_interval.is_none() {
+            if opts.fin_after_close.at(std::time::Instant::now()) {
+                // The session's last stream: a FIN right behind, so that a dropped close record
+                // is truncation (PROTOCOL.md §4.3); this side takes no further part in the
+                // exchange (§4.5).
                 sealed.shutdown().await.map_err(PumpError::Sealed)?;
                 return Ok(());
             }
-            // With fresh keys by time, the session's last stream sends its FIN once the peer
-            // closed too (PROTOCOL.md §4.3): the exchanges go on until then, and a dropped
-            // close record is found by the next record of the exchange, which does not open.
             sealed.flush().await.map_err(PumpError::Sealed)?;
             // Until the peer closes too, the exchange goes on (a half-closed stream may last).
             while !turn.peer_closed.load(Ordering::Acquire) {
@@ -553,9 +552,6 @@ where
             }
             // What the exchange still owes goes now; the rest between streams (`tunnel::kex`).
             kex_step(sealed, sealer, kex, opts).await?;
-            if fin {
-                sealed.shutdown().await.map_err(PumpError::Sealed)?;
-            }
             return Ok(());
         }
         let mut start = OVERHEAD;
