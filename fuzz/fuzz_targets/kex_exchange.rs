@@ -13,8 +13,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use sealpipe::proto::handshake::Role;
-use sealpipe::proto::key_schedule::Secret;
 use sealpipe::proto::kex::Kex;
+use sealpipe::proto::key_schedule::Secret;
 use sealpipe::proto::mlkem::DecapsulationKey;
 use sealpipe::proto::record::{parse_header, Opened, Opener, RecordType, Sealer, HEADER_LEN};
 use sealpipe_fuzz::*;
@@ -53,7 +53,9 @@ fuzz_target!(|data: &[u8]| {
     let mut got = Vec::new();
     let mut start = 0;
     while let Some(h) = stream[start..].first_chunk::<HEADER_LEN>() {
-        let Ok((_, total)) = parse_header(h) else { break };
+        let Ok((_, total)) = parse_header(h) else {
+            break;
+        };
         if stream.len() - start < total {
             break;
         }
@@ -63,7 +65,10 @@ fuzz_target!(|data: &[u8]| {
             Ok(Opened::KeyShare(kind, body)) => {
                 got.push(Got::Exchange(kind));
                 let body = body.to_vec();
-                if kex.receive(&mut opener, kind, &body, || [0x55; 32]).is_err() {
+                if kex
+                    .receive(&mut opener, kind, &body, || [0x55; 32])
+                    .is_err()
+                {
                     break;
                 }
                 if kex.outgoing(&mut sealer).is_err() {
@@ -80,7 +85,10 @@ fuzz_target!(|data: &[u8]| {
                 Got::Exchange(RecordType::KeyShare),
                 Got::Exchange(RecordType::KeyShareDone),
             ];
-            assert!(got.len() <= 2 && got[..] == possible[..got.len()], "{got:?}");
+            assert!(
+                got.len() <= 2 && got[..] == possible[..got.len()],
+                "{got:?}"
+            );
             assert!(kex.completed() <= 1);
             if kex.completed() == 1 {
                 assert!(*opener.dir_secret() != secret(VECTOR_KEX_C_TRAFFIC));
@@ -91,7 +99,10 @@ fuzz_target!(|data: &[u8]| {
                 Got::Exchange(RecordType::KeyShareReply),
                 Got::Data(b"pong".to_vec()),
             ];
-            assert!(got.len() <= 2 && got[..] == possible[..got.len()], "{got:?}");
+            assert!(
+                got.len() <= 2 && got[..] == possible[..got.len()],
+                "{got:?}"
+            );
             if !got.is_empty() {
                 assert!(*opener.dir_secret() == secret(VECTOR_KEX_L_TRAFFIC));
                 // Its Done went out and its sending direction moved: the exchange completed.

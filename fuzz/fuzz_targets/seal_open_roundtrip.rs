@@ -60,9 +60,14 @@ fuzz_target!(|data: &[u8]| {
                 let buf: &mut [u8; OVERHEAD] = (&mut rec[..]).try_into().unwrap();
                 sealer.seal_close(buf)
             }
-            // Only ever the first record of a session; the `stream_info` target covers it.
-            RecordType::StreamInfo | RecordType::Alert => {
-                unreachable!("no op seals a StreamInfo or Alert record")
+            // Only ever the first record of a session; the `stream_info` target covers it. The
+            // records of the key exchange: the `kex_exchange` target.
+            RecordType::StreamInfo
+            | RecordType::Alert
+            | RecordType::KeyShare
+            | RecordType::KeyShareReply
+            | RecordType::KeyShareDone => {
+                unreachable!("no op seals a StreamInfo, Alert or key exchange record")
             }
         };
         if closed {
@@ -85,8 +90,12 @@ fuzz_target!(|data: &[u8]| {
             RecordType::Data => Seen::Data(plain),
             RecordType::Rekey => Seen::Rekey,
             RecordType::Close => Seen::Close,
-            RecordType::StreamInfo | RecordType::Alert => {
-                unreachable!("no op seals a StreamInfo or Alert record")
+            RecordType::StreamInfo
+            | RecordType::Alert
+            | RecordType::KeyShare
+            | RecordType::KeyShareReply
+            | RecordType::KeyShareDone => {
+                unreachable!("no op seals a StreamInfo, Alert or key exchange record")
             }
         };
         assert_eq!(seen, vec![expected]);
