@@ -329,6 +329,11 @@ fn a_pooled_session_of_a_listener_key_no_longer_in_known_peers_carries_no_new_cl
     assert_not_served(entry, b"not on a session of the old key");
     // The client's own handshake, pinned to the key recorded now, which the listener lacks.
     let line = connector.wait_line("LISTENER KEY CHANGED");
+    assert!(
+        !connector.log_text().contains("stream=2"),
+        "a pooled session of the old key carried the client: {}",
+        connector.log_text()
+    );
     assert!(line.contains(&other), "{line}");
     assert_eq!(
         connector.log_text().matches("connection open").count(),
