@@ -698,7 +698,7 @@ mod tests {
             sweep_every(Some(Duration::from_secs(2))),
             Duration::from_millis(500)
         );
-        let (mut lsealer, mut lopener) = listener_side();
+        let (_, mut lopener) = listener_side();
         let (mut s, mut far) = session(&l).await;
         s.keepalive = Some(t);
         assert!(pool.put(s, 4, t0));

@@ -287,8 +287,7 @@ fn a_quiet_stream_and_a_pooled_session_over_a_live_peer_are_kept() {
     let log = t.connector.wait_log_count("connection open", 3);
     let last = log
         .lines()
-        .filter(|l| l.contains("connection open"))
-        .last()
+        .rfind(|l| l.contains("connection open"))
         .unwrap();
     assert!(last.contains("pooled=true"), "{last}");
     for (who, log) in [("connector", closed), ("listener", t.listener.log_text())] {
