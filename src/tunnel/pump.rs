@@ -429,7 +429,9 @@ async fn live_watch(
     let start = link.base.into_std();
     let mut live = Liveness::new(
         timeout,
-        heard_before.map_or(start, |h| h.max(start - timeout)),
+        heard_before.map_or(start, |h| {
+            start.checked_sub(timeout).map_or(h, |floor| h.max(floor))
+        }),
     );
     let mut sleep = pin!(tokio::time::sleep_until(link.base));
     loop {

@@ -295,3 +295,24 @@ fn a_quiet_stream_and_a_pooled_session_over_a_live_peer_are_kept() {
         assert!(!log.contains("connection reset"), "{who}: {log}");
     }
 }
+
+#[test]
+fn handshakes_to_a_hung_listener_end_at_the_handshake_timeout_full_and_resumed() {
+    let service = Service::start(Behaviour::Echo);
+    // One session per client, so that every client makes a handshake of its own: a full one,
+    // or a resumed one from the ticket of the first client's.
+    for (extra, resumed) in [("resumption = false\n", false), ("", true)] {
+        let t = tunnel_to(service.addr, &format!("{SHORT}{NO_POOL}{extra}"));
+        let _cont = Cont(&t.listener);
+        assert_echoes(t.entry, 1, 10_000);
+        let (c, _) = t.wait_opens(1);
+        assert_eq!(c, [false]);
+        signal(&t.listener, nix::sys::signal::Signal::SIGSTOP);
+        let_go_within(t.entry, HANDSHAKE + MARGIN);
+        let log = t.connector.wait_log("handshake timed out after 2s");
+        signal(&t.listener, nix::sys::signal::Signal::SIGCONT);
+        assert_echoes(t.entry, 2, 10_000);
+        let (c, _) = t.wait_opens(2);
+        assert_eq!(c, [false, resumed], "{log}");
+    }
+}
