@@ -315,6 +315,11 @@ struct Link {
     peer_fin: AtomicBool,
     /// A flag changed: poll every future again before waiting.
     kick: AtomicBool,
+    /// Writes held up by flow control, not by the peer's silence: the reader's to a local
+    /// client that does not read (we do not read the peer meanwhile), the writer's of data to
+    /// a peer whose window is closed (its keepalives wait behind them). No silence counts while
+    /// either lasts: `TCP_USER_TIMEOUT` judges a window that stays closed.
+    held_up: AtomicU32,
 }
 
 /// The keepalive the writer owes, or its end.
@@ -337,7 +342,17 @@ impl Link {
             own_fin: AtomicBool::new(false),
             peer_fin: AtomicBool::new(false),
             kick: AtomicBool::new(false),
+            held_up: AtomicU32::new(0),
         }
+    }
+
+    /// Runs `write`, a write that flow control may hold up, with no silence counted meanwhile.
+    async fn held_up<T>(&self, write: impl Future<Output = T>) -> T {
+        self.held_up.fetch_add(1, Ordering::Relaxed);
+        let r = write.await;
+        self.held_up.fetch_sub(1, Ordering::Relaxed);
+        self.heard();
+        r
     }
 
     fn set(&self, flag: &AtomicBool) {
@@ -438,6 +453,9 @@ async fn live_watch(
         let now = tokio::time::Instant::now().into_std();
         if let Some(h) = link.heard_at() {
             live.heard(h);
+        }
+        if link.held_up.load(Ordering::Relaxed) > 0 {
+            live.heard(now);
         }
         match live.poll(now) {
             LivenessAction::None => {}
@@ -679,8 +697,7 @@ where
         }
         let end = data_at + n + TAG_LEN;
         sealer.seal_data(&mut b[OVERHEAD..end])?;
-        sealed
-            .write_all(&b[start..end])
+        link.held_up(sealed.write_all(&b[start..end]))
             .await
             .map_err(PumpError::Sealed)?;
         stats.add(&stats.sent, n as u64, |t| &t.sent);
@@ -842,7 +859,7 @@ where
         }
         if count > 0 {
             // What was authenticated before a failure is still delivered, as record by record.
-            write_pieces(plain, &buf, &pieces[..count])
+            link.held_up(write_pieces(plain, &buf, &pieces[..count]))
                 .await
                 .map_err(PumpError::Plain)?;
             let delivered: usize = pieces[..count].iter().map(|p| p.1).sum();
@@ -1162,6 +1179,32 @@ mod tests {
                 assert_eq!(pings, 1, "one Ping, unanswered");
             }
         }
+    }
+
+    /// A local client that stops reading holds the pump up: that is flow control, not a
+    /// silent peer, and no silence is counted while it lasts (time stepped).
+    #[tokio::test(start_paused = true)]
+    async fn a_local_client_that_stops_reading_is_not_a_silent_peer() {
+        let t = Duration::from_secs(2);
+        let opts = PumpOptions {
+            dead_peer_timeout: Some(t),
+            ..OPTS
+        };
+        let pump = run_pump(opts, |mut sealed, app, mut sealer| {
+            tokio::spawn(async move {
+                // The application never reads; the peer sends until the buffers are full.
+                let _keep = app;
+                let mut rec = vec![0u8; 16 * 1024 + OVERHEAD];
+                loop {
+                    sealer.seal_data(&mut rec).unwrap();
+                    if sealed.write_all(&rec).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        });
+        let r = tokio::time::timeout(10 * t, pump).await;
+        assert!(r.is_err(), "a held-up stream is not taken for dead: {r:?}");
     }
 
     /// A Ping from the peer is answered with one Pong inside a stream and after our close
