@@ -316,3 +316,28 @@ fn handshakes_to_a_hung_listener_end_at_the_handshake_timeout_full_and_resumed()
         assert_eq!(c, [false, resumed], "{log}");
     }
 }
+
+/// A session's last stream (reuse off): the connector's FIN follows its close record, so it can
+/// send no keepalive; the listener, having read that FIN, sends them instead, and a service
+/// that answers only after several `dead_peer_timeout`s of silence is not cut.
+#[test]
+fn a_slow_answer_after_the_clients_half_close_on_a_last_stream_is_kept() {
+    let service = serve("127.0.0.1:0", |mut s| {
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        thread::sleep(DEAD * 3);
+        let _ = s.write_all(&got);
+    });
+    let t = tunnel_to(service.addr, &format!("{SHORT}{NO_POOL}"));
+    let mut c = TcpStream::connect(t.entry).unwrap();
+    c.write_all(b"slow question").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let end = ends_within(&mut c, Duration::from_secs(30));
+    assert_eq!(end, Some((b"slow question".to_vec(), false)));
+    for (who, log) in [
+        ("connector", t.connector.log_text()),
+        ("listener", t.listener.log_text()),
+    ] {
+        assert!(!log.contains("peer silent"), "{who}: {log}");
+    }
+}
