@@ -78,6 +78,13 @@ macro_rules! tuning_fields {
             /// 100 ms; under 10 s: a warning) is reset (logged `idle for …`); `"off"`, the default,
             /// keeps idle connections.
             idle_timeout: Option<Duration> = None, parsed from DurationText by idle_timeout;
+            /// A sealed session whose peer is not heard from for this long is reset and its
+            /// client with it (logged `peer silent for …`): an authenticated keepalive (a Ping
+            /// after half of it in silence) keeps a live peer heard, and the kernel's
+            /// `TCP_USER_TIMEOUT` is set to three times it on sealed sockets. At least 1 s (under 5 s: a
+            /// warning); `"off"`: no keepalive (a hung peer then holds its sessions).
+            dead_peer_timeout: Option<Duration> = Some(Duration::from_secs(20)),
+                parsed from DurationText by dead_peer_timeout;
             /// Listener: the longest a sealed session lives, reused or not, from 1 s to 24 h,
             /// counted from its handshake: past it, the session finishes the stream it carries and
             /// is closed, so that the connector's next client gets a fresh (or resumed) session.

@@ -11,9 +11,15 @@
 //! Streams (PROTOCOL.md §4.3): one session may carry several streams, one after the other. At its
 //! close record each direction ratchets to the next **stream key** (`s = ExpandLabel(s, "next
 //! stream", "", 32)`, counter back to 0), so no two streams share a key and a later key opens no
-//! earlier stream. After a close record the only record a direction may carry is the StreamInfo
-//! record that starts the next stream (the connector's) — or nothing: the TCP end of stream then
-//! ends the session cleanly.
+//! earlier stream. After a close record the only records a direction may carry are the
+//! StreamInfo record that starts the next stream (the connector's) and keepalives — or nothing:
+//! the TCP end of stream then ends the session cleanly.
+//!
+//! Keepalives (PROTOCOL.md §4.4): Ping and Pong records are empty, sealed like any other record
+//! (a sequence number under the current key of their direction), and allowed anywhere after the
+//! handshake except after an Alert: before a stream's first record, inside a stream, after a
+//! close record. They never change a stream's state: a StreamInfo or Alert record after them is
+//! still "first".
 
 use crate::proto::aead::TAG_LEN;
 use crate::proto::key_schedule::{derive_secret, next_generation, Secret, TrafficKey};
@@ -51,6 +57,10 @@ pub enum RecordType {
     /// The listener's authenticated refusal of an authenticated connector ([`Alert`]): only as
     /// the listener's first record, and the last.
     Alert = 5,
+    /// A keepalive asking for a [`RecordType::Pong`]; empty, allowed anywhere but after an Alert.
+    Ping = 6,
+    /// The answer to a Ping (an unsolicited one is accepted); empty, allowed as a Ping is.
+    Pong = 7,
 }
 
 impl RecordType {
@@ -61,8 +71,16 @@ impl RecordType {
             3 => Some(RecordType::Rekey),
             4 => Some(RecordType::StreamInfo),
             5 => Some(RecordType::Alert),
+            6 => Some(RecordType::Ping),
+            7 => Some(RecordType::Pong),
             _ => None,
         }
+    }
+
+    /// A keepalive (Ping or Pong): allowed anywhere after the handshake but after an Alert,
+    /// and no part of any stream.
+    pub fn is_keepalive(self) -> bool {
+        matches!(self, RecordType::Ping | RecordType::Pong)
     }
 }
 
@@ -240,7 +258,8 @@ struct DirectionState {
     seq: u64,
     /// Ratchets so far, rekeys and stream boundaries alike (bounded by [`MAX_GENERATIONS`]).
     generation: u64,
-    /// No record yet under this stream: the next may be a StreamInfo record.
+    /// No record yet under this stream but keepalives: the next may be a StreamInfo (or Alert)
+    /// record.
     stream_start: bool,
     /// Streams begun after the first (stream boundaries crossed).
     streams: u64,
@@ -272,14 +291,17 @@ impl DirectionState {
         Ok(())
     }
 
-    /// The nonce for the next record, and the counter moved on; refuses at the hard limit.
-    fn next_nonce(&mut self) -> Result<[u8; 12], RecordError> {
+    /// The nonce for the next record, of type `kind`, and the counter moved on; refuses at the
+    /// hard limit. A keepalive leaves the stream's start as it was.
+    fn next_nonce(&mut self, kind: RecordType) -> Result<[u8; 12], RecordError> {
         if self.seq >= HARD_RECORD_LIMIT {
             return Err(RecordError::KeyExhausted);
         }
         let nonce = self.key.nonce(self.seq);
         self.seq += 1;
-        self.stream_start = false;
+        if !kind.is_keepalive() {
+            self.stream_start = false;
+        }
         Ok(nonce)
     }
 
@@ -321,6 +343,8 @@ pub struct Sealer {
     bytes_this_key: u64,
     rekey_requested: bool,
     closed: bool,
+    /// An Alert was sealed: nothing at all follows it, keepalives included.
+    alerted: bool,
     bytes_total: u64,
     rekeys: u64,
 }
@@ -334,6 +358,7 @@ impl Sealer {
             bytes_this_key: 0,
             rekey_requested: false,
             closed: false,
+            alerted: false,
             bytes_total: 0,
             rekeys: 0,
         }
@@ -437,6 +462,22 @@ impl Sealer {
         buf[HEADER_LEN..HEADER_LEN + body.len()].copy_from_slice(&body);
         self.seal(RecordType::Alert, &mut buf)?;
         self.closed = true;
+        self.alerted = true;
+        Ok(buf)
+    }
+
+    /// Seals a Ping record (empty; PROTOCOL.md §4.4): anywhere but after an Alert, before a
+    /// stream's first record and after a close record included (under the next stream's key).
+    pub fn seal_ping(&mut self) -> Result<[u8; OVERHEAD], RecordError> {
+        let mut buf = [0u8; OVERHEAD];
+        self.seal(RecordType::Ping, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Seals a Pong record (empty), the answer to a Ping; allowed where a Ping is.
+    pub fn seal_pong(&mut self) -> Result<[u8; OVERHEAD], RecordError> {
+        let mut buf = [0u8; OVERHEAD];
+        self.seal(RecordType::Pong, &mut buf)?;
         Ok(buf)
     }
 
@@ -452,7 +493,7 @@ impl Sealer {
     }
 
     fn seal(&mut self, kind: RecordType, buf: &mut [u8]) -> Result<(), RecordError> {
-        if self.closed {
+        if self.alerted || (self.closed && !kind.is_keepalive()) {
             return Err(RecordError::AfterClose);
         }
         if buf.len() < OVERHEAD || buf.len() > MAX_RECORD_LEN {
@@ -460,7 +501,7 @@ impl Sealer {
         }
         let body_len = buf.len() - HEADER_LEN;
         let hdr = header(kind, body_len);
-        let nonce = self.dir.next_nonce()?;
+        let nonce = self.dir.next_nonce(kind)?;
         let (head, rest) = buf.split_at_mut(HEADER_LEN);
         head.copy_from_slice(&hdr);
         let (plain, tag_room) = rest.split_at_mut(body_len - TAG_LEN);
@@ -487,12 +528,18 @@ pub enum Opened<'a> {
     /// The listener refused this connector, or this stream (its first record of the stream,
     /// and its last: the direction is closed after it).
     Alert(Alert),
+    /// A keepalive: answer it with one Pong, as soon as possible.
+    Ping,
+    /// The answer to a keepalive (or an unsolicited one): the peer is alive, nothing to do.
+    Pong,
 }
 
 /// The receiving half of a session.
 pub struct Opener {
     dir: DirectionState,
     closed: bool,
+    /// An Alert was opened: nothing at all may follow it, keepalives included.
+    alerted: bool,
     bytes_total: u64,
     rekeys: u64,
 }
@@ -503,6 +550,7 @@ impl Opener {
         Opener {
             dir: DirectionState::new(secret),
             closed: false,
+            alerted: false,
             bytes_total: 0,
             rekeys: 0,
         }
@@ -580,9 +628,11 @@ impl Opener {
 
     /// Opens one whole record (header included, as its header sizes it) in place.
     /// A StreamInfo record is refused here: it is only valid first, through
-    /// [`Opener::open_stream_info`].
+    /// [`Opener::open_stream_info`]. Keepalives open here wherever they are allowed: after a
+    /// close record too (under the next stream's key), never after an Alert.
     pub fn open<'a>(&mut self, record: &'a mut [u8]) -> Result<Opened<'a>, RecordError> {
-        // An Alert only as the first record of the listener's direction in a stream.
+        // An Alert only as the first record of the listener's direction in a stream
+        // (keepalives before it aside).
         let first = self.dir.stream_start;
         let (kind, plain) = self.open_record(record)?;
         match kind {
@@ -591,9 +641,13 @@ impl Opener {
                 self.bytes_total += plain.len() as u64;
                 Ok(Opened::Data(plain))
             }
-            RecordType::Close | RecordType::Rekey if !plain.is_empty() => {
+            RecordType::Close | RecordType::Rekey | RecordType::Ping | RecordType::Pong
+                if !plain.is_empty() =>
+            {
                 Err(RecordError::Malformed(kind))
             }
+            RecordType::Ping => Ok(Opened::Ping),
+            RecordType::Pong => Ok(Opened::Pong),
             RecordType::Close => {
                 self.closed = true;
                 self.dir.next_stream()?;
@@ -609,6 +663,7 @@ impl Opener {
             RecordType::Alert => {
                 let alert = Alert::decode(plain)?;
                 self.closed = true;
+                self.alerted = true;
                 Ok(Opened::Alert(alert))
             }
         }
@@ -619,18 +674,20 @@ impl Opener {
         &mut self,
         record: &'a mut [u8],
     ) -> Result<(RecordType, &'a mut [u8]), RecordError> {
-        if self.closed {
-            return Err(RecordError::AfterClose);
-        }
         let hdr: [u8; HEADER_LEN] = record
             .get(..HEADER_LEN)
             .and_then(|h| h.try_into().ok())
             .ok_or(RecordError::Buffer(record.len()))?;
         let (kind, total) = parse_header(&hdr)?;
+        // After a close record only keepalives (and the next stream's StreamInfo, which
+        // `open_stream_info` lets through); after an Alert nothing.
+        if self.alerted || (self.closed && !kind.is_keepalive()) {
+            return Err(RecordError::AfterClose);
+        }
         if total != record.len() {
             return Err(RecordError::Buffer(record.len()));
         }
-        let nonce = self.dir.next_nonce()?;
+        let nonce = self.dir.next_nonce(kind)?;
         let (plain, tag) = record[HEADER_LEN..].split_at_mut(total - HEADER_LEN - TAG_LEN);
         let tag: [u8; TAG_LEN] = (&*tag).try_into().map_err(|_| RecordError::BadRecord)?;
         self.dir
@@ -978,6 +1035,154 @@ mod tests {
             1u8, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
         ];
         assert_eq!(o.open(&mut r), Err(RecordError::KeyExhausted));
+    }
+
+    #[test]
+    fn keepalives_are_empty_sealed_records_that_count_but_carry_no_bytes() {
+        let (mut s, mut o) = pair();
+        let mut ping = s.seal_ping().unwrap();
+        assert_eq!(&ping[..HEADER_LEN], &[6, 0, 0, 16]);
+        assert_eq!(parse_header(&[6, 0, 0, 16]), Ok((RecordType::Ping, OVERHEAD)));
+        assert_eq!(parse_header(&[7, 0, 0, 16]), Ok((RecordType::Pong, OVERHEAD)));
+        assert_eq!(o.open(&mut ping), Ok(Opened::Ping));
+        let mut pong = s.seal_pong().unwrap();
+        assert_eq!(pong[0], 7);
+        assert_eq!(o.open(&mut pong), Ok(Opened::Pong));
+        // They take sequence numbers (2 so far), not bytes toward `rekey_bytes`.
+        assert_eq!((s.dir.seq, o.dir.seq), (2, 2));
+        assert_eq!((s.bytes_sealed(), s.bytes_this_key), (0, 0));
+        assert_eq!(o.bytes_opened(), 0);
+        // A keepalive with a body (sealed by hand) is malformed.
+        let mut evil = Sealer::new(s.dir.secret.clone(), 1 << 30);
+        evil.dir.seq = s.dir.seq;
+        let mut buf = vec![0u8; 1 + OVERHEAD];
+        evil.seal(RecordType::Ping, &mut buf).unwrap();
+        assert_eq!(o.open(&mut buf), Err(RecordError::Malformed(RecordType::Ping)));
+    }
+
+    #[test]
+    fn a_tampered_replayed_or_reordered_ping_fails_authentication() {
+        let (mut s, mut o) = pair();
+        let first = s.seal_ping().unwrap();
+        let second = s.seal_ping().unwrap();
+        // Reordered: the second first.
+        let mut r = second;
+        assert_eq!(o.open(&mut r), Err(RecordError::BadRecord));
+        let (mut s, mut o) = pair();
+        let mut p = s.seal_ping().unwrap();
+        let replay = p;
+        assert_eq!(o.open(&mut p), Ok(Opened::Ping));
+        // Replayed.
+        let mut r = replay;
+        assert_eq!(o.open(&mut r), Err(RecordError::BadRecord));
+        // Tampered: every bit of a fresh one.
+        let (mut s, _) = pair();
+        let good = s.seal_ping().unwrap();
+        for bit in 0..good.len() * 8 {
+            let (_, mut o) = pair();
+            let mut t = good;
+            t[bit / 8] ^= 1 << (bit % 8);
+            assert!(o.open(&mut t).is_err(), "bit {bit} flipped");
+        }
+        // A Ping turned into a Pong in its header (the header is authenticated).
+        let (_, mut o) = pair();
+        let mut t = good;
+        t[0] = RecordType::Pong as u8;
+        assert_eq!(o.open(&mut t), Err(RecordError::BadRecord));
+        // Reflected: our own Ping back to us opens under the other direction's key only.
+        let ours = Secret::from_bytes([9u8; 32]);
+        let mut theirs = Opener::new(Secret::from_bytes([8u8; 32]));
+        let mut me = Sealer::new(ours, 1 << 30);
+        let mut p = me.seal_ping().unwrap();
+        assert_eq!(theirs.open(&mut p), Err(RecordError::BadRecord));
+        let _ = first;
+    }
+
+    #[test]
+    fn keepalives_before_the_first_stream_info_and_between_streams() {
+        let (mut s, mut o) = pair();
+        // Before the session's first StreamInfo: it is still the first record of the stream.
+        let mut p = s.seal_ping().unwrap();
+        assert_eq!(o.open(&mut p), Ok(Opened::Ping));
+        let mut p = s.seal_pong().unwrap();
+        assert_eq!(o.open(&mut p), Ok(Opened::Pong));
+        let mut info = stream_info_record(&mut s, b"one").unwrap();
+        assert_eq!(o.open_stream_info(&mut info).unwrap(), b"one");
+        // Inside the stream.
+        let mut p = s.seal_ping().unwrap();
+        assert_eq!(o.open(&mut p), Ok(Opened::Ping));
+        let mut d = data_record(&mut s, b"x");
+        assert_eq!(o.open(&mut d), Ok(Opened::Data(b"x")));
+        // After the close: under the next stream's key, and the stream stays closed.
+        let mut c = close_record(&mut s);
+        assert_eq!(o.open(&mut c), Ok(Opened::Close));
+        let mut p = s.seal_ping().unwrap();
+        assert_eq!(o.open(&mut p), Ok(Opened::Ping));
+        assert!(s.is_closed() && o.is_closed());
+        let mut buf = vec![0u8; 1 + OVERHEAD];
+        assert_eq!(s.seal_data(&mut buf), Err(RecordError::AfterClose));
+        // Data after the close is still refused, keepalives or not.
+        let mut evil = Sealer::new(s.dir.secret.clone(), 1 << 30);
+        evil.dir.seq = s.dir.seq;
+        let mut d = data_record(&mut evil, b"y");
+        assert_eq!(o.open(&mut d), Err(RecordError::AfterClose));
+        // The next StreamInfo, after keepalives, is still the next stream's first record.
+        let (mut s, mut o) = pair();
+        let mut c = close_record(&mut s);
+        o.open(&mut c).unwrap();
+        for _ in 0..3 {
+            let mut p = s.seal_pong().unwrap();
+            assert_eq!(o.open(&mut p), Ok(Opened::Pong));
+        }
+        let mut info = stream_info_record(&mut s, b"two").unwrap();
+        assert_eq!(o.open_stream_info(&mut info).unwrap(), b"two");
+        assert!(!o.is_closed());
+        // The end of the transport after a close and keepalives: a clean end.
+        let (mut s, mut o) = pair();
+        let mut c = close_record(&mut s);
+        o.open(&mut c).unwrap();
+        let mut p = s.seal_ping().unwrap();
+        o.open(&mut p).unwrap();
+        assert_eq!(o.end_of_stream(), Ok(()));
+    }
+
+    #[test]
+    fn an_alert_after_keepalives_is_still_first_and_nothing_follows_it() {
+        let alert = Alert::new(AlertCode::Untrusted, b"");
+        let (mut s, mut o) = pair();
+        for _ in 0..2 {
+            let mut p = s.seal_ping().unwrap();
+            assert_eq!(o.open(&mut p), Ok(Opened::Ping));
+        }
+        let mut a = s.seal_alert(&alert).unwrap();
+        assert_eq!(o.open(&mut a), Ok(Opened::Alert(alert)));
+        // Not after an Alert: neither sealed nor opened.
+        assert_eq!(s.seal_ping(), Err(RecordError::AfterClose));
+        assert_eq!(s.seal_pong(), Err(RecordError::AfterClose));
+        let mut evil = Sealer::new(s.dir.secret.clone(), 1 << 30);
+        evil.dir.seq = s.dir.seq;
+        let mut p = evil.seal_ping().unwrap();
+        assert_eq!(o.open(&mut p), Err(RecordError::AfterClose));
+        // The same in a later stream: keepalives between streams, then the Alert first.
+        let (mut s, mut o) = pair();
+        let mut c = close_record(&mut s);
+        o.open(&mut c).unwrap();
+        let mut p = s.seal_ping().unwrap();
+        o.open(&mut p).unwrap();
+        s.begin_stream().unwrap();
+        o.begin_stream().unwrap();
+        let mut p = s.seal_pong().unwrap();
+        o.open(&mut p).unwrap();
+        let mut a = s.seal_alert(&alert).unwrap();
+        assert_eq!(o.open(&mut a), Ok(Opened::Alert(alert)));
+        // But not after a data record, keepalives or not.
+        let (mut s, _) = pair();
+        let _ = data_record(&mut s, b"x");
+        let _ = s.seal_ping().unwrap();
+        assert_eq!(
+            s.seal_alert(&alert),
+            Err(RecordError::Unexpected(RecordType::Alert))
+        );
     }
 
     mod prop {

@@ -79,6 +79,7 @@ pub(crate) async fn carry<T: Tunnel>(
         record_size: shared.record_size,
         rekey_interval: shared.rekey_interval,
         idle_timeout: shared.idle_timeout,
+        dead_peer_timeout: shared.dead_peer_timeout,
         fin_after_close: last_stream.into(),
     };
     // A reload between this stream's admission and its registration swept the table without

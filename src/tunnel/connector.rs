@@ -20,14 +20,14 @@ use crate::proto::handshake::{
     Resumption,
 };
 use crate::proto::identity::{Fingerprint, TrustList};
-use crate::proto::record::{Alert, AlertCode, RecordError};
+use crate::proto::record::{Alert, AlertCode};
 use crate::proto::stream::{canonical, StreamInfo};
 use crate::tunnel::accept::{log_refusal, os_randomness, Current};
 use crate::tunnel::carry::{carry, StreamEnd};
 use crate::tunnel::handshake::{self, Records, SessionError};
 use crate::tunnel::limits::Slot;
-use crate::tunnel::net::{connect, reset_on_close, Conn, Peer};
-use crate::tunnel::pool::{Refusal, Session, Take, SWEEP};
+use crate::tunnel::net::{connect, reset_on_close, set_user_timeout, Conn, Peer};
+use crate::tunnel::pool::{sweep_every, Refusal, Session, Take};
 use crate::tunnel::sessions::{next_id, SessionEntry};
 use crate::tunnel::settings::{
     ConnectorMode, ConnectorSettings, SharedSettings, SocketPermissions,
@@ -143,6 +143,9 @@ impl Tunnel for ConnectorTunnel {
         state: Arc<TunnelState>,
     ) {
         let started = Instant::now();
+        // However long it waits for a warm session, a client gets a session within one
+        // `handshake_timeout` or none: its own handshake has what the wait left of it.
+        let deadline = tokio::time::Instant::now() + self.settings.shared.handshake_timeout;
         let plain_tcp = match &plain {
             Conn::Tcp(t) => Some(t),
             Conn::Unix(_) => None,
@@ -209,9 +212,7 @@ impl Tunnel for ConnectorTunnel {
                 // The first session free: a refill's or one another client gave back. Without
                 // one in time, or with one a reload made unusable meanwhile, a handshake of
                 // its own.
-                pooled = match tokio::time::timeout(self.settings.shared.handshake_timeout, next)
-                    .await
-                {
+                pooled = match tokio::time::timeout_at(deadline, next).await {
                     Ok(Ok(Some(s))) if s.connect == connect && usable(&s) => Some(s),
                     _ => None,
                 };
@@ -220,7 +221,7 @@ impl Tunnel for ConnectorTunnel {
         // On the heap while it runs (as the handshake): the session is then held once, by this
         // task, for as long as the stream lasts (memory per idle connection).
         let Some((mut session, from_pool)) =
-            Box::pin(self.stream_session(pooled, &info, &state)).await
+            Box::pin(self.stream_session(pooled, &info, &state, deadline)).await
         else {
             plain.reset_on_close();
             return;
@@ -268,7 +269,10 @@ impl Tunnel for ConnectorTunnel {
         match end {
             // Both close records passed and nothing followed: back to the pool, if the session
             // may carry another client and there is room; else the session ends (TCP FIN).
-            StreamEnd::Clean(rest) if rest.is_empty() => {
+            // (What followed the listener's close record can only be keepalives: the pool
+            // opens them, and refuses the session for anything else.)
+            StreamEnd::Clean(rest) => {
+                session.leftover = rest;
                 // The listener accepted this connector: a refusal backoff ends.
                 state.pool.accepted();
                 // Otherwise (or with the pool full, or with other terms in force since a
@@ -280,12 +284,6 @@ impl Tunnel for ConnectorTunnel {
                         .pool
                         .put(session, self.settings.pool_max, Instant::now());
                 }
-            }
-            // The listener sent something after its close record: a protocol error.
-            StreamEnd::Clean(_) => {
-                tracing::warn!(tunnel = %self.name, role = %Role::Connector, fingerprint = %fp,
-                    reason = %RecordError::AfterClose, "session reset after a clean stream");
-                reset_on_close(&session.sealed);
             }
             StreamEnd::Failed => {}
         }
@@ -300,6 +298,7 @@ impl ConnectorTunnel {
         mut pooled: Option<Session>,
         info: &StreamInfo,
         state: &Arc<TunnelState>,
+        deadline: tokio::time::Instant,
     ) -> Option<(Session, bool)> {
         // A warm session first; a fresh handshake if there is none, or if the warm one fails
         // before any byte of this client went out (PROTOCOL.md §4.3: the listener cannot have
@@ -312,7 +311,7 @@ impl ConnectorTunnel {
                 }
                 // On the heap while it runs: the handshake's state is no part of the task that
                 // then carries the stream (memory per idle connection).
-                None => match Box::pin(self.establish(false, state)).await {
+                None => match Box::pin(self.establish(Some(deadline), state)).await {
                     Some((s, unsent)) => (s, unsent, false),
                     None => return None,
                 },
@@ -415,7 +414,7 @@ impl ConnectorTunnel {
             let span = tracing::error_span!("conn", session = tracing::field::Empty);
             tokio::spawn(
                 async move {
-                    let ok = match tunnel.establish(true, &state).await {
+                    let ok = match tunnel.establish(None, &state).await {
                         Some((mut s, unsent)) => {
                             // The handshake's last message goes now, so that the listener holds an
                             // established session rather than a handshake in progress.
@@ -432,11 +431,12 @@ impl ConnectorTunnel {
             );
         }
         if state.pool.start_sweeping() {
+            let self_keepalive = self.settings.shared.dead_peer_timeout;
             let weak = Arc::downgrade(&self);
             let state = state.clone();
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(SWEEP).await;
+                    tokio::time::sleep(sweep_every(self_keepalive)).await;
                     let Some(tunnel) = weak.upgrade() else {
                         // Settings replaced by a reload: the next client starts a new sweeper.
                         state.pool.stop_sweeping();
@@ -462,18 +462,21 @@ impl ConnectorTunnel {
     /// own handshake (a `refill` for the pool logs its failure at debug level only: the next
     /// client then makes its own handshake, which reports why). The session gets an id of its
     /// own, recorded on the current span. Returns the session and the handshake's last
-    /// message, not yet sent.
+    /// message, not yet sent. `client`: the deadline of the client it is for (who may have
+    /// waited for a warm session first); `None`: a refill, with a `handshake_timeout` of its
+    /// own.
     async fn establish(
         &self,
-        refill: bool,
+        client: Option<tokio::time::Instant>,
         state: &Arc<TunnelState>,
     ) -> Option<(Session, Vec<u8>)> {
+        let refill = client.is_none();
         let started = Instant::now();
         let id = next_id();
         tracing::Span::current().record("session", id);
         let peer: &(dyn std::fmt::Display + Sync) = &self.connect;
         let timeout = self.settings.shared.handshake_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = client.unwrap_or_else(|| tokio::time::Instant::now() + timeout);
         let params = match self.tofu_params().await {
             Ok(p) => p,
             Err(e) => {
@@ -561,6 +564,7 @@ impl ConnectorTunnel {
             terms: self.terms(),
             // Which of several pins matched (`fingerprint` is the key the listener proved).
             pin: (!self.fallback_pins.is_empty()).then_some(tried),
+            keepalive: self.settings.shared.dead_peer_timeout,
         };
         Some((session, unsent))
     }
@@ -577,12 +581,15 @@ impl ConnectorTunnel {
             .handshake_slot(&self.settings.shared, deadline)
             .await
             .ok_or(SessionError::Timeout(timeout))?;
-        let mut sealed = connect(&self.connect, self.settings.shared.connect_timeout)
+        let connecting = connect(&self.connect, self.settings.shared.connect_timeout);
+        let mut sealed = tokio::time::timeout_at(deadline, connecting)
             .await
+            .map_err(|_| SessionError::Timeout(timeout))?
             .map_err(|error| SessionError::Connect {
                 address: self.connect.to_string(),
                 error,
             })?;
+        set_user_timeout(&sealed, self.settings.shared.dead_peer_timeout);
         let resumption = self.settings.shared.resumption.then(|| Resumption {
             store: state.connector_tickets.clone(),
             policy: ticket_policy(&self.settings.shared),

@@ -43,6 +43,13 @@ impl Records {
         self.session = Some(table.register(entry));
     }
 
+    /// The peer was heard from now (a record opened outside the pump: between streams).
+    pub(crate) fn heard(&self) {
+        if let Some(s) = &self.session {
+            s.entry.traffic.heard();
+        }
+    }
+
     /// Its id among the live sessions (0 before [`Records::register`]).
     pub(crate) fn session_id(&self) -> u64 {
         self.session.as_ref().map_or(0, |s| s.entry.id)

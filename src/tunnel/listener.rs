@@ -29,13 +29,13 @@ use crate::tunnel::admission::{Admits, Made, Retired, Terms};
 use crate::tunnel::carry::{carry, StreamEnd};
 use crate::tunnel::handshake::{self, Records, SessionError};
 use crate::tunnel::limits::Source;
-use crate::tunnel::net::{connect_local, reset_on_close, Conn, Peer};
+use crate::tunnel::net::{connect_local, reset_on_close, set_user_timeout, Conn, Peer};
 use crate::tunnel::pump::FinAfterClose;
 use crate::tunnel::sessions::{next_id, SessionEntry};
 use crate::tunnel::settings::{ListenerSettings, ProxyProtocol, Revoke, SharedSettings};
 use crate::tunnel::signing::{self, NotSigned};
 use crate::tunnel::state::{count_resumption, ticket_policy, OpenConn, TunnelState};
-use crate::tunnel::stream_info::{read_stream_info, StreamError};
+use crate::tunnel::stream_info::{read_stream_info, StreamError, Waiting};
 use crate::tunnel::Tunnel;
 
 /// Everything a listener tunnel needs; replaced as a whole on reload.
@@ -327,6 +327,7 @@ impl Tunnel for ListenerTunnel {
         let Conn::Tcp(mut sealed) = sealed else {
             return;
         };
+        set_user_timeout(&sealed, self.settings.shared.dead_peer_timeout);
         let started = Instant::now();
         let id = next_id();
         tracing::Span::current().record("session", id);
@@ -386,9 +387,16 @@ impl Tunnel for ListenerTunnel {
             stream += 1;
             let bound = session_idle(&terms.tunnel.settings.shared);
             let read = {
+                let (mut sealed_r, mut sealed_w) = sealed.split();
+                let waiting = Waiting {
+                    reply: &mut sealed_w,
+                    opener: &mut records.opener,
+                    sealer: &mut records.sealer,
+                    dead_peer_timeout: terms.tunnel.settings.shared.dead_peer_timeout,
+                };
                 let next = read_stream_info(
-                    &mut sealed,
-                    &mut records.opener,
+                    &mut sealed_r,
+                    waiting,
                     std::mem::take(&mut leftover),
                     tokio::time::Instant::now() + bound,
                     bound,
@@ -427,6 +435,13 @@ impl Tunnel for ListenerTunnel {
                         fingerprint = %fp, streams = stream - 1, "session ended by the connector");
                     return;
                 }
+                Ok(Some(Err(StreamError::PeerSilent(d)))) => {
+                    tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer,
+                        fingerprint = %fp, streams = stream - 1, reason = %StreamError::PeerSilent(d),
+                        "session between streams reset: peer silent for {d:?}");
+                    reset_on_close(&sealed);
+                    return;
+                }
                 Ok(Some(Err(StreamError::Timeout(d)))) => {
                     tracing::debug!(tunnel = %self.name, role = %Role::Listener, %peer,
                         fingerprint = %fp, streams = stream - 1,
@@ -460,6 +475,7 @@ impl Tunnel for ListenerTunnel {
                     return;
                 }
             };
+            records.heard();
             // The listener's direction carries the new stream too (closed at the last one's end).
             if let Err(e) = records.sealer.begin_stream() {
                 tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,

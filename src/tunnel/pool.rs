@@ -17,10 +17,15 @@
 //! A session is never handed out when it is past [`POOL_IDLE`] in the pool (the listener closes
 //! idle sessions after [`crate::tunnel::listener::SESSION_IDLE`], well after), past its stream or
 //! age bound, made for another `connect` address or under other terms than those in force
-//! (`tunnel::terms`), of a key the current settings no longer pin (with TOFU: no longer
-//! the one `known_peers` records), or dead: a pooled socket
-//! must have nothing to read (the listener sends nothing between streams), so an end of stream,
-//! a reset or any byte means the session is discarded.
+//! (`tunnel::terms`), of a key the current settings no longer pin (with TOFU: no longer the
+//! one `known_peers` records), or dead. Pooled sessions have no task (memory per idle
+//! connection): the sweep, and `take` before it hands one out, read what each socket has without
+//! blocking. Between streams the listener sends nothing but keepalives (PROTOCOL.md §4.4): a
+//! Ping is answered with a Pong at once, a Pong is "heard"; anything else (another record, an
+//! end of stream, a reset) discards the session — except the listener's refusal of a refill's
+//! session, below. The sweep sends a Ping to a session not heard from for half the
+//! `dead_peer_timeout` and discards one not heard from for all of it; `take` hands out only a
+//! session heard from within half of it (plus one sweep interval, [`sweep_every`]).
 //!
 //! Until the listener has accepted a stream of this connector (at start, after a reload, after
 //! a refusal), the pool is *unproven*: at most one refill runs at a time, and clients beyond it
@@ -45,7 +50,6 @@
 //! stepping it; the connector passes the time of the call.
 
 use std::collections::VecDeque;
-use std::mem::MaybeUninit;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -56,13 +60,23 @@ use crate::proto::identity::Fingerprint;
 use crate::proto::record::{
     parse_header, Alert, AlertCode, Opened, RecordType, HEADER_LEN, MAX_ALERT_DETAIL, OVERHEAD,
 };
+use crate::proto::{Liveness, LivenessAction};
 use crate::tunnel::handshake::Records;
 
 /// Longest a session waits in the pool; then it is closed (before the listener's bound).
 pub(crate) const POOL_IDLE: Duration = Duration::from_secs(60);
 /// How often the pool is swept (expired and dead sessions closed, the target adapted, refills
-/// started).
+/// started), at most; more often with a short `dead_peer_timeout` ([`sweep_every`]).
 pub(crate) const SWEEP: Duration = Duration::from_secs(5);
+
+/// How often the pool is swept with this `dead_peer_timeout`: every [`SWEEP`], or a quarter of
+/// the timeout if that is shorter, so that a Ping from the listener is answered well within
+/// the half timeout it waits (PROTOCOL.md §4.4).
+pub(crate) fn sweep_every(dead_peer_timeout: Option<Duration>) -> Duration {
+    dead_peer_timeout
+        .map_or(SWEEP, |t| (t / 4).min(SWEEP))
+        .max(Duration::from_millis(10))
+}
 /// After a failed refill, no other refill starts for this long (a listener that is down is not
 /// hammered; clients still try their own handshake).
 pub(crate) const REFILL_BACKOFF: Duration = Duration::from_secs(10);
@@ -117,19 +131,22 @@ pub(crate) struct Refusal {
 /// The largest Alert record: header, code, length, detail, tag.
 const MAX_ALERT_RECORD: usize = OVERHEAD + 2 + MAX_ALERT_DETAIL;
 
-/// The listener's refusal waiting on `session` (one that is no longer [`alive`]): its first
-/// record, an Alert of code 1 or 2, read without blocking and authenticated. `None` for
-/// anything else (an end of stream, a reset, other bytes).
+/// The listener's refusal waiting on `session`, whose next record (begun in `leftover`) is not
+/// a keepalive: an Alert of code 1 or 2 as the session's first record, read without blocking
+/// and authenticated. `None` for anything else (the session is discarded).
 fn refusal_of(session: &mut Session) -> Option<Refusal> {
     use std::io::Read;
     if session.streams > 0 {
         return None;
     }
     let mut buf = [0u8; MAX_ALERT_RECORD];
+    let have = session.leftover.len();
+    buf.get_mut(..have)?.copy_from_slice(&session.leftover);
     // The session is discarded: what is read is the listener's last word.
-    let n = (&*socket2::SockRef::from(&session.sealed))
-        .read(&mut buf)
-        .ok()?;
+    let n = have
+        + (&*socket2::SockRef::from(&session.sealed))
+            .read(&mut buf[have..])
+            .unwrap_or(0);
     let header: [u8; HEADER_LEN] = buf.get(..HEADER_LEN)?.try_into().ok()?;
     let (kind, total) = parse_header(&header).ok()?;
     if kind != RecordType::Alert || total > n {
@@ -172,6 +189,8 @@ pub(crate) struct Session {
     pub(crate) terms: crate::tunnel::terms::Terms,
     /// With several `peer` pins, which one the listener's key matched (1-based).
     pub(crate) pin: Option<usize>,
+    /// The `dead_peer_timeout` it was made under (PROTOCOL.md §4.4); `None`: no keepalive.
+    pub(crate) keepalive: Option<Duration>,
 }
 
 impl Session {
@@ -193,13 +212,122 @@ impl Session {
 struct Idle {
     session: Session,
     since: Instant,
+    /// When the listener was last heard from, and whether a Ping is out (no keepalive: `None`).
+    live: Option<Liveness>,
 }
 
 impl Idle {
+    /// `session` put in at `now`; its listener last heard from when its record layer says.
+    fn new(session: Session, now: Instant) -> Self {
+        let heard = session.records.session.as_ref().map_or(now, |g| {
+            now.checked_sub(g.entry.traffic.last_heard(Instant::now()))
+                .unwrap_or(now)
+        });
+        let live = session.keepalive.map(|t| Liveness::new(t, heard));
+        Idle {
+            session,
+            since: now,
+            live,
+        }
+    }
+
     /// Whether it has waited less than [`POOL_IDLE`] at `now`.
     fn fresh(&self, now: Instant) -> bool {
         now.saturating_duration_since(self.since) < POOL_IDLE
     }
+
+    /// Whether it may go to a client at `now`: heard from within half the `dead_peer_timeout`
+    /// and one sweep interval (PROTOCOL.md §4.4).
+    fn heard_lately(&self, now: Instant) -> bool {
+        self.live.as_ref().is_none_or(|l| {
+            let t = self.session.keepalive.unwrap_or(Duration::ZERO);
+            l.heard_within(t / 2 + sweep_every(Some(t)), now)
+        })
+    }
+
+    /// Reads what the socket has without blocking and applies the liveness rule at `now`:
+    /// Pings answered, Pongs heard, a Ping sent when one is due. False if the session is dead
+    /// or broken: an end of stream, an error, a record other than a keepalive, a keepalive
+    /// that does not open, a Pong that cannot be written whole, a peer silent for the whole
+    /// `dead_peer_timeout`. A record other than a keepalive may be the listener's refusal
+    /// ([`refusal_of`]).
+    fn service(&mut self, now: Instant) -> Serviced {
+        if self.serve(now) {
+            return Serviced::Live;
+        }
+        match refusal_of(&mut self.session) {
+            Some(r) => Serviced::Refused(Box::new(r)),
+            None => Serviced::Dead,
+        }
+    }
+
+    /// [`Idle::service`] without the refusal: true while the session lives.
+    fn serve(&mut self, now: Instant) -> bool {
+        let s = &mut self.session;
+        // `leftover` holds at most one partial keepalive between calls (or what followed the
+        // listener's close record, at `put`).
+        loop {
+            if s.leftover.len() < OVERHEAD {
+                let mut chunk = [0u8; OVERHEAD];
+                let want = OVERHEAD - s.leftover.len();
+                match s.sealed.try_read(&mut chunk[..want]) {
+                    Ok(0) => return false,
+                    Ok(n) => s.leftover.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return false,
+                }
+            }
+            let Some(header) = s.leftover.first_chunk::<HEADER_LEN>() else {
+                break;
+            };
+            match parse_header(header) {
+                Ok((kind, OVERHEAD)) if kind.is_keepalive() => {}
+                _ => return false,
+            }
+            let Some(record) = s.leftover.first_chunk_mut::<OVERHEAD>() else {
+                break;
+            };
+            match s.records.opener.open(record) {
+                Ok(Opened::Ping) => {
+                    let Ok(pong) = s.records.sealer.seal_pong() else {
+                        return false;
+                    };
+                    if !matches!(s.sealed.try_write(&pong), Ok(OVERHEAD)) {
+                        return false;
+                    }
+                }
+                Ok(Opened::Pong) => {}
+                _ => return false,
+            }
+            s.leftover.drain(..OVERHEAD);
+            s.records.heard();
+            if let Some(l) = self.live.as_mut() {
+                l.heard(now);
+            }
+        }
+        if s.leftover.is_empty() {
+            // No buffer held while idle.
+            s.leftover = Vec::new();
+        }
+        match self.live.as_mut().map(|l| l.poll(now)) {
+            None | Some(LivenessAction::None) => true,
+            Some(LivenessAction::SendPing) => match s.records.sealer.seal_ping() {
+                Ok(ping) => matches!(s.sealed.try_write(&ping), Ok(OVERHEAD)),
+                Err(_) => false,
+            },
+            Some(LivenessAction::Dead(_)) => false,
+        }
+    }
+}
+
+/// What [`Idle::service`] found.
+enum Serviced {
+    /// Alive (keepalives answered, a Ping sent if due).
+    Live,
+    /// Dead or broken: discard it.
+    Dead,
+    /// The listener refused it (discard it, and the pool is refused).
+    Refused(Box<Refusal>),
 }
 
 #[derive(Default)]
@@ -237,6 +365,8 @@ struct Inner {
     refused_until: Option<Instant>,
     /// A refusal read from a pooled session by a sweep, for the next client.
     pending: Option<Refusal>,
+    /// When the sweep last adapted the target.
+    adapted: Option<Instant>,
 }
 
 impl Inner {
@@ -266,16 +396,6 @@ pub(crate) struct Pool {
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool").field("idle", &self.len()).finish()
-    }
-}
-
-/// True if `sealed` has nothing to read and no error: still open, with nothing unexpected sent.
-fn alive(sealed: &TcpStream) -> bool {
-    let mut probe = [MaybeUninit::<u8>::uninit(); 1];
-    match socket2::SockRef::from(sealed).peek(&mut probe) {
-        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
-        // An end of stream (listener gone), or a byte the listener must not send between streams.
-        Ok(_) => false,
     }
 }
 
@@ -313,13 +433,14 @@ impl Pool {
             };
             let s = &idle.session;
             if idle.fresh(now) && s.connect == connect && usable(s) {
-                if alive(&s.sealed) {
-                    break Ok(Some(idle.session));
-                }
-                if let Some(r) = refusal_of(&mut idle.session) {
-                    closed.push(idle.session);
-                    Self::refuse(&mut inner, now);
-                    break Err(Box::new(r));
+                match idle.service(now) {
+                    Serviced::Live if idle.heard_lately(now) => break Ok(Some(idle.session)),
+                    Serviced::Live | Serviced::Dead => {}
+                    Serviced::Refused(r) => {
+                        closed.push(idle.session);
+                        Self::refuse(&mut inner, now);
+                        break Err(r);
+                    }
                 }
             }
             closed.push(idle.session);
@@ -366,9 +487,26 @@ impl Pool {
     /// Puts `session` back (or in for the first time) at `now`: to the oldest waiting client if
     /// there is one, else among the idle; false (and the session closed) when the pool already
     /// holds `max`.
-    pub(crate) fn put(&self, mut session: Session, max: usize, now: Instant) -> bool {
+    /// `session.leftover` may hold keepalives the listener sent after its close record: they
+    /// are opened (and a Ping answered) first, and anything else refuses the session.
+    pub(crate) fn put(&self, session: Session, max: usize, now: Instant) -> bool {
+        let mut idle = Idle::new(session, now);
+        match idle.service(now) {
+            Serviced::Live => {}
+            Serviced::Dead => return false,
+            Serviced::Refused(r) => {
+                // A refill's session the listener refused before it was put in: as when a
+                // sweep finds it, the next client is told.
+                let mut inner = self.lock();
+                Self::refuse(&mut inner, now);
+                inner.pending = Some(*r);
+                Self::empty(inner);
+                return false;
+            }
+        }
+        let mut session = idle.session;
         let mut inner = self.lock();
-        if inner.closed || !session.leftover.is_empty() || inner.refusing(now) {
+        if inner.closed || inner.refusing(now) {
             return false;
         }
         while let Some(w) = inner.waiters.pop_front() {
@@ -382,10 +520,7 @@ impl Pool {
         if inner.idle.len() >= max {
             return false;
         }
-        inner.idle.push_back(Idle {
-            session,
-            since: now,
-        });
+        inner.idle.push_back(Idle::new(session, now));
         true
     }
 
@@ -539,10 +674,15 @@ impl Pool {
         let mut refusal = None;
         let mut keep = VecDeque::new();
         for mut i in std::mem::take(&mut inner.idle) {
-            if i.fresh(now) && alive(&i.session.sealed) {
-                keep.push_back(i);
-            } else if refusal.is_none() {
-                refusal = refusal_of(&mut i.session);
+            if !i.fresh(now) {
+                continue;
+            }
+            match i.service(now) {
+                Serviced::Live => keep.push_back(i),
+                Serviced::Dead => {}
+                Serviced::Refused(r) => {
+                    refusal.get_or_insert(*r);
+                }
             }
         }
         inner.idle = keep;
@@ -555,10 +695,17 @@ impl Pool {
             Self::release(idle, waiters);
             return (true, refusal);
         }
-        if !inner.missed_recently && inner.target > min {
-            inner.target -= 1;
+        // The target adapts once per [`SWEEP`], however often the sweep runs.
+        if inner
+            .adapted
+            .is_none_or(|t| now.saturating_duration_since(t) >= SWEEP)
+        {
+            inner.adapted = Some(now);
+            if !inner.missed_recently && inner.target > min {
+                inner.target -= 1;
+            }
+            inner.missed_recently = false;
         }
-        inner.missed_recently = false;
         let warm = inner.warm(now);
         let busy = !inner.idle.is_empty() || inner.refilling > 0 || warm;
         if !busy {
@@ -577,7 +724,7 @@ impl Pool {
 mod tests {
     use super::*;
     use crate::proto::key_schedule::Secret;
-    use crate::proto::record::{Opener, Sealer};
+    use crate::proto::record::{Opener, RecordType, Sealer};
 
     /// A session over a real (idle) loopback connection.
     async fn session(l: &tokio::net::TcpListener) -> (Session, TcpStream) {
@@ -599,6 +746,7 @@ mod tests {
             connect: "here".into(),
             terms: Default::default(),
             pin: None,
+            keepalive: None,
         };
         (session, far)
     }
@@ -693,6 +841,139 @@ mod tests {
     /// [`wait_at`] now.
     fn wait(pool: &Pool) -> oneshot::Receiver<Option<Session>> {
         wait_at(pool, Instant::now())
+    }
+
+    /// The far end of a pooled session plays the listener: its records sealed under the test
+    /// key, and the pool's opened with it.
+    fn listener_side() -> (Sealer, Opener) {
+        let key = Secret::from_bytes([3; 32]);
+        (Sealer::new(key.clone(), 1 << 30), Opener::new(key))
+    }
+
+    /// Reads one record the pool wrote to `far`, and opens it.
+    async fn read_keepalive(far: &mut TcpStream, opener: &mut Opener) -> RecordType {
+        use tokio::io::AsyncReadExt;
+        let mut rec = [0u8; OVERHEAD];
+        far.read_exact(&mut rec).await.unwrap();
+        match opener.open(&mut rec) {
+            Ok(Opened::Ping) => RecordType::Ping,
+            Ok(Opened::Pong) => RecordType::Pong,
+            other => panic!("not a keepalive: {other:?}"),
+        }
+    }
+
+    /// Lets bytes written on loopback arrive.
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    #[tokio::test]
+    async fn a_pooled_session_answers_pings_and_is_discarded_for_anything_else() {
+        use tokio::io::AsyncWriteExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::default();
+        let t0 = Instant::now();
+        let t = Duration::from_secs(20);
+        let (mut s, mut far) = session(&l).await;
+        s.keepalive = Some(t);
+        assert!(pool.put(s, 4, t0));
+        let (mut lsealer, mut lopener) = listener_side();
+        // A Ping, in two pieces across two sweeps: answered with one Pong, and the session
+        // kept.
+        let ping = lsealer.seal_ping().unwrap();
+        far.write_all(&ping[..7]).await.unwrap();
+        settle().await;
+        assert!(pool.sweep(0, t0 + Duration::from_secs(1)));
+        assert_eq!(pool.len(), 1, "a partial record waits for the rest");
+        far.write_all(&ping[7..]).await.unwrap();
+        settle().await;
+        pool.sweep(0, t0 + Duration::from_secs(2));
+        assert_eq!(pool.len(), 1);
+        assert_eq!(
+            read_keepalive(&mut far, &mut lopener).await,
+            RecordType::Pong
+        );
+        // An unsolicited Pong: heard, nothing sent.
+        far.write_all(&lsealer.seal_pong().unwrap()).await.unwrap();
+        settle().await;
+        pool.sweep(0, t0 + Duration::from_secs(3));
+        assert_eq!(pool.len(), 1);
+        // Anything else (here a data record): the session is discarded.
+        let mut d = vec![0u8; 1 + OVERHEAD];
+        lsealer.seal_data(&mut d).unwrap();
+        far.write_all(&d).await.unwrap();
+        settle().await;
+        pool.sweep(0, t0 + Duration::from_secs(4));
+        assert_eq!(
+            pool.len(),
+            0,
+            "a data record between streams kills the session"
+        );
+        // A forged Ping (it does not authenticate): discarded too.
+        let (mut s, mut far) = session(&l).await;
+        s.keepalive = Some(t);
+        assert!(pool.put(s, 4, t0));
+        let mut forged = Sealer::new(Secret::from_bytes([4; 32]), 1 << 30)
+            .seal_ping()
+            .unwrap();
+        forged[0] = RecordType::Ping as u8;
+        far.write_all(&forged).await.unwrap();
+        settle().await;
+        pool.sweep(0, t0 + Duration::from_secs(1));
+        assert_eq!(pool.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_silent_pooled_session_is_pinged_then_discarded_and_not_handed_out_meanwhile() {
+        use tokio::io::AsyncWriteExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::default();
+        let t0 = Instant::now();
+        let t = Duration::from_secs(20);
+        let slack = sweep_every(Some(t));
+        assert_eq!(slack, SWEEP);
+        assert_eq!(
+            sweep_every(Some(Duration::from_secs(2))),
+            Duration::from_millis(500)
+        );
+        let (_, mut lopener) = listener_side();
+        let (mut s, mut far) = session(&l).await;
+        s.keepalive = Some(t);
+        assert!(pool.put(s, 4, t0));
+        // Nothing until half the timeout; then one Ping.
+        pool.sweep(0, t0 + Duration::from_secs(9));
+        pool.sweep(0, t0 + Duration::from_secs(10));
+        pool.sweep(0, t0 + Duration::from_secs(12));
+        assert_eq!(
+            read_keepalive(&mut far, &mut lopener).await,
+            RecordType::Ping
+        );
+        settle().await;
+        // Heard neither within half the timeout nor a sweep more: not handed out (closed).
+        let late = t0 + t / 2 + slack + Duration::from_millis(1);
+        assert!(pool.take("here", |_| true, late).is_none());
+        assert_eq!(pool.len(), 0);
+        // Another: its Pong comes, and it serves; one silent for the whole timeout is closed by
+        // the sweep.
+        let (mut lsealer, mut lopener) = listener_side();
+        let (mut s, mut far) = session(&l).await;
+        s.keepalive = Some(t);
+        assert!(pool.put(s, 4, t0));
+        pool.sweep(0, t0 + Duration::from_secs(10));
+        assert_eq!(
+            read_keepalive(&mut far, &mut lopener).await,
+            RecordType::Ping
+        );
+        far.write_all(&lsealer.seal_pong().unwrap()).await.unwrap();
+        settle().await;
+        assert!(pool.take("here", |_| true, late).is_some(), "heard again");
+        let (mut s, _far) = session(&l).await;
+        s.keepalive = Some(t);
+        assert!(pool.put(s, 4, t0));
+        pool.sweep(0, t0 + Duration::from_secs(10));
+        assert_eq!(pool.len(), 1);
+        pool.sweep(0, t0 + t);
+        assert_eq!(pool.len(), 0, "silent for dead_peer_timeout: discarded");
     }
 
     #[tokio::test]
@@ -872,10 +1153,7 @@ mod tests {
             wait_at(&pool, t0)
         };
         let (s, _far2) = session(&l).await;
-        pool.lock().idle.push_back(Idle {
-            session: s,
-            since: t0,
-        });
+        pool.lock().idle.push_back(Idle::new(s, t0));
         // The refusal: idle sessions closed, the waiting client sent to its own handshake.
         assert_eq!(pool.refused(t0), REFUSAL_BACKOFF_FIRST);
         assert_eq!(

@@ -16,6 +16,7 @@ mod faults;
 mod feature_combinations;
 mod handshake;
 mod layers;
+mod liveness;
 mod load;
 mod manual;
 mod metrics;

@@ -73,7 +73,7 @@ fn open_stream(o: &mut Opener, mut stream: &[u8]) -> Result<Vec<u8>, RecordError
         stream = &stream[len..];
         match o.open(&mut rec)? {
             Opened::Data(d) => data.extend_from_slice(d),
-            Opened::Close | Opened::Rekey => {}
+            Opened::Close | Opened::Rekey | Opened::Ping | Opened::Pong => {}
             Opened::Alert(a) => return Err(RecordError::Refused(a)),
         }
     }
@@ -371,7 +371,7 @@ fn listener_reads(o: &mut Opener, mut wire: &[u8]) -> Delivered {
         match o.open(&mut rec) {
             Ok(Opened::Data(d)) => out.streams.last_mut().unwrap().1.extend_from_slice(d),
             Ok(Opened::Close) => at_start = true,
-            Ok(Opened::Rekey) => {}
+            Ok(Opened::Rekey | Opened::Ping | Opened::Pong) => {}
             Ok(Opened::Alert(a)) => return fail(out, RecordError::Refused(a)),
             Err(e) => return fail(out, e),
         }
@@ -412,7 +412,7 @@ fn connector_reads(o: &mut Opener, mut wire: &[u8], mut begin_after: usize) -> D
                 o.begin_stream().unwrap();
                 out.streams.push((Vec::new(), Vec::new()));
             }
-            Ok(Opened::Close | Opened::Rekey) => {}
+            Ok(Opened::Close | Opened::Rekey | Opened::Ping | Opened::Pong) => {}
             Ok(Opened::Alert(a)) => {
                 out.error = Some(RecordError::Refused(a));
                 return out;

@@ -215,6 +215,10 @@ fn boundary_computed() -> Vec<(&'static str, String)> {
     let mut r = record(b"pong");
     l.seal_data(&mut r).unwrap();
     out.push(("s2_l_data_pong", hex(&r)));
+    // Keepalives (PROTOCOL.md §4.4): the listener's Ping (seq 1 under s2_l_key), the
+    // connector's Pong (seq 1 under s2_c_key).
+    out.push(("s2_l_ping", hex(&l.seal_ping().unwrap())));
+    out.push(("s2_c_pong", hex(&c.seal_pong().unwrap())));
     out
 }
 
@@ -260,6 +264,8 @@ const BOUNDARY_VECTORS: &[(&str, &str)] = &[
         "s2_l_data_pong",
         "01000014015a037f0879f7fd6240ec5c81485912b436c31a",
     ),
+    ("s2_l_ping", "060000101f18f43481235277da03cc1c377cc5e6"),
+    ("s2_c_pong", "070000100d7708c3cf38d5c7cd07c8475477373f"),
 ];
 
 #[test]
@@ -305,6 +311,8 @@ fn stream_boundary_vectors_are_fixed_and_in_protocol_md() {
         co.open(&mut bytes("s2_l_data_pong")),
         Ok(Opened::Data(&b"pong"[..]))
     );
+    assert_eq!(co.open(&mut bytes("s2_l_ping")), Ok(Opened::Ping));
+    assert_eq!(lo.open(&mut bytes("s2_c_pong")), Ok(Opened::Pong));
     // PROTOCOL.md §4.3 lists the same values.
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/PROTOCOL.md")).unwrap();
     let section = doc
