@@ -883,7 +883,7 @@ mod tests {
         let ping = lsealer.seal_ping().unwrap();
         far.write_all(&ping[..7]).await.unwrap();
         settle().await;
-        assert!(pool.sweep(0, t0 + Duration::from_secs(1)));
+        assert!(pool.sweep(0, t0 + Duration::from_secs(1)).0);
         assert_eq!(pool.len(), 1, "a partial record waits for the rest");
         far.write_all(&ping[7..]).await.unwrap();
         settle().await;
@@ -951,7 +951,7 @@ mod tests {
         settle().await;
         // Heard neither within half the timeout nor a sweep more: not handed out (closed).
         let late = t0 + t / 2 + slack + Duration::from_millis(1);
-        assert!(pool.take("here", |_| true, late).is_none());
+        assert!(pool.take("here", |_| true, late).unwrap().is_none());
         assert_eq!(pool.len(), 0);
         // Another: its Pong comes, and it serves; one silent for the whole timeout is closed by
         // the sweep.
@@ -966,7 +966,10 @@ mod tests {
         );
         far.write_all(&lsealer.seal_pong().unwrap()).await.unwrap();
         settle().await;
-        assert!(pool.take("here", |_| true, late).is_some(), "heard again");
+        assert!(
+            pool.take("here", |_| true, late).unwrap().is_some(),
+            "heard again"
+        );
         let (mut s, _far) = session(&l).await;
         s.keepalive = Some(t);
         assert!(pool.put(s, 4, t0));
