@@ -239,7 +239,17 @@ impl ListenerTunnel {
             return Err(SessionError::Overloaded);
         };
         // A listener's last handshake message is never pending at the end (it reads last).
-        match handshake::handshake(sealed, hs, &[], deadline, timeout).await? {
+        // Its work — for a full handshake, the ConnectorAuth's RSA verification, made only for
+        // a key in the trust list or with `accept_unknown` (PROTOCOL.md §2) — is charged to the
+        // time budget of the answers (`signature_cpu`), whatever the outcome: each verification
+        // follows one answer made under that budget, so answers and verifications together
+        // stay within it.
+        let mut work = Duration::ZERO;
+        let result = handshake::handshake(sealed, hs, &[], deadline, timeout, &mut work).await;
+        state
+            .signing
+            .charge(work, self.settings.signature_cpu, Instant::now());
+        match result? {
             (est, leftover, unsent) if unsent.is_empty() => Ok((est, leftover)),
             _ => Err(SessionError::Handshake(HandshakeError::State)),
         }
@@ -618,6 +628,14 @@ async fn refuse_stream(
     code: Option<(AlertCode, &[u8])>,
     timeout: Duration,
 ) {
+    // A resumed handshake never ends in an Alert (PROTOCOL.md §4.2): a resumed session whose
+    // first stream a reload refuses (key or service taken away) gets a reset, as its connector
+    // would refuse codes 1 and 2 there.
+    let handshake_refusal =
+        |c: &AlertCode| matches!(c, AlertCode::Untrusted | AlertCode::ServiceMismatch);
+    let code = code.filter(|(c, _)| {
+        !(records.resumed && records.sealer.streams() == 0 && handshake_refusal(c))
+    });
     let record =
         code.and_then(|(code, detail)| records.sealer.seal_alert(&Alert::new(code, detail)).ok());
     match record {
