@@ -90,6 +90,10 @@ pub enum SessionError {
     /// not answered.
     #[error("source over its full-handshake rate (source_handshake_rate), hello not answered")]
     SourceLimited,
+    /// Listener: a connection without a valid hello yet, closed to make room for a newer one
+    /// (at `max_connections`, or past its source's share: `tunnel::pre_auth`).
+    #[error("closed without a valid hello to make room for a newer connection (the oldest such goes first)")]
+    Evicted,
     /// Listener: a hello that found no place in the signing queue (or was pushed out of it by
     /// hellos of less busy sources); not answered.
     #[error("too many hellos waiting for a signature, hello not answered")]
@@ -108,6 +112,7 @@ impl SessionError {
             SessionError::Replay => "replay",
             SessionError::SourceLimited => "source_limit",
             SessionError::Overloaded => "overloaded",
+            SessionError::Evicted => "evicted",
         }
     }
 }

@@ -30,6 +30,7 @@ use crate::tunnel::carry::{carry, StreamEnd};
 use crate::tunnel::handshake::{self, Records, SessionError};
 use crate::tunnel::limits::Source;
 use crate::tunnel::net::{connect_local, reset_on_close, Conn, Peer};
+use crate::tunnel::pre_auth::PRE_AUTH_PER_SOURCE;
 use crate::tunnel::pump::FinAfterClose;
 use crate::tunnel::sessions::{next_id, SessionEntry};
 use crate::tunnel::settings::{ListenerSettings, ProxyProtocol, Revoke, SharedSettings};
@@ -76,6 +77,10 @@ impl ListenerTunnel {
         // Before any work, and holding no handshake slot: the fixed-size hello (ConnectorHello,
         // or ResumeHello, as its header says) and its mac1. A scanner, a slow sender or a peer
         // without our fingerprint costs a socket and at most 1,317 bytes (the largest first message).
+        // Until its hello passes mac1, the connection is one of the source's few places and the
+        // first to go when the tunnel is full (`tunnel::pre_auth`).
+        let source = peer.ip().map(Source::of);
+        let pre_auth = state.pre_auth.enter(source, PRE_AUTH_PER_SOURCE);
         let mut buf = [0u8; MAX_FIRST_MESSAGE_LEN];
         let read_hello = async {
             sealed.read_exact(&mut buf[..MSG_HEADER_LEN]).await?;
@@ -88,7 +93,17 @@ impl ListenerTunnel {
             sealed.read_exact(&mut buf[MSG_HEADER_LEN..len]).await?;
             Ok::<_, std::io::Error>(Ok(len))
         };
-        let len = match tokio::time::timeout_at(deadline, read_hello).await {
+        let read_hello = async {
+            tokio::select! {
+                biased;
+                () = pre_auth.evicted().cancelled() => None,
+                r = tokio::time::timeout_at(deadline, read_hello) => Some(r),
+            }
+        };
+        let Some(read) = read_hello.await else {
+            return refused(SessionError::Evicted);
+        };
+        let len = match read {
             Ok(Ok(Ok(len))) => len,
             Ok(Ok(Err(e))) => {
                 state.counters.mac1_rejected.fetch_add(1, Ordering::Relaxed);
@@ -128,6 +143,8 @@ impl ListenerTunnel {
                 return refused(e.into());
             }
         };
+        // A valid hello: no longer evictable, nor counted against its source's cap.
+        drop(pre_auth);
         let (est, leftover) = match self.admit(sealed, peer, hello, state, deadline).await {
             Ok(x) => x,
             Err(e) => {

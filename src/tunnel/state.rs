@@ -137,6 +137,9 @@ pub struct TunnelState {
     pub(crate) rate_log: LogLimiter,
     pub(crate) mac1_log: LogLimiter,
     pub(crate) overload_log: LogLimiter,
+    /// Listener: its connections without a valid hello yet (per-source cap, eviction of the
+    /// oldest at `max_connections`).
+    pub(crate) pre_auth: Arc<crate::tunnel::pre_auth::PreAuth>,
 }
 
 impl TunnelState {
@@ -210,6 +213,7 @@ impl Default for TunnelState {
             rate_log: LogLimiter::new(Duration::from_secs(10)),
             mac1_log: LogLimiter::new(Duration::from_secs(10)),
             overload_log: LogLimiter::new(Duration::from_secs(10)),
+            pre_auth: Arc::default(),
         }
     }
 }
