@@ -654,6 +654,30 @@ impl ConnectorTickets {
 mod tests {
     use super::*;
 
+    /// `resumption_uses` bounds a chain's depth, not its sessions (PROTOCOL.md §9, "Depth"):
+    /// each session files two successors, so a chain of depth `n` yields up to `2^(n+1) − 2`
+    /// resumed sessions. If this changes, the documents that state it must change too.
+    #[test]
+    fn a_chain_yields_at_most_two_to_the_depth_plus_one_minus_two_sessions() {
+        // The resumed sessions that one filed ticket of `chain` may yield, itself included.
+        fn yields(chain: Option<Chain>, policy: TicketPolicy) -> u64 {
+            match chain {
+                None => 0,
+                Some(c) => 1 + u64::from(SUCCESSORS) * yields(c.next(policy), policy),
+            }
+        }
+        let now = Instant::now();
+        for uses in 1..=10u32 {
+            let policy = TicketPolicy {
+                uses,
+                ..TicketPolicy::default()
+            };
+            // A full handshake files two tickets of a new chain.
+            let total = u64::from(SUCCESSORS) * yields(Some(Chain::new(policy, now)), policy);
+            assert_eq!(total, (1u64 << (uses + 1)) - 2, "resumption_uses = {uses}");
+        }
+    }
+
     #[test]
     fn ids_and_binders_depend_on_the_secret() {
         let a = Secret::from_bytes([1; 32]);
