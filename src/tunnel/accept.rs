@@ -141,11 +141,12 @@ pub(crate) async fn serve<T: Tunnel>(
             continue;
         }
         // At `max_connections`, a listener closes its oldest connection that has not sent a
-        // valid hello yet (`tunnel::pre_auth`) and this one takes the slot it gives back.
+        // valid hello yet, or else its oldest session that has not carried a stream yet
+        // (`tunnel::pre_auth`), and this one takes the slot it gives back.
         let max = shared.max_connections;
         let conn_slot = match state.connections.try_acquire(max) {
             Some(slot) => Some(slot),
-            None if state.pre_auth.evict_oldest() => None,
+            None if state.pre_auth.evict_oldest() || state.silent.evict_oldest() => None,
             None => {
                 over_limit(&state, tunnel.as_ref(), &stream);
                 continue;

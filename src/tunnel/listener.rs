@@ -30,7 +30,7 @@ use crate::tunnel::carry::{carry, StreamEnd};
 use crate::tunnel::handshake::{self, Records, SessionError};
 use crate::tunnel::limits::Source;
 use crate::tunnel::net::{connect_local, reset_on_close, Conn, Peer};
-use crate::tunnel::pre_auth::PRE_AUTH_PER_SOURCE;
+use crate::tunnel::pre_auth::{Place, PRE_AUTH_PER_SOURCE, SILENT_SHARE_PER_KEY};
 use crate::tunnel::pump::FinAfterClose;
 use crate::tunnel::sessions::{next_id, SessionEntry};
 use crate::tunnel::settings::{ListenerSettings, ProxyProtocol, Revoke, SharedSettings};
@@ -409,6 +409,10 @@ impl Tunnel for ListenerTunnel {
         let mut terms = Terms::new(&mut current, &made);
         let mut leftover = leftover;
         let mut stream: u64 = 0;
+        // Until its first stream, the session is evictable (`tunnel::pre_auth`, PROTOCOL.md
+        // §4.1): a warm session waits for its client, an attacker's never sends one.
+        let per_key = self.settings.shared.max_connections / SILENT_SHARE_PER_KEY;
+        let mut silent = Some(state.silent.enter(Some(fp), per_key));
         loop {
             stream += 1;
             let bound = session_idle(&terms.tunnel.settings.shared);
@@ -438,6 +442,7 @@ impl Tunnel for ListenerTunnel {
                         biased;
                         r = &mut next => break Ok(Some(r)),
                         () = entry.conn.next_refused() => break Ok(None),
+                        () = evicted(silent.as_ref()) => break Ok(None),
                         r = Terms::next_reload(terms.following(), &mut current) => {
                             terms.changed(&mut current, &made, r)
                         }
@@ -446,7 +451,11 @@ impl Tunnel for ListenerTunnel {
                 }
             };
             let (info, rest) = match read {
-                Ok(Some(Ok(x))) => x,
+                Ok(Some(Ok(x))) => {
+                    // A stream: no longer a silent session.
+                    silent = None;
+                    x
+                }
                 // The connector ended the session between streams (or retired a warm session
                 // before its first): a clean end.
                 Ok(Some(Err(StreamError::Eof))) => {
@@ -464,6 +473,12 @@ impl Tunnel for ListenerTunnel {
                     tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
                         reason = %e, "no valid StreamInfo record from the connector, connection reset");
                     reset_on_close(&sealed);
+                    return;
+                }
+                Ok(None) if silent.as_ref().is_some_and(|p| p.evicted().is_cancelled()) => {
+                    tracing::debug!(tunnel = %self.name, role = %Role::Listener, %peer,
+                        fingerprint = %fp,
+                        "session without a stream yet closed to make room at max_connections (evicted)");
                     return;
                 }
                 Ok(None) => {
@@ -569,6 +584,15 @@ impl Tunnel for ListenerTunnel {
                 return;
             }
         }
+    }
+}
+
+/// Fires when `place` (a session's place among those without a stream yet) is evicted; never
+/// for a session that has carried one.
+async fn evicted(place: Option<&Place<Fingerprint>>) {
+    match place {
+        Some(p) => p.evicted().cancelled().await,
+        None => std::future::pending().await,
     }
 }
 

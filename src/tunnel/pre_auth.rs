@@ -8,12 +8,21 @@
 //! of the tunnel) and takes its place. A connector sends its hello at once, so it spends about
 //! one round trip in this table and is never the oldest for long; a flood of idle sockets only
 //! evicts itself, even one from the connector's own address (a NAT).
+//!
+//! The same table, keyed by connector key ([`Silent`]), holds a listener's sessions that have
+//! not carried a stream yet (PROTOCOL.md §4.1: their first StreamInfo is awaited 120 s, since a
+//! connector's warm sessions wait for their clients): at most `max_connections /`
+//! [`SILENT_SHARE_PER_KEY`] per connector key, and evicted, oldest first, at `max_connections`
+//! once no connection without a valid hello is left to evict. So authenticated but silent
+//! sessions (anyone's, with `accept_unknown`) cannot lock a connector out either.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::proto::identity::Fingerprint;
 use crate::tunnel::limits::Source;
 
 /// Connections without a valid hello yet, per source: a connector's default `max_handshakes`
@@ -21,114 +30,132 @@ use crate::tunnel::limits::Source;
 /// an eighth of the default `max_connections`.
 pub(crate) const PRE_AUTH_PER_SOURCE: usize = 128;
 
-/// The table of one listener tunnel (kept in its [`crate::tunnel::state::TunnelState`]).
-#[derive(Debug, Default)]
-pub(crate) struct PreAuth {
-    inner: Mutex<Inner>,
+/// A listener's sessions that have not carried a stream yet may take at most
+/// `max_connections / SILENT_SHARE_PER_KEY` places per connector key.
+pub(crate) const SILENT_SHARE_PER_KEY: usize = 4;
+
+/// Connections of one listener tunnel (kept in its [`crate::tunnel::state::TunnelState`]),
+/// oldest first, each evictable, at most a number per key `K`.
+#[derive(Debug)]
+pub(crate) struct Evictable<K> {
+    inner: Mutex<Inner<K>>,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
+/// Connections without a valid hello, per source.
+pub(crate) type PreAuth = Evictable<Source>;
+/// Sessions without a stream yet, per connector key.
+pub(crate) type Silent = Evictable<Fingerprint>;
+
+impl<K> Default for Evictable<K> {
+    fn default() -> Self {
+        Evictable {
+            inner: Mutex::new(Inner {
+                next: 0,
+                order: BTreeMap::new(),
+                per_key: HashMap::new(),
+            }),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner<K> {
     next: u64,
-    /// Oldest first (ids grow with time): each connection's source and its eviction signal.
-    order: BTreeMap<u64, (Option<Source>, CancellationToken)>,
-    per_source: HashMap<Source, usize>,
+    /// Oldest first (ids grow with time): each connection's key and its eviction signal.
+    order: BTreeMap<u64, (Option<K>, CancellationToken)>,
+    per_key: HashMap<K, usize>,
 }
 
-impl Inner {
-    fn forget(&mut self, source: Option<Source>) {
-        if let Some(s) = source {
-            if let Some(n) = self.per_source.get_mut(&s) {
+impl<K: Copy + Eq + Hash> Inner<K> {
+    fn forget(&mut self, key: Option<K>) {
+        if let Some(k) = key {
+            if let Some(n) = self.per_key.get_mut(&k) {
                 *n -= 1;
                 if *n == 0 {
-                    self.per_source.remove(&s);
+                    self.per_key.remove(&k);
                 }
             }
         }
     }
 }
 
-/// One connection's place in the table, until its hello passed mac1 (drop it then) or it is
-/// evicted ([`PreAuthPlace::evicted`] fires).
+/// One connection's place in the table, until it leaves it (drop it then: its hello passed
+/// mac1, its session's first stream came) or it is evicted ([`Place::evicted`] fires).
 #[derive(Debug)]
-pub(crate) struct PreAuthPlace {
-    table: Arc<PreAuth>,
+pub(crate) struct Place<K: Copy + Eq + Hash> {
+    table: Arc<Evictable<K>>,
     id: u64,
-    source: Option<Source>,
+    key: Option<K>,
     evicted: CancellationToken,
 }
 
-impl PreAuth {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+impl<K: Copy + Eq + Hash> Evictable<K> {
+    fn lock(&self) -> MutexGuard<'_, Inner<K>> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A place for a new connection from `source` (`None`: not an IP peer, never capped); when
-    /// that source already holds `per_source` places, its oldest is evicted.
-    pub(crate) fn enter(
-        self: &Arc<Self>,
-        source: Option<Source>,
-        per_source: usize,
-    ) -> PreAuthPlace {
+    /// A place for a new connection of `key` (`None`: never capped); when that key already
+    /// holds `per_key` places, its oldest is evicted.
+    pub(crate) fn enter(self: &Arc<Self>, key: Option<K>, per_key: usize) -> Place<K> {
         let mut inner = self.lock();
-        if let Some(s) = source {
-            let n = inner.per_source.get(&s).copied().unwrap_or(0);
-            if n >= per_source.max(1) {
+        if let Some(k) = key {
+            let n = inner.per_key.get(&k).copied().unwrap_or(0);
+            if n >= per_key.max(1) {
                 let oldest = inner
                     .order
                     .iter()
-                    .find(|(_, (src, _))| *src == Some(s))
+                    .find(|(_, (other, _))| *other == Some(k))
                     .map(|(id, _)| *id);
-                if let Some((src, evicted)) = oldest.and_then(|id| inner.order.remove(&id)) {
-                    inner.forget(src);
+                if let Some((other, evicted)) = oldest.and_then(|id| inner.order.remove(&id)) {
+                    inner.forget(other);
                     evicted.cancel();
                 }
             }
-            *inner.per_source.entry(s).or_insert(0) += 1;
+            *inner.per_key.entry(k).or_insert(0) += 1;
         }
         let id = inner.next;
         inner.next += 1;
         let evicted = CancellationToken::new();
-        inner.order.insert(id, (source, evicted.clone()));
-        PreAuthPlace {
+        inner.order.insert(id, (key, evicted.clone()));
+        Place {
             table: self.clone(),
             id,
-            source,
+            key,
             evicted,
         }
     }
 
-    /// Evicts the oldest connection without a valid hello (it closes itself, giving back its
-    /// connection slot); false when there is none.
+    /// Evicts the oldest connection in the table (it closes itself, giving back its connection
+    /// slot); false when there is none.
     pub(crate) fn evict_oldest(&self) -> bool {
         let mut inner = self.lock();
-        let Some((_, (source, evicted))) = inner.order.pop_first() else {
+        let Some((_, (key, evicted))) = inner.order.pop_first() else {
             return false;
         };
-        inner.forget(source);
+        inner.forget(key);
         evicted.cancel();
         true
     }
 
-    /// Connections without a valid hello now.
+    /// Connections in the table now.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.lock().order.len()
     }
 }
 
-impl PreAuthPlace {
+impl<K: Copy + Eq + Hash> Place<K> {
     /// Fires when this connection is evicted to make room for a newer one.
     pub(crate) fn evicted(&self) -> &CancellationToken {
         &self.evicted
     }
 }
 
-impl Drop for PreAuthPlace {
+impl<K: Copy + Eq + Hash> Drop for Place<K> {
     fn drop(&mut self) {
         let mut inner = self.table.lock();
         if inner.order.remove(&self.id).is_some() {
-            inner.forget(self.source);
+            inner.forget(self.key);
         }
     }
 }

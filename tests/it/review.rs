@@ -1,7 +1,8 @@
-//! The protocol review's findings that need real sockets (PROTOCOL.md §5.3, SECURITY.md,
+//! The protocol review's findings that need real sockets (PROTOCOL.md §4.1, §5.3, SECURITY.md,
 //! "Flooding the listener"): an idle-socket flood cannot hold every connection slot of a
-//! listener, from one source or from 256, and a legitimate connector still gets in. The
-//! handshake-level findings are unit tests (`src/proto/handshake/review_tests.rs`).
+//! listener, from one source or from 256, nor can authenticated sessions that never send a
+//! StreamInfo; a legitimate connector still gets in. The handshake-level findings are unit
+//! tests (`src/proto/handshake/review_tests.rs`).
 
 use crate::support;
 
@@ -9,12 +10,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sealpipe::proto::identity::Signer;
+use sealpipe::proto::identity::{Fingerprint, Signer};
+use sealpipe::proto::ConnectorHandshake;
 use sealpipe::testing::{
     connector_settings, echo_service, listener_settings, round_trip, spawn_tunnel, Address,
     ConnectorMode, ConnectorTunnel, ListenerTunnel, ProxyProtocol, Revoke, Tuning,
 };
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,9 +25,13 @@ use tokio_util::task::TaskTracker;
 /// Slots of the listener under test: small, so that a flood fills them quickly.
 const MAX_CONNECTIONS: usize = 64;
 
-/// A listener (`max_connections` = 64, `handshake_timeout` = 30 s) and a connector to it; the
-/// connector's plain address.
-async fn pair(tracker: &TaskTracker, stop: &CancellationToken) -> (SocketAddr, SocketAddr) {
+/// A listener (`max_connections` = 64, `handshake_timeout` = 30 s; `accept_unknown` as given)
+/// and a connector to it: the sealed and the plain address, and the listener's key.
+async fn pair(
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+    accept_unknown: bool,
+) -> (SocketAddr, SocketAddr, Fingerprint) {
     let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target_addr = target.local_addr().unwrap();
     tokio::spawn(echo_service(target));
@@ -35,8 +42,13 @@ async fn pair(tracker: &TaskTracker, stop: &CancellationToken) -> (SocketAddr, S
         // timeout while the test runs.
         handshake_timeout: Duration::from_secs(30),
         max_connections: MAX_CONNECTIONS,
+        // No signing budget: the silent sessions below are made quickly.
+        signature_rate: 0,
+        signature_cpu: 0,
         ..Tuning::default()
     };
+    let mut lparams = listener_params(signer.clone(), &[connector_id.fingerprint()]);
+    lparams.accept_unknown = accept_unknown;
     // The sealed side listens on every loopback address: the flood comes from 127.0.0.2 and up.
     let sealed = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sealed_addr = sealed.local_addr().unwrap();
@@ -48,7 +60,7 @@ async fn pair(tracker: &TaskTracker, stop: &CancellationToken) -> (SocketAddr, S
             allow_destinations: Vec::new(),
             proxy_protocol: ProxyProtocol::Off,
             revoke: Revoke::Cut,
-            params: listener_params(signer.clone(), &[connector_id.fingerprint()]),
+            params: lparams,
             settings: listener_settings(&tuning),
         },
         tracker,
@@ -75,7 +87,7 @@ async fn pair(tracker: &TaskTracker, stop: &CancellationToken) -> (SocketAddr, S
         tracker,
         stop,
     );
-    (sealed_addr, plain_addr)
+    (sealed_addr, plain_addr, signer.public().fingerprint())
 }
 
 /// `count` idle connections to `to`, from the loopback sources 127.0.0.2 onwards, `sources` of
@@ -98,7 +110,7 @@ async fn idle_flood(to: SocketAddr, sources: u32, count: u32) -> Vec<TcpStream> 
 async fn a_legit_connector_gets_in_past_an_idle_flood_from(sources: u32) {
     raise_nofile(8192);
     let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
-    let (sealed, plain) = pair(&tracker, &stop).await;
+    let (sealed, plain, _) = pair(&tracker, &stop, false).await;
     // Four times the listener's slots, idle: without eviction every slot stays held for the
     // 30 s handshake timeout and the connector's connection is reset at max_connections.
     let _flood = idle_flood(sealed, sources, 4 * MAX_CONNECTIONS as u32).await;
@@ -124,4 +136,61 @@ async fn an_idle_flood_from_one_source_cannot_hold_every_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_flood_from_256_sources_cannot_hold_every_slot() {
     a_legit_connector_gets_in_past_an_idle_flood_from(256).await;
+}
+
+/// A session whose handshake completes (a key the listener lets in) and that never sends a
+/// StreamInfo record; `None` if the listener closed it.
+async fn silent_session(
+    to: SocketAddr,
+    params: sealpipe::proto::ConnectorParams,
+    label: &str,
+) -> Option<TcpStream> {
+    let mut s = TcpStream::connect(to).await.ok()?;
+    let mut hs = ConnectorHandshake::new(params, det_randomness(label));
+    s.write_all(&hs.take_output()).await.ok()?;
+    let mut buf = vec![0u8; 8192];
+    while !hs.is_done() {
+        let n = s.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        hs.read(&buf[..n]).ok()?;
+    }
+    s.write_all(&hs.take_output()).await.ok()?;
+    Some(s)
+}
+
+/// Authenticated sessions that never carry a stream (with `accept_unknown`, anyone's) cannot hold
+/// every slot for the 120 s a first StreamInfo is awaited (review finding 4): one key's share
+/// is a quarter of `max_connections`, and the oldest such session is evicted at
+/// `max_connections`. A legitimate connector still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticated_silent_sessions_cannot_hold_every_slot() {
+    raise_nofile(8192);
+    let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
+    let (sealed, plain, listener) = pair(&tracker, &stop, true).await;
+    let attacker: Arc<dyn Signer> = Arc::new(untrusted_key());
+    let mut held = Vec::new();
+    for i in 0..MAX_CONNECTIONS {
+        let params = connector_params(attacker.clone(), listener);
+        if let Some(s) = silent_session(sealed, params, &format!("silent {i}")).await {
+            held.push(s);
+        }
+    }
+    assert_eq!(
+        held.len(),
+        MAX_CONNECTIONS,
+        "every silent session was let in"
+    );
+    let started = Instant::now();
+    let back = tokio::time::timeout(Duration::from_secs(10), round_trip(plain, b"legit"))
+        .await
+        .expect("the legitimate connection stalled")
+        .expect("the legitimate connection failed (reset at max_connections?)");
+    assert_eq!(back, b"legit");
+    eprintln!(
+        "{MAX_CONNECTIONS} silent authenticated sessions: time to first echo {:?}",
+        started.elapsed()
+    );
+    stop.cancel();
 }
