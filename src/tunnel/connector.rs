@@ -27,7 +27,7 @@ use crate::tunnel::carry::{carry, StreamEnd};
 use crate::tunnel::handshake::{self, Records, SessionError};
 use crate::tunnel::limits::Slot;
 use crate::tunnel::net::{connect, reset_on_close, Conn, Peer};
-use crate::tunnel::pool::{Session, Take, SWEEP};
+use crate::tunnel::pool::{Refusal, Session, Take, SWEEP};
 use crate::tunnel::sessions::{next_id, SessionEntry};
 use crate::tunnel::settings::{
     ConnectorMode, ConnectorSettings, SharedSettings, SocketPermissions,
@@ -182,6 +182,19 @@ impl Tunnel for ConnectorTunnel {
                 }
                 Take::Wait(next) => Some(next),
                 Take::Miss => None,
+                Take::Refused(r) => {
+                    // The listener refused a session made for the pool: this client gets its
+                    // answer, without a handshake of its own.
+                    state.counters.pool_misses.fetch_add(1, Ordering::Relaxed);
+                    tracing::Span::current().record("session", r.session);
+                    if !r.reported {
+                        self.report_refill_refusal(&state, &r);
+                    }
+                    tracing::error!(tunnel = %self.name, role = %Role::Connector, peer = %r.peer,
+                        fingerprint = %r.fingerprint, "{}", self.describe_refusal(&r.alert));
+                    plain.reset_on_close();
+                    return;
+                }
             };
             let counter = if pooled.is_some() {
                 &state.counters.pool_hits
@@ -220,14 +233,17 @@ impl Tunnel for ConnectorTunnel {
         }
         let fp = session.records.fingerprint;
         let (resumed, stream, pin) = (session.resumed, session.streams + 1, session.pin);
-        let peer = session.peer().to_string();
         match destination {
-            Some(d) => tracing::info!(tunnel = %self.name, role = %Role::Connector, %peer,
+            Some(d) => {
+                tracing::info!(tunnel = %self.name, role = %Role::Connector, peer = %session.peer(),
                 fingerprint = %fp, pin, connect = %self.connect, destination = %d, resumed,
-                pooled = from_pool, stream, "connection open"),
-            None => tracing::info!(tunnel = %self.name, role = %Role::Connector, %peer,
+                pooled = from_pool, stream, "connection open")
+            }
+            None => {
+                tracing::info!(tunnel = %self.name, role = %Role::Connector, peer = %session.peer(),
                 fingerprint = %fp, pin, connect = %self.connect, resumed, pooled = from_pool, stream,
-                "connection open"),
+                "connection open")
+            }
         }
         let leftover = std::mem::take(&mut session.leftover);
         // Known to be the session's last stream: a FIN follows our close record at once.
@@ -328,17 +344,40 @@ impl ConnectorTunnel {
         }
     }
 
+    /// The one warning, and the count, of a refusal the listener sent to a session made for the
+    /// pool (`tunnel::pool`, [`Refusal`]); the next client's line says it too.
+    fn report_refill_refusal(&self, state: &TunnelState, r: &Refusal) {
+        let counter = match r.alert.code() {
+            AlertCode::Untrusted => &state.counters.refused_untrusted,
+            _ => &state.counters.refused_service,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(tunnel = %self.name, role = %Role::Connector, peer = %r.peer,
+            fingerprint = %r.fingerprint,
+            "a warm session made for the pool was refused: {}; refills stop for a while, the next client is told",
+            self.describe_refusal(&r.alert));
+    }
+
     /// Whether `session` may carry a new client at `now` under these settings, whose terms
-    /// are `terms`: made under them, its key still pinned, under `session_reuse_streams`
-    /// streams and younger than `session_reuse_age`.
+    /// are `terms`: made under them, its key still pinned (or, with TOFU, still the one
+    /// recorded), under `session_reuse_streams` streams and younger than `session_reuse_age`.
     fn reusable(&self, session: &Session, terms: &Terms, now: Instant) -> bool {
         session.terms == *terms
             && self.keeps_open(&session.records.fingerprint)
+            && self.still_recorded(&session.records.fingerprint)
             && session.within_bounds(
                 self.settings.session_reuse_streams,
                 self.settings.session_reuse_age,
                 now,
             )
+    }
+
+    /// TOFU: whether `fp` is the listener key `known_peers` records now (as this tunnel last
+    /// read or recorded it: no file is read here, under the pool's lock). A session made with a
+    /// key since replaced or removed (and the connector reloaded) carries no new client; the
+    /// client's own handshake then checks the entry. True without TOFU (the pins decide).
+    fn still_recorded(&self, fp: &Fingerprint) -> bool {
+        self.tofu.as_ref().is_none_or(|t| t.recorded() == Some(*fp))
     }
 
     /// The terms of these settings (`tunnel::terms`), digested once per tunnel.
@@ -403,7 +442,13 @@ impl ConnectorTunnel {
                         state.pool.stop_sweeping();
                         return;
                     };
-                    if !state.pool.sweep(tunnel.settings.pool_min, Instant::now()) {
+                    let (busy, refusal) =
+                        state.pool.sweep(tunnel.settings.pool_min, Instant::now());
+                    if let Some(r) = refusal {
+                        let span = tracing::error_span!("conn", session = r.session);
+                        span.in_scope(|| tunnel.report_refill_refusal(&state, &r));
+                    }
+                    if !busy {
                         return;
                     }
                     tunnel.refill(&state);

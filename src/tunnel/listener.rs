@@ -680,7 +680,16 @@ async fn refuse_stream(
     let record =
         code.and_then(|(code, detail)| records.sealer.seal_alert(&Alert::new(code, detail)).ok());
     match record {
-        Some(r) => send_alert(sealed, &r, tokio::time::Instant::now() + timeout).await,
+        // On the heap while it runs: its drain buffer is no part of the task that carries the
+        // session's streams (memory per idle connection; `daemon::pair`'s size test).
+        Some(r) => {
+            Box::pin(send_alert(
+                sealed,
+                &r,
+                tokio::time::Instant::now() + timeout,
+            ))
+            .await
+        }
         None => reset_on_close(sealed),
     }
 }

@@ -17,7 +17,8 @@
 //! A session is never handed out when it is past [`POOL_IDLE`] in the pool (the listener closes
 //! idle sessions after [`crate::tunnel::listener::SESSION_IDLE`], well after), past its stream or
 //! age bound, made for another `connect` address or under other terms than those in force
-//! (`tunnel::terms`), of a key the current settings no longer pin, or dead: a pooled socket
+//! (`tunnel::terms`), of a key the current settings no longer pin (with TOFU: no longer
+//! the one `known_peers` records), or dead: a pooled socket
 //! must have nothing to read (the listener sends nothing between streams), so an end of stream,
 //! a reset or any byte means the session is discarded.
 //!
@@ -34,6 +35,12 @@
 //! listener accepted ([`Pool::accepted`]), nothing is put in and no refill starts: each client
 //! makes one handshake of its own, and learns the listener's answer itself.
 //!
+//! A refill's session is put in as soon as the connector's side of its handshake is done; the
+//! listener's refusal comes after, as the session's first record, while it waits here. It is
+//! read from the session when a client or a sweep finds it ([`Refusal`]): the pool is refused
+//! as above, and the refusal goes to the next client ([`Take::Refused`], once) instead of a
+//! session, so that the client's log line says why, without a handshake of its own.
+//!
 //! The rules that depend on time take it as a parameter (`now`), so that they are tested by
 //! stepping it; the connector passes the time of the call.
 
@@ -46,6 +53,9 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use crate::proto::identity::Fingerprint;
+use crate::proto::record::{
+    parse_header, Alert, AlertCode, Opened, RecordType, HEADER_LEN, MAX_ALERT_DETAIL, OVERHEAD,
+};
 use crate::tunnel::handshake::Records;
 
 /// Longest a session waits in the pool; then it is closed (before the listener's bound).
@@ -83,6 +93,62 @@ pub(crate) enum Take {
     Wait(oneshot::Receiver<Option<Session>>),
     /// None, and none expected: make a handshake of its own.
     Miss,
+    /// The listener refused a session made for the pool: this client is refused with its
+    /// reason, without a handshake of its own.
+    Refused(Box<Refusal>),
+}
+
+/// The listener's refusal of this connector (an Alert of code 1 or 2), read from a session
+/// made by a refill while it waited in the pool.
+#[derive(Debug, Clone)]
+pub(crate) struct Refusal {
+    /// The Alert.
+    pub(crate) alert: Alert,
+    /// The refused session's id (`session=` on its log lines).
+    pub(crate) session: u64,
+    /// The listener's address, as connected to.
+    pub(crate) peer: String,
+    /// The key the listener proved.
+    pub(crate) fingerprint: Fingerprint,
+    /// Already logged and counted (by the sweep that found it).
+    pub(crate) reported: bool,
+}
+
+/// The largest Alert record: header, code, length, detail, tag.
+const MAX_ALERT_RECORD: usize = OVERHEAD + 2 + MAX_ALERT_DETAIL;
+
+/// The listener's refusal waiting on `session` (one that is no longer [`alive`]): its first
+/// record, an Alert of code 1 or 2, read without blocking and authenticated. `None` for
+/// anything else (an end of stream, a reset, other bytes).
+fn refusal_of(session: &mut Session) -> Option<Refusal> {
+    use std::io::Read;
+    if session.streams > 0 {
+        return None;
+    }
+    let mut buf = [0u8; MAX_ALERT_RECORD];
+    // The session is discarded: what is read is the listener's last word.
+    let n = (&*socket2::SockRef::from(&session.sealed))
+        .read(&mut buf)
+        .ok()?;
+    let header: [u8; HEADER_LEN] = buf.get(..HEADER_LEN)?.try_into().ok()?;
+    let (kind, total) = parse_header(&header).ok()?;
+    if kind != RecordType::Alert || total > n {
+        return None;
+    }
+    let Ok(Opened::Alert(alert)) = session.records.opener.open(&mut buf[..total]) else {
+        return None;
+    };
+    matches!(
+        alert.code(),
+        AlertCode::Untrusted | AlertCode::ServiceMismatch
+    )
+    .then(|| Refusal {
+        alert,
+        session: session.records.session_id(),
+        peer: session.peer().to_string(),
+        fingerprint: session.records.fingerprint,
+        reported: false,
+    })
 }
 
 /// An established session of a connector, between streams or before its first.
@@ -169,6 +235,8 @@ struct Inner {
     refusals: u32,
     /// Refused by the listener: no refill, nothing put in, before this.
     refused_until: Option<Instant>,
+    /// A refusal read from a pooled session by a sweep, for the next client.
+    pending: Option<Refusal>,
 }
 
 impl Inner {
@@ -223,30 +291,45 @@ impl Pool {
 
     /// A usable session for a new client at `now`, the most recently added first; every
     /// unusable one met on the way is closed. `usable` checks the key and bounds against the
-    /// current settings.
+    /// current settings. `Err`: the listener refused a session made for the pool (found now,
+    /// or by a sweep since), which this client is told instead ([`Pool::refused`] is done).
     pub(crate) fn take(
         &self,
         connect: &str,
         usable: impl Fn(&Session) -> bool,
         now: Instant,
-    ) -> Option<Session> {
+    ) -> Result<Option<Session>, Box<Refusal>> {
         let mut closed = Vec::new();
         let mut inner = self.lock();
         inner.last_client = Some(now);
+        if let Some(r) = inner.pending.take() {
+            return Err(Box::new(r));
+        }
         let found = loop {
-            let Some(idle) = inner.idle.pop_back() else {
+            let Some(mut idle) = inner.idle.pop_back() else {
                 inner.misses += 1;
                 inner.missed_recently = true;
-                break None;
+                break Ok(None);
             };
             let s = &idle.session;
-            if idle.fresh(now) && s.connect == connect && usable(s) && alive(&s.sealed) {
-                break Some(idle.session);
+            if idle.fresh(now) && s.connect == connect && usable(s) {
+                if alive(&s.sealed) {
+                    break Ok(Some(idle.session));
+                }
+                if let Some(r) = refusal_of(&mut idle.session) {
+                    closed.push(idle.session);
+                    Self::refuse(&mut inner, now);
+                    break Err(Box::new(r));
+                }
             }
             closed.push(idle.session);
         };
+        let emptied = (found.is_err()).then(|| Self::drain(&mut inner));
         drop(inner);
         drop(closed);
+        if let Some((idle, waiters)) = emptied {
+            Self::release(idle, waiters);
+        }
         found
     }
 
@@ -260,8 +343,10 @@ impl Pool {
         usable: impl Fn(&Session) -> bool,
         now: Instant,
     ) -> Take {
-        if let Some(s) = self.take(connect, usable, now) {
-            return Take::Session(s);
+        match self.take(connect, usable, now) {
+            Ok(Some(s)) => return Take::Session(s),
+            Ok(None) => {}
+            Err(r) => return Take::Refused(r),
         }
         let mut inner = self.lock();
         if inner.closed || inner.backing_off(now) {
@@ -326,11 +411,17 @@ impl Pool {
     /// [`refusal_backoff`] of the refusals in a row. Returns that backoff.
     pub(crate) fn refused(&self, now: Instant) -> Duration {
         let mut inner = self.lock();
+        let backoff = Self::refuse(&mut inner, now);
+        Self::empty(inner);
+        backoff
+    }
+
+    /// [`Pool::refused`]'s backoff, without emptying the pool.
+    fn refuse(inner: &mut Inner, now: Instant) -> Duration {
         inner.refusals = inner.refusals.saturating_add(1);
         let backoff = refusal_backoff(inner.refusals);
         inner.refused_until = Some(now + backoff);
         inner.proven = false;
-        Self::empty(inner);
         backoff
     }
 
@@ -342,6 +433,7 @@ impl Pool {
         inner.cold = false;
         inner.refusals = 0;
         inner.refused_until = None;
+        inner.pending = None;
     }
 
     /// A reload: the refusal backoff ends (the operator may have fixed what the listener
@@ -352,6 +444,7 @@ impl Pool {
         inner.refusals = 0;
         inner.refused_until = None;
         inner.backoff_until = None;
+        inner.pending = None;
     }
 
     /// Shutdown: closes every waiting session, and every one put in from now on; waiting
@@ -365,9 +458,21 @@ impl Pool {
     /// Closes every waiting session and sends every waiting client to its own handshake, with
     /// the lock released first (closing a session and waking a client need no lock).
     fn empty(mut inner: std::sync::MutexGuard<'_, Inner>) {
-        let idle = std::mem::take(&mut inner.idle);
-        let waiters = std::mem::take(&mut inner.waiters);
+        let (idle, waiters) = Self::drain(&mut inner);
         drop(inner);
+        Self::release(idle, waiters);
+    }
+
+    /// Takes every waiting session and waiting client out, for [`Pool::release`].
+    fn drain(inner: &mut Inner) -> (VecDeque<Idle>, VecDeque<oneshot::Sender<Option<Session>>>) {
+        (
+            std::mem::take(&mut inner.idle),
+            std::mem::take(&mut inner.waiters),
+        )
+    }
+
+    /// Closes `idle` and sends `waiters` to their own handshake (with the lock released).
+    fn release(idle: VecDeque<Idle>, waiters: VecDeque<oneshot::Sender<Option<Session>>>) {
         drop(idle);
         for w in waiters {
             let _ = w.send(None);
@@ -427,14 +532,29 @@ impl Pool {
 
     /// One sweep at `now`: closes expired and dead sessions and lowers the target after a quiet
     /// period. Returns false (and gives up the sweeper role) when there is nothing left to look
-    /// after.
-    pub(crate) fn sweep(&self, min: usize, now: Instant) -> bool {
+    /// after; and the listener's refusal if a dead session holds one (then kept for the next
+    /// client, marked reported: the caller logs and counts it).
+    pub(crate) fn sweep(&self, min: usize, now: Instant) -> (bool, Option<Refusal>) {
         let mut inner = self.lock();
-        let keep: VecDeque<Idle> = std::mem::take(&mut inner.idle)
-            .into_iter()
-            .filter(|i| i.fresh(now) && alive(&i.session.sealed))
-            .collect();
+        let mut refusal = None;
+        let mut keep = VecDeque::new();
+        for mut i in std::mem::take(&mut inner.idle) {
+            if i.fresh(now) && alive(&i.session.sealed) {
+                keep.push_back(i);
+            } else if refusal.is_none() {
+                refusal = refusal_of(&mut i.session);
+            }
+        }
         inner.idle = keep;
+        if let Some(r) = &mut refusal {
+            r.reported = true;
+            inner.pending = Some(r.clone());
+            Self::refuse(&mut inner, now);
+            let (idle, waiters) = Self::drain(&mut inner);
+            drop(inner);
+            Self::release(idle, waiters);
+            return (true, refusal);
+        }
         if !inner.missed_recently && inner.target > min {
             inner.target -= 1;
         }
@@ -444,7 +564,7 @@ impl Pool {
         if !busy {
             inner.sweeping = false;
         }
-        busy
+        (busy, None)
     }
 
     /// Gives up the sweeper role (its tunnel settings were replaced).
@@ -482,6 +602,85 @@ mod tests {
             pin: None,
         };
         (session, far)
+    }
+
+    /// The far end of a pooled session refuses it as a listener does: an Alert of `code`,
+    /// sealed under `key` (the session's is `[3; 32]`), as its first record.
+    async fn refuse(far: &mut TcpStream, key: [u8; 32], code: AlertCode) -> Alert {
+        use tokio::io::AsyncWriteExt;
+        let detail: &[u8] = match code {
+            AlertCode::ServiceMismatch => b"other",
+            _ => b"",
+        };
+        let alert = Alert::new(code, detail);
+        let mut sealer = Sealer::new(Secret::from_bytes(key), 1 << 30);
+        far.write_all(&sealer.seal_alert(&alert).unwrap())
+            .await
+            .unwrap();
+        // On loopback it is there at once; no timing is asserted.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        alert
+    }
+
+    #[tokio::test]
+    async fn a_refusal_read_from_a_pooled_session_goes_to_the_next_client_once() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::default();
+        let now = Instant::now();
+        let (other, _far2) = session(&l).await;
+        let (s, mut far) = session(&l).await;
+        assert!(pool.put(other, 4, now) && pool.put(s, 4, now));
+        let alert = refuse(&mut far, [3; 32], AlertCode::Untrusted).await;
+        match pool.take_or_wait("here", |_| true, now) {
+            Take::Refused(r) => {
+                assert_eq!(r.alert, alert);
+                assert!(!r.reported, "the client that found it reports it");
+            }
+            _ => panic!("the client is told the listener's refusal"),
+        }
+        assert_eq!(pool.len(), 0, "the other session (same terms) is closed");
+        // Once: the next client makes a handshake of its own, and refills back off.
+        assert!(matches!(
+            pool.take_or_wait("here", |_| true, now),
+            Take::Miss
+        ));
+        assert_eq!(pool.refills_due(0, 4, false, now), 0);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_found_by_a_sweep_waits_for_the_next_client() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::default();
+        let now = Instant::now();
+        let (s, mut far) = session(&l).await;
+        assert!(pool.put(s, 4, now));
+        let alert = refuse(&mut far, [3; 32], AlertCode::ServiceMismatch).await;
+        let (_, found) = pool.sweep(0, now);
+        let found = found.expect("the sweep reads the refusal");
+        assert!(found.reported && found.alert == alert);
+        match pool.take_or_wait("here", |_| true, now) {
+            Take::Refused(r) => assert!(r.reported && r.alert == alert, "{r:?}"),
+            _ => panic!("the next client is told the refusal the sweep found"),
+        }
+        assert!(matches!(
+            pool.take_or_wait("here", |_| true, now),
+            Take::Miss
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_alert_not_sealed_under_the_session_key_is_no_refusal() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::default();
+        let now = Instant::now();
+        let (s, mut far) = session(&l).await;
+        assert!(pool.put(s, 4, now));
+        // Someone on the path, without the session's keys.
+        refuse(&mut far, [9; 32], AlertCode::Untrusted).await;
+        let Take::Wait(_next) = pool.take_or_wait("here", |_| true, now) else {
+            panic!("the session is dropped as dead, the pool not refused");
+        };
+        assert_eq!(pool.refills_due(0, 4, false, now), 2);
     }
 
     /// A client's wait for the next session of an empty pool, at `now`.
@@ -563,13 +762,15 @@ mod tests {
         let (s, _far) = session(&l).await;
         assert!(pool.put(s, 4, t0));
         assert!(
-            pool.take("here", |_| true, almost).is_some(),
+            pool.take("here", |_| true, almost).unwrap().is_some(),
             "within POOL_IDLE it serves"
         );
         let (s, _far2) = session(&l).await;
         assert!(pool.put(s, 4, t0));
         assert!(
-            pool.take("here", |_| true, t0 + POOL_IDLE).is_none(),
+            pool.take("here", |_| true, t0 + POOL_IDLE)
+                .unwrap()
+                .is_none(),
             "at POOL_IDLE it is closed, not handed out"
         );
         assert_eq!(pool.len(), 0, "the expired session is gone");
@@ -667,7 +868,7 @@ mod tests {
         let (s, _far) = session(&l).await;
         assert!(pool.put(s, 4, t0));
         let waiting = {
-            let gone = pool.take("here", |_| true, t0);
+            let gone = pool.take("here", |_| true, t0).unwrap();
             assert!(gone.is_some());
             wait_at(&pool, t0)
         };
@@ -757,7 +958,10 @@ mod tests {
         new.terms = terms;
         assert!(pool.put(old, 4, now) && pool.put(new, 4, now));
         assert_eq!(pool.retire(|s| s.terms == terms), 1);
-        let kept = pool.take("here", |s| s.terms == terms, now).expect("kept");
+        let kept = pool
+            .take("here", |s| s.terms == terms, now)
+            .unwrap()
+            .expect("kept");
         assert_eq!(kept.terms, terms);
     }
 }
