@@ -72,7 +72,9 @@ macro_rules! tuning_fields {
             resumption_lifetime: Duration = Duration::from_secs(3600),
                 parsed from DurationText by resumption_lifetime;
             /// How many resumptions in a row may follow one full handshake, from 1 to 1000000;
-            /// then a full handshake starts a new chain (each ticket serves one connection).
+            /// then a full handshake starts a new chain. It bounds a chain's depth, not its
+            /// sessions: each ticket serves one connection and hands on two, so a chain may
+            /// yield up to 2^(n+1) - 2 resumed sessions; `resumption_lifetime` bounds its time.
             resumption_uses: u32 = 1000, parsed from i64 by resumption_uses;
             /// An established connection that moves no byte either way for this long (at least
             /// 100 ms; under 10 s: a warning) is reset (logged `idle for …`); `"off"`, the default,

@@ -542,6 +542,9 @@ pub struct Opener {
     alerted: bool,
     bytes_total: u64,
     rekeys: u64,
+    /// The session was resumed: a handshake's refusal (Alert code 1 or 2) is not valid as its
+    /// first record (PROTOCOL.md §4.2, [`Opener::resumed`]).
+    resumed: bool,
 }
 
 impl Opener {
@@ -553,7 +556,16 @@ impl Opener {
             alerted: false,
             bytes_total: 0,
             rekeys: 0,
+            resumed: false,
         }
+    }
+
+    /// Marks the session as resumed: a resumed handshake never ends in an Alert, so codes 1
+    /// and 2 (a handshake's refusal) are refused as the session's first record, as any
+    /// unexpected record (PROTOCOL.md §4.2). Codes 3 and 4 refuse a stream, and stay valid.
+    pub fn resumed(mut self) -> Self {
+        self.resumed = true;
+        self
     }
 
     /// True once the peer's close record has been opened (until a StreamInfo record starts the
@@ -662,6 +674,11 @@ impl Opener {
             RecordType::Alert if !first => Err(RecordError::Unexpected(kind)),
             RecordType::Alert => {
                 let alert = Alert::decode(plain)?;
+                let handshake_refusal =
+                    matches!(alert.code(), AlertCode::Untrusted | AlertCode::ServiceMismatch);
+                if self.resumed && self.dir.streams == 0 && handshake_refusal {
+                    return Err(RecordError::Unexpected(kind));
+                }
                 self.closed = true;
                 self.alerted = true;
                 Ok(Opened::Alert(alert))
@@ -901,6 +918,45 @@ mod tests {
         assert_eq!(o.open(&mut c).unwrap(), Opened::Close);
         let mut again = c;
         assert_eq!(o.open(&mut again), Err(RecordError::AfterClose));
+    }
+
+    /// A resumed session refuses a handshake's refusal (Alert code 1 or 2) as its first record:
+    /// a resumed handshake never ends in an Alert (PROTOCOL.md §4.2). A stream's refusal (codes
+    /// 3 and 4) stays valid there, and codes 1 and 2 on a later stream (a reload's).
+    #[test]
+    fn a_resumed_session_refuses_a_handshake_alert_first() {
+        let resumed = || {
+            let (s, o) = pair();
+            (s, o.resumed())
+        };
+        for code in [AlertCode::Untrusted, AlertCode::ServiceMismatch] {
+            let detail: &[u8] = if code == AlertCode::ServiceMismatch { b"svc" } else { b"" };
+            let (mut s, mut o) = resumed();
+            let mut rec = s.seal_alert(&Alert::new(code, detail)).unwrap();
+            assert_eq!(
+                o.open(&mut rec),
+                Err(RecordError::Unexpected(RecordType::Alert)),
+                "{code:?}"
+            );
+            // After a full handshake, the same record is the listener's refusal.
+            let (mut s, mut o) = pair();
+            let mut rec = s.seal_alert(&Alert::new(code, detail)).unwrap();
+            assert!(matches!(o.open(&mut rec), Ok(Opened::Alert(_))));
+        }
+        for code in [AlertCode::ForwardUnreachable, AlertCode::DestinationNotAllowed] {
+            let (mut s, mut o) = resumed();
+            let mut rec = s.seal_alert(&Alert::new(code, b"")).unwrap();
+            assert!(matches!(o.open(&mut rec), Ok(Opened::Alert(_))), "{code:?}");
+        }
+        // A later stream of a resumed session: code 1 (a reload took the key away) is valid.
+        let (mut s, mut o) = resumed();
+        let mut c = close_record(&mut s);
+        assert_eq!(o.open(&mut c).unwrap(), Opened::Close);
+        s.begin_stream().unwrap();
+        o.begin_stream().unwrap();
+        let mut rec = s.seal_alert(&Alert::new(AlertCode::Untrusted, b"")).unwrap();
+        let r = o.open(&mut rec);
+        assert!(matches!(r, Ok(Opened::Alert(_))), "{r:?}");
     }
 
     fn close_record(sealer: &mut Sealer) -> Vec<u8> {

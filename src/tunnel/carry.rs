@@ -56,6 +56,7 @@ pub(crate) async fn carry<T: Tunnel>(
         sealer,
         opener,
         session,
+        ..
     } = records;
     let fingerprint = *fingerprint;
     let shared = tunnel.shared();

@@ -600,8 +600,10 @@ impl ConnectorTunnel {
         // The listener works on the hello meanwhile: the next hello's key generations are done
         // now, off that connection's path.
         prepare_ephemerals(state);
+        // A connector's work is not budgeted.
+        let mut work = std::time::Duration::ZERO;
         let (est, leftover, unsent) =
-            handshake::handshake(&mut sealed, hs, &[], deadline, timeout).await?;
+            handshake::handshake(&mut sealed, hs, &[], deadline, timeout, &mut work).await?;
         Ok((sealed, est, leftover, unsent, slot))
     }
 

@@ -23,18 +23,22 @@ pub(crate) struct Records {
     pub opener: Opener,
     /// Its entry among the tunnel's live sessions, once registered ([`Records::register`]).
     pub(crate) session: Option<SessionGuard>,
+    /// The session was resumed (no Alert code 1 or 2 as its first record, PROTOCOL.md §4.2).
+    pub(crate) resumed: bool,
 }
 
 impl Records {
     /// The record layer of `est`, rekeying our direction after `rekey_bytes`.
     pub(crate) fn new(est: Established, rekey_bytes: u64) -> Self {
         let fingerprint = est.peer.fingerprint();
+        let resumed = est.resumed;
         let (sealer, opener) = est.into_record_layer(rekey_bytes);
         Records {
             fingerprint,
             sealer,
             opener,
             session: None,
+            resumed,
         }
     }
 
@@ -93,6 +97,10 @@ pub enum SessionError {
     /// not answered.
     #[error("source over its full-handshake rate (source_handshake_rate), hello not answered")]
     SourceLimited,
+    /// Listener: a connection without a valid hello yet, closed to make room for a newer one
+    /// (at `max_connections`, or past its source's share: `tunnel::pre_auth`).
+    #[error("closed without a valid hello to make room for a newer connection (the oldest such goes first)")]
+    Evicted,
     /// Listener: a hello that found no place in the signing queue (or was pushed out of it by
     /// hellos of less busy sources); not answered.
     #[error("too many hellos waiting for a signature, hello not answered")]
@@ -111,6 +119,7 @@ impl SessionError {
             SessionError::Replay => "replay",
             SessionError::SourceLimited => "source_limit",
             SessionError::Overloaded => "overloaded",
+            SessionError::Evicted => "evicted",
         }
     }
 }
@@ -120,15 +129,17 @@ impl SessionError {
 /// to check it). Returns the session, the bytes that arrived after the last handshake message
 /// (the first records) and our last handshake message, **not yet sent** (a connector's
 /// ConnectorAuth or ResumeFinished; empty for a listener), so that the caller sends it in one
-/// write with its first record.
+/// write with its first record. `work` adds up the time the state machine spent on what it read
+/// (a listener charges a ConnectorAuth's RSA verification to its `signature_cpu` budget).
 pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     hs: Handshake,
     already_read: &[u8],
     deadline: Instant,
     timeout: Duration,
+    work: &mut Duration,
 ) -> Result<(Established, Vec<u8>, Vec<u8>), SessionError> {
-    match tokio::time::timeout_at(deadline, run(stream, hs, already_read)).await {
+    match tokio::time::timeout_at(deadline, run(stream, hs, already_read, work)).await {
         Ok(result) => result,
         Err(_) => Err(SessionError::Timeout(timeout)),
     }
@@ -155,6 +166,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     mut hs: Handshake,
     already_read: &[u8],
+    work: &mut Duration,
 ) -> Result<(Established, Vec<u8>, Vec<u8>), SessionError> {
     if !already_read.is_empty() {
         let used = hs.read(already_read)?;
@@ -186,7 +198,10 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             });
         }
         answered = true;
-        let used = hs.read(&buf[..n])?;
+        let started = std::time::Instant::now();
+        let used = hs.read(&buf[..n]);
+        *work += started.elapsed();
+        let used = used?;
         if hs.is_done() {
             let unsent = hs.take_output();
             let rest = buf[used..n].to_vec();

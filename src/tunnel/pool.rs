@@ -738,6 +738,7 @@ mod tests {
                 sealer: Sealer::new(key.clone(), 1 << 30),
                 opener: Opener::new(key),
                 session: None,
+                resumed: true,
             },
             leftover: Vec::new(),
             resumed: true,

@@ -137,6 +137,12 @@ pub struct TunnelState {
     pub(crate) rate_log: LogLimiter,
     pub(crate) mac1_log: LogLimiter,
     pub(crate) overload_log: LogLimiter,
+    /// Listener: its connections without a valid hello yet (per-source cap, eviction of the
+    /// oldest at `max_connections`).
+    pub(crate) pre_auth: Arc<crate::tunnel::pre_auth::PreAuth>,
+    /// Listener: its sessions that have not carried a stream yet (per-key share, eviction of
+    /// the oldest at `max_connections` after the connections without a valid hello).
+    pub(crate) silent: Arc<crate::tunnel::pre_auth::Silent>,
 }
 
 impl TunnelState {
@@ -210,6 +216,8 @@ impl Default for TunnelState {
             rate_log: LogLimiter::new(Duration::from_secs(10)),
             mac1_log: LogLimiter::new(Duration::from_secs(10)),
             overload_log: LogLimiter::new(Duration::from_secs(10)),
+            pre_auth: Arc::default(),
+            silent: Arc::default(),
         }
     }
 }

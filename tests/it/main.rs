@@ -29,6 +29,7 @@ mod records;
 mod redirect;
 mod resume;
 mod reuse;
+mod review;
 mod rotation;
 mod service;
 mod sessions;

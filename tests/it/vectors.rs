@@ -11,7 +11,7 @@ use sealpipe::proto::mlkem;
 use sealpipe::proto::record::{
     next_stream_secret, Alert, AlertCode, Opened, Opener, Sealer, HEADER_LEN, OVERHEAD,
 };
-use sealpipe::proto::resume::{successors, ticket_id, ResumeSecrets};
+use sealpipe::proto::resume::{binder, successors, ticket_id, ResumeSecrets};
 use support::*;
 
 /// The vectors. ML-KEM-768 in aws-lc-rs draws its own randomness, so a whole handshake is not
@@ -108,6 +108,9 @@ fn computed() -> Vec<(&'static str, String)> {
     out.push(("c_res_ap_traffic_0", hex(c_rap.expose())));
     out.push(("l_res_ap_traffic_0", hex(l_rap.expose())));
     out.push(("resumed_resumption_secret", hex(res2.expose())));
+    let listener = sealpipe::proto::identity::Fingerprint([0x44; 32]);
+    let b = binder(&res, b"sealpipe2 vector resume hello", &listener);
+    out.push(("resume_binder", hex(&b)));
     out
 }
 
