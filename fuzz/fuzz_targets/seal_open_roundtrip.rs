@@ -1,14 +1,15 @@
-//! A fuzzer-chosen sequence of data records (1..=65536 bytes), rekeys, rekey requests and a
-//! close, through a `Sealer` and back through an `Opener` (records cut by `parse_header`, as the
+//! A fuzzer-chosen sequence of data records (1..=65536 bytes), rekeys, rekey requests,
+//! keepalives and a close, through a `Sealer` and back through an `Opener` (records cut by `parse_header`, as the
 //! pump does). Everything must round-trip exactly and nothing may panic.
 //!
 //! Input: bytes 0..3 give `rekey_bytes - 1` (big endian u24, so rekeys by byte count happen),
-//! then one op per byte, `op % 16`:
+//! then one op per byte, `op % 18`:
 //! * 0..=11: data of `1 + u16` bytes (the next two bytes, big endian): 1..=65536
 //! * 12: data of `1 + u8` bytes (next byte)
 //! * 13: explicit rekey record
 //! * 14: `request_rekey`
-//! * 15: close; every later op must be refused with `AfterClose`
+//! * 15: close; every later op but a keepalive must be refused with `AfterClose`
+//! * 16: Ping, 17: Pong (PROTOCOL.md §4.4): sealed and opened anywhere, after the close too
 //!
 //! At most 1 MiB of plaintext per input, so one input stays fast.
 #![no_main]
@@ -60,17 +61,25 @@ fuzz_target!(|data: &[u8]| {
                 let buf: &mut [u8; OVERHEAD] = (&mut rec[..]).try_into().unwrap();
                 sealer.seal_close(buf)
             }
-            // Only ever the first record of a session; the `stream_info` target covers it. The
-            // records of the key exchange: the `kex_exchange` target.
+            RecordType::Ping | RecordType::Pong => {
+                let r = if kind == RecordType::Ping {
+                    sealer.seal_ping()
+                } else {
+                    sealer.seal_pong()
+                };
+                r.map(|k| rec.copy_from_slice(&k))
+            }
+            // Only ever the first record of a session; the `stream_info` target covers it.
+            // The records of the key exchange: the `kex_exchange` target.
             RecordType::StreamInfo
             | RecordType::Alert
             | RecordType::KeyShare
             | RecordType::KeyShareReply
             | RecordType::KeyShareDone => {
-                unreachable!("no op seals a StreamInfo, Alert or key exchange record")
+                unreachable!("no op seals a StreamInfo or Alert record")
             }
         };
-        if closed {
+        if closed && !kind.is_keepalive() {
             // Nothing seals after close. (A data record whose rekey is also due reports
             // `RekeyRequired`: `seal_data` checks that first. Either error ends the sender.)
             let due_data = kind == RecordType::Data && sealer.rekey_due();
@@ -90,12 +99,15 @@ fuzz_target!(|data: &[u8]| {
             RecordType::Data => Seen::Data(plain),
             RecordType::Rekey => Seen::Rekey,
             RecordType::Close => Seen::Close,
+            RecordType::Ping => Seen::Ping,
+            RecordType::Pong => Seen::Pong,
+            // The records of the key exchange: the `kex_exchange` target.
             RecordType::StreamInfo
             | RecordType::Alert
             | RecordType::KeyShare
             | RecordType::KeyShareReply
             | RecordType::KeyShareDone => {
-                unreachable!("no op seals a StreamInfo, Alert or key exchange record")
+                unreachable!("no op seals a StreamInfo or Alert record")
             }
         };
         assert_eq!(seen, vec![expected]);
@@ -104,7 +116,7 @@ fuzz_target!(|data: &[u8]| {
 
     while let Some((&op, rest)) = ops.split_first() {
         ops = rest;
-        let (kind, len) = match op % 16 {
+        let (kind, len) = match op % 18 {
             0..=11 => {
                 let Some((l, rest)) = ops.split_first_chunk::<2>() else {
                     break;
@@ -124,7 +136,9 @@ fuzz_target!(|data: &[u8]| {
                 sealer.request_rekey();
                 continue;
             }
-            _ => (RecordType::Close, 0),
+            15 => (RecordType::Close, 0),
+            16 => (RecordType::Ping, 0),
+            _ => (RecordType::Pong, 0),
         };
         if len > budget {
             break;

@@ -312,6 +312,10 @@ pub enum Seen {
     Rekey,
     /// A close record.
     Close,
+    /// A Ping record (PROTOCOL.md §4.4).
+    Ping,
+    /// A Pong record.
+    Pong,
 }
 
 /// Reads records from `stream` exactly as `sealed_to_plain` in `src/tunnel/pump.rs` does: wait
@@ -334,6 +338,8 @@ pub fn read_records(opener: &mut Opener, stream: &mut [u8]) -> (Vec<Seen>, Optio
         match opener.open(&mut stream[start..start + total]) {
             Ok(Opened::Data(d)) => seen.push(Seen::Data(d.to_vec())),
             Ok(Opened::Rekey) => seen.push(Seen::Rekey),
+            Ok(Opened::Ping) => seen.push(Seen::Ping),
+            Ok(Opened::Pong) => seen.push(Seen::Pong),
             Ok(Opened::Close) => {
                 seen.push(Seen::Close);
                 return (seen, None);

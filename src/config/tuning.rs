@@ -190,6 +190,20 @@ fn idle_timeout(v: &DurationText) -> Result<Option<Duration>, String> {
     .map(Some)
 }
 
+/// `dead_peer_timeout`: a duration of at least a second, or off.
+fn dead_peer_timeout(v: &DurationText) -> Result<Option<Duration>, String> {
+    let Some(d) = duration_or_off(v)? else {
+        return Ok(None);
+    };
+    at_least(
+        v,
+        d,
+        Duration::from_secs(1),
+        "a peer across any network would be taken for dead between two keepalives",
+    )
+    .map(Some)
+}
+
 /// A count of at least one.
 fn count(v: &i64) -> Result<usize, String> {
     let n = *v;
@@ -269,6 +283,12 @@ fn advice(key: &str, t: &Tuning) -> Option<String> {
             t.idle_timeout,
             10,
             "connections that pause between requests will be reset",
+        ),
+        "dead_peer_timeout" => short(
+            t.dead_peer_timeout,
+            5,
+            "a peer that is slow to answer a keepalive (a busy host, a lossy link, a connector \
+             whose warm sessions answer at its next 5 s pool sweep) will be taken for dead",
         ),
         _ => None,
     }
@@ -387,6 +407,7 @@ mod tests {
                 resumption_lifetime: Duration::from_secs(3600),
                 resumption_uses: 1000,
                 idle_timeout: None,
+                dead_peer_timeout: Some(Duration::from_secs(20)),
                 session_max_age: Duration::from_secs(3600),
                 session_reuse: true,
                 session_reuse_streams: 1000,

@@ -76,12 +76,21 @@ macro_rules! tuning_fields {
             resumption_lifetime: Duration = Duration::from_secs(3600),
                 parsed from DurationText by resumption_lifetime;
             /// How many resumptions in a row may follow one full handshake, from 1 to 1000000;
-            /// then a full handshake starts a new chain (each ticket serves one connection).
+            /// then a full handshake starts a new chain. It bounds a chain's depth, not its
+            /// sessions: each ticket serves one connection and hands on two, so a chain may
+            /// yield up to 2^(n+1) - 2 resumed sessions; `resumption_lifetime` bounds its time.
             resumption_uses: u32 = 1000, parsed from i64 by resumption_uses;
             /// An established connection that moves no byte either way for this long (at least
             /// 100 ms; under 10 s: a warning) is reset (logged `idle for …`); `"off"`, the default,
             /// keeps idle connections.
             idle_timeout: Option<Duration> = None, parsed from DurationText by idle_timeout;
+            /// A sealed session whose peer is not heard from for this long is reset and its
+            /// client with it (logged `peer silent for …`): an authenticated keepalive (a Ping
+            /// after half of it in silence) keeps a live peer heard, and the kernel's
+            /// `TCP_USER_TIMEOUT` is set to three times it on sealed sockets. At least 1 s (under 5 s: a
+            /// warning); `"off"`: no keepalive (a hung peer then holds its sessions).
+            dead_peer_timeout: Option<Duration> = Some(Duration::from_secs(20)),
+                parsed from DurationText by dead_peer_timeout;
             /// Listener: the longest a sealed session lives, reused or not, from 1 s to 24 h,
             /// counted from its handshake: past it, the session finishes the stream it carries and
             /// is closed, so that the connector's next client gets a fresh (or resumed) session.

@@ -380,6 +380,23 @@ impl Collector for Scrape {
 
         let mut m = describe(
             &mut encoder,
+            "sealpipe_refusals_total",
+            "Connector: authenticated refusals by the listener (its Alert), by reason: untrusted (this connector's key is not in its peers), service (it serves another service).",
+            MetricType::Counter,
+        )?;
+        for t in self.tunnels.iter().filter(|t| t.role == Role::Connector) {
+            let c = &t.state.counters;
+            for (reason, v) in [
+                ("untrusted", load(&c.refused_untrusted)),
+                ("service", load(&c.refused_service)),
+            ] {
+                let [tunnel, role] = labels(t);
+                counter(&mut m, &[tunnel, role, ("reason", reason)], v)?;
+            }
+        }
+
+        let mut m = describe(
+            &mut encoder,
             "sealpipe_handshakes_total",
             "Handshakes by result, and failures by reason.",
             MetricType::Counter,
@@ -713,7 +730,7 @@ mod tests {
         let text = one_tunnel(Role::Connector, "t", state).render().unwrap();
         let code = exposed(&text);
         let doc = documented(include_str!("../../docs/operations.md"));
-        assert_eq!(code.len(), PER_TUNNEL.len() + 5, "{text}");
+        assert_eq!(code.len(), PER_TUNNEL.len() + 6, "{text}");
         for (name, d) in &code {
             assert_eq!(
                 doc.get(name),

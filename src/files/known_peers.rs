@@ -224,6 +224,16 @@ impl TofuStore {
         Ok(cached.clone())
     }
 
+    /// The recorded key as last read or recorded here ([`TofuStore::known`],
+    /// [`TofuStore::record`]), without reading the file: `None` if none was.
+    pub fn recorded(&self) -> Option<Fingerprint> {
+        self.cached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|k| k.fingerprint)
+    }
+
     /// Records the key of a first contact (see [`record_known_peer`]); blocking.
     pub fn record(&self, fingerprint: &Fingerprint) -> Result<Recorded, KnownPeersError> {
         let result = record_known_peer(&self.path, &self.address, fingerprint)?;

@@ -31,13 +31,15 @@ pub(crate) const HASH_LEN: usize = 32;
 /// The prefix of every HKDF label: it carries the protocol version.
 pub(crate) const LABEL_PREFIX: &[u8] = b"sealpipe2 ";
 
-/// A 32-byte secret, zeroized on drop. Never printed; compared in constant time only.
+/// A 32-byte secret, zeroized on drop. Never printed; compared in constant time only. Its bytes
+/// live on the heap, written there in place by the derivations: moving a `Secret` (returning
+/// one, storing one) copies a pointer, never the secret, so no stale copy is left on the stack.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub struct Secret([u8; HASH_LEN]);
+pub struct Secret(Box<[u8; HASH_LEN]>);
 
 impl PartialEq for Secret {
     fn eq(&self, other: &Self) -> bool {
-        ct_eq(&self.0, &other.0)
+        ct_eq(&self.0[..], &other.0[..])
     }
 }
 
@@ -46,7 +48,10 @@ impl Eq for Secret {}
 impl Secret {
     /// Wraps raw bytes (for test vectors and the PSK).
     pub fn from_bytes(bytes: [u8; HASH_LEN]) -> Self {
-        Secret(bytes)
+        let mut bytes = bytes;
+        let secret = Secret(Box::new(bytes));
+        bytes.zeroize();
+        secret
     }
 
     /// The raw bytes; handle with care. Crate-private: the API gives no way to read a secret
@@ -60,6 +65,13 @@ impl Secret {
     #[cfg(feature = "testing")]
     pub fn expose(&self) -> &[u8; HASH_LEN] {
         &self.0
+    }
+}
+
+impl Secret {
+    /// All zero, to be written in place.
+    fn zero() -> Self {
+        Secret(Box::new([0u8; HASH_LEN]))
     }
 }
 
@@ -81,7 +93,7 @@ pub fn hash(data: &[u8]) -> [u8; HASH_LEN] {
 pub(crate) fn extract(salt: &[u8], ikm: &[u8]) -> Secret {
     let (mut prk, hk) = Hkdf::<Sha256>::extract(Some(salt), ikm);
     drop(hk);
-    let mut out = Secret([0u8; HASH_LEN]);
+    let mut out = Secret::zero();
     out.0.copy_from_slice(&prk);
     prk.as_mut_slice().zeroize();
     out
@@ -101,16 +113,17 @@ pub fn expand_label(secret: &Secret, label: &str, context: &[u8], out: &mut [u8]
         context,
     ];
     // The PRK is a full-length HMAC key, and every output here is far below 255 blocks: no error.
-    let hk = Hkdf::<Sha256>::from_prk(&secret.0).unwrap_or_else(|_| unreachable!());
+    let hk = Hkdf::<Sha256>::from_prk(&secret.0[..]).unwrap_or_else(|_| unreachable!());
     hk.expand_multi_info(&info, out)
         .unwrap_or_else(|_| unreachable!());
 }
 
 /// A 32-byte [`expand_label`].
 pub(crate) fn derive_secret(secret: &Secret, label: &str, context: &[u8]) -> Secret {
-    let mut out = [0u8; HASH_LEN];
-    expand_label(secret, label, context, &mut out);
-    Secret(out)
+    // Expanded straight into the secret's own buffer: no copy on the stack.
+    let mut out = Secret::zero();
+    expand_label(secret, label, context, &mut out.0[..]);
+    out
 }
 
 /// HMAC-SHA256.
@@ -246,6 +259,22 @@ impl TrafficKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Secret hygiene (review finding 7): the SHA-256 state that hashes a PSK (mac1's key, a
+    /// ticket context) wipes itself when dropped (sha2's `zeroize` feature);
+    /// and a [`Secret`] is a pointer to its bytes, so returning one by value (every
+    /// derivation) moves no secret bytes through the stack.
+    #[test]
+    fn hash_states_wipe_themselves_and_secrets_move_by_pointer() {
+        fn wipes_on_drop<T: ZeroizeOnDrop>() {}
+        wipes_on_drop::<Sha256>();
+        wipes_on_drop::<Secret>();
+        assert_eq!(std::mem::size_of::<Secret>(), std::mem::size_of::<usize>());
+        let s = derive_secret(&Secret::from_bytes([1; 32]), "x", b"");
+        let p = s.expose().as_ptr();
+        let moved = s;
+        assert_eq!(moved.expose().as_ptr(), p, "moved without copying the bytes");
+    }
 
     #[test]
     fn labels_separate_directions_and_generations() {

@@ -42,6 +42,7 @@ internal_modules! {
     mod identity;
     mod kex;
     mod key_schedule;
+    mod liveness;
     mod messages;
     mod mlkem;
     mod record;
@@ -61,6 +62,7 @@ pub use identity::{
     TrustList, DEFAULT_RSA_BITS, FINGERPRINT_PREFIX, MAX_RSA_BITS, MAX_SPKI_LEN, MIN_RSA_BITS,
 };
 pub use key_schedule::{Psk, Secret};
+pub use liveness::{Action as LivenessAction, Liveness};
 pub use messages::{MessageError, PROTOCOL_VERSION};
 pub use record::{
     Alert, AlertCode, Opened, Opener, RecordError, RecordType, Sealer, MAX_ALERT_DETAIL, OVERHEAD,

@@ -11,9 +11,15 @@
 //! Streams (PROTOCOL.md §4.3): one session may carry several streams, one after the other. At its
 //! close record each direction ratchets to the next **stream key** (`s = ExpandLabel(s, "next
 //! stream", "", 32)`, counter back to 0), so no two streams share a key and a later key opens no
-//! earlier stream. After a close record the only record a direction may carry is the StreamInfo
-//! record that starts the next stream (the connector's) — or nothing: the TCP end of stream then
-//! ends the session cleanly.
+//! earlier stream. After a close record the only records a direction may carry are the
+//! StreamInfo record that starts the next stream (the connector's) and keepalives — or nothing:
+//! the TCP end of stream then ends the session cleanly.
+//!
+//! Keepalives (PROTOCOL.md §4.4): Ping and Pong records are empty, sealed like any other record
+//! (a sequence number under the current key of their direction), and allowed anywhere after the
+//! handshake except after an Alert: before a stream's first record, inside a stream, after a
+//! close record. They never change a stream's state: a StreamInfo or Alert record after them is
+//! still "first".
 
 use crate::proto::aead::TAG_LEN;
 use crate::proto::key_schedule::{derive_secret, next_generation, Secret, TrafficKey};
@@ -58,8 +64,12 @@ pub enum RecordType {
     /// The listener's authenticated refusal of an authenticated connector ([`Alert`]): only as
     /// the listener's first record, and the last.
     Alert = 5,
+    /// A keepalive asking for a [`RecordType::Pong`]; empty, allowed anywhere but after an Alert.
+    Ping = 6,
+    /// The answer to a Ping (an unsolicited one is accepted); empty, allowed as a Ping is.
+    Pong = 7,
     // Types 8 to 10: the fresh hybrid exchange inside a session (`proto::kex`, PROTOCOL.md
-    // §4.5). Allowed anywhere after the handshake except after an Alert (between streams too);
+    // §4.5). Allowed as keepalives are (anywhere after the handshake except after an Alert);
     // they never change stream state.
     /// The connector's fresh X25519 public key and ML-KEM-768 encapsulation key (1216 bytes).
     KeyShare = 8,
@@ -78,9 +88,41 @@ impl RecordType {
             3 => Some(RecordType::Rekey),
             4 => Some(RecordType::StreamInfo),
             5 => Some(RecordType::Alert),
+            6 => Some(RecordType::Ping),
+            7 => Some(RecordType::Pong),
             8 => Some(RecordType::KeyShare),
             9 => Some(RecordType::KeyShareReply),
             10 => Some(RecordType::KeyShareDone),
+            _ => None,
+        }
+    }
+
+    /// A keepalive (Ping or Pong): allowed anywhere after the handshake but after an Alert,
+    /// and no part of any stream.
+    pub fn is_keepalive(self) -> bool {
+        matches!(self, RecordType::Ping | RecordType::Pong)
+    }
+
+    /// One of the hybrid exchange's records (types 8, 9, 10).
+    pub fn is_key_share(self) -> bool {
+        matches!(
+            self,
+            RecordType::KeyShare | RecordType::KeyShareReply | RecordType::KeyShareDone
+        )
+    }
+
+    /// Allowed after a close record and before a stream's first, leaving the stream state as
+    /// it was: keepalives and the records of the exchange.
+    fn outside_streams(self) -> bool {
+        self.is_keepalive() || self.is_key_share()
+    }
+
+    /// The exact plaintext length of a hybrid exchange record.
+    fn key_share_len(self) -> Option<usize> {
+        match self {
+            RecordType::KeyShare => Some(KEY_SHARE_LEN),
+            RecordType::KeyShareReply => Some(KEY_SHARE_REPLY_LEN),
+            RecordType::KeyShareDone => Some(0),
             _ => None,
         }
     }
@@ -244,26 +286,6 @@ impl Alert {
     }
 }
 
-impl RecordType {
-    /// One of the hybrid exchange's records (types 8, 9, 10).
-    pub fn is_key_share(self) -> bool {
-        matches!(
-            self,
-            RecordType::KeyShare | RecordType::KeyShareReply | RecordType::KeyShareDone
-        )
-    }
-
-    /// The exact plaintext length of a hybrid exchange record.
-    fn key_share_len(self) -> Option<usize> {
-        match self {
-            RecordType::KeyShare => Some(KEY_SHARE_LEN),
-            RecordType::KeyShareReply => Some(KEY_SHARE_REPLY_LEN),
-            RecordType::KeyShareDone => Some(0),
-            _ => None,
-        }
-    }
-}
-
 /// The label of the ratchet to the next stream's key, at a close record.
 pub(crate) const NEXT_STREAM_LABEL: &str = "next stream";
 
@@ -280,7 +302,8 @@ struct DirectionState {
     seq: u64,
     /// Ratchets so far, rekeys and stream boundaries alike (bounded by [`MAX_GENERATIONS`]).
     generation: u64,
-    /// No record yet under this stream: the next may be a StreamInfo record.
+    /// No record yet under this stream but keepalives: the next may be a StreamInfo (or Alert)
+    /// record.
     stream_start: bool,
     /// Streams begun after the first (stream boundaries crossed).
     streams: u64,
@@ -299,15 +322,6 @@ impl DirectionState {
             streams: 0,
             hybrid: 0,
         }
-    }
-
-    /// The nonce of a hybrid exchange record: counted like any record, but leaving the stream
-    /// state alone (such a record may come between streams, or before a stream's first).
-    fn key_share_nonce(&mut self) -> Result<[u8; 12], RecordError> {
-        let start = self.stream_start;
-        let nonce = self.next_nonce();
-        self.stream_start = start;
-        nonce
     }
 
     /// The move to the secret of a fresh hybrid exchange (PROTOCOL.md §4.5), `next` of the
@@ -339,14 +353,17 @@ impl DirectionState {
         Ok(())
     }
 
-    /// The nonce for the next record, and the counter moved on; refuses at the hard limit.
-    fn next_nonce(&mut self) -> Result<[u8; 12], RecordError> {
+    /// The nonce for the next record, of type `kind`, and the counter moved on; refuses at the
+    /// hard limit. A keepalive leaves the stream's start as it was.
+    fn next_nonce(&mut self, kind: RecordType) -> Result<[u8; 12], RecordError> {
         if self.seq >= HARD_RECORD_LIMIT {
             return Err(RecordError::KeyExhausted);
         }
         let nonce = self.key.nonce(self.seq);
         self.seq += 1;
-        self.stream_start = false;
+        if !kind.outside_streams() {
+            self.stream_start = false;
+        }
         Ok(nonce)
     }
 
@@ -381,14 +398,6 @@ pub fn parse_header(h: &[u8; HEADER_LEN]) -> Result<(RecordType, usize), RecordE
     Ok((kind, HEADER_LEN + body))
 }
 
-/// The type of a hybrid exchange record, from its header (`None` for any other record, or a
-/// header that does not parse: [`Opener::open`] refuses those as usual).
-fn key_share_type(record: &[u8]) -> Option<RecordType> {
-    let h = record.first_chunk::<HEADER_LEN>()?;
-    let (kind, _) = parse_header(h).ok()?;
-    kind.is_key_share().then_some(kind)
-}
-
 /// The sending half of a session.
 pub struct Sealer {
     dir: DirectionState,
@@ -396,7 +405,7 @@ pub struct Sealer {
     bytes_this_key: u64,
     rekey_requested: bool,
     closed: bool,
-    /// An Alert was sealed: nothing at all follows it.
+    /// An Alert was sealed: nothing at all follows it, keepalives included.
     alerted: bool,
     bytes_total: u64,
     rekeys: u64,
@@ -435,13 +444,9 @@ impl Sealer {
         if kind.key_share_len() != Some(body.len()) {
             return Err(RecordError::Malformed(kind));
         }
-        if self.alerted {
-            return Err(RecordError::AfterClose);
-        }
         let mut buf = vec![0u8; body.len() + OVERHEAD];
         buf[HEADER_LEN..HEADER_LEN + body.len()].copy_from_slice(body);
-        let nonce = self.dir.key_share_nonce()?;
-        self.seal_with(kind, &mut buf, nonce)?;
+        self.seal(kind, &mut buf)?;
         Ok(buf)
     }
 
@@ -559,6 +564,21 @@ impl Sealer {
         Ok(buf)
     }
 
+    /// Seals a Ping record (empty; PROTOCOL.md §4.4): anywhere but after an Alert, before a
+    /// stream's first record and after a close record included (under the next stream's key).
+    pub fn seal_ping(&mut self) -> Result<[u8; OVERHEAD], RecordError> {
+        let mut buf = [0u8; OVERHEAD];
+        self.seal(RecordType::Ping, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Seals a Pong record (empty), the answer to a Ping; allowed where a Ping is.
+    pub fn seal_pong(&mut self) -> Result<[u8; OVERHEAD], RecordError> {
+        let mut buf = [0u8; OVERHEAD];
+        self.seal(RecordType::Pong, &mut buf)?;
+        Ok(buf)
+    }
+
     /// Seals the close record into `buf` (exactly [`OVERHEAD`] bytes), then ratchets to the next
     /// stream's key; nothing but a StreamInfo record (the next stream) may follow it.
     pub fn seal_close(&mut self, buf: &mut [u8; OVERHEAD]) -> Result<(), RecordError> {
@@ -571,24 +591,15 @@ impl Sealer {
     }
 
     fn seal(&mut self, kind: RecordType, buf: &mut [u8]) -> Result<(), RecordError> {
-        if self.closed {
+        if self.alerted || (self.closed && !kind.outside_streams()) {
             return Err(RecordError::AfterClose);
         }
         if buf.len() < OVERHEAD || buf.len() > MAX_RECORD_LEN {
             return Err(RecordError::Buffer(buf.len()));
         }
-        let nonce = self.dir.next_nonce()?;
-        self.seal_with(kind, buf, nonce)
-    }
-
-    fn seal_with(
-        &mut self,
-        kind: RecordType,
-        buf: &mut [u8],
-        nonce: [u8; 12],
-    ) -> Result<(), RecordError> {
         let body_len = buf.len() - HEADER_LEN;
         let hdr = header(kind, body_len);
+        let nonce = self.dir.next_nonce(kind)?;
         let (head, rest) = buf.split_at_mut(HEADER_LEN);
         head.copy_from_slice(&hdr);
         let (plain, tag_room) = rest.split_at_mut(body_len - TAG_LEN);
@@ -615,6 +626,10 @@ pub enum Opened<'a> {
     /// The listener refused this connector, or this stream (its first record of the stream,
     /// and its last: the direction is closed after it).
     Alert(Alert),
+    /// A keepalive: answer it with one Pong, as soon as possible.
+    Ping,
+    /// The answer to a keepalive (or an unsolicited one): the peer is alive, nothing to do.
+    Pong,
     /// A record of the hybrid exchange (types 8 to 10), its body of the exact length for its
     /// type; for `proto::kex` to act on (it does not change keys by itself).
     KeyShare(RecordType, &'a [u8]),
@@ -624,10 +639,13 @@ pub enum Opened<'a> {
 pub struct Opener {
     dir: DirectionState,
     closed: bool,
-    /// An Alert was opened: nothing at all follows it.
+    /// An Alert was opened: nothing at all may follow it, keepalives included.
     alerted: bool,
     bytes_total: u64,
     rekeys: u64,
+    /// The session was resumed: a handshake's refusal (Alert code 1 or 2) is not valid as its
+    /// first record (PROTOCOL.md §4.2, [`Opener::resumed`]).
+    resumed: bool,
 }
 
 impl Opener {
@@ -639,7 +657,16 @@ impl Opener {
             alerted: false,
             bytes_total: 0,
             rekeys: 0,
+            resumed: false,
         }
+    }
+
+    /// Marks the session as resumed: a resumed handshake never ends in an Alert, so codes 1
+    /// and 2 (a handshake's refusal) are refused as the session's first record, as any
+    /// unexpected record (PROTOCOL.md §4.2). Codes 3 and 4 refuse a stream, and stay valid.
+    pub fn resumed(mut self) -> Self {
+        self.resumed = true;
+        self
     }
 
     /// Fresh hybrid exchanges this direction has moved to.
@@ -735,26 +762,12 @@ impl Opener {
 
     /// Opens one whole record (header included, as its header sizes it) in place.
     /// A StreamInfo record is refused here: it is only valid first, through
-    /// [`Opener::open_stream_info`].
+    /// [`Opener::open_stream_info`]. Keepalives open here wherever they are allowed: after a
+    /// close record too (under the next stream's key), never after an Alert.
     pub fn open<'a>(&mut self, record: &'a mut [u8]) -> Result<Opened<'a>, RecordError> {
-        // An Alert only as the first record of the listener's direction in a stream.
+        // An Alert only as the first record of the listener's direction in a stream
+        // (keepalives before it aside).
         let first = self.dir.stream_start;
-        if let Some(kind) = key_share_type(record) {
-            // Between streams too (after a close record), never after an Alert; the stream
-            // state is left as it was.
-            if self.alerted {
-                return Err(RecordError::AfterClose);
-            }
-            let closed = std::mem::replace(&mut self.closed, false);
-            let opened = self.open_record(record);
-            self.closed = closed;
-            self.dir.stream_start = first;
-            let (_, plain) = opened?;
-            if kind.key_share_len() != Some(plain.len()) {
-                return Err(RecordError::Malformed(kind));
-            }
-            return Ok(Opened::KeyShare(kind, plain));
-        }
         let (kind, plain) = self.open_record(record)?;
         match kind {
             RecordType::Data if plain.is_empty() => Err(RecordError::Malformed(kind)),
@@ -762,8 +775,20 @@ impl Opener {
                 self.bytes_total += plain.len() as u64;
                 Ok(Opened::Data(plain))
             }
-            RecordType::Close | RecordType::Rekey if !plain.is_empty() => {
+            RecordType::Close | RecordType::Rekey | RecordType::Ping | RecordType::Pong
+                if !plain.is_empty() =>
+            {
                 Err(RecordError::Malformed(kind))
+            }
+            RecordType::Ping => Ok(Opened::Ping),
+            RecordType::Pong => Ok(Opened::Pong),
+            RecordType::KeyShare | RecordType::KeyShareReply | RecordType::KeyShareDone
+                if kind.key_share_len() != Some(plain.len()) =>
+            {
+                Err(RecordError::Malformed(kind))
+            }
+            RecordType::KeyShare | RecordType::KeyShareReply | RecordType::KeyShareDone => {
+                Ok(Opened::KeyShare(kind, plain))
             }
             RecordType::Close => {
                 self.closed = true;
@@ -779,13 +804,14 @@ impl Opener {
             RecordType::Alert if !first => Err(RecordError::Unexpected(kind)),
             RecordType::Alert => {
                 let alert = Alert::decode(plain)?;
+                let handshake_refusal =
+                    matches!(alert.code(), AlertCode::Untrusted | AlertCode::ServiceMismatch);
+                if self.resumed && self.dir.streams == 0 && handshake_refusal {
+                    return Err(RecordError::Unexpected(kind));
+                }
                 self.closed = true;
                 self.alerted = true;
                 Ok(Opened::Alert(alert))
-            }
-            // Handled above.
-            RecordType::KeyShare | RecordType::KeyShareReply | RecordType::KeyShareDone => {
-                Err(RecordError::Unexpected(kind))
             }
         }
     }
@@ -795,18 +821,20 @@ impl Opener {
         &mut self,
         record: &'a mut [u8],
     ) -> Result<(RecordType, &'a mut [u8]), RecordError> {
-        if self.closed {
-            return Err(RecordError::AfterClose);
-        }
         let hdr: [u8; HEADER_LEN] = record
             .get(..HEADER_LEN)
             .and_then(|h| h.try_into().ok())
             .ok_or(RecordError::Buffer(record.len()))?;
         let (kind, total) = parse_header(&hdr)?;
+        // After a close record only keepalives (and the next stream's StreamInfo, which
+        // `open_stream_info` lets through); after an Alert nothing.
+        if self.alerted || (self.closed && !kind.outside_streams()) {
+            return Err(RecordError::AfterClose);
+        }
         if total != record.len() {
             return Err(RecordError::Buffer(record.len()));
         }
-        let nonce = self.dir.next_nonce()?;
+        let nonce = self.dir.next_nonce(kind)?;
         let (plain, tag) = record[HEADER_LEN..].split_at_mut(total - HEADER_LEN - TAG_LEN);
         let tag: [u8; TAG_LEN] = (&*tag).try_into().map_err(|_| RecordError::BadRecord)?;
         self.dir
@@ -1022,6 +1050,45 @@ mod tests {
         assert_eq!(o.open(&mut again), Err(RecordError::AfterClose));
     }
 
+    /// A resumed session refuses a handshake's refusal (Alert code 1 or 2) as its first record:
+    /// a resumed handshake never ends in an Alert (PROTOCOL.md §4.2). A stream's refusal (codes
+    /// 3 and 4) stays valid there, and codes 1 and 2 on a later stream (a reload's).
+    #[test]
+    fn a_resumed_session_refuses_a_handshake_alert_first() {
+        let resumed = || {
+            let (s, o) = pair();
+            (s, o.resumed())
+        };
+        for code in [AlertCode::Untrusted, AlertCode::ServiceMismatch] {
+            let detail: &[u8] = if code == AlertCode::ServiceMismatch { b"svc" } else { b"" };
+            let (mut s, mut o) = resumed();
+            let mut rec = s.seal_alert(&Alert::new(code, detail)).unwrap();
+            assert_eq!(
+                o.open(&mut rec),
+                Err(RecordError::Unexpected(RecordType::Alert)),
+                "{code:?}"
+            );
+            // After a full handshake, the same record is the listener's refusal.
+            let (mut s, mut o) = pair();
+            let mut rec = s.seal_alert(&Alert::new(code, detail)).unwrap();
+            assert!(matches!(o.open(&mut rec), Ok(Opened::Alert(_))));
+        }
+        for code in [AlertCode::ForwardUnreachable, AlertCode::DestinationNotAllowed] {
+            let (mut s, mut o) = resumed();
+            let mut rec = s.seal_alert(&Alert::new(code, b"")).unwrap();
+            assert!(matches!(o.open(&mut rec), Ok(Opened::Alert(_))), "{code:?}");
+        }
+        // A later stream of a resumed session: code 1 (a reload took the key away) is valid.
+        let (mut s, mut o) = resumed();
+        let mut c = close_record(&mut s);
+        assert_eq!(o.open(&mut c).unwrap(), Opened::Close);
+        s.begin_stream().unwrap();
+        o.begin_stream().unwrap();
+        let mut rec = s.seal_alert(&Alert::new(AlertCode::Untrusted, b"")).unwrap();
+        let r = o.open(&mut rec);
+        assert!(matches!(r, Ok(Opened::Alert(_))), "{r:?}");
+    }
+
     fn close_record(sealer: &mut Sealer) -> Vec<u8> {
         let mut c = [0u8; OVERHEAD];
         sealer.seal_close(&mut c).unwrap();
@@ -1173,6 +1240,154 @@ mod tests {
             1u8, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
         ];
         assert_eq!(o.open(&mut r), Err(RecordError::KeyExhausted));
+    }
+
+    #[test]
+    fn keepalives_are_empty_sealed_records_that_count_but_carry_no_bytes() {
+        let (mut s, mut o) = pair();
+        let mut ping = s.seal_ping().unwrap();
+        assert_eq!(&ping[..HEADER_LEN], &[6, 0, 0, 16]);
+        assert_eq!(parse_header(&[6, 0, 0, 16]), Ok((RecordType::Ping, OVERHEAD)));
+        assert_eq!(parse_header(&[7, 0, 0, 16]), Ok((RecordType::Pong, OVERHEAD)));
+        assert_eq!(o.open(&mut ping), Ok(Opened::Ping));
+        let mut pong = s.seal_pong().unwrap();
+        assert_eq!(pong[0], 7);
+        assert_eq!(o.open(&mut pong), Ok(Opened::Pong));
+        // They take sequence numbers (2 so far), not bytes toward `rekey_bytes`.
+        assert_eq!((s.dir.seq, o.dir.seq), (2, 2));
+        assert_eq!((s.bytes_sealed(), s.bytes_this_key), (0, 0));
+        assert_eq!(o.bytes_opened(), 0);
+        // A keepalive with a body (sealed by hand) is malformed.
+        let mut evil = Sealer::new(s.dir.secret.clone(), 1 << 30);
+        evil.dir.seq = s.dir.seq;
+        let mut buf = vec![0u8; 1 + OVERHEAD];
+        evil.seal(RecordType::Ping, &mut buf).unwrap();
+        assert_eq!(o.open(&mut buf), Err(RecordError::Malformed(RecordType::Ping)));
+    }
+
+    #[test]
+    fn a_tampered_replayed_or_reordered_ping_fails_authentication() {
+        let (mut s, mut o) = pair();
+        let first = s.seal_ping().unwrap();
+        let second = s.seal_ping().unwrap();
+        // Reordered: the second first.
+        let mut r = second;
+        assert_eq!(o.open(&mut r), Err(RecordError::BadRecord));
+        let (mut s, mut o) = pair();
+        let mut p = s.seal_ping().unwrap();
+        let replay = p;
+        assert_eq!(o.open(&mut p), Ok(Opened::Ping));
+        // Replayed.
+        let mut r = replay;
+        assert_eq!(o.open(&mut r), Err(RecordError::BadRecord));
+        // Tampered: every bit of a fresh one.
+        let (mut s, _) = pair();
+        let good = s.seal_ping().unwrap();
+        for bit in 0..good.len() * 8 {
+            let (_, mut o) = pair();
+            let mut t = good;
+            t[bit / 8] ^= 1 << (bit % 8);
+            assert!(o.open(&mut t).is_err(), "bit {bit} flipped");
+        }
+        // A Ping turned into a Pong in its header (the header is authenticated).
+        let (_, mut o) = pair();
+        let mut t = good;
+        t[0] = RecordType::Pong as u8;
+        assert_eq!(o.open(&mut t), Err(RecordError::BadRecord));
+        // Reflected: our own Ping back to us opens under the other direction's key only.
+        let ours = Secret::from_bytes([9u8; 32]);
+        let mut theirs = Opener::new(Secret::from_bytes([8u8; 32]));
+        let mut me = Sealer::new(ours, 1 << 30);
+        let mut p = me.seal_ping().unwrap();
+        assert_eq!(theirs.open(&mut p), Err(RecordError::BadRecord));
+        let _ = first;
+    }
+
+    #[test]
+    fn keepalives_before_the_first_stream_info_and_between_streams() {
+        let (mut s, mut o) = pair();
+        // Before the session's first StreamInfo: it is still the first record of the stream.
+        let mut p = s.seal_ping().unwrap();
+        assert_eq!(o.open(&mut p), Ok(Opened::Ping));
+        let mut p = s.seal_pong().unwrap();
+        assert_eq!(o.open(&mut p), Ok(Opened::Pong));
+        let mut info = stream_info_record(&mut s, b"one").unwrap();
+        assert_eq!(o.open_stream_info(&mut info).unwrap(), b"one");
+        // Inside the stream.
+        let mut p = s.seal_ping().unwrap();
+        assert_eq!(o.open(&mut p), Ok(Opened::Ping));
+        let mut d = data_record(&mut s, b"x");
+        assert_eq!(o.open(&mut d), Ok(Opened::Data(b"x")));
+        // After the close: under the next stream's key, and the stream stays closed.
+        let mut c = close_record(&mut s);
+        assert_eq!(o.open(&mut c), Ok(Opened::Close));
+        let mut p = s.seal_ping().unwrap();
+        assert_eq!(o.open(&mut p), Ok(Opened::Ping));
+        assert!(s.is_closed() && o.is_closed());
+        let mut buf = vec![0u8; 1 + OVERHEAD];
+        assert_eq!(s.seal_data(&mut buf), Err(RecordError::AfterClose));
+        // Data after the close is still refused, keepalives or not.
+        let mut evil = Sealer::new(s.dir.secret.clone(), 1 << 30);
+        evil.dir.seq = s.dir.seq;
+        let mut d = data_record(&mut evil, b"y");
+        assert_eq!(o.open(&mut d), Err(RecordError::AfterClose));
+        // The next StreamInfo, after keepalives, is still the next stream's first record.
+        let (mut s, mut o) = pair();
+        let mut c = close_record(&mut s);
+        o.open(&mut c).unwrap();
+        for _ in 0..3 {
+            let mut p = s.seal_pong().unwrap();
+            assert_eq!(o.open(&mut p), Ok(Opened::Pong));
+        }
+        let mut info = stream_info_record(&mut s, b"two").unwrap();
+        assert_eq!(o.open_stream_info(&mut info).unwrap(), b"two");
+        assert!(!o.is_closed());
+        // The end of the transport after a close and keepalives: a clean end.
+        let (mut s, mut o) = pair();
+        let mut c = close_record(&mut s);
+        o.open(&mut c).unwrap();
+        let mut p = s.seal_ping().unwrap();
+        o.open(&mut p).unwrap();
+        assert_eq!(o.end_of_stream(), Ok(()));
+    }
+
+    #[test]
+    fn an_alert_after_keepalives_is_still_first_and_nothing_follows_it() {
+        let alert = Alert::new(AlertCode::Untrusted, b"");
+        let (mut s, mut o) = pair();
+        for _ in 0..2 {
+            let mut p = s.seal_ping().unwrap();
+            assert_eq!(o.open(&mut p), Ok(Opened::Ping));
+        }
+        let mut a = s.seal_alert(&alert).unwrap();
+        assert_eq!(o.open(&mut a), Ok(Opened::Alert(alert)));
+        // Not after an Alert: neither sealed nor opened.
+        assert_eq!(s.seal_ping(), Err(RecordError::AfterClose));
+        assert_eq!(s.seal_pong(), Err(RecordError::AfterClose));
+        let mut evil = Sealer::new(s.dir.secret.clone(), 1 << 30);
+        evil.dir.seq = s.dir.seq;
+        let mut p = evil.seal_ping().unwrap();
+        assert_eq!(o.open(&mut p), Err(RecordError::AfterClose));
+        // The same in a later stream: keepalives between streams, then the Alert first.
+        let (mut s, mut o) = pair();
+        let mut c = close_record(&mut s);
+        o.open(&mut c).unwrap();
+        let mut p = s.seal_ping().unwrap();
+        o.open(&mut p).unwrap();
+        s.begin_stream().unwrap();
+        o.begin_stream().unwrap();
+        let mut p = s.seal_pong().unwrap();
+        o.open(&mut p).unwrap();
+        let mut a = s.seal_alert(&alert).unwrap();
+        assert_eq!(o.open(&mut a), Ok(Opened::Alert(alert)));
+        // But not after a data record, keepalives or not.
+        let (mut s, _) = pair();
+        let _ = data_record(&mut s, b"x");
+        let _ = s.seal_ping().unwrap();
+        assert_eq!(
+            s.seal_alert(&alert),
+            Err(RecordError::Unexpected(RecordType::Alert))
+        );
     }
 
     mod prop {

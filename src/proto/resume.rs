@@ -11,7 +11,7 @@
 //! T_i         = ExpandLabel(res, "ticket", [i], 32)          i = 0, 1
 //! ticket_id   = ExpandLabel(T, "ticket id", "", 16)
 //! binder_key  = ExpandLabel(T, "res binder", "", 32)
-//! binder      = HMAC(binder_key, H(ResumeHello up to the binder, header included))
+//! binder      = HMAC(binder_key, H(ResumeHello up to the binder, header included || fp_l))
 //! es          = Extract(salt = T, ikm = X25519(e_c, e_l))
 //! c_rhs, l_rhs= ExpandLabel(es, "c res hs" | "l res hs", H(ResumeHello || ResumeAccept w/o fin), 32)
 //! master      = Extract(salt = ExpandLabel(es, "derived", H(""), 32), ikm = 0^32)
@@ -93,10 +93,17 @@ pub fn ticket_id(t: &Secret) -> TicketId {
     id
 }
 
-/// The binder of a resume hello: `HMAC(binder_key, H(hello up to the binder))`.
-pub fn binder(t: &Secret, hello_before_binder: &[u8]) -> [u8; HASH_LEN] {
+/// The binder of a resume hello keyed (its mac1) for listener key `listener`:
+/// `HMAC(binder_key, H(hello up to the binder || fp_listener))` (PROTOCOL.md §9). The key is
+/// covered so that a hello re-MACed for a listener's other key (during a rotation) fails its
+/// binder there, which leaves the ticket alone, instead of failing the ticket's context check,
+/// which deletes it.
+pub fn binder(t: &Secret, hello_before_binder: &[u8], listener: &Fingerprint) -> [u8; HASH_LEN] {
     let key = derive_secret(t, "res binder", b"");
-    hmac(key.expose(), &[&hash(hello_before_binder)])
+    hmac(
+        key.expose(),
+        &[&hash(&[hello_before_binder, listener.as_bytes()].concat())],
+    )
 }
 
 /// The resumption key schedule (module documentation), from the ticket secret and a fresh
@@ -229,6 +236,8 @@ pub struct PresentedBinder<'a> {
     pub hello_before_binder: &'a [u8],
     /// The binder field.
     pub binder: &'a [u8],
+    /// The listener key the hello's mac1 was keyed for (the one answering it).
+    pub listener: &'a Fingerprint,
 }
 
 /// A ticket the listener accepted for one resumption: still in the store until the connector's
@@ -460,7 +469,7 @@ impl TicketStore {
     ) -> Result<Redeemed, TicketRefusal> {
         let t = self.tickets.get(id).ok_or(TicketRefusal::Unknown)?;
         if !ct_eq(
-            &binder(&t.secret, presented.hello_before_binder),
+            &binder(&t.secret, presented.hello_before_binder, presented.listener),
             presented.binder,
         ) {
             return Err(TicketRefusal::BadBinder);
@@ -645,14 +654,40 @@ impl ConnectorTickets {
 mod tests {
     use super::*;
 
+    /// `resumption_uses` bounds a chain's depth, not its sessions (PROTOCOL.md §9, "Depth"):
+    /// each session files two successors, so a chain of depth `n` yields up to `2^(n+1) − 2`
+    /// resumed sessions. If this changes, the documents that state it must change too.
+    #[test]
+    fn a_chain_yields_at_most_two_to_the_depth_plus_one_minus_two_sessions() {
+        // The resumed sessions that one filed ticket of `chain` may yield, itself included.
+        fn yields(chain: Option<Chain>, policy: TicketPolicy) -> u64 {
+            match chain {
+                None => 0,
+                Some(c) => 1 + u64::from(SUCCESSORS) * yields(c.next(policy), policy),
+            }
+        }
+        let now = Instant::now();
+        for uses in 1..=10u32 {
+            let policy = TicketPolicy {
+                uses,
+                ..TicketPolicy::default()
+            };
+            // A full handshake files two tickets of a new chain.
+            let total = u64::from(SUCCESSORS) * yields(Some(Chain::new(policy, now)), policy);
+            assert_eq!(total, (1u64 << (uses + 1)) - 2, "resumption_uses = {uses}");
+        }
+    }
+
     #[test]
     fn ids_and_binders_depend_on_the_secret() {
         let a = Secret::from_bytes([1; 32]);
         let b = Secret::from_bytes([2; 32]);
         assert_ne!(ticket_id(&a), ticket_id(&b));
-        assert_ne!(binder(&a, b"x"), binder(&b, b"x"));
-        assert_ne!(binder(&a, b"x"), binder(&a, b"y"));
-        assert_ne!(&binder(&a, b"x")[..16], &ticket_id(&a)[..]);
+        let (k, l) = (Fingerprint([1; 32]), Fingerprint([2; 32]));
+        assert_ne!(binder(&a, b"x", &k), binder(&b, b"x", &k));
+        assert_ne!(binder(&a, b"x", &k), binder(&a, b"y", &k));
+        assert_ne!(binder(&a, b"x", &k), binder(&a, b"x", &l));
+        assert_ne!(&binder(&a, b"x", &k)[..16], &ticket_id(&a)[..]);
     }
 
     #[test]

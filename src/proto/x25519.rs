@@ -32,8 +32,23 @@ pub fn public_key(secret: &[u8; 32]) -> [u8; 32] {
     fast.unwrap_or([0; 32])
 }
 
+#[cfg(test)]
+thread_local! {
+    /// [`shared`] calls made by this thread (unit tests only): a test that a message costs no
+    /// X25519 reads it before and after.
+    static SHARED_CALLS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The [`shared`] calls this thread has made (unit tests only).
+#[cfg(test)]
+pub(crate) fn shared_calls() -> u64 {
+    SHARED_CALLS.with(std::cell::Cell::get)
+}
+
 /// X25519(`secret`, `peer`), refusing an all-zero result.
 pub fn shared(secret: &[u8; 32], peer: &[u8; 32]) -> Result<SharedSecret, LowOrderPoint> {
+    #[cfg(test)]
+    SHARED_CALLS.with(|c| c.set(c.get() + 1));
     let key = PrivateKey::from_private_key(&X25519, secret).map_err(|_| LowOrderPoint)?;
     // aws-lc refuses an all-zero output itself; the check below does not rely on it.
     let out = agree(

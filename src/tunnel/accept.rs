@@ -140,9 +140,17 @@ pub(crate) async fn serve<T: Tunnel>(
             stream.reset_on_close();
             continue;
         }
-        let Some(conn_slot) = state.connections.try_acquire(shared.max_connections) else {
-            over_limit(&state, tunnel.as_ref(), &stream);
-            continue;
+        // At `max_connections`, a listener closes its oldest connection that has not sent a
+        // valid hello yet, or else its oldest session that has not carried a stream yet
+        // (`tunnel::pre_auth`), and this one takes the slot it gives back.
+        let max = shared.max_connections;
+        let conn_slot = match state.connections.try_acquire(max) {
+            Some(slot) => Some(slot),
+            None if state.pre_auth.evict_oldest() || state.silent.evict_oldest() => None,
+            None => {
+                over_limit(&state, tunnel.as_ref(), &stream);
+                continue;
+            }
         };
         if let Conn::Tcp(s) = &stream {
             configure(s);
@@ -159,6 +167,19 @@ pub(crate) async fn serve<T: Tunnel>(
         };
         tracker.spawn(
             async move {
+                let conn_slot = match conn_slot {
+                    Some(slot) => slot,
+                    None => {
+                        let freed = state.connections.acquire(max);
+                        match tokio::time::timeout(EVICTION_WAIT, freed).await {
+                            Ok(slot) => slot,
+                            Err(_) => {
+                                over_limit(&state, tunnel.as_ref(), &stream);
+                                return;
+                            }
+                        }
+                    }
+                };
                 tunnel.handle(current, stream, peer, state).await;
                 drop(conn_slot);
             }
@@ -166,6 +187,10 @@ pub(crate) async fn serve<T: Tunnel>(
         );
     }
 }
+
+/// How long a connection accepted at `max_connections` waits for the slot of the connection it
+/// evicted (that one closes at once; this only bounds a race with other new connections).
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
 
 /// Drops a connection at `max_connections`, with a warning at most every few seconds.
 fn over_limit<T: Tunnel>(state: &TunnelState, tunnel: &T, stream: &Conn) {
@@ -193,6 +218,7 @@ pub(crate) fn log_refusal(tunnel: &str, role: Role, peer: impl Display, err: &Se
         | SessionError::Replay
         | SessionError::SourceLimited
         | SessionError::Overloaded
+        | SessionError::Evicted
         | SessionError::Eof
         | SessionError::Unanswered
         | SessionError::Timeout(_)

@@ -57,6 +57,7 @@ pub(crate) async fn carry<T: Tunnel>(
         opener,
         session,
         kex,
+        ..
     } = records;
     let fingerprint = *fingerprint;
     let shared = tunnel.shared();
@@ -80,6 +81,7 @@ pub(crate) async fn carry<T: Tunnel>(
         record_size: shared.record_size,
         rekey_interval: shared.rekey_interval,
         idle_timeout: shared.idle_timeout,
+        dead_peer_timeout: shared.dead_peer_timeout,
         fin_after_close: last_stream.into(),
     };
     let fin_after_close = opts.fin_after_close;
@@ -112,11 +114,14 @@ pub(crate) async fn carry<T: Tunnel>(
     // §4.5): before the connector's next StreamInfo (or its return to the pool), before the
     // listener's wait for it. Not on a session that ends with this stream.
     let result = match result {
-        Ok(rest) if kex.in_flight() && !fin_after_close.at(Instant::now()) => kex
-            .settle(sealed, sealer, opener, rest, shared.handshake_timeout)
-            .await
-            .map(Option::unwrap_or_default)
-            .map_err(PumpError::Kex),
+        // On the heap, and only then: no part of every connection's task (memory per idle
+        // connection).
+        Ok(rest) if kex.in_flight() && !fin_after_close.at(Instant::now()) => {
+            Box::pin(kex.settle(sealed, sealer, opener, rest, shared.handshake_timeout))
+                .await
+                .map(Option::unwrap_or_default)
+                .map_err(PumpError::Kex)
+        }
         other => other,
     };
     drop(entry);

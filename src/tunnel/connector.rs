@@ -20,14 +20,14 @@ use crate::proto::handshake::{
     Resumption,
 };
 use crate::proto::identity::{Fingerprint, TrustList};
-use crate::proto::record::{Alert, AlertCode, RecordError};
+use crate::proto::record::{Alert, AlertCode};
 use crate::proto::stream::{canonical, StreamInfo};
 use crate::tunnel::accept::{log_refusal, os_randomness, Current};
 use crate::tunnel::carry::{carry, StreamEnd};
 use crate::tunnel::handshake::{self, Records, SessionError};
 use crate::tunnel::limits::Slot;
-use crate::tunnel::net::{connect, reset_on_close, Conn, Peer};
-use crate::tunnel::pool::{Session, Take, SWEEP};
+use crate::tunnel::net::{connect, reset_on_close, set_user_timeout, Conn, Peer};
+use crate::tunnel::pool::{sweep_every, Refusal, Session, Take};
 use crate::tunnel::sessions::{next_id, SessionEntry};
 use crate::tunnel::settings::{
     ConnectorMode, ConnectorSettings, SharedSettings, SocketPermissions,
@@ -143,6 +143,9 @@ impl Tunnel for ConnectorTunnel {
         state: Arc<TunnelState>,
     ) {
         let started = Instant::now();
+        // However long it waits for a warm session, a client gets a session within one
+        // `handshake_timeout` or none: its own handshake has what the wait left of it.
+        let deadline = tokio::time::Instant::now() + self.settings.shared.handshake_timeout;
         let plain_tcp = match &plain {
             Conn::Tcp(t) => Some(t),
             Conn::Unix(_) => None,
@@ -182,6 +185,19 @@ impl Tunnel for ConnectorTunnel {
                 }
                 Take::Wait(next) => Some(next),
                 Take::Miss => None,
+                Take::Refused(r) => {
+                    // The listener refused a session made for the pool: this client gets its
+                    // answer, without a handshake of its own.
+                    state.counters.pool_misses.fetch_add(1, Ordering::Relaxed);
+                    tracing::Span::current().record("session", r.session);
+                    if !r.reported {
+                        self.report_refill_refusal(&state, &r);
+                    }
+                    tracing::error!(tunnel = %self.name, role = %Role::Connector, peer = %r.peer,
+                        fingerprint = %r.fingerprint, "{}", self.describe_refusal(&r.alert));
+                    plain.reset_on_close();
+                    return;
+                }
             };
             let counter = if pooled.is_some() {
                 &state.counters.pool_hits
@@ -196,9 +212,7 @@ impl Tunnel for ConnectorTunnel {
                 // The first session free: a refill's or one another client gave back. Without
                 // one in time, or with one a reload made unusable meanwhile, a handshake of
                 // its own.
-                pooled = match tokio::time::timeout(self.settings.shared.handshake_timeout, next)
-                    .await
-                {
+                pooled = match tokio::time::timeout_at(deadline, next).await {
                     Ok(Ok(Some(s))) if s.connect == connect && usable(&s) => Some(s),
                     _ => None,
                 };
@@ -207,7 +221,7 @@ impl Tunnel for ConnectorTunnel {
         // On the heap while it runs (as the handshake): the session is then held once, by this
         // task, for as long as the stream lasts (memory per idle connection).
         let Some((mut session, from_pool)) =
-            Box::pin(self.stream_session(pooled, &info, &state)).await
+            Box::pin(self.stream_session(pooled, &info, &state, deadline)).await
         else {
             plain.reset_on_close();
             return;
@@ -220,14 +234,17 @@ impl Tunnel for ConnectorTunnel {
         }
         let fp = session.records.fingerprint;
         let (resumed, stream, pin) = (session.resumed, session.streams + 1, session.pin);
-        let peer = session.peer().to_string();
         match destination {
-            Some(d) => tracing::info!(tunnel = %self.name, role = %Role::Connector, %peer,
+            Some(d) => {
+                tracing::info!(tunnel = %self.name, role = %Role::Connector, peer = %session.peer(),
                 fingerprint = %fp, pin, connect = %self.connect, destination = %d, resumed,
-                pooled = from_pool, stream, "connection open"),
-            None => tracing::info!(tunnel = %self.name, role = %Role::Connector, %peer,
+                pooled = from_pool, stream, "connection open")
+            }
+            None => {
+                tracing::info!(tunnel = %self.name, role = %Role::Connector, peer = %session.peer(),
                 fingerprint = %fp, pin, connect = %self.connect, resumed, pooled = from_pool, stream,
-                "connection open"),
+                "connection open")
+            }
         }
         let leftover = std::mem::take(&mut session.leftover);
         // Known to be the session's last stream: a FIN follows our close record at once.
@@ -252,7 +269,10 @@ impl Tunnel for ConnectorTunnel {
         match end {
             // Both close records passed and nothing followed: back to the pool, if the session
             // may carry another client and there is room; else the session ends (TCP FIN).
-            StreamEnd::Clean(rest) if rest.is_empty() => {
+            // (What followed the listener's close record can only be keepalives: the pool
+            // opens them, and refuses the session for anything else.)
+            StreamEnd::Clean(rest) => {
+                session.leftover = rest;
                 // The listener accepted this connector: a refusal backoff ends.
                 state.pool.accepted();
                 // Otherwise (or with the pool full, or with other terms in force since a
@@ -264,12 +284,6 @@ impl Tunnel for ConnectorTunnel {
                         .pool
                         .put(session, self.settings.pool_max, Instant::now());
                 }
-            }
-            // The listener sent something after its close record: a protocol error.
-            StreamEnd::Clean(_) => {
-                tracing::warn!(tunnel = %self.name, role = %Role::Connector, fingerprint = %fp,
-                    reason = %RecordError::AfterClose, "session reset after a clean stream");
-                reset_on_close(&session.sealed);
             }
             StreamEnd::Failed => {}
         }
@@ -284,6 +298,7 @@ impl ConnectorTunnel {
         mut pooled: Option<Session>,
         info: &StreamInfo,
         state: &Arc<TunnelState>,
+        deadline: tokio::time::Instant,
     ) -> Option<(Session, bool)> {
         // A warm session first; a fresh handshake if there is none, or if the warm one fails
         // before any byte of this client went out (PROTOCOL.md §4.3: the listener cannot have
@@ -296,7 +311,7 @@ impl ConnectorTunnel {
                 }
                 // On the heap while it runs: the handshake's state is no part of the task that
                 // then carries the stream (memory per idle connection).
-                None => match Box::pin(self.establish(false, state)).await {
+                None => match Box::pin(self.establish(Some(deadline), state)).await {
                     Some((s, unsent)) => (s, unsent, false),
                     None => return None,
                 },
@@ -328,11 +343,25 @@ impl ConnectorTunnel {
         }
     }
 
+    /// The one warning, and the count, of a refusal the listener sent to a session made for the
+    /// pool (`tunnel::pool`, [`Refusal`]); the next client's line says it too.
+    fn report_refill_refusal(&self, state: &TunnelState, r: &Refusal) {
+        let counter = match r.alert.code() {
+            AlertCode::Untrusted => &state.counters.refused_untrusted,
+            _ => &state.counters.refused_service,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(tunnel = %self.name, role = %Role::Connector, peer = %r.peer,
+            fingerprint = %r.fingerprint,
+            "a warm session made for the pool was refused: {}; refills stop for a while, the next client is told",
+            self.describe_refusal(&r.alert));
+    }
+
     /// Whether `session` may carry a new client at `now` under these settings, whose terms
-    /// are `terms`: made under them, its key still pinned, under `session_reuse_streams`
-    /// streams, younger than `session_reuse_age`, and its hybrid keys younger than
-    /// `rekey_interval` (PROTOCOL.md §4.5: its stream then starts an exchange in time, well
-    /// before the listener's limit of 1.5 × `rekey_interval`).
+    /// are `terms`: made under them, its key still pinned (or, with TOFU, still the one
+    /// recorded), under `session_reuse_streams` streams, younger than `session_reuse_age`, and
+    /// its hybrid keys younger than `rekey_interval` (PROTOCOL.md §4.5: its stream then starts
+    /// an exchange in time, well before the listener's limit of 1.5 × `rekey_interval`).
     fn reusable(&self, session: &Session, terms: &Terms, now: Instant) -> bool {
         session.terms == *terms
             && !session
@@ -341,11 +370,20 @@ impl ConnectorTunnel {
                 .clock(self.settings.shared.rekey_interval)
                 .older_than_interval(now)
             && self.keeps_open(&session.records.fingerprint)
+            && self.still_recorded(&session.records.fingerprint)
             && session.within_bounds(
                 self.settings.session_reuse_streams,
                 self.settings.session_reuse_age,
                 now,
             )
+    }
+
+    /// TOFU: whether `fp` is the listener key `known_peers` records now (as this tunnel last
+    /// read or recorded it: no file is read here, under the pool's lock). A session made with a
+    /// key since replaced or removed (and the connector reloaded) carries no new client; the
+    /// client's own handshake then checks the entry. True without TOFU (the pins decide).
+    fn still_recorded(&self, fp: &Fingerprint) -> bool {
+        self.tofu.as_ref().is_none_or(|t| t.recorded() == Some(*fp))
     }
 
     /// The terms of these settings (`tunnel::terms`), digested once per tunnel.
@@ -383,7 +421,7 @@ impl ConnectorTunnel {
             let span = tracing::error_span!("conn", session = tracing::field::Empty);
             tokio::spawn(
                 async move {
-                    let ok = match tunnel.establish(true, &state).await {
+                    let ok = match tunnel.establish(None, &state).await {
                         Some((mut s, unsent)) => {
                             // The handshake's last message goes now, so that the listener holds an
                             // established session rather than a handshake in progress.
@@ -400,17 +438,24 @@ impl ConnectorTunnel {
             );
         }
         if state.pool.start_sweeping() {
+            let self_keepalive = self.settings.shared.dead_peer_timeout;
             let weak = Arc::downgrade(&self);
             let state = state.clone();
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(SWEEP).await;
+                    tokio::time::sleep(sweep_every(self_keepalive)).await;
                     let Some(tunnel) = weak.upgrade() else {
                         // Settings replaced by a reload: the next client starts a new sweeper.
                         state.pool.stop_sweeping();
                         return;
                     };
-                    if !state.pool.sweep(tunnel.settings.pool_min, Instant::now()) {
+                    let (busy, refusal) =
+                        state.pool.sweep(tunnel.settings.pool_min, Instant::now());
+                    if let Some(r) = refusal {
+                        let span = tracing::error_span!("conn", session = r.session);
+                        span.in_scope(|| tunnel.report_refill_refusal(&state, &r));
+                    }
+                    if !busy {
                         return;
                     }
                     tunnel.refill(&state);
@@ -424,18 +469,21 @@ impl ConnectorTunnel {
     /// own handshake (a `refill` for the pool logs its failure at debug level only: the next
     /// client then makes its own handshake, which reports why). The session gets an id of its
     /// own, recorded on the current span. Returns the session and the handshake's last
-    /// message, not yet sent.
+    /// message, not yet sent. `client`: the deadline of the client it is for (who may have
+    /// waited for a warm session first); `None`: a refill, with a `handshake_timeout` of its
+    /// own.
     async fn establish(
         &self,
-        refill: bool,
+        client: Option<tokio::time::Instant>,
         state: &Arc<TunnelState>,
     ) -> Option<(Session, Vec<u8>)> {
+        let refill = client.is_none();
         let started = Instant::now();
         let id = next_id();
         tracing::Span::current().record("session", id);
         let peer: &(dyn std::fmt::Display + Sync) = &self.connect;
         let timeout = self.settings.shared.handshake_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = client.unwrap_or_else(|| tokio::time::Instant::now() + timeout);
         let params = match self.tofu_params().await {
             Ok(p) => p,
             Err(e) => {
@@ -523,6 +571,7 @@ impl ConnectorTunnel {
             terms: self.terms(),
             // Which of several pins matched (`fingerprint` is the key the listener proved).
             pin: (!self.fallback_pins.is_empty()).then_some(tried),
+            keepalive: self.settings.shared.dead_peer_timeout,
         };
         Some((session, unsent))
     }
@@ -539,12 +588,15 @@ impl ConnectorTunnel {
             .handshake_slot(&self.settings.shared, deadline)
             .await
             .ok_or(SessionError::Timeout(timeout))?;
-        let mut sealed = connect(&self.connect, self.settings.shared.connect_timeout)
+        let connecting = connect(&self.connect, self.settings.shared.connect_timeout);
+        let mut sealed = tokio::time::timeout_at(deadline, connecting)
             .await
+            .map_err(|_| SessionError::Timeout(timeout))?
             .map_err(|error| SessionError::Connect {
                 address: self.connect.to_string(),
                 error,
             })?;
+        set_user_timeout(&sealed, self.settings.shared.dead_peer_timeout);
         let resumption = self.settings.shared.resumption.then(|| Resumption {
             store: state.connector_tickets.clone(),
             policy: ticket_policy(&self.settings.shared),
@@ -555,8 +607,10 @@ impl ConnectorTunnel {
         // The listener works on the hello meanwhile: the next hello's key generations are done
         // now, off that connection's path.
         prepare_ephemerals(state);
+        // A connector's work is not budgeted.
+        let mut work = std::time::Duration::ZERO;
         let (est, leftover, unsent) =
-            handshake::handshake(&mut sealed, hs, &[], deadline, timeout).await?;
+            handshake::handshake(&mut sealed, hs, &[], deadline, timeout, &mut work).await?;
         Ok((sealed, est, leftover, unsent, slot))
     }
 

@@ -24,6 +24,8 @@ pub(crate) struct Records {
     pub opener: Opener,
     /// Its entry among the tunnel's live sessions, once registered ([`Records::register`]).
     pub(crate) session: Option<SessionGuard>,
+    /// The session was resumed (no Alert code 1 or 2 as its first record, PROTOCOL.md §4.2).
+    pub(crate) resumed: bool,
     /// The fresh hybrid exchanges inside the session (PROTOCOL.md §4.5) and their clock.
     pub(crate) kex: SessionKex,
 }
@@ -33,12 +35,14 @@ impl Records {
     /// `rekey_bytes`; its hybrid keys made now.
     pub(crate) fn new(est: Established, role: Role, rekey_bytes: u64) -> Self {
         let fingerprint = est.peer.fingerprint();
+        let resumed = est.resumed;
         let (sealer, opener) = est.into_record_layer(rekey_bytes);
         Records {
             fingerprint,
             sealer,
             opener,
             session: None,
+            resumed,
             kex: SessionKex::new(role, std::time::Instant::now()),
         }
     }
@@ -46,6 +50,13 @@ impl Records {
     /// Lists this session among `table`'s live sessions for as long as it lives.
     pub(crate) fn register(&mut self, table: &Arc<Sessions>, entry: SessionEntry) {
         self.session = Some(table.register(entry));
+    }
+
+    /// The peer was heard from now (a record opened outside the pump: between streams).
+    pub(crate) fn heard(&self) {
+        if let Some(s) = &self.session {
+            s.entry.traffic.heard();
+        }
     }
 
     /// Its id among the live sessions (0 before [`Records::register`]).
@@ -91,6 +102,10 @@ pub enum SessionError {
     /// not answered.
     #[error("source over its full-handshake rate (source_handshake_rate), hello not answered")]
     SourceLimited,
+    /// Listener: a connection without a valid hello yet, closed to make room for a newer one
+    /// (at `max_connections`, or past its source's share: `tunnel::pre_auth`).
+    #[error("closed without a valid hello to make room for a newer connection (the oldest such goes first)")]
+    Evicted,
     /// Listener: a hello that found no place in the signing queue (or was pushed out of it by
     /// hellos of less busy sources); not answered.
     #[error("too many hellos waiting for a signature, hello not answered")]
@@ -109,6 +124,7 @@ impl SessionError {
             SessionError::Replay => "replay",
             SessionError::SourceLimited => "source_limit",
             SessionError::Overloaded => "overloaded",
+            SessionError::Evicted => "evicted",
         }
     }
 }
@@ -118,15 +134,17 @@ impl SessionError {
 /// to check it). Returns the session, the bytes that arrived after the last handshake message
 /// (the first records) and our last handshake message, **not yet sent** (a connector's
 /// ConnectorAuth or ResumeFinished; empty for a listener), so that the caller sends it in one
-/// write with its first record.
+/// write with its first record. `work` adds up the time the state machine spent on what it read
+/// (a listener charges a ConnectorAuth's RSA verification to its `signature_cpu` budget).
 pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     hs: Handshake,
     already_read: &[u8],
     deadline: Instant,
     timeout: Duration,
+    work: &mut Duration,
 ) -> Result<(Established, Vec<u8>, Vec<u8>), SessionError> {
-    match tokio::time::timeout_at(deadline, run(stream, hs, already_read)).await {
+    match tokio::time::timeout_at(deadline, run(stream, hs, already_read, work)).await {
         Ok(result) => result,
         Err(_) => Err(SessionError::Timeout(timeout)),
     }
@@ -153,6 +171,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     mut hs: Handshake,
     already_read: &[u8],
+    work: &mut Duration,
 ) -> Result<(Established, Vec<u8>, Vec<u8>), SessionError> {
     if !already_read.is_empty() {
         let used = hs.read(already_read)?;
@@ -184,7 +203,10 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             });
         }
         answered = true;
-        let used = hs.read(&buf[..n])?;
+        let started = std::time::Instant::now();
+        let used = hs.read(&buf[..n]);
+        *work += started.elapsed();
+        let used = used?;
         if hs.is_done() {
             let unsent = hs.take_output();
             let rest = buf[used..n].to_vec();

@@ -289,10 +289,8 @@ impl SessionKex {
 }
 
 async fn read_more<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-    let mut chunk = [0u8; 2048];
-    let n = s.read(&mut chunk).await?;
-    buf.extend_from_slice(&chunk[..n]);
-    Ok(n)
+    buf.reserve(2048);
+    s.read_buf(buf).await
 }
 
 #[cfg(test)]

@@ -29,13 +29,14 @@ use crate::tunnel::admission::{Admits, Made, Retired, Terms};
 use crate::tunnel::carry::{carry, StreamEnd};
 use crate::tunnel::handshake::{self, Records, SessionError};
 use crate::tunnel::limits::Source;
-use crate::tunnel::net::{connect_local, reset_on_close, Conn, Peer};
+use crate::tunnel::net::{connect_local, reset_on_close, set_user_timeout, Conn, Peer};
+use crate::tunnel::pre_auth::{Place, PRE_AUTH_PER_SOURCE, SILENT_SHARE_PER_KEY};
 use crate::tunnel::pump::FinAfterClose;
 use crate::tunnel::sessions::{next_id, SessionEntry};
 use crate::tunnel::settings::{ListenerSettings, ProxyProtocol, Revoke, SharedSettings};
 use crate::tunnel::signing::{self, NotSigned};
 use crate::tunnel::state::{count_resumption, ticket_policy, OpenConn, TunnelState};
-use crate::tunnel::stream_info::{read_stream_info, First, StreamError};
+use crate::tunnel::stream_info::{read_stream_info, StreamError, Waiting};
 use crate::tunnel::Tunnel;
 
 /// Everything a listener tunnel needs; replaced as a whole on reload.
@@ -76,6 +77,10 @@ impl ListenerTunnel {
         // Before any work, and holding no handshake slot: the fixed-size hello (ConnectorHello,
         // or ResumeHello, as its header says) and its mac1. A scanner, a slow sender or a peer
         // without our fingerprint costs a socket and at most 1,317 bytes (the largest first message).
+        // Until its hello passes mac1, the connection is one of the source's few places and the
+        // first to go when the tunnel is full (`tunnel::pre_auth`).
+        let source = peer.ip().map(Source::of);
+        let pre_auth = state.pre_auth.enter(source, PRE_AUTH_PER_SOURCE);
         let mut buf = [0u8; MAX_FIRST_MESSAGE_LEN];
         let read_hello = async {
             sealed.read_exact(&mut buf[..MSG_HEADER_LEN]).await?;
@@ -88,7 +93,17 @@ impl ListenerTunnel {
             sealed.read_exact(&mut buf[MSG_HEADER_LEN..len]).await?;
             Ok::<_, std::io::Error>(Ok(len))
         };
-        let len = match tokio::time::timeout_at(deadline, read_hello).await {
+        let read_hello = async {
+            tokio::select! {
+                biased;
+                () = pre_auth.evicted().cancelled() => None,
+                r = tokio::time::timeout_at(deadline, read_hello) => Some(r),
+            }
+        };
+        let Some(read) = read_hello.await else {
+            return refused(SessionError::Evicted);
+        };
+        let len = match read {
             Ok(Ok(Ok(len))) => len,
             Ok(Ok(Err(e))) => {
                 state.counters.mac1_rejected.fetch_add(1, Ordering::Relaxed);
@@ -128,6 +143,8 @@ impl ListenerTunnel {
                 return refused(e.into());
             }
         };
+        // A valid hello: no longer evictable, nor counted against its source's cap.
+        drop(pre_auth);
         let (est, leftover) = match self.admit(sealed, peer, hello, state, deadline).await {
             Ok(x) => x,
             Err(e) => {
@@ -239,7 +256,17 @@ impl ListenerTunnel {
             return Err(SessionError::Overloaded);
         };
         // A listener's last handshake message is never pending at the end (it reads last).
-        match handshake::handshake(sealed, hs, &[], deadline, timeout).await? {
+        // Its work — for a full handshake, the ConnectorAuth's RSA verification, made only for
+        // a key in the trust list or with `accept_unknown` (PROTOCOL.md §2) — is charged to the
+        // time budget of the answers (`signature_cpu`), whatever the outcome: each verification
+        // follows one answer made under that budget, so answers and verifications together
+        // stay within it.
+        let mut work = Duration::ZERO;
+        let result = handshake::handshake(sealed, hs, &[], deadline, timeout, &mut work).await;
+        state
+            .signing
+            .charge(work, self.settings.signature_cpu, Instant::now());
+        match result? {
             (est, leftover, unsent) if unsent.is_empty() => Ok((est, leftover)),
             _ => Err(SessionError::Handshake(HandshakeError::State)),
         }
@@ -327,6 +354,7 @@ impl Tunnel for ListenerTunnel {
         let Conn::Tcp(mut sealed) = sealed else {
             return;
         };
+        set_user_timeout(&sealed, self.settings.shared.dead_peer_timeout);
         let started = Instant::now();
         let id = next_id();
         tracing::Span::current().record("session", id);
@@ -382,14 +410,25 @@ impl Tunnel for ListenerTunnel {
         let mut terms = Terms::new(&mut current, &made);
         let mut leftover = leftover;
         let mut stream: u64 = 0;
+        // Until its first stream, the session is evictable (`tunnel::pre_auth`, PROTOCOL.md
+        // §4.1): a warm session waits for its client, an attacker's never sends one.
+        let per_key = self.settings.shared.max_connections / SILENT_SHARE_PER_KEY;
+        let mut silent = Some(state.silent.enter(Some(fp), per_key));
         loop {
             stream += 1;
             let bound = session_idle(&terms.tunnel.settings.shared);
             let read = {
+                let (mut sealed_r, mut sealed_w) = sealed.split();
+                let waiting = Waiting {
+                    reply: &mut sealed_w,
+                    opener: &mut records.opener,
+                    sealer: &mut records.sealer,
+                    dead_peer_timeout: terms.tunnel.settings.shared.dead_peer_timeout,
+                    kex: Some(&records.kex),
+                };
                 let next = read_stream_info(
-                    &mut sealed,
-                    &mut records.opener,
-                    Some(&records.kex),
+                    &mut sealed_r,
+                    waiting,
                     std::mem::take(&mut leftover),
                     tokio::time::Instant::now() + bound,
                     bound,
@@ -421,6 +460,7 @@ impl Tunnel for ListenerTunnel {
                         biased;
                         r = &mut next => break Ok(Some(r)),
                         () = entry.conn.next_refused() => break Ok(None),
+                        () = evicted(silent.as_ref()) => break Ok(None),
                         r = Terms::next_reload(terms.following(), &mut current) => {
                             terms.changed(&mut current, &made, r)
                         }
@@ -429,31 +469,23 @@ impl Tunnel for ListenerTunnel {
                 }
             };
             let (info, rest) = match read {
-                Ok(Some(Ok(First::Info(info, rest)))) => (info, rest),
-                // A record of the fresh hybrid exchange between streams (PROTOCOL.md §4.5):
-                // answered, then the next stream is waited for again.
-                Ok(Some(Ok(First::Exchange(rest)))) => {
-                    stream -= 1;
-                    leftover = rest;
-                    let sent = match records.kex.outgoing(&mut records.sealer, Instant::now()) {
-                        Ok(Some(r)) => sealed.write_all(&r).await.map_err(|e| e.to_string()),
-                        Ok(None) => Ok(()),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    if let Err(e) = sent {
-                        tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer,
-                            fingerprint = %fp, reason = %e,
-                            "key exchange between streams failed, connection reset");
-                        reset_on_close(&sealed);
-                        return;
-                    }
-                    continue;
+                Ok(Some(Ok(x))) => {
+                    // A stream: no longer a silent session.
+                    silent = None;
+                    x
                 }
                 // The connector ended the session between streams (or retired a warm session
                 // before its first): a clean end.
                 Ok(Some(Err(StreamError::Eof))) => {
                     tracing::debug!(tunnel = %self.name, role = %Role::Listener, %peer,
                         fingerprint = %fp, streams = stream - 1, "session ended by the connector");
+                    return;
+                }
+                Ok(Some(Err(StreamError::PeerSilent(d)))) => {
+                    tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer,
+                        fingerprint = %fp, streams = stream - 1, reason = %StreamError::PeerSilent(d),
+                        "session between streams reset: peer silent for {d:?}");
+                    reset_on_close(&sealed);
                     return;
                 }
                 Ok(Some(Err(StreamError::Timeout(d)))) => {
@@ -466,6 +498,12 @@ impl Tunnel for ListenerTunnel {
                     tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
                         reason = %e, "no valid StreamInfo record from the connector, connection reset");
                     reset_on_close(&sealed);
+                    return;
+                }
+                Ok(None) if silent.as_ref().is_some_and(|p| p.evicted().is_cancelled()) => {
+                    tracing::debug!(tunnel = %self.name, role = %Role::Listener, %peer,
+                        fingerprint = %fp,
+                        "session without a stream yet closed to make room at max_connections (evicted)");
                     return;
                 }
                 Ok(None) => {
@@ -489,6 +527,7 @@ impl Tunnel for ListenerTunnel {
                     return;
                 }
             };
+            records.heard();
             // The listener's direction carries the new stream too (closed at the last one's end).
             if let Err(e) = records.sealer.begin_stream() {
                 tracing::warn!(tunnel = %self.name, role = %Role::Listener, %peer, fingerprint = %fp,
@@ -574,6 +613,15 @@ impl Tunnel for ListenerTunnel {
     }
 }
 
+/// Fires when `place` (a session's place among those without a stream yet) is evicted; never
+/// for a session that has carried one.
+async fn evicted(place: Option<&Place<Fingerprint>>) {
+    match place {
+        Some(p) => p.evicted().cancelled().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How long a listener waits for the next stream of a session (and for the first one, which a
 /// warm session sends only when a client comes): 120 s, or `idle_timeout` if shorter. Past it
 /// the session is closed (a TCP FIN: the connector retires its warm sessions well before).
@@ -647,10 +695,27 @@ async fn refuse_stream(
     code: Option<(AlertCode, &[u8])>,
     timeout: Duration,
 ) {
+    // A resumed handshake never ends in an Alert (PROTOCOL.md §4.2): a resumed session whose
+    // first stream a reload refuses (key or service taken away) gets a reset, as its connector
+    // would refuse codes 1 and 2 there.
+    let handshake_refusal =
+        |c: &AlertCode| matches!(c, AlertCode::Untrusted | AlertCode::ServiceMismatch);
+    let code = code.filter(|(c, _)| {
+        !(records.resumed && records.sealer.streams() == 0 && handshake_refusal(c))
+    });
     let record =
         code.and_then(|(code, detail)| records.sealer.seal_alert(&Alert::new(code, detail)).ok());
     match record {
-        Some(r) => send_alert(sealed, &r, tokio::time::Instant::now() + timeout).await,
+        // On the heap while it runs: its drain buffer is no part of the task that carries the
+        // session's streams (memory per idle connection; `daemon::pair`'s size test).
+        Some(r) => {
+            Box::pin(send_alert(
+                sealed,
+                &r,
+                tokio::time::Instant::now() + timeout,
+            ))
+            .await
+        }
         None => reset_on_close(sealed),
     }
 }

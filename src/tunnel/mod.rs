@@ -35,6 +35,7 @@ pub(crate) mod limits;
 pub(crate) mod listener;
 pub(crate) mod net;
 pub(crate) mod pool;
+pub(crate) mod pre_auth;
 pub(crate) mod pump;
 pub(crate) mod sessions;
 pub(crate) mod settings;

@@ -29,6 +29,26 @@ pub(crate) fn configure(stream: &TcpStream) {
     let _ = SockRef::from(stream).set_tcp_keepalive(&keepalive);
 }
 
+/// `TCP_USER_TIMEOUT` is this many `dead_peer_timeout`s (PROTOCOL.md §4.4): the keepalives
+/// find a silent peer within one; the kernel's bound is for data that cannot leave (the peer's
+/// window closed), where it also ends a connection whose far client merely stopped reading, so
+/// it is given longer.
+pub(crate) const USER_TIMEOUT_FACTOR: u32 = 3;
+
+/// `TCP_USER_TIMEOUT` (Linux) on a sealed socket: data left unacknowledged for
+/// [`USER_TIMEOUT_FACTOR`] × `dead_peer_timeout` (a peer whose kernel stopped acknowledging, or
+/// a window that stayed closed that long) ends the connection with an error (PROTOCOL.md §4.4).
+/// `None`: the kernel's default. Elsewhere, nothing.
+pub(crate) fn set_user_timeout(stream: &TcpStream, timeout: Option<Duration>) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Some(t) = timeout {
+        let t = t.saturating_mul(USER_TIMEOUT_FACTOR);
+        let _ = SockRef::from(stream).set_tcp_user_timeout(Some(t));
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (stream, timeout);
+}
+
 /// Makes the coming close of `stream` a reset (RST) instead of a clean FIN.
 pub(crate) fn reset_on_close(stream: &TcpStream) {
     let _ = stream.set_zero_linger();

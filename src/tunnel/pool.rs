@@ -17,9 +17,15 @@
 //! A session is never handed out when it is past [`POOL_IDLE`] in the pool (the listener closes
 //! idle sessions after [`crate::tunnel::listener::SESSION_IDLE`], well after), past its stream or
 //! age bound, made for another `connect` address or under other terms than those in force
-//! (`tunnel::terms`), of a key the current settings no longer pin, or dead: a pooled socket
-//! must have nothing to read (the listener sends nothing between streams), so an end of stream,
-//! a reset or any byte means the session is discarded.
+//! (`tunnel::terms`), of a key the current settings no longer pin (with TOFU: no longer the
+//! one `known_peers` records), or dead. Pooled sessions have no task (memory per idle
+//! connection): the sweep, and `take` before it hands one out, read what each socket has without
+//! blocking. Between streams the listener sends nothing but keepalives (PROTOCOL.md §4.4): a
+//! Ping is answered with a Pong at once, a Pong is "heard"; anything else (another record, an
+//! end of stream, a reset) discards the session — except the listener's refusal of a refill's
+//! session, below. The sweep sends a Ping to a session not heard from for half the
+//! `dead_peer_timeout` and discards one not heard from for all of it; `take` hands out only a
+//! session heard from within half of it (plus one sweep interval, [`sweep_every`]).
 //!
 //! Until the listener has accepted a stream of this connector (at start, after a reload, after
 //! a refusal), the pool is *unproven*: at most one refill runs at a time, and clients beyond it
@@ -34,11 +40,16 @@
 //! listener accepted ([`Pool::accepted`]), nothing is put in and no refill starts: each client
 //! makes one handshake of its own, and learns the listener's answer itself.
 //!
+//! A refill's session is put in as soon as the connector's side of its handshake is done; the
+//! listener's refusal comes after, as the session's first record, while it waits here. It is
+//! read from the session when a client or a sweep finds it ([`Refusal`]): the pool is refused
+//! as above, and the refusal goes to the next client ([`Take::Refused`], once) instead of a
+//! session, so that the client's log line says why, without a handshake of its own.
+//!
 //! The rules that depend on time take it as a parameter (`now`), so that they are tested by
 //! stepping it; the connector passes the time of the call.
 
 use std::collections::VecDeque;
-use std::mem::MaybeUninit;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -46,13 +57,26 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use crate::proto::identity::Fingerprint;
+use crate::proto::record::{
+    parse_header, Alert, AlertCode, Opened, RecordType, HEADER_LEN, MAX_ALERT_DETAIL, OVERHEAD,
+};
+use crate::proto::{Liveness, LivenessAction};
 use crate::tunnel::handshake::Records;
 
 /// Longest a session waits in the pool; then it is closed (before the listener's bound).
 pub(crate) const POOL_IDLE: Duration = Duration::from_secs(60);
 /// How often the pool is swept (expired and dead sessions closed, the target adapted, refills
-/// started).
+/// started), at most; more often with a short `dead_peer_timeout` ([`sweep_every`]).
 pub(crate) const SWEEP: Duration = Duration::from_secs(5);
+
+/// How often the pool is swept with this `dead_peer_timeout`: every [`SWEEP`], or a quarter of
+/// the timeout if that is shorter, so that a Ping from the listener is answered well within
+/// the half timeout it waits (PROTOCOL.md §4.4).
+pub(crate) fn sweep_every(dead_peer_timeout: Option<Duration>) -> Duration {
+    dead_peer_timeout
+        .map_or(SWEEP, |t| (t / 4).min(SWEEP))
+        .max(Duration::from_millis(10))
+}
 /// After a failed refill, no other refill starts for this long (a listener that is down is not
 /// hammered; clients still try their own handshake).
 pub(crate) const REFILL_BACKOFF: Duration = Duration::from_secs(10);
@@ -83,6 +107,65 @@ pub(crate) enum Take {
     Wait(oneshot::Receiver<Option<Session>>),
     /// None, and none expected: make a handshake of its own.
     Miss,
+    /// The listener refused a session made for the pool: this client is refused with its
+    /// reason, without a handshake of its own.
+    Refused(Box<Refusal>),
+}
+
+/// The listener's refusal of this connector (an Alert of code 1 or 2), read from a session
+/// made by a refill while it waited in the pool.
+#[derive(Debug, Clone)]
+pub(crate) struct Refusal {
+    /// The Alert.
+    pub(crate) alert: Alert,
+    /// The refused session's id (`session=` on its log lines).
+    pub(crate) session: u64,
+    /// The listener's address, as connected to.
+    pub(crate) peer: String,
+    /// The key the listener proved.
+    pub(crate) fingerprint: Fingerprint,
+    /// Already logged and counted (by the sweep that found it).
+    pub(crate) reported: bool,
+}
+
+/// The largest Alert record: header, code, length, detail, tag.
+const MAX_ALERT_RECORD: usize = OVERHEAD + 2 + MAX_ALERT_DETAIL;
+
+/// The listener's refusal waiting on `session`, whose next record (begun in `leftover`) is not
+/// a keepalive: an Alert of code 1 or 2 as the session's first record, read without blocking
+/// and authenticated. `None` for anything else (the session is discarded).
+fn refusal_of(session: &mut Session) -> Option<Refusal> {
+    use std::io::Read;
+    if session.streams > 0 {
+        return None;
+    }
+    let mut buf = [0u8; MAX_ALERT_RECORD];
+    let have = session.leftover.len();
+    buf.get_mut(..have)?.copy_from_slice(&session.leftover);
+    // The session is discarded: what is read is the listener's last word.
+    let n = have
+        + (&*socket2::SockRef::from(&session.sealed))
+            .read(&mut buf[have..])
+            .unwrap_or(0);
+    let header: [u8; HEADER_LEN] = buf.get(..HEADER_LEN)?.try_into().ok()?;
+    let (kind, total) = parse_header(&header).ok()?;
+    if kind != RecordType::Alert || total > n {
+        return None;
+    }
+    let Ok(Opened::Alert(alert)) = session.records.opener.open(&mut buf[..total]) else {
+        return None;
+    };
+    matches!(
+        alert.code(),
+        AlertCode::Untrusted | AlertCode::ServiceMismatch
+    )
+    .then(|| Refusal {
+        alert,
+        session: session.records.session_id(),
+        peer: session.peer().to_string(),
+        fingerprint: session.records.fingerprint,
+        reported: false,
+    })
 }
 
 /// An established session of a connector, between streams or before its first.
@@ -106,6 +189,8 @@ pub(crate) struct Session {
     pub(crate) terms: crate::tunnel::terms::Terms,
     /// With several `peer` pins, which one the listener's key matched (1-based).
     pub(crate) pin: Option<usize>,
+    /// The `dead_peer_timeout` it was made under (PROTOCOL.md §4.4); `None`: no keepalive.
+    pub(crate) keepalive: Option<Duration>,
 }
 
 impl Session {
@@ -127,13 +212,122 @@ impl Session {
 struct Idle {
     session: Session,
     since: Instant,
+    /// When the listener was last heard from, and whether a Ping is out (no keepalive: `None`).
+    live: Option<Liveness>,
 }
 
 impl Idle {
+    /// `session` put in at `now`; its listener last heard from when its record layer says.
+    fn new(session: Session, now: Instant) -> Self {
+        let heard = session.records.session.as_ref().map_or(now, |g| {
+            now.checked_sub(g.entry.traffic.last_heard(Instant::now()))
+                .unwrap_or(now)
+        });
+        let live = session.keepalive.map(|t| Liveness::new(t, heard));
+        Idle {
+            session,
+            since: now,
+            live,
+        }
+    }
+
     /// Whether it has waited less than [`POOL_IDLE`] at `now`.
     fn fresh(&self, now: Instant) -> bool {
         now.saturating_duration_since(self.since) < POOL_IDLE
     }
+
+    /// Whether it may go to a client at `now`: heard from within half the `dead_peer_timeout`
+    /// and one sweep interval (PROTOCOL.md §4.4).
+    fn heard_lately(&self, now: Instant) -> bool {
+        self.live.as_ref().is_none_or(|l| {
+            let t = self.session.keepalive.unwrap_or(Duration::ZERO);
+            l.heard_within(t / 2 + sweep_every(Some(t)), now)
+        })
+    }
+
+    /// Reads what the socket has without blocking and applies the liveness rule at `now`:
+    /// Pings answered, Pongs heard, a Ping sent when one is due. False if the session is dead
+    /// or broken: an end of stream, an error, a record other than a keepalive, a keepalive
+    /// that does not open, a Pong that cannot be written whole, a peer silent for the whole
+    /// `dead_peer_timeout`. A record other than a keepalive may be the listener's refusal
+    /// ([`refusal_of`]).
+    fn service(&mut self, now: Instant) -> Serviced {
+        if self.serve(now) {
+            return Serviced::Live;
+        }
+        match refusal_of(&mut self.session) {
+            Some(r) => Serviced::Refused(Box::new(r)),
+            None => Serviced::Dead,
+        }
+    }
+
+    /// [`Idle::service`] without the refusal: true while the session lives.
+    fn serve(&mut self, now: Instant) -> bool {
+        let s = &mut self.session;
+        // `leftover` holds at most one partial keepalive between calls (or what followed the
+        // listener's close record, at `put`).
+        loop {
+            if s.leftover.len() < OVERHEAD {
+                let mut chunk = [0u8; OVERHEAD];
+                let want = OVERHEAD - s.leftover.len();
+                match s.sealed.try_read(&mut chunk[..want]) {
+                    Ok(0) => return false,
+                    Ok(n) => s.leftover.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return false,
+                }
+            }
+            let Some(header) = s.leftover.first_chunk::<HEADER_LEN>() else {
+                break;
+            };
+            match parse_header(header) {
+                Ok((kind, OVERHEAD)) if kind.is_keepalive() => {}
+                _ => return false,
+            }
+            let Some(record) = s.leftover.first_chunk_mut::<OVERHEAD>() else {
+                break;
+            };
+            match s.records.opener.open(record) {
+                Ok(Opened::Ping) => {
+                    let Ok(pong) = s.records.sealer.seal_pong() else {
+                        return false;
+                    };
+                    if !matches!(s.sealed.try_write(&pong), Ok(OVERHEAD)) {
+                        return false;
+                    }
+                }
+                Ok(Opened::Pong) => {}
+                _ => return false,
+            }
+            s.leftover.drain(..OVERHEAD);
+            s.records.heard();
+            if let Some(l) = self.live.as_mut() {
+                l.heard(now);
+            }
+        }
+        if s.leftover.is_empty() {
+            // No buffer held while idle.
+            s.leftover = Vec::new();
+        }
+        match self.live.as_mut().map(|l| l.poll(now)) {
+            None | Some(LivenessAction::None) => true,
+            Some(LivenessAction::SendPing) => match s.records.sealer.seal_ping() {
+                Ok(ping) => matches!(s.sealed.try_write(&ping), Ok(OVERHEAD)),
+                Err(_) => false,
+            },
+            Some(LivenessAction::Dead(_)) => false,
+        }
+    }
+}
+
+/// What [`Idle::service`] found.
+enum Serviced {
+    /// Alive (keepalives answered, a Ping sent if due).
+    Live,
+    /// Dead or broken: discard it.
+    Dead,
+    /// The listener refused it (discard it, and the pool is refused).
+    Refused(Box<Refusal>),
 }
 
 #[derive(Default)]
@@ -169,6 +363,10 @@ struct Inner {
     refusals: u32,
     /// Refused by the listener: no refill, nothing put in, before this.
     refused_until: Option<Instant>,
+    /// A refusal read from a pooled session by a sweep, for the next client.
+    pending: Option<Refusal>,
+    /// When the sweep last adapted the target.
+    adapted: Option<Instant>,
 }
 
 impl Inner {
@@ -201,16 +399,6 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-/// True if `sealed` has nothing to read and no error: still open, with nothing unexpected sent.
-fn alive(sealed: &TcpStream) -> bool {
-    let mut probe = [MaybeUninit::<u8>::uninit(); 1];
-    match socket2::SockRef::from(sealed).peek(&mut probe) {
-        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
-        // An end of stream (listener gone), or a byte the listener must not send between streams.
-        Ok(_) => false,
-    }
-}
-
 impl Pool {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
@@ -223,30 +411,46 @@ impl Pool {
 
     /// A usable session for a new client at `now`, the most recently added first; every
     /// unusable one met on the way is closed. `usable` checks the key and bounds against the
-    /// current settings.
+    /// current settings. `Err`: the listener refused a session made for the pool (found now,
+    /// or by a sweep since), which this client is told instead ([`Pool::refused`] is done).
     pub(crate) fn take(
         &self,
         connect: &str,
         usable: impl Fn(&Session) -> bool,
         now: Instant,
-    ) -> Option<Session> {
+    ) -> Result<Option<Session>, Box<Refusal>> {
         let mut closed = Vec::new();
         let mut inner = self.lock();
         inner.last_client = Some(now);
+        if let Some(r) = inner.pending.take() {
+            return Err(Box::new(r));
+        }
         let found = loop {
-            let Some(idle) = inner.idle.pop_back() else {
+            let Some(mut idle) = inner.idle.pop_back() else {
                 inner.misses += 1;
                 inner.missed_recently = true;
-                break None;
+                break Ok(None);
             };
             let s = &idle.session;
-            if idle.fresh(now) && s.connect == connect && usable(s) && alive(&s.sealed) {
-                break Some(idle.session);
+            if idle.fresh(now) && s.connect == connect && usable(s) {
+                match idle.service(now) {
+                    Serviced::Live if idle.heard_lately(now) => break Ok(Some(idle.session)),
+                    Serviced::Live | Serviced::Dead => {}
+                    Serviced::Refused(r) => {
+                        closed.push(idle.session);
+                        Self::refuse(&mut inner, now);
+                        break Err(r);
+                    }
+                }
             }
             closed.push(idle.session);
         };
+        let emptied = (found.is_err()).then(|| Self::drain(&mut inner));
         drop(inner);
         drop(closed);
+        if let Some((idle, waiters)) = emptied {
+            Self::release(idle, waiters);
+        }
         found
     }
 
@@ -260,8 +464,10 @@ impl Pool {
         usable: impl Fn(&Session) -> bool,
         now: Instant,
     ) -> Take {
-        if let Some(s) = self.take(connect, usable, now) {
-            return Take::Session(s);
+        match self.take(connect, usable, now) {
+            Ok(Some(s)) => return Take::Session(s),
+            Ok(None) => {}
+            Err(r) => return Take::Refused(r),
         }
         let mut inner = self.lock();
         if inner.closed || inner.backing_off(now) {
@@ -281,9 +487,26 @@ impl Pool {
     /// Puts `session` back (or in for the first time) at `now`: to the oldest waiting client if
     /// there is one, else among the idle; false (and the session closed) when the pool already
     /// holds `max`.
-    pub(crate) fn put(&self, mut session: Session, max: usize, now: Instant) -> bool {
+    /// `session.leftover` may hold keepalives the listener sent after its close record: they
+    /// are opened (and a Ping answered) first, and anything else refuses the session.
+    pub(crate) fn put(&self, session: Session, max: usize, now: Instant) -> bool {
+        let mut idle = Idle::new(session, now);
+        match idle.service(now) {
+            Serviced::Live => {}
+            Serviced::Dead => return false,
+            Serviced::Refused(r) => {
+                // A refill's session the listener refused before it was put in: as when a
+                // sweep finds it, the next client is told.
+                let mut inner = self.lock();
+                Self::refuse(&mut inner, now);
+                inner.pending = Some(*r);
+                Self::empty(inner);
+                return false;
+            }
+        }
+        let mut session = idle.session;
         let mut inner = self.lock();
-        if inner.closed || !session.leftover.is_empty() || inner.refusing(now) {
+        if inner.closed || inner.refusing(now) {
             return false;
         }
         while let Some(w) = inner.waiters.pop_front() {
@@ -297,10 +520,7 @@ impl Pool {
         if inner.idle.len() >= max {
             return false;
         }
-        inner.idle.push_back(Idle {
-            session,
-            since: now,
-        });
+        inner.idle.push_back(Idle::new(session, now));
         true
     }
 
@@ -326,11 +546,17 @@ impl Pool {
     /// [`refusal_backoff`] of the refusals in a row. Returns that backoff.
     pub(crate) fn refused(&self, now: Instant) -> Duration {
         let mut inner = self.lock();
+        let backoff = Self::refuse(&mut inner, now);
+        Self::empty(inner);
+        backoff
+    }
+
+    /// [`Pool::refused`]'s backoff, without emptying the pool.
+    fn refuse(inner: &mut Inner, now: Instant) -> Duration {
         inner.refusals = inner.refusals.saturating_add(1);
         let backoff = refusal_backoff(inner.refusals);
         inner.refused_until = Some(now + backoff);
         inner.proven = false;
-        Self::empty(inner);
         backoff
     }
 
@@ -342,6 +568,7 @@ impl Pool {
         inner.cold = false;
         inner.refusals = 0;
         inner.refused_until = None;
+        inner.pending = None;
     }
 
     /// A reload: the refusal backoff ends (the operator may have fixed what the listener
@@ -352,6 +579,7 @@ impl Pool {
         inner.refusals = 0;
         inner.refused_until = None;
         inner.backoff_until = None;
+        inner.pending = None;
     }
 
     /// Shutdown: closes every waiting session, and every one put in from now on; waiting
@@ -365,9 +593,21 @@ impl Pool {
     /// Closes every waiting session and sends every waiting client to its own handshake, with
     /// the lock released first (closing a session and waking a client need no lock).
     fn empty(mut inner: std::sync::MutexGuard<'_, Inner>) {
-        let idle = std::mem::take(&mut inner.idle);
-        let waiters = std::mem::take(&mut inner.waiters);
+        let (idle, waiters) = Self::drain(&mut inner);
         drop(inner);
+        Self::release(idle, waiters);
+    }
+
+    /// Takes every waiting session and waiting client out, for [`Pool::release`].
+    fn drain(inner: &mut Inner) -> (VecDeque<Idle>, VecDeque<oneshot::Sender<Option<Session>>>) {
+        (
+            std::mem::take(&mut inner.idle),
+            std::mem::take(&mut inner.waiters),
+        )
+    }
+
+    /// Closes `idle` and sends `waiters` to their own handshake (with the lock released).
+    fn release(idle: VecDeque<Idle>, waiters: VecDeque<oneshot::Sender<Option<Session>>>) {
         drop(idle);
         for w in waiters {
             let _ = w.send(None);
@@ -427,24 +667,51 @@ impl Pool {
 
     /// One sweep at `now`: closes expired and dead sessions and lowers the target after a quiet
     /// period. Returns false (and gives up the sweeper role) when there is nothing left to look
-    /// after.
-    pub(crate) fn sweep(&self, min: usize, now: Instant) -> bool {
+    /// after; and the listener's refusal if a dead session holds one (then kept for the next
+    /// client, marked reported: the caller logs and counts it).
+    pub(crate) fn sweep(&self, min: usize, now: Instant) -> (bool, Option<Refusal>) {
         let mut inner = self.lock();
-        let keep: VecDeque<Idle> = std::mem::take(&mut inner.idle)
-            .into_iter()
-            .filter(|i| i.fresh(now) && alive(&i.session.sealed))
-            .collect();
-        inner.idle = keep;
-        if !inner.missed_recently && inner.target > min {
-            inner.target -= 1;
+        let mut refusal = None;
+        let mut keep = VecDeque::new();
+        for mut i in std::mem::take(&mut inner.idle) {
+            if !i.fresh(now) {
+                continue;
+            }
+            match i.service(now) {
+                Serviced::Live => keep.push_back(i),
+                Serviced::Dead => {}
+                Serviced::Refused(r) => {
+                    refusal.get_or_insert(*r);
+                }
+            }
         }
-        inner.missed_recently = false;
+        inner.idle = keep;
+        if let Some(r) = &mut refusal {
+            r.reported = true;
+            inner.pending = Some(r.clone());
+            Self::refuse(&mut inner, now);
+            let (idle, waiters) = Self::drain(&mut inner);
+            drop(inner);
+            Self::release(idle, waiters);
+            return (true, refusal);
+        }
+        // The target adapts once per [`SWEEP`], however often the sweep runs.
+        if inner
+            .adapted
+            .is_none_or(|t| now.saturating_duration_since(t) >= SWEEP)
+        {
+            inner.adapted = Some(now);
+            if !inner.missed_recently && inner.target > min {
+                inner.target -= 1;
+            }
+            inner.missed_recently = false;
+        }
         let warm = inner.warm(now);
         let busy = !inner.idle.is_empty() || inner.refilling > 0 || warm;
         if !busy {
             inner.sweeping = false;
         }
-        busy
+        (busy, None)
     }
 
     /// Gives up the sweeper role (its tunnel settings were replaced).
@@ -457,7 +724,7 @@ impl Pool {
 mod tests {
     use super::*;
     use crate::proto::key_schedule::Secret;
-    use crate::proto::record::{Opener, Sealer};
+    use crate::proto::record::{Opener, RecordType, Sealer};
 
     /// A session over a real (idle) loopback connection.
     async fn session(l: &tokio::net::TcpListener) -> (Session, TcpStream) {
@@ -471,6 +738,7 @@ mod tests {
                 sealer: Sealer::new(key.clone(), 1 << 30),
                 opener: Opener::new(key),
                 session: None,
+                resumed: true,
                 kex: crate::tunnel::kex::SessionKex::new(
                     crate::proto::handshake::Role::Connector,
                     Instant::now(),
@@ -483,8 +751,88 @@ mod tests {
             connect: "here".into(),
             terms: Default::default(),
             pin: None,
+            keepalive: None,
         };
         (session, far)
+    }
+
+    /// The far end of a pooled session refuses it as a listener does: an Alert of `code`,
+    /// sealed under `key` (the session's is `[3; 32]`), as its first record.
+    async fn refuse(far: &mut TcpStream, key: [u8; 32], code: AlertCode) -> Alert {
+        use tokio::io::AsyncWriteExt;
+        let detail: &[u8] = match code {
+            AlertCode::ServiceMismatch => b"other",
+            _ => b"",
+        };
+        let alert = Alert::new(code, detail);
+        let mut sealer = Sealer::new(Secret::from_bytes(key), 1 << 30);
+        far.write_all(&sealer.seal_alert(&alert).unwrap())
+            .await
+            .unwrap();
+        // On loopback it is there at once; no timing is asserted.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        alert
+    }
+
+    #[tokio::test]
+    async fn a_refusal_read_from_a_pooled_session_goes_to_the_next_client_once() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::default();
+        let now = Instant::now();
+        let (other, _far2) = session(&l).await;
+        let (s, mut far) = session(&l).await;
+        assert!(pool.put(other, 4, now) && pool.put(s, 4, now));
+        let alert = refuse(&mut far, [3; 32], AlertCode::Untrusted).await;
+        match pool.take_or_wait("here", |_| true, now) {
+            Take::Refused(r) => {
+                assert_eq!(r.alert, alert);
+                assert!(!r.reported, "the client that found it reports it");
+            }
+            _ => panic!("the client is told the listener's refusal"),
+        }
+        assert_eq!(pool.len(), 0, "the other session (same terms) is closed");
+        // Once: the next client makes a handshake of its own, and refills back off.
+        assert!(matches!(
+            pool.take_or_wait("here", |_| true, now),
+            Take::Miss
+        ));
+        assert_eq!(pool.refills_due(0, 4, false, now), 0);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_found_by_a_sweep_waits_for_the_next_client() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::default();
+        let now = Instant::now();
+        let (s, mut far) = session(&l).await;
+        assert!(pool.put(s, 4, now));
+        let alert = refuse(&mut far, [3; 32], AlertCode::ServiceMismatch).await;
+        let (_, found) = pool.sweep(0, now);
+        let found = found.expect("the sweep reads the refusal");
+        assert!(found.reported && found.alert == alert);
+        match pool.take_or_wait("here", |_| true, now) {
+            Take::Refused(r) => assert!(r.reported && r.alert == alert, "{r:?}"),
+            _ => panic!("the next client is told the refusal the sweep found"),
+        }
+        assert!(matches!(
+            pool.take_or_wait("here", |_| true, now),
+            Take::Miss
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_alert_not_sealed_under_the_session_key_is_no_refusal() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::default();
+        let now = Instant::now();
+        let (s, mut far) = session(&l).await;
+        assert!(pool.put(s, 4, now));
+        // Someone on the path, without the session's keys.
+        refuse(&mut far, [9; 32], AlertCode::Untrusted).await;
+        let Take::Wait(_next) = pool.take_or_wait("here", |_| true, now) else {
+            panic!("the session is dropped as dead, the pool not refused");
+        };
+        assert_eq!(pool.refills_due(0, 4, false, now), 2);
     }
 
     /// A client's wait for the next session of an empty pool, at `now`.
@@ -498,6 +846,142 @@ mod tests {
     /// [`wait_at`] now.
     fn wait(pool: &Pool) -> oneshot::Receiver<Option<Session>> {
         wait_at(pool, Instant::now())
+    }
+
+    /// The far end of a pooled session plays the listener: its records sealed under the test
+    /// key, and the pool's opened with it.
+    fn listener_side() -> (Sealer, Opener) {
+        let key = Secret::from_bytes([3; 32]);
+        (Sealer::new(key.clone(), 1 << 30), Opener::new(key))
+    }
+
+    /// Reads one record the pool wrote to `far`, and opens it.
+    async fn read_keepalive(far: &mut TcpStream, opener: &mut Opener) -> RecordType {
+        use tokio::io::AsyncReadExt;
+        let mut rec = [0u8; OVERHEAD];
+        far.read_exact(&mut rec).await.unwrap();
+        match opener.open(&mut rec) {
+            Ok(Opened::Ping) => RecordType::Ping,
+            Ok(Opened::Pong) => RecordType::Pong,
+            other => panic!("not a keepalive: {other:?}"),
+        }
+    }
+
+    /// Lets bytes written on loopback arrive.
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    #[tokio::test]
+    async fn a_pooled_session_answers_pings_and_is_discarded_for_anything_else() {
+        use tokio::io::AsyncWriteExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::default();
+        let t0 = Instant::now();
+        let t = Duration::from_secs(20);
+        let (mut s, mut far) = session(&l).await;
+        s.keepalive = Some(t);
+        assert!(pool.put(s, 4, t0));
+        let (mut lsealer, mut lopener) = listener_side();
+        // A Ping, in two pieces across two sweeps: answered with one Pong, and the session
+        // kept.
+        let ping = lsealer.seal_ping().unwrap();
+        far.write_all(&ping[..7]).await.unwrap();
+        settle().await;
+        assert!(pool.sweep(0, t0 + Duration::from_secs(1)).0);
+        assert_eq!(pool.len(), 1, "a partial record waits for the rest");
+        far.write_all(&ping[7..]).await.unwrap();
+        settle().await;
+        pool.sweep(0, t0 + Duration::from_secs(2));
+        assert_eq!(pool.len(), 1);
+        assert_eq!(
+            read_keepalive(&mut far, &mut lopener).await,
+            RecordType::Pong
+        );
+        // An unsolicited Pong: heard, nothing sent.
+        far.write_all(&lsealer.seal_pong().unwrap()).await.unwrap();
+        settle().await;
+        pool.sweep(0, t0 + Duration::from_secs(3));
+        assert_eq!(pool.len(), 1);
+        // Anything else (here a data record): the session is discarded.
+        let mut d = vec![0u8; 1 + OVERHEAD];
+        lsealer.seal_data(&mut d).unwrap();
+        far.write_all(&d).await.unwrap();
+        settle().await;
+        pool.sweep(0, t0 + Duration::from_secs(4));
+        assert_eq!(
+            pool.len(),
+            0,
+            "a data record between streams kills the session"
+        );
+        // A forged Ping (it does not authenticate): discarded too.
+        let (mut s, mut far) = session(&l).await;
+        s.keepalive = Some(t);
+        assert!(pool.put(s, 4, t0));
+        let mut forged = Sealer::new(Secret::from_bytes([4; 32]), 1 << 30)
+            .seal_ping()
+            .unwrap();
+        forged[0] = RecordType::Ping as u8;
+        far.write_all(&forged).await.unwrap();
+        settle().await;
+        pool.sweep(0, t0 + Duration::from_secs(1));
+        assert_eq!(pool.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_silent_pooled_session_is_pinged_then_discarded_and_not_handed_out_meanwhile() {
+        use tokio::io::AsyncWriteExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::default();
+        let t0 = Instant::now();
+        let t = Duration::from_secs(20);
+        let slack = sweep_every(Some(t));
+        assert_eq!(slack, SWEEP);
+        assert_eq!(
+            sweep_every(Some(Duration::from_secs(2))),
+            Duration::from_millis(500)
+        );
+        let (_, mut lopener) = listener_side();
+        let (mut s, mut far) = session(&l).await;
+        s.keepalive = Some(t);
+        assert!(pool.put(s, 4, t0));
+        // Nothing until half the timeout; then one Ping.
+        pool.sweep(0, t0 + Duration::from_secs(9));
+        pool.sweep(0, t0 + Duration::from_secs(10));
+        pool.sweep(0, t0 + Duration::from_secs(12));
+        assert_eq!(
+            read_keepalive(&mut far, &mut lopener).await,
+            RecordType::Ping
+        );
+        settle().await;
+        // Heard neither within half the timeout nor a sweep more: not handed out (closed).
+        let late = t0 + t / 2 + slack + Duration::from_millis(1);
+        assert!(pool.take("here", |_| true, late).unwrap().is_none());
+        assert_eq!(pool.len(), 0);
+        // Another: its Pong comes, and it serves; one silent for the whole timeout is closed by
+        // the sweep.
+        let (mut lsealer, mut lopener) = listener_side();
+        let (mut s, mut far) = session(&l).await;
+        s.keepalive = Some(t);
+        assert!(pool.put(s, 4, t0));
+        pool.sweep(0, t0 + Duration::from_secs(10));
+        assert_eq!(
+            read_keepalive(&mut far, &mut lopener).await,
+            RecordType::Ping
+        );
+        far.write_all(&lsealer.seal_pong().unwrap()).await.unwrap();
+        settle().await;
+        assert!(
+            pool.take("here", |_| true, late).unwrap().is_some(),
+            "heard again"
+        );
+        let (mut s, _far) = session(&l).await;
+        s.keepalive = Some(t);
+        assert!(pool.put(s, 4, t0));
+        pool.sweep(0, t0 + Duration::from_secs(10));
+        assert_eq!(pool.len(), 1);
+        pool.sweep(0, t0 + t);
+        assert_eq!(pool.len(), 0, "silent for dead_peer_timeout: discarded");
     }
 
     #[tokio::test]
@@ -566,13 +1050,15 @@ mod tests {
         let (s, _far) = session(&l).await;
         assert!(pool.put(s, 4, t0));
         assert!(
-            pool.take("here", |_| true, almost).is_some(),
+            pool.take("here", |_| true, almost).unwrap().is_some(),
             "within POOL_IDLE it serves"
         );
         let (s, _far2) = session(&l).await;
         assert!(pool.put(s, 4, t0));
         assert!(
-            pool.take("here", |_| true, t0 + POOL_IDLE).is_none(),
+            pool.take("here", |_| true, t0 + POOL_IDLE)
+                .unwrap()
+                .is_none(),
             "at POOL_IDLE it is closed, not handed out"
         );
         assert_eq!(pool.len(), 0, "the expired session is gone");
@@ -670,15 +1156,12 @@ mod tests {
         let (s, _far) = session(&l).await;
         assert!(pool.put(s, 4, t0));
         let waiting = {
-            let gone = pool.take("here", |_| true, t0);
+            let gone = pool.take("here", |_| true, t0).unwrap();
             assert!(gone.is_some());
             wait_at(&pool, t0)
         };
         let (s, _far2) = session(&l).await;
-        pool.lock().idle.push_back(Idle {
-            session: s,
-            since: t0,
-        });
+        pool.lock().idle.push_back(Idle::new(s, t0));
         // The refusal: idle sessions closed, the waiting client sent to its own handshake.
         assert_eq!(pool.refused(t0), REFUSAL_BACKOFF_FIRST);
         assert_eq!(
@@ -760,7 +1243,10 @@ mod tests {
         new.terms = terms;
         assert!(pool.put(old, 4, now) && pool.put(new, 4, now));
         assert_eq!(pool.retire(|s| s.terms == terms), 1);
-        let kept = pool.take("here", |s| s.terms == terms, now).expect("kept");
+        let kept = pool
+            .take("here", |s| s.terms == terms, now)
+            .unwrap()
+            .expect("kept");
         assert_eq!(kept.terms, terms);
     }
 }

@@ -13,6 +13,14 @@
 //! reader slows the sender, and they exist only while data moves: each direction waits for
 //! readability with no buffer, takes one when bytes arrive and gives it back once the socket is
 //! drained, so an idle connection holds no record buffer at all.
+//!
+//! Keepalives (PROTOCOL.md §4.4): every record opened is "heard"; a third future, the watch,
+//! applies the liveness rule (`proto::liveness`) and asks the writer for a Ping after half the
+//! `dead_peer_timeout` of silence, and fails the pump ("peer silent for …") after the whole of
+//! it. The reader asks the writer for a Pong for each Ping. Both run past their own direction's
+//! close record: after it, the writer still sends keepalives and the reader still reads them, until
+//! both close records have passed. The three share a few flags ([`Link`]); they run in one
+//! task, polled in turn, and a flag that one raises makes the others be polled again at once.
 
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,11 +33,14 @@ use std::task::Poll;
 use tokio::io::{AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::{tcp, unix, TcpStream, UnixStream};
 
+use std::sync::atomic::{AtomicBool, AtomicU32};
+
 use crate::proto::aead::TAG_LEN;
-use crate::proto::handshake::Role;
 use crate::proto::record::{
-    parse_header, Opened, Opener, RecordError, Sealer, HEADER_LEN, MAX_RECORD_LEN, OVERHEAD,
+    parse_header, Opened, Opener, RecordError, RecordType, Sealer, HEADER_LEN, MAX_RECORD_LEN,
+    OVERHEAD,
 };
+use crate::proto::{Liveness, LivenessAction};
 use crate::tunnel::kex::{KexFailure, SessionKex};
 
 /// How the pump seals.
@@ -43,6 +54,9 @@ pub(crate) struct PumpOptions {
     /// End the connection (an error: both sockets reset) after this long without a byte
     /// moving either way.
     pub idle_timeout: Option<Duration>,
+    /// End the connection (an error: both sockets reset) when the peer is not heard from for
+    /// this long; a Ping after half of it (PROTOCOL.md §4.4). `None`: no keepalive.
+    pub dead_peer_timeout: Option<Duration>,
     /// A TCP half-close right behind our close record: the session carries no other stream
     /// (a connector that will not reuse it, a listener's session past `session_max_age`), so
     /// that a dropped close record is truncation.
@@ -275,6 +289,9 @@ pub(crate) enum PumpError {
     /// No byte moved either way for `idle_timeout`.
     #[error("idle for {0:?} (idle_timeout)")]
     Idle(Duration),
+    /// Nothing heard from the peer for `dead_peer_timeout`, a Ping unanswered.
+    #[error("peer silent for {0:?} (dead_peer_timeout)")]
+    PeerSilent(Duration),
     /// The fresh hybrid exchange failed, or did not complete in time.
     #[error("{0}")]
     Kex(#[from] KexFailure),
@@ -286,19 +303,191 @@ impl From<crate::proto::kex::KexError> for PumpError {
     }
 }
 
-/// How the two directions of a stream tell each other that they have ended: after its close
-/// record each direction still serves the fresh hybrid exchange (PROTOCOL.md §4.5), so that a
-/// half-closed stream keeps getting fresh keys, until the other has ended too.
-#[derive(Default)]
-struct Turn {
-    /// Our close record is sent.
-    up_closed: std::sync::atomic::AtomicBool,
-    /// The peer's close record is opened.
-    peer_closed: std::sync::atomic::AtomicBool,
-    /// Wakes the sealing direction (the peer closed).
-    to_up: tokio::sync::Notify,
-    /// Wakes the opening direction (we closed).
-    to_down: tokio::sync::Notify,
+/// What the pump's three futures share (PROTOCOL.md §4.4): when the peer was last heard from,
+/// the keepalives the writer owes, and how far each direction is. In the pump's own frame,
+/// not on the heap.
+#[derive(Debug)]
+struct Link {
+    /// The time `heard_ms` counts from.
+    base: tokio::time::Instant,
+    /// 1 + milliseconds after `base` at which the peer was last heard from; 0: not yet.
+    heard_ms: AtomicU64,
+    /// Pongs the writer owes (one per Ping opened).
+    pongs_due: AtomicU32,
+    /// The watch asks the writer for a Ping.
+    ping_due: AtomicBool,
+    /// Our close record has gone out.
+    sent_close: AtomicBool,
+    /// The peer's close record has been opened.
+    got_close: AtomicBool,
+    /// Our TCP FIN went behind our close record: we cannot send a Ping (nor a Pong).
+    own_fin: AtomicBool,
+    /// The peer's TCP FIN came behind its close record: it cannot answer a Ping.
+    peer_fin: AtomicBool,
+    /// A flag changed: poll every future again before waiting.
+    kick: AtomicBool,
+    /// Writes held up by flow control, not by the peer's silence: the reader's to a local
+    /// client that does not read (we do not read the peer meanwhile), the writer's of data to
+    /// a peer whose window is closed (its keepalives wait behind them). No silence counts while
+    /// either lasts: `TCP_USER_TIMEOUT` judges a window that stays closed.
+    held_up: AtomicU32,
+}
+
+/// The keepalive the writer owes, or its end.
+enum Due {
+    Ping,
+    Pong,
+    /// Both close records have passed and nothing is owed: the writer is done.
+    Done,
+}
+
+impl Link {
+    fn new() -> Self {
+        Link {
+            base: tokio::time::Instant::now(),
+            heard_ms: AtomicU64::new(0),
+            pongs_due: AtomicU32::new(0),
+            ping_due: AtomicBool::new(false),
+            sent_close: AtomicBool::new(false),
+            got_close: AtomicBool::new(false),
+            own_fin: AtomicBool::new(false),
+            peer_fin: AtomicBool::new(false),
+            kick: AtomicBool::new(false),
+            held_up: AtomicU32::new(0),
+        }
+    }
+
+    /// Runs `write`, a write that flow control may hold up, with no silence counted meanwhile.
+    async fn held_up<T>(&self, write: impl Future<Output = T>) -> T {
+        self.held_up.fetch_add(1, Ordering::Relaxed);
+        let r = write.await;
+        self.held_up.fetch_sub(1, Ordering::Relaxed);
+        self.heard();
+        r
+    }
+
+    fn set(&self, flag: &AtomicBool) {
+        flag.store(true, Ordering::Relaxed);
+        self.kick.store(true, Ordering::Relaxed);
+    }
+
+    fn is(flag: &AtomicBool) -> bool {
+        flag.load(Ordering::Relaxed)
+    }
+
+    /// A record from the peer was opened now.
+    fn heard(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.heard_ms.store(ms + 1, Ordering::Relaxed);
+    }
+
+    /// When the peer was last heard from during this stream.
+    fn heard_at(&self) -> Option<std::time::Instant> {
+        match self.heard_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some((self.base + Duration::from_millis(ms - 1)).into_std()),
+        }
+    }
+
+    /// A Ping was opened: the writer owes a Pong.
+    fn owe_pong(&self) {
+        self.pongs_due.fetch_add(1, Ordering::Relaxed);
+        self.kick.store(true, Ordering::Relaxed);
+    }
+
+    /// Both close records have passed.
+    fn both_closed(&self) -> bool {
+        Self::is(&self.sent_close) && Self::is(&self.got_close)
+    }
+
+    /// The keepalive the writer owes now (taken), or `Done` once `closed` (our close record
+    /// sent) and the peer's opened.
+    fn take_due(&self, closed: bool) -> Option<Due> {
+        let pongs = self.pongs_due.load(Ordering::Relaxed);
+        if pongs > 0 {
+            self.pongs_due.store(pongs - 1, Ordering::Relaxed);
+            return Some(Due::Pong);
+        }
+        if self.ping_due.swap(false, Ordering::Relaxed) {
+            return Some(Due::Ping);
+        }
+        (closed && Self::is(&self.got_close)).then_some(Due::Done)
+    }
+
+    /// Resolves with what [`Link::take_due`] gives. Registers no waker: the pump polls the
+    /// writer again whenever a flag changes (`kick`).
+    fn due(&self, closed: bool) -> impl Future<Output = Due> + '_ {
+        poll_fn(move |_| match self.take_due(closed) {
+            Some(d) => Poll::Ready(d),
+            None => Poll::Pending,
+        })
+    }
+}
+
+/// Seals and writes one keepalive.
+async fn send_keepalive<W: AsyncWrite + Unpin>(
+    sealed: &mut W,
+    sealer: &mut Sealer,
+    pong: bool,
+) -> Result<(), PumpError> {
+    let record = if pong {
+        sealer.seal_pong()?
+    } else {
+        sealer.seal_ping()?
+    };
+    sealed.write_all(&record).await.map_err(PumpError::Sealed)?;
+    sealed.flush().await.map_err(PumpError::Sealed)
+}
+
+/// The liveness rule over one stream (PROTOCOL.md §4.4): a Ping asked of the writer after half
+/// of `timeout` without a record from the peer, the pump failed after the whole of it.
+/// `heard_before`: when the session last heard from the peer before this stream. After our TCP
+/// FIN no Ping can go (the silence still counts); after the peer's, the peer cannot answer (no
+/// silence counts against it, and a Ping still goes every half timeout so that it hears us).
+async fn live_watch(
+    timeout: Option<Duration>,
+    link: &Link,
+    heard_before: Option<std::time::Instant>,
+) -> PumpError {
+    let Some(timeout) = timeout else {
+        return std::future::pending().await;
+    };
+    let start = link.base.into_std();
+    let mut live = Liveness::new(
+        timeout,
+        heard_before.map_or(start, |h| {
+            start.checked_sub(timeout).map_or(h, |floor| h.max(floor))
+        }),
+    );
+    let mut sleep = pin!(tokio::time::sleep_until(link.base));
+    loop {
+        let now = tokio::time::Instant::now().into_std();
+        if let Some(h) = link.heard_at() {
+            live.heard(h);
+        }
+        if link.held_up.load(Ordering::Relaxed) > 0 {
+            live.heard(now);
+        }
+        match live.poll(now) {
+            LivenessAction::None => {}
+            LivenessAction::SendPing => {
+                if Link::is(&link.peer_fin) {
+                    live = Liveness::new(timeout, now);
+                }
+                if !Link::is(&link.own_fin) {
+                    link.set(&link.ping_due);
+                }
+            }
+            LivenessAction::Dead(_) if Link::is(&link.peer_fin) => {
+                live = Liveness::new(timeout, now);
+            }
+            LivenessAction::Dead(d) => return PumpError::PeerSilent(d),
+        }
+        sleep
+            .as_mut()
+            .reset(tokio::time::Instant::from_std(live.next_due()));
+        sleep.as_mut().await;
+    }
 }
 
 /// Runs both directions of one stream until both have ended cleanly (both close records passed),
@@ -323,14 +512,27 @@ where
     SR: AsRef<TcpStream>,
     SW: AsyncWrite + Unpin,
 {
+    let link = Link::new();
+    // When the session last heard from the peer before this stream (a warm session's time in
+    // the pool counts).
+    let heard_before = stats.session.as_ref().map(|s| {
+        let now = std::time::Instant::now();
+        now.checked_sub(s.last_heard(now)).unwrap_or(now)
+    });
     // Polled by hand, each future pinned once in this frame: `try_join!` inside `select!` keeps
     // a second copy of both directions' state (the task of every idle connection holds it).
-    let turn = Turn::default();
     let mut up = pin!(plain_to_sealed(
-        plain_r, sealed_w, sealer, kex, &turn, opts, stats
+        plain_r, sealed_w, sealer, kex, opts, stats, &link
     ));
     let mut down = pin!(sealed_to_plain(
-        sealed_r, plain_w, opener, kex, &turn, opts, leftover, stats
+        sealed_r,
+        plain_w,
+        opener,
+        kex,
+        opts.rekey_interval,
+        leftover,
+        stats,
+        &link
     ));
     let mut idle = pin!(idle_watch(
         opts.idle_timeout,
@@ -338,8 +540,10 @@ where
         opts.rekey_interval,
         stats
     ));
+    let mut live = pin!(live_watch(opts.dead_peer_timeout, &link, heard_before));
     let (mut up_done, mut rest) = (false, None);
-    poll_fn(|cx| {
+    poll_fn(|cx| loop {
+        link.kick.store(false, Ordering::Relaxed);
         if !up_done {
             if let Poll::Ready(r) = up.as_mut().poll(cx) {
                 r?;
@@ -356,9 +560,15 @@ where
                 return Poll::Ready(Ok(r));
             }
         }
-        match idle.as_mut().poll(cx) {
-            Poll::Ready(e) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
+        if let Poll::Ready(e) = idle.as_mut().poll(cx) {
+            return Poll::Ready(Err(e));
+        }
+        if let Poll::Ready(e) = live.as_mut().poll(cx) {
+            return Poll::Ready(Err(e));
+        }
+        // A flag raised by one future concerns another, polled before it: again.
+        if !link.kick.load(Ordering::Relaxed) {
+            return Poll::Pending;
         }
     })
     .await
@@ -479,9 +689,9 @@ async fn plain_to_sealed<R, W>(
     sealed: &mut W,
     sealer: &mut Sealer,
     kex: &SessionKex,
-    turn: &Turn,
     opts: PumpOptions,
     stats: &PumpStats,
+    link: &Link,
 ) -> Result<(), PumpError>
 where
     R: PlainRead,
@@ -504,6 +714,10 @@ where
                 r = plain.readable() => r.map_err(PumpError::Plain)?,
                 () = kex.wake.notified() => continue,
                 () = sleep_until(kex.wake_at(opts.rekey_interval)) => continue,
+                d = link.due(false) => {
+                    send_keepalive(sealed, sealer, matches!(d, Due::Pong)).await?;
+                    continue;
+                }
             }
         }
         let have = buf.as_ref().map_or(room, |b| b.len() - data_at - TAG_LEN);
@@ -531,28 +745,32 @@ where
             let mut close = [0u8; OVERHEAD];
             sealer.seal_close(&mut close)?;
             sealed.write_all(&close).await.map_err(PumpError::Sealed)?;
-            turn.up_closed.store(true, Ordering::Release);
-            turn.to_down.notify_one();
             if opts.fin_after_close.at(std::time::Instant::now()) {
-                // The session's last stream: a FIN right behind, so that a dropped close record
-                // is truncation (PROTOCOL.md §4.3); this side takes no further part in the
-                // exchange (§4.5).
                 sealed.shutdown().await.map_err(PumpError::Sealed)?;
+                link.set(&link.own_fin);
+                link.set(&link.sent_close);
                 return Ok(());
             }
             sealed.flush().await.map_err(PumpError::Sealed)?;
-            // Until the peer closes too, the exchange goes on (a half-closed stream may last).
-            while !turn.peer_closed.load(Ordering::Acquire) {
+            link.set(&link.sent_close);
+            // Keepalives still go, under the next stream's key, until the peer's close record
+            // has passed too (and the Pongs owed by then); so does the fresh hybrid exchange
+            // (PROTOCOL.md §4.5: a half-closed stream keeps getting fresh keys).
+            loop {
                 tokio::select! {
-                    () = turn.to_up.notified() => {}
+                    d = link.due(true) => match d {
+                        Due::Done => {
+                            // What the exchange still owes goes now; the rest between streams.
+                            kex_step(sealed, sealer, kex, opts).await?;
+                            return Ok(());
+                        }
+                        d => send_keepalive(sealed, sealer, matches!(d, Due::Pong)).await?,
+                    },
                     () = kex.wake.notified() => {}
                     () = sleep_until(kex.wake_at(opts.rekey_interval)) => {}
                 }
                 kex_step(sealed, sealer, kex, opts).await?;
             }
-            // What the exchange still owes goes now; the rest between streams (`tunnel::kex`).
-            kex_step(sealed, sealer, kex, opts).await?;
-            return Ok(());
         }
         let mut start = OVERHEAD;
         if sealer.rekey_due() {
@@ -565,8 +783,7 @@ where
         }
         let end = data_at + n + TAG_LEN;
         sealer.seal_data(&mut b[OVERHEAD..end])?;
-        sealed
-            .write_all(&b[start..end])
+        link.held_up(sealed.write_all(&b[start..end]))
             .await
             .map_err(PumpError::Sealed)?;
         stats.add(&stats.sent, n as u64, |t| &t.sent);
@@ -577,6 +794,10 @@ where
         } else if n == have && have < full {
             // A small buffer filled: more is probably there; read it a record at a time.
             buf = Some(vec![0u8; data_at + full + TAG_LEN]);
+        }
+        // Keepalives owed are sent between records too.
+        while let Some(d) = link.take_due(false) {
+            send_keepalive(sealed, sealer, matches!(d, Due::Pong)).await?;
         }
     }
 }
@@ -619,10 +840,10 @@ async fn sealed_to_plain<R, W>(
     plain: &mut W,
     opener: &mut Opener,
     kex: &SessionKex,
-    turn: &Turn,
-    opts: PumpOptions,
+    rekey_interval: Option<Duration>,
     leftover: Vec<u8>,
     stats: &PumpStats,
+    link: &Link,
 ) -> Result<Vec<u8>, PumpError>
 where
     R: AsRef<TcpStream>,
@@ -634,13 +855,21 @@ where
     let mut buf = leftover;
     let mut start = 0;
     let mut drained = false;
+    // Waits for bytes, or (after the peer's close record) for ours to have gone too.
     let wait = |buf: &mut Vec<u8>| {
         if buf.is_empty() {
             // Idle between records: give the buffer back while waiting.
             *buf = Vec::new();
         }
-        async { sealed.readable().await.map_err(PumpError::Sealed) }
+        poll_fn(|cx| {
+            if link.both_closed() {
+                return Poll::Ready(Ok(()));
+            }
+            sealed.poll_read_ready(cx).map_err(PumpError::Sealed)
+        })
     };
+    // The peer's close record has passed (and been handed on as an end of stream).
+    let mut after_close = opener.is_closed();
     loop {
         // Open every complete record buffered (up to MAX_IOV data records), then hand their
         // plaintexts to the plaintext socket in one vectored write.
@@ -649,19 +878,30 @@ where
         let mut need = HEADER_LEN;
         let mut closed = false;
         let mut failed = None;
-        // The listener refuses records under hybrid keys past their hard limit.
-        let now = std::time::Instant::now();
-        if kex.role() == Role::Listener
+        let mut next_stream = false;
+        let mut opened = false;
+        // The listener refuses records under hybrid keys past their hard limit (§4.5).
+        if kex.role() == crate::proto::handshake::Role::Listener
             && buf.len() > start
-            && kex.clock(opts.rekey_interval).expired(now)
+            && kex.clock(rekey_interval).expired(std::time::Instant::now())
         {
-            return Err(expired(opts.rekey_interval));
+            return Err(expired(rekey_interval));
         }
         while count < MAX_IOV {
+            if after_close && link.both_closed() {
+                // The stream is over: what is left belongs to the session.
+                next_stream = true;
+                break;
+            }
             let Some(h) = buf[start..].first_chunk::<HEADER_LEN>() else {
                 break;
             };
             let total = match parse_header(h) {
+                Ok((kind, _)) if after_close && kind == RecordType::StreamInfo => {
+                    // The next stream's first record: the listener opens it.
+                    next_stream = true;
+                    break;
+                }
                 Ok((_, total)) => total,
                 Err(e) => {
                     failed = Some(e);
@@ -679,49 +919,58 @@ where
                 }
                 Ok(Opened::Rekey) => {
                     stats.add(&stats.rekeys_received, 1, |t| &t.rekeys);
-                    stats.heard();
                 }
                 Ok(Opened::Close) => closed = true,
-                Ok(Opened::Alert(a)) => failed = Some(RecordError::Refused(a)),
+                Ok(Opened::Ping) => link.owe_pong(),
                 Ok(Opened::KeyShare(kind, body)) => {
-                    if let Err(e) = kex.receive(opener, kind, body, now) {
+                    // The fresh hybrid exchange (PROTOCOL.md §4.5); its answer is the writer's.
+                    if let Err(e) = kex.receive(opener, kind, body, std::time::Instant::now()) {
                         return Err(e.into());
                     }
-                    stats.heard();
+                    link.kick.store(true, Ordering::Relaxed);
                 }
+                Ok(Opened::Pong) => {}
+                Ok(Opened::Alert(a)) => failed = Some(RecordError::Refused(a)),
                 Err(e) => failed = Some(e),
             }
             if failed.is_some() {
                 break;
             }
+            opened = true;
             start += total;
             if closed {
                 break;
             }
         }
+        if opened {
+            // Any record opened: the peer is alive.
+            link.heard();
+            stats.heard();
+        }
         if count > 0 {
             // What was authenticated before a failure is still delivered, as record by record.
-            write_pieces(plain, &buf, &pieces[..count])
+            link.held_up(write_pieces(plain, &buf, &pieces[..count]))
                 .await
                 .map_err(PumpError::Plain)?;
             let delivered: usize = pieces[..count].iter().map(|p| p.1).sum();
             stats.add(&stats.received, delivered as u64, |t| &t.received);
-            stats.heard();
         }
         if let Some(e) = failed {
             return Err(e.into());
         }
+        if next_stream {
+            // Only the bytes that follow, in a buffer of their own size: the session may now
+            // wait between streams for a long time, and must not hold a read chunk meanwhile.
+            return Ok(buf.split_off(start));
+        }
         if closed {
-            // The end of this stream from the peer: passed on at once.
+            // The end of this stream from the peer: passed on at once. Keepalives may follow
+            // the close record until ours has gone too; then what follows belongs to the next
+            // stream (or is refused there by the record layer).
             plain.shutdown().await.map_err(PumpError::Plain)?;
-            turn.peer_closed.store(true, Ordering::Release);
-            turn.to_up.notify_one();
-            // Until our direction closes too, the peer may still send records of the exchange
-            // (and nothing else). What follows belongs to the next stream (or is refused there
-            // by the record layer): only those bytes, in a buffer of their own size, since the
-            // session may now wait between streams for a long time.
-            let rest = after_close(sealed, opener, kex, turn, buf.split_off(start)).await?;
-            return Ok(rest);
+            after_close = true;
+            link.set(&link.got_close);
+            continue;
         }
         if count == MAX_IOV {
             continue;
@@ -757,59 +1006,14 @@ where
             Err(e) => return Err(PumpError::Sealed(e)),
         };
         if n == 0 {
+            if after_close && buf.is_empty() {
+                // The peer's FIN behind its close record (its last stream): it cannot answer a
+                // Ping any more. A clean end of its direction.
+                link.set(&link.peer_fin);
+                return Ok(Vec::new());
+            }
             // No close record: truncation.
             return Err(RecordError::Truncated.into());
-        }
-    }
-}
-
-/// The opening direction after the peer's close record, until ours is sent: the records of the
-/// exchange that come meanwhile are handed to `kex`; anything else is refused (the peer may send
-/// nothing else before the next stream, which starts only after our close). Returns the bytes
-/// read past them.
-async fn after_close(
-    sealed: &TcpStream,
-    opener: &mut Opener,
-    kex: &SessionKex,
-    turn: &Turn,
-    mut buf: Vec<u8>,
-) -> Result<Vec<u8>, PumpError> {
-    let mut eof = false;
-    loop {
-        if turn.up_closed.load(Ordering::Acquire) {
-            return Ok(buf);
-        }
-        // Every whole record of the exchange at the front.
-        while let Some(h) = buf.first_chunk::<HEADER_LEN>() {
-            let (kind, total) = parse_header(h)?;
-            if !kind.is_key_share() {
-                return Err(RecordError::AfterClose.into());
-            }
-            if buf.len() < total {
-                break;
-            }
-            let rest = buf.split_off(total);
-            if let Opened::KeyShare(kind, body) = opener.open(&mut buf)? {
-                kex.receive(opener, kind, body, std::time::Instant::now())?;
-            }
-            buf = rest;
-        }
-        if eof {
-            // The peer ended its side (a FIN behind its close record: its last stream); our
-            // direction goes on until it closes.
-            turn.to_down.notified().await;
-            continue;
-        }
-        tokio::select! {
-            () = turn.to_down.notified() => continue,
-            r = sealed.readable() => r.map_err(PumpError::Sealed)?,
-        }
-        let mut chunk = [0u8; 2048];
-        match sealed.try_read(&mut chunk) {
-            Ok(0) => eof = true,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(PumpError::Sealed(e)),
         }
     }
 }
@@ -862,13 +1066,17 @@ mod tests {
     }
 
     fn kex() -> SessionKex {
-        SessionKex::new(Role::Connector, std::time::Instant::now())
+        SessionKex::new(
+            crate::proto::handshake::Role::Connector,
+            std::time::Instant::now(),
+        )
     }
 
     const OPTS: PumpOptions = PumpOptions {
         record_size: 1024,
         rekey_interval: None,
         idle_timeout: None,
+        dead_peer_timeout: None,
         fin_after_close: FinAfterClose::No,
     };
 
@@ -990,6 +1198,182 @@ mod tests {
         assert!(r.is_ok(), "{r:?}");
     }
 
+    /// Plays the peer of a stream on `sealed`: opens every record with `opener`, answers each
+    /// Ping with a Pong (if `answer`), and reports what it opened.
+    fn keepalive_peer(
+        mut sealed: TcpStream,
+        mut sealer: Sealer,
+        mut opener: Opener,
+        answer: bool,
+        seen: std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                let mut h = [0u8; HEADER_LEN];
+                if sealed.read_exact(&mut h).await.is_err() {
+                    return;
+                }
+                let (_, total) = parse_header(&h).unwrap();
+                let mut rec = vec![0u8; total];
+                rec[..HEADER_LEN].copy_from_slice(&h);
+                sealed.read_exact(&mut rec[HEADER_LEN..]).await.unwrap();
+                let what = match opener.open(&mut rec).unwrap() {
+                    Opened::Ping => "ping",
+                    Opened::Pong => "pong",
+                    Opened::Close => "close",
+                    Opened::Data(_) => "data",
+                    _ => "other",
+                };
+                seen.lock().unwrap().push(what);
+                if what == "ping" && answer {
+                    sealed
+                        .write_all(&sealer.seal_pong().unwrap())
+                        .await
+                        .unwrap();
+                }
+            }
+        })
+    }
+
+    /// A stream over a live peer that stays quiet on both sides for several
+    /// `dead_peer_timeout`s is kept (Pings answered keep it), and one over a silent peer is
+    /// ended after the timeout, a Ping unanswered (PROTOCOL.md §4.4; time stepped).
+    #[tokio::test(start_paused = true)]
+    async fn keepalives_keep_a_quiet_stream_over_a_live_peer_and_end_it_over_a_silent_one() {
+        let t = Duration::from_secs(20);
+        let opts = PumpOptions {
+            dead_peer_timeout: Some(t),
+            ..OPTS
+        };
+        let ours = Secret::from_bytes([1; 32]);
+        for answer in [true, false] {
+            let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let (seen2, ours2) = (seen.clone(), ours.clone());
+            let started = tokio::time::Instant::now();
+            let pump = run_pump(opts, move |sealed, app, sealer| {
+                let peer = keepalive_peer(sealed, sealer, Opener::new(ours2), answer, seen2);
+                tokio::spawn(async move {
+                    // Quiet: the application sends nothing, the peer nothing but Pongs.
+                    let _keep = (app, peer);
+                    std::future::pending::<()>().await;
+                })
+            });
+            let r = tokio::time::timeout(5 * t, pump).await;
+            let pings = seen
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|w| **w == "ping")
+                .count();
+            if answer {
+                assert!(r.is_err(), "a quiet stream over a live peer is kept: {r:?}");
+                assert!(pings >= 9, "one Ping per half timeout of silence: {pings}");
+            } else {
+                let r = r.expect("ended");
+                assert!(
+                    matches!(r, Err(PumpError::PeerSilent(d)) if d == t),
+                    "{r:?}"
+                );
+                assert_eq!(started.elapsed(), t, "ended at the timeout, not later");
+                assert_eq!(pings, 1, "one Ping, unanswered");
+            }
+        }
+    }
+
+    /// A local client that stops reading holds the pump up: that is flow control, not a
+    /// silent peer, and no silence is counted while it lasts (time stepped).
+    #[tokio::test(start_paused = true)]
+    async fn a_local_client_that_stops_reading_is_not_a_silent_peer() {
+        let t = Duration::from_secs(2);
+        let opts = PumpOptions {
+            dead_peer_timeout: Some(t),
+            ..OPTS
+        };
+        let pump = run_pump(opts, |mut sealed, app, mut sealer| {
+            tokio::spawn(async move {
+                // The application never reads; the peer sends until the buffers are full.
+                let _keep = app;
+                let mut rec = vec![0u8; 16 * 1024 + OVERHEAD];
+                loop {
+                    sealer.seal_data(&mut rec).unwrap();
+                    if sealed.write_all(&rec).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        });
+        let r = tokio::time::timeout(10 * t, pump).await;
+        assert!(r.is_err(), "a held-up stream is not taken for dead: {r:?}");
+    }
+
+    /// A Ping from the peer is answered with one Pong inside a stream and after our close
+    /// record (under the next stream's key), and the stream then ends cleanly.
+    #[tokio::test]
+    async fn pings_are_answered_inside_a_stream_and_after_our_close() {
+        let (plain_local, mut plain_app) = tcp_pair().await;
+        let (sealed_local, mut sealed_peer) = tcp_pair().await;
+        let ours = Secret::from_bytes([1; 32]);
+        let theirs = Secret::from_bytes([2; 32]);
+        let mut peer_sealer = Sealer::new(theirs.clone(), 1 << 30);
+        let mut peer_opener = Opener::new(ours.clone());
+        let (mut sealer, mut opener) = (Sealer::new(ours, 1 << 30), Opener::new(theirs));
+        let stats = PumpStats::default();
+        let (pr, mut pw) = plain_local.into_split();
+        let (sr, mut sw) = sealed_local.into_split();
+        let peer = tokio::spawn(async move {
+            let mut rec = [0u8; OVERHEAD];
+            // Inside the stream.
+            sealed_peer
+                .write_all(&peer_sealer.seal_ping().unwrap())
+                .await
+                .unwrap();
+            sealed_peer.read_exact(&mut rec).await.unwrap();
+            assert_eq!(peer_opener.open(&mut rec), Ok(Opened::Pong));
+            // The application ends its side: our close record; then a Ping after it.
+            plain_app.shutdown().await.unwrap();
+            sealed_peer.read_exact(&mut rec).await.unwrap();
+            assert_eq!(peer_opener.open(&mut rec), Ok(Opened::Close));
+            sealed_peer
+                .write_all(&peer_sealer.seal_ping().unwrap())
+                .await
+                .unwrap();
+            sealed_peer.read_exact(&mut rec).await.unwrap();
+            assert_eq!(
+                peer_opener.open(&mut rec),
+                Ok(Opened::Pong),
+                "after our close"
+            );
+            // Its own close ends the stream.
+            let mut close = [0u8; OVERHEAD];
+            peer_sealer.seal_close(&mut close).unwrap();
+            sealed_peer.write_all(&close).await.unwrap();
+            let mut sink = Vec::new();
+            plain_app.read_to_end(&mut sink).await.unwrap();
+            (sealed_peer, plain_app)
+        });
+        let opts = PumpOptions {
+            dead_peer_timeout: Some(Duration::from_secs(20)),
+            ..OPTS
+        };
+        let rest = pump(
+            &pr,
+            &mut pw,
+            &sr,
+            &mut sw,
+            &mut sealer,
+            &mut opener,
+            &kex(),
+            Vec::new(),
+            opts,
+            &stats,
+        )
+        .await
+        .unwrap();
+        assert!(rest.is_empty());
+        assert!(sealer.is_closed() && opener.is_closed());
+        peer.await.unwrap();
+    }
+
     /// A read that fills less than its buffer reports the socket drained and clears its
     /// readiness, and bytes that arrive afterwards are still seen: the next wait wakes for them.
     #[tokio::test]
@@ -1028,14 +1412,25 @@ mod tests {
         let s = Secret::from_bytes([1; 32]);
         let (mut sealer, mut opener) = (Sealer::new(s.clone(), 1 << 30), Opener::new(s));
         let stats = PumpStats::default();
+        let link = Link::new();
         let k = kex();
         let parts = {
-            let t = Turn::default();
-            let up = plain_to_sealed(&pr, &mut sw, &mut sealer, &k, &t, OPTS, &stats);
+            let up = plain_to_sealed(&pr, &mut sw, &mut sealer, &k, OPTS, &stats, &link);
             let up = std::mem::size_of_val(&up);
-            let down = sealed_to_plain(&sr, &mut pw, &mut opener, &k, &t, OPTS, Vec::new(), &stats);
+            let down = sealed_to_plain(
+                &sr,
+                &mut pw,
+                &mut opener,
+                &k,
+                None,
+                Vec::new(),
+                &stats,
+                &link,
+            );
             up + std::mem::size_of_val(&down)
                 + std::mem::size_of_val(&idle_watch(OPTS.idle_timeout, &k, None, &stats))
+                + std::mem::size_of_val(&live_watch(OPTS.dead_peer_timeout, &link, None))
+                + std::mem::size_of_val(&link)
         };
         let whole = pump(
             &pr,

@@ -18,6 +18,10 @@ pub struct SharedSettings {
     /// An established connection that moves no byte either way for this long is reset;
     /// `None`: idle connections are kept (`idle_timeout`).
     pub idle_timeout: Option<Duration>,
+    /// A session whose peer is not heard from for this long is closed, its client reset; a
+    /// Ping goes after half of it in silence (PROTOCOL.md §4.4). `None`: no keepalive
+    /// (`dead_peer_timeout`).
+    pub dead_peer_timeout: Option<Duration>,
     /// Most connections at once, handshaking or established; past it new ones are dropped
     /// (`max_connections`).
     pub max_connections: usize,

@@ -129,6 +129,17 @@ impl SigningPool {
         Some(InlinePlace(self, now))
     }
 
+    /// Charges other handshake work that took `took` (a ConnectorAuth's verification) to the
+    /// time budget of the answers (`signature_cpu` = `cpu_percent`), as if an answer had taken it.
+    pub(crate) fn charge(&self, took: Duration, cpu_percent: u32, now: Instant) {
+        if took.is_zero() {
+            return;
+        }
+        let mut inner = self.lock();
+        inner.cpu_percent = cpu_percent;
+        inner.cpu.spend(cpu_percent, took, now);
+    }
+
     /// Charges an answer that ran from `started` to `now` to the time budget.
     fn spent(inner: &mut Inner, started: Instant, now: Instant) {
         let percent = inner.cpu_percent;
@@ -357,6 +368,26 @@ mod tests {
         );
         assert!(
             pool.try_inline(0, 1, end + Duration::from_millis(1500))
+                .is_some(),
+            "paid back"
+        );
+    }
+
+    /// A ConnectorAuth's verification charged to the answers' time budget (PROTOCOL.md §2,
+    /// SECURITY.md): a listener busy verifying makes fewer answers, so answers and
+    /// verifications together stay within `signature_cpu`.
+    #[test]
+    fn verification_time_is_charged_to_the_answers_budget() {
+        let t0 = Instant::now();
+        let pool = SigningPool::default();
+        assert!(pool.try_inline(0, 1, t0).is_some(), "a full time budget");
+        pool.charge(Duration::from_millis(20), 1, t0);
+        assert!(
+            pool.try_inline(0, 1, t0).is_none(),
+            "overdrawn by the verification"
+        );
+        assert!(
+            pool.try_inline(0, 1, t0 + Duration::from_millis(1500))
                 .is_some(),
             "paid back"
         );

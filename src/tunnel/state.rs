@@ -137,6 +137,12 @@ pub struct TunnelState {
     pub(crate) rate_log: LogLimiter,
     pub(crate) mac1_log: LogLimiter,
     pub(crate) overload_log: LogLimiter,
+    /// Listener: its connections without a valid hello yet (per-source cap, eviction of the
+    /// oldest at `max_connections`).
+    pub(crate) pre_auth: Arc<crate::tunnel::pre_auth::PreAuth>,
+    /// Listener: its sessions that have not carried a stream yet (per-key share, eviction of
+    /// the oldest at `max_connections` after the connections without a valid hello).
+    pub(crate) silent: Arc<crate::tunnel::pre_auth::Silent>,
 }
 
 impl TunnelState {
@@ -210,6 +216,8 @@ impl Default for TunnelState {
             rate_log: LogLimiter::new(Duration::from_secs(10)),
             mac1_log: LogLimiter::new(Duration::from_secs(10)),
             overload_log: LogLimiter::new(Duration::from_secs(10)),
+            pre_auth: Arc::default(),
+            silent: Arc::default(),
         }
     }
 }
@@ -248,8 +256,10 @@ pub(crate) struct OpenConn {
     pub(crate) resumed: bool,
     /// Bytes and rekeys so far, updated live by the pump.
     pub(crate) stats: Arc<PumpStats>,
-    cut: CancellationToken,
-    no_next: CancellationToken,
+    /// Cancelled to cut it (an entry of a tunnel's open streams, `TunnelState::open`) or to
+    /// refuse its next stream (an entry of its sessions, `TunnelState::sessions`): each table
+    /// uses it for one of the two, so one token serves both (memory per idle connection).
+    signal: CancellationToken,
 }
 
 impl OpenConn {
@@ -267,25 +277,24 @@ impl OpenConn {
             opened,
             resumed,
             stats,
-            cut: CancellationToken::new(),
-            no_next: CancellationToken::new(),
+            signal: CancellationToken::new(),
         }
     }
 
     /// Resolves once the connection has been cut ([`OpenConns::cut_unless`]).
     pub(crate) async fn cut(&self) {
-        self.cut.cancelled().await
+        self.signal.cancelled().await
     }
 
     /// Resolves once a reload has refused this session's next stream
     /// ([`OpenConns::refuse_next_unless`]).
     pub(crate) async fn next_refused(&self) {
-        self.no_next.cancelled().await
+        self.signal.cancelled().await
     }
 
     /// True once a reload has refused this session's next stream.
     pub(crate) fn no_next(&self) -> bool {
-        self.no_next.is_cancelled()
+        self.signal.is_cancelled()
     }
 }
 
@@ -326,7 +335,7 @@ impl OpenConns {
         let mut map = self.lock();
         // Read under the lock that `close` sweeps under: a session is either swept or sees it.
         if self.closed.load(Ordering::Relaxed) {
-            conn.no_next.cancel();
+            conn.signal.cancel();
         }
         map.insert(id, conn.clone());
         drop(map);
@@ -350,8 +359,8 @@ impl OpenConns {
         let map = self.lock();
         let mut n = 0;
         for c in map.values().filter(|c| !keep(&c.fingerprint)) {
-            if !c.no_next.is_cancelled() {
-                c.no_next.cancel();
+            if !c.signal.is_cancelled() {
+                c.signal.cancel();
                 n += 1;
             }
         }
@@ -378,8 +387,8 @@ impl OpenConns {
         let map = self.lock();
         let mut n = 0;
         for c in map.values().filter(|c| !keep(&c.fingerprint)) {
-            if !c.cut.is_cancelled() {
-                c.cut.cancel();
+            if !c.signal.is_cancelled() {
+                c.signal.cancel();
                 n += 1;
             }
         }

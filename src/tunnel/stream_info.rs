@@ -14,6 +14,7 @@ use crate::proto::record::{
     OVERHEAD,
 };
 use crate::proto::stream::{canonical, StreamInfo, StreamInfoError, MAX_STREAM_INFO_LEN};
+use crate::proto::{Liveness, LivenessAction};
 use crate::tunnel::kex::SessionKex;
 
 /// Why the StreamInfo record could not be sent or read.
@@ -34,7 +35,11 @@ pub(crate) enum StreamError {
     /// The record opened but its body is malformed.
     #[error("{0}")]
     Info(#[from] StreamInfoError),
-    /// A record of the exchange was refused.
+    /// Nothing heard from the connector for `dead_peer_timeout`, a Ping unanswered
+    /// (PROTOCOL.md §4.4).
+    #[error("peer silent for {0:?} (dead_peer_timeout)")]
+    PeerSilent(Duration),
+    /// A record of the fresh hybrid exchange was refused (PROTOCOL.md §4.5).
     #[error("key exchange: {0}")]
     Kex(crate::proto::kex::KexError),
 }
@@ -57,38 +62,39 @@ pub(crate) async fn send_stream_info<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Reads and opens the connector's first record, which must be StreamInfo, before `deadline`.
-/// `leftover` holds the bytes already read after the handshake; what follows the record is
-/// returned for the pump. Each read takes up to the largest StreamInfo record, so one read
-/// usually brings the whole record (and the client's first bytes behind it); nothing is
-/// buffered beyond that, and a first record of another type is refused from its header, before
-/// its body is opened.
-///
-/// Between streams a record of the fresh hybrid exchange (PROTOCOL.md §4.5) may come first
-/// (`kex` given: the listener's between streams): it is opened and handed to `kex`, and
-/// [`First::Exchange`] returned with the bytes that follow; the caller sends what the exchange
-/// owes and reads again.
-pub(crate) async fn read_stream_info<R: AsyncRead + Unpin>(
+/// The record layer and the keepalive rule of a session waiting for its next stream.
+pub(crate) struct Waiting<'a, W> {
+    /// Where Pongs and Pings go.
+    pub reply: &'a mut W,
+    /// The connector's direction.
+    pub opener: &'a mut Opener,
+    /// Ours (keepalives only: it is closed, or before its first record).
+    pub sealer: &'a mut Sealer,
+    /// `dead_peer_timeout` (PROTOCOL.md §4.4); `None`: no keepalive.
+    pub dead_peer_timeout: Option<Duration>,
+    /// The session's fresh hybrid exchange (PROTOCOL.md §4.5): a KeyShare, or the Done of an
+    /// exchange, may come between streams; `None`: refused.
+    pub kex: Option<&'a SessionKex>,
+}
+
+/// Reads and opens the connector's first record of a stream, which must be StreamInfo, before
+/// `deadline`, answering its Pings meanwhile and applying the liveness rule (PROTOCOL.md §4.4).
+/// `leftover` holds the bytes already read after the handshake or the last stream; what follows
+/// the record is returned for the pump. Each read takes up to the largest StreamInfo record, so
+/// one read usually brings the whole record (and the client's first bytes behind it); nothing
+/// is buffered beyond that, and a record of another type than StreamInfo, Ping or Pong is
+/// refused from its header, before its body is opened.
+pub(crate) async fn read_stream_info<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     sealed: &mut R,
-    opener: &mut Opener,
-    kex: Option<&SessionKex>,
+    waiting: Waiting<'_, W>,
     leftover: Vec<u8>,
     deadline: tokio::time::Instant,
     timeout: Duration,
-) -> Result<First, StreamError> {
-    match tokio::time::timeout_at(deadline, read(sealed, opener, kex, leftover)).await {
+) -> Result<(StreamInfo, Vec<u8>), StreamError> {
+    match tokio::time::timeout_at(deadline, read(sealed, waiting, leftover)).await {
         Ok(r) => r,
         Err(_) => Err(StreamError::Timeout(timeout)),
     }
-}
-
-/// What the first record between streams was.
-#[derive(Debug)]
-pub(crate) enum First {
-    /// The next stream's StreamInfo, and the bytes that follow it.
-    Info(StreamInfo, Vec<u8>),
-    /// A record of the fresh hybrid exchange, handled; the bytes that follow it.
-    Exchange(Vec<u8>),
 }
 
 /// The largest StreamInfo record.
@@ -97,59 +103,111 @@ const MOST: usize = OVERHEAD + MAX_STREAM_INFO_LEN;
 const MOST_KEX: usize = OVERHEAD + KEY_SHARE_LEN;
 
 /// Reads until `buf` holds at least `want` bytes (at most [`MOST`]), each read taking what is
-/// there up to [`MOST`] bytes in all.
+/// there up to [`MOST`] bytes in all. Cancel safe: a byte read is in `buf`.
 async fn fill<R: AsyncRead + Unpin>(
     sealed: &mut R,
     buf: &mut Vec<u8>,
     want: usize,
 ) -> Result<(), StreamError> {
+    let mut chunk = [0u8; MOST];
     while buf.len() < want {
-        let have = buf.len();
-        buf.resize(MOST.max(want), 0);
-        let read = sealed.read(&mut buf[have..]).await;
-        buf.truncate(have + read.as_ref().copied().unwrap_or(0));
-        if read? == 0 {
+        let room = MOST.max(want).saturating_sub(buf.len()).min(MOST);
+        let n = sealed.read(&mut chunk[..room]).await?;
+        if n == 0 {
             return Err(StreamError::Eof);
         }
+        buf.extend_from_slice(&chunk[..n]);
     }
     Ok(())
 }
 
-async fn read<R: AsyncRead + Unpin>(
+/// Reads the next whole record into `buf` (its first bytes may be there already): a StreamInfo
+/// record or a keepalive, refused from its header otherwise. Its type and length.
+async fn next_record<R: AsyncRead + Unpin>(
     sealed: &mut R,
-    opener: &mut Opener,
-    kex: Option<&SessionKex>,
-    mut buf: Vec<u8>,
-) -> Result<First, StreamError> {
-    fill(sealed, &mut buf, HEADER_LEN).await?;
+    buf: &mut Vec<u8>,
+    kex: bool,
+) -> Result<(RecordType, usize), StreamError> {
+    fill(sealed, buf, HEADER_LEN).await?;
     let header: [u8; HEADER_LEN] = buf[..HEADER_LEN]
         .try_into()
         .map_err(|_| RecordError::Buffer(buf.len()))?;
     let (kind, total) = parse_header(&header)?;
-    if let Some(kex) = kex.filter(|_| kind.is_key_share()) {
-        if total > MOST_KEX {
-            return Err(RecordError::Malformed(kind).into());
-        }
-        fill(sealed, &mut buf, total).await?;
-        let rest = buf.split_off(total);
-        match opener.open(&mut buf)? {
-            Opened::KeyShare(kind, body) => kex
-                .receive(opener, kind, body, std::time::Instant::now())
-                .map_err(StreamError::Kex)?,
-            _ => return Err(RecordError::Unexpected(kind).into()),
-        }
-        return Ok(First::Exchange(rest));
-    }
-    if kind != RecordType::StreamInfo {
+    if kind != RecordType::StreamInfo && !kind.is_keepalive() && !(kex && kind.is_key_share()) {
         return Err(RecordError::Unexpected(kind).into());
     }
-    if total > MOST {
+    if total > MOST && !(kex && kind.is_key_share() && total <= MOST_KEX) {
         return Err(RecordError::Malformed(kind).into());
     }
-    fill(sealed, &mut buf, total).await?;
-    let rest = buf.split_off(total);
-    let body = opener.open_stream_info(&mut buf)?;
-    Ok(First::Info(StreamInfo::decode(body)?, rest))
+    fill(sealed, buf, total).await?;
+    Ok((kind, total))
+}
+
+async fn read<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    sealed: &mut R,
+    w: Waiting<'_, W>,
+    mut buf: Vec<u8>,
+) -> Result<(StreamInfo, Vec<u8>), StreamError> {
+    let now = || tokio::time::Instant::now().into_std();
+    let mut live = w.dead_peer_timeout.map(|t| Liveness::new(t, now()));
+    loop {
+        let next = next_record(sealed, &mut buf, w.kex.is_some());
+        let got = match &live {
+            Some(l) => {
+                let due = tokio::time::Instant::from_std(l.next_due());
+                tokio::time::timeout_at(due, next).await.ok()
+            }
+            None => Some(next.await),
+        };
+        let Some(got) = got else {
+            // Silence: a Ping when half the timeout has passed, the end after all of it.
+            match live
+                .as_mut()
+                .map_or(LivenessAction::None, |l| l.poll(now()))
+            {
+                LivenessAction::None => {}
+                LivenessAction::SendPing => {
+                    let ping = w.sealer.seal_ping()?;
+                    w.reply.write_all(&ping).await?;
+                }
+                LivenessAction::Dead(d) => return Err(StreamError::PeerSilent(d)),
+            }
+            continue;
+        };
+        let (kind, total) = got?;
+        if let Some(l) = live.as_mut() {
+            l.heard(now());
+        }
+        if kind == RecordType::StreamInfo {
+            let rest = buf.split_off(total);
+            let body = w.opener.open_stream_info(&mut buf)?;
+            return Ok((StreamInfo::decode(body)?, rest));
+        }
+        let rest = buf.split_off(total);
+        let ping = match w.opener.open(&mut buf)? {
+            Opened::Ping => true,
+            Opened::KeyShare(kind, body) => {
+                // A record of the fresh hybrid exchange (PROTOCOL.md §4.5): answered here.
+                if let Some(kex) = w.kex {
+                    kex.receive(w.opener, kind, body, std::time::Instant::now())
+                        .map_err(StreamError::Kex)?;
+                    if let Some(r) = kex
+                        .outgoing(w.sealer, std::time::Instant::now())
+                        .map_err(StreamError::Kex)?
+                    {
+                        w.reply.write_all(&r).await?;
+                    }
+                }
+                false
+            }
+            _ => false,
+        };
+        buf = rest;
+        if ping {
+            let pong = w.sealer.seal_pong()?;
+            w.reply.write_all(&pong).await?;
+        }
+    }
 }
 
 /// Redirect mode: where `stream` was going before a NAT `REDIRECT` rule sent it here
@@ -185,6 +243,91 @@ mod tests {
         }
     }
 
+    fn waiting<'a, W>(
+        reply: &'a mut W,
+        opener: &'a mut Opener,
+        sealer: &'a mut Sealer,
+    ) -> Waiting<'a, W> {
+        Waiting {
+            reply,
+            opener,
+            sealer,
+            dead_peer_timeout: None,
+            kex: None,
+        }
+    }
+
+    /// Keepalives before the StreamInfo record are opened and each Ping answered with a Pong
+    /// (PROTOCOL.md §4.4); a record of another type is still refused from its header.
+    #[tokio::test]
+    async fn pings_before_the_stream_info_are_answered() {
+        let (mut csealer, mut lopener) = pair();
+        let (mut lsealer, mut copener) = {
+            let s = Secret::from_bytes([4u8; 32]);
+            (Sealer::new(s.clone(), 1 << 30), Opener::new(s))
+        };
+        let mut wire = Vec::new();
+        wire.extend_from_slice(&csealer.seal_ping().unwrap());
+        wire.extend_from_slice(&csealer.seal_pong().unwrap());
+        wire.extend_from_slice(&csealer.seal_ping().unwrap());
+        send_stream_info(&mut wire, &mut csealer, &info(), Vec::new())
+            .await
+            .unwrap();
+        let mut rd = &wire[..];
+        let mut replies = Vec::new();
+        let (got, rest) = read_stream_info(
+            &mut rd,
+            waiting(&mut replies, &mut lopener, &mut lsealer),
+            Vec::new(),
+            deadline(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!((got, rest.len()), (info(), 0));
+        assert_eq!(replies.len(), 2 * OVERHEAD, "one Pong per Ping");
+        for rec in replies.chunks_mut(OVERHEAD) {
+            assert_eq!(copener.open(rec), Ok(Opened::Pong));
+        }
+    }
+
+    /// A connector silent between streams gets one Ping after half the timeout, and the wait
+    /// ends after the whole of it (time stepped, not slept).
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connector_is_pinged_then_given_up() {
+        let (_, mut lopener) = pair();
+        let (mut lsealer, mut copener) = {
+            let s = Secret::from_bytes([4u8; 32]);
+            (Sealer::new(s.clone(), 1 << 30), Opener::new(s))
+        };
+        let (mut near, mut far) = tokio::io::duplex(1024);
+        let (mut r, mut w) = tokio::io::split(&mut near);
+        let t = Duration::from_secs(20);
+        let started = tokio::time::Instant::now();
+        let res = read_stream_info(
+            &mut r,
+            Waiting {
+                reply: &mut w,
+                opener: &mut lopener,
+                sealer: &mut lsealer,
+                dead_peer_timeout: Some(t),
+                kex: None,
+            },
+            Vec::new(),
+            started + Duration::from_secs(120),
+            Duration::from_secs(120),
+        )
+        .await;
+        assert!(
+            matches!(res, Err(StreamError::PeerSilent(d)) if d == t),
+            "{res:?}"
+        );
+        assert_eq!(started.elapsed(), t);
+        let mut ping = [0u8; OVERHEAD];
+        far.read_exact(&mut ping).await.unwrap();
+        assert_eq!(copener.open(&mut ping), Ok(Opened::Ping));
+    }
+
     fn deadline() -> tokio::time::Instant {
         tokio::time::Instant::now() + Duration::from_secs(5)
     }
@@ -201,18 +344,16 @@ mod tests {
         for split in [0, 2, 9, wire.len()] {
             let mut o = Opener::new(Secret::from_bytes([3u8; 32]));
             let mut rd = &wire[split..];
-            let Ok(First::Info(got, rest)) = read_stream_info(
+            let (mut ps, mut sink) = (pair().0, tokio::io::sink());
+            let (got, rest) = read_stream_info(
                 &mut rd,
-                &mut o,
-                None,
+                waiting(&mut sink, &mut o, &mut ps),
                 wire[..split].to_vec(),
                 deadline(),
                 Duration::from_secs(5),
             )
             .await
-            else {
-                panic!("a StreamInfo")
-            };
+            .unwrap();
             assert_eq!(got, info());
             let mut all = rest;
             all.extend_from_slice(rd);
@@ -227,10 +368,10 @@ mod tests {
         let mut data = vec![0u8; 5 + OVERHEAD];
         sealer.seal_data(&mut data).unwrap();
         let mut rd = &data[..];
+        let (mut ps, mut sink) = (pair().0, tokio::io::sink());
         let r = read_stream_info(
             &mut rd,
-            &mut opener,
-            None,
+            waiting(&mut sink, &mut opener, &mut ps),
             Vec::new(),
             deadline(),
             Duration::from_secs(5),
@@ -244,10 +385,10 @@ mod tests {
         ));
         let mut empty: &[u8] = &[];
         let (_, mut o) = pair();
+        let (mut ps, mut sink) = (pair().0, tokio::io::sink());
         let r = read_stream_info(
             &mut empty,
-            &mut o,
-            None,
+            waiting(&mut sink, &mut o, &mut ps),
             Vec::new(),
             deadline(),
             Duration::from_secs(5),

@@ -7,6 +7,10 @@
 //! (`tunnel::connector`). A reload that changes any of them thus retires the sessions made
 //! before it: they finish the stream they carry and carry no other; one that changes none of
 //! them keeps the pool. The terms are one digest, so the check per client is one comparison.
+//!
+//! With TOFU, the key `known_peers` records is no term (a first contact records it while the
+//! terms stand): the connector checks each session's key against the entry as well, so that a
+//! session made with a key since replaced or removed carries no new client.
 
 use sha2::{Digest, Sha256};
 use zeroize::Zeroize;

@@ -1133,10 +1133,11 @@ mod resumption {
         let ticket = successors(&res)[0].clone();
         let id = ticket_id(&ticket);
         let prefix = b"resume hello up to the binder";
-        let b = binder(&ticket, prefix);
+        let b = binder(&ticket, prefix, &lfp);
         let presented = PresentedBinder {
             hello_before_binder: prefix,
             binder: &b,
+            listener: &lfp,
         };
         let policy = TicketPolicy::default();
         let chain = Some(Chain::new(policy, t0));

@@ -3,7 +3,10 @@
 //!
 //! Ignored by `cargo test`; CI runs it in its own step:
 //! `cargo test --test it -- --ignored --exact load::ten_thousand_connections --nocapture`.
-//! `SEALPIPE_LOAD_CONNECTIONS` changes the count. The machines here cap open files at 20,000 per process (a hard limit that root cannot
+//! `SEALPIPE_LOAD_CONNECTIONS` changes the count; `SEALPIPE_LOAD_IDLE_SECS` holds the
+//! connections idle that long once established and reports each process's CPU time meanwhile
+//! (keepalives, PROTOCOL.md §4.4); `SEALPIPE_LOAD_EXTRA` adds `[defaults]` lines to both sides
+//! (e.g. `dead_peer_timeout = "off"` for a baseline). The machines here cap open files at 20,000 per process (a hard limit that root cannot
 //! raise), and a sealpipe process holds two sockets per tunneled connection, so the connections
 //! are carried by two connector/listener pairs of half each; the echo target runs in a child
 //! process (this test binary, re-run) and the clients in this one.
@@ -152,10 +155,17 @@ fn ten_thousand_connections() {
     // Cold connectors start 64 full handshakes at once and more while tickets run short: the
     // per-source limit of full handshakes (SECURITY.md, "Flooding the listener") is not what
     // this test measures.
-    let extra = "max_connections = 20000\nmax_handshakes = 64\nhandshake_timeout = \"300s\"\nsource_handshake_rate = 0";
+    let extra = format!(
+        "max_connections = 20000\nmax_handshakes = 64\nhandshake_timeout = \"300s\"\nsource_handshake_rate = 0\n{}",
+        std::env::var("SEALPIPE_LOAD_EXTRA").unwrap_or_default()
+    );
+    let idle_secs: u64 = std::env::var("SEALPIPE_LOAD_IDLE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let mut pairs = Vec::new();
     for _ in 0..2 {
-        pairs.push(tunnel_to(target, extra));
+        pairs.push(tunnel_to(target, &extra));
     }
     let pids: Vec<u32> = pairs
         .iter()
@@ -205,6 +215,19 @@ fn ten_thousand_connections() {
                 grown as f64 / per_process
             );
         }
+        if idle_secs > 0 {
+            let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
+            tokio::time::sleep(Duration::from_secs(idle_secs)).await;
+            let ticks = clock_ticks();
+            for (i, pid) in pids.iter().enumerate() {
+                let role = if i % 2 == 0 { "listener " } else { "connector" };
+                let used = cpu_ticks(*pid).saturating_sub(before[i]) as f64 / ticks;
+                eprintln!(
+                    "  {role} pid {pid}: {used:.2} s CPU (utime+stime) in {idle_secs} s idle, {:.3} % of one core, {per_process} idle connections",
+                    100.0 * used / idle_secs as f64
+                );
+            }
+        }
         let _ = go_tx.send(true);
         let mut out = Vec::new();
         for t in tasks {
@@ -224,4 +247,27 @@ fn ten_thousand_connections() {
         failures.len(),
         failures.first()
     );
+}
+
+/// utime + stime of process `pid`, in clock ticks (`/proc/PID/stat` fields 14 and 15).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name in parentheses: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
 }

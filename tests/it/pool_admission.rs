@@ -226,3 +226,119 @@ fn a_psk_on_the_listener_only_is_hinted_on_the_connector() {
         "{line}"
     );
 }
+
+/// The `session=N` of a log line.
+fn session_of(line: &str) -> &str {
+    line.split("session=")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .unwrap_or_else(|| panic!("no session= in {line}"))
+}
+
+#[test]
+fn a_refills_refusal_reaches_the_next_clients_line_once_without_a_handshake_of_its_own() {
+    let service = Service::start(Behaviour::Echo);
+    let site = Site::new();
+    let listener = site.start(
+        "listener.toml",
+        &listener_config(any_port(), service.addr, &[connector_fp()], ""),
+    );
+    // Sessions kept warm by the pool's sweeper, with no client asking.
+    let connector = start_connector(&site, listener.addr(), "pool_min = 2");
+    let entry = connector.addr();
+    assert_echoes(entry, 1, 10_000);
+    connector.wait_log_count("connection closed", 1);
+    // The listener stops trusting the connector: its sessions are closed, and the pool's next
+    // refills (made by the sweeper, in the background) are refused.
+    listener.edit_config(|c| {
+        c.replace(
+            &connector_fp().to_string(),
+            &fingerprint_of("untrusted.pem").to_string(),
+        )
+    });
+    listener.reload();
+    listener.wait_line("is not trusted");
+    // The refusals of the refills in flight, all in before the client.
+    std::thread::sleep(Duration::from_millis(1500));
+    let refused_before = listener.log_text().matches("is not trusted").count();
+    assert_not_served(entry, b"after the refill was refused");
+    let line = connector.wait_line("refused this connector's key");
+    let log = connector.wait_log_count("refused this connector's key", 2);
+    // One warning for the refill, and the client's own line with the reason.
+    let warning: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("a warm session made for the pool was refused"))
+        .collect();
+    assert_eq!(warning.len(), 1, "one warning for the refill: {log}");
+    let client: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("refused this connector's key") && l.contains("ERROR"))
+        .collect();
+    assert_eq!(
+        client.len(),
+        1,
+        "the refusal on the client's line, once: {log}"
+    );
+    assert!(client[0].contains("client=127.0.0.1:"), "{}", client[0]);
+    assert!(line.contains("refused this connector's key"), "{line}");
+    // The client rode the refill's answer: the same session, no handshake of its own.
+    assert_eq!(session_of(warning[0]), session_of(client[0]), "{log}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        listener.log_text().matches("is not trusted").count(),
+        refused_before,
+        "the client made no handshake: {}",
+        listener.log_text()
+    );
+    // The connector counts the refusal it read once, not again for the client it told.
+    let cs = listener_status(&connector);
+    assert!(
+        cs.lines()
+            .find(|l| l.contains("refused by the listener"))
+            .is_some_and(|l| count_after(l, "untrusted") == 1),
+        "{cs}"
+    );
+}
+
+#[test]
+fn a_pooled_session_of_a_listener_key_no_longer_in_known_peers_carries_no_new_client() {
+    let service = Service::start(Behaviour::Echo);
+    let site = Site::new();
+    let listener = site.start(
+        "listener.toml",
+        &allow_tofu_listener(any_port(), service.addr, "listener.pem"),
+    );
+    // TOFU, with the pool on.
+    let connector = site.start(
+        "connector.toml",
+        &tofu_connector_toml(listener.addr()).replace(NO_POOL, ""),
+    );
+    let entry = connector.addr();
+    assert_echoes(entry, 1, 10_000);
+    connector.wait_log_count("connection closed", 1);
+    connector.wait_line("first contact: recorded listener key");
+    // The operator replaces the recorded key (the listener's key changed, say) and reloads:
+    // the pool's sessions, made with the key recorded before, carry no new client.
+    let known_peers = site.dir.path().join("known_peers");
+    let text = std::fs::read_to_string(&known_peers).unwrap();
+    let old = listener_fp().to_string();
+    assert!(text.contains(&old), "{text}");
+    let other = fingerprint_of("untrusted.pem").to_string();
+    std::fs::write(&known_peers, text.replace(&old, &other)).unwrap();
+    connector.reload();
+    assert_not_served(entry, b"not on a session of the old key");
+    // The client's own handshake, pinned to the key recorded now, which the listener lacks.
+    let line = connector.wait_line("LISTENER KEY CHANGED");
+    assert!(
+        !connector.log_text().contains("stream=2"),
+        "a pooled session of the old key carried the client: {}",
+        connector.log_text()
+    );
+    assert!(line.contains(&other), "{line}");
+    assert_eq!(
+        connector.log_text().matches("connection open").count(),
+        1,
+        "{}",
+        connector.log_text()
+    );
+}

@@ -73,7 +73,7 @@ fn open_stream(o: &mut Opener, mut stream: &[u8]) -> Result<Vec<u8>, RecordError
         stream = &stream[len..];
         match o.open(&mut rec)? {
             Opened::Data(d) => data.extend_from_slice(d),
-            Opened::Close | Opened::Rekey => {}
+            Opened::Close | Opened::Rekey | Opened::Ping | Opened::Pong => {}
             Opened::Alert(a) => return Err(RecordError::Refused(a)),
             // No key exchange runs here: one of its records is out of place.
             Opened::KeyShare(kind, _) => return Err(RecordError::Unexpected(kind)),
@@ -373,7 +373,7 @@ fn listener_reads(o: &mut Opener, mut wire: &[u8]) -> Delivered {
         match o.open(&mut rec) {
             Ok(Opened::Data(d)) => out.streams.last_mut().unwrap().1.extend_from_slice(d),
             Ok(Opened::Close) => at_start = true,
-            Ok(Opened::Rekey) => {}
+            Ok(Opened::Rekey | Opened::Ping | Opened::Pong) => {}
             Ok(Opened::Alert(a)) => return fail(out, RecordError::Refused(a)),
             Ok(Opened::KeyShare(kind, _)) => return fail(out, RecordError::Unexpected(kind)),
             Err(e) => return fail(out, e),
@@ -415,7 +415,7 @@ fn connector_reads(o: &mut Opener, mut wire: &[u8], mut begin_after: usize) -> D
                 o.begin_stream().unwrap();
                 out.streams.push((Vec::new(), Vec::new()));
             }
-            Ok(Opened::Close | Opened::Rekey) => {}
+            Ok(Opened::Close | Opened::Rekey | Opened::Ping | Opened::Pong) => {}
             Ok(Opened::KeyShare(kind, _)) => {
                 out.error = Some(RecordError::Unexpected(kind));
                 return out;

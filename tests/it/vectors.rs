@@ -11,7 +11,7 @@ use sealpipe::proto::mlkem;
 use sealpipe::proto::record::{
     next_stream_secret, Alert, AlertCode, Opened, Opener, Sealer, HEADER_LEN, OVERHEAD,
 };
-use sealpipe::proto::resume::{successors, ticket_id, ResumeSecrets};
+use sealpipe::proto::resume::{binder, successors, ticket_id, ResumeSecrets};
 use support::*;
 
 /// The vectors. ML-KEM-768 in aws-lc-rs draws its own randomness, so a whole handshake is not
@@ -108,6 +108,9 @@ fn computed() -> Vec<(&'static str, String)> {
     out.push(("c_res_ap_traffic_0", hex(c_rap.expose())));
     out.push(("l_res_ap_traffic_0", hex(l_rap.expose())));
     out.push(("resumed_resumption_secret", hex(res2.expose())));
+    let listener = sealpipe::proto::identity::Fingerprint([0x44; 32]);
+    let b = binder(&res, b"sealpipe2 vector resume hello", &listener);
+    out.push(("resume_binder", hex(&b)));
     out.extend(kex_computed(
         &c_ap,
         &master.traffic(Direction::ListenerToConnector, &transcript),
@@ -289,6 +292,10 @@ fn boundary_computed() -> Vec<(&'static str, String)> {
     let mut r = record(b"pong");
     l.seal_data(&mut r).unwrap();
     out.push(("s2_l_data_pong", hex(&r)));
+    // Keepalives (PROTOCOL.md §4.4): the listener's Ping (seq 1 under s2_l_key), the
+    // connector's Pong (seq 1 under s2_c_key).
+    out.push(("s2_l_ping", hex(&l.seal_ping().unwrap())));
+    out.push(("s2_c_pong", hex(&c.seal_pong().unwrap())));
     out
 }
 
@@ -334,6 +341,8 @@ const BOUNDARY_VECTORS: &[(&str, &str)] = &[
         "s2_l_data_pong",
         "01000014015a037f0879f7fd6240ec5c81485912b436c31a",
     ),
+    ("s2_l_ping", "060000101f18f43481235277da03cc1c377cc5e6"),
+    ("s2_c_pong", "070000100d7708c3cf38d5c7cd07c8475477373f"),
 ];
 
 #[test]
@@ -379,6 +388,8 @@ fn stream_boundary_vectors_are_fixed_and_in_protocol_md() {
         co.open(&mut bytes("s2_l_data_pong")),
         Ok(Opened::Data(&b"pong"[..]))
     );
+    assert_eq!(co.open(&mut bytes("s2_l_ping")), Ok(Opened::Ping));
+    assert_eq!(lo.open(&mut bytes("s2_c_pong")), Ok(Opened::Pong));
     // PROTOCOL.md §4.3 lists the same values.
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/PROTOCOL.md")).unwrap();
     let section = doc

@@ -18,6 +18,12 @@
 //! listener, listener, sink, so that a drift of the machine's speed over the four rounds falls
 //! on both sides alike. What the listener itself costs the established stream is its
 //! throughput under the two listener rounds over its throughput under the two sink rounds.
+//!
+//! Last, two **idle** floods (from 1 source and from 256): sockets that connect and send
+//! nothing, each held up to [`IDLE_HOLD`] (the default `handshake_timeout`), so that at
+//! [`FLOOD_RATE`] they would hold every one of the listener's `max_connections` without the
+//! pre-authentication bounds of `tunnel::pre_auth` (PROTOCOL.md §5.3). Their figures are the
+//! connectors' time to first echo; they run at the listener only (a sink would hold the sockets).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,11 +49,13 @@ pub(crate) const FLOOD_RATE: u64 = 2000;
 pub(crate) const FLOOD_SECONDS: u64 = 4;
 /// Longest a flood connection stays open (waiting for an answer, or for the listener to close).
 const HOLD: Duration = Duration::from_secs(1);
+/// Longest an idle flood connection stays open: the default `handshake_timeout`.
+const IDLE_HOLD: Duration = Duration::from_secs(10);
 
 /// One round's figures.
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct FloodRound {
-    /// `none`, `replay` or `fresh`.
+    /// `none`, `replay`, `fresh` or `idle`.
     pub flood: &'static str,
     /// What the flood was aimed at: `listener`, or `sink` (the reference for the flood's own
     /// cost).
@@ -199,6 +207,8 @@ fn connector_params(c_id: &Arc<PrivateIdentity>, l_id: &Arc<PrivateIdentity>) ->
 struct Flood {
     hellos: Hellos,
     sources: u32,
+    /// Send nothing: hold an idle socket up to [`IDLE_HOLD`].
+    idle: bool,
 }
 
 /// What a round's flood sends: each hello once (fresh ones, made before the round; the flood
@@ -275,6 +285,7 @@ async fn measure() -> anyhow::Result<Vec<FloodRound>> {
             let flood = Flood {
                 hellos: hellos.clone(),
                 sources,
+                idle: false,
             };
             let r = round(&s, &bulk, Some(flood), at_sink).await;
             eprintln!(
@@ -301,6 +312,17 @@ async fn measure() -> anyhow::Result<Vec<FloodRound>> {
         }
         rounds.extend(block);
     }
+    for sources in [1, 256] {
+        let flood = Flood {
+            hellos: captured.clone(),
+            sources,
+            idle: true,
+        };
+        let r = round(&s, &bulk, Some(flood), false).await;
+        eprintln!("sealpipe bench: flood idle from {sources} at listener: done");
+        rounds.push(r);
+        tokio::time::sleep(IDLE_HOLD + Duration::from_millis(500)).await;
+    }
     for r in &mut rounds {
         r.bulk_ratio = if reference > 0.0 {
             r.bulk_mib_s / reference
@@ -320,6 +342,7 @@ async fn round(s: &Setup, bulk: &Bulk, flood: Option<Flood>, at_sink: bool) -> F
     let opened = Arc::new(AtomicU64::new(0));
     let (name, sources) = match &flood {
         None => ("none", 0),
+        Some(f) if f.idle => ("idle", f.sources),
         Some(f) if f.hellos.replay => ("replay", f.sources),
         Some(f) => ("fresh", f.sources),
     };
@@ -405,7 +428,11 @@ async fn run_flood(
     done: Arc<AtomicBool>,
     opened: Arc<AtomicU64>,
 ) {
-    let Flood { hellos, sources } = flood;
+    let Flood {
+        hellos,
+        sources,
+        idle,
+    } = flood;
     let tick = Duration::from_millis(10);
     let per_tick = FLOOD_RATE / 100;
     let mut interval = tokio::time::interval(tick);
@@ -434,11 +461,12 @@ async fn run_flood(
                     return;
                 };
                 opened.fetch_add(1, Ordering::Relaxed);
-                if s.write_all(&all[i]).await.is_err() {
+                if !idle && s.write_all(&all[i]).await.is_err() {
                     return;
                 }
                 let mut buf = [0u8; 4096];
-                let _ = tokio::time::timeout(HOLD, async {
+                let hold = if idle { IDLE_HOLD } else { HOLD };
+                let _ = tokio::time::timeout(hold, async {
                     while let Ok(n) = s.read(&mut buf).await {
                         if n == 0 {
                             break;

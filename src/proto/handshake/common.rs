@@ -187,9 +187,9 @@ impl CommonState {
         Ok(msg)
     }
 
-    /// Decrypts a peer's auth message in place and checks its signature and finished MAC
-    /// (the pin check comes first through `accept`); the peer and, in a ConnectorAuth
-    /// (`with_service`), the service it asks for.
+    /// Decrypts a peer's auth message in place and checks its finished MAC, then `accept` (the
+    /// pin or trust check, on the fingerprint alone), then parses the key and checks its
+    /// signature; the peer and, in a ConnectorAuth (`with_service`), the service it asks for.
     pub(super) fn check_auth(
         &mut self,
         msg: &mut [u8],
@@ -198,6 +198,23 @@ impl CommonState {
         with_service: bool,
         accept: impl FnOnce(&Fingerprint) -> Result<(), HandshakeError>,
     ) -> Result<(PublicIdentity, Option<String>), HandshakeError> {
+        let opened = self.open_auth(msg, context, hs_traffic, with_service)?;
+        accept(&opened.fingerprint)?;
+        let peer = opened.verify(|_| Ok(()))?;
+        Ok((peer, opened.service))
+    }
+
+    /// Decrypts a peer's auth message in place, puts its fields in the transcript and checks
+    /// its finished MAC (an HMAC: cheap, and it proves the sender ran this handshake), without
+    /// parsing the key or checking the signature: [`OpenedAuth::verify`] does that, once the
+    /// caller has checked the fingerprint (PROTOCOL.md §2, the order of the checks).
+    pub(super) fn open_auth<'m>(
+        &mut self,
+        msg: &'m mut [u8],
+        context: &[u8],
+        hs_traffic: &Secret,
+        with_service: bool,
+    ) -> Result<OpenedAuth<'m>, HandshakeError> {
         let (hdr, body) = msg.split_at_mut(MSG_HEADER_LEN);
         let split = body
             .len()
@@ -209,21 +226,16 @@ impl CommonState {
         key.aead()
             .open_in_place(&key.nonce(0), hdr, plain, &tag)
             .map_err(|_| HandshakeError::Decrypt)?;
+        let plain: &'m [u8] = plain;
         let auth = Auth::decode(plain, with_service)?;
-        accept(&Fingerprint::of_spki(auth.spki))?;
-        let peer = parsed_keys::parse(auth.spki).map_err(HandshakeError::PeerKey)?;
-
         self.transcript.update(vec16(auth.spki));
         let service = auth.service.map(|s| {
             let mut v = Vec::with_capacity(1 + s.len());
             put_vec8(&mut v, s);
             self.transcript.update(&v);
-            // `Auth::decode` checked it is printable ASCII.
             String::from_utf8_lossy(s).into_owned()
         });
         let signed = signature_input(context, &self.transcript_hash());
-        peer.verify(&signed, auth.signature)
-            .map_err(|_| HandshakeError::BadSignature)?;
         self.transcript.update(vec16(auth.signature));
         let expected = hmac(
             finished_key(hs_traffic).expose(),
@@ -233,10 +245,15 @@ impl CommonState {
             return Err(HandshakeError::BadFinished);
         }
         self.transcript.update(auth.finished);
-        Ok((peer, service))
+        Ok(OpenedAuth {
+            fingerprint: Fingerprint::of_spki(auth.spki),
+            spki: auth.spki,
+            service,
+            signature: auth.signature,
+            signed,
+        })
     }
 
-    /// The application secrets of a full handshake: (c_ap, l_ap, res) and the transcript hash.
     pub(super) fn application_secrets(
         &self,
         keys: &HsKeys,
@@ -269,6 +286,33 @@ impl CommonState {
             resumed,
             ticket_refused: self.ticket_refused,
         }
+    }
+}
+
+/// A peer's auth message, decrypted and its finished MAC checked, its key and signature not yet
+/// ([`CommonState::open_auth`]).
+pub(super) struct OpenedAuth<'m> {
+    /// `H(spki)`: computed from the bytes, no RSA parse.
+    pub(super) fingerprint: Fingerprint,
+    spki: &'m [u8],
+    /// The service asked for (a ConnectorAuth's).
+    pub(super) service: Option<String>,
+    signature: &'m [u8],
+    signed: Vec<u8>,
+}
+
+impl OpenedAuth<'_> {
+    /// Parses the key (2048 ..= 8192 bits, exponent 65537), lets `limit` refuse it by its size,
+    /// then checks the signature: the one costly step.
+    pub(super) fn verify(
+        &self,
+        limit: impl FnOnce(&PublicIdentity) -> Result<(), HandshakeError>,
+    ) -> Result<PublicIdentity, HandshakeError> {
+        let peer = parsed_keys::parse(self.spki).map_err(HandshakeError::PeerKey)?;
+        limit(&peer)?;
+        peer.verify(&self.signed, self.signature)
+            .map_err(|_| HandshakeError::BadSignature)?;
+        Ok(peer)
     }
 }
 

@@ -198,7 +198,7 @@ impl ConnectorHandshake {
                 hello.encode_fields(&mut out);
                 out.extend_from_slice(dk.encapsulation_key());
                 out.extend_from_slice(&offer.id);
-                let b = binder(&offer.secret, &out);
+                let b = binder(&offer.secret, &out, &params.listener.mac1_key());
                 out.extend_from_slice(&b);
                 out
             }

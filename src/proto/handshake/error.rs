@@ -60,6 +60,14 @@ pub enum HandshakeError {
     #[error("peer key rejected: {0}")]
     PeerKey(IdentityError),
     /// The peer's signature does not verify.
+    /// A connector key outside the trust list (let in by `accept_unknown`) larger than
+    /// [`MAX_UNLISTED_RSA_BITS`](super::listener::MAX_UNLISTED_RSA_BITS): refused before its
+    /// signature is checked.
+    #[error("connector key is {bits} bits; a key outside the trust list (accept_unknown) may have at most 4096")]
+    UnlistedKeyTooLarge {
+        /// The key's size in bits.
+        bits: usize,
+    },
     #[error("peer signature does not verify")]
     BadSignature,
     /// The peer's finished MAC does not verify.
@@ -93,6 +101,7 @@ impl HandshakeError {
             HandshakeError::ServiceMismatch { .. } => "service_mismatch",
             HandshakeError::BadMlKemKey => "bad_mlkem_key",
             HandshakeError::PeerKey(_) => "bad_peer_key",
+            HandshakeError::UnlistedKeyTooLarge { .. } => "bad_peer_key",
             HandshakeError::BadSignature => "bad_signature",
             HandshakeError::BadFinished => "bad_finished",
             HandshakeError::Sign(_) => "sign",

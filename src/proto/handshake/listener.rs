@@ -22,7 +22,6 @@ use crate::proto::record::{Alert, AlertCode, Sealer};
 use crate::proto::resume::{
     ticket_context, Chain, Redeemed, ResumeSecrets, TicketContext, TicketPolicy, TicketStore,
 };
-use crate::proto::x25519::SharedSecret;
 
 /// A listener's keys while it waits for ResumeFinished (made and used by `resume.rs`).
 pub(super) struct ResKeys {
@@ -63,6 +62,11 @@ impl ListenerParams {
     }
 }
 
+/// The largest key a listener verifies for a connector outside its trust list
+/// (`accept_unknown`): 4096 bits, a quarter of an 8192-bit key's verification cost. A key in the
+/// trust list may have up to [`MAX_RSA_BITS`](crate::proto::identity::MAX_RSA_BITS) bits: the
+/// operator chose it.
+pub(crate) const MAX_UNLISTED_RSA_BITS: usize = 4096;
 
 pub(super) enum State {
     WaitHello,
@@ -76,14 +80,13 @@ pub(super) enum State {
     Failed,
 }
 
-/// What a listener's deferred answer needs: the connector's X25519 key (or the shared secret,
-/// when a refused ticket fell back to a full handshake) and its ML-KEM encapsulation key. The
-/// X25519 and the encapsulation are done in [`ListenerHandshake::make_reply`], not in `read`,
-/// so that a hello that never gets an answer (the signing budget, the queue or a per-source
-/// limit refuses it) costs neither.
+/// What a listener's deferred answer needs: the connector's X25519 key and its ML-KEM
+/// encapsulation key. The X25519 and the encapsulation are done in
+/// [`ListenerHandshake::make_reply`], not in `read`, so that a hello that never gets an answer
+/// (the signing budget, the queue or a per-source limit refuses it) costs neither — a
+/// ResumeHello whose ticket was refused included (PROTOCOL.md §9).
 pub(super) struct Pending {
     peer_ephemeral: [u8; 32],
-    pub(super) dh: Option<SharedSecret>,
     ek: Box<[u8; EK_LEN]>,
 }
 
@@ -255,21 +258,14 @@ impl ListenerHandshake {
     fn full_reply(&mut self, pending: &Pending) -> Result<(), HandshakeError> {
         // The X25519 first: a low-order key ends the handshake before the ML-KEM and the
         // signature.
-        let computed;
-        let dh = match &pending.dh {
-            Some(dh) => dh,
-            None => {
-                computed = x25519_shared(&self.common.rand.ephemeral, &pending.peer_ephemeral)?;
-                &computed
-            }
-        };
+        let dh = x25519_shared(&self.common.rand.ephemeral, &pending.peer_ephemeral)?;
         let (ct, kem) = mlkem::encapsulate(&pending.ek).map_err(|_| HandshakeError::BadMlKemKey)?;
         let reply = self.common.own_hello().encode_listener(&ct);
         self.common.transcript.update(&reply);
         self.common.out.extend_from_slice(&reply);
         let keys = self
             .common
-            .handshake_keys(self.params.psk.as_deref(), &kem, dh);
+            .handshake_keys(self.params.psk.as_deref(), &kem, &dh);
         let auth = self.common.make_auth(
             MessageType::ListenerAuth,
             LISTENER_SIGNATURE_CONTEXT,
@@ -288,24 +284,38 @@ impl ListenerHandshake {
         let trust = self.params.trust.clone();
         let accept_unknown = self.params.accept_unknown;
         let served = self.params.service.clone();
-        // Signature and finished first: only a connector that proved its key learns why it is
-        // refused (an Alert record), and a refusal is never of a key it does not hold.
-        let (peer, asked) = self.common.check_auth(
-            msg,
-            CONNECTOR_SIGNATURE_CONTEXT,
-            &keys.c_hs,
-            true,
-            |_| Ok(()),
-        )?;
-        let fp = peer.fingerprint();
-        let asked = asked.ok_or(HandshakeError::State)?;
-        let untrusted = !(accept_unknown || trust.contains(&fp));
+        // The finished MAC first (an HMAC: the sender ran this handshake), then the trust check
+        // on the fingerprint alone, and only then the RSA parse and verification (PROTOCOL.md
+        // §2): a connector whose key is not trusted costs no RSA operation, whatever key it
+        // sends. It is told so in an Alert only the party of this handshake can open.
+        let opened = self.common.open_auth(msg, CONNECTOR_SIGNATURE_CONTEXT, &keys.c_hs, true)?;
+        let fp = opened.fingerprint;
+        let listed = trust.contains(&fp);
+        let untrusted = !(accept_unknown || listed);
         let refusal = if untrusted {
             Some(Alert::new(AlertCode::Untrusted, b""))
-        } else if asked.as_bytes() != served.as_bytes() {
-            Some(Alert::new(AlertCode::ServiceMismatch, served.as_bytes()))
         } else {
             None
+        };
+        let checked = if untrusted {
+            None
+        } else {
+            // A key outside the trust list (`accept_unknown`) is chosen by whoever connects:
+            // its size is bounded tighter than a listed key's (SECURITY.md).
+            Some(opened.verify(|key| {
+                if !listed && key.bits() > MAX_UNLISTED_RSA_BITS {
+                    return Err(HandshakeError::UnlistedKeyTooLarge { bits: key.bits() });
+                }
+                Ok(())
+            })?)
+        };
+        let asked = opened.service.clone().ok_or(HandshakeError::State)?;
+        let refusal = match refusal {
+            Some(r) => Some(r),
+            None if asked.as_bytes() != served.as_bytes() => {
+                Some(Alert::new(AlertCode::ServiceMismatch, served.as_bytes()))
+            }
+            None => None,
         };
         if let Some(alert) = refusal {
             let (_, l_ap, _, _) = self.common.application_secrets(&keys);
@@ -325,6 +335,7 @@ impl ListenerHandshake {
                 }
             });
         }
+        let peer = checked.ok_or(HandshakeError::State)?;
         parsed_keys::remember(&peer);
         let (c, l, resumption, th) = self.common.application_secrets(&keys);
         // A full handshake: its successor tickets start a chain.
@@ -383,7 +394,6 @@ pub(super) fn pending(hello: &Hello, msg: &[u8]) -> Result<Box<Pending>, Handsha
     let ek = hello_ek(&msg[MSG_HEADER_LEN..]).ok_or(MessageError::Malformed)?;
     Ok(Box::new(Pending {
         peer_ephemeral: hello.ephemeral,
-        dh: None,
         ek: Box::new(*ek),
     }))
 }

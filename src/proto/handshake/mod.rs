@@ -66,6 +66,8 @@ mod error;
 mod listener;
 mod mac1;
 mod resume;
+#[cfg(test)]
+mod review_tests;
 
 pub use connector::{ConnectorEphemerals, ConnectorHandshake, ConnectorParams, ListenerPin};
 pub use error::{HandshakeError, RefusalAlert};
@@ -183,9 +185,10 @@ impl std::fmt::Debug for Established {
 impl Established {
     /// The record layer of this session: a sealer for our direction, an opener for the peer's.
     pub fn into_record_layer(self, rekey_bytes: u64) -> (Sealer, Opener) {
+        let opener = Opener::new(self.recv.clone());
         (
             Sealer::new(self.send.clone(), rekey_bytes),
-            Opener::new(self.recv.clone()),
+            if self.resumed { opener.resumed() } else { opener },
         )
     }
 }

@@ -48,16 +48,16 @@ impl ListenerHandshake {
         ) else {
             return Err(MessageError::Malformed.into());
         };
-        // The X25519 first: a low-order key ends the handshake before it can use up a ticket.
-        let dh = x25519_shared(&self.common.rand.ephemeral, &hello.ephemeral)?;
-        let mut pending = pending(&hello, msg)?;
+        let pending = pending(&hello, msg)?;
         let params = &self.params;
+        let answering = self.common.identity.public().fingerprint();
         let redeemed = match &self.resume {
             Some(r) => lock(&r.store).check(
                 id,
                 PresentedBinder {
                     hello_before_binder: &msg[..RH_BINDER],
                     binder: binder_got,
+                    listener: &answering,
                 },
                 &|fp| params.accept_unknown || params.trust.contains(fp),
                 &listener_context(self.common.identity.as_ref(), params),
@@ -68,9 +68,16 @@ impl ListenerHandshake {
         };
         self.common.transcript.update(msg);
         match redeemed {
-            Ok(ticket) => self.resume_reply(&dh, ticket),
+            // The X25519 only now, for a ticket that passed (PROTOCOL.md §9): a hello without
+            // one (resumption off, an unknown id, a bad binder) costs no X25519 here; its
+            // exchange is made by `make_reply`, under the signing budget, like a full hello's.
+            // A low-order key still ends the handshake before the ticket is used up (that
+            // happens at ResumeFinished only).
+            Ok(ticket) => {
+                let dh = x25519_shared(&self.common.rand.ephemeral, &hello.ephemeral)?;
+                self.resume_reply(&dh, ticket)
+            }
             Err(refusal) => {
-                pending.dh = Some(dh);
                 // Fall back to a full handshake on the same transcript: it authenticates the
                 // resume hello as it would a connector hello, with its encapsulation key.
                 self.common.ticket_refused = Some(refusal);

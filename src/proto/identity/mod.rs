@@ -117,6 +117,9 @@ pub enum IdentityError {
         /// The modulus size in bits.
         bits: usize,
     },
+    /// The public exponent is not 65537.
+    #[error("RSA key's public exponent is not 65537, the only one sealpipe accepts")]
+    BadExponent,
     /// A key of this size cannot be generated.
     #[error(
         "cannot generate a {bits}-bit RSA key: the size must be between {MIN_RSA_BITS} and \
@@ -164,6 +167,19 @@ fn found_label(found: &Option<String>) -> String {
 }
 
 
+#[cfg(test)]
+thread_local! {
+    /// [`PublicIdentity::verify`] calls made by this thread (unit tests only).
+    static VERIFY_CALLS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The [`PublicIdentity::verify`] calls this thread has made (unit tests only): a test that a
+/// message costs no RSA verification reads it before and after.
+#[cfg(test)]
+pub(crate) fn verify_calls() -> u64 {
+    VERIFY_CALLS.with(std::cell::Cell::get)
+}
+
 /// A peer's RSA public key: its canonical SPKI DER, fingerprint and size, parsed once for
 /// verification.
 #[derive(Clone)]
@@ -205,6 +221,8 @@ impl PublicIdentity {
     ///
     /// Every failure, whatever its cause, is [`IdentityError::BadSignature`].
     pub fn verify(&self, msg: &[u8], signature: &[u8]) -> Result<(), IdentityError> {
+        #[cfg(test)]
+        VERIFY_CALLS.with(|c| c.set(c.get() + 1));
         if signature.len() != self.signature_len() {
             return Err(IdentityError::BadSignature);
         }
@@ -445,6 +463,18 @@ mod tests {
             PublicIdentity::from_spki_der(spki.as_bytes()).unwrap_err(),
             IdentityError::KeyTooSmall { bits: 1024 }
         );
+    }
+
+    /// Only the public exponent 65537 is accepted: a verification's cost grows with the
+    /// exponent, and a peer's key is chosen by whoever connects (PROTOCOL.md §2).
+    #[test]
+    fn a_public_exponent_other_than_65537_is_refused() {
+        let pem = include_str!("../../../tests/data/openssl-rsa2048-e3.pub.pem");
+        let err = PublicIdentity::from_pem(pem).unwrap_err();
+        assert_eq!(err, IdentityError::BadExponent);
+        assert!(err.to_string().contains("65537"), "{err}");
+        let ok = include_str!("../../../tests/data/openssl-rsa2048.pub.pem");
+        assert!(PublicIdentity::from_pem(ok).is_ok());
     }
 
     /// A key file cut short (a bad copy, a full disk) says so, rather than that it is not the

@@ -110,11 +110,26 @@ fn check_bits(bits: usize) -> Result<(), IdentityError> {
     }
 }
 
+/// The one public exponent sealpipe accepts: 65537, what `sealpipe keygen`, OpenSSL and every
+/// common tool make. A verification's cost grows with the exponent's length, and a peer's key
+/// is chosen by whoever connects (SECURITY.md).
+pub(crate) const RSA_EXPONENT: u32 = 65537;
+
+fn check_exponent(be: &[u8]) -> Result<(), IdentityError> {
+    let start = be.iter().position(|&b| b != 0).unwrap_or(be.len());
+    if be[start..] == RSA_EXPONENT.to_be_bytes()[1..] {
+        Ok(())
+    } else {
+        Err(IdentityError::BadExponent)
+    }
+}
+
 impl PublicIdentity {
     /// Parses a DER SubjectPublicKeyInfo, as it arrives in a handshake.
     ///
     /// Checks, cheapest first: at most [`MAX_SPKI_LEN`] bytes, `rsaEncryption` algorithm,
-    /// modulus of [`MIN_RSA_BITS`]..=[`MAX_RSA_BITS`] bits, a valid RSA public key, canonical
+    /// modulus of [`MIN_RSA_BITS`]..=[`MAX_RSA_BITS`] bits, public exponent [`RSA_EXPONENT`], a valid
+    /// RSA public key, canonical
     /// DER (so that a key has exactly one fingerprint), accepted by `aws-lc-rs`.
     pub fn from_spki_der(der: &[u8]) -> Result<Self, IdentityError> {
         if der.len() > MAX_SPKI_LEN {
@@ -130,6 +145,7 @@ impl PublicIdentity {
             .map_err(|e| malformed("not a DER RSAPublicKey", e))?;
         let bits = bit_len(parts.modulus.as_bytes());
         check_bits(bits)?;
+        check_exponent(parts.public_exponent.as_bytes())?;
         let key =
             RsaPublicKey::try_from(parts).map_err(|e| malformed("invalid RSA public key", e))?;
         let canonical = key
