@@ -277,8 +277,9 @@ mod tests {
         let c_size = std::mem::size_of_val(&c_fut);
         eprintln!("handle futures: listener {l_size} B, connector {c_size} B");
         // 3,960 and 3,824 B at 2026-12-08 (rustc 1.95); a refusal's 4 KiB drain buffer held
-        // inline made the listener's 6 KiB.
-        assert!(l_size <= 4608, "listener's handle future: {l_size} B");
-        assert!(c_size <= 4608, "connector's handle future: {c_size} B");
+        // inline made the listener's 6 KiB. The keepalives of protocol 2.1 (the pump's timer
+        // and liveness state) brought them to 4,720 and 4,576 B.
+        assert!(l_size <= 5120, "listener's handle future: {l_size} B");
+        assert!(c_size <= 5120, "connector's handle future: {c_size} B");
     }
 }
