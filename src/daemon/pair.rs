@@ -277,10 +277,11 @@ mod tests {
         let c_size = std::mem::size_of_val(&c_fut);
         eprintln!("handle futures: listener {l_size} B, connector {c_size} B");
         // 3,960 and 3,824 B at 2026-12-08 (rustc 1.95); a refusal's 4 KiB drain buffer held
-        // inline made the listener's 6 KiB.
-        // 5,504 and 5,488 B with the fresh hybrid exchange of PROTOCOL.md §4.5 (its wake-up,
-        // its timer and the hard-limit timer in the pump, the exchange between streams): a
-        // regression of about 1.5 KiB per connection, to win back.
+        // inline made the listener's 6 KiB. The keepalives of protocol 2.1 (the pump's timer
+        // and liveness state) brought them to 4,720 and 4,576 B; the fresh hybrid exchange of
+        // PROTOCOL.md §4.5 (its wake-up, its timer and the hard-limit timer in the pump, the
+        // exchange between streams) to 5,504 and 5,488 B: about 800 B more per connection, to
+        // win back.
         assert!(l_size <= 5632, "listener's handle future: {l_size} B");
         assert!(c_size <= 5632, "connector's handle future: {c_size} B");
     }
