@@ -68,7 +68,7 @@ fn real_ticket_hello(fields: &[u8], ek: &[u8]) -> Vec<u8> {
     let secret = offered_ticket();
     let mut hello = hello_start(fields, ek);
     hello.extend_from_slice(&ticket_id(&secret));
-    let b = binder(&secret, &hello);
+    let b = binder(&secret, &hello, &listener_fingerprint());
     hello.extend_from_slice(&b);
     let tag = mac1(&listener_fingerprint(), &hello);
     hello.extend_from_slice(&tag);
