@@ -141,6 +141,24 @@ fn hang_and_resume(entry: SocketAddr, connector: &Daemon, hang: impl Fn(), resum
 fn signal(d: &Daemon, sig: nix::sys::signal::Signal) {
     let pid = nix::unistd::Pid::from_raw(d.child.id() as i32);
     nix::sys::signal::kill(pid, sig).unwrap();
+    if sig == nix::sys::signal::Signal::SIGSTOP {
+        // kill() returns before the process has stopped: wait until /proc says so, or a
+        // client meant to meet the hang may still be answered.
+        let stat = format!("/proc/{}/stat", d.child.id());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            let state = std::fs::read_to_string(&stat).unwrap_or_default();
+            // The state follows the command name's closing parenthesis.
+            if state
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T'))
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("the daemon did not stop");
+    }
 }
 
 /// Resumes a stopped daemon when dropped (a failed assertion must not leave it stopped).

@@ -115,10 +115,22 @@ async fn a_legit_connector_gets_in_past_an_idle_flood_from(sources: u32) {
     // 30 s handshake timeout and the connector's connection is reset at max_connections.
     let _flood = idle_flood(sealed, sources, 4 * MAX_CONNECTIONS as u32).await;
     let started = Instant::now();
-    let back = tokio::time::timeout(Duration::from_secs(10), round_trip(plain, b"legit"))
-        .await
-        .expect("the legitimate connection stalled")
-        .expect("the legitimate connection failed (reset at max_connections?)");
+    // A connection accepted while flood connections are still arriving (the kernel's accept
+    // queue overflowed, and their SYNs are retried) can itself be the oldest one evicted before
+    // its hello is read, as designed (tunnel/pre_auth.rs): a client then connects again. Three
+    // tries; without eviction every one is reset at max_connections.
+    let mut back = Err(anyhow::anyhow!("not tried"));
+    for _ in 0..3 {
+        back = tokio::time::timeout(Duration::from_secs(10), round_trip(plain, b"legit"))
+            .await
+            .expect("the legitimate connection stalled");
+        if back.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let back =
+        back.expect("the legitimate connection failed three times (reset at max_connections?)");
     assert_eq!(back, b"legit");
     eprintln!(
         "idle flood of {} sockets from {sources} source(s): time to first echo {:?}",
