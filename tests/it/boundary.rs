@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use support::daemon::*;
 use support::mitm::*;
-use support::{pseudo_random, wait_for};
+use support::pseudo_random;
 
 /// Small records, so that each client makes several records each way; warm and reused sessions
 /// at their defaults. Resumption off: the adversary's parser follows the full handshake.
@@ -106,9 +106,17 @@ impl Lab {
         let out = client_exchange(self.entry, &data);
         self.ended += 1;
         let want = self.ended;
-        wait_for("the connector to end the client's stream", || {
-            self.connector_streams_ended() >= want
-        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while self.connector_streams_ended() < want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}: timed out waiting for the connector to end the client's stream ({out:?})\nconnector: {}\nlistener: {}",
+                self.name,
+                self.connector.log_text(),
+                self.listener.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         (data, out)
     }
 
