@@ -324,6 +324,8 @@ struct Link {
     own_fin: AtomicBool,
     /// The peer's TCP FIN came behind its close record: it cannot answer a Ping.
     peer_fin: AtomicBool,
+    /// The watch asks the writer for the connector's next exchange (`SessionKex::wake_at`).
+    kex_due: AtomicBool,
     /// A flag changed: poll every future again before waiting.
     kick: AtomicBool,
     /// Writes held up by flow control, not by the peer's silence: the reader's to a local
@@ -352,6 +354,7 @@ impl Link {
             got_close: AtomicBool::new(false),
             own_fin: AtomicBool::new(false),
             peer_fin: AtomicBool::new(false),
+            kex_due: AtomicBool::new(false),
             kick: AtomicBool::new(false),
             held_up: AtomicU32::new(0),
         }
@@ -414,6 +417,18 @@ impl Link {
         (closed && Self::is(&self.got_close)).then_some(Due::Done)
     }
 
+    /// Resolves once the watch asks for the exchange (taken). Registers no waker, as
+    /// [`Link::due`].
+    fn kex_wake(&self) -> impl Future<Output = ()> + '_ {
+        poll_fn(move |_| {
+            if self.kex_due.swap(false, Ordering::Relaxed) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+
     /// Resolves with what [`Link::take_due`] gives. Registers no waker: the pump polls the
     /// writer again whenever a flag changes (`kick`).
     fn due(&self, closed: bool) -> impl Future<Output = Due> + '_ {
@@ -439,54 +454,172 @@ async fn send_keepalive<W: AsyncWrite + Unpin>(
     sealed.flush().await.map_err(PumpError::Sealed)
 }
 
-/// The liveness rule over one stream (PROTOCOL.md §4.4): a Ping asked of the writer after half
-/// of `timeout` without a record from the peer, the pump failed after the whole of it.
-/// `heard_before`: when the session last heard from the peer before this stream. After our TCP
-/// FIN no Ping can go (the silence still counts); after the peer's, the peer cannot answer (no
-/// silence counts against it, and a Ping still goes every half timeout so that it hears us).
-async fn live_watch(
-    timeout: Option<Duration>,
+/// The pump's one timer (PROTOCOL.md §4.4, §4.5): a single `Sleep`, reset at every poll to
+/// the earliest deadline of the rules in [`Watch`]. Resolves with the error that ends the
+/// stream; never while no rule is on.
+async fn watch(
+    opts: PumpOptions,
+    kex: &SessionKex,
+    stats: &PumpStats,
     link: &Link,
     heard_before: Option<std::time::Instant>,
 ) -> PumpError {
-    let Some(timeout) = timeout else {
-        return std::future::pending().await;
-    };
-    let start = link.base.into_std();
-    let mut live = Liveness::new(
-        timeout,
-        heard_before.map_or(start, |h| {
-            start.checked_sub(timeout).map_or(h, |floor| h.max(floor))
-        }),
-    );
+    let mut rules = Watch::new(opts, link.base.into_std(), heard_before, stats);
     let mut sleep = pin!(tokio::time::sleep_until(link.base));
-    loop {
-        let now = tokio::time::Instant::now().into_std();
-        if let Some(h) = link.heard_at() {
-            live.heard(h);
+    poll_fn(|cx| loop {
+        let now = tokio::time::Instant::now();
+        let at = match rules.step(now.into_std(), kex, stats, link) {
+            Err(e) => return Poll::Ready(e),
+            Ok(None) => return Poll::Pending,
+            Ok(Some(at)) => tokio::time::Instant::from_std(at),
+        };
+        if sleep.deadline() != at {
+            sleep.as_mut().reset(at);
         }
-        if link.held_up.load(Ordering::Relaxed) > 0 {
-            live.heard(now);
+        if sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
         }
-        match live.poll(now) {
-            LivenessAction::None => {}
-            LivenessAction::SendPing => {
-                if Link::is(&link.peer_fin) {
-                    live = Liveness::new(timeout, now);
+        // A deadline passed: step the rules again (each moves its own past `now`).
+    })
+    .await
+}
+
+/// The timed rules over one stream, stepped with `now`: the idle bound, the liveness rule, the
+/// hybrid keys' hard limit and the connector's next exchange.
+struct Watch {
+    idle: Option<Idle>,
+    live: Option<Liveness>,
+    dead_peer_timeout: Duration,
+    rekey_interval: Option<Duration>,
+}
+
+/// No byte moved either way (per `stats`) for `timeout`, checked four times per timeout: an
+/// idle connection ends between 1 and 1.25 timeouts.
+struct Idle {
+    timeout: Duration,
+    step: Duration,
+    last: u64,
+    quiet: Duration,
+    next: std::time::Instant,
+}
+
+fn moved(stats: &PumpStats) -> u64 {
+    stats.sent.load(Ordering::Relaxed) + stats.received.load(Ordering::Relaxed)
+}
+
+impl Watch {
+    /// `heard_before`: when the session last heard from the peer before this stream.
+    fn new(
+        opts: PumpOptions,
+        start: std::time::Instant,
+        heard_before: Option<std::time::Instant>,
+        stats: &PumpStats,
+    ) -> Self {
+        let idle = opts.idle_timeout.map(|timeout| {
+            let step = (timeout / 4).max(Duration::from_millis(1));
+            Idle {
+                timeout,
+                step,
+                last: moved(stats),
+                quiet: Duration::ZERO,
+                next: start + step,
+            }
+        });
+        let live = opts.dead_peer_timeout.map(|timeout| {
+            Liveness::new(
+                timeout,
+                heard_before.map_or(start, |h| {
+                    start.checked_sub(timeout).map_or(h, |floor| h.max(floor))
+                }),
+            )
+        });
+        Watch {
+            idle,
+            live,
+            dead_peer_timeout: opts.dead_peer_timeout.unwrap_or_default(),
+            rekey_interval: opts.rekey_interval,
+        }
+    }
+
+    /// Applies every rule at `now`: the error that ends the stream, or the earliest instant at
+    /// which a rule may next act (none: no rule is on).
+    fn step(
+        &mut self,
+        now: std::time::Instant,
+        kex: &SessionKex,
+        stats: &PumpStats,
+        link: &Link,
+    ) -> Result<Option<std::time::Instant>, PumpError> {
+        let mut next = None;
+        let mut until = |at: Option<std::time::Instant>| {
+            next = match (next, at) {
+                (Some(a), Some(b)) => Some(std::cmp::min(a, b)),
+                (a, b) => a.or(b),
+            };
+        };
+        if let Some(idle) = &mut self.idle {
+            if now >= idle.next {
+                let moved = moved(stats);
+                if moved == idle.last {
+                    idle.quiet += idle.step;
+                    if idle.quiet >= idle.timeout {
+                        return Err(PumpError::Idle(idle.timeout));
+                    }
+                } else {
+                    idle.last = moved;
+                    idle.quiet = Duration::ZERO;
                 }
-                if !Link::is(&link.own_fin) {
-                    link.set(&link.ping_due);
+                idle.next = now + idle.step;
+            }
+            until(Some(idle.next));
+        }
+        // The session's hybrid keys past 1.5 × the interval (an exchange that completes
+        // meanwhile moves the limit on).
+        let clock = kex.clock(self.rekey_interval);
+        if clock.expired(now) {
+            return Err(expired(self.rekey_interval));
+        }
+        until(clock.limit_at());
+        // The connector's next exchange: the writer is asked once, until it has taken it.
+        match kex.wake_at(self.rekey_interval) {
+            Some(at) if at <= now => {
+                if !Link::is(&link.kex_due) {
+                    link.set(&link.kex_due);
                 }
             }
-            LivenessAction::Dead(_) if Link::is(&link.peer_fin) => {
-                live = Liveness::new(timeout, now);
-            }
-            LivenessAction::Dead(d) => return PumpError::PeerSilent(d),
+            at => until(at),
         }
-        sleep
-            .as_mut()
-            .reset(tokio::time::Instant::from_std(live.next_due()));
-        sleep.as_mut().await;
+        // The liveness rule (PROTOCOL.md §4.4): a Ping asked of the writer after half of the
+        // timeout without a record from the peer, the pump failed after the whole of it. After
+        // our TCP FIN no Ping can go (the silence still counts); after the peer's, the peer
+        // cannot answer (no silence counts against it, and a Ping still goes every half
+        // timeout so that it hears us).
+        if let Some(live) = &mut self.live {
+            let timeout = self.dead_peer_timeout;
+            if let Some(h) = link.heard_at() {
+                live.heard(h);
+            }
+            if link.held_up.load(Ordering::Relaxed) > 0 {
+                live.heard(now);
+            }
+            match live.poll(now) {
+                LivenessAction::None => {}
+                LivenessAction::SendPing => {
+                    if Link::is(&link.peer_fin) {
+                        *live = Liveness::new(timeout, now);
+                    }
+                    if !Link::is(&link.own_fin) {
+                        link.set(&link.ping_due);
+                    }
+                }
+                LivenessAction::Dead(_) if Link::is(&link.peer_fin) => {
+                    *live = Liveness::new(timeout, now);
+                }
+                LivenessAction::Dead(d) => return Err(PumpError::PeerSilent(d)),
+            }
+            until(Some(live.next_due()));
+        }
+        Ok(next)
     }
 }
 
@@ -534,13 +667,7 @@ where
         stats,
         &link
     ));
-    let mut idle = pin!(idle_watch(
-        opts.idle_timeout,
-        kex,
-        opts.rekey_interval,
-        stats
-    ));
-    let mut live = pin!(live_watch(opts.dead_peer_timeout, &link, heard_before));
+    let mut watch = pin!(watch(opts, kex, stats, &link, heard_before));
     let (mut up_done, mut rest) = (false, None);
     poll_fn(|cx| loop {
         link.kick.store(false, Ordering::Relaxed);
@@ -560,10 +687,7 @@ where
                 return Poll::Ready(Ok(r));
             }
         }
-        if let Poll::Ready(e) = idle.as_mut().poll(cx) {
-            return Poll::Ready(Err(e));
-        }
-        if let Poll::Ready(e) = live.as_mut().poll(cx) {
+        if let Poll::Ready(e) = watch.as_mut().poll(cx) {
             return Poll::Ready(Err(e));
         }
         // A flag raised by one future concerns another, polled before it: again.
@@ -574,73 +698,8 @@ where
     .await
 }
 
-/// Resolves once no byte has moved either way (per `stats`) for `timeout`, or once the
-/// session's hybrid keys pass their hard limit (`tunnel::kex`); never without either.
-async fn idle_watch(
-    timeout: Option<Duration>,
-    kex: &SessionKex,
-    interval: Option<Duration>,
-    stats: &PumpStats,
-) -> PumpError {
-    let idle = async {
-        match timeout {
-            Some(t) => idle_for(t, stats).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        e = idle => e,
-        e = keys_expire(kex, interval) => e,
-    }
-}
-
-/// Resolves once the session's hybrid keys are past 1.5 × `interval` (an exchange that
-/// completes meanwhile moves the limit on); never with `interval` off.
-async fn keys_expire(kex: &SessionKex, interval: Option<Duration>) -> PumpError {
-    loop {
-        let clock = kex.clock(interval);
-        let Some(limit) = clock.limit_at() else {
-            return std::future::pending().await;
-        };
-        tokio::time::sleep_until(tokio::time::Instant::from_std(limit)).await;
-        if kex.clock(interval).expired(std::time::Instant::now()) {
-            return expired(interval);
-        }
-    }
-}
-
 fn expired(interval: Option<Duration>) -> PumpError {
     PumpError::Kex(KexFailure::Expired(interval.unwrap_or_default()))
-}
-
-/// Resolves once no byte has moved either way (per `stats`) for `timeout`.
-async fn idle_for(timeout: Duration, stats: &PumpStats) -> PumpError {
-    let moved = || stats.sent.load(Ordering::Relaxed) + stats.received.load(Ordering::Relaxed);
-    // Checked four times per timeout: an idle connection ends between 1 and 1.25 timeouts.
-    let step = (timeout / 4).max(Duration::from_millis(1));
-    let mut last = moved();
-    let mut quiet = Duration::ZERO;
-    loop {
-        tokio::time::sleep(step).await;
-        let now = moved();
-        if now == last {
-            quiet += step;
-            if quiet >= timeout {
-                return PumpError::Idle(timeout);
-            }
-        } else {
-            last = now;
-            quiet = Duration::ZERO;
-        }
-    }
-}
-
-/// Sleeps until `at`, or for ever.
-async fn sleep_until(at: Option<std::time::Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// The exchange's part of the sealing direction, before its next record (`SessionKex::to_send`):
@@ -713,7 +772,7 @@ where
             tokio::select! {
                 r = plain.readable() => r.map_err(PumpError::Plain)?,
                 () = kex.wake.notified() => continue,
-                () = sleep_until(kex.wake_at(opts.rekey_interval)) => continue,
+                () = link.kex_wake() => continue,
                 d = link.due(false) => {
                     send_keepalive(sealed, sealer, matches!(d, Due::Pong)).await?;
                     continue;
@@ -767,7 +826,7 @@ where
                         d => send_keepalive(sealed, sealer, matches!(d, Due::Pong)).await?,
                     },
                     () = kex.wake.notified() => {}
-                    () = sleep_until(kex.wake_at(opts.rekey_interval)) => {}
+                    () = link.kex_wake() => {}
                 }
                 kex_step(sealed, sealer, kex, opts).await?;
             }
@@ -1428,8 +1487,7 @@ mod tests {
                 &link,
             );
             up + std::mem::size_of_val(&down)
-                + std::mem::size_of_val(&idle_watch(OPTS.idle_timeout, &k, None, &stats))
-                + std::mem::size_of_val(&live_watch(OPTS.dead_peer_timeout, &link, None))
+                + std::mem::size_of_val(&watch(OPTS, &k, &stats, &link, None))
                 + std::mem::size_of_val(&link)
         };
         let whole = pump(
