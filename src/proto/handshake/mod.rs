@@ -334,42 +334,15 @@ impl Handshake {
 
 #[cfg(test)]
 mod tests {
+    use super::review_tests::{key, randomness};
     use super::*;
-    use crate::proto::identity::{PrivateIdentity, Signer, TrustList};
 
-    const LISTENER_KEY: &str = include_str!("../../../tests/data/openssl-rsa2048.pem");
     const CONNECTOR_KEY: &str = include_str!("../../../tests/data/peer-b.pem");
 
-    fn randomness(seed: u8) -> HandshakeRandomness {
-        HandshakeRandomness {
-            random: [seed; 32],
-            ephemeral: [seed ^ 0x5a; 32],
-        }
-    }
-
+    /// A connector (`peer-b.pem`) and a listener that trusts it.
     fn params() -> (ConnectorParams, ListenerParams) {
-        let listener: Arc<dyn Signer> = Arc::new(PrivateIdentity::from_pem(LISTENER_KEY).unwrap());
-        let connector: Arc<dyn Signer> =
-            Arc::new(PrivateIdentity::from_pem(CONNECTOR_KEY).unwrap());
-        let trust: TrustList = [(connector.public().fingerprint(), None)]
-            .into_iter()
-            .collect();
-        let c = ConnectorParams {
-            identity: connector,
-            listener: ListenerPin::Key(listener.public().fingerprint()),
-            psk: None,
-            service: "svc".into(),
-        };
-        let l = ListenerParams {
-            identity: listener,
-            next_identity: None,
-            trust: Arc::new(trust),
-            psk: None,
-            accept_unknown: false,
-            allow_tofu: false,
-            service: "svc".into(),
-        };
-        (c, l)
+        let connector = key(CONNECTOR_KEY);
+        super::review_tests::params(&connector, &[&connector])
     }
 
     /// Each role's own type runs its side; the listener's deferred answer is its own method.

@@ -15,19 +15,19 @@ const NEXT_LISTENER_KEY: &str = include_str!("../../../tests/data/untrusted.pem"
 const CONNECTOR_KEY: &str = include_str!("../../../tests/data/peer-b.pem");
 const BIG_KEY: &str = include_str!("../../../tests/data/openssl-rsa8192.pem");
 
-fn randomness(seed: u8) -> HandshakeRandomness {
+pub(super) fn randomness(seed: u8) -> HandshakeRandomness {
     HandshakeRandomness {
         random: [seed; 32],
         ephemeral: [seed ^ 0x5a; 32],
     }
 }
 
-fn key(pem: &str) -> Arc<dyn Signer> {
+pub(super) fn key(pem: &str) -> Arc<dyn Signer> {
     Arc::new(PrivateIdentity::from_pem(pem).unwrap())
 }
 
 /// A connector with `connector`'s key and a listener trusting `trusted`.
-fn params(connector: &Arc<dyn Signer>, trusted: &[&Arc<dyn Signer>]) -> (ConnectorParams, ListenerParams) {
+pub(super) fn params(connector: &Arc<dyn Signer>, trusted: &[&Arc<dyn Signer>]) -> (ConnectorParams, ListenerParams) {
     let listener = key(LISTENER_KEY);
     let trust: TrustList = trusted
         .iter()
