@@ -1098,30 +1098,73 @@ mod tests {
         opts: PumpOptions,
         peer: impl FnOnce(TcpStream, TcpStream, Sealer) -> tokio::task::JoinHandle<()>,
     ) -> Result<Vec<u8>, PumpError> {
-        let (plain_local, plain_app) = tcp_pair().await;
-        let (sealed_local, sealed_peer) = tcp_pair().await;
-        let ours = Secret::from_bytes([1; 32]);
-        let theirs = Secret::from_bytes([2; 32]);
-        let peer_task = peer(sealed_peer, plain_app, Sealer::new(theirs.clone(), 1 << 30));
-        let stats = PumpStats::default();
-        let (pr, mut pw) = plain_local.into_split();
-        let (sr, mut sw) = sealed_local.into_split();
-        let (mut sealer, mut opener) = (Sealer::new(ours, 1 << 30), Opener::new(theirs));
-        let r = pump(
-            &pr,
-            &mut pw,
-            &sr,
-            &mut sw,
-            &mut sealer,
-            &mut opener,
-            &kex(),
-            Vec::new(),
-            opts,
-            &stats,
-        )
-        .await;
+        let (mut ours, far) = rig().await;
+        let peer_task = peer(far.sealed, far.app, far.sealer);
+        let r = ours.pump(opts).await;
         peer_task.abort();
         r
+    }
+
+    /// Our end of one stream's pump under fixed keys: its sockets' halves and record layer.
+    struct Ours {
+        pr: tokio::net::tcp::OwnedReadHalf,
+        pw: tokio::net::tcp::OwnedWriteHalf,
+        sr: tokio::net::tcp::OwnedReadHalf,
+        sw: tokio::net::tcp::OwnedWriteHalf,
+        sealer: Sealer,
+        opener: Opener,
+        stats: PumpStats,
+    }
+
+    /// The far ends: the peer's sealed socket and record layer, and the local application.
+    struct Far {
+        sealed: TcpStream,
+        app: TcpStream,
+        sealer: Sealer,
+        opener: Opener,
+    }
+
+    async fn rig() -> (Ours, Far) {
+        let (plain_local, app) = tcp_pair().await;
+        let (sealed_local, sealed) = tcp_pair().await;
+        let ours = Secret::from_bytes([1; 32]);
+        let theirs = Secret::from_bytes([2; 32]);
+        let far = Far {
+            sealed,
+            app,
+            sealer: Sealer::new(theirs.clone(), 1 << 30),
+            opener: Opener::new(ours.clone()),
+        };
+        let (pr, pw) = plain_local.into_split();
+        let (sr, sw) = sealed_local.into_split();
+        let ours = Ours {
+            pr,
+            pw,
+            sr,
+            sw,
+            sealer: Sealer::new(ours, 1 << 30),
+            opener: Opener::new(theirs),
+            stats: PumpStats::default(),
+        };
+        (ours, far)
+    }
+
+    impl Ours {
+        async fn pump(&mut self, opts: PumpOptions) -> Result<Vec<u8>, PumpError> {
+            pump(
+                &self.pr,
+                &mut self.pw,
+                &self.sr,
+                &mut self.sw,
+                &mut self.sealer,
+                &mut self.opener,
+                &kex(),
+                Vec::new(),
+                opts,
+                &self.stats,
+            )
+            .await
+        }
     }
 
     fn kex() -> SessionKex {
@@ -1141,16 +1184,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_close_record_is_passed_on_at_once_and_the_session_stays_open() {
-        let (plain_local, mut plain_app) = tcp_pair().await;
-        let (sealed_local, mut sealed_peer) = tcp_pair().await;
-        let ours = Secret::from_bytes([1; 32]);
-        let theirs = Secret::from_bytes([2; 32]);
-        let mut peer_sealer = Sealer::new(theirs.clone(), 1 << 30);
-        let mut peer_opener = Opener::new(ours.clone());
-        let (mut sealer, mut opener) = (Sealer::new(ours, 1 << 30), Opener::new(theirs));
-        let stats = PumpStats::default();
-        let (pr, mut pw) = plain_local.into_split();
-        let (sr, mut sw) = sealed_local.into_split();
+        let (mut ours, far) = rig().await;
+        let Far {
+            sealed: mut sealed_peer,
+            app: mut plain_app,
+            sealer: mut peer_sealer,
+            opener: mut peer_opener,
+        } = far;
         let peer = tokio::spawn(async move {
             // The peer's close record, and right behind it (same write) a byte of what follows.
             let mut close = [0u8; OVERHEAD];
@@ -1169,20 +1209,7 @@ mod tests {
             assert_eq!(peer_opener.open(&mut rec).unwrap(), Opened::Close);
             (sealed_peer, plain_app)
         });
-        let rest = pump(
-            &pr,
-            &mut pw,
-            &sr,
-            &mut sw,
-            &mut sealer,
-            &mut opener,
-            &kex(),
-            Vec::new(),
-            OPTS,
-            &stats,
-        )
-        .await
-        .unwrap();
+        let rest = ours.pump(OPTS).await.unwrap();
         assert_eq!(
             rest,
             vec![0xAB],
@@ -1193,7 +1220,7 @@ mod tests {
             "the session waits for its next stream without a read chunk: {}",
             rest.capacity()
         );
-        assert!(sealer.is_closed() && opener.is_closed());
+        assert!(ours.sealer.is_closed() && ours.opener.is_closed());
         let (mut sealed_peer, _app) = peer.await.unwrap();
         // The session is still open: nothing more, and no end of stream, has arrived.
         let mut probe = [0u8; 1];
@@ -1369,16 +1396,13 @@ mod tests {
     /// record (under the next stream's key), and the stream then ends cleanly.
     #[tokio::test]
     async fn pings_are_answered_inside_a_stream_and_after_our_close() {
-        let (plain_local, mut plain_app) = tcp_pair().await;
-        let (sealed_local, mut sealed_peer) = tcp_pair().await;
-        let ours = Secret::from_bytes([1; 32]);
-        let theirs = Secret::from_bytes([2; 32]);
-        let mut peer_sealer = Sealer::new(theirs.clone(), 1 << 30);
-        let mut peer_opener = Opener::new(ours.clone());
-        let (mut sealer, mut opener) = (Sealer::new(ours, 1 << 30), Opener::new(theirs));
-        let stats = PumpStats::default();
-        let (pr, mut pw) = plain_local.into_split();
-        let (sr, mut sw) = sealed_local.into_split();
+        let (mut ours, far) = rig().await;
+        let Far {
+            sealed: mut sealed_peer,
+            app: mut plain_app,
+            sealer: mut peer_sealer,
+            opener: mut peer_opener,
+        } = far;
         let peer = tokio::spawn(async move {
             let mut rec = [0u8; OVERHEAD];
             // Inside the stream.
@@ -1414,22 +1438,9 @@ mod tests {
             dead_peer_timeout: Some(Duration::from_secs(20)),
             ..OPTS
         };
-        let rest = pump(
-            &pr,
-            &mut pw,
-            &sr,
-            &mut sw,
-            &mut sealer,
-            &mut opener,
-            &kex(),
-            Vec::new(),
-            opts,
-            &stats,
-        )
-        .await
-        .unwrap();
+        let rest = ours.pump(opts).await.unwrap();
         assert!(rest.is_empty());
-        assert!(sealer.is_closed() && opener.is_closed());
+        assert!(ours.sealer.is_closed() && ours.opener.is_closed());
         peer.await.unwrap();
     }
 
