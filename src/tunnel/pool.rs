@@ -135,7 +135,6 @@ const MAX_ALERT_RECORD: usize = OVERHEAD + 2 + MAX_ALERT_DETAIL;
 /// a keepalive: an Alert of code 1 or 2 as the session's first record, read without blocking
 /// and authenticated. `None` for anything else (the session is discarded).
 fn refusal_of(session: &mut Session) -> Option<Refusal> {
-    use std::io::Read;
     if session.streams > 0 {
         return None;
     }
@@ -143,10 +142,7 @@ fn refusal_of(session: &mut Session) -> Option<Refusal> {
     let have = session.leftover.len();
     buf.get_mut(..have)?.copy_from_slice(&session.leftover);
     // The session is discarded: what is read is the listener's last word.
-    let n = have
-        + (&*socket2::SockRef::from(&session.sealed))
-            .read(&mut buf[have..])
-            .unwrap_or(0);
+    let n = have + session.sealed.try_read(&mut buf[have..]).unwrap_or(0);
     let header: [u8; HEADER_LEN] = buf.get(..HEADER_LEN)?.try_into().ok()?;
     let (kind, total) = parse_header(&header).ok()?;
     if kind != RecordType::Alert || total > n {
